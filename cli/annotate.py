@@ -1,0 +1,27 @@
+"""`genoembed annotate`: add a BED/GTF/GFF3/GenBank file to a store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from genoembed.annotations import parse_alias_option
+from genoembed.cli.common import handle_errors
+from genoembed.store import Store
+
+
+@handle_errors
+def annotate(
+    store: Path = typer.Argument(..., help="Store directory made by `genoembed index`."),
+    file: Path = typer.Argument(..., help="Annotation file: BED (3-12 columns), GTF, GFF3 or GenBank (optionally .gz)."),
+    name: Optional[str] = typer.Option(None, help="Name of this feature set (default: from the file name)."),
+    format: Optional[str] = typer.Option(None, "--format", help="bed, gtf, gff3 or genbank (default: from the extension)."),
+    alias: Optional[list[str]] = typer.Option(None, "--alias", help="Rename an annotation contig: FROM=TO (repeatable)."),
+    auto_alias: bool = typer.Option(False, "--auto-alias", help="Apply the suggested contig renames (chr1->1, version suffixes)."),
+):
+    """Parse features, check their contigs against the genome, and store them for joins and SQL."""
+    entry = Store.open(store).add_annotations(file, name=name, format=format, aliases=parse_alias_option(alias or []),
+                                              auto_alias=auto_alias)
+    typer.echo(f"added {entry['rows']} features from {file} as {entry['path']}")

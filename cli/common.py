@@ -1,0 +1,86 @@
+"""Shared CLI plumbing: error handling, output formats, progress bars."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from enum import Enum
+from pathlib import Path
+
+import pyarrow as pa
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from genoembed.errors import GenoembedError
+
+console = Console(stderr=True)
+
+
+class OutputFormat(str, Enum):
+    table = "table"
+    tsv = "tsv"
+    json = "json"
+    parquet = "parquet"
+
+
+def handle_errors(command):
+    """Expected failures become one line on stderr and exit code 2, never a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except GenoembedError as error:
+            typer.echo(f"genoembed: error: {error}", err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def configure_logging(quiet: bool) -> None:
+    logging.basicConfig(level=logging.ERROR if quiet else logging.WARNING, format="genoembed: %(message)s",
+                        stream=sys.stderr, force=True)
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def emit_table(table: pa.Table, fmt: OutputFormat, output: Path | None = None, title: str | None = None,
+               max_rows: int = 200) -> None:
+    """Write a result table as a pretty table, TSV, JSON lines or Parquet (Parquet needs --output)."""
+    if fmt is OutputFormat.parquet:
+        if output is None:
+            raise typer.BadParameter("--format parquet needs --output FILE")
+        import pyarrow.parquet as pq
+
+        pq.write_table(table, output)
+        return
+    rows = table.to_pylist()
+    if fmt is OutputFormat.table and output is None:
+        pretty = Table(title=title, show_lines=False)
+        for name in table.column_names:
+            pretty.add_column(name, overflow="fold")
+        for row in rows[:max_rows]:
+            pretty.add_row(*(_cell(row[name]) for name in table.column_names))
+        Console(width=max(160, Console().width)).print(pretty)
+        if len(rows) > max_rows:
+            typer.echo(f"... {len(rows) - max_rows} more rows (use --format tsv or --output)")
+        return
+    if fmt is OutputFormat.json:
+        text = "".join(json.dumps(row, default=str) + "\n" for row in rows)
+    else:
+        lines = ["\t".join(table.column_names)]
+        lines += ["\t".join(_cell(row[name]) for name in table.column_names) for row in rows]
+        text = "\n".join(lines) + "\n"
+    if output is None:
+        typer.echo(text, nl=False)
+    else:
+        output.write_text(text)

@@ -1,0 +1,87 @@
+"""`genoembed index`: build (or resume) a store from a recipe and/or options."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from genoembed.annotations import parse_alias_option
+from genoembed.cli.common import console, configure_logging, handle_errors
+from genoembed.errors import InputError
+from genoembed.recipe import Recipe, load_recipe, make_embedder, parse_model_option
+from genoembed.tiles import SoftMask, Strands, TilingSpec
+from genoembed.vectors import IndexSpec, Metric
+
+
+@handle_errors
+def index(
+    recipe: Optional[Path] = typer.Argument(None, help="Index recipe (TOML, e.g. indexes/demo.toml); options below override it."),
+    fasta: Optional[Path] = typer.Option(None, "--fasta", help="Genome FASTA (plain, gzip or bgzip)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Store directory (default: recipe path without .toml)."),
+    model: Optional[str] = typer.Option(None, "--model", help="'default' (shipped model), 'kmer[:K]', or a local Hugging Face model directory."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow a model directory's own Python code to run (DNABERT-2, HyenaDNA, Caduceus, NT-v2)."),
+    window: Optional[int] = typer.Option(None, min=1, help="Tile length in bases."),
+    stride: Optional[int] = typer.Option(None, min=1, help="Distance between tile starts in bases."),
+    strands: Optional[Strands] = typer.Option(None, help="Tile the forward strand (+), reverse (-) or both."),
+    max_n_fraction: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="Skip tiles with more than this fraction of N/ambiguous bases."),
+    soft_mask: Optional[SoftMask] = typer.Option(None, help="Soft-masked (lowercase) bases: upper = embed as normal, keep = pass case to the model, skip = drop masked tiles."),
+    contig: Optional[list[str]] = typer.Option(None, "--contig", help="Only tile this contig (repeat for several)."),
+    factory: Optional[str] = typer.Option(None, help="FAISS index factory string: Flat, IVF256,PQ16, HNSW32, ..."),
+    metric: Optional[Metric] = typer.Option(None, help="ip = cosine on normalised vectors; l2 = Euclidean."),
+    annotations: Optional[list[Path]] = typer.Option(None, "--annotations", "-a", help="BED/GTF/GFF3/GenBank file to add (repeatable)."),
+    alias: Optional[list[str]] = typer.Option(None, "--alias", help="Rename an annotation contig: FROM=TO (repeatable)."),
+    auto_alias: bool = typer.Option(False, "--auto-alias", help="Apply the suggested contig renames (chr1->1, version suffixes)."),
+    batch_rows: int = typer.Option(1024, min=1, help="Tiles handed to the embedder per call."),
+    shard_rows: Optional[int] = typer.Option(None, min=1, help="Rows per Parquet shard."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing store built with other settings."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or warnings."),
+    json_output: bool = typer.Option(False, "--json", help="Print a JSON summary line instead of text."),
+):
+    """Tile a genome, embed every tile, write Parquet shards, build the FAISS index, add annotations."""
+    configure_logging(quiet or json_output)
+    plan = load_recipe(recipe) if recipe else None
+    if plan is None:
+        if fasta is None or out is None:
+            raise InputError("give a recipe (e.g. indexes/demo.toml) or both --fasta and --out")
+        plan = Recipe(fasta=fasta, out=out)
+    tiling_overrides = {name: value for name, value in dict(
+        window=window, stride=stride, strands=strands, max_n_fraction=max_n_fraction, soft_mask=soft_mask,
+        contigs=tuple(contig) if contig else None).items() if value is not None}
+    index_overrides = {name: value for name, value in dict(factory=factory, metric=metric).items() if value is not None}
+    model_spec = parse_model_option(model) if model else dict(plan.model)
+    if trust_remote_code:
+        model_spec["trust_remote_code"] = True
+    plan = dataclasses.replace(
+        plan, fasta=fasta or plan.fasta, out=out or plan.out,
+        tiling=dataclasses.replace(plan.tiling, **tiling_overrides),
+        index=dataclasses.replace(plan.index, **index_overrides),
+        annotations=plan.annotations + tuple(annotations or ()),
+        aliases={**plan.aliases, **parse_alias_option(alias or [])},
+        auto_alias=auto_alias or plan.auto_alias, shard_rows=shard_rows or plan.shard_rows)
+    embedder = make_embedder(model_spec, base=recipe.parent if recipe else None)
+    started = time.perf_counter()
+    with Progress(TextColumn("[bold]embedding"), BarColumn(), MofNCompleteColumn(), TextColumn("tiles"),
+                  TimeRemainingColumn(), console=console, disable=quiet or json_output) as bar:
+        task = bar.add_task("embed", total=None)
+        from genoembed.pipeline import index as build
+
+        store = build(plan.fasta, plan.out, embedder=embedder, tiling=plan.tiling, index_spec=plan.index,
+                      annotations=plan.annotations, aliases=plan.aliases, auto_alias=plan.auto_alias,
+                      genome_name=plan.genome_name, embed_rows=batch_rows, shard_rows=plan.shard_rows,
+                      embedding_dtype=plan.embedding_dtype, overwrite=overwrite,
+                      progress=lambda done, total: bar.update(task, completed=done, total=total))
+    summary = {"store": str(store.root), "tiles": store.num_tiles, "dim": store.dim,
+               "model": store.provenance["embedder"].get("model_id"), "index": plan.index.factory,
+               "annotations": {name: entry["rows"] for name, entry in store.manifest.get("annotations", {}).items()},
+               "seconds": round(time.perf_counter() - started, 2)}
+    if json_output:
+        typer.echo(json.dumps(summary))
+    elif not quiet:
+        typer.echo(f"indexed {summary['tiles']} tiles (dim {summary['dim']}, model {summary['model']}, "
+                   f"index {summary['index']}) into {summary['store']} in {summary['seconds']} s")

@@ -1,0 +1,37 @@
+"""`genoembed info`: what a store holds and how it was made."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from genoembed.cli.common import handle_errors
+from genoembed.store import Store
+
+
+@handle_errors
+def info(
+    store: Path = typer.Argument(..., help="Store directory made by `genoembed index`."),
+    json_output: bool = typer.Option(False, "--json", help="Print the full summary as JSON."),
+):
+    """Show tiles, dimension, index, annotations, saved searches and provenance of a store."""
+    summary = Store.open(store, require_complete=False).info()
+    if json_output:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    provenance = summary["provenance"]
+    embedder = provenance["embedder"]
+    genome = provenance["genome"]
+    index = summary["index"] or {}
+    lines = [
+        f"store       {summary['path']} ({summary['status']}, {summary['bytes_on_disk'] / 1e6:.1f} MB)",
+        f"genome      {genome['name']} ({genome['contigs']} contigs, {genome['length']:,} bp, sha256 {genome['sha256'][:12]})",
+        f"tiles       {summary['tiles']:,} in {summary['shards']} shards; tiling {json.dumps(provenance['tiling'])}",
+        f"model       {embedder.get('model_id')} ({embedder.get('kind')}, dim {summary['dim']}, fingerprint {embedder.get('fingerprint')})",
+        f"index       {(index.get('spec') or {}).get('factory', 'none')} {index.get('metric', '')} ({index.get('ntotal', 0):,} vectors)",
+        f"annotations {', '.join(f'{n} ({e['rows']})' for n, e in summary['annotations'].items()) or 'none'}",
+        f"searches    {', '.join(summary['searches']) or 'none'}",
+    ]
+    typer.echo("\n".join(lines))

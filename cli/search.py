@@ -1,0 +1,59 @@
+"""`genoembed search`: nearest tiles to regions, sequences, FASTA records or BED regions."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from genoembed.cli.common import OutputFormat, configure_logging, emit_table, handle_errors
+from genoembed.errors import InputError
+from genoembed.store import Store
+
+
+class StrandMode(str, Enum):
+    ignore = "ignore"
+    same = "same"
+    opposite = "opposite"
+
+
+@handle_errors
+def search(
+    store: Path = typer.Argument(..., help="Store directory made by `genoembed index`."),
+    region: Optional[list[str]] = typer.Option(None, "--region", "-r", help="Query region chrom:start-end[:strand], 1-based inclusive (repeatable)."),
+    sequence: Optional[list[str]] = typer.Option(None, "--sequence", "-s", help="Query DNA sequence (repeatable)."),
+    fasta: Optional[Path] = typer.Option(None, "--fasta", help="FASTA file: every record is a query."),
+    bed: Optional[Path] = typer.Option(None, "--bed", help="BED file of query regions on the store's genome."),
+    k: int = typer.Option(10, "-k", min=1, help="Neighbours per query."),
+    nprobe: Optional[int] = typer.Option(None, min=1, help="IVF lists to visit (IVF indexes)."),
+    ef_search: Optional[int] = typer.Option(None, min=1, help="HNSW search breadth (HNSW indexes)."),
+    exclude_self: bool = typer.Option(False, "--exclude-self", help="Drop hits overlapping the query's own region."),
+    annotate: bool = typer.Option(True, "--annotate/--no-annotate", help="Add overlapping and nearest features of the store's annotations."),
+    strand_mode: StrandMode = typer.Option(StrandMode.ignore, "--strand-mode", help="Feature strand vs hit strand for the annotation join."),
+    feature_type: Optional[list[str]] = typer.Option(None, "--feature-type", help="Only join features of this type, e.g. gene, CDS (repeatable)."),
+    name: str = typer.Option("last", "--name", help="Save the hits under this name (SQL view hits_NAME; 'last' is the view hits)."),
+    format: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f", help="Output format."),
+    output: Optional[Path] = typer.Option(None, "--output", help="Write results to this file instead of stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No warnings."),
+):
+    """Find the tiles most similar to each query and show them with their annotations."""
+    from genoembed.annotate import annotate_hits
+    from genoembed.search import bed_queries, check_sequence, fasta_queries, region_queries, Query
+
+    configure_logging(quiet)
+    opened = Store.open(store)
+    queries = []
+    if region or bed:
+        genome = opened.genome()
+        queries += region_queries(genome, region or [])
+        queries += bed_queries(genome, bed) if bed else []
+    queries += [Query(f"sequence{i + 1}", check_sequence(s, f"--sequence #{i + 1}")) for i, s in enumerate(sequence or [])]
+    queries += fasta_queries(fasta) if fasta else []
+    if not queries:
+        raise InputError("no query: give --region, --sequence, --fasta or --bed")
+    hits = opened.search(queries, k=k, nprobe=nprobe, ef_search=ef_search, exclude_self=exclude_self, save_as=name)
+    if annotate and opened.manifest.get("annotations"):
+        hits = annotate_hits(opened, hits, strand=strand_mode.value, types=tuple(feature_type) if feature_type else None)
+    emit_table(hits, format, output, title=f"top {k} hits")

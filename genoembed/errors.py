@@ -1,0 +1,21 @@
+"""One exception hierarchy; the CLI turns any of these into a one-line message and exit code 2."""
+
+
+class GenoembedError(Exception):
+    """Base class for every expected failure (bad input, bad store, bad model)."""
+
+
+class InputError(GenoembedError):
+    """A user-supplied file, region, sequence or option is unusable."""
+
+
+class StoreError(GenoembedError):
+    """A store on disk is missing, corrupt, locked or inconsistent with the request."""
+
+
+class ModelError(GenoembedError):
+    """A model directory cannot be loaded or does not match the store."""
+
+
+class MissingExtraError(GenoembedError):
+    """An optional dependency is not installed; the message names the extra."""

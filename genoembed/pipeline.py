@@ -1,0 +1,168 @@
+"""`index`: FASTA -> tiles -> embeddings -> Parquet shards -> FAISS index -> annotations.
+
+Tiling runs in a producer thread and Parquet writing in a writer thread, each
+behind a bounded queue, so the embedder (the expensive step) never waits on
+I/O and memory stays bounded by the queue depth, not the genome size.
+A build interrupted at any point resumes from the last complete shard.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import pyarrow as pa
+
+from genoembed import __version__, schema
+from genoembed.embedders import Embedder
+from genoembed.genome import open_genome
+from genoembed.store import Store, StoreWriter, file_sha256, write_lock
+from genoembed.tiles import TilingSpec, count_tiles, plan_tiles
+from genoembed.vectors import INDEX_FILE, IndexSpec, build_index, save_index
+
+log = logging.getLogger(__name__)
+_DONE = object()
+
+
+def default_embedder() -> Embedder:
+    """The shipped pretrained model; the k-mer embedder (announced) when it is not installed."""
+    from genoembed.resources import default_model_dir
+
+    model_dir = default_model_dir()
+    if model_dir is not None:
+        from genoembed.embedders.hf import TransformersEmbedder
+
+        return TransformersEmbedder(model_path=str(model_dir))
+    from genoembed.embedders.kmer import KmerEmbedder
+
+    log.warning("the default genoembed model is not installed with this package: "
+                "falling back to the 4-mer spectrum embedder")
+    return KmerEmbedder(k=4)
+
+
+def _threaded(items: Iterable, depth: int) -> Iterator:
+    """Iterate ``items`` in a background thread, ``depth`` items ahead."""
+    buffer: queue.Queue = queue.Queue(maxsize=depth)
+    failure: list[BaseException] = []
+
+    def produce():
+        try:
+            for item in items:
+                buffer.put(item)
+        except BaseException as error:  # re-raised in the consumer
+            failure.append(error)
+        finally:
+            buffer.put(_DONE)
+
+    thread = threading.Thread(target=produce, daemon=True, name="genoembed-tiler")
+    thread.start()
+    while (item := buffer.get()) is not _DONE:
+        yield item
+    thread.join()
+    if failure:
+        raise failure[0]
+
+
+class _BackgroundWriter:
+    """Runs StoreWriter.write in a thread behind a bounded queue; errors surface on close."""
+
+    def __init__(self, writer: StoreWriter, depth: int = 2):
+        self._writer = writer
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._failure: list[BaseException] = []
+        self._thread = threading.Thread(target=self._run, daemon=True, name="genoembed-writer")
+        self._thread.start()
+
+    def _run(self):
+        while (item := self._queue.get()) is not _DONE:
+            if not self._failure:
+                try:
+                    self._writer.write(*item)
+                except BaseException as error:
+                    self._failure.append(error)
+
+    def write(self, tiles: pa.RecordBatch, embeddings) -> None:
+        if self._failure:
+            raise self._failure[0]
+        self._queue.put((tiles, embeddings))
+
+    def close(self) -> None:
+        self._queue.put(_DONE)
+        self._thread.join()
+        if self._failure:
+            raise self._failure[0]
+        self._writer.close()
+
+
+def _skip_done(batches: Iterable[pa.RecordBatch], rows_done: int) -> Iterator[pa.RecordBatch]:
+    for batch in batches:
+        last = batch.column(0)[-1].as_py()
+        if last < rows_done:
+            continue
+        first = batch.column(0)[0].as_py()
+        yield batch.slice(max(0, rows_done - first))
+
+
+def index(
+    fasta: str | Path,
+    out: str | Path,
+    embedder: Embedder | None = None,
+    tiling: TilingSpec = TilingSpec(),
+    index_spec: IndexSpec | None = IndexSpec(),
+    annotations: Iterable[str | Path] = (),
+    aliases: dict[str, str] | None = None,
+    auto_alias: bool = False,
+    genome_name: str | None = None,
+    embed_rows: int = 1024,
+    shard_rows: int = 65536,
+    embedding_dtype: str = "float32",
+    overwrite: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> Store:
+    """Build (or resume) a store at ``out``; returns it opened.
+
+    ``progress(done, total)`` is called after every embedded batch.
+    """
+    out = Path(out)
+    genome = open_genome(fasta, name=genome_name)
+    embedder = embedder or default_embedder()
+    provenance = {"genoembed_version": __version__, "embedder": embedder.describe(),
+                  "tiling": tiling.describe(), "genome": {**genome.describe(), "contig_lengths": genome.contigs},
+                  "embedding_dtype": embedding_dtype}
+    total = count_tiles(genome, tiling)
+    with write_lock(out):
+        writer = StoreWriter(out, provenance, embedder.dim, shard_rows=shard_rows, overwrite=overwrite)
+        if not writer.complete:
+            if writer.rows_done:
+                log.warning("%s: resuming an interrupted build after %d stored tiles", out, writer.rows_done)
+            background = _BackgroundWriter(writer)
+            done = writer.rows_done
+            batches = _skip_done(plan_tiles(genome, tiling, batch_rows=embed_rows), writer.rows_done)
+            for batch in _threaded(batches, depth=2):
+                sequences = batch.column(schema.SEQUENCE).to_pylist()
+                background.write(batch, embedder.embed(sequences))
+                done += batch.num_rows
+                if progress:
+                    progress(done, total)
+            background.close()
+    store = Store.open(out)
+    if index_spec is not None and (store.manifest.get("index") or {}).get("spec") != index_spec.describe():
+        build_store_index(store, index_spec)
+    for path in annotations:
+        store.add_annotations(path, aliases=aliases, auto_alias=auto_alias)
+    return store
+
+
+def build_store_index(store: Store, spec: IndexSpec, progress: Callable[[int], None] | None = None) -> dict:
+    """(Re)build the store's FAISS index and record it in the manifest."""
+    with write_lock(store.root):
+        built = build_index(store, spec, progress=progress)
+        path = store.root / INDEX_FILE
+        save_index(built, path)
+    entry = {"path": INDEX_FILE, "spec": spec.describe(), "metric": spec.metric.value, "ntotal": int(built.ntotal),
+             "dim": int(built.d), "sha256": file_sha256(path)}
+    store.record("index", "index", entry)
+    return entry

@@ -1,0 +1,114 @@
+"""Every column genoembed reads or writes, in one place.
+
+Coordinate convention (the only place it is stated): all intervals are
+**0-based, half-open** ``[start, end)`` on the forward strand of the named
+``chrom``, whatever the file format they came from (BED is already so; GFF3,
+GTF and GenBank are 1-based closed and are converted on ingest; region strings
+``chrom:start-end`` typed by users are 1-based closed like samtools and are
+converted when parsed). ``strand`` is ``"+"``, ``"-"`` or ``"."`` (unknown /
+not stranded).
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+COORDINATES = "0-based half-open"
+STRANDS = ("+", "-", ".")
+
+# Tiles: one row per window cut from the genome; ``tile_id`` is the dense
+# row number in plan order and is the FAISS id.
+TILE_FIELDS = [
+    pa.field("tile_id", pa.int64(), nullable=False),
+    pa.field("genome", pa.string(), nullable=False),
+    pa.field("chrom", pa.string(), nullable=False),
+    pa.field("start", pa.int64(), nullable=False),
+    pa.field("end", pa.int64(), nullable=False),
+    pa.field("strand", pa.string(), nullable=False),
+    pa.field("gc", pa.float32(), nullable=False),
+    pa.field("n_fraction", pa.float32(), nullable=False),
+    pa.field("soft_masked_fraction", pa.float32(), nullable=False),
+]
+TILES = pa.schema(TILE_FIELDS)
+TILE_COLUMNS = [f.name for f in TILE_FIELDS]
+
+# Transient column carried between tiling and embedding; never stored.
+SEQUENCE = "sequence"
+TILES_WITH_SEQUENCE = pa.schema(TILE_FIELDS + [pa.field(SEQUENCE, pa.string(), nullable=False)])
+
+EMBEDDING = "embedding"
+
+
+def embeddings_schema(dim: int, dtype: str = "float32") -> pa.Schema:
+    """Schema of a stored shard: tile columns plus a fixed-size embedding list."""
+    value_type = {"float32": pa.float32(), "float16": pa.float16()}[dtype]
+    return pa.schema(TILE_FIELDS + [pa.field(EMBEDDING, pa.list_(value_type, dim), nullable=False)])
+
+
+# Annotations: features from BED / GTF / GFF3 / GenBank, normalised.
+ANNOTATION_FIELDS = [
+    pa.field("chrom", pa.string(), nullable=False),
+    pa.field("start", pa.int64(), nullable=False),
+    pa.field("end", pa.int64(), nullable=False),
+    pa.field("strand", pa.string(), nullable=False),
+    pa.field("type", pa.string(), nullable=False),
+    pa.field("name", pa.string(), nullable=True),
+    pa.field("feature_id", pa.string(), nullable=True),
+    pa.field("parent", pa.string(), nullable=True),
+    pa.field("source", pa.string(), nullable=False),  # file the feature came from
+    pa.field("attributes", pa.map_(pa.string(), pa.string()), nullable=True),
+]
+ANNOTATIONS = pa.schema(ANNOTATION_FIELDS)
+ANNOTATION_COLUMNS = [f.name for f in ANNOTATION_FIELDS]
+
+# Hits: one row per (query, rank). ``query_*`` coordinates are null for
+# sequence queries that have no genomic origin. ``score`` is cosine similarity
+# for the inner-product metric (higher is better) and squared L2 distance for
+# the L2 metric (lower is better).
+HIT_FIELDS = [
+    pa.field("query", pa.string(), nullable=False),
+    pa.field("query_chrom", pa.string(), nullable=True),
+    pa.field("query_start", pa.int64(), nullable=True),
+    pa.field("query_end", pa.int64(), nullable=True),
+    pa.field("query_strand", pa.string(), nullable=True),
+    pa.field("rank", pa.int32(), nullable=False),
+    pa.field("tile_id", pa.int64(), nullable=False),
+    pa.field("genome", pa.string(), nullable=False),
+    pa.field("chrom", pa.string(), nullable=False),
+    pa.field("start", pa.int64(), nullable=False),
+    pa.field("end", pa.int64(), nullable=False),
+    pa.field("strand", pa.string(), nullable=False),
+    pa.field("score", pa.float32(), nullable=False),
+]
+HITS = pa.schema(HIT_FIELDS)
+HIT_COLUMNS = [f.name for f in HIT_FIELDS]
+
+
+def validate_table(table: pa.Table, expected: pa.Schema, where: str) -> list[str]:
+    """Every way ``table`` differs from ``expected``, each naming ``where``; empty when valid."""
+    problems = []
+    for field in expected:
+        if field.name not in table.column_names:
+            problems.append(f"{where}: missing column {field.name!r} ({field.type})")
+            continue
+        actual = table.schema.field(field.name).type
+        if actual != field.type:
+            problems.append(f"{where}: column {field.name!r} is {actual}, expected {field.type}")
+        elif not field.nullable and table.column(field.name).null_count:
+            problems.append(f"{where}: column {field.name!r} has {table.column(field.name).null_count} nulls")
+    if "start" in table.column_names and "end" in table.column_names and not problems:
+        import pyarrow.compute as pc
+
+        bad = pc.sum(pc.cast(pc.greater(table["start"], table["end"]), pa.int64())).as_py() or 0
+        if bad:
+            problems.append(f"{where}: {bad} rows have start > end")
+        negative = pc.sum(pc.cast(pc.less(table["start"], 0), pa.int64())).as_py() or 0
+        if negative:
+            problems.append(f"{where}: {negative} rows have negative start")
+    if "strand" in table.column_names and not problems:
+        import pyarrow.compute as pc
+
+        bad = pc.sum(pc.cast(pc.invert(pc.is_in(table["strand"], pa.array(STRANDS))), pa.int64())).as_py() or 0
+        if bad:
+            problems.append(f"{where}: {bad} rows have a strand other than + - .")
+    return problems

@@ -1,0 +1,206 @@
+"""Nearest-neighbour search: queries by region, sequence, FASTA or BED -> hits table.
+
+Queries are embedded with the store's own embedder (same model files,
+pooling and settings, checked by fingerprint), so query and tile vectors
+live in one space. Hits follow ``schema.HITS``; each search is saved in the
+store (``searches/NAME.parquet``, ``last`` by default) for `genoembed sql`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from genoembed import schema
+from genoembed.errors import InputError
+from genoembed.store import Store, atomic_write_bytes
+from genoembed.vectors import INDEX_FILE, load_index, search_index
+
+_VALID_BASES = re.compile(r"^[ACGTNRYKMSWBDHV]+$", re.IGNORECASE)
+_REGION = re.compile(r"^(?P<chrom>.+?)(?::(?P<start>[\d,_]+)-(?P<end>[\d,_]+))?(?::(?P<strand>[+-]))?$")
+
+
+@dataclass(frozen=True)
+class Query:
+    """One query; genomic coordinates (0-based half-open) are set when it came from the genome."""
+
+    name: str
+    sequence: str
+    chrom: str | None = None
+    start: int | None = None
+    end: int | None = None
+    strand: str | None = None
+
+
+def check_sequence(sequence: str, where: str) -> str:
+    sequence = "".join(sequence.split())
+    if not sequence:
+        raise InputError(f"{where}: empty sequence")
+    if not _VALID_BASES.match(sequence):
+        bad = sorted({c for c in sequence if not _VALID_BASES.match(c)})
+        hint = " (RNA? replace U with T)" if "U" in bad or "u" in bad else ""
+        raise InputError(f"{where}: sequence has characters other than DNA bases/IUPAC codes: "
+                         f"{''.join(bad)[:20]!r}{hint}")
+    return sequence
+
+
+def parse_region(text: str) -> tuple[str, int | None, int | None, str]:
+    """``chrom:start-end[:strand]`` (1-based closed, commas allowed) -> 0-based half-open."""
+    match = _REGION.match(text.strip())
+    if not match or not match.group("chrom"):
+        raise InputError(f"region {text!r}: expected chrom:start-end (1-based, e.g. chr1:1001-2000)")
+    start, end = match.group("start"), match.group("end")
+    strand = match.group("strand") or "+"
+    if start is None:
+        return match.group("chrom"), None, None, strand
+    start, end = int(re.sub(r"[,_]", "", start)), int(re.sub(r"[,_]", "", end))
+    if start < 1 or end < start:
+        raise InputError(f"region {text!r}: need 1 <= start <= end (1-based closed coordinates)")
+    return match.group("chrom"), start - 1, end, strand
+
+
+def region_queries(genome, regions: list[str]) -> list[Query]:
+    queries = []
+    for text in regions:
+        chrom, start, end, strand = parse_region(text)
+        if chrom not in genome.contigs:
+            raise InputError(f"region {text!r}: contig {chrom!r} is not in {genome.path}; "
+                             f"known: {', '.join(list(genome.contigs)[:5])}")
+        start, end = (0, genome.contigs[chrom]) if start is None else (start, end)
+        if end > genome.contigs[chrom]:
+            raise InputError(f"region {text!r}: ends at {end} but {chrom} has {genome.contigs[chrom]} bp; "
+                             "clip the region to the contig")
+        queries.append(Query(text, genome.fetch(chrom, start, end, strand).upper(), chrom, start, end, strand))
+    return queries
+
+
+def bed_queries(genome, path: str | Path) -> list[Query]:
+    """Regions from a BED file (3+ columns; name from column 4, strand from column 6)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: BED file not found")
+    queries = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip() or line.startswith(("#", "track", "browser")):
+            continue
+        fields = line.split("\t")
+        if len(fields) < 3 or not fields[1].isdigit() or not fields[2].isdigit():
+            raise InputError(f"{path}:{number}: expected chrom<TAB>start<TAB>end with integer coordinates")
+        chrom, start, end = fields[0], int(fields[1]), int(fields[2])
+        strand = fields[5] if len(fields) > 5 and fields[5] in ("+", "-") else "+"
+        name = fields[3] if len(fields) > 3 and fields[3] else f"{chrom}:{start + 1}-{end}"
+        if chrom not in genome.contigs:
+            raise InputError(f"{path}:{number}: contig {chrom!r} is not in {genome.path}")
+        if not 0 <= start < end <= genome.contigs[chrom]:
+            raise InputError(f"{path}:{number}: {chrom}:{start}-{end} is empty or outside the contig "
+                             f"(length {genome.contigs[chrom]})")
+        queries.append(Query(name, genome.fetch(chrom, start, end, strand).upper(), chrom, start, end, strand))
+    if not queries:
+        raise InputError(f"{path}: no regions found")
+    return queries
+
+
+def fasta_queries(path: str | Path) -> list[Query]:
+    """Every record of a FASTA file (plain or gzip) as a sequence query."""
+    import gzip
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: FASTA file not found")
+    opener = gzip.open if path.read_bytes()[:2] == b"\x1f\x8b" else open
+    queries, name, chunks = [], None, []
+    with opener(path, "rt") as handle:
+        for number, line in enumerate(handle, 1):
+            line = line.rstrip("\r\n")
+            if line.startswith(">"):
+                if name is not None:
+                    queries.append(Query(name, check_sequence("".join(chunks), f"{path} record {name!r}")))
+                name, chunks = line[1:].split()[0] if line[1:].strip() else f"record{len(queries) + 1}", []
+            elif name is None and line.strip():
+                raise InputError(f"{path}:{number}: not a FASTA file (expected a '>name' line first)")
+            else:
+                chunks.append(line)
+    if name is not None:
+        queries.append(Query(name, check_sequence("".join(chunks), f"{path} record {name!r}")))
+    if not queries:
+        raise InputError(f"{path}: no FASTA records found")
+    return queries
+
+
+def _loaded_index(store: Store):
+    cached = getattr(store, "_vector_index", None)
+    if cached is None:
+        cached = store._vector_index = load_index(store.root / INDEX_FILE)
+    return cached
+
+
+def _self_overlap_allowance(store: Store, query: Query) -> int:
+    """How many tiles can overlap a query interval (fetched extra, then dropped)."""
+    tiling = store.provenance["tiling"]
+    strands = 2 if tiling["strands"] == "both" else 1
+    return ((query.end - query.start) + tiling["window"]) // tiling["stride"] * strands + 2 * strands
+
+
+def search(store: Store, queries: list[Query], k: int = 10, nprobe: int | None = None,
+           ef_search: int | None = None, exclude_self: bool = False, save_as: str | None = "last",
+           embedder=None) -> pa.Table:
+    """Top-``k`` tiles per query as a ``schema.HITS`` table (rank 1 = best)."""
+    if not queries:
+        raise InputError("no queries given")
+    if k < 1:
+        raise InputError(f"k={k}: ask for at least one neighbour")
+    if k > store.num_tiles:
+        raise InputError(f"k={k} is larger than the store ({store.num_tiles} tiles); use k <= {store.num_tiles}")
+    embedder = embedder or store.embedder()
+    if embedder.dim != store.dim:
+        raise InputError(f"query embedder has dim {embedder.dim} but the store has dim {store.dim}; "
+                         "search with the store's own model")
+    vectors = embedder.embed([query.sequence for query in queries])
+    extra = max((_self_overlap_allowance(store, q) for q in queries if q.chrom is not None), default=0) \
+        if exclude_self else 0
+    fetch = min(k + extra, store.num_tiles)
+    scores, ids = search_index(_loaded_index(store), vectors, fetch, store.metric, nprobe, ef_search)
+    found = ids[ids >= 0]
+    tiles = store.tiles(np.unique(found))
+    by_id = {tile_id: row for row, tile_id in enumerate(tiles.column("tile_id").to_pylist())}
+    tile_rows = tiles.to_pylist()
+    rows = []
+    for query, query_scores, query_ids in zip(queries, scores, ids):
+        rank = 0
+        for score, tile_id in zip(query_scores, query_ids):
+            if tile_id < 0 or rank == k:
+                continue
+            tile = tile_rows[by_id[int(tile_id)]]
+            if exclude_self and query.chrom == tile["chrom"] and query.start < tile["end"] \
+                    and tile["start"] < query.end:
+                continue
+            rank += 1
+            rows.append({"query": query.name, "query_chrom": query.chrom, "query_start": query.start,
+                         "query_end": query.end, "query_strand": query.strand, "rank": rank,
+                         "tile_id": int(tile_id), "genome": tile["genome"], "chrom": tile["chrom"],
+                         "start": tile["start"], "end": tile["end"], "strand": tile["strand"],
+                         "score": float(score)})
+    hits = pa.Table.from_pylist(rows, schema=schema.HITS)
+    if save_as:
+        save_hits(store, hits, save_as, {"queries": len(queries), "k": k, "exclude_self": exclude_self})
+    return hits
+
+
+def save_hits(store: Store, hits: pa.Table, name: str, details: dict) -> Path:
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        raise InputError(f"search name {name!r}: use letters, digits and _ (it becomes a SQL view name)")
+    path = store.root / "searches" / f"{name}.parquet"
+    path.parent.mkdir(exist_ok=True)
+    sink = pa.BufferOutputStream()
+    pq.write_table(hits, sink, compression="zstd")
+    atomic_write_bytes(path, sink.getvalue().to_pybytes())
+    store.record("searches", name, {"path": f"searches/{name}.parquet", "rows": hits.num_rows,
+                                    "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                                    **details})
+    return path

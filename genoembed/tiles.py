@@ -1,0 +1,167 @@
+"""Cut a genome into tiles (windows) under an explicit, recorded policy.
+
+Tiles start at 0, stride, 2*stride, ... and, when that grid does not reach
+the contig end, one last tile is flush with the end so every base of a contig
+at least ``window`` long is covered. Contigs shorter than the window yield no
+tile (they are counted and reported). ``tile_id`` is the dense rank of a tile
+in plan order (contig order of the FASTA, then start, then ``+`` before
+``-``), so the same genome and spec always give the same ids.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from enum import Enum
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+
+from genoembed import schema
+from genoembed.errors import InputError
+from genoembed.genome import Genome, reverse_complement
+
+log = logging.getLogger(__name__)
+
+
+class SoftMask(str, Enum):
+    """What to do with soft-masked (lowercase) bases."""
+
+    upper = "upper"  # uppercase them: embed repeats like any sequence
+    keep = "keep"  # pass case through to the embedder
+    skip = "skip"  # drop tiles whose lowercase fraction exceeds max_soft_masked_fraction
+
+
+class Strands(str, Enum):
+    forward = "+"
+    reverse = "-"
+    both = "both"
+
+
+@dataclass(frozen=True)
+class TilingSpec:
+    window: int = 1000
+    stride: int = 500
+    strands: Strands = Strands.forward
+    max_n_fraction: float = 0.1
+    soft_mask: SoftMask = SoftMask.upper
+    max_soft_masked_fraction: float = 0.5
+    contigs: tuple[str, ...] | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "strands", Strands(self.strands))
+        object.__setattr__(self, "soft_mask", SoftMask(self.soft_mask))
+        if self.contigs is not None:
+            object.__setattr__(self, "contigs", tuple(self.contigs))
+        if self.window <= 0:
+            raise InputError(f"tiling: window={self.window} must be a positive number of bases")
+        if self.stride <= 0:
+            raise InputError(f"tiling: stride={self.stride} must be > 0 (use stride=window for no overlap)")
+        for name in ("max_n_fraction", "max_soft_masked_fraction"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise InputError(f"tiling: {name}={getattr(self, name)} must be between 0 and 1")
+
+    def describe(self) -> dict:
+        described = asdict(self)
+        described["strands"] = self.strands.value
+        described["soft_mask"] = self.soft_mask.value
+        described["contigs"] = list(self.contigs) if self.contigs is not None else None
+        return described
+
+    @property
+    def strand_list(self) -> tuple[str, ...]:
+        return ("+", "-") if self.strands is Strands.both else (self.strands.value,)
+
+
+def tile_starts(length: int, window: int, stride: int) -> np.ndarray:
+    """Start positions covering ``[0, length)``; empty when the contig is shorter than the window."""
+    if length < window:
+        return np.empty(0, dtype=np.int64)
+    starts = np.arange(0, length - window + 1, stride, dtype=np.int64)
+    if starts[-1] + window < length:
+        starts = np.append(starts, length - window)
+    return starts
+
+
+def _window_fractions(block: bytes, starts: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """GC, N (any non-ACGT) and lowercase fractions of each window, via prefix sums."""
+    codes = np.frombuffer(block, dtype=np.uint8)
+    upper = codes & 0xDF  # ASCII uppercase
+    flags = np.stack([(upper == ord("G")) | (upper == ord("C")),
+                      ~np.isin(upper, np.frombuffer(b"ACGT", dtype=np.uint8)),
+                      (codes >= ord("a")) & (codes <= ord("z"))])
+    prefix = np.zeros((3, len(codes) + 1), dtype=np.int64)
+    np.cumsum(flags, axis=1, out=prefix[:, 1:])
+    counts = (prefix[:, starts + window] - prefix[:, starts]) / window
+    acgt = np.maximum(1.0 - counts[1], 1.0 / window)
+    gc = counts[0] / acgt  # GC among unambiguous bases
+    return gc.astype(np.float32), counts[1].astype(np.float32), counts[2].astype(np.float32)
+
+
+def select_contigs(genome: Genome, spec: TilingSpec) -> list[str]:
+    if spec.contigs is None:
+        return list(genome.contigs)
+    unknown = [c for c in spec.contigs if c not in genome.contigs]
+    if unknown:
+        raise InputError(f"{genome.path}: unknown contig {unknown[0]!r} in tiling.contigs; "
+                         f"known: {', '.join(list(genome.contigs)[:5])}")
+    return list(spec.contigs)
+
+
+def count_tiles(genome: Genome, spec: TilingSpec) -> int:
+    """Upper bound of tiles the plan yields (before N / soft-mask filtering), for progress bars."""
+    return sum(len(tile_starts(genome.contigs[c], spec.window, spec.stride)) for c in select_contigs(genome, spec)) \
+        * len(spec.strand_list)
+
+
+def plan_tiles(genome: Genome, spec: TilingSpec, batch_rows: int = 2048) -> Iterator[pa.RecordBatch]:
+    """Stream tiles with their sequences as RecordBatches of ``schema.TILES_WITH_SEQUENCE``.
+
+    Memory is bounded by ``batch_rows`` windows, not by contig or genome size.
+    """
+    contigs = select_contigs(genome, spec)
+    too_short = [c for c in contigs if genome.contigs[c] < spec.window]
+    if len(too_short) == len(contigs):
+        longest = max(genome.contigs[c] for c in contigs)
+        raise InputError(f"{genome.path}: window {spec.window} is longer than every selected contig "
+                         f"(longest {longest} bp); use --window <= {longest}")
+    if too_short:
+        log.warning("%s: %d contigs shorter than the %d bp window get no tiles (e.g. %s)",
+                    genome.path, len(too_short), spec.window, too_short[0])
+    next_id = 0
+    per_block = max(1, batch_rows // len(spec.strand_list))
+    for chrom in contigs:
+        starts = tile_starts(genome.contigs[chrom], spec.window, spec.stride)
+        for first in range(0, len(starts), per_block):
+            block_starts = starts[first:first + per_block]
+            block_begin, block_end = int(block_starts[0]), int(block_starts[-1]) + spec.window
+            block = genome.fetch(chrom, block_begin, block_end)
+            offsets = block_starts - block_begin
+            gc, n_fraction, lower = _window_fractions(block.encode("ascii"), offsets, spec.window)
+            keep = n_fraction <= spec.max_n_fraction
+            if spec.soft_mask is SoftMask.skip:
+                keep &= lower <= spec.max_soft_masked_fraction
+            if spec.soft_mask is SoftMask.upper:
+                block = block.upper()
+            rows = {name: [] for name in schema.TILES_WITH_SEQUENCE.names}
+            for index in np.flatnonzero(keep):
+                offset = int(offsets[index])
+                forward = block[offset:offset + spec.window]
+                for strand in spec.strand_list:
+                    rows["tile_id"].append(next_id)
+                    rows["genome"].append(genome.name)
+                    rows["chrom"].append(chrom)
+                    rows["start"].append(int(block_starts[index]))
+                    rows["end"].append(int(block_starts[index]) + spec.window)
+                    rows["strand"].append(strand)
+                    rows["gc"].append(gc[index])
+                    rows["n_fraction"].append(n_fraction[index])
+                    rows["soft_masked_fraction"].append(lower[index])
+                    rows[schema.SEQUENCE].append(forward if strand == "+" else reverse_complement(forward))
+                    next_id += 1
+            if rows["tile_id"]:
+                yield pa.RecordBatch.from_pydict(rows, schema=schema.TILES_WITH_SEQUENCE)
+    if next_id == 0:
+        raise InputError(f"{genome.path}: every tile was filtered out (max_n_fraction={spec.max_n_fraction}, "
+                         f"soft_mask={spec.soft_mask.value}); relax the N or soft-mask policy")

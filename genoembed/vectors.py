@@ -1,0 +1,159 @@
+"""FAISS indexes over a store, with the index-factory string as the one knob.
+
+``metric="ip"`` (default) L2-normalises stored and query vectors, so scores
+are cosine similarities; ``metric="l2"`` keeps raw vectors and scores are
+squared L2 distances. FAISS ids are ``tile_id`` (dense, added in order).
+GPU FAISS is used for building and searching when the installed faiss has it
+and a GPU is visible; the saved index is always a CPU index.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+from dataclasses import asdict, dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from genoembed.errors import InputError, StoreError
+
+log = logging.getLogger(__name__)
+INDEX_FILE = "index/vectors.faiss"
+
+
+class Metric(str, Enum):
+    ip = "ip"  # cosine on normalised vectors
+    l2 = "l2"
+
+
+@dataclass(frozen=True)
+class IndexSpec:
+    factory: str = "Flat"
+    metric: Metric = Metric.ip
+    train_size: int = 100_000
+    seed: int = 0
+
+    def __post_init__(self):
+        object.__setattr__(self, "metric", Metric(self.metric))
+
+    def describe(self) -> dict:
+        described = asdict(self)
+        described["metric"] = self.metric.value
+        return described
+
+
+def _faiss():
+    import faiss
+
+    return faiss
+
+
+def gpu_available() -> bool:
+    faiss = _faiss()
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+def prepare(vectors: np.ndarray, metric: Metric | str) -> np.ndarray:
+    """float32, C-contiguous, and unit-norm for the inner-product metric."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if Metric(metric) is Metric.ip:
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        vectors = vectors / np.maximum(norms, 1e-12)
+    return vectors
+
+
+def _sample_ids(total: int, size: int, seed: int) -> np.ndarray:
+    if total <= size:
+        return np.arange(total)
+    return np.sort(np.random.default_rng(seed).choice(total, size=size, replace=False))
+
+
+def _check_trainable(factory: str, train_rows: int, store_rows: int) -> None:
+    """Refuse IVF layouts with more lists than training points, with a usable suggestion."""
+    import re
+
+    match = re.search(r"IVF(\d+)", factory)
+    if match and int(match.group(1)) > train_rows:
+        suggestion = max(1, int(4 * math.sqrt(store_rows)))
+        raise InputError(f"index factory {factory!r}: {match.group(1)} inverted lists need at least as many "
+                         f"training vectors, the store has {train_rows}; use e.g. 'IVF{suggestion},Flat'")
+
+
+def build_index(store, spec: IndexSpec, progress: Callable[[int], None] | None = None):
+    """Build a FAISS index from the store's shards, streaming; returns the (CPU) index."""
+    faiss = _faiss()
+    metric = faiss.METRIC_INNER_PRODUCT if spec.metric is Metric.ip else faiss.METRIC_L2
+    try:
+        index = faiss.index_factory(store.dim, spec.factory, metric)
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()[-1] if str(error).strip() else "invalid"
+        raise InputError(f"index factory {spec.factory!r} is not valid for dim {store.dim} ({first}); "
+                         "see the FAISS index-factory docs, e.g. 'Flat', 'IVF256,PQ16', 'HNSW32'") from None
+    if not index.is_trained:
+        wanted = _sample_ids(store.num_tiles, spec.train_size, spec.seed)
+        _check_trainable(spec.factory, len(wanted), store.num_tiles)
+        sample = []
+        for ids, vectors in store.iter_embeddings():
+            mask = np.isin(ids, wanted, assume_unique=True)
+            if mask.any():
+                sample.append(prepare(vectors[mask], spec.metric))
+        training = np.concatenate(sample)
+        if gpu_available() and "HNSW" not in spec.factory:
+            gpu_index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+            gpu_index.train(training)
+            index = faiss.index_gpu_to_cpu(gpu_index)
+        else:
+            index.train(training)
+    for ids, vectors in store.iter_embeddings():
+        if ids[0] != index.ntotal or ids[-1] != index.ntotal + len(ids) - 1:
+            raise StoreError(f"{store.root}: tile ids are not contiguous at {index.ntotal}; run `genoembed verify`")
+        index.add(prepare(vectors, spec.metric))
+        if progress:
+            progress(len(ids))
+    return index
+
+
+def save_index(index, path: Path) -> None:
+    """Serialise atomically (temp file + rename)."""
+    faiss = _faiss()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial.{os.getpid()}")
+    faiss.write_index(index, str(partial))
+    os.replace(partial, path)
+
+
+def load_index(path: Path):
+    faiss = _faiss()
+    if not path.is_file():
+        raise StoreError(f"{path}: no vector index; build it with `genoembed index` (or Store.build_index)")
+    try:
+        return faiss.read_index(str(path))
+    except RuntimeError as error:
+        raise StoreError(f"{path}: unreadable FAISS index ({str(error).strip().splitlines()[-1]}); "
+                         "rebuild it with `genoembed index --rebuild-index`") from None
+
+
+def set_search_params(index, nprobe: int | None = None, ef_search: int | None = None) -> None:
+    """Apply nprobe (IVF) / efSearch (HNSW) wherever they are meaningful in the index."""
+    faiss = _faiss()
+    parameters = faiss.ParameterSpace()
+    for name, value in (("nprobe", nprobe), ("efSearch", ef_search)):
+        if value is not None:
+            # ParameterSpace raises when the index has no such knob (e.g. nprobe on Flat)
+            with contextlib.suppress(RuntimeError):
+                parameters.set_index_parameter(index, name, value)
+
+
+def search_index(index, queries: np.ndarray, k: int, metric: Metric | str,
+                 nprobe: int | None = None, ef_search: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, ids), each (n_queries, k); ids of -1 mean fewer than k results."""
+    if queries.shape[1] != index.d:
+        raise InputError(f"query vectors have dim {queries.shape[1]} but the index has dim {index.d}; "
+                         "embed queries with the store's own model")
+    set_search_params(index, nprobe, ef_search)
+    return index.search(prepare(queries, metric), k)
