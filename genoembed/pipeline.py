@@ -89,12 +89,18 @@ class _BackgroundWriter:
             raise self._failure[0]
         self._queue.put((tiles, embeddings))
 
-    def close(self) -> None:
+    def close(self, complete: bool = True) -> None:
+        """Write everything queued; ``complete`` also flushes the last partial shard and seals the store.
+
+        After a failure elsewhere, ``complete=False`` keeps the full shards already embedded
+        so that a rerun resumes after them.
+        """
         self._queue.put(_DONE)
         self._thread.join()
         if self._failure:
             raise self._failure[0]
-        self._writer.close()
+        if complete:
+            self._writer.close()
 
 
 def _skip_done(batches: Iterable[pa.RecordBatch], rows_done: int) -> Iterator[pa.RecordBatch]:
@@ -141,12 +147,16 @@ def index(
             background = _BackgroundWriter(writer)
             done = writer.rows_done
             batches = _skip_done(plan_tiles(genome, tiling, batch_rows=embed_rows), writer.rows_done)
-            for batch in _threaded(batches, depth=2):
-                sequences = batch.column(schema.SEQUENCE).to_pylist()
-                background.write(batch, embedder.embed(sequences))
-                done += batch.num_rows
-                if progress:
-                    progress(done, total)
+            try:
+                for batch in _threaded(batches, depth=2):
+                    sequences = batch.column(schema.SEQUENCE).to_pylist()
+                    background.write(batch, embedder.embed(sequences))
+                    done += batch.num_rows
+                    if progress:
+                        progress(done, total)
+            except BaseException:
+                background.close(complete=False)
+                raise
             background.close()
     store = Store.open(out)
     if index_spec is not None and (store.manifest.get("index") or {}).get("spec") != index_spec.describe():

@@ -1,0 +1,36 @@
+"""Shared fixtures: an isolated cache and small real stores built with the k-mer embedder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+DATA = Path(__file__).parent / "data"
+PLASMID_FASTA = DATA / "NC_005816.fna"
+PLASMID_GENBANK = DATA / "NC_005816.gb"
+DEMO = Path(__file__).parent.parent / "genoembed" / "data" / "demo"
+CHLOROPLAST_FASTA = DEMO / "NC_000932.fa"
+CHLOROPLAST_GENBANK = DEMO / "NC_000932.gb"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def isolated_cache(tmp_path_factory):
+    """Keep .fai indexes and decompressed genomes out of the user's cache."""
+    cache = tmp_path_factory.mktemp("cache")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("GENOEMBED_CACHE", str(cache))
+    yield cache
+    patch.undo()
+
+
+@pytest.fixture(scope="session")
+def chloroplast_store(tmp_path_factory):
+    """Chloroplast, 1 kb tiles every 500 bp on both strands, 4-mer embedder, Flat index."""
+    from genoembed.embedders.kmer import KmerEmbedder
+    from genoembed.pipeline import index
+    from genoembed.tiles import TilingSpec
+
+    out = tmp_path_factory.mktemp("stores") / "chloroplast"
+    return index(CHLOROPLAST_FASTA, out, embedder=KmerEmbedder(k=4), tiling=TilingSpec(strands="both"),
+                 shard_rows=128)

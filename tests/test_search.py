@@ -1,0 +1,95 @@
+import numpy as np
+import pytest
+
+from genoembed.embedders.kmer import KmerEmbedder
+from genoembed.errors import InputError
+from genoembed.genome import reverse_complement
+from genoembed.search import Query, bed_queries, check_sequence, fasta_queries, parse_region, region_queries
+from genoembed.synthetic import mutate, write_fasta
+
+
+def test_parse_region_is_one_based_closed():
+    assert parse_region("chr1:1,001-2,000") == ("chr1", 1000, 2000, "+")
+    assert parse_region("chr1:1001-2000:-") == ("chr1", 1000, 2000, "-")
+    assert parse_region("HLA-A*01:01:01:01:5-10") == ("HLA-A*01:01:01:01", 4, 10, "+")
+    assert parse_region("chrM") == ("chrM", None, None, "+")
+    with pytest.raises(InputError, match="1 <= start <= end"):
+        parse_region("chr1:0-10")
+
+
+def test_region_queries_check_bounds(chloroplast_store):
+    genome = chloroplast_store.genome()
+    (query,) = region_queries(genome, ["NC_000932.1:101-200:-"])
+    assert (query.start, query.end, query.strand) == (100, 200, "-")
+    assert query.sequence == reverse_complement(genome.fetch("NC_000932.1", 100, 200)).upper()
+    with pytest.raises(InputError, match="ends at 200000 but NC_000932.1 has 154478 bp"):
+        region_queries(genome, ["NC_000932.1:1-200000"])
+    with pytest.raises(InputError, match="contig 'chr1' is not in"):
+        region_queries(genome, ["chr1:1-100"])
+
+
+def test_each_tile_finds_itself_first(chloroplast_store):
+    genome = chloroplast_store.genome()
+    tiles = chloroplast_store.tiles(np.arange(0, chloroplast_store.num_tiles, 50)).to_pylist()
+    queries = [Query(f"t{t['tile_id']}", genome.fetch(t["chrom"], t["start"], t["end"], t["strand"]))
+               for t in tiles]
+    hits = chloroplast_store.search(queries, k=3, save_as=None).to_pylist()
+    top = {h["query"]: h for h in hits if h["rank"] == 1}
+    for tile in tiles:
+        best = top[f"t{tile['tile_id']}"]
+        # canonical k-mers: the same locus on either strand scores 1.0
+        assert (best["start"], best["end"]) == (tile["start"], tile["end"])
+        assert best["score"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_mutated_copy_finds_its_origin(chloroplast_store):
+    genome = chloroplast_store.genome()
+    source = genome.fetch("NC_000932.1", 30_000, 31_000)
+    query = Query("mutated", mutate(source, substitution_rate=0.05, indel_rate=0.005, seed=3))
+    hits = chloroplast_store.search([query], k=5, save_as=None).to_pylist()
+    assert any(h["start"] < 31_000 and h["end"] > 30_000 for h in hits[:2])
+
+
+def test_exclude_self_drops_overlapping_tiles(chloroplast_store):
+    genome = chloroplast_store.genome()
+    queries = region_queries(genome, ["NC_000932.1:20001-21000"])
+    hits = chloroplast_store.search(queries, k=10, exclude_self=True, save_as=None).to_pylist()
+    assert len(hits) == 10 and [h["rank"] for h in hits] == list(range(1, 11))
+    assert all(h["end"] <= 20_000 or h["start"] >= 21_000 for h in hits)
+
+
+def test_search_errors(chloroplast_store):
+    query = [Query("q", "ACGT" * 100)]
+    with pytest.raises(InputError, match="larger than the store"):
+        chloroplast_store.search(query, k=10**6)
+    with pytest.raises(InputError, match="dim 64 but the store has dim 256"):
+        chloroplast_store.search(query, k=5, embedder=KmerEmbedder(k=3))
+    with pytest.raises(InputError, match="characters other than DNA"):
+        check_sequence("ACGTXZ", "--sequence")
+    with pytest.raises(InputError, match="replace U with T"):
+        check_sequence("ACGU", "--sequence")
+
+
+def test_saved_search_becomes_sql_view(chloroplast_store):
+    chloroplast_store.search([Query("q", "ACGT" * 100)], k=4, save_as="demo_hits")
+    rows = chloroplast_store.sql("SELECT count(*) AS n FROM hits_demo_hits").to_pylist()
+    assert rows == [{"n": 4}]
+    with pytest.raises(InputError, match="letters, digits"):
+        chloroplast_store.search([Query("q", "ACGT" * 100)], k=4, save_as="bad-name")
+
+
+def test_bed_and_fasta_queries(chloroplast_store, tmp_path):
+    genome = chloroplast_store.genome()
+    bed = tmp_path / "q.bed"
+    bed.write_text("track name=x\nNC_000932.1\t100\t600\tgeneA\t0\t-\nNC_000932.1\t1000\t1500\n")
+    queries = bed_queries(genome, bed)
+    assert [q.name for q in queries] == ["geneA", "NC_000932.1:1001-1500"]
+    assert queries[0].sequence == reverse_complement(genome.fetch("NC_000932.1", 100, 600)).upper()
+    bed.write_text("NC_000932.1\t100\n")
+    with pytest.raises(InputError, match=r"q.bed:1: expected chrom"):
+        bed_queries(genome, bed)
+    fasta = write_fasta(tmp_path / "q.fa.gz", {"a": "ACGT" * 50, "b": "GGCC" * 50}, compression="gzip")
+    assert [q.name for q in fasta_queries(fasta)] == ["a", "b"]
+    (tmp_path / "bad.fa").write_text(">x\nACGT!!\n")
+    with pytest.raises(InputError, match="bad.fa record 'x'"):
+        fasta_queries(tmp_path / "bad.fa")

@@ -1,0 +1,152 @@
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from genoembed import schema
+from genoembed.embedders.kmer import KmerEmbedder
+from genoembed.errors import StoreError
+from genoembed.genome import open_genome
+from genoembed.pipeline import index
+from genoembed.store import PROVENANCE_KEY, Store, StoreWriter, file_sha256, write_lock
+from genoembed.tiles import TilingSpec, plan_tiles
+
+from conftest import PLASMID_FASTA
+
+
+def build(out, **options):
+    options.setdefault("embedder", KmerEmbedder(k=3))
+    options.setdefault("tiling", TilingSpec(window=500, stride=250, strands="both"))
+    return index(PLASMID_FASTA, out, shard_rows=options.pop("shard_rows", 16), **options)
+
+
+def all_rows(store):
+    return [batch for batch in store.iter_batches()]
+
+
+def test_shards_hold_every_tile_with_embeddings_and_provenance(tmp_path):
+    store = build(tmp_path / "s")
+    genome = open_genome(PLASMID_FASTA)
+    planned = [b for b in plan_tiles(genome, TilingSpec(window=500, stride=250, strands="both"))]
+    expected_ids = np.concatenate([b.column("tile_id").to_numpy() for b in planned])
+    assert store.num_tiles == len(expected_ids) == sum(s["rows"] for s in store.manifest["shards"])
+    assert len(store.manifest["shards"]) == -(-len(expected_ids) // 16)
+    ids = np.concatenate([ids for ids, _ in store.iter_embeddings()])
+    np.testing.assert_array_equal(ids, expected_ids)
+    # the stored vectors are exactly what the embedder gives for the planned sequences
+    sequences = [s for b in planned for s in b.column(schema.SEQUENCE).to_pylist()]
+    vectors = np.concatenate([v for _, v in store.iter_embeddings(batch_rows=7)])
+    np.testing.assert_allclose(vectors, KmerEmbedder(k=3).embed(sequences), rtol=1e-6)
+    for shard in store.manifest["shards"]:
+        path = store.root / shard["path"]
+        assert file_sha256(path) == shard["sha256"]
+        metadata = pq.read_schema(path).metadata
+        provenance = json.loads(metadata[PROVENANCE_KEY])
+        assert provenance["embedder"]["fingerprint"] == KmerEmbedder(k=3).fingerprint
+        assert provenance["genome"]["sha256"] == genome.checksum
+        assert provenance["tiling"]["window"] == 500
+    assert pq.read_schema(store.shard_paths[0]).field(schema.EMBEDDING).type.list_size == 64
+
+
+def test_shard_size_does_not_change_rows(tmp_path):
+    small = build(tmp_path / "a", shard_rows=5)
+    large = build(tmp_path / "b", shard_rows=1000)
+    a = np.concatenate([v for _, v in small.iter_embeddings()])
+    b = np.concatenate([v for _, v in large.iter_embeddings()])
+    np.testing.assert_array_equal(a, b)
+
+
+class CrashingEmbedder(KmerEmbedder):
+    """Fails after a given number of calls, like a killed GPU job."""
+
+    def __init__(self, fail_after):
+        super().__init__(k=3)
+        self.calls = 0
+        self.fail_after = fail_after
+
+    def embed(self, sequences):
+        self.calls += 1
+        if self.calls > self.fail_after:
+            raise KeyboardInterrupt("simulated crash")
+        return super().embed(sequences)
+
+
+def test_interrupted_build_resumes_to_identical_store(tmp_path):
+    reference = build(tmp_path / "ref")
+    with pytest.raises(KeyboardInterrupt):
+        build(tmp_path / "crash", embedder=CrashingEmbedder(fail_after=3), embed_rows=10)
+    with pytest.raises(StoreError, match="incomplete"):
+        Store.open(tmp_path / "crash")
+    partial = json.loads((tmp_path / "crash" / "manifest.json").read_text())
+    assert partial["status"] == "building" and 0 < sum(s["rows"] for s in partial["shards"]) < reference.num_tiles
+    resumed = build(tmp_path / "crash", embed_rows=10)
+    assert resumed.num_tiles == reference.num_tiles
+    for (ids_a, a), (ids_b, b) in zip(reference.iter_embeddings(), resumed.iter_embeddings()):
+        np.testing.assert_array_equal(ids_a, ids_b)
+        np.testing.assert_array_equal(a, b)
+    assert not list((tmp_path / "crash").rglob("*.partial.*"))
+
+
+def test_rebuilding_with_another_model_is_refused_unless_overwrite(tmp_path):
+    build(tmp_path / "s")
+    with pytest.raises(StoreError, match="different embedder; use --overwrite"):
+        build(tmp_path / "s", embedder=KmerEmbedder(k=2))
+    store = build(tmp_path / "s", embedder=KmerEmbedder(k=2), overwrite=True)
+    assert store.dim == 16
+
+
+def test_second_writer_is_refused(tmp_path):
+    store = build(tmp_path / "s")
+    (store.root / ".lock").write_text("1")  # pid 1 is always alive
+    with pytest.raises(StoreError, match="being written by process 1"):
+        with write_lock(store.root):
+            pass
+
+
+def test_stale_lock_from_dead_process_is_taken_over(tmp_path):
+    store = build(tmp_path / "s")
+    (store.root / ".lock").write_text("999999999")
+    with write_lock(store.root):
+        pass
+    assert not (store.root / ".lock").exists()
+
+
+def test_missing_shard_and_newer_format_are_reported(tmp_path):
+    store = build(tmp_path / "s")
+    store.shard_paths[1].unlink()
+    with pytest.raises(StoreError, match="missing"):
+        Store.open(store.root)
+    manifest = json.loads((store.root / "manifest.json").read_text())
+    manifest["format_version"] = 99
+    (store.root / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(StoreError, match="newer than this genoembed"):
+        Store.open(store.root)
+
+
+def test_not_a_store(tmp_path):
+    with pytest.raises(StoreError, match="not a genoembed store"):
+        Store.open(tmp_path)
+
+
+def test_tiles_lookup_preserves_requested_order(tmp_path):
+    store = build(tmp_path / "s")
+    wanted = np.array([17, 3, 40, 3])
+    rows = store.tiles(wanted)
+    assert rows.column("tile_id").to_pylist() == [17, 3, 40, 3]
+
+
+def test_writer_rejects_wrong_embedding_shape(tmp_path):
+    genome = open_genome(PLASMID_FASTA)
+    batch = next(plan_tiles(genome, TilingSpec(window=500, stride=500)))
+    writer = StoreWriter(tmp_path / "s", {"embedding_dtype": "float32"}, dim=8)
+    with pytest.raises(StoreError, match="expected"):
+        writer.write(batch, np.zeros((batch.num_rows, 9), dtype=np.float32))
+
+
+def test_float16_store_round_trips(tmp_path):
+    store = build(tmp_path / "s", embedding_dtype="float16")
+    assert pq.read_schema(store.shard_paths[0]).field(schema.EMBEDDING).type.value_type == "halffloat"
+    ids, vectors = next(store.iter_embeddings())
+    assert vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=2e-3)
