@@ -36,7 +36,7 @@ def test_flat_equals_numpy_brute_force(chloroplast_store, metric):
     np.testing.assert_allclose(np.take_along_axis(full, ids, axis=1), scores, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("factory", ["IVF16,Flat", "HNSW16", "IVF16,PQ8"])
+@pytest.mark.parametrize("factory", ["IVF16,Flat", "HNSW16", "IVF16,PQ32x4"])
 def test_approximate_indexes_recall_against_exact(chloroplast_store, factory):
     database = stored_matrix(chloroplast_store)
     index = build_index(chloroplast_store, IndexSpec(factory=factory))
@@ -44,8 +44,9 @@ def test_approximate_indexes_recall_against_exact(chloroplast_store, factory):
     _, exact = brute_force(database, queries, 10, "ip")
     _, found = search_index(index, queries, 10, "ip", nprobe=16, ef_search=128)
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, exact)])
-    # visiting every list (nprobe=16 of 16) / a wide HNSW beam is near-exact; PQ loses some
-    assert recall >= (0.5 if "PQ" in factory else 0.95), recall
+    # visiting every list (nprobe=16 of 16) / a wide HNSW beam is near-exact; 4-bit PQ loses much
+    # but stays far above chance (10 / 616)
+    assert recall >= (0.3 if "PQ" in factory else 0.95), recall
 
 
 def test_nprobe_changes_ivf_results(chloroplast_store):
