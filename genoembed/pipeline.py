@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import shutil
 import threading
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -139,6 +140,26 @@ def index(
                   "tiling": tiling.describe(), "genome": {**genome.describe(), "contig_lengths": genome.contigs},
                   "embedding_dtype": embedding_dtype}
     total = count_tiles(genome, tiling)
+    created = not out.exists()
+    try:
+        _embed_into_store(out, provenance=provenance, embedder=embedder, genome=genome, tiling=tiling,
+                          embed_rows=embed_rows, shard_rows=shard_rows, overwrite=overwrite, total=total,
+                          progress=progress)
+    except BaseException:
+        if created and not any((out / "shards").glob("part-*.parquet")):
+            shutil.rmtree(out, ignore_errors=True)  # failed before any shard: leave nothing behind
+        raise
+    store = Store.open(out)
+    if index_spec is not None and (store.manifest.get("index") or {}).get("spec") != index_spec.describe():
+        build_store_index(store, index_spec)
+    for path in annotations:
+        store.add_annotations(path, aliases=aliases, auto_alias=auto_alias)
+    return store
+
+
+def _embed_into_store(out: Path, *, provenance: dict, embedder: Embedder, genome, tiling: TilingSpec,
+                      embed_rows: int, shard_rows: int, overwrite: bool, total: int, progress) -> None:
+    """Embed the tiles not yet stored (all of them for a new store) under the writer lock."""
     with write_lock(out):
         writer = StoreWriter(out, provenance, embedder.dim, shard_rows=shard_rows, overwrite=overwrite)
         if not writer.complete:
@@ -158,12 +179,6 @@ def index(
                 background.close(complete=False)
                 raise
             background.close()
-    store = Store.open(out)
-    if index_spec is not None and (store.manifest.get("index") or {}).get("spec") != index_spec.describe():
-        build_store_index(store, index_spec)
-    for path in annotations:
-        store.add_annotations(path, aliases=aliases, auto_alias=auto_alias)
-    return store
 
 
 def build_store_index(store: Store, spec: IndexSpec, progress: Callable[[int], None] | None = None) -> dict:
