@@ -12,6 +12,8 @@ import gzip
 import hashlib
 import logging
 import os
+import struct
+import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,9 +91,13 @@ def _decompress_to_cache(path: Path, checksum: str) -> Path:
     return target
 
 
-def _sniff_fasta(path: Path, shown: Path) -> None:
-    with open(path, "rb") as handle:
-        head = handle.read(1 << 16)
+def _sniff_fasta(path: Path, shown: Path, compressed: bool = False) -> None:
+    try:
+        with (gzip.open(path, "rb") if compressed else open(path, "rb")) as handle:
+            head = handle.read(1 << 16)
+    except (EOFError, OSError, zlib.error) as error:
+        raise InputError(f"{shown}: corrupt or truncated compressed FASTA ({error}); "
+                         "re-download or re-compress the file") from None
     if not head.strip():
         raise InputError(f"{shown}: file is empty; expected a FASTA genome")
     if b"\x00" in head:
@@ -117,6 +123,8 @@ class Genome:
         length = self.contigs.get(chrom)
         if length is None:
             raise InputError(f"{self.path}: unknown contig {chrom!r}; known: {_preview(self.contigs)}")
+        if strand not in ("+", "-"):
+            raise InputError(f"{self.path}: strand {strand!r} for {chrom}:{start}-{end} must be '+' or '-'")
         if not 0 <= start < end <= length:
             raise InputError(f"{self.path}: region {chrom}:{start}-{end} is outside {chrom} (length {length}); "
                              f"use 0 <= start < end <= {length}")
@@ -133,9 +141,62 @@ def _preview(names) -> str:
     return ", ".join(names[:5]) + (f", ... ({len(names)} in all)" if len(names) > 5 else "")
 
 
+def _named_for_pyfaidx(readable: Path, checksum: str, bgzf: bool) -> Path:
+    """``readable``, or a link to it in the cache whose suffix tells pyfaidx the real format.
+
+    pyfaidx picks the BGZF reader by file name (``.gz``/``.bgz``), not content:
+    a bgzip file named ``x.fa`` or a plain FASTA named ``x.fa.gz`` would fail.
+    """
+    if readable.name.lower().endswith((".gz", ".bgz")) == bgzf:
+        return readable
+    link = cache_dir() / "links" / (f"{checksum}.fa.gz" if bgzf else f"{checksum}.fa")
+    link.parent.mkdir(parents=True, exist_ok=True)
+    target = readable.resolve()
+    if not (link.is_symlink() and Path(os.readlink(link)) == target):
+        partial = link.with_name(f"{link.name}.{os.getpid()}.tmp")
+        partial.unlink(missing_ok=True)
+        partial.symlink_to(target)
+        os.replace(partial, link)
+    return link
+
+
+def _open_indexed(readable: Path, checksum: str, bgzf: bool) -> pyfaidx.Fasta:
+    """pyfaidx over ``readable`` with its .fai (and .gzi for bgzip) in the cache, keyed by content.
+
+    A missing index is built under a temporary name and renamed into place, so
+    an interrupted or concurrent build never leaves a truncated index for later
+    opens. An existing index is touched: the cache is content-addressed, so
+    pyfaidx's mtime staleness check (a copied or touched genome looks newer than
+    its index) does not apply and would only warn.
+    """
+    index_dir = cache_dir() / "fai"
+    index_dir.mkdir(parents=True, exist_ok=True)
+    fai, gzi = index_dir / f"{checksum}.fai", index_dir / f"{checksum}.gzi"
+    options = dict(as_raw=False, sequence_always_upper=False, duplicate_action="stop", rebuild=False)
+    readable = _named_for_pyfaidx(readable, checksum, bgzf)
+    if fai.exists() and (gzi.exists() or not bgzf):
+        stamp = max(time.time_ns(), readable.stat().st_mtime_ns)
+        for index in (fai, gzi) if bgzf else (fai,):
+            os.utime(index, ns=(stamp, stamp))
+    else:
+        suffix = f".{os.getpid()}.tmp"
+        tmp_fai, tmp_gzi = fai.with_name(fai.name + suffix), gzi.with_name(gzi.name + suffix)
+        try:
+            pyfaidx.Faidx(str(readable), indexname=str(tmp_fai), gzi_indexname=str(tmp_gzi), **options).close()
+            if bgzf:
+                os.replace(tmp_gzi, gzi)
+            os.replace(tmp_fai, fai)
+        finally:
+            tmp_fai.unlink(missing_ok=True)
+            tmp_gzi.unlink(missing_ok=True)
+    return pyfaidx.Fasta(str(readable), indexname=str(fai), gzi_indexname=str(gzi), **options)
+
+
 def open_genome(path: str | Path, name: str | None = None) -> Genome:
     """Open and validate a FASTA (plain, gzip or bgzip); raise InputError naming the file and fix."""
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory, not a FASTA file; pass the FASTA file inside it")
     if not path.is_file():
         raise InputError(f"{path}: FASTA file not found; check the path")
     if not os.access(path, os.R_OK):
@@ -144,27 +205,22 @@ def open_genome(path: str | Path, name: str | None = None) -> Genome:
     readable = path
     if _is_gzip(path) and not _is_bgzf(path):
         readable = _decompress_to_cache(path, checksum)
-    elif not _is_gzip(path):
-        _sniff_fasta(path, path)
-    if readable is not path:
-        _sniff_fasta(readable, path)
-    index_dir = cache_dir() / "fai"
-    index_dir.mkdir(parents=True, exist_ok=True)
+    # bgzip is sniffed through its decompressed head; plain gzip through the cached copy
+    _sniff_fasta(readable, path, compressed=_is_gzip(readable))
     try:
-        fasta = pyfaidx.Fasta(
-            str(readable), indexname=str(index_dir / f"{checksum}.fai"),
-            gzi_indexname=str(index_dir / f"{checksum}.gzi"), as_raw=False, sequence_always_upper=False,
-            duplicate_action="stop", rebuild=False,
-        )
+        fasta = _open_indexed(readable, checksum, bgzf=_is_bgzf(readable))
     except pyfaidx.FastaIndexingError as error:
-        raise InputError(f"{path}: malformed FASTA ({error}); fix line lengths within each record") from None
+        fix = "fix line lengths within each record" if "Line length" in str(error) \
+            else "check that every record starts with a '>name' line"
+        raise InputError(f"{path}: malformed FASTA ({error}); {fix}") from None
     except ValueError as error:
         message = str(error)
         if "Duplicate key" in message:
             raise InputError(f"{path}: {message.rstrip('.')}; record names must be unique") from None
         raise InputError(f"{path}: cannot read FASTA ({message})") from None
-    except (EOFError, OSError, zlib.error) as error:
-        raise InputError(f"{path}: corrupt or truncated compressed FASTA ({error})") from None
+    except (EOFError, OSError, zlib.error, struct.error) as error:
+        raise InputError(f"{path}: corrupt or truncated compressed FASTA ({error}); "
+                         "re-download or re-compress the file") from None
     contigs = {record: len(fasta[record]) for record in fasta.keys()}
     if not contigs:
         raise InputError(f"{path}: no FASTA records found")

@@ -4,13 +4,14 @@ Tiles start at 0, stride, 2*stride, ... and, when that grid does not reach
 the contig end, one last tile is flush with the end so every base of a contig
 at least ``window`` long is covered. Contigs shorter than the window yield no
 tile (they are counted and reported). ``tile_id`` is the dense rank of a tile
-in plan order (contig order of the FASTA, then start, then ``+`` before
-``-``), so the same genome and spec always give the same ids.
+in plan order (contig order of the FASTA, or of ``TilingSpec.contigs`` when
+given, then start, then ``+`` before ``-``), so the same genome and spec always give the same ids.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import asdict, dataclass
 from enum import Enum
 from typing import Iterator
@@ -50,8 +51,12 @@ class TilingSpec:
     contigs: tuple[str, ...] | None = None
 
     def __post_init__(self):
-        object.__setattr__(self, "strands", Strands(self.strands))
-        object.__setattr__(self, "soft_mask", SoftMask(self.soft_mask))
+        for name, kind in (("strands", Strands), ("soft_mask", SoftMask)):
+            try:
+                object.__setattr__(self, name, kind(getattr(self, name)))
+            except ValueError:
+                raise InputError(f"tiling: {name}={getattr(self, name)!r} must be one of "
+                                 f"{', '.join(repr(v.value) for v in kind)}") from None
         if self.contigs is not None:
             object.__setattr__(self, "contigs", tuple(self.contigs))
         if self.window <= 0:
@@ -76,6 +81,8 @@ class TilingSpec:
 
 def tile_starts(length: int, window: int, stride: int) -> np.ndarray:
     """Start positions covering ``[0, length)``; empty when the contig is shorter than the window."""
+    if window <= 0 or stride <= 0:
+        raise InputError(f"tiling: window={window} and stride={stride} must both be positive")
     if length < window:
         return np.empty(0, dtype=np.int64)
     starts = np.arange(0, length - window + 1, stride, dtype=np.int64)
@@ -102,6 +109,12 @@ def _window_fractions(block: bytes, starts: np.ndarray, window: int) -> tuple[np
 def select_contigs(genome: Genome, spec: TilingSpec) -> list[str]:
     if spec.contigs is None:
         return list(genome.contigs)
+    if not spec.contigs:
+        raise InputError(f"{genome.path}: tiling.contigs is empty; name at least one contig or leave it unset")
+    repeated = sorted(c for c, times in Counter(spec.contigs).items() if times > 1)
+    if repeated:
+        raise InputError(f"{genome.path}: contig {repeated[0]!r} is listed more than once in tiling.contigs; "
+                         "list each contig once")
     unknown = [c for c in spec.contigs if c not in genome.contigs]
     if unknown:
         raise InputError(f"{genome.path}: unknown contig {unknown[0]!r} in tiling.contigs; "
@@ -118,8 +131,12 @@ def count_tiles(genome: Genome, spec: TilingSpec) -> int:
 def plan_tiles(genome: Genome, spec: TilingSpec, batch_rows: int = 2048) -> Iterator[pa.RecordBatch]:
     """Stream tiles with their sequences as RecordBatches of ``schema.TILES_WITH_SEQUENCE``.
 
-    Memory is bounded by ``batch_rows`` windows, not by contig or genome size.
+    Every batch holds exactly ``batch_rows`` rows except the last, so batch
+    boundaries do not depend on contig boundaries. Memory is bounded by
+    ``batch_rows`` windows, not by contig or genome size.
     """
+    if batch_rows <= 0:
+        raise InputError(f"tiling: batch_rows={batch_rows} must be a positive number of rows")
     contigs = select_contigs(genome, spec)
     too_short = [c for c in contigs if genome.contigs[c] < spec.window]
     if len(too_short) == len(contigs):
@@ -131,6 +148,7 @@ def plan_tiles(genome: Genome, spec: TilingSpec, batch_rows: int = 2048) -> Iter
                     genome.path, len(too_short), spec.window, too_short[0])
     next_id = 0
     per_block = max(1, batch_rows // len(spec.strand_list))
+    rows = {name: [] for name in schema.TILES_WITH_SEQUENCE.names}
     for chrom in contigs:
         starts = tile_starts(genome.contigs[chrom], spec.window, spec.stride)
         for first in range(0, len(starts), per_block):
@@ -144,7 +162,6 @@ def plan_tiles(genome: Genome, spec: TilingSpec, batch_rows: int = 2048) -> Iter
                 keep &= lower <= spec.max_soft_masked_fraction
             if spec.soft_mask is SoftMask.upper:
                 block = block.upper()
-            rows = {name: [] for name in schema.TILES_WITH_SEQUENCE.names}
             for index in np.flatnonzero(keep):
                 offset = int(offsets[index])
                 forward = block[offset:offset + spec.window]
@@ -160,8 +177,11 @@ def plan_tiles(genome: Genome, spec: TilingSpec, batch_rows: int = 2048) -> Iter
                     rows["soft_masked_fraction"].append(lower[index])
                     rows[schema.SEQUENCE].append(forward if strand == "+" else reverse_complement(forward))
                     next_id += 1
-            if rows["tile_id"]:
-                yield pa.RecordBatch.from_pydict(rows, schema=schema.TILES_WITH_SEQUENCE)
+                    if len(rows["tile_id"]) == batch_rows:
+                        yield pa.RecordBatch.from_pydict(rows, schema=schema.TILES_WITH_SEQUENCE)
+                        rows = {name: [] for name in schema.TILES_WITH_SEQUENCE.names}
+    if rows["tile_id"]:
+        yield pa.RecordBatch.from_pydict(rows, schema=schema.TILES_WITH_SEQUENCE)
     if next_id == 0:
         raise InputError(f"{genome.path}: every tile was filtered out (max_n_fraction={spec.max_n_fraction}, "
                          f"soft_mask={spec.soft_mask.value}); relax the N or soft-mask policy")
