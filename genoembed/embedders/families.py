@@ -1,0 +1,642 @@
+"""Which DNA language model is in a directory, and how to feed it: one adapter per family.
+
+:func:`detect_family` reads ``config.json`` and the tokenizer files (never the
+weights) and returns a :class:`Family`. :func:`make_adapter` then wraps the
+loaded tokenizer and model in an :class:`Adapter` with one small interface::
+
+    adapter.normalize(sequence)        -> str          case / IUPAC as the vocab wants
+    adapter.max_chunk_bases(tokens)    -> int          bases that fit ``tokens`` content tokens
+    adapter.piece(sequence, start, end)-> str          model input for the bases [start, end)
+    adapter.tokenize(pieces)           -> TokenBatch   ids, attention mask, content mask
+    adapter.forward(ids, mask, layer)  -> torch hidden states (b, t, h)
+    adapter.finish(pooled)             -> torch (b, dim)  family-specific post-pooling
+
+Tokenisation has a vectorised numpy path for the k-mer and single-base
+families; at construction it is checked token for token (ids and content
+mask) against the model's own tokenizer on probe sequences, and when they
+differ the tokenizer itself is used (announced in ``adapter.notes``).
+
+Families
+--------
+``nucleotide-transformer``      native ``EsmForMaskedLM``, non-overlapping 6-mers (NT v1; genoembed's default model)
+``nucleotide-transformer-v2``   esm with ``auto_map`` custom code (rotary, SwiGLU): needs trust_remote_code
+``dnabert``                     native ``BertForMaskedLM``, overlapping k-mers (k = 3..6), ``[CLS] ... [SEP]``
+``dnabert-2``                   bert with ``auto_map`` custom code (ALiBi), BPE tokenizer: needs trust_remote_code
+``hyenadna``                    custom code, single-base characters, long context
+``caduceus``                    custom code, single-base characters; ``rcps`` models are RC-equivariant
+``gpn``                         convolutional MLM, single-base; classes registered by ``import gpn.model``
+``char``                        any native model with a single-base vocabulary
+``generic``                     anything else: the model's own tokenizer, no fast path
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import json
+import logging
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import NamedTuple, Sequence
+
+import numpy as np
+import torch
+
+from genoembed.errors import InputError, MissingExtraError, ModelError
+
+log = logging.getLogger(__name__)
+
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+    "vocab.txt", "vocab.json", "merges.txt", "tokenizer.model", "spiece.model",
+)
+
+
+@dataclass(frozen=True)
+class Family:
+    """What genoembed knows about a model family.
+
+    ``tokens``: ``kmer`` (non-overlapping k-mers), ``overlapping-kmer``,
+    ``char`` (one token per base), ``bpe`` or ``tokenizer`` (the model's own
+    tokenizer decides). ``custom_code``: the directory's ``auto_map`` Python
+    code must run (``trust_remote_code``). ``extra``: a package whose import
+    registers the model classes with transformers.
+    """
+
+    name: str
+    tokens: str
+    k: int = 1
+    custom_code: bool = False
+    rc_equivariant: bool = False
+    extra: str | None = None
+    notes: tuple[str, ...] = field(default=())
+
+
+FAMILIES: dict[str, Family] = {
+    f.name: f
+    for f in (
+        Family("nucleotide-transformer", "kmer", k=6),
+        Family("nucleotide-transformer-v2", "kmer", k=6, custom_code=True),
+        Family("dnabert", "overlapping-kmer", k=6),
+        Family("dnabert-2", "bpe", custom_code=True),
+        Family("hyenadna", "char", custom_code=True),
+        Family("caduceus", "char", custom_code=True),
+        Family("gpn", "char", extra="gpn"),
+        Family("char", "char"),
+        Family("generic", "tokenizer"),
+    )
+}
+
+
+# --------------------------------------------------------------------------- reading a directory
+
+
+def read_json(path: Path) -> dict:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            value = json.load(handle)
+    except OSError as err:
+        raise ModelError(f"cannot read {path}: {err.strerror}; check the file's permissions") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ModelError(f"{path} is not valid JSON ({err}); restore it from the model's original files") from None
+    if not isinstance(value, dict):
+        raise ModelError(f"{path} should hold a JSON object; restore it from the model's original files")
+    return value
+
+
+def read_config(directory: Path) -> dict:
+    """``config.json`` of a model directory, with errors that say what to fix."""
+    if not directory.exists():
+        raise ModelError(
+            f"model directory {directory} does not exist; pass a local directory holding config.json, "
+            "the tokenizer files and the weights (as written by save_pretrained)"
+        )
+    if not directory.is_dir():
+        raise ModelError(f"model path {directory} is a file; pass the directory that holds config.json")
+    config_file = directory / "config.json"
+    if not config_file.is_file():
+        raise ModelError(
+            f"{directory} is not a transformers model directory (no config.json); pass the directory "
+            "written by save_pretrained, or copy the model's config.json, tokenizer files and weights into it"
+        )
+    return read_json(config_file)
+
+
+def read_tokenizer_config(directory: Path) -> dict:
+    path = directory / "tokenizer_config.json"
+    return read_json(path) if path.is_file() else {}
+
+
+def read_vocab(directory: Path) -> dict[str, int]:
+    """The token -> id map from the tokenizer files, without loading the tokenizer (may be empty)."""
+    vocab_txt = directory / "vocab.txt"
+    if vocab_txt.is_file():
+        lines = vocab_txt.read_text(encoding="utf-8").splitlines()
+        return {token.strip(): i for i, token in enumerate(lines) if token.strip()}
+    tokenizer_json = directory / "tokenizer.json"
+    if tokenizer_json.is_file():
+        model = read_json(tokenizer_json).get("model") or {}
+        vocab = model.get("vocab")
+        if isinstance(vocab, dict):
+            return {str(t): int(i) for t, i in vocab.items()}
+        if isinstance(vocab, list):  # unigram: [[token, score], ...]
+            return {str(item[0]): i for i, item in enumerate(vocab)}
+    vocab_json = directory / "vocab.json"
+    if vocab_json.is_file():
+        return {str(t): int(i) for t, i in read_json(vocab_json).items()}
+    return {}
+
+
+def needs_remote_code(config: dict, tokenizer_config: dict | None = None) -> bool:
+    """True when loading would execute Python shipped with the model (an ``auto_map``)."""
+    for source in (config, tokenizer_config or {}):
+        auto_map = source.get("auto_map")
+        if isinstance(auto_map, dict) and auto_map:
+            return True
+        if isinstance(auto_map, (list, tuple)) and auto_map:  # old tokenizer_config style
+            return True
+    return False
+
+
+def kmer_size(vocab: dict[str, int]) -> int | None:
+    """k when the vocab holds (nearly) all 4**k upper-case k-mers for some k >= 2, the largest such k."""
+    counts: dict[int, int] = {}
+    for token in vocab:
+        if len(token) >= 2 and not token.strip("ACGT"):
+            counts[len(token)] = counts.get(len(token), 0) + 1
+    found = [k for k, n in counts.items() if k <= 8 and n >= 0.9 * 4**k]
+    return max(found) if found else None
+
+
+def has_single_bases(vocab: dict[str, int]) -> bool:
+    return all(b in vocab for b in "ACGT") or all(b in vocab for b in "acgt")
+
+
+def detect_family(directory: Path, config: dict, tokenizer_config: dict | None = None,
+                  vocab: dict[str, int] | None = None, family: str = "auto") -> Family:
+    """The :class:`Family` of a model directory from its config and tokenizer files.
+
+    ``family`` other than ``"auto"`` forces the adapter (for a model whose
+    files do not say what it is); code execution is still decided by the
+    files' ``auto_map``, never by the name.
+    """
+    tokenizer_config = read_tokenizer_config(directory) if tokenizer_config is None else tokenizer_config
+    vocab = read_vocab(directory) if vocab is None else vocab
+    custom = needs_remote_code(config, tokenizer_config)
+    k = kmer_size(vocab)
+    if family != "auto":
+        if family not in FAMILIES:
+            raise ModelError(f"unknown model family {family!r}; use 'auto' or one of {', '.join(FAMILIES)}")
+        chosen = FAMILIES[family]
+        return replace(chosen, k=k or chosen.k, custom_code=custom,
+                       rc_equivariant=_rc_equivariant(config, family))
+
+    model_type = str(config.get("model_type", "")).lower()
+    architectures = [str(a).lower() for a in config.get("architectures") or []]
+    if model_type in ("gpn", "convnet") or any(a.startswith(("convnet", "gpn")) for a in architectures):
+        return replace(FAMILIES["gpn"], custom_code=custom)
+    if model_type == "caduceus" or "rcps" in config:
+        return replace(FAMILIES["caduceus"], custom_code=True,
+                       rc_equivariant=_rc_equivariant(config, "caduceus"))
+    if "hyena" in model_type:
+        return replace(FAMILIES["hyenadna"], custom_code=True)
+    if model_type == "esm" and k:
+        name = "nucleotide-transformer-v2" if custom else "nucleotide-transformer"
+        return replace(FAMILIES[name], k=k, custom_code=custom)
+    if model_type == "bert" and custom:
+        return replace(FAMILIES["dnabert-2"], custom_code=True)
+    if model_type == "bert" and k and 3 <= k <= 6 and _only_kmers(vocab, k):
+        return replace(FAMILIES["dnabert"], k=k)
+    if has_single_bases(vocab) and not k:
+        return replace(FAMILIES["char"], custom_code=custom)
+    return replace(FAMILIES["generic"], custom_code=custom, k=k or 1)
+
+
+def _only_kmers(vocab: dict[str, int], k: int) -> bool:
+    """Every token is a bracketed special token or an upper-case k-mer (a DNABERT vocab, not BPE)."""
+    return all(
+        (t.startswith("[") and t.endswith("]")) or (t.startswith("<") and t.endswith(">"))
+        or (len(t) == k and not t.strip("ACGT"))
+        for t in vocab
+    )
+
+
+def _rc_equivariant(config: dict, family: str) -> bool:
+    return family == "caduceus" and bool(config.get("rcps", False))
+
+
+def require_extra(family: Family) -> None:
+    """Import the package that registers the family's classes, or say how to install it."""
+    if family.extra is None:
+        return
+    try:
+        __import__(f"{family.extra}.model")
+    except ImportError:
+        raise MissingExtraError(
+            f"{family.name} models need the '{family.extra}' package, which registers their classes "
+            f"with transformers; install it with `pip install {family.extra}` and rerun"
+        ) from None
+
+
+def max_model_tokens(config: dict, tokenizer) -> tuple[int | None, bool]:
+    """(tokens per input the model takes, whether that is a hard limit).
+
+    Hard: learned absolute position tables (ESM positions start after the pad
+    id; BERT at 0). Soft: rotary/ALiBi/convolutional/SSM models, bounded by
+    what the config or tokenizer say they were trained on.
+    """
+    limits: list[int] = []
+    hard = False
+    model_type = str(config.get("model_type", "")).lower()
+    max_positions = config.get("max_position_embeddings")
+    position_type = str(config.get("position_embedding_type", "absolute")).lower()
+    if isinstance(max_positions, int) and max_positions > 0:
+        if model_type == "esm" and position_type == "absolute":
+            limits.append(max_positions - int(config.get("pad_token_id") or 0) - 1)
+            hard = True
+        else:
+            limits.append(max_positions)
+            hard = position_type == "absolute" and model_type == "bert" and "alibi_starting_size" not in config
+    for key in ("max_seq_len", "n_positions", "seq_len"):
+        value = config.get(key)
+        if isinstance(value, int) and value > 0:
+            limits.append(value)
+    model_max = getattr(tokenizer, "model_max_length", None)
+    if isinstance(model_max, int) and 0 < model_max < 10_000_000:
+        limits.append(model_max)
+    return (min(limits) if limits else None), hard
+
+
+# --------------------------------------------------------------------------- adapters
+
+
+class TokenBatch(NamedTuple):
+    """Right-padded token ids (n, w), attention mask (n, w) and content mask (n, w, bool)."""
+
+    input_ids: np.ndarray
+    attention_mask: np.ndarray
+    content_mask: np.ndarray
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return self.attention_mask.sum(axis=1)
+
+    @property
+    def content_counts(self) -> np.ndarray:
+        return self.content_mask.sum(axis=1)
+
+
+# Byte -> code: A=0 C=1 G=2 T=3 (either case), other = 4.
+_CODE = np.full(256, 4, dtype=np.uint8)
+for _i, _base in enumerate("ACGT"):
+    _CODE[ord(_base)] = _i
+    _CODE[ord(_base.lower())] = _i
+
+_PROBES = (
+    "ACGTACGTTGCAAGCT",
+    "ACGTNACGTTTGCAGGATTACA",
+    "TTGCANNNNACGTACGGGCCCATA",
+    "GATTACA",
+    "ACGTACGTACGTACGTACGTACGTACGTAC",
+    "NNNNNNACGTAC",
+)
+
+
+class Adapter:
+    """tokenize -> forward -> pool for one family, with the model's own tokenizer.
+
+    Subclasses add a vectorised tokenisation (``_fast``) that must agree with
+    the tokenizer on the probe sequences, or it is switched off.
+    """
+
+    step = 1          # chunk boundaries fall on multiples of this many bases
+    context = 0       # extra bases a chunk's piece reads past its end (k-1 for overlapping k-mers)
+
+    def __init__(self, family: Family, tokenizer, model):
+        self.family = family
+        self.tokenizer = tokenizer
+        self.model = model
+        self.notes: list[str] = []
+        tokenizer.padding_side = "right"
+        self.vocab = tokenizer.get_vocab()
+        self._case_table = _case_table(self.vocab)
+        self.pad_id = _pad_id(tokenizer)
+        parameters = inspect.signature(model.forward).parameters
+        self.takes_attention_mask = "attention_mask" in parameters
+        self.takes_hidden_states = "output_hidden_states" in parameters or _has_var_keyword(parameters)
+        self.takes_return_dict = "return_dict" in parameters or _has_var_keyword(parameters)
+        probe = self._slow([self.normalize(p) for p in _PROBES[:1]])
+        self.n_special = int(probe.lengths[0] - probe.content_counts[0])
+        unk = tokenizer.unk_token_id
+        if unk is not None and (probe.input_ids[0][probe.content_mask[0]] == unk).all():
+            raise ModelError(
+                f"the tokenizer of this {family.name} model turns plain ACGT into unknown tokens "
+                "(e.g. do_lower_case=true in tokenizer_config.json for an upper-case vocab); fix its tokenizer files"
+            )
+        self.has_cls = bool(probe.attention_mask[0, 0] and not probe.content_mask[0, 0]
+                            and tokenizer.cls_token_id is not None
+                            and probe.input_ids[0, 0] == tokenizer.cls_token_id)
+        self.bases_per_token = self._bases_per_token()
+        self.fast = False
+        self._enable_fast()
+
+    # ---- sequences and chunks
+
+    def normalize(self, sequence: str) -> str:
+        """Letter case (and non-ACGT letters) as the vocabulary expects."""
+        try:
+            return sequence.encode("ascii").translate(self._case_table).decode("ascii")
+        except UnicodeEncodeError:
+            raise InputError("a sequence contains non-ASCII characters; DNA must be plain letters") from None
+
+    def max_chunk_bases(self, content_tokens: int) -> int:
+        """Bases one chunk may cover so that it tokenises to at most ``content_tokens``."""
+        return max(self.step, int(content_tokens * self.bases_per_token) // self.step * self.step)
+
+    def piece(self, sequence: str, start: int, end: int) -> str:
+        return sequence[start : min(len(sequence), end + self.context)]
+
+    def min_bases(self) -> int:
+        return 1
+
+    # ---- tokenisation
+
+    def tokenize(self, pieces: Sequence[str]) -> TokenBatch:
+        """Token ids, attention and content masks for normalised pieces, padded to the longest."""
+        if not pieces:
+            empty = np.zeros((0, 0), dtype=np.int64)
+            return TokenBatch(empty, empty, empty.astype(bool))
+        return self._fast(pieces) if self.fast else self._slow(pieces)
+
+    def text(self, piece: str) -> str:
+        """What is handed to the tokenizer for one piece."""
+        return piece
+
+    def _slow(self, pieces: Sequence[str]) -> TokenBatch:
+        encoded = self.tokenizer(
+            [self.text(p) for p in pieces], padding=True, return_special_tokens_mask=True,
+            return_attention_mask=True, return_token_type_ids=False, return_tensors="np",
+        )
+        ids = np.asarray(encoded["input_ids"], dtype=np.int64)
+        attention = np.asarray(encoded["attention_mask"], dtype=np.int64)
+        special = np.asarray(encoded["special_tokens_mask"])
+        return TokenBatch(ids, attention, (attention != 0) & (special == 0))
+
+    def _fast(self, pieces: Sequence[str]) -> TokenBatch:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def _enable_fast(self) -> None:
+        if type(self)._fast is Adapter._fast:
+            return
+        probes = [self.normalize(p) for p in _PROBES]
+        try:
+            self._template = self._special_template()
+            fast = self._fast(probes)
+        except (KeyError, ValueError, IndexError) as err:
+            self.notes.append(f"vectorised tokenisation off ({err}); using the model's tokenizer")
+            return
+        slow = self._slow(probes)
+        if all(np.array_equal(a, b) for a, b in zip(fast, slow)):
+            self.fast = True
+        else:
+            self.notes.append("vectorised tokenisation disagrees with the model's tokenizer on probe "
+                              "sequences; using the tokenizer (slower, same result)")
+            log.warning("%s: %s", self.family.name, self.notes[-1])
+
+    def _special_template(self) -> tuple[np.ndarray, np.ndarray]:
+        """The special ids the tokenizer puts before and after the content tokens."""
+        probe = self._slow([self.normalize(_PROBES[0])])
+        ids, content = probe.input_ids[0], probe.content_mask[0]
+        length = int(probe.lengths[0])
+        positions = np.flatnonzero(content)
+        if positions.size == 0 or not content[positions[0] : positions[-1] + 1].all():
+            raise ValueError("special tokens inside the content")
+        return ids[: positions[0]].copy(), ids[positions[-1] + 1 : length].copy()
+
+    def _pack(self, groups: list[tuple[np.ndarray, np.ndarray]], n: int) -> TokenBatch:
+        """Assemble ``prefix content suffix`` rows from (row indices, content ids) groups."""
+        prefix, suffix = self._template
+        p, s = len(prefix), len(suffix)
+        widest = max((content.shape[1] for _, content in groups), default=0)
+        width = p + widest + s
+        ids = np.full((n, width), self.pad_id, dtype=np.int64)
+        attention = np.zeros((n, width), dtype=np.int64)
+        mask = np.zeros((n, width), dtype=bool)
+        for rows, content in groups:
+            t = content.shape[1]
+            ids[rows, :p] = prefix
+            ids[rows, p : p + t] = content
+            ids[rows, p + t : p + t + s] = suffix
+            attention[rows, : p + t + s] = 1
+            mask[rows, p : p + t] = True
+        return TokenBatch(ids, attention, mask)
+
+    def _bases_per_token(self) -> float:
+        return 1.0
+
+    # ---- model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, layer: int) -> torch.Tensor:
+        """Hidden states (b, t, h) of ``layer`` (index into embeddings + layers; -1 = last)."""
+        kwargs = {"input_ids": input_ids}
+        if self.takes_attention_mask:
+            kwargs["attention_mask"] = attention_mask
+        if self.takes_return_dict:
+            kwargs["return_dict"] = True
+        if layer != -1:
+            if not self.takes_hidden_states:
+                raise ModelError(f"{self.family.name} models do not return per-layer states; use layer -1")
+            kwargs["output_hidden_states"] = True
+        output = self.model(**kwargs)
+        if layer == -1:
+            hidden = getattr(output, "last_hidden_state", None)
+            return hidden if hidden is not None else output[0]
+        states = getattr(output, "hidden_states", None)
+        if states is None:
+            raise ModelError(f"{self.family.name} model returned no per-layer states; use layer -1")
+        try:
+            return states[layer]
+        except IndexError:
+            raise ModelError(
+                f"layer {layer} does not exist: the model has {len(states)} hidden states "
+                f"(0 = embeddings, {len(states) - 1} = last layer)"
+            ) from None
+
+    def finish(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Family-specific step after pooling (identity except Caduceus-PS)."""
+        return pooled
+
+
+class KmerAdapter(Adapter):
+    """Nucleotide Transformer v1/v2 and genoembed's default: non-overlapping k-mers, single-base fallback."""
+
+    def __init__(self, family: Family, tokenizer, model):
+        self.step = family.k
+        super().__init__(family, tokenizer, model)
+
+    def normalize(self, sequence: str) -> str:
+        from genoembed.tokenize import normalize_sequence
+
+        return normalize_sequence(sequence)
+
+    def _bases_per_token(self) -> float:
+        return float(self.family.k)
+
+    def _fast(self, pieces):
+        from genoembed.tokenize import kmer_token_ids
+
+        prefix, suffix = self._template
+        eos = self.tokenizer.eos_token_id
+        if len(prefix) != 1 or prefix[0] != self.vocab.get("<cls>") or len(suffix) > 1:
+            raise ValueError("special tokens are not <cls> ... [<eos>]")
+        add_eos = len(suffix) == 1
+        if add_eos and (suffix[0] != eos or eos != self.vocab.get("<eos>")):
+            raise ValueError("end token is not <eos>")
+        if self.pad_id != self.vocab.get("<pad>"):
+            raise ValueError("pad token is not <pad>")
+        try:
+            encoded = kmer_token_ids(list(pieces), self.vocab, k=self.family.k, add_eos=add_eos)
+        except InputError as err:
+            raise ValueError(str(err)) from None
+        ids, attention = encoded["input_ids"], encoded["attention_mask"]
+        mask = attention.astype(bool)
+        mask[:, 0] = False
+        if add_eos:
+            mask[np.arange(len(ids)), attention.sum(axis=1) - 1] = False
+        return TokenBatch(ids, attention, mask)
+
+
+class OverlappingKmerAdapter(Adapter):
+    """DNABERT: every k-mer (stride 1) is a token, so token j covers bases [j, j+k).
+
+    A sequence of L bases gives L-k+1 tokens. For chunking, a chunk covering
+    bases [s, e) is fed bases [s, e+k-1): its tokens are exactly the k-mers
+    that *start* in [s, e), so each k-mer of the sequence is embedded once
+    and the k-1 shift never drops or repeats a k-mer at a boundary.
+    """
+
+    def __init__(self, family: Family, tokenizer, model):
+        self.context = family.k - 1
+        super().__init__(family, tokenizer, model)
+
+    def normalize(self, sequence: str) -> str:
+        from genoembed.tokenize import normalize_sequence
+
+        return normalize_sequence(sequence)
+
+    def min_bases(self) -> int:
+        return self.family.k
+
+    def text(self, piece: str) -> str:
+        k = self.family.k
+        return " ".join(piece[i : i + k] for i in range(len(piece) - k + 1))
+
+    def _fast(self, pieces):
+        k = self.family.k
+        unk = self.tokenizer.unk_token_id
+        kmers = ["".join(p) for p in itertools.product("ACGT", repeat=k)]
+        table = np.array([self.vocab.get(t, unk) for t in kmers], dtype=np.int64)
+        powers = 4 ** np.arange(k - 1, -1, -1, dtype=np.int64)
+        groups = []
+        for rows, block in _blocks_by_length(pieces):
+            if block.shape[1] < k:
+                groups.append((rows, np.zeros((len(rows), 0), dtype=np.int64)))
+                continue
+            windows = np.lib.stride_tricks.sliding_window_view(_CODE[block], k, axis=1)
+            valid = (windows < 4).all(axis=2)
+            index = (np.minimum(windows, 3).astype(np.int64) * powers).sum(axis=2)
+            groups.append((rows, np.where(valid, table[index], unk)))
+        return self._pack(groups, len(pieces))
+
+
+class CharAdapter(Adapter):
+    """One token per base (HyenaDNA, Caduceus, GPN, single-base stand-ins)."""
+
+    def _fast(self, pieces):
+        unk = self.tokenizer.unk_token_id
+        lookup = np.full(256, -1 if unk is None else unk, dtype=np.int64)
+        for token, index in self.vocab.items():
+            if len(token) == 1 and ord(token) < 256:
+                lookup[ord(token)] = index
+        groups = [(rows, lookup[block]) for rows, block in _blocks_by_length(pieces)]
+        if any((content < 0).any() for _, content in groups):
+            raise ValueError("a character is not in the vocabulary and there is no unk token")
+        return self._pack(groups, len(pieces))
+
+
+class CaduceusAdapter(CharAdapter):
+    """Caduceus. With ``rcps`` the channels are [forward half | reverse half]; the
+    RC-invariant vector is the mean of the forward half and the channel-flipped
+    reverse half, pooled over tokens (the recipe of Caduceus's own classifier)."""
+
+    def finish(self, pooled):
+        if not self.family.rc_equivariant:
+            return pooled
+        half = pooled.shape[-1] // 2
+        return (pooled[..., :half] + torch.flip(pooled[..., half:], dims=[-1])) / 2
+
+
+class BpeAdapter(Adapter):
+    """DNABERT-2 (BPE): the model's tokenizer; chunk sizes start from the probe's bases per token
+    and a chunk that still tokenises too long is split again."""
+
+    def _bases_per_token(self) -> float:
+        rng = np.random.default_rng(0)
+        probe = "".join(rng.choice(list("ACGT"), size=2048))
+        counts = self._slow([probe]).content_counts
+        return max(1.0, 0.75 * len(probe) / max(int(counts[0]), 1))
+
+
+def make_adapter(family: Family, tokenizer, model) -> Adapter:
+    if family.tokens == "kmer":
+        return KmerAdapter(family, tokenizer, model)
+    if family.tokens == "overlapping-kmer":
+        return OverlappingKmerAdapter(family, tokenizer, model)
+    if family.name == "caduceus":
+        return CaduceusAdapter(family, tokenizer, model)
+    if family.tokens == "char":
+        return CharAdapter(family, tokenizer, model)
+    if family.tokens == "bpe":
+        return BpeAdapter(family, tokenizer, model)
+    return Adapter(family, tokenizer, model)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _case_table(vocab: dict[str, int]) -> bytes:
+    """bytes.translate table: letter case as the vocab has it; non-ACGT letters to N when N exists."""
+    upper = any(t and not t.strip("ACGT") for t in vocab)
+    lower = any(t and not t.strip("acgt") for t in vocab)
+    table = bytearray(range(256))
+    if upper and lower:  # case-sensitive vocab (soft-masking is information): keep as is
+        return bytes(table)
+    case = str.lower if lower else str.upper
+    n_token = case("N") if case("N") in vocab else None
+    for code in range(ord("A"), ord("Z") + 1):
+        for letter in (chr(code), chr(code).lower()):
+            target = case(letter)
+            if target.upper() not in "ACGT" and n_token is not None:
+                target = n_token
+            table[ord(letter)] = ord(target)
+    return bytes(table)
+
+
+def _pad_id(tokenizer) -> int:
+    pad = tokenizer.pad_token_id
+    if pad is None:
+        raise ModelError("the model's tokenizer has no padding token; add pad_token to its tokenizer_config.json")
+    return int(pad)
+
+
+def _has_var_keyword(parameters) -> bool:
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+
+
+def _blocks_by_length(pieces: Sequence[str]):
+    """Yield (row indices, 2-D uint8 array) groups of equal-length pieces."""
+    lengths = np.fromiter((len(p) for p in pieces), dtype=np.int64, count=len(pieces))
+    for length in np.unique(lengths):
+        rows = np.flatnonzero(lengths == length)
+        data = b"".join(pieces[i].encode("ascii") for i in rows)
+        yield rows, np.frombuffer(data, dtype=np.uint8).reshape(len(rows), int(length))
