@@ -28,15 +28,16 @@ log = logging.getLogger(__name__)
 _DONE = object()
 
 
-def default_embedder() -> Embedder:
-    """The shipped pretrained model; the k-mer embedder (announced) when it is not installed."""
+def default_embedder(**options) -> Embedder:
+    """The shipped pretrained model (``options`` as TransformersEmbedder's); the k-mer embedder,
+    announced, when the model is not installed."""
     from genoembed.resources import default_model_dir
 
     model_dir = default_model_dir()
     if model_dir is not None:
         from genoembed.embedders.hf import TransformersEmbedder
 
-        return TransformersEmbedder(model_path=str(model_dir))
+        return TransformersEmbedder(model_path=str(model_dir), **options)
     from genoembed.embedders.kmer import KmerEmbedder
 
     log.warning("the default genoembed model is not installed with this package: "

@@ -47,8 +47,9 @@ def make_embedder(model: dict, base: Path | None = None):
     from genoembed.pipeline import default_embedder
 
     kind = model.get("kind", "transformers" if "path" in model else "default")
+    options = {key: value for key, value in model.items() if key not in ("kind", "path", "k")}
     if kind == "default":
-        return default_embedder()
+        return default_embedder(**options)
     if kind == "kmer":
         from genoembed.embedders.kmer import KmerEmbedder
 
@@ -58,7 +59,6 @@ def make_embedder(model: dict, base: Path | None = None):
 
         if "path" not in model:
             raise InputError("model: kind 'transformers' needs path = 'local/model/dir'")
-        options = {key: value for key, value in model.items() if key not in ("kind", "path", "k")}
         return TransformersEmbedder(model_path=str(resolve(model["path"], base)), **options)
     raise InputError(f"model: unknown kind {kind!r}; use 'default', 'kmer' or 'transformers'")
 
