@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from genoembed.annotations import parse_alias_option
 from genoembed.cli.common import console, configure_logging, handle_errors
 from genoembed.errors import InputError
+from genoembed.genome import open_genome
 from genoembed.recipe import Recipe, load_recipe, make_embedder, parse_model_option
 from genoembed.tiles import SoftMask, Strands, TilingSpec
 from genoembed.vectors import IndexSpec, Metric
@@ -64,10 +65,12 @@ def index(
         annotations=plan.annotations + tuple(annotations or ()),
         aliases={**plan.aliases, **parse_alias_option(alias or [])},
         auto_alias=auto_alias or plan.auto_alias, shard_rows=shard_rows or plan.shard_rows)
+    open_genome(plan.fasta)  # fail on a bad FASTA before loading a model
     embedder = make_embedder(model_spec, base=recipe.parent if recipe else None)
     started = time.perf_counter()
     with Progress(TextColumn("[bold]embedding"), BarColumn(), MofNCompleteColumn(), TextColumn("tiles"),
-                  TimeRemainingColumn(), console=console, disable=quiet or json_output) as bar:
+                  TimeRemainingColumn(), console=console, transient=True,
+                  disable=quiet or json_output) as bar:
         task = bar.add_task("embed", total=None)
         from genoembed.pipeline import index as build
 

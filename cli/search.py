@@ -6,6 +6,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Optional
 
+import pyarrow as pa
 import typer
 
 from genoembed.cli.common import OutputFormat, configure_logging, emit_table, handle_errors
@@ -56,4 +57,21 @@ def search(
     hits = opened.search(queries, k=k, nprobe=nprobe, ef_search=ef_search, exclude_self=exclude_self, save_as=name)
     if annotate and opened.manifest.get("annotations"):
         hits = annotate_hits(opened, hits, strand=strand_mode.value, types=tuple(feature_type) if feature_type else None)
+    if format is OutputFormat.table and output is None:
+        hits = compact_hits(hits)
     emit_table(hits, format, output, title=f"top {k} hits")
+
+
+def compact_hits(hits: pa.Table) -> pa.Table:
+    """Screen view: one short column per fact (coordinates 1-based like the region option)."""
+    rows = []
+    for hit in hits.to_pylist():
+        row = {"query": hit["query"], "rank": hit["rank"],
+               "hit": f"{hit['chrom']}:{hit['start'] + 1}-{hit['end']}", "strand": hit["strand"],
+               "score": hit["score"]}
+        if "overlapping" in hit:
+            row["overlapping features"] = hit["overlapping"] or ""
+            nearest = hit.get("nearest")
+            row["nearest (bp)"] = f"{nearest} ({hit['nearest_distance']})" if nearest else ""
+        rows.append(row)
+    return pa.Table.from_pylist(rows)

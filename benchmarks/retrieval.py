@@ -1,0 +1,230 @@
+"""Retrieval quality on real ground truth: k-mers vs language models vs minimap2, and ANN cost.
+
+    .venv/bin/python benchmarks/retrieval.py --size small            # ~1 min, k-mer 4 + minimap2
+    .venv/bin/python benchmarks/retrieval.py --size medium           # ~20 min on a 2-core CPU
+    .venv/bin/python benchmarks/retrieval.py --size large            # more queries, tile-length sweep
+
+Ground truth: the NUCmer placements of the draft contigs (ragout-examples)
+for same-strain retrieval; minimap2 placements of another H. pylori strain
+for diverged homologs. Before any timing the script checks (1) that FAISS
+Flat returns the brute-force numpy top-k (ties aside) and (2) that the truth
+mapping puts unmutated 100%-identity tiles on their exact reference bases.
+
+Prints one JSON line per configuration (method x index setting x mutation x
+identity bin) and writes figures + a Markdown summary to ``--figures``.
+Stores are kept in ``--workdir`` and reused by the next run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from genoembed.embedders.kmer import KmerEmbedder
+from genoembed.evaluate import (
+    IndexConfig, evaluate, minimap2_available, read_coords, sample_query_tiles, summary_markdown,
+)
+from genoembed.genome import open_genome
+
+DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+HP = DATA / "h_pylori"
+EC = DATA / "ecoli_k12"
+
+SIZES = {
+    #          queries (LM)  queries (k-mer)  substitution rates           indel rates     LMs    sweep
+    "small": dict(lm_queries=0, kmer_queries=100, subs=(0.0, 0.1), indels=(), kmers=(4,), ann=False,
+                  sweep=(), cross=False),
+    "medium": dict(lm_queries=300, kmer_queries=500, subs=(0.0, 0.05, 0.1, 0.2), indels=(0.01, 0.03),
+                   kmers=(4, 5, 6), ann=True, sweep=(200, 500, 2000, 5000), cross=True),
+    "large": dict(lm_queries=500, kmer_queries=2000, subs=(0.0, 0.05, 0.1, 0.15, 0.2), indels=(0.01, 0.03, 0.05),
+                  kmers=(4, 5, 6), ann=True, sweep=(200, 500, 2000, 5000), cross=True),
+}
+ANN_CONFIGS = [IndexConfig("Flat")] + [IndexConfig("IVF64,Flat", nprobe=n) for n in (1, 4, 16)] \
+    + [IndexConfig("HNSW32", ef_search=e) for e in (8, 32, 128)] \
+    + [IndexConfig("IVF64,PQ16", nprobe=n) for n in (4, 16)]
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def random_init_model(directory: Path) -> Path:
+    """A randomly initialised EsmForMaskedLM of the default model's shape, with the 6-mer tokenizer."""
+    if (directory / "model.safetensors").is_file():
+        return directory
+    import torch
+
+    from genoembed.pretrain import PretrainConfig, build_model
+    from genoembed.tokenize import kmer_vocab, write_kmer_tokenizer
+
+    torch.manual_seed(0)
+    model = build_model(PretrainConfig(train_files=(), output_dir=directory), len(kmer_vocab()))
+    model.save_pretrained(directory)
+    write_kmer_tokenizer(directory)
+    return directory
+
+
+def language_models(workdir: Path) -> dict:
+    from genoembed.embedders.hf import TransformersEmbedder
+    from genoembed.resources import default_model_dir
+
+    models = {"random-init nt6": TransformersEmbedder(model_path=str(random_init_model(workdir / "random-nt6")))}
+    shipped = default_model_dir()
+    if shipped is not None:
+        models["genoembed-nt6 (shipped)"] = TransformersEmbedder(model_path=str(shipped))
+    else:
+        log("the shipped default model is not installed: skipping it")
+    return models
+
+
+# --------------------------------------------------------------------------- correctness before timing
+
+
+def check_flat_equals_numpy(workdir: Path) -> None:
+    from genoembed.pipeline import index
+    from genoembed.tiles import TilingSpec
+    from genoembed.vectors import INDEX_FILE, load_index, prepare, search_index
+
+    store = index(HP / "SJM180.fasta.gz", workdir / "check-kmer4", embedder=KmerEmbedder(4),
+                  tiling=TilingSpec(window=1000, stride=1000))
+    vectors = np.concatenate([v for _ids, v in store.iter_embeddings()])
+    queries = prepare(vectors[::37] + np.random.default_rng(0).normal(0, 0.01, vectors[::37].shape), "ip")
+    scores, ids = search_index(load_index(store.root / INDEX_FILE), queries, 10, "ip")
+    exact = queries @ prepare(vectors, "ip").T
+    top = -np.sort(-exact, axis=1)[:, :10]
+    if not np.allclose(scores, top, atol=1e-4):
+        raise SystemExit("correctness: FAISS Flat scores differ from brute-force numpy top-10")
+    chosen = np.take_along_axis(exact, ids, axis=1)
+    if not np.allclose(chosen, top, atol=1e-4):
+        raise SystemExit("correctness: FAISS Flat ids are not a numpy top-10 (beyond ties)")
+    log(f"check: Flat == numpy top-10 on {len(queries)} queries over {len(vectors)} tiles")
+
+
+def check_truth_mapping() -> None:
+    reference = open_genome(HP / "SJM180.fasta.gz")
+    tiles, truth = sample_query_tiles(open_genome(HP / "SJM180_contigs.fasta.gz"), read_coords(HP / "SJM180.coords.gz"),
+                                      tile=1000, n=200, seed=1)
+    exact = checked = 0
+    for row in truth.to_pylist():
+        if row["identity"] < 100 or row["cover"] < 1:
+            continue
+        tile = tiles[row["query_index"]]
+        true = reference.fetch(row["ref_chrom"], row["ref_start"], row["ref_end"], row["strand"]).upper()
+        checked += 1
+        exact += true == tile.sequence
+    if checked < 50 or exact / checked < 0.9:
+        raise SystemExit(f"correctness: only {exact}/{checked} 100%-identity tiles map onto their exact bases")
+    log(f"check: {exact}/{checked} unmutated 100%-identity tiles map onto their exact reference bases")
+
+
+# --------------------------------------------------------------------------- experiments
+
+
+def emit(rows, experiment: str, out: list) -> None:
+    for row in rows.to_pylist():
+        row = {"benchmark": "retrieval", "experiment": experiment, **row}
+        out.append(row)
+        print(json.dumps(row, default=lambda x: None if isinstance(x, float) and math.isnan(x) else x), flush=True)
+
+
+def run(size: str, workdir: Path, figures: Path) -> list[dict]:
+    plan = SIZES[size]
+    workdir.mkdir(parents=True, exist_ok=True)
+    check_flat_equals_numpy(workdir)
+    check_truth_mapping()
+    if not minimap2_available():
+        log("minimap2 is not installed: no alignment upper bound (apt-get install minimap2)")
+    rows: list[dict] = []
+    kmers = {f"kmer k={k}": KmerEmbedder(k) for k in plan["kmers"]}
+    common = dict(tile=1000, stride=1000, strands="+", seed=0, progress=log)
+
+    # 1. same-strain retrieval on H. pylori: every embedder, substitutions, then indels
+    embedders = dict(kmers)
+    if plan["lm_queries"]:
+        embedders.update(language_models(workdir))
+    n = plan["lm_queries"] or plan["kmer_queries"]
+    configs = ANN_CONFIGS if plan["ann"] else [IndexConfig("Flat")]
+    emit(evaluate(HP / "SJM180.fasta.gz", HP / "SJM180_contigs.fasta.gz", HP / "SJM180.coords.gz", embedders,
+                  configs, n_queries=n, substitution_rates=plan["subs"], workdir=workdir / "hp", **common),
+         "hpylori-contigs", rows)
+    if plan["indels"]:
+        emit(evaluate(HP / "SJM180.fasta.gz", HP / "SJM180_contigs.fasta.gz", HP / "SJM180.coords.gz", embedders,
+                      n_queries=n, indel_rates=plan["indels"], workdir=workdir / "hp", **common),
+             "hpylori-contigs-indels", rows)
+    # 2. same-strain retrieval on E. coli K-12 (k-mers only: CPU time)
+    emit(evaluate(EC / "MG1655-K12.fasta.gz", EC / "mg1655_contigs.fasta.gz", EC / "mg1655.coords.gz", kmers,
+                  configs, n_queries=plan["kmer_queries"], substitution_rates=plan["subs"],
+                  workdir=workdir / "ec", **common), "ecoli-contigs", rows)
+    # 3. diverged homologs: H. pylori G27 tiles against SJM180, truth from minimap2
+    if plan["cross"] and minimap2_available():
+        emit(evaluate(HP / "SJM180.fasta.gz", HP / "G27.fasta.gz", None, embedders, n_queries=n,
+                      workdir=workdir / "hp", **common), "hpylori-G27-vs-SJM180", rows)
+    # 4. tile length sweep, k=5, 10% substitutions
+    for tile in plan["sweep"]:
+        emit(evaluate(HP / "SJM180.fasta.gz", HP / "SJM180_contigs.fasta.gz", HP / "SJM180.coords.gz",
+                      {"kmer k=5": KmerEmbedder(5)}, n_queries=plan["kmer_queries"], tile=tile, stride=tile,
+                      strands="+", substitution_rates=(0.0, 0.1), workdir=workdir / f"hp-tile{tile}", seed=0,
+                      progress=log), f"hpylori-tile-{tile}", rows)
+    write_figures(rows, figures, size)
+    return rows
+
+
+def write_figures(rows: list[dict], figures: Path, size: str) -> None:
+    from genoembed.plot import plot_recall_vs_mutation, plot_recall_vs_qps
+
+    figures.mkdir(parents=True, exist_ok=True)
+    pick = lambda experiment: [r for r in rows if r["experiment"] == experiment]  # noqa: E731
+    hp = pick("hpylori-contigs")
+    plot_recall_vs_mutation(hp, figures / f"retrieval-{size}-hpylori-subst-r1.png", k=1,
+                            title="H. pylori SJM180 contigs -> SJM180: recall@1 vs substitutions")
+    plot_recall_vs_mutation(hp, figures / f"retrieval-{size}-hpylori-subst-r10.png", k=10,
+                            title="H. pylori SJM180 contigs -> SJM180: recall@10 vs substitutions")
+    indels = pick("hpylori-contigs-indels") + [r for r in hp if not r["substitution_rate"]]
+    if pick("hpylori-contigs-indels"):
+        plot_recall_vs_mutation(indels, figures / f"retrieval-{size}-hpylori-indel-r1.png", k=1, rate="indel_rate",
+                                title="H. pylori SJM180 contigs -> SJM180: recall@1 vs indels")
+    plot_recall_vs_mutation(pick("ecoli-contigs"), figures / f"retrieval-{size}-ecoli-subst-r1.png", k=1,
+                            title="E. coli MG1655 contigs -> MG1655: recall@1 vs substitutions")
+    if any(r["index"] not in (None, "Flat") for r in hp):
+        plot_recall_vs_qps(hp, figures / f"retrieval-{size}-hpylori-ann.png",
+                           title="H. pylori, 1.6k tiles: ANN recall@10 vs QPS (2-core CPU)")
+        plot_recall_vs_qps(pick("ecoli-contigs"), figures / f"retrieval-{size}-ecoli-ann.png",
+                           title="E. coli, 4.6k tiles: ANN recall@10 vs QPS (2-core CPU)")
+    experiments = list(dict.fromkeys(r["experiment"] for r in rows))
+    text = [f"size={size}, {platform.node()}, {time.strftime('%Y-%m-%d')}\n"]
+    for experiment in experiments:
+        chosen = [r for r in pick(experiment)
+                  if r["index"] in (None, "Flat") or experiment in ("hpylori-contigs", "ecoli-contigs")
+                  and not r["substitution_rate"]]
+        text.append(f"\n### {experiment}\n\n" + summary_markdown(chosen))
+        bins = [r for r in pick(experiment) if r["identity_bin"] != "all" and r["index"] in (None, "Flat")
+                and not r["substitution_rate"] and not r["indel_rate"]]
+        if bins and experiment.startswith("hpylori-G27"):
+            text.append("\nper identity bin (recall@1 / recall@10 / queries):\n\n| method | bin | R@1 | R@10 | n |\n"
+                        "|---|---|---|---|---|\n" + "".join(
+                            f"| {r['method']} | {r['identity_bin']} | {r['recall_at_1']:.3f} | "
+                            f"{r['recall_at_10']:.3f} | {r['queries']} |\n" for r in bins))
+    (figures / f"retrieval-{size}-summary.md").write_text("".join(text))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", choices=sorted(SIZES), default="small")
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/genoembed-bench-retrieval"),
+                        help="stores are built here once and reused")
+    parser.add_argument("--figures", type=Path, default=Path(__file__).resolve().parent / "figures")
+    args = parser.parse_args()
+    began = time.perf_counter()
+    run(args.size, args.workdir, args.figures)
+    log(f"done in {time.perf_counter() - began:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

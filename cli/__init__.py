@@ -1,0 +1,36 @@
+"""genoembed command line: one sub-command per module, each a thin layer over the library."""
+
+from __future__ import annotations
+
+import typer
+
+from genoembed.cli.annotate import annotate
+from genoembed.cli.eval import eval_command
+from genoembed.cli.index import index
+from genoembed.cli.info import info
+from genoembed.cli.plot import plot
+from genoembed.cli.pretrain import pretrain
+from genoembed.cli.search import search
+from genoembed.cli.sql import sql
+from genoembed.cli.verify import verify
+
+app = typer.Typer(
+    name="genoembed",
+    help="Embed genomes with DNA language models, search regions by similarity, join hits with annotations in SQL.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command("index")(index)
+app.command("search")(search)
+app.command("sql")(sql)
+app.command("annotate")(annotate)
+app.command("info")(info)
+app.command("verify")(verify)
+app.command("eval")(eval_command)
+app.command("plot")(plot)
+app.command("pretrain")(pretrain)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,80 @@
+"""`genoembed eval`: retrieval quality of embedders (and minimap2) on real ground truth."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from genoembed.cli.common import OutputFormat, configure_logging, console, emit_table, handle_errors
+from genoembed.errors import InputError
+
+
+def index_configs(factories: list[str], nprobes: list[int], ef_searches: list[int]):
+    """One IndexConfig per factory and search setting: every nprobe for IVF, every efSearch for HNSW."""
+    from genoembed.evaluate import IndexConfig
+
+    configs = []
+    for factory in factories:
+        if re.search(r"IVF\d+", factory) and nprobes:
+            configs += [IndexConfig(factory, nprobe=n) for n in nprobes]
+        elif "HNSW" in factory and ef_searches:
+            configs += [IndexConfig(factory, ef_search=e) for e in ef_searches]
+        else:
+            configs.append(IndexConfig(factory))
+    return configs
+
+
+@handle_errors
+def eval_command(
+    reference: Path = typer.Argument(..., exists=True, dir_okay=False, help="Reference genome FASTA to index (plain or gzip)."),
+    queries: Path = typer.Argument(..., exists=True, dir_okay=False, help="Query FASTA: draft contigs or a related strain; query tiles are cut from it."),
+    coords: Optional[Path] = typer.Option(None, "--coords", exists=True, dir_okay=False, help="NUCmer show-coords table placing the query contigs on the reference (plain or .gz); without it the truth is derived with minimap2."),
+    model: Optional[list[str]] = typer.Option(None, "--model", "-m", help="Embedder: 'default' (shipped model), 'kmer[:K]' or a local model directory (repeatable; default: kmer:4)."),
+    factory: Optional[list[str]] = typer.Option(None, "--index", help="FAISS index factory string, e.g. Flat, IVF64,Flat, HNSW32 (repeatable; Flat is always run as the exact reference)."),
+    nprobe: Optional[list[int]] = typer.Option(None, "--nprobe", min=1, help="IVF lists to visit (repeatable: one run per value)."),
+    ef_search: Optional[list[int]] = typer.Option(None, "--ef-search", min=1, help="HNSW search breadth (repeatable: one run per value)."),
+    tile: int = typer.Option(1000, "--tile", min=50, help="Query and reference tile length in bases."),
+    stride: Optional[int] = typer.Option(None, "--stride", min=1, help="Reference tile stride in bases (default: tile / 2)."),
+    n_queries: int = typer.Option(500, "--queries", "-n", min=1, help="Number of query tiles to sample."),
+    seed: int = typer.Option(0, "--seed", help="Seed for sampling tiles, strands and mutations."),
+    substitution_rate: Optional[list[float]] = typer.Option(None, "--substitution-rate", min=0.0, max=0.75, help="Injected substitution rate per base (repeatable; default 0)."),
+    indel_rate: Optional[list[float]] = typer.Option(None, "--indel-rate", min=0.0, max=0.5, help="Injected indel rate per base (repeatable; default 0)."),
+    k: Optional[list[int]] = typer.Option(None, "-k", min=1, help="Report recall@K (repeatable; default 1, 10, 100)."),
+    minimap2: Optional[bool] = typer.Option(None, "--minimap2/--no-minimap2", help="Map the same tiles with minimap2 as the alignment upper bound (default: when installed)."),
+    minimap2_preset: Optional[str] = typer.Option(None, "--minimap2-preset", help="minimap2 -x preset for the query tiles (default: sr up to 300 bp, else asm20)."),
+    workdir: Optional[Path] = typer.Option(None, "--workdir", file_okay=False, help="Keep the reference stores here and reuse them on the next run (default: a temporary directory)."),
+    format: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f", help="Output format of the result rows."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the result rows to this file instead of stdout."),
+    summary: Optional[Path] = typer.Option(None, "--summary", help="Also write a Markdown summary table to this file."),
+    all_bins: bool = typer.Option(False, "--all-bins", help="Show the per-identity-bin rows too (files always get them)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress messages or warnings."),
+):
+    """Index the reference with each embedder, search tiles cut from the queries, score hits against the true loci."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from genoembed.evaluate import evaluate, summary_markdown
+    from genoembed.recipe import make_embedder, parse_model_option
+
+    configure_logging(quiet)
+    names = list(model or ["kmer:4"])
+    if len(set(names)) != len(names):
+        raise InputError("--model: the same embedder is listed twice")
+    embedders = {name: make_embedder(parse_model_option(name)) for name in names}
+    ks = tuple(k or (1, 10, 100))
+    rows = evaluate(
+        reference, queries, coords=coords, embedders=embedders,
+        index_configs=index_configs(list(factory or ["Flat"]), list(nprobe or []), list(ef_search or [])),
+        tile=tile, stride=stride, n_queries=n_queries, seed=seed,
+        substitution_rates=tuple(substitution_rate or (0.0,)), indel_rates=tuple(indel_rate or (0.0,)),
+        ks=ks, minimap2=minimap2, minimap2_preset=minimap2_preset, workdir=workdir,
+        progress=None if quiet else (lambda message: console.print(f"[dim]{message}[/dim]")))
+    if summary is not None:
+        summary.write_text(summary_markdown(rows, ks=sorted(set(ks))))
+    shown = rows
+    if output is None and not all_bins and rows.num_rows:
+        shown = rows.filter(pc.equal(rows["identity_bin"], pa.scalar("all")))
+    emit_table(shown, format, output, title="retrieval quality")

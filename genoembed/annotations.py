@@ -1,0 +1,508 @@
+"""Read BED / GTF / GFF3 / GenBank features into one table, and reconcile contig names with a genome.
+
+Every reader returns a table with exactly :data:`genoembed.schema.ANNOTATIONS`,
+in the 0-based half-open convention stated there: BED is already so; GTF,
+GFF3 and GenBank text are 1-based closed, so ``start - 1`` (Biopython has
+already converted GenBank locations). Readers collect every malformed line
+(the first :data:`MAX_REPORTED` are listed) and raise one :class:`InputError`
+led by a one-line summary, each problem naming ``file:line``, what is wrong
+and the fix.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import re
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import unquote
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from genoembed import schema
+from genoembed.errors import InputError
+
+FORMATS = ("bed", "gtf", "gff3", "genbank")
+MAX_REPORTED = 20
+BED_TYPE = "region"
+
+_EXTENSIONS = {".bed": "bed", ".gtf": "gtf", ".gff": "gff3", ".gff3": "gff3",
+               ".gb": "genbank", ".gbk": "genbank", ".genbank": "genbank"}
+_BED_EXTRA = ("score", "strand", "thickStart", "thickEnd", "itemRgb", "blockCount", "blockSizes", "blockStarts")
+_GFF_STRANDS = {"+": "+", "-": "-", ".": ".", "?": "."}
+_GTF_ATTRIBUTE = re.compile(r'\s*([^\s;"]+)\s+(?:"((?:[^"\\]|\\.)*)"|([^;\s"][^;\s]*))\s*(?:;|$)')
+
+
+def detect_format(path: str | Path) -> str:
+    """Format named by the file's extension (a trailing ``.gz`` is ignored)."""
+    name = Path(path).name.lower()
+    if name.endswith(".gz"):
+        name = name[:-3]
+    suffix = Path(name).suffix
+    if suffix not in _EXTENSIONS:
+        raise InputError(f"{path}: cannot tell the annotation format from the extension {suffix or '(none)'!r}; "
+                         f"rename it (.bed, .gtf, .gff3, .gb) or pass the format ({', '.join(FORMATS)})")
+    return _EXTENSIONS[suffix]
+
+
+def read_annotations(path: str | Path, format: str | None = None, aliases: dict[str, str] | None = None) -> pa.Table:
+    """Features of a BED, GTF, GFF3 or GenBank file (optionally gzipped) as an ``ANNOTATIONS`` table.
+
+    ``aliases`` renames contigs (``{"chr1": "1"}``) after parsing.
+    """
+    path = Path(path)
+    format = format or detect_format(path)
+    readers: dict[str, Callable[[Path], pa.Table]] = {
+        "bed": read_bed, "gtf": read_gtf, "gff3": read_gff3, "genbank": read_genbank}
+    if format not in readers:
+        raise InputError(f"{path}: unknown annotation format {format!r}; use one of {', '.join(FORMATS)}")
+    table = readers[format](path)
+    return apply_aliases(table, aliases) if aliases else table
+
+
+# ---------------------------------------------------------------- BED
+
+def read_bed(path: str | Path) -> pa.Table:
+    """BED3 to BED12; ``track``/``browser``/``#`` lines skipped; columns 5-12 kept as attributes."""
+    path = Path(path)
+    rows, problems = _Rows(path), _Problems(path)
+    width = None
+    for number, line in _lines(path):
+        if not line.strip() or line.startswith(("#", "track", "browser")):
+            continue
+        fields = line.split("\t") if "\t" in line else line.split()
+        if not 3 <= len(fields) <= 12:
+            problems.add(number, f"{len(fields)} columns", "a BED line has 3 to 12 tab-separated columns")
+            continue
+        if width is None:
+            width = len(fields)
+        elif len(fields) != width:
+            problems.add(number, f"{len(fields)} columns but the first feature line has {width}",
+                         "give every line the same columns")
+            continue
+        start, end = _bed_interval(fields[1], fields[2], number, problems)
+        if start is None:
+            continue
+        strand = fields[5] if len(fields) > 5 else "."
+        if strand not in schema.STRANDS:
+            problems.add(number, f"strand {strand!r}", "use +, - or .")
+            continue
+        if not _bed_blocks_ok(fields, number, problems):
+            continue
+        name = fields[3] if len(fields) > 3 and fields[3] != "." else None
+        rows.add(fields[0], start, end, strand, BED_TYPE, name, None, None, 
+                 {key: value for key, value in zip(_BED_EXTRA, fields[4:]) if key != "strand"})
+    problems.raise_if_any()
+    return rows.table()
+
+
+def _bed_interval(start_text: str, end_text: str, number: int, problems: _Problems) -> tuple[int | None, int | None]:
+    try:
+        start, end = int(start_text), int(end_text)
+    except ValueError:
+        problems.add(number, f"start/end {start_text!r}/{end_text!r} are not integers",
+                     "columns 2 and 3 are 0-based integer coordinates")
+        return None, None
+    if start < 0:
+        problems.add(number, f"negative start {start}", "BED coordinates are 0-based and start at 0")
+        return None, None
+    if start > end:
+        problems.add(number, f"start {start} > end {end}", "swap them (BED is 0-based half-open, start <= end)")
+        return None, None
+    return start, end
+
+
+def _bed_blocks_ok(fields: list[str], number: int, problems: _Problems) -> bool:
+    """BED12 block lists must have blockCount entries each."""
+    if len(fields) < 12:
+        return len(fields) <= 9 or _fail(problems, number, f"{len(fields)} columns",
+                                         "BED with blocks needs all of columns 10-12 (BED12)")
+    try:
+        count = int(fields[9])
+    except ValueError:
+        return _fail(problems, number, f"blockCount {fields[9]!r} is not an integer", "column 10 counts the blocks")
+    sizes = [s for s in fields[10].split(",") if s]
+    starts = [s for s in fields[11].split(",") if s]
+    if len(sizes) != count or len(starts) != count:
+        return _fail(problems, number, f"blockCount {count} but {len(sizes)} blockSizes and {len(starts)} blockStarts",
+                     "list one size and one start per block")
+    return True
+
+
+# ---------------------------------------------------------------- GTF / GFF3
+
+def read_gtf(path: str | Path) -> pa.Table:
+    """GTF (GENCODE/Ensembl style): every row needs ``gene_id``; ids give feature_id and parent.
+
+    gene rows: feature_id = gene_id; transcript rows: transcript_id with parent
+    gene_id; other rows (exon, CDS, UTR...): exon_id if any, parent
+    transcript_id (gene_id when there is none). name = gene_name or gene_id.
+    """
+    path = Path(path)
+    rows, problems = _Rows(path), _Problems(path)
+    for number, line in _lines(path):
+        parsed = _gff_columns(line, number, problems)
+        if parsed is None:
+            continue
+        chrom, source, kind, start, end, score, strand, phase, text = parsed
+        attributes = _gtf_attributes(text, number, problems)
+        if attributes is None:
+            continue
+        if "gene_id" not in attributes:
+            problems.add(number, "no gene_id attribute", 'every GTF line needs gene_id "..."; (GFF3 files: use .gff3)')
+            continue
+        gene, transcript = attributes["gene_id"], attributes.get("transcript_id")
+        if kind == "gene":
+            feature_id, parent = gene, None
+        elif kind == "transcript":
+            feature_id, parent = transcript, gene
+        else:
+            feature_id, parent = attributes.get("exon_id"), transcript or gene
+        rows.add(chrom, start, end, strand, kind, attributes.get("gene_name", gene), feature_id, parent,
+                 _with_columns(attributes, source, score, phase))
+    problems.raise_if_any()
+    return rows.table()
+
+
+def read_gff3(path: str | Path) -> pa.Table:
+    """GFF3: percent-decoded attributes; ID, Parent (raw, comma-joined if several), Name; stops at ##FASTA."""
+    path = Path(path)
+    rows, problems = _Rows(path), _Problems(path)
+    for number, line in _lines(path):
+        if line.startswith("##FASTA") or line.startswith(">"):
+            break
+        parsed = _gff_columns(line, number, problems)
+        if parsed is None:
+            continue
+        chrom, source, kind, start, end, score, strand, phase, text = parsed
+        attributes = _gff3_attributes(text, number, problems)
+        if attributes is None:
+            continue
+        name = attributes.get("Name") or attributes.get("gene")
+        rows.add(unquote(chrom), start, end, strand, unquote(kind), name, attributes.get("ID"),
+                 attributes.get("Parent"), _with_columns(attributes, source, score, phase))
+    problems.raise_if_any()
+    return rows.table()
+
+
+def _gff_columns(line: str, number: int, problems: _Problems) -> tuple | None:
+    """The nine columns with coordinates made 0-based half-open; None for comments and bad lines."""
+    if not line.strip() or line.startswith("#"):
+        return None
+    fields = line.split("\t")
+    if len(fields) != 9:
+        return _fail(problems, number, f"{len(fields)} tab-separated columns", "GTF/GFF3 lines have exactly 9") or None
+    try:
+        start, end = int(fields[3]), int(fields[4])
+    except ValueError:
+        return _fail(problems, number, f"start/end {fields[3]!r}/{fields[4]!r} are not integers",
+                     "columns 4 and 5 are 1-based integer coordinates") or None
+    if start < 1 or start > end:
+        return _fail(problems, number, f"start {start}, end {end}",
+                     "GTF/GFF3 coordinates are 1-based closed: 1 <= start <= end") or None
+    if fields[6] not in _GFF_STRANDS:
+        return _fail(problems, number, f"strand {fields[6]!r}", "use +, -, . or ?") or None
+    return (fields[0], fields[1], fields[2], start - 1, end, fields[5], _GFF_STRANDS[fields[6]], fields[7],
+            fields[8])
+
+
+def _gtf_attributes(text: str, number: int, problems: _Problems) -> dict[str, str] | None:
+    """``key "value";`` pairs; a repeated key (``tag``) keeps every value, comma-joined."""
+    attributes: dict[str, str] = {}
+    text = text.strip()
+    position = 0
+    while position < len(text):
+        match = _GTF_ATTRIBUTE.match(text, position)
+        if match is None:
+            return _fail(problems, number, f"cannot read attributes at {text[position:position + 30]!r}",
+                         'write key "value"; pairs') or None
+        key, value = match.group(1), match.group(2) if match.group(2) is not None else match.group(3)
+        attributes[key] = f"{attributes[key]},{value}" if key in attributes else value
+        position = match.end()
+    return attributes
+
+
+def _gff3_attributes(text: str, number: int, problems: _Problems) -> dict[str, str] | None:
+    """``tag=value`` pairs split on ``;``, then percent-decoded (``%3B`` -> ``;``, ``%2C`` -> ``,``)."""
+    attributes: dict[str, str] = {}
+    if text.strip() in ("", "."):
+        return attributes
+    for item in text.strip().split(";"):
+        if not item.strip():
+            continue
+        if "=" not in item:
+            return _fail(problems, number, f"attribute {item.strip()!r} has no '='",
+                         "GFF3 attributes are tag=value pairs separated by ';' (GTF files: use .gtf)") or None
+        tag, value = item.split("=", 1)
+        attributes[unquote(tag.strip())] = ",".join(unquote(part) for part in value.split(","))
+    return attributes
+
+
+def _with_columns(attributes: dict[str, str], source: str, score: str, phase: str) -> dict[str, str]:
+    """Attributes plus the GFF source/score/phase columns when set (``gff_source``, ``score``, ``phase``)."""
+    extra = {key: value for key, value in (("gff_source", source), ("score", score), ("phase", phase))
+             if value != "."}
+    return {**attributes, **extra}
+
+
+# ---------------------------------------------------------------- GenBank
+
+def read_genbank(path: str | Path) -> pa.Table:
+    """Every feature but ``source``, one row each, via Biopython (whose locations are already 0-based half-open).
+
+    name = first of gene / locus_tag / product; feature_id = locus_tag or
+    protein_id; attributes = qualifiers (several values comma-joined). A
+    compound location (``join``, ``order``, trans-splicing) becomes one row
+    spanning its parts, listed in attribute ``parts`` as ``start-end:strand``
+    (0-based half-open, in transcription order as
+    Biopython lists them). A feature crossing the origin of
+    a circular record is *split* into two rows, one on each side of the
+    origin, each with attribute ``origin_split`` = ``1/2`` / ``2/2``: one span
+    would cover the whole molecule.
+    """
+    from Bio import SeqIO
+
+    path = Path(path)
+    rows, problems = _Rows(path), _Problems(path)
+    with _open_text(path) as handle:
+        try:
+            records = list(SeqIO.parse(handle, "genbank"))
+        except ValueError as error:
+            raise InputError(f"{path}: not a readable GenBank file ({error}); check the format or pass another one") \
+                from None
+    if not records:
+        raise InputError(f"{path}: no GenBank records found; is it GenBank (LOCUS ... //)?")
+    for record_number, record in enumerate(records, 1):
+        circular = record.annotations.get("topology") == "circular"
+        for feature in record.features:
+            if feature.type == "source":
+                continue
+            if feature.location is None:
+                problems.add_record(record_number, f"{feature.type} feature has no usable location",
+                                    "fix its location in the file")
+                continue
+            qualifiers = {key: ",".join(map(str, values)) for key, values in feature.qualifiers.items()}
+            name = next((qualifiers[k] for k in ("gene", "locus_tag", "product") if k in qualifiers), None)
+            feature_id = qualifiers.get("locus_tag") or qualifiers.get("protein_id")
+            parts = [(int(p.start), int(p.end), _strand(p.strand)) for p in feature.location.parts]
+            if len(parts) > 1:
+                qualifiers["parts"] = ",".join(f"{s}-{e}:{strand}" for s, e, strand in parts)
+            for start, end, label in _spans(parts, len(record.seq) if circular else None):
+                attributes = qualifiers if label is None else {**qualifiers, "origin_split": label}
+                rows.add(record.id, start, end, _strand(feature.location.strand), feature.type, name, feature_id,
+                         None, attributes)
+    problems.raise_if_any()
+    return rows.table()
+
+
+def _spans(parts: list[tuple[int, int, str]], circular_length: int | None) -> list[tuple[int, int, str | None]]:
+    """One (start, end) covering the parts, or two when the parts cross the origin of a circular molecule."""
+    for i in range(len(parts) - 1):
+        (s1, e1, strand1), (s2, e2, strand2) = parts[i], parts[i + 1]
+        forward = strand1 != "-" and e1 == circular_length and s2 == 0
+        reverse = strand1 == "-" and s1 == 0 and e2 == circular_length
+        if circular_length is not None and strand1 == strand2 and (forward or reverse):
+            before, after = parts[: i + 1], parts[i + 1:]
+            return [(min(p[0] for p in group), max(p[1] for p in group), f"{n}/2")
+                    for n, group in ((1, before), (2, after))]
+    return [(min(p[0] for p in parts), max(p[1] for p in parts), None)]
+
+
+def _strand(value: int | None) -> str:
+    return {1: "+", -1: "-"}.get(value, ".")
+
+
+# ---------------------------------------------------------------- contig names
+
+@dataclass(frozen=True)
+class ContigReport:
+    """How an annotation table's contigs match a genome: unknown names (with suggestions) and overhangs."""
+
+    source: str
+    unknown: tuple[str, ...]
+    suggestions: dict[str, str] = field(default_factory=dict)
+    rows_unknown: int = 0
+    beyond_end: tuple[tuple[str, int, int, int], ...] = ()  # (chrom, rows past the end, max end, contig length)
+
+    @property
+    def ok(self) -> bool:
+        return not self.unknown and not self.beyond_end
+
+    def problems(self) -> list[str]:
+        """One line per kind of mismatch, each with the fix; empty when ``ok``."""
+        lines = []
+        if self.unknown:
+            example = self.unknown[0]
+            line = (f"annotations {self.source}: {_plural(len(self.unknown), 'contig')} not in the genome "
+                    f"({_plural(self.rows_unknown, 'feature')}; e.g. {example!r})")
+            if self.suggestions:
+                pairs = list(self.suggestions.items())
+                shown = ", ".join(f"{a!r}→{b!r}" for a, b in pairs[:3])
+                options = " ".join(f"--alias {a}={b}" for a, b in pairs[:3])
+                line += f"; did you mean {shown}? pass {options} or --auto-alias"
+            else:
+                line += "; rename them with --alias FROM=TO, or use annotations made for this genome assembly"
+            lines.append(line)
+        if self.beyond_end:
+            rows = sum(item[1] for item in self.beyond_end)
+            chrom, _, end, length = self.beyond_end[0]
+            lines.append(f"annotations {self.source}: {_plural(rows, 'feature')} extend past the end of their contig "
+                         f"(e.g. {chrom!r} has a feature ending at {end:,} but is {length:,} bp); "
+                         "check that the annotations are for this genome assembly")
+        return lines
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def check_contigs(annotations: pa.Table, contig_lengths: dict[str, int], source: str | Path) -> ContigReport:
+    """Compare the table's chroms with the genome's: unknown names, suggested aliases, features past the end."""
+    counts = {item["values"]: item["counts"] for item in pc.value_counts(annotations["chrom"]).to_pylist()}
+    unknown = tuple(sorted((c for c in counts if c not in contig_lengths), key=lambda c: (-counts[c], c)))
+    beyond = []
+    known = annotations.filter(pc.is_in(annotations["chrom"], pa.array(list(contig_lengths), pa.string())))
+    if known.num_rows:
+        grouped = known.group_by("chrom").aggregate([("end", "max")])
+        for chrom, max_end in zip(grouped["chrom"].to_pylist(), grouped["end_max"].to_pylist()):
+            length = contig_lengths[chrom]
+            if max_end > length:
+                over = pc.sum(pc.and_(pc.equal(known["chrom"], chrom), pc.greater(known["end"], length))).as_py()
+                beyond.append((chrom, int(over), int(max_end), int(length)))
+    return ContigReport(source=str(source), unknown=unknown, suggestions=_suggest(unknown, contig_lengths),
+                        rows_unknown=sum(counts[c] for c in unknown), beyond_end=tuple(sorted(beyond)))
+
+
+def require_known_contigs(annotations: pa.Table, contig_lengths: dict[str, int], source: str | Path) -> None:
+    """Raise one :class:`InputError` listing every contig mismatch (summary first), or return."""
+    problems = check_contigs(annotations, contig_lengths, source).problems()
+    if problems:
+        raise InputError("\n".join(problems))
+
+
+def suggest_aliases(annotations: pa.Table, contig_lengths: dict[str, int]) -> dict[str, str]:
+    """``{annotation name: genome name}`` for unknown chroms that match exactly one contig once normalised."""
+    names = pc.unique(annotations["chrom"]).to_pylist()
+    return _suggest([n for n in names if n not in contig_lengths], contig_lengths)
+
+
+def apply_aliases(table: pa.Table, aliases: dict[str, str]) -> pa.Table:
+    """The table with ``chrom`` values renamed by ``aliases``; other names unchanged."""
+    if not aliases or not table.num_rows:
+        return table
+    names = pc.unique(table["chrom"])
+    renamed = pa.array([aliases.get(name, name) for name in names.to_pylist()], pa.string())
+    chrom = pc.take(renamed, pc.index_in(table["chrom"], names))
+    return table.set_column(table.schema.get_field_index("chrom"), table.schema.field("chrom"), chrom)
+
+
+def parse_alias_option(values: Iterable[str]) -> dict[str, str]:
+    """``["chr1=1", ...]`` (the CLI's ``--alias``) as a dict; every malformed value reported at once."""
+    aliases: dict[str, str] = {}
+    problems = []
+    for value in values:
+        source, sep, target = value.partition("=")
+        source, target = source.strip(), target.strip()
+        if not sep or not source or not target:
+            problems.append(f"--alias {value!r}: expected FROM=TO, e.g. --alias chr1=1")
+        elif aliases.get(source, target) != target:
+            problems.append(f"--alias {value!r}: {source!r} is already aliased to {aliases[source]!r}; give it once")
+        else:
+            aliases[source] = target
+    if problems:
+        raise InputError("\n".join([f"{len(problems)} bad --alias values"] + problems) if len(problems) > 1
+                         else problems[0])
+    return aliases
+
+
+def normalise_contig(name: str) -> str:
+    """Comparison key for contig names: accession from ``gi|..|ref|X|`` headers, no ``chr``, no ``.N`` version,
+    lower case, ``M`` = ``MT``."""
+    if "|" in name:
+        fields = [f for f in name.split("|") if f]
+        name = fields[3] if len(fields) >= 4 and fields[0] == "gi" else (fields[-1] if fields else name)
+    key = name.strip().lower()
+    key = key[3:] if key.startswith("chr") and len(key) > 3 else key
+    key = re.sub(r"\.\d+$", "", key)
+    return "mt" if key == "m" else key
+
+
+def _suggest(unknown: Iterable[str], contig_lengths: dict[str, int]) -> dict[str, str]:
+    by_key: dict[str, list[str]] = {}
+    for contig in contig_lengths:
+        by_key.setdefault(normalise_contig(contig), []).append(contig)
+    suggestions = {}
+    for name in unknown:
+        matches = by_key.get(normalise_contig(name), [])
+        if len(matches) == 1:
+            suggestions[name] = matches[0]
+    return suggestions
+
+
+# ---------------------------------------------------------------- shared plumbing
+
+class _Problems:
+    """Malformed lines of one file, raised together with a one-line summary first."""
+
+    def __init__(self, path: Path):
+        self.path, self.items = path, []
+
+    def add(self, line: int, problem: str, fix: str) -> None:
+        self.items.append(f"{self.path}:{line}: {problem}; {fix}")
+
+    def add_record(self, record: int, problem: str, fix: str) -> None:
+        self.items.append(f"{self.path}: record {record}: {problem}; {fix}")
+
+    def raise_if_any(self) -> None:
+        if not self.items:
+            return
+        shown = self.items[:MAX_REPORTED]
+        more = [f"... and {len(self.items) - len(shown)} more"] if len(self.items) > len(shown) else []
+        raise InputError("\n".join([f"{_plural(len(self.items), 'malformed line')} in {self.path}"] + shown + more))
+
+
+def _fail(problems: _Problems, line: int, problem: str, fix: str) -> bool:
+    problems.add(line, problem, fix)
+    return False
+
+
+class _Rows:
+    """Column lists for an ``ANNOTATIONS`` table, filled one feature at a time."""
+
+    def __init__(self, path: Path):
+        self.source = str(path)
+        self.columns: dict[str, list] = {name: [] for name in schema.ANNOTATION_COLUMNS}
+
+    def add(self, chrom, start, end, strand, kind, name, feature_id, parent, attributes) -> None:
+        for key, value in zip(schema.ANNOTATION_COLUMNS,
+                              (chrom, start, end, strand, kind, name, feature_id, parent, self.source,
+                               list(attributes.items()))):
+            self.columns[key].append(value)
+
+    def table(self) -> pa.Table:
+        return pa.table(self.columns, schema=schema.ANNOTATIONS)
+
+
+def _open_text(path: Path) -> io.TextIOBase:
+    try:
+        if path.name.lower().endswith(".gz"):
+            return gzip.open(path, "rt", encoding="utf-8", newline="")
+        return open(path, encoding="utf-8", newline="")
+    except OSError as error:
+        raise InputError(f"{path}: cannot open ({error.strerror or error}); check the path") from None
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(1-based line number, line without its newline); unreadable text raised as InputError."""
+    number = 0
+    with _open_text(path) as handle:
+        try:
+            for number, line in enumerate(handle, 1):
+                yield number, line.rstrip("\r\n")
+        except UnicodeDecodeError:
+            raise InputError(f"{path}:{number + 1}: not UTF-8 text; convert the file to UTF-8") from None
+        except (OSError, EOFError) as error:
+            raise InputError(f"{path}: cannot read after line {number} ({error}); is the file truncated?") from None
