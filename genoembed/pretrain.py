@@ -1,0 +1,791 @@
+"""Masked-language-model pretraining of a small Nucleotide-Transformer-style encoder.
+
+An ``EsmForMaskedLM`` (rotary positions like NT-v2, no token dropout) is
+trained on random windows of FASTA/GenBank genomes, both strands, with
+non-overlapping 6-mer tokens (:mod:`genoembed.tokenize`). Validation is always
+on held-out data: whole held-out files (genomes) or held-out contigs of the
+training files, never on windows of the sequences trained on.
+
+The result is a plain Hugging Face directory (``config.json``,
+``model.safetensors``, tokenizer files) that ``AutoModel.from_pretrained`` and
+``AutoTokenizer.from_pretrained`` load with no genoembed code, plus
+``training.json`` (metrics history, baselines, wall time, machine, command).
+
+Evaluation protocol: 15% of the non-special tokens of fixed, seeded windows
+are *all* replaced by ``<mask>`` (no 80/10/10 there, so the model can never
+read the answer), and the loss/accuracy are over those positions. The same
+windows and masks score the baselines: always predicting the most frequent
+training token (unigram), and the randomly initialised model (step 0).
+
+Learning-rate schedule: linear warm-up over ``warmup_steps``, then cosine
+decay to ``min_lr_ratio × learning_rate`` over the run's *progress*, which is
+``max(step / max_steps, elapsed / max_minutes)``: with a time budget the decay
+finishes when the budget does, so a time-limited run still anneals.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import json
+import math
+import os
+import platform
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from genoembed.errors import InputError, ModelError
+from genoembed.tokenize import SPECIAL_TOKENS, kmer_token_ids, kmer_vocab, write_kmer_tokenizer
+
+CHECKPOINT_FILE = "checkpoint.pt"
+CHECKPOINT_FORMAT = 1
+GENBANK_SUFFIXES = (".gb", ".gbk", ".genbank", ".gbff")
+
+# Byte tables: normalise to ACGTN; complement for the reverse strand.
+_NORMALIZE = np.full(256, ord("N"), dtype=np.uint8)
+for _b in "ACGT":
+    _NORMALIZE[ord(_b)] = ord(_b)
+    _NORMALIZE[ord(_b.lower())] = ord(_b)
+_COMPLEMENT = np.arange(256, dtype=np.uint8)
+for _a, _c in zip("ACGTN", "TGCAN"):
+    _COMPLEMENT[ord(_a)] = ord(_c)
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Everything a pretraining run depends on (recorded in ``training.json``)."""
+
+    train_files: tuple[Path, ...]
+    output_dir: Path
+    # Validation: whole held-out files and/or held-out contigs of the training files.
+    val_files: tuple[Path, ...] = ()
+    val_contigs: tuple[str, ...] = ()
+    checkpoint_dir: Path | None = None  # default: "<output_dir>.ckpt" beside the output
+    resume: bool = False
+    # Tokens and windows.
+    k: int = 6
+    window_bp: int = 1002
+    # Model shape (EsmForMaskedLM).
+    num_layers: int = 4
+    hidden_size: int = 256
+    num_heads: int = 4
+    intermediate_size: int = 1024
+    max_position_embeddings: int = 2050
+    dropout: float = 0.0
+    # Optimisation.
+    batch_size: int | None = None  # default: 32 on CPU, 256 on CUDA
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1
+    mask_probability: float = 0.15
+    grad_clip: float = 1.0
+    max_steps: int = 2000
+    max_minutes: float | None = None
+    # Bookkeeping.
+    eval_every: int = 200
+    eval_batches: int = 8
+    checkpoint_every: int = 200
+    log_every: int = 20
+    seed: int = 0
+    threads: int | None = None
+    device: str = "auto"  # "auto", "cpu", "cuda"
+    progress: bool = True
+
+    def resolved_checkpoint_dir(self) -> Path:
+        if self.checkpoint_dir is not None:
+            return Path(self.checkpoint_dir)
+        out = Path(self.output_dir)
+        return out.with_name(out.name + ".ckpt")
+
+    def tokens_per_window(self) -> int:
+        """Tokens of an all-ACGT window: cls + k-mers + single-base tail + eos."""
+        return 2 + self.window_bp // self.k + self.window_bp % self.k
+
+
+@dataclass(frozen=True)
+class Contig:
+    """One sequence of the corpus, normalised to upper-case ACGTN bytes."""
+
+    source: str  # file name
+    name: str
+    bases: np.ndarray  # uint8 ASCII
+
+
+@dataclass(frozen=True)
+class Corpus:
+    train: tuple[Contig, ...]
+    validation: dict[str, tuple[Contig, ...]]  # set name -> contigs
+
+
+# --------------------------------------------------------------------------- data
+
+
+def read_sequences(path: str | Path) -> list[Contig]:
+    """All records of a FASTA or GenBank file (plain or gzip) as normalised bytes."""
+    from Bio import SeqIO
+    from Bio.Seq import UndefinedSequenceError
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"sequence file not found: {path}")
+    name = path.name[:-3] if path.name.endswith(".gz") else path.name
+    fmt = "genbank" if name.lower().endswith(GENBANK_SUFFIXES) else "fasta"
+    with open(path, "rb") as probe:
+        gzipped = probe.read(2) == b"\x1f\x8b"
+    opener = gzip.open if gzipped else open
+    if fmt == "fasta":
+        with opener(path, "rt", encoding="ascii", errors="replace") as handle:
+            first = next((line for line in handle if line.strip()), "")
+        if not first.startswith(">"):
+            found = f"first line is {first.strip()[:30]!r}" if first else "the file is empty"
+            raise InputError(f"{path}: no sequences found; expected FASTA records ('>name' lines), {found}")
+    contigs: list[Contig] = []
+    try:
+        with opener(path, "rt", encoding="ascii", errors="replace") as handle:
+            for record in SeqIO.parse(handle, fmt):
+                try:
+                    text = str(record.seq)
+                except UndefinedSequenceError as err:  # a feature-only GenBank record
+                    raise InputError(f"{path}: record {record.id} has no sequence ({err})") from None
+                bases = _NORMALIZE[np.frombuffer(text.encode("ascii", errors="replace"), dtype=np.uint8)]
+                contigs.append(Contig(source=path.name, name=record.id, bases=bases))
+    except (ValueError, EOFError, OSError) as err:
+        raise InputError(f"{path}: cannot read as {fmt}{' (gzip)' if gzipped else ''}: {err}") from None
+    contigs = [c for c in contigs if len(c.bases)]
+    if not contigs:
+        expected = "a GenBank file with ORIGIN sequence" if fmt == "genbank" else "FASTA records ('>name' lines)"
+        raise InputError(f"{path}: no sequences found; expected {expected}")
+    return contigs
+
+
+def load_corpus(config: PretrainConfig) -> Corpus:
+    """Read the files and split them into training and held-out validation contigs."""
+    if not config.train_files:
+        raise InputError("no training files given")
+    if not config.val_files and not config.val_contigs:
+        raise InputError("no validation data: give held-out files (--val-fasta) or held-out contigs (--val-contig)")
+    train_resolved = {Path(p).resolve() for p in config.train_files}
+    overlap = [str(p) for p in config.val_files if Path(p).resolve() in train_resolved]
+    if overlap:
+        raise InputError(f"validation file(s) also given for training: {', '.join(overlap)}")
+
+    train: list[Contig] = []
+    for path in config.train_files:
+        train.extend(read_sequences(path))
+    names = [c.name for c in train]
+    missing = [c for c in config.val_contigs if c not in names]
+    if missing:
+        raise InputError(
+            f"held-out contig(s) {', '.join(missing)} not in the training files; "
+            f"available: {', '.join(names[:10])}{' ...' if len(names) > 10 else ''}"
+        )
+    validation: dict[str, tuple[Contig, ...]] = {}
+    if config.val_contigs:
+        held = set(config.val_contigs)
+        validation["held-out contigs"] = tuple(c for c in train if c.name in held)
+        train = [c for c in train if c.name not in held]
+    for path in config.val_files:
+        validation[Path(path).name] = tuple(read_sequences(path))
+
+    _require_windows("training", train, config.window_bp)
+    for set_name, contigs in validation.items():
+        _require_windows(f"validation set {set_name}", contigs, config.window_bp)
+    return Corpus(train=tuple(train), validation=validation)
+
+
+def _require_windows(what: str, contigs, window_bp: int) -> None:
+    if not any(len(c.bases) >= window_bp for c in contigs):
+        longest = max((len(c.bases) for c in contigs), default=0)
+        raise InputError(
+            f"{what}: no sequence is as long as one window ({window_bp} bp; longest is {longest} bp); "
+            "lower --window-bp or add longer sequences"
+        )
+
+
+class WindowSampler:
+    """Random windows (uniform over positions) from either strand of some contigs."""
+
+    def __init__(self, contigs, window_bp: int):
+        self.contigs = [c for c in contigs if len(c.bases) >= window_bp]
+        self.window_bp = window_bp
+        starts = np.array([len(c.bases) - window_bp + 1 for c in self.contigs], dtype=np.float64)
+        self.weights = starts / starts.sum()
+        self.n_starts = starts.astype(np.int64)
+
+    def sample(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, list[tuple[str, int, bool]]]:
+        which = rng.choice(len(self.contigs), size=n, p=self.weights)
+        starts = rng.integers(0, self.n_starts[which])
+        reverse = rng.random(n) < 0.5
+        out = np.empty((n, self.window_bp), dtype=np.uint8)
+        origin = []
+        for row, (c, s, rc) in enumerate(zip(which, starts, reverse)):
+            window = self.contigs[c].bases[s : s + self.window_bp]
+            out[row] = _COMPLEMENT[window[::-1]] if rc else window
+            origin.append((self.contigs[c].name, int(s), bool(rc)))
+        return out, origin
+
+
+# --------------------------------------------------------------------------- masking
+
+
+@dataclass(frozen=True)
+class MaskedBatch:
+    input_ids: np.ndarray
+    attention_mask: np.ndarray
+    labels: np.ndarray  # -100 where not scored
+
+
+def mask_tokens(
+    input_ids: np.ndarray,
+    attention_mask: np.ndarray,
+    rng: np.random.Generator,
+    vocab_size: int,
+    probability: float = 0.15,
+    mask_all: bool = False,
+) -> MaskedBatch:
+    """BERT masking of non-special tokens: 80% ``<mask>``, 10% random, 10% kept.
+
+    With ``mask_all`` every selected token becomes ``<mask>`` (evaluation).
+    """
+    n_special = len(SPECIAL_TOKENS)
+    mask_id = SPECIAL_TOKENS.index("<mask>")
+    maskable = (input_ids >= n_special) & (attention_mask == 1)
+    selected = (rng.random(input_ids.shape) < probability) & maskable
+    if not selected.any():  # a loss needs at least one scored token
+        rows, cols = np.nonzero(maskable)
+        selected[rows[0], cols[0]] = True
+    labels = np.where(selected, input_ids, -100)
+    ids = input_ids.copy()
+    if mask_all:
+        ids[selected] = mask_id
+    else:
+        roll = rng.random(input_ids.shape)
+        ids[selected & (roll < 0.8)] = mask_id
+        random_pos = selected & (roll >= 0.8) & (roll < 0.9)
+        ids[random_pos] = rng.integers(n_special, vocab_size, size=int(random_pos.sum()))
+    return MaskedBatch(ids, attention_mask, labels)
+
+
+# --------------------------------------------------------------------------- model
+
+
+def build_model(config: PretrainConfig, vocab_size: int):
+    """A randomly initialised ``EsmForMaskedLM`` of the configured shape."""
+    from transformers import EsmConfig, EsmForMaskedLM
+
+    if config.hidden_size % config.num_heads:
+        raise InputError(f"hidden size {config.hidden_size} is not divisible by {config.num_heads} heads")
+    if config.tokens_per_window() > config.max_position_embeddings:
+        raise InputError(
+            f"a {config.window_bp} bp window is {config.tokens_per_window()} tokens, more than "
+            f"max_position_embeddings={config.max_position_embeddings}"
+        )
+    esm_config = EsmConfig(
+        vocab_size=vocab_size,
+        mask_token_id=SPECIAL_TOKENS.index("<mask>"),
+        pad_token_id=SPECIAL_TOKENS.index("<pad>"),
+        eos_token_id=SPECIAL_TOKENS.index("<eos>"),
+        hidden_size=config.hidden_size,
+        num_hidden_layers=config.num_layers,
+        num_attention_heads=config.num_heads,
+        intermediate_size=config.intermediate_size,
+        max_position_embeddings=config.max_position_embeddings,
+        position_embedding_type="rotary",
+        hidden_dropout_prob=config.dropout,
+        attention_probs_dropout_prob=config.dropout,
+        token_dropout=False,
+        emb_layer_norm_before=False,
+        tie_word_embeddings=True,
+        is_folding_model=False,
+    )
+    esm_config.architectures = ["EsmForMaskedLM"]
+    model = EsmForMaskedLM(esm_config)
+    return model
+
+
+def _masked_logits(model, input_ids, attention_mask, labels):
+    """Logits at scored positions only (the LM head on 15% of tokens, not all)."""
+    hidden = model.esm(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    scored = labels != -100
+    return model.lm_head(hidden[scored]), labels[scored]
+
+
+# --------------------------------------------------------------------------- schedule
+
+
+def learning_rate(config: PretrainConfig, step: int, elapsed_s: float) -> float:
+    """Warm-up then cosine decay over max(step/max_steps, elapsed/max_minutes)."""
+    progress = step / max(config.max_steps, 1)
+    if config.max_minutes:
+        progress = max(progress, elapsed_s / (60.0 * config.max_minutes))
+    progress = min(progress, 1.0)
+    warm = min(1.0, (step + 1) / max(config.warmup_steps, 1))
+    cosine = config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return config.learning_rate * warm * cosine
+
+
+# --------------------------------------------------------------------------- training
+
+
+def pretrain(config: PretrainConfig) -> Path:
+    """Train, validate on held-out data, checkpoint, and write the HF directory.
+
+    Returns the output directory.
+    """
+    import torch
+
+    _validate_config(config)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = _pick_device(config.device)
+    on_cuda = device.type == "cuda"
+    batch_size = config.batch_size or (256 if on_cuda else 32)
+    vocab_list = kmer_vocab(config.k)
+    vocab = {t: i for i, t in enumerate(vocab_list)}
+    vocab_size = len(vocab_list)
+
+    corpus = load_corpus(config)
+    sampler = WindowSampler(corpus.train, config.window_bp)
+
+    # Fixed evaluation batches (seeded apart from the training stream).
+    eval_rng = np.random.default_rng([config.seed, 1])
+    eval_sets: dict[str, list[MaskedBatch]] = {"train": _eval_batches(sampler, eval_rng, config, vocab, batch_size)}
+    for set_name, contigs in corpus.validation.items():
+        eval_sets[set_name] = _eval_batches(
+            WindowSampler(contigs, config.window_bp), eval_rng, config, vocab, batch_size
+        )
+    val_names = [n for n in eval_sets if n != "train"]
+
+    torch.manual_seed(config.seed)
+    model = build_model(config, vocab_size).to(device)
+    optimizer = torch.optim.AdamW(
+        _param_groups(model, config.weight_decay), lr=config.learning_rate, betas=(0.9, 0.98), eps=1e-6
+    )
+    rng = np.random.default_rng([config.seed, 0])
+    state = {"step": 0, "elapsed_s": 0.0, "tokens_seen": 0, "history": [], "baselines": None}
+
+    ckpt_dir = config.resolved_checkpoint_dir()
+    ckpt_path = ckpt_dir / CHECKPOINT_FILE
+    if ckpt_path.exists():
+        if not config.resume:
+            raise InputError(
+                f"a checkpoint already exists at {ckpt_path}; pass --resume to continue it "
+                "or choose another --checkpoint-dir"
+            )
+        state = _load_checkpoint(ckpt_path, config, model, optimizer, rng)
+        _log(f"resumed from {ckpt_path} at step {state['step']}")
+    elif config.resume:
+        _log(f"no checkpoint at {ckpt_path}; starting from scratch")
+
+    def evaluate_all() -> dict:
+        return {name: _evaluate(model, batches, device, on_cuda) for name, batches in eval_sets.items()}
+
+    if state["baselines"] is None:
+        counts = _token_counts(corpus.train, vocab, config.k)
+        random_init = evaluate_all()
+        state["baselines"] = {
+            "unigram": _unigram_baseline(counts, eval_sets, vocab_list),
+            "random_init": random_init,
+        }
+        _log(
+            "baselines on validation: unigram acc "
+            f"{_pooled(state['baselines']['unigram'], val_names)['accuracy']:.4f}, random-init acc "
+            f"{_pooled(random_init, val_names)['accuracy']:.4f} loss {_pooled(random_init, val_names)['loss']:.3f}"
+        )
+
+    n_params = sum(p.numel() for p in model.parameters())
+    _log(
+        f"model: {config.num_layers} layers x {config.hidden_size}, {n_params / 1e6:.2f} M parameters; "
+        f"{sum(len(c.bases) for c in corpus.train) / 1e6:.2f} Mbp training, batch {batch_size}, device {device}"
+    )
+
+    model.train()
+    started = time.monotonic()
+    elapsed_before = state["elapsed_s"]
+    budget_s = 60.0 * config.max_minutes if config.max_minutes else math.inf
+    running_loss: list[float] = []
+    running_acc: list[float] = []
+    stop_reason = "max_steps"
+    progress = _Progress(config.progress and sys.stderr.isatty(), state["step"], config.max_steps)
+    try:
+        while state["step"] < config.max_steps:
+            elapsed = elapsed_before + time.monotonic() - started
+            if elapsed >= budget_s:
+                stop_reason = "max_minutes"
+                break
+            lr = learning_rate(config, state["step"], elapsed)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            windows, _ = sampler.sample(rng, batch_size)
+            encoded = kmer_token_ids(windows, vocab, config.k)
+            batch = mask_tokens(
+                encoded["input_ids"], encoded["attention_mask"], rng, vocab_size, config.mask_probability
+            )
+            ids, attn, labels = _to_device(batch, device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_cuda):
+                logits, targets = _masked_logits(model, ids, attn, labels)
+            loss = torch.nn.functional.cross_entropy(logits.float(), targets)
+            loss.backward()
+            if config.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            state["step"] += 1
+            state["tokens_seen"] += int(encoded["attention_mask"].sum())
+            running_loss.append(float(loss.detach()))
+            running_acc.append(float((logits.detach().argmax(-1) == targets).float().mean()))
+            progress.update(state["step"], running_loss[-1], lr)
+
+            step = state["step"]
+            if step % config.log_every == 0 and not progress.live:
+                _log(
+                    f"step {step}/{config.max_steps} loss {np.mean(running_loss[-config.log_every:]):.4f} "
+                    f"lr {lr:.2e} elapsed {elapsed_before + time.monotonic() - started:.0f}s"
+                )
+            if step % config.eval_every == 0:
+                state["elapsed_s"] = elapsed_before + time.monotonic() - started
+                _record_eval(state, evaluate_all(), running_loss, running_acc, lr, val_names)
+                running_loss, running_acc = [], []
+            if step % config.checkpoint_every == 0:
+                state["elapsed_s"] = elapsed_before + time.monotonic() - started
+                _save_checkpoint(ckpt_path, config, model, optimizer, rng, state)
+    finally:
+        progress.close()
+
+    state["elapsed_s"] = elapsed_before + time.monotonic() - started
+    if not state["history"] or state["history"][-1]["step"] != state["step"]:
+        _record_eval(state, evaluate_all(), running_loss, running_acc, learning_rate(config, state["step"], state["elapsed_s"]), val_names)
+    _save_checkpoint(ckpt_path, config, model, optimizer, rng, state)
+    out = _write_output(config, model, state, corpus, n_params, batch_size, device, stop_reason, val_names)
+    last = state["history"][-1]
+    _log(
+        f"done: step {state['step']} ({stop_reason}), val loss {last['val']['loss']:.4f} "
+        f"acc {last['val']['accuracy']:.4f}; wrote {out}"
+    )
+    return out
+
+
+def _validate_config(config: PretrainConfig) -> None:
+    problems = []
+    if not 1 <= config.k <= 8:
+        problems.append(f"k={config.k} (use 1..8)")
+    if config.window_bp < config.k:
+        problems.append(f"window_bp={config.window_bp} is shorter than k")
+    if not 0 < config.mask_probability < 1:
+        problems.append(f"mask_probability={config.mask_probability} (use 0..1)")
+    if config.max_steps < 1:
+        problems.append(f"max_steps={config.max_steps} (use >= 1)")
+    if config.max_minutes is not None and config.max_minutes <= 0:
+        problems.append(f"max_minutes={config.max_minutes} (use > 0)")
+    for name in ("eval_every", "eval_batches", "checkpoint_every", "log_every", "num_layers", "hidden_size", "num_heads"):
+        if getattr(config, name) < 1:
+            problems.append(f"{name}={getattr(config, name)} (use >= 1)")
+    if config.device not in ("auto", "cpu", "cuda"):
+        problems.append(f"device={config.device!r} (use auto, cpu or cuda)")
+    if problems:
+        raise InputError("invalid pretraining settings: " + "; ".join(problems))
+
+
+def _pick_device(name: str):
+    import torch
+
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError("device 'cuda' requested but no CUDA device is available")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def _param_groups(model, weight_decay: float):
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        (no_decay if param.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _eval_batches(sampler: WindowSampler, rng, config: PretrainConfig, vocab, batch_size: int) -> list[MaskedBatch]:
+    batches = []
+    for _ in range(config.eval_batches):
+        windows, _ = sampler.sample(rng, batch_size)
+        encoded = kmer_token_ids(windows, vocab, config.k)
+        batches.append(
+            mask_tokens(
+                encoded["input_ids"], encoded["attention_mask"], rng, len(vocab), config.mask_probability, mask_all=True
+            )
+        )
+    return batches
+
+
+def _to_device(batch: MaskedBatch, device):
+    import torch
+
+    return (
+        torch.from_numpy(batch.input_ids).to(device),
+        torch.from_numpy(batch.attention_mask).to(device),
+        torch.from_numpy(batch.labels).to(device),
+    )
+
+
+def _evaluate(model, batches: list[MaskedBatch], device, on_cuda: bool) -> dict:
+    import torch
+
+    was_training = model.training
+    model.eval()
+    total_loss, correct, count = 0.0, 0, 0
+    with torch.no_grad():
+        for batch in batches:
+            ids, attn, labels = _to_device(batch, device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_cuda):
+                logits, targets = _masked_logits(model, ids, attn, labels)
+            total_loss += float(torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum"))
+            correct += int((logits.argmax(-1) == targets).sum())
+            count += int(targets.numel())
+    model.train(was_training)
+    return {"loss": total_loss / count, "accuracy": correct / count, "masked_tokens": count}
+
+
+def _token_counts(contigs, vocab, k: int) -> np.ndarray:
+    """Token frequencies of the training sequences, both strands, one frame."""
+    counts = np.zeros(len(vocab), dtype=np.int64)
+    chunk = 600_000 - 600_000 % k
+    for contig in contigs:
+        for strand in (contig.bases, _COMPLEMENT[contig.bases[::-1]]):
+            pieces = [strand[i : i + chunk].tobytes() for i in range(0, len(strand), chunk)]
+            ids = kmer_token_ids(pieces, vocab, k, add_eos=False)
+            valid = ids["input_ids"][ids["attention_mask"] == 1]
+            counts += np.bincount(valid[valid >= len(SPECIAL_TOKENS)], minlength=len(vocab))
+    return counts
+
+
+def _unigram_baseline(counts: np.ndarray, eval_sets, vocab_list) -> dict:
+    top = int(np.argmax(counts))
+    probs = (counts + 1) / (counts + 1)[len(SPECIAL_TOKENS) :].sum()
+    result = {"token": vocab_list[top]}
+    for name, batches in eval_sets.items():
+        labels = np.concatenate([b.labels[b.labels != -100] for b in batches])
+        result[name] = {
+            "loss": float(-np.log(probs[labels]).mean()),
+            "accuracy": float((labels == top).mean()),
+            "masked_tokens": int(labels.size),
+        }
+    return result
+
+
+def _pooled(metrics: dict, names: list[str]) -> dict:
+    """Token-weighted mean over several evaluation sets."""
+    n = sum(metrics[name]["masked_tokens"] for name in names)
+    return {
+        "loss": sum(metrics[k]["loss"] * metrics[k]["masked_tokens"] for k in names) / n,
+        "accuracy": sum(metrics[k]["accuracy"] * metrics[k]["masked_tokens"] for k in names) / n,
+        "masked_tokens": n,
+    }
+
+
+def _record_eval(state, metrics, running_loss, running_acc, lr, val_names) -> None:
+    entry = {
+        "step": state["step"],
+        "tokens_seen": state["tokens_seen"],
+        "elapsed_s": round(state["elapsed_s"], 1),
+        "lr": lr,
+        "train_batch_loss": float(np.mean(running_loss)) if running_loss else None,
+        "train_batch_accuracy": float(np.mean(running_acc)) if running_acc else None,
+        "train": metrics["train"],
+        "val": _pooled(metrics, val_names),
+        "val_by_set": {name: metrics[name] for name in val_names},
+    }
+    state["history"].append(entry)
+    _log(
+        f"eval step {entry['step']}: train loss {entry['train']['loss']:.4f} acc {entry['train']['accuracy']:.4f} | "
+        f"val loss {entry['val']['loss']:.4f} acc {entry['val']['accuracy']:.4f}"
+    )
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def _shape_signature(config: PretrainConfig) -> dict:
+    keys = ("k", "window_bp", "num_layers", "hidden_size", "num_heads", "intermediate_size", "max_position_embeddings")
+    return {key: getattr(config, key) for key in keys}
+
+
+def _save_checkpoint(path: Path, config, model, optimizer, rng, state) -> None:
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "shape": _shape_signature(config),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": {
+            "kind": "warmup-cosine-over-progress",
+            "learning_rate": config.learning_rate,
+            "warmup_steps": config.warmup_steps,
+            "min_lr_ratio": config.min_lr_ratio,
+            "max_steps": config.max_steps,
+            "max_minutes": config.max_minutes,
+        },
+        "rng": {"numpy": rng.bit_generator.state, "torch": torch.get_rng_state()},
+        "state": json.dumps(state),
+    }
+    fd, tmp = tempfile.mkstemp(prefix=".checkpoint-", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _load_checkpoint(path: Path, config, model, optimizer, rng) -> dict:
+    import torch
+
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for corrupt files
+        raise ModelError(f"cannot read checkpoint {path}: {err}") from None
+    if payload.get("format") != CHECKPOINT_FORMAT:
+        raise ModelError(f"checkpoint {path} has format {payload.get('format')}, expected {CHECKPOINT_FORMAT}")
+    if payload["shape"] != _shape_signature(config):
+        diff = {k: (v, payload["shape"].get(k)) for k, v in _shape_signature(config).items() if payload["shape"].get(k) != v}
+        raise ModelError(
+            f"checkpoint {path} was made with other settings (requested, checkpoint): {diff}; "
+            "use the same model shape to resume or another --checkpoint-dir"
+        )
+    model.load_state_dict(payload["model"])
+    optimizer.load_state_dict(payload["optimizer"])
+    rng.bit_generator.state = payload["rng"]["numpy"]
+    torch.set_rng_state(payload["rng"]["torch"])
+    return json.loads(payload["state"])
+
+
+# --------------------------------------------------------------------------- output
+
+
+def _write_output(config, model, state, corpus, n_params, batch_size, device, stop_reason, val_names) -> Path:
+    """Write config, weights, tokenizer and training.json; each file replaced atomically."""
+    import torch
+    import transformers
+
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    last = state["history"][-1]
+    baselines = state["baselines"]
+    report = {
+        "model": {
+            "architecture": "EsmForMaskedLM",
+            "parameters": n_params,
+            "layers": config.num_layers,
+            "hidden_size": config.hidden_size,
+            "heads": config.num_heads,
+            "intermediate_size": config.intermediate_size,
+            "position_embeddings": "rotary",
+            "vocab_size": len(kmer_vocab(config.k)),
+            "tokenizer": f"non-overlapping {config.k}-mers, single-base fallback (EsmTokenizer)",
+        },
+        "data": {
+            "train": [{"file": c.source, "contig": c.name, "bp": int(len(c.bases))} for c in corpus.train],
+            "validation": {
+                name: [{"file": c.source, "contig": c.name, "bp": int(len(c.bases))} for c in contigs]
+                for name, contigs in corpus.validation.items()
+            },
+            "train_bp": int(sum(len(c.bases) for c in corpus.train)),
+            "window_bp": config.window_bp,
+            "strands": "both (reverse complement with probability 0.5)",
+        },
+        "training": {
+            "steps": state["step"],
+            "stop_reason": stop_reason,
+            "tokens_seen": state["tokens_seen"],
+            "batch_size": batch_size,
+            "wall_time_s": round(state["elapsed_s"], 1),
+            "masking": f"{config.mask_probability:.0%} of tokens, 80/10/10 (train); all <mask> (evaluation)",
+        },
+        "final": {
+            "train": last["train"],
+            "val": last["val"],
+            "val_by_set": last["val_by_set"],
+        },
+        "baselines": {
+            "unigram_token": baselines["unigram"]["token"],
+            "unigram": {"train": baselines["unigram"]["train"], "val": _pooled(baselines["unigram"], val_names)}
+            | {"val_by_set": {n: baselines["unigram"][n] for n in val_names}},
+            "random_init": {"train": baselines["random_init"]["train"], "val": _pooled(baselines["random_init"], val_names)}
+            | {"val_by_set": {n: baselines["random_init"][n] for n in val_names}},
+        },
+        "history": state["history"],
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+        },
+        "command_line": shlex.join([sys.executable, *sys.argv]),
+        "cwd": os.getcwd(),
+        "config": {k: (str(v) if isinstance(v, Path) else [str(x) for x in v] if isinstance(v, tuple) else v)
+                   for k, v in dataclasses.asdict(config).items()},
+    }
+    with tempfile.TemporaryDirectory(prefix=".pretrain-out-", dir=out) as tmp:
+        tmp_dir = Path(tmp)
+        model.to("cpu").save_pretrained(tmp_dir)
+        write_kmer_tokenizer(tmp_dir, config.k)
+        (tmp_dir / "training.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        for item in tmp_dir.iterdir():
+            target = out / item.name
+            if item.is_dir():
+                if target.exists():
+                    shutil.rmtree(target)
+                shutil.move(str(item), target)
+            else:
+                os.replace(item, target)
+                os.chmod(target, 0o644)  # temp files are private; the model is not
+    return out
+
+
+class _Progress:
+    """A rich progress bar with the loss on a terminal; nothing otherwise (plain log lines)."""
+
+    def __init__(self, enabled: bool, completed: int, total: int):
+        self.live = enabled
+        self._bar = None
+        if enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+            self._bar = Progress(
+                TextColumn("pretrain"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]:.4f} lr {task.fields[lr]:.2e}"),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+            )
+            self._task = self._bar.add_task("pretrain", total=total, completed=completed, loss=float("nan"), lr=0.0)
+            self._bar.start()
+
+    def update(self, step: int, loss: float, lr: float) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, completed=step, loss=loss, lr=lr)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+def _log(message: str) -> None:
+    print(f"[pretrain] {message}", file=sys.stderr, flush=True)
