@@ -37,6 +37,7 @@ def search(
     name: str = typer.Option("last", "--name", help="Save the hits under this name (SQL view hits_NAME; 'last' is the view hits)."),
     format: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f", help="Output format."),
     output: Optional[Path] = typer.Option(None, "--output", help="Write results to this file instead of stdout."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the store's model directory to run its own Python code (needed again for custom-code models)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No warnings."),
 ):
     """Find the tiles most similar to each query and show them with their annotations."""
@@ -54,7 +55,8 @@ def search(
     queries += fasta_queries(fasta) if fasta else []
     if not queries:
         raise InputError("no query: give --region, --sequence, --fasta or --bed")
-    hits = opened.search(queries, k=k, nprobe=nprobe, ef_search=ef_search, exclude_self=exclude_self, save_as=name)
+    hits = opened.search(queries, k=k, nprobe=nprobe, ef_search=ef_search, exclude_self=exclude_self, save_as=name,
+                           trust_remote_code=trust_remote_code)
     if annotate and opened.manifest.get("annotations"):
         hits = annotate_hits(opened, hits, strand=strand_mode.value, types=tuple(feature_type) if feature_type else None)
     if format is OutputFormat.table and output is None:

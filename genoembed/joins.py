@@ -88,6 +88,9 @@ def nearest_sql(left: str, right: str, strand: str = "ignore", bin_size: int | N
     look further, with two ASOF joins per row (the greatest feature end at or
     before ``start``, the least feature start at or after ``end``) and an
     equi-join back on that coordinate to collect ties. Nothing is cross-joined.
+    ``_ge_l`` and ``_ge_alone`` are MATERIALIZED: the row ids must be computed
+    once, and DuckDB planned the ASOF joins on an inlined anti-join as a
+    quadratic inequality join (minutes at 10^6 rows instead of ~1 s).
     """
     _check_names(left, right, strand, bin_size, prefix)
     strand_key = _strand_key("strand", strand)
@@ -108,15 +111,17 @@ _ge_overlaps AS (
     JOIN _ge_rb r ON l.chrom = r.chrom AND l._ge_bin = r._ge_bin
     WHERE l.start < r."end" AND r.start < l."end" {match_overlap}
       AND greatest(l._ge_first, r._ge_first) = l._ge_bin),
+_ge_alone AS MATERIALIZED (
+    SELECT l._ge_lid, l.chrom, l.start, l."end", l._ge_key FROM _ge_l l
+    ANTI JOIN _ge_overlaps o ON l._ge_lid = o._ge_lid),
 _ge_sides AS (
-    SELECT l._ge_lid, l.chrom, l.start, l."end", l._ge_key, up."end" AS _ge_up_end, dn.start AS _ge_dn_start
-    FROM _ge_l l
+    SELECT l.*, up."end" AS _ge_up_end, dn.start AS _ge_dn_start
+    FROM _ge_alone l
     ASOF LEFT JOIN {right} up ON l.chrom = up.chrom {match_up} AND l.start >= up."end"
     ASOF LEFT JOIN {right} dn ON l.chrom = dn.chrom {match_dn} AND l."end" <= dn.start),
 _ge_best AS (
-    SELECT s.*, least(s.start - s._ge_up_end, s._ge_dn_start - s."end") AS _ge_gap
-    FROM _ge_sides s ANTI JOIN _ge_overlaps o ON s._ge_lid = o._ge_lid
-    WHERE s._ge_up_end IS NOT NULL OR s._ge_dn_start IS NOT NULL),
+    SELECT *, least(start - _ge_up_end, _ge_dn_start - "end") AS _ge_gap
+    FROM _ge_sides WHERE _ge_up_end IS NOT NULL OR _ge_dn_start IS NOT NULL),
 _ge_candidates AS (
     SELECT * FROM _ge_overlaps
     UNION ALL BY NAME

@@ -8,6 +8,7 @@ store (``searches/NAME.parquet``, ``last`` by default) for `genoembed sql`.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import re
 from dataclasses import dataclass
@@ -147,17 +148,35 @@ def _self_overlap_allowance(store: Store, query: Query) -> int:
     return ((query.end - query.start) + tiling["window"]) // tiling["stride"] * strands + 2 * strands
 
 
-def search(store: Store, queries: list[Query], k: int = 10, nprobe: int | None = None,
+def _unique_names(queries: list[Query]) -> list[Query]:
+    """Suffix repeated query names (``name#2``) so every hit row is keyed by (query, rank)."""
+    seen: dict[str, int] = {}
+    unique = []
+    for query in queries:
+        seen[query.name] = seen.get(query.name, 0) + 1
+        count = seen[query.name]
+        unique.append(query if count == 1 else dataclasses.replace(query, name=f"{query.name}#{count}"))
+    return unique
+
+
+def search(store: Store, queries: list[Query | str], k: int = 10, nprobe: int | None = None,
            ef_search: int | None = None, exclude_self: bool = False, save_as: str | None = "last",
-           embedder=None) -> pa.Table:
-    """Top-``k`` tiles per query as a ``schema.HITS`` table (rank 1 = best)."""
+           embedder=None, trust_remote_code: bool = False) -> pa.Table:
+    """Top-``k`` tiles per query as a ``schema.HITS`` table (rank 1 = best).
+
+    String queries are regions on the store's genome.
+    """
     if not queries:
         raise InputError("no queries given")
+    if any(isinstance(query, str) for query in queries):
+        genome = store.genome()
+        queries = [region_queries(genome, [q])[0] if isinstance(q, str) else q for q in queries]
+    queries = _unique_names(queries)
     if k < 1:
         raise InputError(f"k={k}: ask for at least one neighbour")
     if k > store.num_tiles:
         raise InputError(f"k={k} is larger than the store ({store.num_tiles} tiles); use k <= {store.num_tiles}")
-    embedder = embedder or store.embedder()
+    embedder = embedder or store.embedder(trust_remote_code=trust_remote_code)
     if embedder.dim != store.dim:
         raise InputError(f"query embedder has dim {embedder.dim} but the store has dim {store.dim}; "
                          "search with the store's own model")

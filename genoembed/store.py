@@ -287,12 +287,18 @@ class Store:
             f"SELECT {columns} FROM read_parquet($paths) t JOIN wanted w USING (tile_id) ORDER BY w.position",
             params={"paths": [str(p) for p in self.shard_paths]}).to_arrow_table().cast(schema.TILES)
 
-    def embedder(self):
-        """The exact embedder the store was built with (same model files, pooling, settings)."""
+    def embedder(self, trust_remote_code: bool = False):
+        """The exact embedder the store was built with (same model files, pooling, settings).
+
+        Custom model code is never run on reopening unless the caller says so again.
+        """
         from genoembed.embedders import load_embedder
         from genoembed.errors import ModelError
 
-        embedder = load_embedder(self.provenance["embedder"])
+        spec = dict(self.provenance["embedder"])
+        if trust_remote_code:
+            spec["trust_remote_code"] = True
+        embedder = load_embedder(spec)
         expected = self.provenance["embedder"].get("fingerprint")
         if expected and embedder.fingerprint != expected:
             raise ModelError(f"{self.root}: the model at {self.provenance['embedder'].get('model_path')} "
@@ -326,7 +332,8 @@ class Store:
             self.manifest = manifest
 
     def search(self, queries, k: int = 10, **options):
-        """Nearest tiles for queries (see :func:`genoembed.search.search`)."""
+        """Nearest tiles for queries: :class:`~genoembed.search.Query` objects or region strings
+        (``chrom:start-end[:strand]``, 1-based); see :func:`genoembed.search.search`."""
         from genoembed.search import search
 
         return search(self, queries, k=k, **options)

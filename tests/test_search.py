@@ -93,3 +93,9 @@ def test_bed_and_fasta_queries(chloroplast_store, tmp_path):
     (tmp_path / "bad.fa").write_text(">x\nACGT!!\n")
     with pytest.raises(InputError, match="bad.fa record 'x'"):
         fasta_queries(tmp_path / "bad.fa")
+
+
+def test_region_strings_and_repeated_names(chloroplast_store):
+    hits = chloroplast_store.search(["NC_000932.1:1001-2000", "NC_000932.1:1001-2000"], k=2, save_as=None)
+    assert hits.column("query").to_pylist() == ["NC_000932.1:1001-2000"] * 2 + ["NC_000932.1:1001-2000#2"] * 2
+    assert hits.column("start").to_pylist()[0] == 1000
