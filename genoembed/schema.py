@@ -65,19 +65,13 @@ ANNOTATION_COLUMNS = [f.name for f in ANNOTATION_FIELDS]
 # sequence queries that have no genomic origin. ``score`` is cosine similarity
 # for the inner-product metric (higher is better) and squared L2 distance for
 # the L2 metric (lower is better).
+_LOCUS = ("genome", "chrom", "start", "end", "strand")
 HIT_FIELDS = [
     pa.field("query", pa.string(), nullable=False),
-    pa.field("query_chrom", pa.string(), nullable=True),
-    pa.field("query_start", pa.int64(), nullable=True),
-    pa.field("query_end", pa.int64(), nullable=True),
-    pa.field("query_strand", pa.string(), nullable=True),
+    *(pa.field(f"query_{name}", TILES.field(name).type, nullable=True) for name in _LOCUS[1:]),
     pa.field("rank", pa.int32(), nullable=False),
     pa.field("tile_id", pa.int64(), nullable=False),
-    pa.field("genome", pa.string(), nullable=False),
-    pa.field("chrom", pa.string(), nullable=False),
-    pa.field("start", pa.int64(), nullable=False),
-    pa.field("end", pa.int64(), nullable=False),
-    pa.field("strand", pa.string(), nullable=False),
+    *(TILES.field(name) for name in _LOCUS),
     pa.field("score", pa.float32(), nullable=False),
 ]
 HITS = pa.schema(HIT_FIELDS)
