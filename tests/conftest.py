@@ -12,6 +12,8 @@ PLASMID_GENBANK = DATA / "NC_005816.gb"
 DEMO = Path(__file__).parent.parent / "genoembed" / "data" / "demo"
 CHLOROPLAST_FASTA = DEMO / "NC_000932.fa"
 CHLOROPLAST_GENBANK = DEMO / "NC_000932.gb"
+# the project's shared data set lies beside the checkout (developers and CI alike)
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -22,6 +24,14 @@ def isolated_cache(tmp_path_factory):
     patch.setenv("GENOEMBED_CACHE", str(cache))
     yield cache
     patch.undo()
+
+
+@pytest.fixture
+def fresh_cache(tmp_path_factory, monkeypatch) -> Path:
+    """An empty cache for one test (for tests of what the cache holds)."""
+    root = tmp_path_factory.mktemp("cache")
+    monkeypatch.setenv("GENOEMBED_CACHE", str(root))
+    return root
 
 
 @pytest.fixture(scope="session")

@@ -21,21 +21,20 @@ from genoembed.errors import InputError
 from genoembed.genome import Genome, genome_label, open_genome, reverse_complement
 from genoembed.synthetic import random_genome, write_fasta
 
+from conftest import SHARED_DATA
+
 DATA = Path(__file__).parent / "data"
 PLASMID = DATA / "NC_005816.fna"
 CHLOROPLAST = Path(__file__).parent.parent / "genoembed" / "data" / "demo" / "NC_000932.fa"
-ECOLI_GZ = Path("/work/shared/data/ecoli_536/NC_008253.fna.gz")
+ECOLI_GZ = SHARED_DATA / "ecoli_536" / "NC_008253.fna.gz"
 
 IUPAC = "ACGTURYKMSWBDHVN"
 IUPAC_BOTH_CASES = IUPAC + IUPAC.lower()
 
 
 @pytest.fixture(autouse=True)
-def cache(tmp_path_factory, monkeypatch) -> Path:
-    """Every test gets its own empty cache so nothing touches ~/.cache."""
-    root = tmp_path_factory.mktemp("cache")
-    monkeypatch.setenv("GENOEMBED_CACHE", str(root))
-    return root
+def cache(fresh_cache) -> Path:
+    return fresh_cache
 
 
 def _records() -> dict[str, str]:

@@ -24,11 +24,8 @@ CHLOROPLAST = Path(__file__).parent.parent / "genoembed" / "data" / "demo" / "NC
 
 
 @pytest.fixture(autouse=True)
-def cache(tmp_path_factory, monkeypatch) -> Path:
-    """Every test gets its own empty cache so nothing touches ~/.cache."""
-    root = tmp_path_factory.mktemp("cache")
-    monkeypatch.setenv("GENOEMBED_CACHE", str(root))
-    return root
+def cache(fresh_cache) -> Path:
+    return fresh_cache
 
 
 def _records() -> dict[str, str]:
