@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from enum import Enum
 import json
 import time
 from pathlib import Path
@@ -16,8 +17,13 @@ from genoembed.cli.common import console, configure_logging, handle_errors
 from genoembed.errors import InputError
 from genoembed.genome import open_genome
 from genoembed.recipe import Recipe, load_recipe, make_embedder, parse_model_option
-from genoembed.tiles import SoftMask, Strands, TilingSpec
-from genoembed.vectors import IndexSpec, Metric
+from genoembed.tiles import SoftMask, Strands
+from genoembed.vectors import Metric
+
+
+class Engine(str, Enum):
+    local = "local"
+    ray = "ray"
 
 
 @handle_errors
@@ -40,6 +46,10 @@ def index(
     auto_alias: bool = typer.Option(False, "--auto-alias", help="Apply the suggested contig renames (chr1->1, version suffixes)."),
     batch_rows: int = typer.Option(1024, min=1, help="Tiles handed to the embedder per call."),
     shard_rows: Optional[int] = typer.Option(None, min=1, help="Rows per Parquet shard."),
+    engine: Engine = typer.Option(Engine.local, help="local = this machine; ray = Ray actors, one model copy each (pip install 'genoembed[dist]')."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (e.g. ray://head:10001 or auto); default: start a local cluster."),
+    num_workers: int = typer.Option(2, "--num-workers", min=1, help="Ray embedding actors (one per GPU on a GPU cluster)."),
+    gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker", min=0.0, help="GPUs per Ray actor (0 = CPU)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing store built with other settings."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or warnings."),
     json_output: bool = typer.Option(False, "--json", help="Print a JSON summary line instead of text."),
@@ -77,7 +87,8 @@ def index(
         store = build(plan.fasta, plan.out, embedder=embedder, tiling=plan.tiling, index_spec=plan.index,
                       annotations=plan.annotations, aliases=plan.aliases, auto_alias=plan.auto_alias,
                       genome_name=plan.genome_name, embed_rows=batch_rows, shard_rows=plan.shard_rows,
-                      embedding_dtype=plan.embedding_dtype, overwrite=overwrite,
+                      embedding_dtype=plan.embedding_dtype, overwrite=overwrite, engine=engine.value,
+                      engine_options=_ray_options(engine, address, num_workers, gpus_per_worker, trust_remote_code),
                       progress=lambda done, total: bar.update(task, completed=done, total=total))
     summary = {"store": str(store.root), "tiles": store.num_tiles, "dim": store.dim,
                "model": store.provenance["embedder"].get("model_id"), "index": plan.index.factory,
@@ -88,3 +99,14 @@ def index(
     elif not quiet:
         typer.echo(f"indexed {summary['tiles']} tiles (dim {summary['dim']}, model {summary['model']}, "
                    f"index {summary['index']}) into {summary['store']} in {summary['seconds']} s")
+
+
+def _ray_options(engine: Engine, address, num_workers: int, gpus_per_worker: float, trust_remote_code: bool) -> dict:
+    if engine is Engine.local:
+        return {}
+    options = {"address": address, "num_workers": num_workers, "gpus_per_worker": gpus_per_worker}
+    if trust_remote_code:  # actors rebuild the model from its spec, which never records this flag
+        from genoembed.embedders import load_embedder
+
+        options["loader"] = lambda spec: load_embedder({**spec, "trust_remote_code": True})
+    return options

@@ -8,6 +8,7 @@ A build interrupted at any point resumes from the last complete shard.
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import shutil
@@ -19,6 +20,7 @@ import pyarrow as pa
 
 from genoembed import __version__, schema
 from genoembed.embedders import Embedder
+from genoembed.errors import InputError
 from genoembed.genome import open_genome
 from genoembed.store import Store, StoreWriter, file_sha256, write_lock
 from genoembed.tiles import TilingSpec, count_tiles, plan_tiles
@@ -129,11 +131,16 @@ def index(
     embedding_dtype: str = "float32",
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    engine: str = "local",
+    engine_options: dict | None = None,
 ) -> Store:
     """Build (or resume) a store at ``out``; returns it opened.
 
-    ``progress(done, total)`` is called after every embedded batch.
+    ``progress(done, total)`` is called after every embedded batch. ``engine="ray"``
+    embeds on Ray actors (``engine_options``: address, num_workers, gpus_per_worker, ...;
+    see :func:`genoembed.distributed.embed_with_ray`) into the same store, row for row.
     """
+    embed = _engine(engine, engine_options or {})
     out = Path(out)
     genome = open_genome(fasta, name=genome_name)
     embedder = embedder or default_embedder()
@@ -143,7 +150,7 @@ def index(
     total = count_tiles(genome, tiling)
     created = not out.exists()
     try:
-        _embed_into_store(out, provenance=provenance, embedder=embedder, genome=genome, tiling=tiling,
+        embed(out, provenance=provenance, embedder=embedder, genome=genome, tiling=tiling,
                           embed_rows=embed_rows, shard_rows=shard_rows, overwrite=overwrite, total=total,
                           progress=progress)
     except BaseException:
@@ -156,6 +163,19 @@ def index(
     for path in annotations:
         store.add_annotations(path, aliases=aliases, auto_alias=auto_alias)
     return store
+
+
+def _engine(name: str, options: dict) -> Callable:
+    if name == "local":
+        if options:
+            raise InputError(f"engine options {sorted(options)} need --engine ray")
+        return _embed_into_store
+    if name == "ray":
+        from genoembed.distributed import _ray, embed_with_ray
+
+        _ray()  # fail before any work when the extra is missing
+        return functools.partial(embed_with_ray, **options)
+    raise InputError(f"engine={name!r}: use 'local' or 'ray'")
 
 
 def _embed_into_store(out: Path, *, provenance: dict, embedder: Embedder, genome, tiling: TilingSpec,

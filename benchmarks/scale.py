@@ -1,0 +1,284 @@
+"""Scale-out benchmark: embedding throughput vs workers (local vs ray engine), sharded vs single
+index (recall@10, QPS), and filtered search (over-fetch vs per-genome sub-index).
+
+Sizes: small = chloroplast (154 kbp, both strands, 616 tiles) for throughput, two H. pylori
+genomes for the index part; medium = E. coli 536 (4.9 Mbp) / all five H. pylori (8 Mbp).
+Correctness is checked before anything is timed (ray rows == local rows; sharded Flat ==
+single Flat; filtered results == brute force). One JSON line per config.
+
+    python benchmarks/scale.py --size small [--part embed|index|filter|all]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+CHLOROPLAST = Path(__file__).resolve().parents[1] / "genoembed" / "data" / "demo" / "NC_000932.fa"
+
+
+def emit(**record):
+    record.setdefault("machine", f"{platform.machine()} {os.cpu_count()} cpu")
+    print(json.dumps(record), flush=True)
+
+
+def tiny_esm(directory: Path, hidden: int, layers: int) -> Path:
+    """Random-init EsmForMaskedLM with genoembed's 6-mer vocabulary (a stand-in with a real forward cost)."""
+    import torch
+    from transformers import EsmConfig, EsmForMaskedLM
+
+    from genoembed.tokenize import kmer_vocab, write_kmer_tokenizer
+
+    write_kmer_tokenizer(directory, k=6)
+    config = EsmConfig(vocab_size=len(kmer_vocab(6)), pad_token_id=1, mask_token_id=2, max_position_embeddings=200,
+                       position_embedding_type="absolute", token_dropout=False, hidden_size=hidden,
+                       num_hidden_layers=layers, num_attention_heads=4, intermediate_size=4 * hidden)
+    config.architectures = ["EsmForMaskedLM"]
+    torch.manual_seed(0)
+    EsmForMaskedLM(config).save_pretrained(str(directory))
+    return directory
+
+
+def store_rows(store):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    return pa.concat_tables(pq.read_table(path) for path in store.shard_paths)
+
+
+# --------------------------------------------------------------------------- embedding throughput
+
+
+def bench_embed(size: str, work: Path, repeats: int) -> None:
+    import ray
+    import torch
+
+    from genoembed.distributed import index_with_ray
+    from genoembed.embedders.hf import TransformersEmbedder
+    from genoembed.pipeline import index
+    from genoembed.tiles import TilingSpec
+
+    fasta = CHLOROPLAST if size == "small" else SHARED / "ecoli_536" / "NC_008253.fna.gz"
+    tiling = TilingSpec(strands="both") if size == "small" else TilingSpec(stride=1000)
+    model = tiny_esm(work / "model", hidden=128, layers=4)
+    embedder = TransformersEmbedder(model, batch_size=32, device="cpu", reverse_complement=False)
+    bases = lambda store: store.num_tiles * tiling.window  # noqa: E731
+
+    def local(threads: int, out: Path):
+        torch.set_num_threads(threads)
+        shutil.rmtree(out, ignore_errors=True)
+        start = time.perf_counter()
+        store = index(fasta, out, embedder=embedder, tiling=tiling, index_spec=None, embed_rows=128)
+        return store, time.perf_counter() - start
+
+    reference, _ = local(2, work / "ref")  # warm-up and reference rows
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        for engine, workers in (("local", 1), ("local", 2), ("ray", 1), ("ray", 2), ("ray-ordered", 2)):
+            times = []
+            for repeat in range(repeats):
+                out = work / f"{engine}{workers}-{repeat}"
+                if engine == "local":
+                    store, seconds = local(workers, out)
+                else:
+                    start = time.perf_counter()
+                    store = index_with_ray(fasta, out, embedder=embedder, tiling=tiling, batch_rows=64,
+                                           num_workers=workers, preserve_order=engine == "ray-ordered")
+                    seconds = time.perf_counter() - start
+                got, want = store_rows(store), store_rows(reference)
+                error = float(np.abs(got["embedding"].combine_chunks().flatten().to_numpy()
+                                     - want["embedding"].combine_chunks().flatten().to_numpy()).max())
+                if got.drop_columns(["embedding"]) != want.drop_columns(["embedding"]) or error > 1e-5:
+                    raise SystemExit(f"{engine} x{workers}: rows differ from the local engine (max err {error})")
+                times.append(seconds)
+                shutil.rmtree(out)
+            best = min(times)
+            emit(bench="embed", size=size, engine=engine, workers=workers, tiles=reference.num_tiles,
+                 seconds=[round(t, 2) for t in times], kbp_per_s=round(bases(reference) / best / 1e3, 1),
+                 tiles_per_s=round(reference.num_tiles / best, 1), max_abs_err_vs_local=error,
+                 model="EsmForMaskedLM 4x128 random, 1 kb tiles (168 tokens)")
+    finally:
+        ray.shutdown()
+    torch.set_num_threads(2)
+
+
+# --------------------------------------------------------------------------- index and filter
+
+
+def genome_store(size: str, work: Path):
+    """H. pylori genomes (one per genome name) in one store, 5-mer spectra, 1 kb tiles every 500 bp."""
+    import pyarrow as pa
+
+    from genoembed.embedders.kmer import KmerEmbedder
+    from genoembed.genome import open_genome
+    from genoembed.store import Store, StoreWriter
+    from genoembed.tiles import TilingSpec, plan_tiles
+
+    names = ["ELS37", "G27", "Gambia94_24", "Puno120", "SJM180"][: 2 if size == "small" else 5]
+    embedder, tiling = KmerEmbedder(k=5), TilingSpec(window=1000, stride=500)
+    genomes = []
+    for name in names:
+        path = work / f"{name}.fa"
+        path.write_bytes(gzip.decompress((SHARED / "h_pylori" / f"{name}.fasta.gz").read_bytes()))
+        genomes.append(open_genome(path))
+    writer = StoreWriter(work / "hp", {"embedder": embedder.describe(), "tiling": tiling.describe(),
+                                       "genome": {"names": names}, "embedding_dtype": "float32"},
+                         embedder.dim, shard_rows=1024)
+    offset = 0
+    for genome in genomes:
+        for batch in plan_tiles(genome, tiling, batch_rows=1024):
+            ids = batch.column(0).to_numpy() + offset
+            batch = batch.set_column(0, batch.schema.field(0), pa.array(ids))
+            writer.write(batch, embedder.embed(batch.column("sequence").to_pylist()))
+            last = int(ids[-1]) + 1
+        offset = last
+    writer.close()
+    store = Store.open(work / "hp")
+    contigs = open_genome_contigs(work)
+    queries = embedder.embed(contigs)
+    return store, queries
+
+
+def open_genome_contigs(work: Path, count: int = 300) -> list[str]:
+    """1 kb windows of SJM180's draft contigs (real reads-like queries)."""
+    from genoembed.genome import open_genome
+
+    path = work / "contigs.fa"
+    path.write_bytes(gzip.decompress((SHARED / "h_pylori" / "SJM180_contigs.fasta.gz").read_bytes()))
+    genome = open_genome(path)
+    rng = np.random.default_rng(0)
+    long_enough = [name for name, length in genome.contigs.items() if length >= 1000]
+    picks = []
+    for _ in range(count):
+        name = long_enough[rng.integers(len(long_enough))]
+        start = int(rng.integers(0, genome.contigs[name] - 1000 + 1))
+        picks.append(genome.fetch(name, start, start + 1000).upper())
+    return picks
+
+
+def timed_search(search, repeats: int):
+    search()  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = search()
+        best = min(best, time.perf_counter() - start)
+    return result, best
+
+
+def recall(ids, truth):
+    return float(np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(ids, truth)]))
+
+
+def bench_index(size: str, work: Path, repeats: int) -> None:
+    import faiss
+
+    from genoembed.sharded import ShardedIndex, build_sharded, train_template
+    from genoembed.vectors import IndexSpec, build_index, prepare
+
+    store, queries = genome_store(size, work)
+    x = prepare(queries, "ip")
+    exact = build_index(store, IndexSpec("Flat"))
+    (_, truth), exact_s = timed_search(lambda: exact.search(x, 10), repeats)
+    emit(bench="index", size=size, layout="single Flat (exact)", tiles=store.num_tiles, dim=store.dim,
+         recall_at_10=1.0, qps=round(len(x) / exact_s))
+    build_sharded(store, IndexSpec("Flat"), shards_per_index=4)
+    flat_shards = ShardedIndex.open(store)
+    (_, ids), seconds = timed_search(lambda: flat_shards.search(x, 10), repeats)
+    if recall(ids, truth) < 0.999:
+        raise SystemExit("sharded Flat differs from the single Flat index")
+    emit(bench="index", size=size, layout=f"sharded Flat x{len(flat_shards.paths)}", recall_at_10=recall(ids, truth),
+         qps=round(len(x) / seconds))
+    lists = 64 if size == "small" else 128
+    for factory in (f"IVF{lists},Flat", f"IVF{lists},SQ8"):
+        spec = IndexSpec(factory, train_size=20_000)
+        start = time.perf_counter()
+        template = train_template(store, spec)
+        train_s = time.perf_counter() - start
+        single = faiss.clone_index(template)
+        for _, vectors in store.iter_embeddings():
+            single.add(prepare(vectors, "ip"))
+        start = time.perf_counter()
+        layout = build_sharded(store, spec, shards_per_index=4, template=template)
+        shard_build_s = time.perf_counter() - start
+        sharded = ShardedIndex.open(store)
+        for nprobe in (4, 16):
+            single.nprobe = sharded.nprobe = nprobe
+            (_, single_ids), single_s = timed_search(lambda: single.search(x, 10), repeats)
+            (_, shard_ids), shard_s = timed_search(lambda: sharded.search(x, 10), repeats)
+            emit(bench="index", size=size, layout=f"single {factory}", nprobe=nprobe,
+                 recall_at_10=round(recall(single_ids, truth), 4), qps=round(len(x) / single_s),
+                 train_s=round(train_s, 2))
+            emit(bench="index", size=size, layout=f"sharded {factory} x{len(layout['shards'])}", nprobe=nprobe,
+                 recall_at_10=round(recall(shard_ids, truth), 4), qps=round(len(x) / shard_s),
+                 same_ids_as_single=bool(np.mean([set(a) == set(b) for a, b in zip(shard_ids, single_ids)]) == 1),
+                 build_s=round(shard_build_s, 2))
+    bench_filter(store, x, exact, repeats, size)
+
+
+def bench_filter(store, x, exact, repeats: int, size: str) -> None:
+    import faiss
+
+    from genoembed.sharded import filtered_search, subset_mask
+
+    tiles = store.tiles(np.arange(store.num_tiles))
+    genomes = tiles.column("genome").to_numpy(zero_copy_only=False)
+    for genome in sorted(set(genomes)):
+        mask = subset_mask(store, genome=genome)
+        subset_ids = np.flatnonzero(mask)
+        vectors = np.concatenate([v for _, v in store.iter_embeddings()])[subset_ids]
+        sub = faiss.IndexIDMap2(faiss.IndexFlatIP(store.dim))
+        sub.add_with_ids(np.ascontiguousarray(vectors / np.linalg.norm(vectors, axis=1, keepdims=True)), subset_ids)
+        stats = {}
+        (_, over_ids), over_s = timed_search(
+            lambda: filtered_search(store, x, 10, index=exact, mask=mask, stats=stats), repeats)
+        (_, sub_ids), sub_s = timed_search(lambda: sub.search(x, 10), repeats)
+        (_, lookup_ids), lookup_s = timed_search(lambda: filtered_search(store, x, 10, genome=genome, index=exact),
+                                                 1)
+        if not (over_ids == sub_ids).all() or not mask[over_ids].all():
+            raise SystemExit(f"filtered search for {genome} differs from the per-genome index")
+        emit(bench="filter", size=size, genome=genome, subset_fraction=round(float(mask.mean()), 3),
+             overfetch_qps=round(len(x) / over_s), overfetch_rounds=stats["rounds"], overfetch_max_fetch=stats["max_fetch"],
+             overfetch_with_subset_lookup_qps=round(len(x) / lookup_s), subindex_qps=round(len(x) / sub_s),
+             results_equal=True)
+    # a rare subset: one small window of contigs is not available (complete genomes); emulate with 1 % of tiles
+    rng = np.random.default_rng(0)
+    mask = np.zeros(store.num_tiles, dtype=bool)
+    mask[rng.choice(store.num_tiles, store.num_tiles // 100, replace=False)] = True
+    stats = {}
+    (_, ids), seconds = timed_search(lambda: filtered_search(store, x, 10, index=exact, mask=mask, stats=stats),
+                                     repeats)
+    emit(bench="filter", size=size, genome="random 1% of tiles", subset_fraction=0.01,
+         overfetch_qps=round(len(x) / seconds), overfetch_rounds=stats["rounds"],
+         overfetch_max_fetch=stats["max_fetch"], all_k_found=bool((ids >= 0).all()))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", choices=["small", "medium"], default="small")
+    parser.add_argument("--part", choices=["embed", "index", "all"], default="all")
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="genoembed-scale-"))
+    os.environ.setdefault("GENOEMBED_CACHE", str(work / "cache"))
+    try:
+        if args.part in ("index", "all"):
+            bench_index(args.size, work, args.repeats)
+        if args.part in ("embed", "all"):
+            bench_embed(args.size, work, args.repeats)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
