@@ -436,10 +436,15 @@ class Adapter:
 
     # ---- model
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, layer: int) -> torch.Tensor:
-        """Hidden states (b, t, h) of ``layer`` (index into embeddings + layers; -1 = last)."""
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, layer: int,
+                model=None) -> torch.Tensor:
+        """Hidden states (b, t, h) of ``layer`` (index into embeddings + layers; -1 = last).
+
+        ``attention_mask`` None means no padding (every token attended); ``model``
+        replaces the loaded model for this call (e.g. its ``torch.compile`` wrapper).
+        """
         kwargs = {"input_ids": input_ids}
-        if self.takes_attention_mask:
+        if self.takes_attention_mask and attention_mask is not None:
             kwargs["attention_mask"] = attention_mask
         if self.takes_return_dict:
             kwargs["return_dict"] = True
@@ -447,7 +452,7 @@ class Adapter:
             if not self.takes_hidden_states:
                 raise ModelError(f"{self.family.name} models do not return per-layer states; use layer -1")
             kwargs["output_hidden_states"] = True
-        output = self.model(**kwargs)
+        output = (model if model is not None else self.model)(**kwargs)
         if layer == -1:
             hidden = getattr(output, "last_hidden_state", None)
             return hidden if hidden is not None else output[0]

@@ -21,6 +21,25 @@ The embed path, for a list of sequences:
 
 Steps 3 and 4 are separate so a later throughput pass can overlap them
 (producer thread, pinned memory, CUDA graphs) without touching the rest.
+
+Throughput knobs (each with a safe default; ``benchmarks/embed_throughput.py``
+measures them against a stock transformers loop):
+
+- a batch without padding (fixed-length tiles) is run without an attention
+  mask, so SDPA takes its fused kernel (flash on CUDA) and nothing is masked;
+- ``dtype``: ``auto`` is bfloat16 on CUDA and float32 on CPU; on CPU
+  ``bfloat16`` (fast where the CPU has AMX/AVX512-BF16) is opt-in and refused
+  unless the vectors of probe tiles keep cosine >= 0.999 to float32. (Dynamic
+  int8 quantisation of the Linear layers was measured and left out: on the
+  default shape it gained 1.1-1.4x but fell to cosine 0.9990 on real tiles.)
+- ``compile=True``: ``torch.compile`` for the common batch shape (full batches
+  of fixed-length tiles), eager for the rest; the first call compiles
+  (tens of seconds on a small CPU), so it pays on long runs only;
+- ``threads``: intra-op CPU threads while embedding (default: torch's, one per
+  physical core); ``batch_size="auto"`` sizes batches from free GPU memory;
+- on CUDA, token ids go through pinned host memory with non-blocking copies;
+  ``attention="xformers"`` (the ``gpu`` extra) swaps in xformers'
+  memory-efficient attention where the model supports pluggable attention.
 """
 
 from __future__ import annotations
@@ -57,6 +76,10 @@ _DTYPES = {
     "float16": torch.float16, "fp16": torch.float16,
 }
 _LOAD_ERRORS = (OSError, ValueError, RuntimeError, KeyError, TypeError, AttributeError)
+_ATTENTIONS = ("auto", "sdpa", "eager", "xformers")
+#: Reduced precision on CPU (bfloat16, float16) must keep this cosine to float32 on probe tiles.
+MIN_PROBE_COSINE = 0.999
+_AUTO_BATCH_CPU = 64
 
 
 class TransformersEmbedder:
@@ -71,13 +94,19 @@ class TransformersEmbedder:
     reverse_complement : ``"auto"`` (on unless the model is RC-equivariant),
         True or False. On: the vector is the mean of the sequence's and its
         reverse complement's vectors.
-    batch_size : pieces per forward pass.
+    batch_size : pieces per forward pass, or ``"auto"`` (from free GPU memory on CUDA; 64 on CPU).
     device : ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
     dtype : ``"auto"`` (bfloat16 on CUDA, float32 on CPU) or ``float32`` / ``bfloat16`` / ``float16``.
+        Reduced precision on CPU is checked at load: probe tiles must keep cosine >= 0.999 to
+        float32, or it is refused.
     max_tokens : tokens per forward input (special tokens included); default the
         model's limit. Longer sequences are cut into chunks, never truncated.
     trust_remote_code : allow the Python code shipped in the directory to run.
     family : ``"auto"`` or a name from :data:`genoembed.embedders.families.FAMILIES`.
+    compile : run the model through ``torch.compile`` for the common batch shape (opt-in).
+    threads : intra-op CPU threads while embedding; None keeps torch's setting.
+    attention : ``"auto"`` (SDPA, eager when the model lacks it), ``"sdpa"``, ``"eager"`` or
+        ``"xformers"`` (needs the ``gpu`` extra).
     """
 
     def __init__(
@@ -92,11 +121,19 @@ class TransformersEmbedder:
         max_tokens: int | None = None,
         trust_remote_code: bool = False,
         family: str = "auto",
+        compile: bool = False,
+        threads: int | None = None,
+        attention: str = "auto",
     ):
         if pooling not in POOLINGS:
             raise InputError(f"unknown pooling {pooling!r}; use one of {', '.join(POOLINGS)}")
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise InputError(f"batch size must be a positive integer, got {batch_size!r}")
+        if batch_size != "auto" and (not isinstance(batch_size, int) or isinstance(batch_size, bool)
+                                     or batch_size < 1):
+            raise InputError(f"batch size must be a positive integer or 'auto', got {batch_size!r}")
+        if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+            raise InputError(f"threads must be a positive integer (or None for torch's default), got {threads!r}")
+        if attention not in _ATTENTIONS:
+            raise InputError(f"unknown attention {attention!r}; use one of {', '.join(_ATTENTIONS)}")
         if not isinstance(layer, int) or isinstance(layer, bool):
             raise InputError(f"layer must be an integer (-1 = last), got {layer!r}")
         rc_option = _rc_option(reverse_complement)
@@ -105,8 +142,12 @@ class TransformersEmbedder:
         self.directory = Path(model_path).expanduser()
         self.pooling = pooling
         self.layer = layer
-        self.batch_size = batch_size
+        self.threads = threads
         self.notes: list[str] = []
+        self._compiled = None
+        self._compiled_shape: tuple[int, int] | None = None
+        self._free_memory: int | None = None  # set by batch_size="auto" on CUDA
+        self._config: dict = {}
 
         config = fam.read_config(self.directory)
         tokenizer_config = fam.read_tokenizer_config(self.directory)
@@ -123,11 +164,16 @@ class TransformersEmbedder:
 
         self.device = _resolve_device(device)
         self.dtype = _resolve_dtype(dtype, self.device)
+        # Reduced precision on CPU is loaded in float32 first, checked against it on probes, then converted.
+        reduced_on_cpu = self.device.type == "cpu" and self.dtype != torch.float32
+        load_dtype = torch.float32 if reduced_on_cpu else self.dtype
         tokenizer = _load_tokenizer(self.directory, trust_remote_code)
-        model, self.attention = _load_model(self.directory, self.family, config, trust_remote_code, self.dtype)
+        model, self.attention = _load_model(self.directory, self.family, config, trust_remote_code, load_dtype,
+                                            attention)
         model.to(self.device).eval().requires_grad_(False)
         self.model = model
         self.adapter = fam.make_adapter(self.family, tokenizer, model)
+        self.projection = _load_projection(self.directory, config, self.device)  # None unless fine-tuned
         self.notes += self.adapter.notes
 
         self.reverse_complement = (not self.family.rc_equivariant) if rc_option == "auto" else rc_option
@@ -144,9 +190,15 @@ class TransformersEmbedder:
                 f"{self.family.name} model's tokenizer puts no CLS token first; use --pooling mean or max"
             )
 
+        self.batch_size = self._resolve_batch_size(batch_size, config)
         self.model_id = str(config.get("_name_or_path") or self.directory.resolve().name)
         probe = self._embed_batch(self.adapter.tokenize([self.adapter.normalize("ACGT" * 8)]))
         self.dim = int(probe.shape[1])
+        self.probe_cosine: float | None = None
+        if reduced_on_cpu:
+            self._reduce_precision_on_cpu()
+        if compile:
+            self._compiled = torch.compile(self.model, dynamic=False)
         settings = {
             "family": self.family.name, "pooling": pooling, "layer": layer,
             "reverse_complement": self.reverse_complement, "max_tokens": self.max_tokens,
@@ -181,7 +233,8 @@ class TransformersEmbedder:
             return np.zeros((0, self.dim), dtype=np.float32)
         normalized = self._normalize_all(sequences)
         records, batch = self._plan(normalized)
-        vectors = self._embed_batch(batch)
+        with _intra_op_threads(self.threads):
+            vectors = self._embed_batch(batch)
         owners, strands = records[:, 0], records[:, 1]
         weights = records[:, 3] - records[:, 2]
         how = "max" if self.pooling == "max" else "mean"
@@ -246,28 +299,98 @@ class TransformersEmbedder:
         out: np.ndarray | None = None
         for rows in self._batches(order, lengths):
             width = int(lengths[rows].max())
-            ids = torch.from_numpy(np.ascontiguousarray(batch.input_ids[rows, :width])).to(self.device)
-            attention = torch.from_numpy(np.ascontiguousarray(batch.attention_mask[rows, :width])).to(self.device)
-            mask = torch.from_numpy(np.ascontiguousarray(batch.content_mask[rows, :width])).to(self.device)
+            ids = self._to_device(batch.input_ids[rows, :width])
+            mask = self._to_device(batch.content_mask[rows, :width])
+            # No padding (fixed-length tiles): no attention mask, so SDPA takes its fused kernel.
+            padded = bool((lengths[rows] < width).any())
+            attention = self._to_device(batch.attention_mask[rows, :width]) if padded else None
             with torch.inference_mode():
-                hidden = self.adapter.forward(ids, attention, self.layer)
-                pooled = self.adapter.finish(pool(hidden, mask, self.pooling)).float().cpu().numpy()
+                hidden = self._forward(ids, attention)
+                pooled = self.adapter.finish(pool(hidden, mask, self.pooling)).float()
+                if self.projection is not None:
+                    pooled = pooled @ self.projection.T
+                pooled = pooled.cpu().numpy()
             if out is None:
                 out = np.empty((m, pooled.shape[1]), dtype=np.float32)
             out[rows] = pooled
         return out if out is not None else np.zeros((0, getattr(self, "dim", 0)), dtype=np.float32)
 
+    def _to_device(self, array: np.ndarray) -> torch.Tensor:
+        tensor = torch.from_numpy(np.ascontiguousarray(array))
+        if self.device.type != "cuda":
+            return tensor
+        return tensor.pin_memory().to(self.device, non_blocking=True)
+
+    def _forward(self, ids: torch.Tensor, attention: torch.Tensor | None) -> torch.Tensor:
+        """The adapter's forward; the compiled model for the one batch shape it was compiled for."""
+        shape = tuple(ids.shape)
+        use_compiled = (self._compiled is not None and attention is None
+                        and (self._compiled_shape == shape
+                             or (self._compiled_shape is None and shape[0] == self._rows_per_batch(shape[1]))))
+        if not use_compiled:
+            return self.adapter.forward(ids, attention, self.layer)
+        if self._compiled_shape is not None:
+            return self.adapter.forward(ids, None, self.layer, model=self._compiled)
+        try:  # the first call compiles; a failure (no C++ compiler, unsupported op) is announced
+            hidden = self.adapter.forward(ids, None, self.layer, model=self._compiled)
+        except Exception as err:  # noqa: BLE001 - torch.compile raises many kinds; eager stays correct
+            self._compiled = None
+            note = f"torch.compile failed ({type(err).__name__}: {_first_line(err)}); running eagerly"
+            self.notes.append(note)
+            log.warning("%s: %s", self.directory, note)
+            return self.adapter.forward(ids, attention, self.layer)
+        self._compiled_shape = shape
+        return hidden
+
+    def _reduce_precision_on_cpu(self) -> None:
+        """Convert the float32 model to the requested dtype if probe tiles keep their vectors."""
+        from genoembed.synthetic import random_sequence
+
+        probes = [random_sequence(min(1000, self._chunk_bases), seed=7919 + i) for i in range(8)]
+        before = self.embed(probes)
+        self.model.to(self.dtype)
+        name = str(self.dtype).removeprefix("torch.")
+        after = self.embed(probes)
+        cosine = float(_row_cosines(before, after).min())
+        self.probe_cosine = cosine
+        if not cosine >= MIN_PROBE_COSINE:
+            raise ModelError(
+                f"{name} on CPU changes this model's vectors too much (cosine {cosine:.5f} < "
+                f"{MIN_PROBE_COSINE} to float32 on probe tiles); use dtype float32"
+            )
+        self.notes.append(f"{name} on CPU: probe tiles keep cosine >= {cosine:.5f} to float32")
+
+    def _resolve_batch_size(self, requested: int | str, config: dict) -> int:
+        if requested != "auto":
+            return int(requested)
+        if self.device.type != "cuda":
+            return _AUTO_BATCH_CPU
+        free, _ = torch.cuda.mem_get_info(self.device)
+        self._free_memory, self._config = free, config
+        size = auto_batch_size(free, tokens=min(self.max_tokens, 512), config=config,
+                               bytes_per_value=torch.finfo(self.dtype).bits // 8)
+        self.notes.append(f"batch size from {free / 2**30:.1f} GiB free GPU memory ({size} rows of 512 tokens)")
+        return size
+
     def _batches(self, order: np.ndarray, lengths: np.ndarray):
         """Row groups of at most batch_size; equal token length only when the model takes no mask."""
+        size = self._rows_per_batch(int(lengths.max(initial=1)))
         if self.adapter.takes_attention_mask:
-            for start in range(0, len(order), self.batch_size):
-                yield order[start : start + self.batch_size]
+            for start in range(0, len(order), size):
+                yield order[start : start + size]
             return
         sorted_lengths = lengths[order]
         cuts = np.flatnonzero(np.diff(sorted_lengths)) + 1
         for run in np.split(order, cuts):
-            for start in range(0, len(run), self.batch_size):
-                yield run[start : start + self.batch_size]
+            for start in range(0, len(run), size):
+                yield run[start : start + size]
+
+    def _rows_per_batch(self, width: int) -> int:
+        """batch_size, or with batch_size='auto' on CUDA the rows of ``width`` tokens that fit free memory."""
+        if self._free_memory is None:
+            return self.batch_size
+        return auto_batch_size(self._free_memory, tokens=width, config=self._config,
+                               bytes_per_value=torch.finfo(self.dtype).bits // 8)
 
     def _resolve_max_tokens(self, requested: int | None, config: dict, tokenizer) -> int:
         limit, hard = fam.max_model_tokens(config, tokenizer)
@@ -286,6 +409,46 @@ class TransformersEmbedder:
 
 
 # ---------------------------------------------------------------------- loading
+
+
+def auto_batch_size(free_bytes: int, tokens: int, config: dict, bytes_per_value: int = 2,
+                    budget: float = 0.6, ceiling: int = 4096) -> int:
+    """Rows per forward pass that fit ``budget`` of ``free_bytes`` (a power of two, 1..ceiling).
+
+    Inference keeps about one layer's activations alive at a time: per row and
+    token the hidden state a few times over, the MLP's intermediate, and the
+    attention scores (``heads * tokens``) when the kernel materialises them.
+    """
+    hidden = int(config.get("hidden_size") or config.get("d_model") or 1024)
+    intermediate = int(config.get("intermediate_size") or 4 * hidden)
+    heads = int(config.get("num_attention_heads") or 16)
+    per_token = 8 * hidden + 2 * intermediate + heads * tokens
+    per_row = max(1, tokens * per_token * bytes_per_value)
+    rows = int(free_bytes * budget // per_row)
+    if rows < 1:
+        return 1
+    return int(min(ceiling, 2 ** int(np.log2(rows))))
+
+
+@contextmanager
+def _intra_op_threads(threads: int | None):
+    """torch's intra-op thread count set for the block (process-wide, restored after)."""
+    if threads is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return (a * b).sum(axis=1) / np.maximum(norms, 1e-30)
 
 
 def _rc_option(value) -> bool | str:
@@ -397,7 +560,7 @@ def _load_tokenizer(directory: Path, trust_remote_code: bool):
 
 
 def _load_model(directory: Path, family: fam.Family, config: dict, trust_remote_code: bool,
-                dtype: torch.dtype):
+                dtype: torch.dtype, attention_option: str = "auto"):
     """The base model (no MLM/LM head), its attention implementation; every weight must load."""
     import transformers
     from safetensors import SafetensorError
@@ -414,12 +577,17 @@ def _load_model(directory: Path, family: fam.Family, config: dict, trust_remote_
               "output_loading_info": True}
     if not family.custom_code and str(config.get("model_type")) in ("esm", "bert"):
         kwargs["add_pooling_layer"] = False
-    attention = "sdpa"
+    attention = "sdpa" if attention_option == "auto" else attention_option
+    if attention == "xformers":
+        attention = _register_xformers_attention()
     try:
         with _quiet_transformers():
             try:
-                model, info = loader.from_pretrained(str(directory), attn_implementation="sdpa", **kwargs)
+                model, info = loader.from_pretrained(str(directory), attn_implementation=attention, **kwargs)
             except ValueError as err:
+                if attention_option != "auto" and attention != "eager":
+                    raise ModelError(f"{directory}: this model does not support attention={attention_option!r} "
+                                     f"({_first_line(err)}); use attention 'auto'") from None
                 if "scaled_dot_product_attention" not in str(err) and "sdpa" not in str(err).lower():
                     raise
                 attention = "eager"
@@ -446,6 +614,72 @@ def _load_model(directory: Path, family: fam.Family, config: dict, trust_remote_
     return model, attention
 
 
+XFORMERS_ATTENTION = "genoembed_xformers"
+
+
+def _register_xformers_attention() -> str:
+    """Register xformers' memory-efficient attention with transformers; the name to load models with.
+
+    Imported lazily: the ``gpu`` extra is optional and detected at run time.
+    """
+    try:
+        from xformers.ops import memory_efficient_attention
+    except ImportError:
+        raise MissingExtraError("attention='xformers' needs xformers: install genoembed[gpu] "
+                                "(pip install xformers), or use attention 'auto'") from None
+    try:
+        from transformers import AttentionInterface
+        from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    except ImportError:
+        raise ModelError("attention='xformers' needs transformers with pluggable attention (>= 4.53); "
+                         "upgrade transformers or use attention 'auto'") from None
+
+    def xformers_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **_):
+        # transformers passes (batch, heads, tokens, head_dim); xformers takes (batch, tokens, heads, head_dim).
+        bias = None
+        if attention_mask is not None:
+            if attention_mask.dtype == torch.bool:
+                bias = torch.zeros(attention_mask.shape, dtype=query.dtype, device=query.device)
+                bias = bias.masked_fill(~attention_mask, torch.finfo(query.dtype).min)
+            else:
+                bias = attention_mask.to(query.dtype)
+            bias = bias.expand(query.shape[0], query.shape[1], query.shape[2], key.shape[2])
+        out = memory_efficient_attention(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2),
+                                         attn_bias=bias, p=dropout if module.training else 0.0, scale=scaling)
+        return out, None
+
+    AttentionInterface.register(XFORMERS_ATTENTION, xformers_attention)
+    # Without a registered mask function transformers hands a custom attention no padding mask at all.
+    AttentionMaskInterface.register(XFORMERS_ATTENTION, sdpa_mask)
+    return XFORMERS_ATTENTION
+
+
 def _first_line(err: BaseException) -> str:
     text = str(err).strip()
     return text.splitlines()[0] if text else ""
+
+
+PROJECTION_FILE = "genoembed_projection.safetensors"
+
+
+def _load_projection(directory: Path, config: dict, device: torch.device) -> torch.Tensor | None:
+    """The (out, hidden) matrix of ``genoembed_projection.safetensors`` (written by ``genoembed finetune``).
+
+    Applied to every pooled vector (mean of a linear map = linear map of the
+    mean); its bytes are part of the fingerprint like every weight file.
+    """
+    path = directory / PROJECTION_FILE
+    if not path.is_file():
+        return None
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        weight = load_file(str(path)).get("weight")
+    except (SafetensorError, OSError) as err:
+        raise ModelError(f"cannot read {path} ({_first_line(err)}); copy the model's files again") from None
+    hidden = config.get("hidden_size")
+    if weight is None or weight.ndim != 2 or (hidden is not None and weight.shape[1] != int(hidden)):
+        shape = None if weight is None else tuple(weight.shape)
+        raise ModelError(f"{path} must hold a 'weight' matrix of shape (out, {hidden}); found {shape}")
+    return weight.to(device=device, dtype=torch.float32)
