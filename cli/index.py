@@ -21,6 +21,12 @@ from genoembed.tiles import SoftMask, Strands
 from genoembed.vectors import Metric
 
 
+class Pooling(str, Enum):
+    mean = "mean"
+    cls = "cls"
+    max = "max"
+
+
 class Engine(str, Enum):
     local = "local"
     ray = "ray"
@@ -33,6 +39,13 @@ def index(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Store directory (default: recipe path without .toml)."),
     model: Optional[str] = typer.Option(None, "--model", help="'default' (shipped model), 'kmer[:K]', or a local Hugging Face model directory."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow a model directory's own Python code to run (DNABERT-2, HyenaDNA, Caduceus, NT-v2)."),
+    pooling: Optional[Pooling] = typer.Option(None, help="How token vectors become one tile vector (transformer models)."),
+    layer: Optional[int] = typer.Option(None, help="Hidden layer to pool (-1 = last; transformer models)."),
+    reverse_complement: Optional[bool] = typer.Option(None, "--rc/--no-rc", help="Average each tile with its reverse complement (default: on unless the model is RC-equivariant)."),
+    batch_size: Optional[int] = typer.Option(None, min=1, help="Sequences per model forward pass (transformer models)."),
+    device: Optional[str] = typer.Option(None, help="auto (cuda when available), cpu, cuda or cuda:N."),
+    dtype: Optional[str] = typer.Option(None, help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16 or float16; reduced precision is refused if it moves vectors (cosine < 0.999)."),
+    compile_model: bool = typer.Option(False, "--compile", help="torch.compile the model (pays on long runs; ~1 min to compile)."),
     window: Optional[int] = typer.Option(None, min=1, help="Tile length in bases."),
     stride: Optional[int] = typer.Option(None, min=1, help="Distance between tile starts in bases."),
     strands: Optional[Strands] = typer.Option(None, help="Tile the forward strand (+), reverse (-) or both."),
@@ -68,6 +81,11 @@ def index(
     model_spec = parse_model_option(model) if model else dict(plan.model)
     if trust_remote_code:
         model_spec["trust_remote_code"] = True
+    if model_spec.get("kind") != "kmer":
+        model_spec.update({name: value for name, value in dict(
+            pooling=pooling.value if pooling else None, layer=layer, reverse_complement=reverse_complement,
+            batch_size=batch_size, device=device, dtype=dtype, compile=compile_model or None).items()
+            if value is not None})
     plan = dataclasses.replace(
         plan, fasta=fasta or plan.fasta, out=out or plan.out,
         tiling=dataclasses.replace(plan.tiling, **tiling_overrides),
