@@ -16,6 +16,7 @@ from genoembed.errors import InputError, ModelError
 from genoembed.pretrain import (
     PretrainConfig,
     WindowSampler,
+    evaluate_mlm,
     learning_rate,
     load_corpus,
     mask_tokens,
@@ -265,3 +266,34 @@ def test_cli_trains_a_tiny_model(two_contigs, tmp_path):
     result = CliRunner().invoke(_cli_app(), args)
     assert result.exit_code == 0, result.output
     assert json.loads((out / "training.json").read_text())["training"]["steps"] == 2
+
+
+def test_evaluate_mlm_scores_model_and_baselines_on_the_same_tokens(two_contigs, tmp_path):
+    out = tmp_path / "model"
+    pretrain(_tiny(two_contigs, out, max_steps=2))
+    result = evaluate_mlm(out, [PLASMID], [two_contigs], window_bp=300, windows_per_set=16, batch_size=8, threads=1)
+    for key in ("model", "random_init", "unigram"):
+        assert result[key]["pooled"]["masked_tokens"] == result["model"]["NC_005816.fna"]["masked_tokens"] > 0
+        assert 0 <= result[key]["pooled"]["accuracy"] <= 1
+    assert result["settings"]["windows_per_set"] == 16
+    with pytest.raises(ModelError, match="not a model directory"):
+        evaluate_mlm(tmp_path, [PLASMID], [two_contigs])
+
+
+def test_shipped_default_model_loads_offline_with_transformers_alone():
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    directory = Path(__file__).parents[1] / "genoembed" / "data" / "models" / "genoembed-nt6"
+    names = {p.name for p in directory.iterdir()}
+    assert {"config.json", "model.safetensors", "vocab.txt", "tokenizer_config.json", "training.json",
+            "MODEL_CARD.md"} <= names
+    assert not any(name.endswith((".pt", ".bin")) for name in names), "no optimizer state / pickles shipped"
+    assert (directory / "model.safetensors").stat().st_size < 40e6
+    tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+    assert [tokenizer.convert_ids_to_tokens(i) for i in range(tokenizer.vocab_size)] == kmer_vocab(6)
+    model = AutoModelForMaskedLM.from_pretrained(str(directory), local_files_only=True)
+    assert (model.config.num_hidden_layers, model.config.hidden_size, model.config.vocab_size) == (4, 256, 4106)
+    assert model.config.eos_token_id == 4
+    report = json.loads((directory / "training.json").read_text())
+    assert report["final"]["val"]["loss"] < report["baselines"]["unigram"]["val"]["loss"]
+    assert report["final"]["val"]["loss"] < report["baselines"]["random_init"]["val"]["loss"]
