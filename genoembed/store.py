@@ -275,17 +275,35 @@ class Store:
                    np.asarray(vectors, dtype=np.float32).reshape(batch.num_rows, self.dim))
 
     def tiles(self, tile_ids: np.ndarray) -> pa.Table:
-        """Tile rows (no embedding) for ``tile_ids``, in the order given."""
-        import duckdb
+        """Tile rows (no embedding) for ``tile_ids``, in the order given.
 
-        con = duckdb.connect()
-        wanted = pa.table({"tile_id": pa.array(np.asarray(tile_ids, dtype=np.int64)),
-                           "position": pa.array(np.arange(len(tile_ids), dtype=np.int64))})
-        con.register("wanted", wanted)
-        columns = ", ".join(f"t.{name}" for name in schema.TILE_COLUMNS)
-        return con.sql(
-            f"SELECT {columns} FROM read_parquet($paths) t JOIN wanted w USING (tile_id) ORDER BY w.position",
-            params={"paths": [str(p) for p in self.shard_paths]}).to_arrow_table().cast(schema.TILES)
+        Reads only the row groups holding the ids (ids are dense and shards record their
+        first id), so a lookup costs a few row groups, not a scan of the store.
+        """
+        tile_ids = np.asarray(tile_ids, dtype=np.int64)
+        if len(tile_ids) and (tile_ids.min() < 0 or tile_ids.max() >= self.num_tiles):
+            raise StoreError(f"{self.root}: tile ids outside 0..{self.num_tiles - 1}; run `genoembed verify`")
+        firsts = np.array([shard["first_tile_id"] for shard in self.manifest["shards"]], dtype=np.int64)
+        owner = np.searchsorted(firsts, tile_ids, side="right") - 1
+        pieces, positions = [], np.empty(len(tile_ids), dtype=np.int64)
+        taken = 0
+        for shard_number in np.unique(owner):
+            wanted = np.flatnonzero(owner == shard_number)
+            offsets = tile_ids[wanted] - firsts[shard_number]
+            parquet = pq.ParquetFile(self.shard_paths[shard_number])
+            group_starts = np.cumsum([0] + [parquet.metadata.row_group(g).num_rows
+                                            for g in range(parquet.num_row_groups)])
+            groups = np.searchsorted(group_starts, offsets, side="right") - 1
+            used = np.unique(groups)
+            table = parquet.read_row_groups(used.tolist(), columns=schema.TILE_COLUMNS)
+            used_starts = np.cumsum([0] + [group_starts[g + 1] - group_starts[g] for g in used])[:-1]
+            local = used_starts[np.searchsorted(used, groups)] + offsets - group_starts[groups]
+            positions[wanted] = taken + local
+            taken += table.num_rows
+            pieces.append(table)
+        if not pieces:
+            return schema.TILES.empty_table()
+        return pa.concat_tables(pieces).take(pa.array(positions)).cast(schema.TILES)
 
     def embedder(self, trust_remote_code: bool = False):
         """The exact embedder the store was built with (same model files, pooling, settings).
