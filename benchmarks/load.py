@@ -86,6 +86,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--queries-per-thread", type=int, default=200)
     parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--nprobe", type=int, default=32, help="IVF lists visited per query")
+    parser.add_argument("--ef-search", type=int, default=128, help="HNSW search breadth")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="genoembed-load-"))
     try:
@@ -102,7 +104,8 @@ def main() -> None:
 
         # correctness before timing: exact top-k agreement (recall@k for ANN factories)
         sample = list(range(50))
-        hits = search(store, [Query(str(i), str(i)) for i in sample], k=args.k, embedder=embedder, save_as=None)
+        hits = search(store, [Query(str(i), str(i)) for i in sample], k=args.k, embedder=embedder, save_as=None,
+                      nprobe=args.nprobe, ef_search=args.ef_search)
         found = np.array(hits.column("tile_id").to_pylist()).reshape(len(sample), args.k)
         normalised = query_vectors[sample] / np.linalg.norm(query_vectors[sample], axis=1, keepdims=True)
         exact = np.argsort(-(normalised @ vectors.T), axis=1)[:, :args.k]
@@ -121,7 +124,8 @@ def main() -> None:
                 index = int(local.integers(len(query_vectors)))
                 began = time.perf_counter()
                 try:
-                    search(store, [Query(str(index), str(index))], k=args.k, embedder=embedder, save_as=None)
+                    search(store, [Query(str(index), str(index))], k=args.k, embedder=embedder, save_as=None,
+                      nprobe=args.nprobe, ef_search=args.ef_search)
                 except Exception as error:  # counted and reported; the benchmark must show zero
                     with lock:
                         errors.append(repr(error))
@@ -141,7 +145,7 @@ def main() -> None:
         latency_ms = np.array(latencies) * 1000
         print(json.dumps({
             "benchmark": "load", "size": args.size, "vectors": len(vectors), "dim": args.dim,
-            "factory": args.factory, "threads": args.threads, "queries": len(latencies), "errors": len(errors),
+            "factory": args.factory, "nprobe": args.nprobe, "ef_search": args.ef_search, "threads": args.threads, "queries": len(latencies), "errors": len(errors),
             "recall_at_k_vs_exact": round(recall, 4), "qps": round(len(latencies) / wall, 1),
             "p50_ms": round(float(np.percentile(latency_ms, 50)), 2),
             "p99_ms": round(float(np.percentile(latency_ms, 99)), 2),
