@@ -30,6 +30,8 @@ def search(
     k: int = typer.Option(10, "-k", min=1, help="Neighbours per query."),
     nprobe: Optional[int] = typer.Option(None, min=1, help="IVF lists to visit (IVF indexes)."),
     ef_search: Optional[int] = typer.Option(None, min=1, help="HNSW search breadth (HNSW indexes)."),
+    genome: Optional[str] = typer.Option(None, "--genome", help="Only return hits from this genome of the store."),
+    chrom: Optional[str] = typer.Option(None, "--chrom", help="Only return hits on this contig."),
     exclude_self: bool = typer.Option(False, "--exclude-self", help="Drop hits overlapping the query's own region."),
     annotate: bool = typer.Option(True, "--annotate/--no-annotate", help="Add overlapping and nearest features of the store's annotations."),
     strand_mode: StrandMode = typer.Option(StrandMode.ignore, "--strand-mode", help="Feature strand vs hit strand for the annotation join."),
@@ -48,14 +50,15 @@ def search(
     opened = Store.open(store)
     queries = []
     if region or bed:
-        genome = opened.genome()
-        queries += region_queries(genome, region or [])
-        queries += bed_queries(genome, bed) if bed else []
+        source = opened.genome()
+        queries += region_queries(source, region or [])
+        queries += bed_queries(source, bed) if bed else []
     queries += [Query(f"sequence{i + 1}", check_sequence(s, f"--sequence #{i + 1}")) for i, s in enumerate(sequence or [])]
     queries += fasta_queries(fasta) if fasta else []
     if not queries:
         raise InputError("no query: give --region, --sequence, --fasta or --bed")
     hits = opened.search(queries, k=k, nprobe=nprobe, ef_search=ef_search, exclude_self=exclude_self, save_as=name,
+                           genome=genome, chrom=chrom,
                            trust_remote_code=trust_remote_code)
     if annotate and opened.manifest.get("annotations"):
         hits = annotate_hits(opened, hits, strand=strand_mode.value, types=tuple(feature_type) if feature_type else None)

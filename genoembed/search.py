@@ -161,16 +161,18 @@ def _unique_names(queries: list[Query]) -> list[Query]:
 
 def search(store: Store, queries: list[Query | str], k: int = 10, nprobe: int | None = None,
            ef_search: int | None = None, exclude_self: bool = False, save_as: str | None = "last",
-           embedder=None, trust_remote_code: bool = False) -> pa.Table:
+           embedder=None, trust_remote_code: bool = False, genome: str | None = None,
+           chrom: str | None = None) -> pa.Table:
     """Top-``k`` tiles per query as a ``schema.HITS`` table (rank 1 = best).
 
-    String queries are regions on the store's genome.
+    String queries are regions on the store's genome. ``genome`` / ``chrom`` restrict hits
+    to that subset of the store and still return ``k`` hits when the subset has them.
     """
     if not queries:
         raise InputError("no queries given")
     if any(isinstance(query, str) for query in queries):
-        genome = store.genome()
-        queries = [region_queries(genome, [q])[0] if isinstance(q, str) else q for q in queries]
+        source = store.genome()
+        queries = [region_queries(source, [q])[0] if isinstance(q, str) else q for q in queries]
     queries = _unique_names(queries)
     if k < 1:
         raise InputError(f"k={k}: ask for at least one neighbour")
@@ -184,7 +186,14 @@ def search(store: Store, queries: list[Query | str], k: int = 10, nprobe: int | 
     extra = max((_self_overlap_allowance(store, q) for q in queries if q.chrom is not None), default=0) \
         if exclude_self else 0
     fetch = min(k + extra, store.num_tiles)
-    scores, ids = search_index(_loaded_index(store), vectors, fetch, store.metric, nprobe, ef_search)
+    if genome is None and chrom is None:
+        scores, ids = search_index(_loaded_index(store), vectors, fetch, store.metric, nprobe, ef_search)
+    else:
+        from genoembed.sharded import filtered_search
+        from genoembed.vectors import set_search_params
+
+        set_search_params(_loaded_index(store), ef_search=ef_search)
+        scores, ids = filtered_search(store, vectors, fetch, genome=genome, chrom=chrom, nprobe=nprobe)
     found = ids[ids >= 0]
     tiles = store.tiles(np.unique(found))
     by_id = {tile_id: row for row, tile_id in enumerate(tiles.column("tile_id").to_pylist())}

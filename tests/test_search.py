@@ -99,3 +99,22 @@ def test_region_strings_and_repeated_names(chloroplast_store):
     hits = chloroplast_store.search(["NC_000932.1:1001-2000", "NC_000932.1:1001-2000"], k=2, save_as=None)
     assert hits.column("query").to_pylist() == ["NC_000932.1:1001-2000"] * 2 + ["NC_000932.1:1001-2000#2"] * 2
     assert hits.column("start").to_pylist()[0] == 1000
+
+
+def test_contig_filter_returns_k_hits_on_that_contig(tmp_path):
+    from genoembed.pipeline import index
+    from genoembed.synthetic import random_genome
+    from genoembed.tiles import TilingSpec
+
+    fasta = write_fasta(tmp_path / "two.fa", random_genome({"a": 30_000, "b": 6_000}, seed=5))
+    store = index(fasta, tmp_path / "s", embedder=KmerEmbedder(k=4), tiling=TilingSpec(window=500, stride=250))
+    query = Query("q", store.genome().fetch("a", 1000, 1500))
+    hits = store.search([query], k=8, chrom="b", save_as=None).to_pylist()
+    assert len(hits) == 8 and {h["chrom"] for h in hits} == {"b"}
+    vectors = np.concatenate([v for _, v in store.iter_embeddings()])
+    on_b = store.tiles(np.arange(store.num_tiles)).column("chrom").to_numpy(zero_copy_only=False) == "b"
+    scores = vectors @ KmerEmbedder(k=4).embed([query.sequence])[0]
+    best_b = np.flatnonzero(on_b)[np.argsort(-scores[on_b], kind="stable")[:8]]
+    assert sorted(h["tile_id"] for h in hits) == sorted(best_b.tolist())
+    with pytest.raises(InputError):
+        store.search([query], k=8, chrom="nope", save_as=None)
