@@ -44,3 +44,14 @@ def chloroplast_store(tmp_path_factory):
     out = tmp_path_factory.mktemp("stores") / "chloroplast"
     return index(CHLOROPLAST_FASTA, out, embedder=KmerEmbedder(k=4), tiling=TilingSpec(strands="both"),
                  shard_rows=128)
+
+
+@pytest.fixture(scope="module")
+def torch_one_thread():
+    """One intra-op thread for a module of tiny-model tests (restored afterwards)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

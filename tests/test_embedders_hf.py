@@ -92,12 +92,8 @@ MAKERS = {"nt": make_esm_kmer, "dnabert": make_dnabert, "char": make_char}
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_thread():
+def one_thread(torch_one_thread):
     """Tiny models gain nothing from intra-op threads, and spinning threads crawl on a busy 2-core box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -25,11 +25,8 @@ SHAPE = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, interme
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def one_thread(torch_one_thread):
+    """Tiny models gain nothing from intra-op threads, and spinning threads crawl on a busy 2-core box."""
 
 
 @pytest.fixture(scope="module")
