@@ -6,6 +6,7 @@ import typer
 
 from genoembed.cli.annotate import annotate
 from genoembed.cli.eval import eval_command
+from genoembed.cli.finetune import finetune
 from genoembed.cli.index import index
 from genoembed.cli.info import info
 from genoembed.cli.plot import plot
@@ -30,6 +31,7 @@ app.command("verify")(verify)
 app.command("eval")(eval_command)
 app.command("plot")(plot)
 app.command("pretrain")(pretrain)
+app.command("finetune")(finetune)
 
 
 def main() -> None:
