@@ -183,7 +183,8 @@ def recall(ids, truth):
 def bench_index(size: str, work: Path, repeats: int) -> None:
     import faiss
 
-    from genoembed.sharded import ShardedIndex, build_sharded, train_template
+    from genoembed.sharded import ShardedIndex, build_sharded
+    from genoembed.vectors import train_index
     from genoembed.vectors import IndexSpec, build_index, prepare
 
     store, queries = genome_store(size, work)
@@ -203,7 +204,7 @@ def bench_index(size: str, work: Path, repeats: int) -> None:
     for factory in (f"IVF{lists},Flat", f"IVF{lists},SQ8"):
         spec = IndexSpec(factory, train_size=20_000)
         start = time.perf_counter()
-        template = train_template(store, spec)
+        template = train_index(store, spec)
         train_s = time.perf_counter() - start
         single = faiss.clone_index(template)
         for _, vectors in store.iter_embeddings():

@@ -25,28 +25,11 @@ import numpy as np
 
 from genoembed.errors import InputError, StoreError
 from genoembed.store import Store, atomic_write_bytes, file_sha256, write_lock
-from genoembed.vectors import (IndexSpec, Metric, _check_trainable, _faiss, _sample_ids, prepare, save_index,
-                               set_search_params)
+from genoembed.vectors import (IndexSpec, Metric, _faiss, prepare, save_index, set_search_params,
+                               train_index)
 
 SHARD_DIR = "index/shards"
 LAYOUT = "layout.json"
-
-
-def train_template(store: Store, spec: IndexSpec):
-    """An empty index of ``spec.factory`` trained on a seeded sample of the store (streamed)."""
-    faiss = _faiss()
-    metric = faiss.METRIC_INNER_PRODUCT if spec.metric is Metric.ip else faiss.METRIC_L2
-    try:
-        index = faiss.index_factory(store.dim, spec.factory, metric)
-    except RuntimeError:
-        raise InputError(f"index factory {spec.factory!r} is not valid for dim {store.dim}; "
-                         "e.g. 'Flat', 'IVF256,Flat', 'IVF256,PQ16'") from None
-    if not index.is_trained:
-        wanted = _sample_ids(store.num_tiles, spec.train_size, spec.seed)
-        _check_trainable(spec.factory, len(wanted), store.num_tiles)
-        sample = [prepare(vectors[np.isin(ids, wanted)], spec.metric) for ids, vectors in store.iter_embeddings()]
-        index.train(np.concatenate(sample))
-    return index
 
 
 def _with_ids(index):
@@ -57,14 +40,10 @@ def _with_ids(index):
 
 def build_sharded(store: Store, spec: IndexSpec, shards_per_index: int = 1, template=None) -> dict:
     """Build one index per ``shards_per_index`` Parquet shards from one trained template; returns the layout."""
-    import pyarrow.parquet as pq
-
-    from genoembed import schema
-
     faiss = _faiss()
     if shards_per_index < 1:
         raise InputError(f"shards_per_index={shards_per_index}: must be >= 1")
-    template = template if template is not None else train_template(store, spec)
+    template = template if template is not None else train_index(store, spec)
     root = store.root / SHARD_DIR
     entries = []
     with write_lock(store.root):
@@ -72,11 +51,8 @@ def build_sharded(store: Store, spec: IndexSpec, shards_per_index: int = 1, temp
         paths = store.shard_paths
         for number, first in enumerate(range(0, len(paths), shards_per_index)):
             index = _with_ids(faiss.clone_index(template))
-            for path in paths[first:first + shards_per_index]:
-                for batch in pq.ParquetFile(path).iter_batches(batch_size=65536,
-                                                               columns=["tile_id", schema.EMBEDDING]):
-                    vectors = batch.column(1).flatten().to_numpy(zero_copy_only=False).reshape(-1, store.dim)
-                    index.add_with_ids(prepare(vectors, spec.metric), batch.column(0).to_numpy())
+            for ids, vectors in store.iter_embeddings(paths=paths[first:first + shards_per_index]):
+                index.add_with_ids(prepare(vectors, spec.metric), ids)
             target = root / f"part-{number:05d}.faiss"
             save_index(index, target)
             entries.append({"path": target.name, "ntotal": int(index.ntotal), "sha256": file_sha256(target),

@@ -258,18 +258,20 @@ class Store:
                 "searches": sorted(self.manifest.get("searches", {})), "provenance": self.provenance}
 
     # --- reading -------------------------------------------------------------
-    def iter_batches(self, columns: list[str] | None = None, batch_rows: int = 8192) -> Iterator[pa.RecordBatch]:
-        """Stream shard rows in tile_id order, ``batch_rows`` at a time."""
-        for path in self.shard_paths:
+    def iter_batches(self, columns: list[str] | None = None, batch_rows: int = 8192,
+                     paths: list[Path] | None = None) -> Iterator[pa.RecordBatch]:
+        """Stream shard rows in tile_id order, ``batch_rows`` at a time (all shards, or ``paths``)."""
+        for path in self.shard_paths if paths is None else paths:
             try:
                 yield from pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=columns)
             except (OSError, pa.ArrowInvalid) as error:
                 raise StoreError(f"{path}: unreadable shard ({error}); run `genoembed verify` "
                                  "and rebuild the store") from None
 
-    def iter_embeddings(self, batch_rows: int = 65536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(tile_ids, float32 matrix) blocks, streamed."""
-        for batch in self.iter_batches(["tile_id", schema.EMBEDDING], batch_rows):
+    def iter_embeddings(self, batch_rows: int = 65536,
+                        paths: list[Path] | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(tile_ids, float32 matrix) blocks, streamed (all shards, or ``paths``)."""
+        for batch in self.iter_batches(["tile_id", schema.EMBEDDING], batch_rows, paths):
             vectors = batch.column(1).flatten().to_numpy(zero_copy_only=False)
             yield (batch.column(0).to_numpy(),
                    np.asarray(vectors, dtype=np.float32).reshape(batch.num_rows, self.dim))

@@ -84,8 +84,9 @@ def _check_trainable(factory: str, train_rows: int, store_rows: int) -> None:
                          f"training vectors, the store has {train_rows}; use e.g. 'IVF{suggestion},Flat'")
 
 
-def build_index(store, spec: IndexSpec, progress: Callable[[int], None] | None = None):
-    """Build a FAISS index from the store's shards, streaming; returns the (CPU) index."""
+def train_index(store, spec: IndexSpec):
+    """An empty index of ``spec.factory``, trained (when it needs training) on a seeded sample
+    of the store streamed from its shards; on the GPU when faiss has one."""
     faiss = _faiss()
     metric = faiss.METRIC_INNER_PRODUCT if spec.metric is Metric.ip else faiss.METRIC_L2
     try:
@@ -94,21 +95,27 @@ def build_index(store, spec: IndexSpec, progress: Callable[[int], None] | None =
         first = str(error).strip().splitlines()[-1] if str(error).strip() else "invalid"
         raise InputError(f"index factory {spec.factory!r} is not valid for dim {store.dim} ({first}); "
                          "see the FAISS index-factory docs, e.g. 'Flat', 'IVF256,PQ16', 'HNSW32'") from None
-    if not index.is_trained:
-        wanted = _sample_ids(store.num_tiles, spec.train_size, spec.seed)
-        _check_trainable(spec.factory, len(wanted), store.num_tiles)
-        sample = []
-        for ids, vectors in store.iter_embeddings():
-            mask = np.isin(ids, wanted, assume_unique=True)
-            if mask.any():
-                sample.append(prepare(vectors[mask], spec.metric))
-        training = np.concatenate(sample)
-        if gpu_available() and "HNSW" not in spec.factory:
-            gpu_index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
-            gpu_index.train(training)
-            index = faiss.index_gpu_to_cpu(gpu_index)
-        else:
-            index.train(training)
+    if index.is_trained:
+        return index
+    wanted = _sample_ids(store.num_tiles, spec.train_size, spec.seed)
+    _check_trainable(spec.factory, len(wanted), store.num_tiles)
+    sample = []
+    for ids, vectors in store.iter_embeddings():
+        mask = np.isin(ids, wanted, assume_unique=True)
+        if mask.any():
+            sample.append(prepare(vectors[mask], spec.metric))
+    training = np.concatenate(sample)
+    if gpu_available() and "HNSW" not in spec.factory:
+        gpu_index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+        gpu_index.train(training)
+        return faiss.index_gpu_to_cpu(gpu_index)
+    index.train(training)
+    return index
+
+
+def build_index(store, spec: IndexSpec, progress: Callable[[int], None] | None = None):
+    """Build a FAISS index from the store's shards, streaming; returns the (CPU) index."""
+    index = train_index(store, spec)
     for ids, vectors in store.iter_embeddings():
         if ids[0] != index.ntotal or ids[-1] != index.ntotal + len(ids) - 1:
             raise StoreError(f"{store.root}: tile ids are not contiguous at {index.ntotal}; run `genoembed verify`")

@@ -83,10 +83,10 @@ def test_ivf_shards_equal_one_ivf_and_recall(store, matrix, queries):
     """Shards cloned from one trained quantizer answer as one IVF index would; recall vs exact."""
     import faiss
 
-    from genoembed.sharded import train_template
+    from genoembed.vectors import train_index
 
     spec = IndexSpec("IVF16,Flat", train_size=2000)
-    template = train_template(store, spec)
+    template = train_index(store, spec)
     build_sharded(store, spec, shards_per_index=1, template=template)
     single = faiss.clone_index(template)
     single.add(matrix)
