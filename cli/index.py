@@ -93,7 +93,7 @@ def index(
         annotations=plan.annotations + tuple(annotations or ()),
         aliases={**plan.aliases, **parse_alias_option(alias or [])},
         auto_alias=auto_alias or plan.auto_alias, shard_rows=shard_rows or plan.shard_rows)
-    open_genome(plan.fasta)  # fail on a bad FASTA before loading a model
+    genome = open_genome(plan.fasta, name=plan.genome_name)  # fail on a bad FASTA before loading a model
     embedder = make_embedder(model_spec, base=recipe.parent if recipe else None)
     started = time.perf_counter()
     with Progress(TextColumn("[bold]embedding"), BarColumn(), MofNCompleteColumn(), TextColumn("tiles"),
@@ -102,9 +102,9 @@ def index(
         task = bar.add_task("embed", total=None)
         from genoembed.pipeline import index as build
 
-        store = build(plan.fasta, plan.out, embedder=embedder, tiling=plan.tiling, index_spec=plan.index,
+        store = build(genome, plan.out, embedder=embedder, tiling=plan.tiling, index_spec=plan.index,
                       annotations=plan.annotations, aliases=plan.aliases, auto_alias=plan.auto_alias,
-                      genome_name=plan.genome_name, embed_rows=batch_rows, shard_rows=plan.shard_rows,
+                      embed_rows=batch_rows, shard_rows=plan.shard_rows,
                       embedding_dtype=plan.embedding_dtype, overwrite=overwrite, engine=engine.value,
                       engine_options=_ray_options(engine, address, num_workers, gpus_per_worker, trust_remote_code),
                       progress=lambda done, total: bar.update(task, completed=done, total=total))

@@ -21,7 +21,7 @@ import pyarrow as pa
 from genoembed import __version__, schema
 from genoembed.embedders import Embedder
 from genoembed.errors import InputError
-from genoembed.genome import open_genome
+from genoembed.genome import Genome, open_genome
 from genoembed.store import Store, StoreWriter, file_sha256, write_lock
 from genoembed.tiles import TilingSpec, count_tiles, plan_tiles
 from genoembed.vectors import INDEX_FILE, IndexSpec, build_index, save_index
@@ -117,7 +117,7 @@ def _skip_done(batches: Iterable[pa.RecordBatch], rows_done: int) -> Iterator[pa
 
 
 def index(
-    fasta: str | Path,
+    fasta: str | Path | Genome,
     out: str | Path,
     embedder: Embedder | None = None,
     tiling: TilingSpec = TilingSpec(),
@@ -136,13 +136,15 @@ def index(
 ) -> Store:
     """Build (or resume) a store at ``out``; returns it opened.
 
+    ``fasta`` is a path or an already opened :class:`~genoembed.genome.Genome` (not re-read).
+
     ``progress(done, total)`` is called after every embedded batch. ``engine="ray"``
     embeds on Ray actors (``engine_options``: address, num_workers, gpus_per_worker, ...;
     see :func:`genoembed.distributed.embed_with_ray`) into the same store, row for row.
     """
     embed = _engine(engine, engine_options or {})
     out = Path(out)
-    genome = open_genome(fasta, name=genome_name)
+    genome = fasta if isinstance(fasta, Genome) else open_genome(fasta, name=genome_name)
     embedder = embedder or default_embedder()
     provenance = {"genoembed_version": __version__, "embedder": embedder.describe(),
                   "tiling": tiling.describe(), "genome": {**genome.describe(), "contig_lengths": genome.contigs},
@@ -150,9 +152,8 @@ def index(
     total = count_tiles(genome, tiling)
     created = not out.exists()
     try:
-        embed(out, provenance=provenance, embedder=embedder, genome=genome, tiling=tiling,
-                          embed_rows=embed_rows, shard_rows=shard_rows, overwrite=overwrite, total=total,
-                          progress=progress)
+        embed(out, provenance=provenance, embedder=embedder, genome=genome, tiling=tiling, embed_rows=embed_rows,
+              shard_rows=shard_rows, overwrite=overwrite, total=total, progress=progress)
     except BaseException:
         if created and not any((out / "shards").glob("part-*.parquet")):
             shutil.rmtree(out, ignore_errors=True)  # failed before any shard: leave nothing behind
