@@ -345,7 +345,6 @@ class PairSampler:
         from genoembed.synthetic import mutate
 
         config = self.config
-        w = config.window_bp
         g = int(rng.choice(len(self.genomes), p=self.genome_weights))
         genome = self.genomes[g]
         blocks = self.blocks.get(g)
