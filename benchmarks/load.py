@@ -54,10 +54,9 @@ def build_store(root: Path, rows: int, dim: int, seed: int) -> tuple[Store, np.n
     vectors = rng.standard_normal((rows, dim), dtype=np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     provenance = {"genoembed_version": __version__, "embedder": {"kind": "synthetic", "dim": dim},
-                  "tiling": {"window": 1000, "stride": 1000, "strands": "+"},
-                  "genome": {"name": "synthetic", "path": "", "sha256": "", "contig_lengths": {"chr1": rows * 1000}},
-                  "embedding_dtype": "float32"}
-    writer = StoreWriter(root, provenance, dim, shard_rows=131072)
+                  "tiling": {"window": 1000, "stride": 1000, "strands": "+"}, "embedding_dtype": "float32"}
+    genome = {"name": "synthetic", "path": "", "sha256": "", "contig_lengths": {"chr1": rows * 1000}}
+    writer = StoreWriter(root, provenance, dim, genome, shard_rows=131072)
     for first in range(0, rows, 65536):
         ids = np.arange(first, min(rows, first + 65536))
         tiles = pa.RecordBatch.from_pydict({

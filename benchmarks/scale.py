@@ -117,12 +117,11 @@ def bench_embed(size: str, work: Path, repeats: int) -> None:
 
 def genome_store(size: str, work: Path):
     """H. pylori genomes (one per genome name) in one store, 5-mer spectra, 1 kb tiles every 500 bp."""
-    import pyarrow as pa
-
     from genoembed.embedders.kmer import KmerEmbedder
     from genoembed.genome import open_genome
-    from genoembed.store import Store, StoreWriter
-    from genoembed.tiles import TilingSpec, plan_tiles
+    from genoembed.pipeline import index
+    from genoembed.store import Store
+    from genoembed.tiles import TilingSpec
 
     names = ["ELS37", "G27", "Gambia94_24", "Puno120", "SJM180"][: 2 if size == "small" else 5]
     embedder, tiling = KmerEmbedder(k=5), TilingSpec(window=1000, stride=500)
@@ -131,18 +130,8 @@ def genome_store(size: str, work: Path):
         path = work / f"{name}.fa"
         path.write_bytes(gzip.decompress((SHARED / "h_pylori" / f"{name}.fasta.gz").read_bytes()))
         genomes.append(open_genome(path))
-    writer = StoreWriter(work / "hp", {"embedder": embedder.describe(), "tiling": tiling.describe(),
-                                       "genome": {"names": names}, "embedding_dtype": "float32"},
-                         embedder.dim, shard_rows=1024)
-    offset = 0
-    for genome in genomes:
-        for batch in plan_tiles(genome, tiling, batch_rows=1024):
-            ids = batch.column(0).to_numpy() + offset
-            batch = batch.set_column(0, batch.schema.field(0), pa.array(ids))
-            writer.write(batch, embedder.embed(batch.column("sequence").to_pylist()))
-            last = int(ids[-1]) + 1
-        offset = last
-    writer.close()
+    for genome in genomes:  # one store, the genomes appended one after another
+        index(genome, work / "hp", embedder=embedder, tiling=tiling, index_spec=None, shard_rows=1024, append=True)
     store = Store.open(work / "hp")
     contigs = open_genome_contigs(work)
     queries = embedder.embed(contigs)

@@ -11,6 +11,7 @@ from genoembed.cli.index import index
 from genoembed.cli.info import info
 from genoembed.cli.plot import plot
 from genoembed.cli.pretrain import pretrain
+from genoembed.cli.remove import remove
 from genoembed.cli.search import search
 from genoembed.cli.sql import sql
 from genoembed.cli.verify import verify
@@ -28,6 +29,7 @@ app.command("sql")(sql)
 app.command("annotate")(annotate)
 app.command("info")(info)
 app.command("verify")(verify)
+app.command("remove")(remove)
 app.command("eval")(eval_command)
 app.command("plot")(plot)
 app.command("pretrain")(pretrain)

@@ -35,7 +35,9 @@ class Engine(str, Enum):
 @handle_errors
 def index(
     recipe: Optional[Path] = typer.Argument(None, help="Index recipe (TOML, e.g. indexes/demo.toml); options below override it."),
-    fasta: Optional[Path] = typer.Option(None, "--fasta", help="Genome FASTA (plain, gzip or bgzip)."),
+    fasta: Optional[list[Path]] = typer.Option(None, "--fasta", help="Genome FASTA (plain, gzip or bgzip); repeat to put several genomes in one store."),
+    genome_name: Optional[str] = typer.Option(None, "--genome-name", help="Name of the genome in the store (default: the FASTA file name without extensions; one --fasta only)."),
+    append: bool = typer.Option(False, "--append", help="Add the genome(s) to an existing store built with the same model and tiling (its index is extended, not rebuilt)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Store directory (default: recipe path without .toml)."),
     model: Optional[str] = typer.Option(None, "--model", help="'default' (shipped model), 'kmer[:K]', or a local Hugging Face model directory."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow a model directory's own Python code to run (DNABERT-2, HyenaDNA, Caduceus, NT-v2)."),
@@ -71,9 +73,9 @@ def index(
     configure_logging(quiet or json_output)
     plan = load_recipe(recipe) if recipe else None
     if plan is None:
-        if fasta is None or out is None:
+        if not fasta or out is None:
             raise InputError("give a recipe (e.g. indexes/demo.toml) or both --fasta and --out")
-        plan = Recipe(fasta=fasta, out=out)
+        plan = Recipe(fastas=tuple(fasta), out=out)
     tiling_overrides = {name: value for name, value in dict(
         window=window, stride=stride, strands=strands, max_n_fraction=max_n_fraction, soft_mask=soft_mask,
         contigs=tuple(contig) if contig else None).items() if value is not None}
@@ -87,35 +89,47 @@ def index(
             batch_size=batch_size, device=device, dtype=dtype, compile=compile_model or None).items()
             if value is not None})
     plan = dataclasses.replace(
-        plan, fasta=fasta or plan.fasta, out=out or plan.out,
+        plan, fastas=tuple(fasta) if fasta else plan.fastas, out=out or plan.out,
+        genome_name=genome_name or (plan.genome_name if not fasta else None),
         tiling=dataclasses.replace(plan.tiling, **tiling_overrides),
         index=dataclasses.replace(plan.index, **index_overrides),
         annotations=plan.annotations + tuple(annotations or ()),
         aliases={**plan.aliases, **parse_alias_option(alias or [])},
         auto_alias=auto_alias or plan.auto_alias, shard_rows=shard_rows or plan.shard_rows)
-    genome = open_genome(plan.fasta, name=plan.genome_name)  # fail on a bad FASTA before loading a model
+    if plan.genome_name and len(plan.fastas) > 1:
+        raise InputError("--genome-name names a single genome; with several --fasta each is named after its file")
+    genomes = [open_genome(path, name=plan.genome_name) for path in plan.fastas]  # fail early, before the model
+    repeated = sorted({g.name for g in genomes if [h.name for h in genomes].count(g.name) > 1})
+    if repeated:
+        raise InputError(f"two FASTA files give the genome name {repeated[0]!r}; rename one of the files")
     embedder = make_embedder(model_spec, base=recipe.parent if recipe else None)
     started = time.perf_counter()
-    with Progress(TextColumn("[bold]embedding"), BarColumn(), MofNCompleteColumn(), TextColumn("tiles"),
-                  TimeRemainingColumn(), console=console, transient=True,
+    with Progress(TextColumn("[bold]embedding {task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("tiles"), TimeRemainingColumn(), console=console, transient=True,
                   disable=quiet or json_output) as bar:
-        task = bar.add_task("embed", total=None)
         from genoembed.pipeline import index as build
 
-        store = build(genome, plan.out, embedder=embedder, tiling=plan.tiling, index_spec=plan.index,
-                      annotations=plan.annotations, aliases=plan.aliases, auto_alias=plan.auto_alias,
-                      embed_rows=batch_rows, shard_rows=plan.shard_rows,
-                      embedding_dtype=plan.embedding_dtype, overwrite=overwrite, engine=engine.value,
-                      engine_options=_ray_options(engine, address, num_workers, gpus_per_worker, trust_remote_code),
-                      progress=lambda done, total: bar.update(task, completed=done, total=total))
-    summary = {"store": str(store.root), "tiles": store.num_tiles, "dim": store.dim,
+        for number, genome in enumerate(genomes):
+            task = bar.add_task(genome.name, total=None)
+            last = number == len(genomes) - 1  # index (trained on all) and annotations once every genome is in
+            store = build(genome, plan.out, embedder=embedder, tiling=plan.tiling,
+                          index_spec=plan.index if last else None,
+                          annotations=plan.annotations if last else (), aliases=plan.aliases,
+                          auto_alias=plan.auto_alias, embed_rows=batch_rows, shard_rows=plan.shard_rows,
+                          embedding_dtype=plan.embedding_dtype, overwrite=overwrite and number == 0,
+                          append=append or number > 0, engine=engine.value,
+                          engine_options=_ray_options(engine, address, num_workers, gpus_per_worker,
+                                                      trust_remote_code),
+                          progress=lambda done, total, task=task: bar.update(task, completed=done, total=total))
+    summary = {"store": str(store.root), "genomes": list(store.genomes), "tiles": store.num_tiles, "dim": store.dim,
                "model": store.provenance["embedder"].get("model_id"), "index": plan.index.factory,
                "annotations": {name: entry["rows"] for name, entry in store.manifest.get("annotations", {}).items()},
                "seconds": round(time.perf_counter() - started, 2)}
     if json_output:
         typer.echo(json.dumps(summary))
     elif not quiet:
-        typer.echo(f"indexed {summary['tiles']} tiles (dim {summary['dim']}, model {summary['model']}, "
+        typer.echo(f"indexed {summary['tiles']} tiles of {', '.join(summary['genomes'])} "
+                   f"(dim {summary['dim']}, model {summary['model']}, "
                    f"index {summary['index']}) into {summary['store']} in {summary['seconds']} s")
 
 

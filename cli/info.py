@@ -23,11 +23,11 @@ def info(
         return
     provenance = summary["provenance"]
     embedder = provenance["embedder"]
-    genome = provenance["genome"]
     index = summary["index"] or {}
     lines = [
         f"store       {summary['path']} ({summary['status']}, {summary['bytes_on_disk'] / 1e6:.1f} MB)",
-        f"genome      {genome['name']} ({genome['contigs']} contigs, {genome['length']:,} bp, sha256 {genome['sha256'][:12]})",
+        *(f"genome      {g['name']} ({len(g['contig_lengths'])} contigs, {sum(g['contig_lengths'].values()):,} bp, "
+          f"{g['status']}, sha256 {g['sha256'][:12]}, from {g['path']})" for g in summary["genomes"].values()),
         f"tiles       {summary['tiles']:,} in {summary['shards']} shards; tiling {json.dumps(provenance['tiling'])}",
         f"model       {embedder.get('model_id')} ({embedder.get('kind')}, dim {summary['dim']}, fingerprint {embedder.get('fingerprint')})",
         f"index       {(index.get('spec') or {}).get('factory', 'none')} {index.get('metric', '')} ({index.get('ntotal', 0):,} vectors)",

@@ -31,6 +31,7 @@ def search(
     nprobe: Optional[int] = typer.Option(None, min=1, help="IVF lists to visit (IVF indexes)."),
     ef_search: Optional[int] = typer.Option(None, min=1, help="HNSW search breadth (HNSW indexes)."),
     genome: Optional[str] = typer.Option(None, "--genome", help="Only return hits from this genome of the store."),
+    query_genome: Optional[str] = typer.Option(None, "--query-genome", help="Genome of the store that --region/--bed coordinates refer to (needed only when several genomes share a contig name)."),
     chrom: Optional[str] = typer.Option(None, "--chrom", help="Only return hits on this contig."),
     exclude_self: bool = typer.Option(False, "--exclude-self", help="Drop hits overlapping the query's own region."),
     annotate: bool = typer.Option(True, "--annotate/--no-annotate", help="Add overlapping and nearest features of the store's annotations."),
@@ -44,13 +45,13 @@ def search(
 ):
     """Find the tiles most similar to each query and show them with their annotations."""
     from genoembed.annotate import annotate_hits
-    from genoembed.search import bed_queries, check_sequence, fasta_queries, region_queries, Query
+    from genoembed.search import Query, bed_queries, check_sequence, fasta_queries, query_source, region_queries
 
     configure_logging(quiet)
     opened = Store.open(store)
     queries = []
     if region or bed:
-        source = opened.genome()
+        source = query_source(opened, query_genome)
         queries += region_queries(source, region or [])
         queries += bed_queries(source, bed) if bed else []
     queries += [Query(f"sequence{i + 1}", check_sequence(s, f"--sequence #{i + 1}")) for i, s in enumerate(sequence or [])]

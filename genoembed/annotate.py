@@ -26,10 +26,10 @@ def annotation_set_name(path: Path) -> str:
 
 def add_annotations(store: Store, path: str | Path, name: str | None = None, format: str | None = None,
                     aliases: dict[str, str] | None = None, auto_alias: bool = False) -> dict:
-    """Parse, check contigs against the store's genome, and save as ``annotations/NAME.parquet``."""
+    """Parse, check contigs against the store's genomes, and save as ``annotations/NAME.parquet``."""
     path = Path(path)
     table = features.read_annotations(path, format=format, aliases=aliases)
-    lengths = store.provenance["genome"]["contig_lengths"]
+    lengths = store.contig_lengths
     if auto_alias:
         table = features.apply_aliases(table, features.suggest_aliases(table, lengths))
     features.require_known_contigs(table, lengths, path)

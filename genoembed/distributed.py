@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 from genoembed import schema
 from genoembed.embedders import Embedder, load_embedder
 from genoembed.errors import MissingExtraError, ModelError, StoreError
-from genoembed.store import Store, StoreWriter, write_lock
+from genoembed.store import Store, StoreWriter, genome_entry, write_lock
 from genoembed.tiles import TilingSpec, plan_tiles
 
 log = logging.getLogger(__name__)
@@ -164,7 +164,7 @@ def _cluster(address: str | None, num_cpus: int | None):
 
 
 def embed_with_ray(out: Path, *, provenance: dict, embedder: Embedder, genome, tiling: TilingSpec,
-                   embed_rows: int, shard_rows: int, overwrite: bool, total: int, progress=None,
+                   embed_rows: int, shard_rows: int, overwrite: bool, total: int, progress=None, append: bool = False,
                    address: str | None = None, num_workers: int = 2, gpus_per_worker: float = 0,
                    cpus_per_worker: float = 1, preserve_order: bool = False, max_retries: int | None = None,
                    plan_file_rows: int = 65536, loader: Callable[[dict], Embedder] = load_embedder) -> dict:
@@ -181,7 +181,8 @@ def embed_with_ray(out: Path, *, provenance: dict, embedder: Embedder, genome, t
     out = Path(out)
     stats = {"rows": 0, "duplicates": 0, "max_held_rows": 0}
     with write_lock(out):
-        writer = StoreWriter(out, provenance, embedder.dim, shard_rows=shard_rows, overwrite=overwrite)
+        writer = StoreWriter(out, provenance, embedder.dim, genome_entry(genome), shard_rows=shard_rows,
+                             overwrite=overwrite, append=append)
         if writer.complete:
             return stats
         if writer.rows_done:
@@ -189,12 +190,13 @@ def embed_with_ray(out: Path, *, provenance: dict, embedder: Embedder, genome, t
         plan = out / PLAN_DIR
         shutil.rmtree(plan, ignore_errors=True)
         try:
-            planned = write_plan(_skip_done(plan_tiles(genome, tiling, batch_rows=embed_rows), writer.rows_done),
+            planned = write_plan(_skip_done(plan_tiles(genome, tiling, batch_rows=embed_rows,
+                                                   first_tile_id=writer.first_id), writer.next_id),
                                  plan, file_rows=max(plan_file_rows, embed_rows))
             background = _BackgroundWriter(writer)
             try:
                 if planned:
-                    stats.update(_run_dataset(plan, first_id=writer.rows_done, planned=planned, background=background,
+                    stats.update(_run_dataset(plan, first_id=writer.next_id, planned=planned, background=background,
                                               spec=embedder.describe(), loader=loader, embed_rows=embed_rows,
                                               address=address, num_workers=num_workers,
                                               gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,

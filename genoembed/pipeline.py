@@ -3,7 +3,8 @@
 Tiling runs in a producer thread and Parquet writing in a writer thread, each
 behind a bounded queue, so the embedder (the expensive step) never waits on
 I/O and memory stays bounded by the queue depth, not the genome size.
-A build interrupted at any point resumes from the last complete shard.
+A build interrupted at any point resumes from the last complete shard, and a
+genome appended to a store is added to its FAISS index without a rebuild.
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ from genoembed import __version__, schema
 from genoembed.embedders import Embedder
 from genoembed.errors import InputError
 from genoembed.genome import Genome, open_genome
-from genoembed.store import Store, StoreWriter, file_sha256, write_lock
+from genoembed.store import Store, StoreWriter, file_sha256, genome_entry, write_lock
 from genoembed.tiles import TilingSpec, count_tiles, plan_tiles
-from genoembed.vectors import INDEX_FILE, IndexSpec, build_index, save_index
+from genoembed.vectors import INDEX_FILE, IndexSpec, add_store_vectors, build_index, load_index, save_index
 
 log = logging.getLogger(__name__)
 _DONE = object()
@@ -107,13 +108,14 @@ class _BackgroundWriter:
             self._writer.close()
 
 
-def _skip_done(batches: Iterable[pa.RecordBatch], rows_done: int) -> Iterator[pa.RecordBatch]:
+def _skip_done(batches: Iterable[pa.RecordBatch], next_id: int) -> Iterator[pa.RecordBatch]:
+    """The planned tiles from id ``next_id`` on (those before it are stored already)."""
     for batch in batches:
         last = batch.column(0)[-1].as_py()
-        if last < rows_done:
+        if last < next_id:
             continue
         first = batch.column(0)[0].as_py()
-        yield batch.slice(max(0, rows_done - first))
+        yield batch.slice(max(0, next_id - first))
 
 
 def index(
@@ -130,6 +132,7 @@ def index(
     shard_rows: int = 65536,
     embedding_dtype: str = "float32",
     overwrite: bool = False,
+    append: bool = False,
     progress: Callable[[int, int], None] | None = None,
     engine: str = "local",
     engine_options: dict | None = None,
@@ -137,6 +140,8 @@ def index(
     """Build (or resume) a store at ``out``; returns it opened.
 
     ``fasta`` is a path or an already opened :class:`~genoembed.genome.Genome` (not re-read).
+    ``append`` adds the genome to an existing store built with the same model and tiling;
+    its tile ids follow the store's, and its vectors are added to the existing index.
 
     ``progress(done, total)`` is called after every embedded batch. ``engine="ray"``
     embeds on Ray actors (``engine_options``: address, num_workers, gpus_per_worker, ...;
@@ -147,20 +152,19 @@ def index(
     genome = fasta if isinstance(fasta, Genome) else open_genome(fasta, name=genome_name)
     embedder = embedder or default_embedder()
     provenance = {"genoembed_version": __version__, "embedder": embedder.describe(),
-                  "tiling": tiling.describe(), "genome": {**genome.describe(), "contig_lengths": genome.contigs},
-                  "embedding_dtype": embedding_dtype}
+                  "tiling": tiling.describe(), "embedding_dtype": embedding_dtype}
     total = count_tiles(genome, tiling)
     created = not out.exists()
     try:
         embed(out, provenance=provenance, embedder=embedder, genome=genome, tiling=tiling, embed_rows=embed_rows,
-              shard_rows=shard_rows, overwrite=overwrite, total=total, progress=progress)
+              shard_rows=shard_rows, overwrite=overwrite, append=append, total=total, progress=progress)
     except BaseException:
         if created and not any((out / "shards").glob("part-*.parquet")):
             shutil.rmtree(out, ignore_errors=True)  # failed before any shard: leave nothing behind
         raise
     store = Store.open(out)
-    if index_spec is not None and (store.manifest.get("index") or {}).get("spec") != index_spec.describe():
-        build_store_index(store, index_spec)
+    if index_spec is not None:
+        update_store_index(store, index_spec)
     for path in annotations:
         store.add_annotations(path, aliases=aliases, auto_alias=auto_alias)
     return store
@@ -180,16 +184,19 @@ def _engine(name: str, options: dict) -> Callable:
 
 
 def _embed_into_store(out: Path, *, provenance: dict, embedder: Embedder, genome, tiling: TilingSpec,
-                      embed_rows: int, shard_rows: int, overwrite: bool, total: int, progress) -> None:
-    """Embed the tiles not yet stored (all of them for a new store) under the writer lock."""
+                      embed_rows: int, shard_rows: int, overwrite: bool, append: bool, total: int, progress) -> None:
+    """Embed the genome's tiles not yet stored (all of them for a new one) under the writer lock."""
     with write_lock(out):
-        writer = StoreWriter(out, provenance, embedder.dim, shard_rows=shard_rows, overwrite=overwrite)
+        writer = StoreWriter(out, provenance, embedder.dim, genome_entry(genome), shard_rows=shard_rows,
+                             overwrite=overwrite, append=append)
         if not writer.complete:
             if writer.rows_done:
-                log.warning("%s: resuming an interrupted build after %d stored tiles", out, writer.rows_done)
+                log.warning("%s: resuming an interrupted build after %d stored tiles of %s",
+                            out, writer.rows_done, genome.name)
             background = _BackgroundWriter(writer)
             done = writer.rows_done
-            batches = _skip_done(plan_tiles(genome, tiling, batch_rows=embed_rows), writer.rows_done)
+            batches = _skip_done(plan_tiles(genome, tiling, batch_rows=embed_rows, first_tile_id=writer.first_id),
+                                 writer.next_id)
             try:
                 for batch in _threaded(batches, depth=2):
                     sequences = batch.column(schema.SEQUENCE).to_pylist()
@@ -204,12 +211,37 @@ def _embed_into_store(out: Path, *, provenance: dict, embedder: Embedder, genome
 
 
 def build_store_index(store: Store, spec: IndexSpec, progress: Callable[[int], None] | None = None) -> dict:
-    """(Re)build the store's FAISS index and record it in the manifest."""
+    """(Re)build the store's FAISS index from all its shards and record it in the manifest."""
     with write_lock(store.root):
         built = build_index(store, spec, progress=progress)
+        return _save_store_index(store, spec, built)
+
+
+def update_store_index(store: Store, spec: IndexSpec) -> dict:
+    """Bring the index up to date: add genomes appended since it was built (no retraining), or
+    rebuild when there is none, its spec differs, or its file does not match the manifest."""
+    from genoembed.sharded import refresh_sharded
+
+    with write_lock(store.root):
+        current = store.manifest.get("index") or {}
         path = store.root / INDEX_FILE
-        save_index(built, path)
-    entry = {"path": INDEX_FILE, "spec": spec.describe(), "metric": spec.metric.value, "ntotal": int(built.ntotal),
-             "dim": int(built.d), "sha256": file_sha256(path)}
+        if current.get("spec") != spec.describe() or not path.is_file() or file_sha256(path) != current["sha256"]:
+            return build_store_index(store, spec)
+        missing = [name for name in store.genomes if name not in current.get("genomes", ())]
+        if not missing:
+            return current
+        index = load_index(path)
+        add_store_vectors(index, store, spec.metric,
+                          paths=[store.root / s["path"] for s in store.manifest["shards"] if s["genome"] in missing])
+        entry = _save_store_index(store, spec, index)
+        refresh_sharded(store)
+        return entry
+
+
+def _save_store_index(store: Store, spec: IndexSpec, index) -> dict:
+    path = store.root / INDEX_FILE
+    save_index(index, path)
+    entry = {"path": INDEX_FILE, "spec": spec.describe(), "metric": spec.metric.value, "ntotal": int(index.ntotal),
+             "dim": int(index.d), "sha256": file_sha256(path), "genomes": list(store.genomes)}
     store.record("index", "index", entry)
     return entry

@@ -49,15 +49,8 @@ def pca(vectors: np.ndarray, components: int = 2) -> tuple[np.ndarray, np.ndarra
 
 def _sample_store(store, max_points: int, seed: int) -> tuple[np.ndarray, pa.Table]:
     """A seeded sample of at most ``max_points`` tiles: vectors and their tile rows."""
-    total = store.num_tiles
-    wanted = np.arange(total) if total <= max_points else \
-        np.sort(np.random.default_rng(seed).choice(total, size=max_points, replace=False))
-    blocks = []
-    for ids, vectors in store.iter_embeddings():
-        mask = np.isin(ids, wanted, assume_unique=True)
-        if mask.any():
-            blocks.append(vectors[mask])
-    return np.concatenate(blocks), store.tiles(wanted)
+    ids, vectors = store.sample_embeddings(max_points, seed)
+    return vectors, store.tiles(ids)
 
 
 def _feature_types(store, tiles: pa.Table) -> list[str]:
@@ -124,7 +117,7 @@ def plot_embeddings(store, out_png: str | Path, color_by: str = "gc", method: st
     ax.set_xlabel(f"PC1 ({100 * explained[0]:.1f}% of variance)")
     ax.set_ylabel(f"PC2 ({100 * explained[1]:.1f}% of variance)" if len(explained) > 1 else "PC2")
     model = store.provenance.get("embedder", {}).get("model_id", "embedder")
-    ax.set_title(title or f"{store.provenance['genome']['name']}: {len(points)} tiles, {model}, PCA")
+    ax.set_title(title or f"{', '.join(store.genomes)}: {len(points)} tiles, {model}, PCA")
     _save(fig, out_png)
     return fig
 

@@ -29,7 +29,7 @@ _SECTIONS = {
 
 @dataclass(frozen=True)
 class Recipe:
-    fasta: Path
+    fastas: tuple[Path, ...]  # one genome each, added to the store in this order
     out: Path
     genome_name: str | None = None
     tiling: TilingSpec = TilingSpec()
@@ -87,8 +87,12 @@ def load_recipe(path: str | Path) -> Recipe:
     problems = [f"unknown section [{name}]" for name in data if name not in _SECTIONS]
     for section, allowed in _SECTIONS.items():
         problems += [f"[{section}] unknown key {key!r}" for key in data.get(section, {}) if key not in allowed]
-    if "fasta" not in data.get("genome", {}):
-        problems.append("[genome] needs fasta = 'path/to/genome.fa'")
+    fastas = data.get("genome", {}).get("fasta")
+    fastas = [fastas] if isinstance(fastas, str) else fastas
+    if not fastas or not all(isinstance(f, str) for f in fastas):
+        problems.append("[genome] needs fasta = 'path/to/genome.fa' (or a list of FASTA paths, one genome each)")
+    elif len(fastas) > 1 and "name" in data["genome"]:
+        problems.append("[genome] name applies to a single fasta; with several, each genome is named after its file")
     if problems:
         raise InputError(f"{path}: {'; '.join(problems)}; allowed keys: "
                          + ", ".join(f"[{s}] {'/'.join(sorted(k))}" for s, k in _SECTIONS.items()))
@@ -97,7 +101,7 @@ def load_recipe(path: str | Path) -> Recipe:
     store = data.get("store", {})
     try:
         return Recipe(
-            fasta=resolve(data["genome"]["fasta"], base),
+            fastas=tuple(resolve(f, base) for f in fastas),
             genome_name=data["genome"].get("name"),
             out=resolve(store["out"], base) if "out" in store else path.with_suffix(""),
             tiling=TilingSpec(**data.get("tiling", {})),

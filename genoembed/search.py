@@ -134,6 +134,28 @@ def fasta_queries(path: str | Path) -> list[Query]:
     return queries
 
 
+class StoreGenomes:
+    """The genomes of a store seen as one, for cutting region queries: ``contigs`` lists every
+    contig, and ``fetch`` reads from the genome holding it (opened, and checksummed, on first use)."""
+
+    def __init__(self, store: Store):
+        self._store = store
+        self._opened: dict = {}
+        self.path = store.root
+        self.contigs = store.contig_lengths
+
+    def fetch(self, chrom: str, start: int, end: int, strand: str = "+") -> str:
+        name = self._store.genome_of_contig(chrom)
+        if name not in self._opened:
+            self._opened[name] = self._store.genome(name)
+        return self._opened[name].fetch(chrom, start, end, strand)
+
+
+def query_source(store: Store, genome: str | None = None):
+    """Where region/BED queries are cut from: the named genome, else all the store's genomes."""
+    return store.genome(genome) if genome is not None or len(store.genomes) == 1 else StoreGenomes(store)
+
+
 def _loaded_index(store: Store):
     cached = getattr(store, "_vector_index", None)
     if cached is None:
@@ -165,13 +187,13 @@ def search(store: Store, queries: list[Query | str], k: int = 10, nprobe: int | 
            chrom: str | None = None) -> pa.Table:
     """Top-``k`` tiles per query as a ``schema.HITS`` table (rank 1 = best).
 
-    String queries are regions on the store's genome. ``genome`` / ``chrom`` restrict hits
+    String queries are regions on the store's genomes (see :func:`query_source`). ``genome`` / ``chrom`` restrict hits
     to that subset of the store and still return ``k`` hits when the subset has them.
     """
     if not queries:
         raise InputError("no queries given")
     if any(isinstance(query, str) for query in queries):
-        source = store.genome()
+        source = query_source(store)
         queries = [region_queries(source, [q])[0] if isinstance(q, str) else q for q in queries]
     queries = _unique_names(queries)
     if k < 1:

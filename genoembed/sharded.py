@@ -25,46 +25,59 @@ import numpy as np
 
 from genoembed.errors import InputError, StoreError
 from genoembed.store import Store, atomic_write_bytes, file_sha256, write_lock
-from genoembed.vectors import (IndexSpec, Metric, _faiss, prepare, save_index, set_search_params,
-                               train_index)
+from genoembed.vectors import (IndexSpec, Metric, _faiss, add_store_vectors, prepare, save_index,
+                               set_search_params, train_index, with_tile_ids)
 
 SHARD_DIR = "index/shards"
 LAYOUT = "layout.json"
 
 
-def _with_ids(index):
-    """Flat-like indexes store no ids: wrap them so shard-local rows report global tile ids."""
-    faiss = _faiss()
-    return index if faiss.try_extract_index_ivf(index) is not None else faiss.IndexIDMap2(index)
-
-
 def build_sharded(store: Store, spec: IndexSpec, shards_per_index: int = 1, template=None) -> dict:
     """Build one index per ``shards_per_index`` Parquet shards from one trained template; returns the layout."""
-    faiss = _faiss()
     if shards_per_index < 1:
         raise InputError(f"shards_per_index={shards_per_index}: must be >= 1")
     template = template if template is not None else train_index(store, spec)
-    root = store.root / SHARD_DIR
-    entries = []
     with write_lock(store.root):
-        root.mkdir(parents=True, exist_ok=True)
-        paths = store.shard_paths
-        for number, first in enumerate(range(0, len(paths), shards_per_index)):
-            index = _with_ids(faiss.clone_index(template))
-            for ids, vectors in store.iter_embeddings(paths=paths[first:first + shards_per_index]):
-                index.add_with_ids(prepare(vectors, spec.metric), ids)
-            target = root / f"part-{number:05d}.faiss"
-            save_index(index, target)
-            entries.append({"path": target.name, "ntotal": int(index.ntotal), "sha256": file_sha256(target),
-                            "parquet": [p.name for p in paths[first:first + shards_per_index]]})
-        save_index(template, root / "trained.faiss")
+        (store.root / SHARD_DIR).mkdir(parents=True, exist_ok=True)
+        save_index(template, store.root / SHARD_DIR / "trained.faiss")
         layout = {"spec": spec.describe(), "metric": spec.metric.value, "dim": store.dim,
-                  "shards_per_index": shards_per_index, "shards": entries,
-                  "ntotal": sum(entry["ntotal"] for entry in entries)}
-        for stale in root.glob("part-*.faiss"):
-            if stale.name not in {entry["path"] for entry in entries}:
-                stale.unlink()
-        atomic_write_bytes(root / LAYOUT, json.dumps(layout, indent=2).encode())
+                  "shards_per_index": shards_per_index, "shards": []}
+        return _add_parts(store, layout, template, store.shard_paths)
+
+
+def refresh_sharded(store: Store) -> dict | None:
+    """Bring a sharded index (if the store has one) in line with its Parquet shards after an append
+    or a removal: parts over unchanged shards are kept, the rest rebuilt from the trained template."""
+    root = store.root / SHARD_DIR
+    if not (root / LAYOUT).is_file():
+        return None
+    layout = json.loads((root / LAYOUT).read_text())
+    current = {path.name for path in store.shard_paths}
+    layout["shards"] = [entry for entry in layout["shards"] if set(entry["parquet"]) <= current]
+    covered = {name for entry in layout["shards"] for name in entry["parquet"]}
+    with write_lock(store.root):
+        template = _faiss().read_index(str(root / "trained.faiss"))
+        return _add_parts(store, layout, template, [p for p in store.shard_paths if p.name not in covered])
+
+
+def _add_parts(store: Store, layout: dict, template, paths: list[Path]) -> dict:
+    """Index ``paths`` in groups of ``shards_per_index`` as new parts of ``layout``; write the layout."""
+    faiss, root, per_index = _faiss(), store.root / SHARD_DIR, layout["shards_per_index"]
+    metric = Metric(layout["metric"])
+    number = 1 + max((int(re.search(r"(\d+)", entry["path"]).group(1)) for entry in layout["shards"]), default=-1)
+    for first in range(0, len(paths), per_index):
+        index = with_tile_ids(faiss.clone_index(template))
+        add_store_vectors(index, store, metric, paths=paths[first:first + per_index])
+        target = root / f"part-{number:05d}.faiss"
+        save_index(index, target)
+        layout["shards"].append({"path": target.name, "ntotal": int(index.ntotal), "sha256": file_sha256(target),
+                                 "parquet": [p.name for p in paths[first:first + per_index]]})
+        number += 1
+    layout["ntotal"] = sum(entry["ntotal"] for entry in layout["shards"])
+    atomic_write_bytes(root / LAYOUT, json.dumps(layout, indent=2).encode())
+    for stale in root.glob("part-*.faiss"):
+        if stale.name not in {entry["path"] for entry in layout["shards"]}:
+            stale.unlink()
     return layout
 
 
@@ -138,7 +151,7 @@ def subset_mask(store: Store, genome: str | None = None, chrom: str | None = Non
         if value is not None:
             clauses.append(f"{name} = ${name}")
             parameters[name] = value
-    mask = np.zeros(store.num_tiles, dtype=bool)
+    mask = np.zeros(store.id_limit, dtype=bool)
     if not clauses:
         mask[:] = True
         return mask

@@ -128,8 +128,11 @@ def count_tiles(genome: Genome, spec: TilingSpec) -> int:
         * len(spec.strand_list)
 
 
-def plan_tiles(genome: Genome, spec: TilingSpec, batch_rows: int = 2048) -> Iterator[pa.RecordBatch]:
+def plan_tiles(genome: Genome, spec: TilingSpec, batch_rows: int = 2048,
+               first_tile_id: int = 0) -> Iterator[pa.RecordBatch]:
     """Stream tiles with their sequences as RecordBatches of ``schema.TILES_WITH_SEQUENCE``.
+
+    ids run from ``first_tile_id`` (a genome appended to a store continues its ids).
 
     Every batch holds exactly ``batch_rows`` rows except the last, so batch
     boundaries do not depend on contig boundaries. Memory is bounded by
@@ -146,7 +149,7 @@ def plan_tiles(genome: Genome, spec: TilingSpec, batch_rows: int = 2048) -> Iter
     if too_short:
         log.warning("%s: %d contigs shorter than the %d bp window get no tiles (e.g. %s)",
                     genome.path, len(too_short), spec.window, too_short[0])
-    next_id = 0
+    next_id = first_tile_id
     per_block = max(1, batch_rows // len(spec.strand_list))
     rows = {name: [] for name in schema.TILES_WITH_SEQUENCE.names}
     for chrom in contigs:
@@ -182,6 +185,6 @@ def plan_tiles(genome: Genome, spec: TilingSpec, batch_rows: int = 2048) -> Iter
                         rows = {name: [] for name in schema.TILES_WITH_SEQUENCE.names}
     if rows["tile_id"]:
         yield pa.RecordBatch.from_pydict(rows, schema=schema.TILES_WITH_SEQUENCE)
-    if next_id == 0:
+    if next_id == first_tile_id:
         raise InputError(f"{genome.path}: every tile was filtered out (max_n_fraction={spec.max_n_fraction}, "
                          f"soft_mask={spec.soft_mask.value}); relax the N or soft-mask policy")

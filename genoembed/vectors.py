@@ -67,12 +67,6 @@ def prepare(vectors: np.ndarray, metric: Metric | str) -> np.ndarray:
     return vectors
 
 
-def _sample_ids(total: int, size: int, seed: int) -> np.ndarray:
-    if total <= size:
-        return np.arange(total)
-    return np.sort(np.random.default_rng(seed).choice(total, size=size, replace=False))
-
-
 def _check_trainable(factory: str, train_rows: int, store_rows: int) -> None:
     """Refuse IVF layouts with more lists than training points, with a usable suggestion."""
     import re
@@ -97,14 +91,8 @@ def train_index(store, spec: IndexSpec):
                          "see the FAISS index-factory docs, e.g. 'Flat', 'IVF256,PQ16', 'HNSW32'") from None
     if index.is_trained:
         return index
-    wanted = _sample_ids(store.num_tiles, spec.train_size, spec.seed)
-    _check_trainable(spec.factory, len(wanted), store.num_tiles)
-    sample = []
-    for ids, vectors in store.iter_embeddings():
-        mask = np.isin(ids, wanted, assume_unique=True)
-        if mask.any():
-            sample.append(prepare(vectors[mask], spec.metric))
-    training = np.concatenate(sample)
+    _check_trainable(spec.factory, min(spec.train_size, store.num_tiles), store.num_tiles)
+    training = prepare(store.sample_embeddings(spec.train_size, spec.seed)[1], spec.metric)
     if gpu_available() and "HNSW" not in spec.factory:
         gpu_index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
         gpu_index.train(training)
@@ -113,15 +101,40 @@ def train_index(store, spec: IndexSpec):
     return index
 
 
-def build_index(store, spec: IndexSpec, progress: Callable[[int], None] | None = None):
-    """Build a FAISS index from the store's shards, streaming; returns the (CPU) index."""
-    index = train_index(store, spec)
-    for ids, vectors in store.iter_embeddings():
-        if ids[0] != index.ntotal or ids[-1] != index.ntotal + len(ids) - 1:
-            raise StoreError(f"{store.root}: tile ids are not contiguous at {index.ntotal}; run `genoembed verify`")
-        index.add(prepare(vectors, spec.metric))
+def with_tile_ids(index):
+    """``index``, able to store tile ids: IVF layouts take ids natively, others get an IndexIDMap2."""
+    faiss = _faiss()
+    if faiss.try_extract_index_ivf(index) is not None or isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2)):
+        return index
+    return faiss.IndexIDMap2(index)
+
+
+def add_store_vectors(index, store, metric: Metric | str, paths: list[Path] | None = None,
+                      progress: Callable[[int], None] | None = None) -> None:
+    """Add the store's vectors (all shards, or ``paths``) to ``index`` under their tile ids, streaming."""
+    for ids, vectors in store.iter_embeddings(paths=paths):
+        index.add_with_ids(prepare(vectors, metric), ids)
         if progress:
             progress(len(ids))
+
+
+def remove_tile_ids(index, tile_ids: np.ndarray) -> bool:
+    """Drop ``tile_ids`` from ``index`` in place; False when its type cannot remove (HNSW): rebuild it."""
+    faiss = _faiss()
+    before = index.ntotal
+    try:
+        removed = index.remove_ids(faiss.IDSelectorBatch(np.asarray(tile_ids, dtype=np.int64)))
+    except RuntimeError:
+        return False
+    if removed != len(tile_ids) or index.ntotal != before - len(tile_ids):
+        raise StoreError(f"index held {removed} of the {len(tile_ids)} tile ids to remove; rebuild the index")
+    return True
+
+
+def build_index(store, spec: IndexSpec, progress: Callable[[int], None] | None = None):
+    """Build a FAISS index (ids = tile ids) from the store's shards, streaming; returns the (CPU) index."""
+    index = with_tile_ids(train_index(store, spec))
+    add_store_vectors(index, store, spec.metric, progress=progress)
     return index
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -15,36 +16,32 @@ from genoembed.vectors import load_index
 def verify_store(store: Store) -> list[str]:
     """Every inconsistency between files and manifest: checksums, rows, ids, provenance, index."""
     problems = []
-    next_id = 0
+    previous_id = -1
     for shard in store.manifest["shards"]:
         path = store.root / shard["path"]
         where = shard["path"]
         if not path.is_file():
             problems.append(f"{where}: missing")
-            next_id += shard["rows"]
             continue
         if file_sha256(path) != shard["sha256"]:
             problems.append(f"{where}: sha256 differs from the manifest (file changed or corrupt)")
         try:
-            table = pq.read_table(path, columns=["tile_id"])
-            metadata = pq.read_schema(path).metadata or {}
+            ids = pq.read_table(path, columns=["tile_id"]).column("tile_id").to_numpy()
             shard_schema = pq.read_schema(path)
         except (OSError, pa.ArrowInvalid) as error:
             problems.append(f"{where}: unreadable Parquet ({str(error).splitlines()[0]})")
-            next_id += shard["rows"]
             continue
-        if table.num_rows != shard["rows"]:
-            problems.append(f"{where}: {table.num_rows} rows, manifest says {shard['rows']}")
-        ids = table.column("tile_id").to_pylist()
-        if ids != list(range(next_id, next_id + len(ids))):
-            problems.append(f"{where}: tile ids are not the contiguous run starting at {next_id}")
-        next_id += shard["rows"]
-        provenance = json.loads(metadata.get(PROVENANCE_KEY, b"{}"))
-        if provenance != store.provenance:
-            problems.append(f"{where}: provenance differs from the manifest (mixed models or settings)")
-        expected = schema.embeddings_schema(store.dim, store.provenance.get("embedding_dtype", "float32"))
-        if not shard_schema.remove_metadata().equals(expected):
-            problems.append(f"{where}: column schema differs from the store's (dim {store.dim})")
+        if len(ids) != shard["rows"]:
+            problems.append(f"{where}: {len(ids)} rows, manifest says {shard['rows']}")
+        if len(ids) and (ids[0] <= previous_id or (np.diff(ids) <= 0).any()):
+            problems.append(f"{where}: tile ids are not unique and increasing (after id {previous_id})")
+        if len(ids) and (ids[0] != shard["first_tile_id"] or ids[-1] != shard["last_tile_id"]):
+            problems.append(f"{where}: tile ids {ids[0]}..{ids[-1]}, manifest says "
+                            f"{shard['first_tile_id']}..{shard['last_tile_id']}")
+        previous_id = max(previous_id, int(ids[-1])) if len(ids) else previous_id
+        problems += _provenance_problems(store, shard, shard_schema)
+    if previous_id >= store.id_limit:
+        problems.append(f"manifest: next_tile_id {store.id_limit} is not past the largest tile id {previous_id}")
     index_entry = store.manifest.get("index")
     if index_entry:
         path = store.root / index_entry["path"]
@@ -58,6 +55,9 @@ def verify_store(store: Store) -> list[str]:
                 problems.append(f"{index_entry['path']}: index dim {index.d} != embedding dim {store.dim}")
             if index.ntotal != store.num_tiles:
                 problems.append(f"{index_entry['path']}: index holds {index.ntotal} vectors, store {store.num_tiles}")
+        if set(index_entry.get("genomes", ())) != set(store.genomes):
+            problems.append(f"{index_entry['path']}: index covers genomes {', '.join(index_entry.get('genomes', ()))}, "
+                            f"store holds {', '.join(store.genomes)}; rerun `genoembed index` to update it")
     for section in ("annotations", "searches"):
         for name, entry in store.manifest.get(section, {}).items():
             path = store.root / entry["path"]
@@ -65,4 +65,22 @@ def verify_store(store: Store) -> list[str]:
                 problems.append(f"{entry['path']}: missing ({section} {name!r})")
             elif "sha256" in entry and file_sha256(path) != entry["sha256"]:
                 problems.append(f"{entry['path']}: sha256 differs from the manifest")
+    return problems
+
+
+def _provenance_problems(store: Store, shard: dict, shard_schema: pa.Schema) -> list[str]:
+    """A shard must carry the store's model/tiling provenance and the FASTA checksum of its genome."""
+    where, problems = shard["path"], []
+    provenance = json.loads((shard_schema.metadata or {}).get(PROVENANCE_KEY, b"{}"))
+    genome = provenance.pop("genome", {})
+    if provenance != store.provenance:
+        problems.append(f"{where}: provenance differs from the manifest (mixed models or settings)")
+    recorded = store.genomes.get(shard.get("genome"))
+    if recorded is None:
+        problems.append(f"{where}: genome {shard.get('genome')!r} is not in the manifest's genomes")
+    elif genome.get("sha256") != recorded["sha256"]:
+        problems.append(f"{where}: written from another FASTA than genome {recorded['name']!r} (sha256 differs)")
+    expected = schema.embeddings_schema(store.dim, store.provenance.get("embedding_dtype", "float32"))
+    if not shard_schema.remove_metadata().equals(expected):
+        problems.append(f"{where}: column schema differs from the store's (dim {store.dim})")
     return problems

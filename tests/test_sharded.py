@@ -7,33 +7,20 @@ import pytest
 
 from genoembed.embedders.kmer import KmerEmbedder
 from genoembed.errors import InputError
-from genoembed.genome import open_genome
+from genoembed.pipeline import index
 from genoembed.sharded import ShardedIndex, build_sharded, filtered_search, merge_ondisk, subset_mask
-from genoembed.store import Store, StoreWriter
+from genoembed.store import Store
 from genoembed.synthetic import random_genome, write_fasta
-from genoembed.tiles import TilingSpec, plan_tiles
+from genoembed.tiles import TilingSpec
 from genoembed.vectors import IndexSpec, build_index, prepare
 
 TILING = TilingSpec(window=200, stride=100)
 
 
 def write_multi_genome_store(root, fastas, embedder, shard_rows=300):
-    """A store holding several genomes (tile ids continue from one genome to the next)."""
-    import pyarrow as pa
-
-    genomes = [open_genome(path) for path in fastas]
-    provenance = {"embedder": embedder.describe(), "tiling": TILING.describe(),
-                  "genome": {"names": [g.name for g in genomes]}, "embedding_dtype": "float32"}
-    writer = StoreWriter(root, provenance, embedder.dim, shard_rows=shard_rows)
-    offset = 0
-    for genome in genomes:
-        for batch in plan_tiles(genome, TILING, batch_rows=256):
-            ids = pa.array(batch.column(0).to_numpy() + offset)
-            batch = batch.set_column(0, batch.schema.field(0), ids)
-            writer.write(batch, embedder.embed(batch.column("sequence").to_pylist()))
-            last = ids[-1].as_py() + 1
-        offset = last
-    writer.close()
+    """A store holding several genomes, each appended after the last (tile ids continue)."""
+    for fasta in fastas:
+        index(fasta, root, embedder=embedder, tiling=TILING, index_spec=None, shard_rows=shard_rows, append=True)
     return Store.open(root)
 
 

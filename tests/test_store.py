@@ -9,7 +9,7 @@ from genoembed.embedders.kmer import KmerEmbedder
 from genoembed.errors import StoreError
 from genoembed.genome import open_genome
 from genoembed.pipeline import index
-from genoembed.store import PROVENANCE_KEY, Store, StoreWriter, file_sha256, write_lock
+from genoembed.store import PROVENANCE_KEY, Store, StoreWriter, file_sha256, genome_entry, write_lock
 from genoembed.tiles import TilingSpec, plan_tiles
 
 from conftest import PLASMID_FASTA
@@ -139,7 +139,7 @@ def test_tiles_lookup_preserves_requested_order(tmp_path):
 def test_writer_rejects_wrong_embedding_shape(tmp_path):
     genome = open_genome(PLASMID_FASTA)
     batch = next(plan_tiles(genome, TilingSpec(window=500, stride=500)))
-    writer = StoreWriter(tmp_path / "s", {"embedding_dtype": "float32"}, dim=8)
+    writer = StoreWriter(tmp_path / "s", {"embedding_dtype": "float32"}, dim=8, genome=genome_entry(genome))
     with pytest.raises(StoreError, match="expected"):
         writer.write(batch, np.zeros((batch.num_rows, 9), dtype=np.float32))
 

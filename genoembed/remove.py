@@ -1,0 +1,110 @@
+"""`remove`: take a genome, or some of its contigs, out of a store (rows, tile ids, index entries).
+
+Shards holding removed rows are rewritten under new shard numbers; one atomic
+manifest write then switches to them and drops the index entry; only after
+that are the old files deleted and the index brought up to date (ids removed
+in place, or rebuilt for index types that cannot remove, such as HNSW). A
+crash at any point therefore leaves a consistent store, at worst without an
+index, which the next `genoembed index` (or this command again) rebuilds.
+Removed tile ids are never reused.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from genoembed.errors import InputError, StoreError
+from genoembed.store import Store, _read_manifest, _write_manifest, file_sha256, write_lock, write_shard
+from genoembed.vectors import INDEX_FILE, IndexSpec, load_index, remove_tile_ids
+
+log = logging.getLogger(__name__)
+
+
+def remove(store: Store, genome: str, contigs: Sequence[str] = ()) -> dict:
+    """Remove ``genome`` (or only its ``contigs``) from ``store``; returns what was removed."""
+    from genoembed.pipeline import _save_store_index, build_store_index
+    from genoembed.sharded import refresh_sharded
+
+    with write_lock(store.root):
+        manifest = _read_manifest(store.root)
+        entry = _check_request(store, manifest, genome, contigs)
+        old_index = _load_current_index(store, manifest.get("index"))
+        kept, removed_ids, replaced = [], [], []
+        for shard in manifest["shards"]:
+            if shard["genome"] != genome:
+                kept.append(shard)
+                continue
+            table = pq.read_table(store.root / shard["path"])
+            gone = pc.is_in(table["chrom"], value_set=pa.array(list(contigs))) if contigs else \
+                pa.array(np.ones(table.num_rows, dtype=bool))
+            if not pc.any(gone).as_py():
+                kept.append(shard)
+                continue
+            removed_ids.append(table.filter(gone)["tile_id"].to_numpy())
+            replaced.append(store.root / shard["path"])
+            rest = table.filter(pc.invert(gone))
+            if rest.num_rows:
+                kept.append(_rewritten(store, manifest, shard, rest))
+        manifest["shards"] = kept
+        if contigs:
+            entry["contig_lengths"] = {c: n for c, n in entry["contig_lengths"].items() if c not in contigs}
+            entry["removed_contigs"] = entry.get("removed_contigs", []) + list(contigs)
+        else:
+            del manifest["genomes"][genome]
+        index_entry, manifest["index"] = manifest.get("index"), None
+        _write_manifest(store.root, manifest)
+        for path in replaced:
+            path.unlink()
+        store.manifest = manifest
+        ids = np.concatenate(removed_ids) if removed_ids else np.empty(0, dtype=np.int64)
+        if index_entry:
+            spec = IndexSpec(**index_entry["spec"])
+            if old_index is not None and remove_tile_ids(old_index, ids):
+                _save_store_index(store, spec, old_index)
+            else:
+                log.warning("%s: the %s index cannot remove vectors in place; rebuilding it",
+                            store.root, spec.factory)
+                build_store_index(store, spec)
+        refresh_sharded(store)
+    return {"genome": genome, "contigs": list(contigs), "tiles_removed": int(len(ids)),
+            "shards_rewritten": len(replaced), "tiles_left": store.num_tiles}
+
+
+def _check_request(store: Store, manifest: dict, genome: str, contigs: Sequence[str]) -> dict:
+    """The genome's manifest entry, once the request is known to make sense."""
+    if manifest.get("status") != "complete":
+        raise StoreError(f"{store.root}: store build is incomplete; finish it with `genoembed index` before removing")
+    entry = manifest["genomes"].get(genome)
+    if entry is None:
+        raise InputError(f"{store.root}: no genome {genome!r} in the store; it holds {', '.join(manifest['genomes'])}")
+    unknown = [chrom for chrom in contigs if chrom not in entry["contig_lengths"]]
+    if unknown:
+        raise InputError(f"{store.root}: genome {genome!r} has no contig {unknown[0]!r} "
+                         f"(known: {', '.join(list(entry['contig_lengths'])[:5])})")
+    if len(manifest["genomes"]) == 1 and (not contigs or set(contigs) >= set(entry["contig_lengths"])):
+        raise InputError(f"{store.root}: that would remove everything the store holds; delete the directory instead")
+    return entry
+
+
+def _load_current_index(store: Store, index_entry: dict | None):
+    """The store's index when its file matches the manifest (None: it must be rebuilt)."""
+    if not index_entry:
+        return None
+    path = store.root / INDEX_FILE
+    if not path.is_file() or file_sha256(path) != index_entry["sha256"]:
+        return None
+    return load_index(path)
+
+
+def _rewritten(store: Store, manifest: dict, shard: dict, rest: pa.Table) -> dict:
+    """``rest`` written as a new shard; its manifest entry."""
+    path = write_shard(store.root, manifest, rest)
+    ids = rest["tile_id"]
+    return {**shard, "path": path, "rows": rest.num_rows, "sha256": file_sha256(store.root / path),
+            "first_tile_id": ids[0].as_py(), "last_tile_id": ids[-1].as_py()}

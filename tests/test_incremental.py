@@ -1,0 +1,284 @@
+"""Several genomes in one store: append (index extended, not retrained) and remove (rows, ids, index).
+
+Every search result is checked against brute-force numpy over the vectors the store holds.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from genoembed.cli import app
+from genoembed.embedders.kmer import KmerEmbedder
+from genoembed.errors import InputError, StoreError
+from genoembed.pipeline import index
+from genoembed.remove import remove
+from genoembed.sharded import ShardedIndex, build_sharded
+from genoembed.store import MANIFEST, Store
+from genoembed.synthetic import random_genome, write_fasta
+from genoembed.tiles import TilingSpec
+from genoembed.vectors import INDEX_FILE, IndexSpec, load_index, prepare, set_search_params
+from genoembed.verify import verify_store
+
+TILING = TilingSpec(window=300, stride=150, strands="both")
+EMBEDDER = KmerEmbedder(k=3)
+
+
+@pytest.fixture
+def fastas(tmp_path):
+    lengths = [{"a1": 9_000, "a2": 4_000}, {"b1": 7_000, "b2": 3_000, "b3": 2_000}, {"c1": 5_000}]
+    return [write_fasta(tmp_path / f"g{n}.fa", random_genome(length, seed=n + 1)) for n, length in enumerate(lengths)]
+
+
+def build(fasta, out, append=False, spec=IndexSpec("Flat"), **options):
+    return index(fasta, out, embedder=EMBEDDER, tiling=TILING, index_spec=spec, shard_rows=40, append=append,
+                 **options)
+
+
+def stored(store: Store) -> tuple[np.ndarray, np.ndarray]:
+    ids, vectors = zip(*store.iter_embeddings())
+    return np.concatenate(ids), np.concatenate(vectors)
+
+
+def assert_index_matches_brute_force(store: Store, k: int = 7):
+    """The store's FAISS index returns the exact top-k of the vectors the shards hold, by tile id."""
+    ids, vectors = stored(store)
+    normalised = prepare(vectors, "ip")
+    queries = normalised[np.random.default_rng(0).choice(len(ids), 25, replace=False)]
+    index = load_index(store.root / INDEX_FILE)
+    set_search_params(index, nprobe=4)  # every list of the IVF4 layouts used here: exact
+    scores, found = index.search(queries, k)
+    expected = np.sort(queries @ normalised.T, axis=1)[:, ::-1][:, :k]
+    np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-6)
+    assert np.isin(found, ids).all()
+    rows = {tile_id: row for row, tile_id in enumerate(ids)}
+    np.testing.assert_allclose(np.einsum("qd,qkd->qk", queries, normalised[[[rows[i] for i in q] for q in found]]),
+                               scores, rtol=1e-5, atol=1e-6)
+
+
+def ivf_centroids(index) -> np.ndarray:
+    import faiss
+
+    quantizer = faiss.downcast_index(faiss.extract_index_ivf(index).quantizer)
+    return quantizer.reconstruct_n(0, quantizer.ntotal)
+
+
+def test_append_continues_ids_and_extends_the_index_without_retraining(tmp_path, fastas):
+    out = tmp_path / "s"
+    first = build(fastas[0], out, spec=IndexSpec("IVF4,Flat"))
+    centroids = ivf_centroids(load_index(out / INDEX_FILE))
+    before = first.num_tiles
+    store = build(fastas[1], out, append=True, spec=IndexSpec("IVF4,Flat"))
+    assert list(store.genomes) == ["g0", "g1"]
+    assert store.genomes["g1"]["first_tile_id"] == before
+    ids, _ = stored(store)
+    np.testing.assert_array_equal(ids, np.arange(store.num_tiles))
+    tiles = store.tiles(np.array([0, before]))
+    assert tiles["genome"].to_pylist() == ["g0", "g1"]
+    assert tiles["chrom"].to_pylist() == ["a1", "b1"]
+    grown = load_index(out / INDEX_FILE)
+    assert grown.ntotal == store.num_tiles
+    np.testing.assert_array_equal(ivf_centroids(grown), centroids)  # the same trained quantizer
+    assert store.manifest["index"]["genomes"] == ["g0", "g1"]
+    assert verify_store(store) == []
+    # rerunning the append is a no-op, not a second copy
+    again = build(fastas[1], out, append=True, spec=IndexSpec("IVF4,Flat"))
+    assert again.num_tiles == store.num_tiles
+
+
+def test_appended_store_equals_the_genomes_indexed_together(tmp_path, fastas):
+    appended = build(fastas[0], tmp_path / "a")
+    appended = build(fastas[1], tmp_path / "a", append=True)
+    together = build(fastas[0], tmp_path / "t", spec=None)
+    together = build(fastas[1], tmp_path / "t", append=True)
+    for left, right in zip(stored(appended), stored(together)):
+        np.testing.assert_array_equal(left, right)
+    assert_index_matches_brute_force(appended)
+
+
+def test_adding_a_genome_needs_append_and_a_matching_store(tmp_path, fastas):
+    out = tmp_path / "s"
+    build(fastas[0], out)
+    with pytest.raises(StoreError, match=r"holds genome\(s\) g0; pass --append to add 'g1'"):
+        build(fastas[1], out)
+    with pytest.raises(StoreError, match="different tiling"):
+        index(fastas[1], out, embedder=EMBEDDER, tiling=TilingSpec(window=200, stride=200), append=True)
+    with pytest.raises(StoreError, match="genome 'g0' in the store came from another FASTA"):
+        build(fastas[1], out, append=True, genome_name="g0")
+    assert list(Store.open(out).genomes) == ["g0"]
+    assert verify_store(Store.open(out)) == []
+
+
+def test_interrupted_append_resumes(tmp_path, fastas, monkeypatch):
+    out = tmp_path / "s"
+    build(fastas[0], out)
+    reference = build(fastas[1], tmp_path / "ref")
+    calls = {"n": 0}
+    real_embed = KmerEmbedder.embed
+
+    def failing(self, sequences):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_embed(self, sequences)
+
+    monkeypatch.setattr(KmerEmbedder, "embed", failing)
+    with pytest.raises(KeyboardInterrupt):
+        index(fastas[1], out, embedder=EMBEDDER, tiling=TILING, shard_rows=40, append=True, embed_rows=50)
+    with pytest.raises(StoreError, match="incomplete"):
+        Store.open(out)
+    with pytest.raises(StoreError, match="genome 'g1' is only partly built"):
+        build(fastas[2], out, append=True)
+    monkeypatch.setattr(KmerEmbedder, "embed", real_embed)
+    store = build(fastas[1], out, append=True)
+    tiles = store.sql("SELECT chrom, start, strand FROM tiles WHERE genome = 'g1' ORDER BY tile_id")
+    expected = reference.sql("SELECT chrom, start, strand FROM tiles ORDER BY tile_id")
+    assert tiles.to_pylist() == expected.to_pylist()
+    assert verify_store(store) == []
+
+
+@pytest.mark.parametrize("factory", ["Flat", "IVF4,Flat", "HNSW16"])
+def test_removing_contigs_drops_rows_ids_and_index_entries(tmp_path, fastas, factory):
+    out = tmp_path / "s"
+    build(fastas[0], out, spec=IndexSpec(factory))
+    store = build(fastas[1], out, append=True, spec=IndexSpec(factory))
+    before_ids, _ = stored(store)
+    doomed = store.sql("SELECT tile_id FROM tiles WHERE chrom IN ('b1', 'b3')")["tile_id"].to_numpy()
+    summary = remove(store, "g1", ["b1", "b3"])
+    assert summary["tiles_removed"] == len(doomed) > 0
+    store = Store.open(out)
+    ids, _ = stored(store)
+    np.testing.assert_array_equal(ids, np.setdiff1d(before_ids, doomed))  # the others keep their ids
+    assert set(store.sql("SELECT DISTINCT chrom FROM tiles")["chrom"].to_pylist()) == {"a1", "a2", "b2"}
+    assert load_index(out / INDEX_FILE).ntotal == store.num_tiles
+    assert store.genomes["g1"]["removed_contigs"] == ["b1", "b3"]
+    assert "b1" not in store.contig_lengths
+    with pytest.raises(StoreError, match=f"tile id {doomed[0]} is not in the store"):
+        store.tiles(doomed[:1])
+    assert verify_store(store) == []
+    if factory != "HNSW16":  # HNSW is approximate; its rebuilt index is checked by ntotal above
+        assert_index_matches_brute_force(store)
+    # ids are never reused: a genome appended afterwards starts past the largest id ever given
+    store = build(fastas[2], out, append=True, spec=IndexSpec(factory))
+    assert store.genomes["g2"]["first_tile_id"] == before_ids.max() + 1
+    assert verify_store(store) == []
+
+
+def test_removing_a_genome_and_refusals(tmp_path, fastas):
+    out = tmp_path / "s"
+    build(fastas[0], out)
+    store = build(fastas[1], out, append=True)
+    with pytest.raises(InputError, match="no genome 'nope' in the store; it holds g0, g1"):
+        remove(store, "nope")
+    with pytest.raises(InputError, match="genome 'g1' has no contig 'a1'"):
+        remove(store, "g1", ["a1"])
+    remove(store, "g0")
+    store = Store.open(out)
+    assert list(store.genomes) == ["g1"]
+    assert set(store.sql("SELECT DISTINCT genome FROM tiles")["genome"].to_pylist()) == {"g1"}
+    assert_index_matches_brute_force(store)
+    with pytest.raises(InputError, match="would remove everything"):
+        remove(store, "g1")
+    assert verify_store(store) == []
+
+
+def test_crash_after_the_manifest_switch_leaves_a_store_that_rebuilds(tmp_path, fastas, monkeypatch):
+    out = tmp_path / "s"
+    build(fastas[0], out)
+    store = build(fastas[1], out, append=True)
+
+    def crash(*_args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("genoembed.remove.remove_tile_ids", crash)
+    with pytest.raises(KeyboardInterrupt):
+        remove(store, "g1", ["b2"])
+    store = Store.open(out)
+    assert store.manifest["index"] is None
+    assert "b2" not in store.sql("SELECT DISTINCT chrom FROM tiles")["chrom"].to_pylist()
+    assert sorted(p.name for p in (out / "shards").glob("*.parquet")) == sorted(p.name for p in store.shard_paths)
+    assert verify_store(store) == []
+    store = build(fastas[1], out, append=True)  # the same command again rebuilds the index
+    assert_index_matches_brute_force(store)
+
+
+def test_sharded_index_follows_appends_and_removals(tmp_path, fastas):
+    out = tmp_path / "s"
+    store = build(fastas[0], out)
+    build_sharded(store, IndexSpec("IVF4,Flat"), shards_per_index=2)
+    store = build(fastas[1], out, append=True)
+    remove(store, "g0", ["a2"])
+    store = Store.open(out)
+    sharded = ShardedIndex.open(store)
+    assert sharded.ntotal == store.num_tiles
+    ids, vectors = stored(store)
+    sharded.nprobe = 4  # every list: exact
+    queries = prepare(vectors[:20], "ip")
+    scores, found = sharded.search(queries, 5)
+    exact_scores, _ = load_index(out / INDEX_FILE).search(queries, 5)
+    np.testing.assert_allclose(scores, exact_scores, rtol=1e-5)  # ids may differ only among tied (+/-) tiles
+    assert np.isin(found, ids).all()
+
+
+def test_region_queries_find_their_genome(tmp_path, fastas):
+    out = tmp_path / "s"
+    build(fastas[0], out)
+    store = build(fastas[1], out, append=True)
+    hits = store.search(["b2:1-300"], k=3)
+    assert hits["genome"][0].as_py() == "g1" and hits["chrom"][0].as_py() == "b2"
+    clash = write_fasta(tmp_path / "g9.fa", random_genome({"b2": 3_000}, seed=9))
+    store = build(clash, out, append=True)
+    with pytest.raises(InputError, match="contig 'b2' is in genomes g1, g9; name one with --query-genome"):
+        store.search(["b2:1-300"], k=3)
+
+
+def test_format_1_store_is_read(tmp_path, fastas):
+    out = tmp_path / "s"
+    store = build(fastas[0], out)
+    manifest = json.loads((out / MANIFEST).read_text())
+    entry = manifest.pop("genomes")["g0"]
+    for key in ("first_tile_id", "status"):
+        entry.pop(key)
+    manifest["provenance"]["genome"] = entry
+    for shard in manifest["shards"]:
+        shard.pop("genome")
+    for key in ("next_tile_id", "next_shard"):
+        manifest.pop(key)
+    manifest["index"].pop("genomes")
+    manifest["format_version"] = 1
+    (out / MANIFEST).write_text(json.dumps(manifest))
+    old = Store.open(out)
+    assert list(old.genomes) == ["g0"] and old.id_limit == store.num_tiles
+    assert verify_store(old) == []
+    assert old.search(["a1:1-300"], k=2)["chrom"][0].as_py() == "a1"
+
+
+def test_cli_indexes_several_genomes_and_removes_one(tmp_path, fastas):
+    runner = CliRunner()
+    out = tmp_path / "s"
+    base = ["index", "--model", "kmer:3", "--window", "300", "--stride", "300", "--out", str(out), "--quiet"]
+    result = runner.invoke(app, base + ["--fasta", str(fastas[0]), "--fasta", str(fastas[1])])
+    assert result.exit_code == 0, result.output
+    store = Store.open(out)
+    assert list(store.genomes) == ["g0", "g1"]
+    assert store.manifest["index"]["genomes"] == ["g0", "g1"]
+    result = runner.invoke(app, base + ["--fasta", str(fastas[2])])
+    assert result.exit_code == 2 and "pass --append to add 'g2'" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert runner.invoke(app, base + ["--fasta", str(fastas[2]), "--append"]).exit_code == 0
+    info = runner.invoke(app, ["info", str(out)])
+    assert [line.split()[1] for line in info.output.splitlines() if line.startswith("genome ")] == ["g0", "g1", "g2"]
+    result = runner.invoke(app, ["remove", str(out), "--genome", "g1", "--contig", "b2"])
+    assert result.exit_code == 0, result.output
+    removed = pq.read_table([p for p in Store.open(out).shard_paths][0]).num_rows  # shards still readable
+    assert removed > 0
+    assert "removed" in result.output and "contigs b2 of g1" in result.output
+    result = runner.invoke(app, ["remove", str(out), "--genome", "g7"])
+    assert result.exit_code == 2 and "no genome 'g7'" in result.output
+    assert runner.invoke(app, ["verify", str(out)]).exit_code == 0
+    hits = runner.invoke(app, ["search", str(out), "--region", "c1:1-300", "-k", "2", "--format", "json"])
+    assert hits.exit_code == 0, hits.output
