@@ -166,3 +166,16 @@ def test_missing_ray_names_the_extra(tmp_path, monkeypatch):
     with pytest.raises(MissingExtraError, match=r"pip install 'genoembed\[dist\]'"):
         index_with_ray(PLASMID_FASTA, tmp_path / "store", embedder=KmerEmbedder(k=4))
     assert not (tmp_path / "store").exists()
+
+
+def test_appending_a_genome_on_ray_matches_the_local_engine(tmp_path):
+    stores = {}
+    for engine in ("local", "ray"):
+        out = tmp_path / engine
+        options = {"num_workers": 2} if engine == "ray" else {}
+        for fasta in (CHLOROPLAST_FASTA, PLASMID_FASTA):
+            stores[engine] = index(fasta, out, embedder=KmerEmbedder(k=4), tiling=TILING, shard_rows=128,
+                                   embed_rows=64, append=True, engine=engine, engine_options=options)
+    assert list(stores["ray"].genomes) == [CHLOROPLAST_FASTA.name.split(".")[0], PLASMID_FASTA.name.split(".")[0]]
+    assert stores["ray"].manifest["genomes"] == stores["local"].manifest["genomes"]
+    assert_same_store(stores["ray"], stores["local"])
