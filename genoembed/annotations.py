@@ -33,6 +33,7 @@ _EXTENSIONS = {".bed": "bed", ".gtf": "gtf", ".gff": "gff3", ".gff3": "gff3",
                ".gb": "genbank", ".gbk": "genbank", ".genbank": "genbank"}
 _BED_EXTRA = ("score", "strand", "thickStart", "thickEnd", "itemRgb", "blockCount", "blockSizes", "blockStarts")
 _GFF_STRANDS = {"+": "+", "-": "-", ".": ".", "?": "."}
+_INTEGER = re.compile(r"-?[0-9]+")
 _GTF_ATTRIBUTE = re.compile(r'\s*([^\s;"]+)\s+(?:"((?:[^"\\]|\\.)*)"|([^;\s"][^;\s]*))\s*(?:;|$)')
 
 
@@ -71,7 +72,7 @@ def read_bed(path: str | Path) -> pa.Table:
     rows, problems = _Rows(path), _Problems(path)
     width = None
     for number, line in _lines(path):
-        if not line.strip() or line.startswith(("#", "track", "browser")):
+        if not line.strip() or _is_bed_header(line):
             continue
         fields = line.split("\t") if "\t" in line else line.split()
         if not 3 <= len(fields) <= 12:
@@ -99,10 +100,20 @@ def read_bed(path: str | Path) -> pa.Table:
     return rows.table()
 
 
+def _is_bed_header(line: str) -> bool:
+    """A comment, or a UCSC ``track``/``browser`` line: the keyword is a whole word (contig ``track1`` is data)."""
+    return line.startswith("#") or line.split(None, 1)[0] in ("track", "browser")
+
+
+def _integer(text: str) -> int | None:
+    """ASCII digits with an optional '-', else None: int() would also take ``1_000``, ``+5`` or ``٣``."""
+    text = text.strip()
+    return int(text) if _INTEGER.fullmatch(text) else None
+
+
 def _bed_interval(start_text: str, end_text: str, number: int, problems: _Problems) -> tuple[int | None, int | None]:
-    try:
-        start, end = int(start_text), int(end_text)
-    except ValueError:
+    start, end = _integer(start_text), _integer(end_text)
+    if start is None or end is None:
         problems.add(number, f"start/end {start_text!r}/{end_text!r} are not integers",
                      "columns 2 and 3 are 0-based integer coordinates")
         return None, None
@@ -195,9 +206,8 @@ def _gff_columns(line: str, number: int, problems: _Problems) -> tuple | None:
     fields = line.split("\t")
     if len(fields) != 9:
         return _fail(problems, number, f"{len(fields)} tab-separated columns", "GTF/GFF3 lines have exactly 9") or None
-    try:
-        start, end = int(fields[3]), int(fields[4])
-    except ValueError:
+    start, end = _integer(fields[3]), _integer(fields[4])
+    if start is None or end is None:
         return _fail(problems, number, f"start/end {fields[3]!r}/{fields[4]!r} are not integers",
                      "columns 4 and 5 are 1-based integer coordinates") or None
     if start < 1 or start > end:
@@ -213,7 +223,7 @@ def _gtf_attributes(text: str, number: int, problems: _Problems) -> dict[str, st
     """``key "value";`` pairs; a repeated key (``tag``) keeps every value, comma-joined."""
     attributes: dict[str, str] = {}
     text = text.strip()
-    position = 0
+    position = 0 if text != "." else 1  # '.' is an empty column, as in GFF3
     while position < len(text):
         match = _GTF_ATTRIBUTE.match(text, position)
         if match is None:

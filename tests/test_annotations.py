@@ -119,6 +119,24 @@ def test_bed_errors_name_file_and_line(tmp_path, line, message):
         read_annotations(path)
 
 
+def test_bed_contig_named_like_a_header_keyword_is_data(tmp_path):
+    # found by tests/test_parsers_property.py: 'track1' used to be skipped as a track line
+    path = write(tmp_path, "kw.bed", "track name=x\ntrack1\t0\t5\nbrowser_2\t1\t2\nbrowser position c:1-9\n")
+    assert [(r["chrom"], r["start"], r["end"]) for r in rows(read_annotations(path))] == [
+        ("track1", 0, 5), ("browser_2", 1, 2)]
+
+
+@pytest.mark.parametrize("coordinate", ["1_000", "+5", "\u0663", "1e3"])
+def test_coordinates_are_plain_ascii_integers(tmp_path, coordinate):
+    # int() accepts the first three; bedtools and samtools would not read them as the same number
+    bed = write(tmp_path, "n.bed", f"c\t{coordinate}\t2000\n")
+    with pytest.raises(InputError, match=rf"n\.bed:1: start/end '{re.escape(coordinate)}'/'2000' are not integers"):
+        read_annotations(bed)
+    gtf = write(tmp_path, "n.gtf", f'c\tx\texon\t{coordinate}\t2000\t.\t+\t.\tgene_id "g";\n')
+    with pytest.raises(InputError, match=r"n\.gtf:1: start/end .* are not integers"):
+        read_annotations(gtf)
+
+
 def test_bed_reports_all_problems_with_summary_first(tmp_path):
     lines = ["track name=x", "c\t0\t10", "c\t10\t5", "c\t0\t10\tname", "c\tx\t10", "c\t0\t10"]
     path = write(tmp_path, "many.bed", "\n".join(lines) + "\n")
@@ -159,6 +177,12 @@ def test_gtf_missing_gene_id_names_file_and_line(tmp_path):
     text = (HAND / "genes.gtf").read_text() + 'chr1\tx\texon\t5\t9\t.\t+\t.\ttranscript_id "t";\n'
     path = write(tmp_path, "no_gene.gtf", text)
     with pytest.raises(InputError, match=r"no_gene\.gtf:6: no gene_id attribute; every GTF line needs gene_id"):
+        read_annotations(path)
+
+
+def test_gtf_empty_attribute_column_reports_the_missing_gene_id(tmp_path):
+    path = write(tmp_path, "dot.gtf", "chr1\tx\texon\t5\t9\t.\t+\t.\t.\n")
+    with pytest.raises(InputError, match=r"dot\.gtf:1: no gene_id attribute"):
         read_annotations(path)
 
 

@@ -619,3 +619,31 @@ def test_lowercasing_tokenizer_is_refused(model_dirs, tmp_path):
     path.write_text(json.dumps(config))
     with pytest.raises(ModelError, match="turns plain ACGT into unknown tokens"):
         TransformersEmbedder(tmp_path / "m")
+
+
+# --------------------------------------------------------------------------- fused ESM forward passes
+
+
+def test_esm_models_run_fused_and_match_the_stock_forward(model_dirs, embedders):
+    assert embedders["nt"].fused_forward and embedders["char"].fused_forward
+    assert not embedders["dnabert"].fused_forward  # BERT: stock transformers
+    rng = np.random.default_rng(11)
+    sequences = [random_dna(rng, n, with_n=True) for n in (40, 13, 300, 7, 61)]  # padded batches + chunks
+    for name in ("nt", "char"):
+        stock = TransformersEmbedder(model_dirs[name], reverse_complement=False, fuse=False, batch_size=3)
+        assert not stock.fused_forward
+        np.testing.assert_allclose(embedders[name].embed(sequences), stock.embed(sequences), atol=1e-5, rtol=1e-5)
+        fused_attention = embedders[name].model.encoder.layer[0].attention.self
+        assert not hasattr(fused_attention, "query")  # the separate q/k/v weights were freed
+
+
+def test_a_fusion_that_changes_vectors_is_refused(model_dirs, monkeypatch):
+    from genoembed.embedders import fused
+
+    monkeypatch.setattr(fused, "_fused_intermediate", lambda self, hidden: torch.relu(self.dense(hidden)))
+    embedder = TransformersEmbedder(model_dirs["char"], reverse_complement=False)
+    assert not embedder.fused_forward
+    assert any("fused forward passes changed probe vectors" in note for note in embedder.notes)
+    sequences = ["ACGTTGCAAC" * 3, "GGGACCA"]
+    np.testing.assert_allclose(embedder.embed(sequences), reference(model_dirs["char"], sequences, "char", "mean"),
+                               atol=2e-5, rtol=1e-4)

@@ -8,11 +8,12 @@ import math
 import numpy as np
 import pytest
 
-from conftest import DATA, PLASMID_FASTA
+from conftest import CHLOROPLAST_FASTA, CHLOROPLAST_GENBANK, DATA, PLASMID_FASTA, PLASMID_GENBANK, SHARED_DATA
 from genoembed.errors import InputError
 from genoembed.evaluate import (
-    IndexConfig, ann_recall, binned_recall, correct_ranks, derive_truth_minimap2, evaluate, identity_bin,
-    minimap2_available, mrr, read_coords, read_results, recall_at_k, sample_query_tiles, summary_markdown,
+    GeneFeature, IndexConfig, ann_recall, binned_recall, chance_agreement, correct_ranks, derive_truth_minimap2,
+    evaluate, family_key, family_ranks, gene_family_agreement, gene_features, identity_bin, minimap2_available, mrr,
+    read_coords, read_paf, read_results, recall_at_k, sample_query_tiles, split_at_indels, summary_markdown,
     truth_for_tiles, truth_lists,
 )
 from genoembed.genome import open_genome, reverse_complement
@@ -127,6 +128,132 @@ def test_derive_truth_minimap2_matches_the_known_placement(plasmid_contigs):
     assert rows["ctgA"]["identity"] == 100.0
     with pytest.raises(InputError, match="FASTA file not found"):
         derive_truth_minimap2(PLASMID_FASTA, contigs.with_name("nope.fa"))
+
+
+def test_split_at_indels_on_both_strands():
+    # 100M 60I 50M 5D 100M: the 60 bp insertion cuts, the 5 bp deletion does not
+    cigar = "100M60I50M5D100M"
+    assert split_at_indels(1000, 1310, 0, "+", cigar, min_gap=50) == [(1000, 1100, 0, 100), (1160, 1310, 100, 255)]
+    # minus strand: the reference walks forward while the query walks down from its end
+    assert split_at_indels(1000, 1310, 0, "-", cigar, min_gap=50) == [(1210, 1310, 0, 100), (1000, 1150, 100, 255)]
+    assert split_at_indels(1000, 1310, 0, "+", cigar, min_gap=5) == [
+        (1000, 1100, 0, 100), (1160, 1210, 100, 150), (1210, 1310, 155, 255)]
+
+
+def test_read_paf_splits_blocks_only_with_a_cigar():
+    line = "q\t2000\t1000\t1310\t+\tr\t5000\t0\t255\t240\t315\t60\tcg:Z:100M60I50M5D100M"
+    whole = read_paf(line).to_pylist()
+    assert [(r["query_start"], r["query_end"], r["ref_start"], r["ref_end"]) for r in whole] == [(1000, 1310, 0, 255)]
+    split = read_paf(line, split_gap=50).to_pylist()
+    assert [(r["query_start"], r["ref_start"]) for r in split] == [(1000, 0), (1160, 100)]
+    assert {r["identity"] for r in split} == {100.0 * 240 / 315}
+    assert read_paf(line.rsplit("\t", 1)[0], split_gap=50).num_rows == 1  # no cg:Z tag: the block as it is
+
+
+@needs_minimap2
+@pytest.mark.slow
+@pytest.mark.skipif(not (SHARED_DATA / "ecoli_k12").is_dir(), reason="shared E. coli K-12 data not present")
+def test_cross_strain_truth_spans_hold_the_tile_sequence():
+    """DH1 vs MG1655 align in 2.6 Mbp blocks; without cutting at indels the linear mapping drifts off."""
+    reference = SHARED_DATA / "ecoli_k12" / "MG1655-K12.fasta.gz"
+    queries = SHARED_DATA / "ecoli_k12" / "DH1.fasta.gz"
+    tiles, truth = sample_query_tiles(open_genome(queries), derive_truth_minimap2(reference, queries), 1000, 60)
+    ref = open_genome(reference)
+    shared = {}
+    for row in truth.to_pylist():
+        true = ref.fetch(row["ref_chrom"], row["ref_start"], row["ref_end"], row["strand"]).upper()
+        words = {true[i:i + 12] for i in range(len(true) - 11)}
+        tile = tiles[row["query_index"]].sequence
+        share = np.mean([tile[i:i + 12] in words for i in range(len(tile) - 11)])
+        shared[row["query_index"]] = max(shared.get(row["query_index"], 0.0), share)
+    assert len(shared) == 60 and min(shared.values()) > 0.8
+
+
+# --------------------------------------------------------------------------- gene-family agreement
+
+
+def test_family_key_rule():
+    assert [family_key(g) for g in ("rpoB", "rpoC1", "psbA", "rrn16S", "rrn4.5S", "trnfM", "nuoA-N", "rop")] == \
+        ["rpo", "rpo", "psb", "rrn", "rrn", "trn", "nuo", "rop"]
+    assert family_key("ArthCr088") == "arthcr088"  # not a Demerec symbol: its own family
+    assert family_key("abcd") == "abcd"
+    assert family_key(None, "  Ribosomal Protein\tS12 ") == "ribosomal protein s12"
+    assert family_key("rpsL", "ribosomal protein S12") == "rps"  # the gene symbol wins
+    assert family_key(None, None) is None and family_key(" ", "") is None
+
+
+def _annotations(rows):
+    import pyarrow as pa
+
+    from genoembed.schema import ANNOTATIONS
+
+    defaults = {"strand": "+", "name": None, "feature_id": None, "parent": None, "source": "hand"}
+    return pa.Table.from_pylist([{**defaults, **row} for row in rows], schema=ANNOTATIONS)
+
+
+def test_gene_features_keep_exons_and_collapse_duplicates():
+    table = _annotations([
+        {"chrom": "c", "start": 0, "end": 900, "type": "gene", "attributes": [("gene", "trnK")]},
+        {"chrom": "c", "start": 0, "end": 900, "type": "tRNA",
+         "attributes": [("gene", "trnK"), ("parts", "800-900:-,0-100:-")]},
+        {"chrom": "c", "start": 200, "end": 700, "type": "CDS", "attributes": [("gene", "matK")]},
+        {"chrom": "c", "start": 200, "end": 700, "type": "CDS", "attributes": [("gene", "matK"), ("note", "x")]},
+        {"chrom": "c", "start": 950, "end": 990, "type": "CDS", "attributes": [("locus_tag", "T1")]},
+        {"chrom": "c", "start": 990, "end": 999, "type": "repeat_region", "attributes": [("gene", "rpoB")]}])
+    features = gene_features(table)
+    assert features == [GeneFeature("c", ((0, 100), (800, 900)), "+", "trn"),  # exons, not the intron
+                        GeneFeature("c", ((200, 700),), "+", "mat")]
+    assert [f.family for f in gene_features(table, types=("gene",))] == ["trn"]
+
+
+FEATURES = [GeneFeature("c", ((0, 100), (800, 900)), "+", "trn"), GeneFeature("c", ((200, 700),), "+", "mat"),
+            GeneFeature("c", ((2000, 2500),), "-", "mat")]
+
+
+def test_family_ranks_exclusion_and_chance():
+    hits = [
+        [("c", 300, 400, "+"), ("c", 2100, 2200, "+")],  # own gene at 1, the paralog at 2
+        [("c", 100, 800, "+"), ("c", 850, 950, "+")],    # the intron of trnK only, then its second exon
+        [("d", 0, 100, "+")],                             # another chromosome
+    ]
+    families = ["mat", "trn", "mat"]
+    assert family_ranks(hits, families, FEATURES).tolist() == [1, 2, 0]
+    own = [FEATURES[1].intervals, FEATURES[0].intervals, []]
+    assert family_ranks(hits, families, FEATURES, excluded=own).tolist() == [1, 0, 0]  # ranks among kept hits
+    with pytest.raises(InputError, match="2 hit lists but 3 query families"):
+        family_ranks(hits[:2], families, FEATURES)
+    grid = [("c", s, s + 500) for s in range(0, 3000, 500)]  # 6 tiles; mat touches 2 (200-700) + 1 (2000-2500)
+    assert chance_agreement(grid, ["mat"], FEATURES) == pytest.approx(3 / 6)
+    # excluding the own gene drops the 2 tiles it touches from the pool and from the agreeing tiles
+    assert chance_agreement(grid, ["mat"], FEATURES, excluded=[FEATURES[1].intervals]) == pytest.approx(1 / 4)
+    assert math.isnan(chance_agreement(grid, [], FEATURES))
+
+
+def test_gene_family_agreement_chloroplast_self_retrieval(tmp_path):
+    from genoembed.embedders.kmer import KmerEmbedder
+
+    rows = gene_family_agreement(CHLOROPLAST_FASTA, CHLOROPLAST_GENBANK, {"kmer5": KmerEmbedder(5)}, tile=300,
+                                 substitution_rates=(0.0, 0.2), minimap2=False, workdir=tmp_path).to_pylist()
+    assert [(r["substitution_rate"], r["own_gene"]) for r in rows] == [
+        (0.0, "kept"), (0.0, "excluded"), (0.2, "kept"), (0.2, "excluded")]
+    kept, excluded = rows[0], rows[1]
+    assert kept["query_genes"] == excluded["query_genes"] > 30
+    assert kept["family_at_1"] > 0.9 and kept["family_at_1"] > 5 * kept["chance_at_1"]
+    assert all(r["family_at_10"] >= r["family_at_1"] for r in rows)
+    assert excluded["family_at_1"] < kept["family_at_1"]  # the own gene is out of reach
+    assert rows[2]["family_at_1"] <= kept["family_at_1"]
+
+
+def test_gene_family_agreement_rejects_annotations_of_other_contigs(tmp_path):
+    from genoembed.embedders.kmer import KmerEmbedder
+
+    # the plasmid FASTA names its record 'gi|...|ref|NC_005816.1|', the GenBank 'NC_005816.1'
+    with pytest.raises(InputError, match="contig\\(s\\) not in"):
+        gene_family_agreement(PLASMID_FASTA, PLASMID_GENBANK, {"k": KmerEmbedder(3)}, minimap2=False,
+                              workdir=tmp_path)
+    with pytest.raises(InputError, match="query_annotations"):
+        gene_family_agreement(CHLOROPLAST_FASTA, CHLOROPLAST_GENBANK, {"k": KmerEmbedder(3)},
+                              queries=CHLOROPLAST_FASTA, workdir=tmp_path)
 
 
 # --------------------------------------------------------------------------- metrics on hand-made cases

@@ -9,16 +9,20 @@ import os
 import random
 import shutil
 import stat
+import tracemalloc
 from pathlib import Path
 
+import numpy as np
+import pyfaidx
 import pytest
 from Bio import SeqIO, bgzf
 from Bio.Seq import reverse_complement as bio_reverse_complement
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from genoembed import genome as genome_module
 from genoembed.errors import InputError
-from genoembed.genome import Genome, genome_label, open_genome, reverse_complement
+from genoembed.genome import SEQUENCE_LETTERS, Genome, genome_label, open_genome, reverse_complement, scan_fasta
 from genoembed.synthetic import random_genome, write_fasta
 
 from conftest import SHARED_DATA
@@ -348,9 +352,9 @@ BAD_INPUTS = {
     "header only": (lambda p: (p / "ho.fa").write_text(">only\n") and p / "ho.fa",
                     r"ho\.fa: .*(empty|no FASTA records|valid sequence)"),
     "duplicate names": (lambda p: (p / "dup.fa").write_text(">a x\nACGT\n>a y\nGG\n") and p / "dup.fa",
-                        r"dup\.fa: Duplicate key \"a\"; record names must be unique"),
+                        r"dup\.fa: record name 'a' on line 3 repeats line 1; record names must be unique"),
     "ragged lines": (lambda p: (p / "rag.fa").write_text(">a\nACGT\nAC\nACGT\n") and p / "rag.fa",
-                     r"rag\.fa: malformed FASTA .*fix line lengths"),
+                     r"rag\.fa: record 'a', line 4: sequence after the shorter or blank line 3; fix line lengths"),
     "truncated gzip": (lambda p: _truncated_gzip(p / "cut.fa.gz"), r"cut\.fa\.gz: corrupt or truncated gzip"),
     "truncated bgzip": (lambda p: _truncated_bgzip(p / "cutb.fa.gz"),
                         r"cutb\.fa\.gz: corrupt or truncated compressed FASTA"),
@@ -377,3 +381,195 @@ def test_failed_gzip_leaves_no_partial_copy(tmp_path, cache):
     with pytest.raises(InputError, match="truncated"):
         open_genome(_truncated_gzip(tmp_path / "cut.fa.gz"))
     assert not (cache / "fasta").exists() or not any((cache / "fasta").iterdir())
+
+
+# --- indexing: streamed, byte-checked -----------------------------------------------------------------
+
+
+def _chunks(data: bytes, size: int) -> list[bytes]:
+    return [data[i:i + size] for i in range(0, len(data), size)]
+
+
+def _pyfaidx_index(path: Path, tmp_path: Path) -> list[str]:
+    fai = tmp_path / "reference.fai"
+    fai.unlink(missing_ok=True)
+    pyfaidx.Faidx(str(path), indexname=str(fai)).close()
+    return fai.read_text().splitlines(keepends=True)
+
+
+_LAYOUT = st.fixed_dictionaries({
+    "lengths": st.lists(st.integers(1, 300), min_size=1, max_size=4),
+    "width": st.integers(1, 80),
+    "newline": st.sampled_from(["\n", "\r\n"]),
+    "final_newline": st.booleans(),
+    "blank_after": st.booleans(),  # one blank line after each record ("\n" files only, as pyfaidx allows)
+    "chunk": st.integers(1, 97),
+    "seed": st.integers(0, 1000),
+})
+
+
+@settings(max_examples=60, deadline=None)
+@given(_LAYOUT)
+def test_streamed_index_matches_pyfaidx_for_any_layout_and_chunking(tmp_path_factory, layout):
+    tmp_path = tmp_path_factory.mktemp("layout")
+    records = random_genome({f"r{i}": n for i, n in enumerate(layout["lengths"])}, seed=layout["seed"])
+    newline = layout["newline"]
+    lines = []
+    for name, sequence in records.items():
+        lines += [f">{name} described"] + [sequence[i:i + layout["width"]]
+                                           for i in range(0, len(sequence), layout["width"])]
+        lines += [""] if layout["blank_after"] and newline == "\n" else []
+    text = newline.join(lines) + (newline if layout["final_newline"] else "")
+    path = tmp_path / "g.fa"
+    path.write_bytes(text.encode())
+    rows = scan_fasta(_chunks(path.read_bytes(), layout["chunk"]), path)
+    assert [row.fai_line() for row in rows] == _pyfaidx_index(path, tmp_path)
+    assert [row.line for row in rows] == [i + 1 for i, line in enumerate(lines) if line.startswith(">")]
+
+
+@pytest.mark.parametrize("compression", [None, "gzip", "bgzip"])
+def test_one_line_record_of_megabases_fetched_at_random_positions(tmp_path, monkeypatch, compression):
+    # a chunk size that is not a divisor of anything, so lines and CRLF pairs straddle chunks
+    monkeypatch.setattr(genome_module, "_SCAN_CHUNK", 65_537)
+    records = random_genome({"one_line": 3_000_000, "wrapped": 5_000}, seed=5)
+    records["one_line"] = records["one_line"][:1_000_000] + records["one_line"][1_000_000:1_200_000].lower() \
+        + "NRYKM" + records["one_line"][1_200_005:]
+    for newline in ("\n", "\r\n"):
+        path = tmp_path / f"single{len(newline)}.fa"
+        lines = [">one_line", records["one_line"], ">wrapped"] + [records["wrapped"][i:i + 70]
+                                                                  for i in range(0, 5000, 70)]
+        data = (newline.join(lines) + newline).encode()
+        if compression == "bgzip":
+            _bgzip_bytes(path, data)
+        else:
+            path.write_bytes(gzip.compress(data, compresslevel=1) if compression else data)
+        genome = open_genome(path)
+        assert genome.contigs == {"one_line": 3_000_000, "wrapped": 5_000}
+        rng = random.Random(len(newline))
+        for _ in range(200):
+            chrom = rng.choice(list(records))
+            start = rng.randrange(len(records[chrom]))
+            end = min(len(records[chrom]), start + rng.randrange(1, 3000))
+            assert genome.fetch(chrom, start, end) == records[chrom][start:end], (newline, chrom, start, end)
+        assert genome.fetch("one_line", 2_999_990, 3_000_000) == records["one_line"][-10:]
+
+
+GENBANK_PASTE = ">paste\n        1 acgtacgtac gtacgtacgt\n       21 acgt\n"
+HOSTILE = {
+    "genbank paste": (GENBANK_PASTE, r"record 'paste', line 2, column 1: space in sequence; .*GenBank/EMBL"),
+    "digits": (">d\nACGT\n1234\n", r"record 'd', line 3, column 1: character '1' in sequence; .*GenBank/EMBL"),
+    "tab": (">t\nACGT\nAC\tT\n", r"record 't', line 3, column 3: tab in sequence; .*converted to FASTA"),
+    "space at end": (">s\nACGT \nACG\n", r"record 's', line 2, column 5: space in sequence"),
+    "utf-8 é": (">u\nACGT\nACéT\n", r"record 'u', line 3, column 3: non-ASCII byte 0xc3 in sequence; "
+                                    r".*corrupt or not plain text"),
+    "NUL": (">n\nACGT\nAC\x00T\n", r"record 'n', line 3, column 3: NUL byte in sequence; .*re-download"),
+    "gap": (">g\nAC-T\n", r"record 'g', line 2, column 3: character '-' in sequence; .*gaps .*`seqkit seq -g`"),
+    "stop": (">p\nACGT*\n", r"record 'p', line 2, column 5: character '\*' in sequence; .*gaps and stops"),
+    "protein": (">p\nEFIL\n", r"record 'p', line 2, column 1: character 'E' in sequence; .*protein"),
+    "'>' inside a line": (">a\nAC>GT\n", r"record 'a', line 2, column 3: character '>' in sequence"),
+    "old Mac line ends": (">m\rACGT\rACGT\r", r"line 1: carriage return inside the header line \(old Mac .*mac2unix"),
+    "lone CR": (">c\nAC\rGT\n", r"record 'c', line 2, column 3: carriage return without newline in sequence; "
+                                r".*mac2unix"),
+    "mixed line ends": (">x\nACGT\r\nACGT\nAC\n", r"record 'x', line 3: line ending differs .*dos2unix"),
+    "long line": (">l\nACGT\nACGTA\nAC\n", r"record 'l', line 3: 5 bases but the record's first line has 4; "
+                                          r"fix line lengths"),
+    "blank line inside": (">b\nACGT\n\nACGT\n", r"record 'b', line 4: sequence after the shorter or blank line 3"),
+    "no name": (">\nACGT\n", r"line 1: header '>' has no name; write '>name'"),
+    "name not UTF-8": (b">\xff\xfe\nACGT\n", r"line 1: record name .* is not UTF-8 text; rename"),
+    "text before header": ("\n  \n x\n>a\nACGT\n", r"not a FASTA file|line 3: text before the first"),
+}
+
+
+@pytest.mark.parametrize("compression", [None, "gzip", "bgzip"])
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_hostile_sequence_bytes_refused_naming_record_line_and_fix(tmp_path, case, compression):
+    text, message = HOSTILE[case]
+    data = text if isinstance(text, bytes) else text.encode()
+    path = tmp_path / ("h.fa" + (".gz" if compression else ""))
+    if compression == "bgzip":
+        _bgzip_bytes(path, data)
+    else:
+        path.write_bytes(gzip.compress(data) if compression else data)
+    with pytest.raises(InputError, match=message) as caught:
+        open_genome(path)
+    text = str(caught.value)
+    assert text.startswith(f"{path}: ") and "\n" not in text
+
+
+def test_refusal_deep_in_a_big_file_names_the_right_line_and_caches_nothing(tmp_path, cache, monkeypatch):
+    monkeypatch.setattr(genome_module, "_SCAN_CHUNK", 4099)
+    records = random_genome({"a": 50_000, "b": 120_000}, seed=2)
+    line = 1 + 834 + 1 + 1_000 + 1  # header a, its 834 lines (50 000 / 60), header b, 1000 lines of b, then this one
+    wrapped = [records["b"][i:i + 60] for i in range(0, 120_000, 60)]
+    wrapped[1_000] = wrapped[1_000][:17] + " " + wrapped[1_000][18:]
+    text = write_fasta(tmp_path / "ok.fa", {"a": records["a"]}).read_text() + ">b\n" + "\n".join(wrapped) + "\n"
+    for compression in (None, "gzip", "bgzip"):
+        path = tmp_path / f"deep-{compression}.fa"
+        if compression == "bgzip":
+            _bgzip_bytes(path, text.encode())
+        else:
+            path.write_bytes(gzip.compress(text.encode()) if compression else text.encode())
+        for _ in range(2):  # refused again on a second open: a refused file leaves no index behind
+            with pytest.raises(InputError, match=rf"deep-{compression}\.fa: record 'b', line {line}, column 18: "
+                                                 "space in sequence"):
+                open_genome(path)
+    assert not list((cache / "fai").iterdir())
+
+
+def test_nul_before_any_header_is_still_called_binary(tmp_path):
+    path = tmp_path / "bin.fa"
+    path.write_bytes(b"\x00\x01>a\nACGT\n")
+    with pytest.raises(InputError, match=r"bin\.fa: binary data, not a FASTA file"):
+        open_genome(path)
+
+
+def test_sequence_alphabet_is_stated_once_and_accepted(tmp_path):
+    assert set(SEQUENCE_LETTERS.decode()) == set(IUPAC_BOTH_CASES)
+    sequence = SEQUENCE_LETTERS.decode() * 3
+    genome = open_genome(write_fasta(tmp_path / "all.fa", {"x": sequence}, line_width=7, newline="\r\n"))
+    assert genome.fetch("x", 0, len(sequence)) == sequence
+
+
+def test_bgzip_without_eof_marker_is_refused(tmp_path):
+    path = write_fasta(tmp_path / "noeof.fa.gz", _records(), compression="bgzip")
+    data = path.read_bytes()
+    path.write_bytes(data[:-28])  # the 28-byte empty EOF block bgzip appends
+    with pytest.raises(InputError, match=r"noeof\.fa\.gz: bgzip end-of-file marker missing"):
+        open_genome(path)
+
+
+_PIECE = 1 << 22
+_LETTERS = np.frombuffer(b"ACGTACGTACGTacgN", dtype=np.uint8)
+
+
+def _piece(index: int, length: int) -> bytes:
+    """Bases ``[index * _PIECE, ...)`` of a long seeded record, regenerated on demand (never held whole)."""
+    size = min(_PIECE, length - index * _PIECE)
+    return _LETTERS[np.random.default_rng([7, index]).integers(0, 16, size, dtype=np.uint8)].tobytes()
+
+
+@pytest.mark.slow
+def test_quarter_gigabase_single_line_indexes_in_bounded_memory(tmp_path, cache):
+    length = 250_000_000
+    path = tmp_path / "one-line.fa"
+    with open(path, "wb") as handle:
+        handle.write(b">chr1\n")
+        for index in range(-(-length // _PIECE)):
+            handle.write(_piece(index, length))
+        handle.write(b"\n>after\nACGT\n")
+    tracemalloc.start()
+    try:
+        genome = open_genome(path)
+        start = length - 3 * _PIECE - 123  # far into the line, across a piece boundary
+        fetched = genome.fetch("chr1", start, start + 10_000)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 2**20, f"indexing a {length:,} bp line peaked at {peak / 2**20:.0f} MiB of Python memory"
+    fai = next((cache / "fai").glob("*.fai")).read_text()
+    assert fai == f"chr1\t{length}\t6\t{length}\t{length + 1}\nafter\t4\t{6 + length + 1 + 7}\t4\t5\n"
+    first = start // _PIECE
+    oracle = _piece(first, length) + _piece(first + 1, length)
+    assert fetched == oracle[start - first * _PIECE:][:10_000].decode()
+    assert genome.fetch("after", 0, 4) == "ACGT"
+    path.unlink()

@@ -56,6 +56,7 @@ import numpy as np
 import torch
 
 from genoembed.embedders import families as fam
+from genoembed.embedders import fused
 from genoembed.embedders.pooling import (
     POOLINGS,
     average_strands,
@@ -79,6 +80,7 @@ _LOAD_ERRORS = (OSError, ValueError, RuntimeError, KeyError, TypeError, Attribut
 _ATTENTIONS = ("auto", "sdpa", "eager", "xformers")
 #: Reduced precision on CPU (bfloat16, float16) must keep this cosine to float32 on probe tiles.
 MIN_PROBE_COSINE = 0.999
+MIN_FUSED_COSINE = 0.99999  # float32: the fused passes differ from stock by rounding only
 _AUTO_BATCH_CPU = 64
 
 
@@ -104,6 +106,8 @@ class TransformersEmbedder:
     trust_remote_code : allow the Python code shipped in the directory to run.
     family : ``"auto"`` or a name from :data:`genoembed.embedders.families.FAMILIES`.
     compile : run the model through ``torch.compile`` for the common batch shape (opt-in).
+    fuse : ESM-family models run fused forward passes (:mod:`genoembed.embedders.fused`),
+        kept only when probe tiles get the stock model's vectors (cosine >= 0.99999 in float32).
     threads : intra-op CPU threads while embedding; None keeps torch's setting.
     attention : ``"auto"`` (SDPA, eager when the model lacks it), ``"sdpa"``, ``"eager"`` or
         ``"xformers"`` (needs the ``gpu`` extra).
@@ -122,6 +126,7 @@ class TransformersEmbedder:
         trust_remote_code: bool = False,
         family: str = "auto",
         compile: bool = False,
+        fuse: bool = True,
         threads: int | None = None,
         attention: str = "auto",
     ):
@@ -195,6 +200,7 @@ class TransformersEmbedder:
         probe = self._embed_batch(self.adapter.tokenize([self.adapter.normalize("ACGT" * 8)]))
         self.dim = int(probe.shape[1])
         self.probe_cosine: float | None = None
+        self.fused_forward = fuse and fused.can_fuse(self.model) and self._fuse_if_unchanged()
         if reduced_on_cpu:
             self._reduce_precision_on_cpu()
         if compile:
@@ -342,11 +348,29 @@ class TransformersEmbedder:
         self._compiled_shape = shape
         return hidden
 
-    def _reduce_precision_on_cpu(self) -> None:
-        """Convert the float32 model to the requested dtype if probe tiles keep their vectors."""
+    def _probe_sequences(self) -> list[str]:
         from genoembed.synthetic import random_sequence
 
-        probes = [random_sequence(min(1000, self._chunk_bases), seed=7919 + i) for i in range(8)]
+        return [random_sequence(min(1000, self._chunk_bases), seed=7919 + i) for i in range(8)]
+
+    def _fuse_if_unchanged(self) -> bool:
+        """Switch to the fused forward passes if probe tiles keep their vectors; else stay stock."""
+        probes = self._probe_sequences()
+        before = self.embed(probes)
+        fused.fuse(self.model)
+        cosine = float(_row_cosines(before, self.embed(probes)).min())
+        if cosine >= (MIN_FUSED_COSINE if self.dtype == torch.float32 else MIN_PROBE_COSINE):
+            fused.drop_unfused_weights(self.model)
+            return True
+        fused.unfuse(self.model)
+        note = f"fused forward passes changed probe vectors (cosine {cosine:.6f}); running the stock model"
+        self.notes.append(note)
+        log.warning("%s: %s", self.directory, note)
+        return False
+
+    def _reduce_precision_on_cpu(self) -> None:
+        """Convert the float32 model to the requested dtype if probe tiles keep their vectors."""
+        probes = self._probe_sequences()
         before = self.embed(probes)
         self.model.to(self.dtype)
         name = str(self.dtype).removeprefix("torch.")
