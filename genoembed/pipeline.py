@@ -217,6 +217,12 @@ def build_store_index(store: Store, spec: IndexSpec, progress: Callable[[int], N
         return _save_store_index(store, spec, built)
 
 
+def index_file_matches(store: Store, entry: dict | None) -> bool:
+    """True when the manifest records an index and the file on disk is that index (sha256)."""
+    path = store.root / INDEX_FILE
+    return bool(entry) and path.is_file() and file_sha256(path) == entry["sha256"]
+
+
 def update_store_index(store: Store, spec: IndexSpec) -> dict:
     """Bring the index up to date: add genomes appended since it was built (no retraining), or
     rebuild when there is none, its spec differs, or its file does not match the manifest."""
@@ -224,13 +230,12 @@ def update_store_index(store: Store, spec: IndexSpec) -> dict:
 
     with write_lock(store.root):
         current = store.manifest.get("index") or {}
-        path = store.root / INDEX_FILE
-        if current.get("spec") != spec.describe() or not path.is_file() or file_sha256(path) != current["sha256"]:
+        if current.get("spec") != spec.describe() or not index_file_matches(store, current):
             return build_store_index(store, spec)
         missing = [name for name in store.genomes if name not in current.get("genomes", ())]
         if not missing:
             return current
-        index = load_index(path)
+        index = load_index(store.root / INDEX_FILE)
         add_store_vectors(index, store, spec.metric,
                           paths=[store.root / s["path"] for s in store.manifest["shards"] if s["genome"] in missing])
         entry = _save_store_index(store, spec, index)

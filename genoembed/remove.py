@@ -28,13 +28,13 @@ log = logging.getLogger(__name__)
 
 def remove(store: Store, genome: str, contigs: Sequence[str] = ()) -> dict:
     """Remove ``genome`` (or only its ``contigs``) from ``store``; returns what was removed."""
-    from genoembed.pipeline import _save_store_index, build_store_index
+    from genoembed.pipeline import _save_store_index, build_store_index, index_file_matches
     from genoembed.sharded import refresh_sharded
 
     with write_lock(store.root):
         manifest = _read_manifest(store.root)
         entry = _check_request(store, manifest, genome, contigs)
-        old_index = _load_current_index(store, manifest.get("index"))
+        old_index = load_index(store.root / INDEX_FILE) if index_file_matches(store, manifest.get("index")) else None
         kept, removed_ids, replaced = [], [], []
         for shard in manifest["shards"]:
             if shard["genome"] != genome:
@@ -90,16 +90,6 @@ def _check_request(store: Store, manifest: dict, genome: str, contigs: Sequence[
     if len(manifest["genomes"]) == 1 and (not contigs or set(contigs) >= set(entry["contig_lengths"])):
         raise InputError(f"{store.root}: that would remove everything the store holds; delete the directory instead")
     return entry
-
-
-def _load_current_index(store: Store, index_entry: dict | None):
-    """The store's index when its file matches the manifest (None: it must be rebuilt)."""
-    if not index_entry:
-        return None
-    path = store.root / INDEX_FILE
-    if not path.is_file() or file_sha256(path) != index_entry["sha256"]:
-        return None
-    return load_index(path)
 
 
 def _rewritten(store: Store, manifest: dict, shard: dict, rest: pa.Table) -> dict:
