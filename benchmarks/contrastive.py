@@ -70,9 +70,13 @@ def simulated_draft(reference: Path, out_dir: Path, seed: int = 0) -> tuple[Path
     return path, pa.Table.from_pydict(rows, schema=ALIGNMENTS)
 
 
-def embedders(methods: list[str], workdir: Path, contrastive: Path | None, mlm: Path | None = None) -> dict:
+def embedders(methods: list[str], workdir: Path, contrastive: Path | None, mlm: Path | None = None,
+              frames: int | None = None) -> dict:
+    """Named embedders; the LMs average ``frames`` reading frames (None: the embedder's default, k)."""
     from genoembed.embedders.kmer import KmerEmbedder
 
+    lm_options = {"frames": frames} if frames else {}
+    suffix = f" frames={frames}" if frames else ""
     out = {}
     for method in methods:
         if method.startswith("kmer"):
@@ -81,7 +85,8 @@ def embedders(methods: list[str], workdir: Path, contrastive: Path | None, mlm: 
             from genoembed.embedders.hf import TransformersEmbedder
             from retrieval import random_init_model
 
-            out["random-init nt6"] = TransformersEmbedder(str(random_init_model(workdir / "random-nt6")))
+            out["random-init nt6" + suffix] = TransformersEmbedder(str(random_init_model(workdir / "random-nt6")),
+                                                                  **lm_options)
         elif method == "mlm":
             from genoembed.embedders.hf import TransformersEmbedder
             from genoembed.resources import default_model_dir
@@ -89,23 +94,23 @@ def embedders(methods: list[str], workdir: Path, contrastive: Path | None, mlm: 
             shipped = mlm or default_model_dir()
             if shipped is None:
                 raise SystemExit("the shipped genoembed-nt6 model is not installed")
-            out["genoembed-nt6 (MLM)"] = TransformersEmbedder(str(shipped))
+            out[f"MLM ({Path(shipped).name})" + suffix] = TransformersEmbedder(str(shipped), **lm_options)
         elif method == "contrastive":
             from genoembed.embedders.hf import TransformersEmbedder
 
             if contrastive is None:
                 raise SystemExit("--contrastive DIR is needed for method 'contrastive'")
-            out[f"contrastive ({contrastive.name})"] = TransformersEmbedder(str(contrastive))
+            out[f"contrastive ({contrastive.name})" + suffix] = TransformersEmbedder(str(contrastive), **lm_options)
         elif method != "minimap2":
             raise SystemExit(f"unknown method {method}")
     return out
 
 
 def run(methods: list[str], tasks: list[str], n: int, workdir: Path, contrastive: Path | None, out: Path,
-        mlm: Path | None = None) -> None:
+        mlm: Path | None = None, frames: int | None = None) -> None:
     from genoembed.evaluate import IndexConfig, evaluate, read_coords
 
-    chosen = embedders(methods, workdir, contrastive, mlm)
+    chosen = embedders(methods, workdir, contrastive, mlm, frames)
     use_minimap2 = "minimap2" in methods
     common = dict(index_configs=[IndexConfig("Flat")], tile=1000, stride=1000, strands="+", seed=0, n_queries=n,
                   minimap2=use_minimap2, progress=log, repeats=1)
@@ -155,6 +160,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("/tmp/genoembed-bench-contrastive/results.jsonl"))
     parser.add_argument("--summary", type=Path, nargs="*", help="print a Markdown table of these result files")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--frames", type=int, default=None,
+                        help="reading frames the LMs average (default: the embedder's, k for k-mer models)")
     args = parser.parse_args()
     if args.summary:
         print(summary(args.summary))
@@ -167,7 +174,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()
     run(args.methods.split(","), args.tasks.split(","), args.queries, args.workdir, args.contrastive, args.out,
-        args.mlm)
+        args.mlm, args.frames)
     log(f"done in {time.perf_counter() - began:.0f} s")
 
 

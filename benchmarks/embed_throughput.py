@@ -179,7 +179,8 @@ def genoembed_paths(directory: Path, device: str, batch_size: int, with_variants
     from genoembed.embedders.hf import TransformersEmbedder
 
     def make(**options):
-        return TransformersEmbedder(directory, reverse_complement=False, device=device, **options)
+        # frames=1: the engine's speed per forward pass, as the stock loop does (frames=k is k times the work)
+        return TransformersEmbedder(directory, reverse_complement=False, device=device, frames=1, **options)
 
     paths = {"genoembed": lambda: make(batch_size=batch_size)}
     if device == "cpu":
@@ -413,7 +414,7 @@ def memory_child(mbp: float, workdir: Path, model: str, shard_rows: int) -> dict
     else:
         from genoembed.embedders.hf import TransformersEmbedder
 
-        embedder = TransformersEmbedder(model, reverse_complement=False)
+        embedder = TransformersEmbedder(model, reverse_complement=False, frames=1)
     import gc
 
     gc.collect()

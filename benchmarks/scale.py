@@ -71,7 +71,7 @@ def bench_embed(size: str, work: Path, repeats: int) -> None:
     fasta = CHLOROPLAST if size == "small" else SHARED / "ecoli_536" / "NC_008253.fna.gz"
     tiling = TilingSpec(strands="both") if size == "small" else TilingSpec(stride=1000)
     model = tiny_esm(work / "model", hidden=128, layers=4)
-    embedder = TransformersEmbedder(model, batch_size=32, device="cpu", reverse_complement=False)
+    embedder = TransformersEmbedder(model, batch_size=32, device="cpu", reverse_complement=False, frames=1)
     bases = lambda store: store.num_tiles * tiling.window  # noqa: E731
 
     def local(threads: int, out: Path):

@@ -92,6 +92,10 @@ def finetune(
     min_alignment_bp: int = typer.Option(
         2000, "--min-alignment-bp", min=50, help="Shortest alignment block used for related-strain pairs.",
     ),
+    train_frames: int = typer.Option(
+        2, "--train-frames", min=1, max=64,
+        help="Tokenisation frames sampled per window per step (the embedder averages all k; validation uses all).",
+    ),
     batch_size: int = typer.Option(32, "--batch-size", min=2, max=65536, help="Pairs per step (in-batch negatives)."),
     temperature: float = typer.Option(0.05, "--temperature", min=1e-4, max=10.0, help="Initial InfoNCE temperature."),
     fixed_temperature: bool = typer.Option(False, "--fixed-temperature", help="Keep the temperature fixed."),
@@ -125,7 +129,8 @@ def finetune(
     config = FinetuneConfig(
         train_files=tuple(fasta), output_dir=output, base_model=base_model, related=pairs,
         val_files=tuple(val_fasta), checkpoint_dir=checkpoint_dir, resume=resume, window_bp=window_bp,
-        projection_dim=projection_dim, subword_init=_sizes(subword_init), cross_strain_fraction=cross_strain_fraction, max_shift=max_shift,
+        projection_dim=projection_dim, subword_init=_sizes(subword_init), train_frames=train_frames,
+        cross_strain_fraction=cross_strain_fraction, max_shift=max_shift,
         max_substitution=max_substitution, max_indel=max_indel, indel_probability=indel_probability,
         repeat_kmer_share=repeat_kmer_share, min_alignment_bp=min_alignment_bp, batch_size=batch_size,
         temperature=temperature, fixed_temperature=fixed_temperature, learning_rate=learning_rate,

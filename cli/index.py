@@ -44,6 +44,7 @@ def index(
     pooling: Optional[Pooling] = typer.Option(None, help="How token vectors become one tile vector (transformer models)."),
     layer: Optional[int] = typer.Option(None, help="Hidden layer to pool (-1 = last; transformer models)."),
     reverse_complement: Optional[bool] = typer.Option(None, "--rc/--no-rc", help="Average each tile with its reverse complement (default: on unless the model is RC-equivariant)."),
+    frames: Optional[int] = typer.Option(None, min=1, help="Reading frames averaged per strand (default: k for non-overlapping k-mer models such as the shipped one, so a vector does not depend on where a tile starts; 1 = k times faster, frame-dependent)."),
     batch_size: Optional[int] = typer.Option(None, min=1, help="Sequences per model forward pass (transformer models)."),
     device: Optional[str] = typer.Option(None, help="auto (cuda when available), cpu, cuda or cuda:N."),
     dtype: Optional[str] = typer.Option(None, help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16 or float16; reduced precision is refused if it moves vectors (cosine < 0.999)."),
@@ -85,7 +86,7 @@ def index(
         model_spec["trust_remote_code"] = True
     if model_spec.get("kind") != "kmer":
         model_spec.update({name: value for name, value in dict(
-            pooling=pooling.value if pooling else None, layer=layer, reverse_complement=reverse_complement,
+            pooling=pooling.value if pooling else None, layer=layer, reverse_complement=reverse_complement, frames=frames,
             batch_size=batch_size, device=device, dtype=dtype, compile=compile_model or None).items()
             if value is not None})
     plan = dataclasses.replace(

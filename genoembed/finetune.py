@@ -14,9 +14,8 @@ Positive pairs (each positive view is a fresh draw):
   or read from a NUCmer ``show-coords`` table; the anchor window is mapped
   linearly within its alignment block (:func:`map_window`) and kept only when
   the two windows share k-mers (a mapping check, :func:`shared_kmer_fraction`);
-- **shifted windows** of the same locus (overlap >= 1 - ``max_shift``, so the
-  non-overlapping 6-mer tokens fall in another reading frame, as a query tile
-  does against a reference tiling);
+- **shifted windows** of the same locus (overlap >= 1 - ``max_shift``), as a
+  query tile lies against a reference tiling;
 - either strand: each pair is taken on a random strand, both views on the
   same one; the *reverse complement of the same tile* needs no training
   because the embedder averages a tile's two strands (vector(x) =
@@ -24,6 +23,13 @@ Positive pairs (each positive view is a fresh draw):
   positive is on the other strand) defaults to 0 and spends no capacity on it;
 - simulated substitutions (0 - ``max_substitution``) and, with probability
   ``indel_probability``, small 1-3 bp indels (:func:`genoembed.synthetic.mutate`).
+
+Reading frames: the embedder averages a window's vectors over its k
+tokenisation frames (``TransformersEmbedder(frames=k)``, the default for
+k-mer models), which makes the vector independent of where a window starts.
+Training optimises that same average, estimated from ``train_frames``
+randomly chosen frames per view (all k frames cost k forward passes);
+validation uses all k frames and both strands, exactly the product's vector.
 
 Negatives: every batch draws all its anchors from **one genome** (in-batch
 negatives are then other loci of the same genome: the hard case of a search);
@@ -58,26 +64,16 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
 
+from genoembed.embedders.pooling import reverse_complement
 from genoembed.errors import InputError, ModelError
-from genoembed.pretrain import (
-    _COMPLEMENT,
-    CHECKPOINT_FILE,
-    Contig,
-    _load_checkpoint,
-    _param_groups,
-    _pick_device,
-    _Progress,
-    _save_checkpoint,
-    learning_rate,
-    read_sequences,
-)
+from genoembed.pretrain import _COMPLEMENT, Contig, read_sequences
 from genoembed.tokenize import SPECIAL_TOKENS, kmer_token_ids, write_kmer_tokenizer
+from genoembed.training import TrainingSchedule, adamw, pick_device, resume_state, run_steps
 
 PROJECTION_FILE = "genoembed_projection.safetensors"
 REPORT_FILE = "finetune.json"
@@ -96,20 +92,20 @@ class RelatedPair:
     coords: Path | None = None
 
 
-@dataclass(frozen=True)
-class FinetuneConfig:
-    """Everything a fine-tuning run depends on (recorded in ``finetune.json``)."""
+@dataclass(frozen=True, kw_only=True)
+class FinetuneConfig(TrainingSchedule):
+    """Everything a fine-tuning run depends on (recorded in ``finetune.json``); schedule fields
+    come from :class:`genoembed.training.TrainingSchedule`, with fine-tuning's defaults below."""
 
     train_files: tuple[Path, ...]
     output_dir: Path
     base_model: Path
     related: tuple[RelatedPair, ...] = ()
     val_files: tuple[Path, ...] = ()  # held-out genomes: retrieval among val pairs is logged
-    checkpoint_dir: Path | None = None  # default: "<output_dir>.ckpt" beside the output
-    resume: bool = False
     # Embedding.
     window_bp: int = 1000
     projection_dim: int | None = None  # None: no projection, the vector is the encoder's hidden size
+    train_frames: int = 2  # tokenisation frames sampled per view per step (validation uses all k)
     subword_init: tuple[int, ...] = ()  # e.g. (4, 5): add sub-k-mer vectors to the token embeddings first
     # Positive pairs.
     cross_strain_fraction: float = 0.5
@@ -122,32 +118,18 @@ class FinetuneConfig:
     repeat_kmer_share: float = 0.2  # in-batch anchors sharing this fraction of 12-mers are not negatives
     min_alignment_bp: int = 2000
     minimap2_preset: str = "asm20"
-    # Optimisation.
+    # Objective.
     batch_size: int = 32  # anchors per step (2 x batch_size windows through the model)
     temperature: float = 0.05  # initial; learned unless fixed_temperature
     fixed_temperature: bool = False
-    learning_rate: float = 2e-4
-    weight_decay: float = 0.01
-    warmup_steps: int = 20
-    min_lr_ratio: float = 0.1
-    grad_clip: float = 1.0
-    max_steps: int = 1000
-    max_minutes: float | None = None
-    # Bookkeeping.
-    eval_every: int = 100
     eval_pairs: int = 128
+    # Schedule defaults for fine-tuning.
+    learning_rate: float = 2e-4
+    warmup_steps: int = 20
+    max_steps: int = 1000
+    eval_every: int = 100
     checkpoint_every: int = 50
     log_every: int = 10
-    seed: int = 0
-    threads: int | None = None
-    device: str = "auto"
-    progress: bool = True
-
-    def resolved_checkpoint_dir(self) -> Path:
-        if self.checkpoint_dir is not None:
-            return Path(self.checkpoint_dir)
-        out = Path(self.output_dir)
-        return out.with_name(out.name + ".ckpt")
 
 
 # --------------------------------------------------------------------------- k-mer helpers
@@ -451,13 +433,15 @@ def _contrastive_model(encoder, projection_dim: int | None, temperature: float, 
             else:
                 self.register_buffer("logit_scale", scale)
 
-        def embed(self, input_ids, attention_mask):
+        def embed(self, input_ids, attention_mask, group: int = 1):
+            """L2-normalised mean of each run of ``group`` consecutive rows' pooled vectors (frames, strands)."""
             hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
             content = ((input_ids >= len(SPECIAL_TOKENS)) & (attention_mask > 0)).unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * content).sum(1) / content.sum(1).clamp_min(1.0)
             if self.projection is not None:
                 pooled = self.projection(pooled)
-            return torch.nn.functional.normalize(pooled.float(), dim=-1)
+            pooled = pooled.float().unflatten(0, (-1, group)).mean(1)
+            return torch.nn.functional.normalize(pooled, dim=-1)
 
     return ContrastiveEncoder()
 
@@ -559,7 +543,7 @@ def finetune(config: FinetuneConfig) -> Path:
     _validate_config(config)
     if config.threads:
         torch.set_num_threads(config.threads)
-    device = _pick_device(config.device)
+    device = pick_device(config.device)
     on_cuda = device.type == "cuda"
     started_wall = time.monotonic()
 
@@ -593,26 +577,12 @@ def finetune(config: FinetuneConfig) -> Path:
             "(subword initialisation)")
     model = _contrastive_model(encoder, config.projection_dim, config.temperature,
                                not config.fixed_temperature).to(device)
-    optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.learning_rate,
-                                  betas=(0.9, 0.98), eps=1e-6)
+    optimizer = adamw(model, config)
     rng = np.random.default_rng([config.seed, 0])
     state = {"step": 0, "elapsed_s": 0.0, "pairs_seen": 0, "history": [], "baselines": None,
              "projection_dim": config.projection_dim, "base_model": str(config.base_model)}
-
-    view = _checkpoint_view(config, encoder.config, k)
-    ckpt_path = config.resolved_checkpoint_dir() / CHECKPOINT_FILE
-    if ckpt_path.exists():
-        if not config.resume:
-            raise InputError(f"a checkpoint already exists at {ckpt_path}; pass --resume to continue it "
-                             "or choose another --checkpoint-dir")
-        try:
-            state = _load_checkpoint(ckpt_path, view, model, optimizer, rng)
-        except RuntimeError as err:  # state-dict size/key mismatch: another projection or model
-            raise ModelError(f"checkpoint {ckpt_path} was made with other settings ({str(err).splitlines()[0]}); "
-                             "use the same base model and --projection-dim, or another --checkpoint-dir") from None
-        say(f"resumed from {ckpt_path} at step {state['step']}")
-    elif config.resume:
-        say(f"no checkpoint at {ckpt_path}; starting from scratch")
+    shape = _shape_signature(encoder.config, k, config)
+    checkpoint, state = resume_state(config, shape, model, optimizer, rng, state, say)
 
     val = _validation_pairs(config, k, vocab)
 
@@ -633,56 +603,33 @@ def finetune(config: FinetuneConfig) -> Path:
         f"device {device}")
 
     model.train()
-    started = time.monotonic()
-    elapsed_before = state["elapsed_s"]
-    budget_s = 60.0 * config.max_minutes if config.max_minutes else math.inf
     running: list[float] = []
-    stop_reason = "max_steps"
-    progress = _Progress(config.progress and sys.stderr.isatty(), state["step"], config.max_steps)
-    try:
-        while state["step"] < config.max_steps:
-            elapsed = elapsed_before + time.monotonic() - started
-            if elapsed >= budget_s:
-                stop_reason = "max_minutes"
-                break
-            lr = learning_rate(config, state["step"], elapsed)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            batch = sampler.sample(rng, config.batch_size)
-            ids, attn = _tokens(batch.anchors + batch.positives, vocab, k, device)
-            exclude = torch.from_numpy(batch.exclude).to(device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_cuda):
-                vectors = model.embed(ids, attn)
-            n = len(batch.anchors)
-            loss = info_nce(vectors[:n], vectors[n:], model.logit_scale, exclude)
-            loss.backward()
-            if config.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            state["step"] += 1
-            state["pairs_seen"] += n
-            running.append(float(loss.detach()))
-            progress.update(state["step"], running[-1], lr)
-            step = state["step"]
-            if step % config.log_every == 0 and not progress.live:
-                say(f"step {step}/{config.max_steps} loss {np.mean(running[-config.log_every:]):.4f} "
-                    f"temperature {1 / float(model.logit_scale.detach().exp()):.4f} lr {lr:.2e} "
-                    f"elapsed {elapsed_before + time.monotonic() - started:.0f}s")
-            if step % config.eval_every == 0:
-                state["elapsed_s"] = elapsed_before + time.monotonic() - started
-                _record(state, evaluate_val(), running, lr, model)
-                running = []
-            if step % config.checkpoint_every == 0:
-                state["elapsed_s"] = elapsed_before + time.monotonic() - started
-                _save_checkpoint(ckpt_path, view, model, optimizer, rng, state)
-    finally:
-        progress.close()
 
-    state["elapsed_s"] = elapsed_before + time.monotonic() - started
-    if not state["history"] or state["history"][-1]["step"] != state["step"]:
-        _record(state, evaluate_val(), running, learning_rate(config, state["step"], state["elapsed_s"]), model)
-    _save_checkpoint(ckpt_path, view, model, optimizer, rng, state)
+    def loss_step():
+        batch = sampler.sample(rng, config.batch_size)
+        frames = min(config.train_frames, k)
+        views = frame_views(batch.anchors + batch.positives, k, frames, rng)
+        ids, attn = _tokens(views, vocab, k, device)
+        exclude = torch.from_numpy(batch.exclude).to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_cuda):
+            vectors = model.embed(ids, attn, group=frames)
+        n = len(batch.anchors)
+        loss = info_nce(vectors[:n], vectors[n:], model.logit_scale, exclude)
+        state["pairs_seen"] += n
+        running.append(float(loss.detach()))
+        return loss
+
+    def record(lr: float) -> None:
+        _record(state, evaluate_val(), running, lr, model)
+        running.clear()
+
+    def step_text() -> str:
+        return (f"loss {np.mean(running[-config.log_every:]):.4f} "
+                f"temperature {1 / float(model.logit_scale.detach().exp()):.4f}")
+
+    stop_reason = run_steps(config, model=model, optimizer=optimizer, rng=rng, state=state, checkpoint=checkpoint,
+                            shape=shape, loss_step=loss_step, record=record, step_text=step_text, log=say,
+                            label="finetune")
     out = _write_output(config, model, k, state, genomes, pair_summary, sampler.stats, n_params, device,
                         stop_reason, time.monotonic() - started_wall)
     last = state["history"][-1]
@@ -707,19 +654,15 @@ def _validate_config(config: FinetuneConfig) -> None:
         problems.append(f"max_substitution={config.max_substitution} (use 0..0.75)")
     if not 0 <= config.max_indel <= 0.2:
         problems.append(f"max_indel={config.max_indel} (use 0..0.2)")
+    if config.train_frames < 1:
+        problems.append(f"train_frames={config.train_frames} (use >= 1)")
     if config.batch_size < 2:
         problems.append(f"batch_size={config.batch_size} (in-batch negatives need >= 2)")
     if not config.temperature > 0:
         problems.append(f"temperature={config.temperature} (use > 0)")
-    if config.max_steps < 1:
-        problems.append(f"max_steps={config.max_steps} (use >= 1)")
-    if config.max_minutes is not None and config.max_minutes <= 0:
-        problems.append(f"max_minutes={config.max_minutes} (use > 0)")
-    for name in ("eval_every", "eval_pairs", "checkpoint_every", "log_every"):
-        if getattr(config, name) < 1:
-            problems.append(f"{name}={getattr(config, name)} (use >= 1)")
-    if config.device not in ("auto", "cpu", "cuda"):
-        problems.append(f"device={config.device!r} (use auto, cpu or cuda)")
+    problems += config.schedule_problems()
+    if config.eval_pairs < 1:
+        problems.append(f"eval_pairs={config.eval_pairs} (use >= 1)")
     train = {Path(p).resolve() for p in config.train_files}
     for pair in config.related:
         for side in (pair.reference, pair.query):
@@ -753,16 +696,24 @@ def _tokens(sequences: list[str], vocab, k: int, device):
             torch.from_numpy(encoded["attention_mask"]).to(device))
 
 
-def _checkpoint_view(config: FinetuneConfig, encoder_config, k: int):
-    """What :func:`genoembed.pretrain._save_checkpoint` records: model shape and schedule."""
-    return SimpleNamespace(
-        k=k, window_bp=config.window_bp, num_layers=encoder_config.num_hidden_layers,
-        hidden_size=encoder_config.hidden_size, num_heads=encoder_config.num_attention_heads,
-        intermediate_size=encoder_config.intermediate_size,
-        max_position_embeddings=encoder_config.max_position_embeddings,
-        learning_rate=config.learning_rate, warmup_steps=config.warmup_steps, min_lr_ratio=config.min_lr_ratio,
-        max_steps=config.max_steps, max_minutes=config.max_minutes,
-    )
+def frame_views(windows: Sequence[str], k: int, frames: int, rng: np.random.Generator | None = None,
+                both_strands: bool = False) -> list[str]:
+    """Each window read from ``frames`` offsets in 0..k-1 (random distinct ones with ``rng``, else the
+    first), consecutive per window (and per strand, forward first, with ``both_strands``)."""
+    out = []
+    for window in windows:
+        for text in (window, reverse_complement(window)) if both_strands else (window,):
+            offsets = rng.choice(k, size=frames, replace=False) if rng is not None else range(frames)
+            out += [text[int(f):] for f in offsets]
+    return out
+
+
+def _shape_signature(encoder_config, k: int, config: FinetuneConfig) -> dict:
+    """What a checkpoint must match to be resumed (the projection is checked by its weights' shapes)."""
+    return {"k": k, "window_bp": config.window_bp, "num_layers": encoder_config.num_hidden_layers,
+            "hidden_size": encoder_config.hidden_size, "num_heads": encoder_config.num_attention_heads,
+            "intermediate_size": encoder_config.intermediate_size,
+            "max_position_embeddings": encoder_config.max_position_embeddings}
 
 
 # --------------------------------------------------------------------------- validation
@@ -797,10 +748,12 @@ def _evaluate(model, val: dict, vocab, k: int, device, on_cuda: bool, batch_size
     out = []
     with torch.no_grad():
         sequences = val["anchors"] + val["positives"]
-        for start in range(0, len(sequences), 2 * batch_size):
-            ids, attn = _tokens(sequences[start : start + 2 * batch_size], vocab, k, device)
+        for start in range(0, len(sequences), batch_size):
+            # The product's vector: every frame of both strands.
+            views = frame_views(sequences[start : start + batch_size], k, k, both_strands=True)
+            ids, attn = _tokens(views, vocab, k, device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_cuda):
-                out.append(model.embed(ids, attn).float().cpu().numpy())
+                out.append(model.embed(ids, attn, group=2 * k).float().cpu().numpy())
         vectors = np.concatenate(out)
         a, b = vectors[: val["n"]], vectors[val["n"] :]
         anchors_t, positives_t = torch.from_numpy(a), torch.from_numpy(b)

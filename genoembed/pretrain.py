@@ -28,14 +28,12 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import json
-import math
 import os
 import platform
 import shlex
 import shutil
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,9 +41,7 @@ import numpy as np
 
 from genoembed.errors import InputError, ModelError
 from genoembed.tokenize import SPECIAL_TOKENS, kmer_token_ids, kmer_vocab, write_kmer_tokenizer
-
-CHECKPOINT_FILE = "checkpoint.pt"
-CHECKPOINT_FORMAT = 1
+from genoembed.training import TrainingSchedule, adamw, pick_device, resume_state, run_steps
 GENBANK_SUFFIXES = (".gb", ".gbk", ".genbank", ".gbff")
 
 # Byte tables: normalise to ACGTN; complement for the reverse strand.
@@ -58,17 +54,16 @@ for _a, _c in zip("ACGTN", "TGCAN"):
     _COMPLEMENT[ord(_a)] = ord(_c)
 
 
-@dataclass(frozen=True)
-class PretrainConfig:
-    """Everything a pretraining run depends on (recorded in ``training.json``)."""
+@dataclass(frozen=True, kw_only=True)
+class PretrainConfig(TrainingSchedule):
+    """Everything a pretraining run depends on (recorded in ``training.json``); schedule fields
+    (learning rate, steps, minutes, cadences, seed, device) come from :class:`TrainingSchedule`."""
 
     train_files: tuple[Path, ...]
     output_dir: Path
     # Validation: whole held-out files and/or held-out contigs of the training files.
     val_files: tuple[Path, ...] = ()
     val_contigs: tuple[str, ...] = ()
-    checkpoint_dir: Path | None = None  # default: "<output_dir>.ckpt" beside the output
-    resume: bool = False
     # Tokens and windows.
     k: int = 6
     window_bp: int = 1002
@@ -79,31 +74,10 @@ class PretrainConfig:
     intermediate_size: int = 1024
     max_position_embeddings: int = 2050
     dropout: float = 0.0
-    # Optimisation.
+    # Objective.
     batch_size: int | None = None  # default: 32 on CPU, 256 on CUDA
-    learning_rate: float = 1e-3
-    weight_decay: float = 0.01
-    warmup_steps: int = 100
-    min_lr_ratio: float = 0.1
     mask_probability: float = 0.15
-    grad_clip: float = 1.0
-    max_steps: int = 2000
-    max_minutes: float | None = None
-    # Bookkeeping.
-    eval_every: int = 200
     eval_batches: int = 8
-    checkpoint_every: int = 200
-    log_every: int = 20
-    seed: int = 0
-    threads: int | None = None
-    device: str = "auto"  # "auto", "cpu", "cuda"
-    progress: bool = True
-
-    def resolved_checkpoint_dir(self) -> Path:
-        if self.checkpoint_dir is not None:
-            return Path(self.checkpoint_dir)
-        out = Path(self.output_dir)
-        return out.with_name(out.name + ".ckpt")
 
     def tokens_per_window(self) -> int:
         """Tokens of an all-ACGT window: cls + k-mers + single-base tail + eos."""
@@ -321,17 +295,6 @@ def _masked_logits(model, input_ids, attention_mask, labels):
 # --------------------------------------------------------------------------- schedule
 
 
-def learning_rate(config: PretrainConfig, step: int, elapsed_s: float) -> float:
-    """Warm-up then cosine decay over max(step/max_steps, elapsed/max_minutes)."""
-    progress = step / max(config.max_steps, 1)
-    if config.max_minutes:
-        progress = max(progress, elapsed_s / (60.0 * config.max_minutes))
-    progress = min(progress, 1.0)
-    warm = min(1.0, (step + 1) / max(config.warmup_steps, 1))
-    cosine = config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-    return config.learning_rate * warm * cosine
-
-
 # --------------------------------------------------------------------------- training
 
 
@@ -345,7 +308,7 @@ def pretrain(config: PretrainConfig) -> Path:
     _validate_config(config)
     if config.threads:
         torch.set_num_threads(config.threads)
-    device = _pick_device(config.device)
+    device = pick_device(config.device)
     on_cuda = device.type == "cuda"
     batch_size = config.batch_size or (256 if on_cuda else 32)
     vocab_list = kmer_vocab(config.k)
@@ -366,24 +329,11 @@ def pretrain(config: PretrainConfig) -> Path:
 
     torch.manual_seed(config.seed)
     model = build_model(config, vocab_size).to(device)
-    optimizer = torch.optim.AdamW(
-        _param_groups(model, config.weight_decay), lr=config.learning_rate, betas=(0.9, 0.98), eps=1e-6
-    )
+    optimizer = adamw(model, config)
     rng = np.random.default_rng([config.seed, 0])
     state = {"step": 0, "elapsed_s": 0.0, "tokens_seen": 0, "history": [], "baselines": None}
-
-    ckpt_dir = config.resolved_checkpoint_dir()
-    ckpt_path = ckpt_dir / CHECKPOINT_FILE
-    if ckpt_path.exists():
-        if not config.resume:
-            raise InputError(
-                f"a checkpoint already exists at {ckpt_path}; pass --resume to continue it "
-                "or choose another --checkpoint-dir"
-            )
-        state = _load_checkpoint(ckpt_path, config, model, optimizer, rng)
-        _log(f"resumed from {ckpt_path} at step {state['step']}")
-    elif config.resume:
-        _log(f"no checkpoint at {ckpt_path}; starting from scratch")
+    shape = _shape_signature(config)
+    checkpoint, state = resume_state(config, shape, model, optimizer, rng, state, _log)
 
     def evaluate_all() -> dict:
         return {name: _evaluate(model, batches, device, on_cuda) for name, batches in eval_sets.items()}
@@ -408,62 +358,31 @@ def pretrain(config: PretrainConfig) -> Path:
     )
 
     model.train()
-    started = time.monotonic()
-    elapsed_before = state["elapsed_s"]
-    budget_s = 60.0 * config.max_minutes if config.max_minutes else math.inf
     running_loss: list[float] = []
     running_acc: list[float] = []
-    stop_reason = "max_steps"
-    progress = _Progress(config.progress and sys.stderr.isatty(), state["step"], config.max_steps)
-    try:
-        while state["step"] < config.max_steps:
-            elapsed = elapsed_before + time.monotonic() - started
-            if elapsed >= budget_s:
-                stop_reason = "max_minutes"
-                break
-            lr = learning_rate(config, state["step"], elapsed)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            windows, _ = sampler.sample(rng, batch_size)
-            encoded = kmer_token_ids(windows, vocab, config.k)
-            batch = mask_tokens(
-                encoded["input_ids"], encoded["attention_mask"], rng, vocab_size, config.mask_probability
-            )
-            ids, attn, labels = _to_device(batch, device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_cuda):
-                logits, targets = _masked_logits(model, ids, attn, labels)
-            loss = torch.nn.functional.cross_entropy(logits.float(), targets)
-            loss.backward()
-            if config.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            state["step"] += 1
-            state["tokens_seen"] += int(encoded["attention_mask"].sum())
-            running_loss.append(float(loss.detach()))
-            running_acc.append(float((logits.detach().argmax(-1) == targets).float().mean()))
-            progress.update(state["step"], running_loss[-1], lr)
 
-            step = state["step"]
-            if step % config.log_every == 0 and not progress.live:
-                _log(
-                    f"step {step}/{config.max_steps} loss {np.mean(running_loss[-config.log_every:]):.4f} "
-                    f"lr {lr:.2e} elapsed {elapsed_before + time.monotonic() - started:.0f}s"
-                )
-            if step % config.eval_every == 0:
-                state["elapsed_s"] = elapsed_before + time.monotonic() - started
-                _record_eval(state, evaluate_all(), running_loss, running_acc, lr, val_names)
-                running_loss, running_acc = [], []
-            if step % config.checkpoint_every == 0:
-                state["elapsed_s"] = elapsed_before + time.monotonic() - started
-                _save_checkpoint(ckpt_path, config, model, optimizer, rng, state)
-    finally:
-        progress.close()
+    def loss_step():
+        windows, _ = sampler.sample(rng, batch_size)
+        encoded = kmer_token_ids(windows, vocab, config.k)
+        batch = mask_tokens(encoded["input_ids"], encoded["attention_mask"], rng, vocab_size, config.mask_probability)
+        ids, attn, labels = _to_device(batch, device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_cuda):
+            logits, targets = _masked_logits(model, ids, attn, labels)
+        loss = torch.nn.functional.cross_entropy(logits.float(), targets)
+        state["tokens_seen"] += int(encoded["attention_mask"].sum())
+        running_loss.append(float(loss.detach()))
+        running_acc.append(float((logits.detach().argmax(-1) == targets).float().mean()))
+        return loss
 
-    state["elapsed_s"] = elapsed_before + time.monotonic() - started
-    if not state["history"] or state["history"][-1]["step"] != state["step"]:
-        _record_eval(state, evaluate_all(), running_loss, running_acc, learning_rate(config, state["step"], state["elapsed_s"]), val_names)
-    _save_checkpoint(ckpt_path, config, model, optimizer, rng, state)
+    def record(lr: float) -> None:
+        _record_eval(state, evaluate_all(), running_loss, running_acc, lr, val_names)
+        running_loss.clear()
+        running_acc.clear()
+
+    stop_reason = run_steps(config, model=model, optimizer=optimizer, rng=rng, state=state, checkpoint=checkpoint,
+                            shape=shape, loss_step=loss_step, record=record,
+                            step_text=lambda: f"loss {np.mean(running_loss[-config.log_every:]):.4f}",
+                            log=_log, label="pretrain")
     out = _write_output(config, model, state, corpus, n_params, batch_size, device, stop_reason, val_names)
     last = state["history"][-1]
     _log(
@@ -481,34 +400,12 @@ def _validate_config(config: PretrainConfig) -> None:
         problems.append(f"window_bp={config.window_bp} is shorter than k")
     if not 0 < config.mask_probability < 1:
         problems.append(f"mask_probability={config.mask_probability} (use 0..1)")
-    if config.max_steps < 1:
-        problems.append(f"max_steps={config.max_steps} (use >= 1)")
-    if config.max_minutes is not None and config.max_minutes <= 0:
-        problems.append(f"max_minutes={config.max_minutes} (use > 0)")
-    for name in ("eval_every", "eval_batches", "checkpoint_every", "log_every", "num_layers", "hidden_size", "num_heads"):
+    problems += config.schedule_problems()
+    for name in ("eval_batches", "num_layers", "hidden_size", "num_heads"):
         if getattr(config, name) < 1:
             problems.append(f"{name}={getattr(config, name)} (use >= 1)")
-    if config.device not in ("auto", "cpu", "cuda"):
-        problems.append(f"device={config.device!r} (use auto, cpu or cuda)")
     if problems:
         raise InputError("invalid pretraining settings: " + "; ".join(problems))
-
-
-def _pick_device(name: str):
-    import torch
-
-    if name == "cuda" and not torch.cuda.is_available():
-        raise InputError("device 'cuda' requested but no CUDA device is available")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
-
-
-def _param_groups(model, weight_decay: float):
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        (no_decay if param.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def _eval_batches(sampler: WindowSampler, rng, config: PretrainConfig, vocab, batch_size: int) -> list[MaskedBatch]:
@@ -614,58 +511,6 @@ def _record_eval(state, metrics, running_loss, running_acc, lr, val_names) -> No
 def _shape_signature(config: PretrainConfig) -> dict:
     keys = ("k", "window_bp", "num_layers", "hidden_size", "num_heads", "intermediate_size", "max_position_embeddings")
     return {key: getattr(config, key) for key in keys}
-
-
-def _save_checkpoint(path: Path, config, model, optimizer, rng, state) -> None:
-    import torch
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "shape": _shape_signature(config),
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": {
-            "kind": "warmup-cosine-over-progress",
-            "learning_rate": config.learning_rate,
-            "warmup_steps": config.warmup_steps,
-            "min_lr_ratio": config.min_lr_ratio,
-            "max_steps": config.max_steps,
-            "max_minutes": config.max_minutes,
-        },
-        "rng": {"numpy": rng.bit_generator.state, "torch": torch.get_rng_state()},
-        "state": json.dumps(state),
-    }
-    fd, tmp = tempfile.mkstemp(prefix=".checkpoint-", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _load_checkpoint(path: Path, config, model, optimizer, rng) -> dict:
-    import torch
-
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for corrupt files
-        raise ModelError(f"cannot read checkpoint {path}: {err}") from None
-    if payload.get("format") != CHECKPOINT_FORMAT:
-        raise ModelError(f"checkpoint {path} has format {payload.get('format')}, expected {CHECKPOINT_FORMAT}")
-    if payload["shape"] != _shape_signature(config):
-        diff = {k: (v, payload["shape"].get(k)) for k, v in _shape_signature(config).items() if payload["shape"].get(k) != v}
-        raise ModelError(
-            f"checkpoint {path} was made with other settings (requested, checkpoint): {diff}; "
-            "use the same model shape to resume or another --checkpoint-dir"
-        )
-    model.load_state_dict(payload["model"])
-    optimizer.load_state_dict(payload["optimizer"])
-    rng.bit_generator.state = payload["rng"]["numpy"]
-    torch.set_rng_state(payload["rng"]["torch"])
-    return json.loads(payload["state"])
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -828,37 +673,6 @@ def _write_output(config, model, state, corpus, n_params, batch_size, device, st
                 os.replace(item, target)
                 os.chmod(target, 0o644)  # temp files are private; the model is not
     return out
-
-
-class _Progress:
-    """A rich progress bar with the loss on a terminal; nothing otherwise (plain log lines)."""
-
-    def __init__(self, enabled: bool, completed: int, total: int):
-        self.live = enabled
-        self._bar = None
-        if enabled:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-            self._bar = Progress(
-                TextColumn("pretrain"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("loss {task.fields[loss]:.4f} lr {task.fields[lr]:.2e}"),
-                TimeElapsedColumn(),
-                TimeRemainingColumn(),
-                console=Console(stderr=True),
-            )
-            self._task = self._bar.add_task("pretrain", total=total, completed=completed, loss=float("nan"), lr=0.0)
-            self._bar.start()
-
-    def update(self, step: int, loss: float, lr: float) -> None:
-        if self._bar is not None:
-            self._bar.update(self._task, completed=step, loss=loss, lr=lr)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.stop()
 
 
 def _log(message: str) -> None:

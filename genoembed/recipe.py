@@ -19,7 +19,7 @@ from genoembed.vectors import IndexSpec
 _SECTIONS = {
     "genome": {"fasta", "name"},
     "tiling": {"window", "stride", "strands", "max_n_fraction", "soft_mask", "max_soft_masked_fraction", "contigs"},
-    "model": {"kind", "path", "k", "pooling", "layer", "reverse_complement", "batch_size", "device",
+    "model": {"kind", "path", "k", "pooling", "layer", "reverse_complement", "frames", "batch_size", "device",
               "trust_remote_code"},
     "index": {"factory", "metric", "train_size", "seed"},
     "annotations": {"files", "aliases", "auto_alias"},

@@ -25,6 +25,7 @@ from genoembed.embedders.families import (
     read_config,
 )
 from genoembed.embedders.hf import TransformersEmbedder
+from genoembed.errors import InputError
 from genoembed.embedders.pooling import chunk_spans, reverse_complement
 from genoembed.errors import MissingExtraError, ModelError
 
@@ -104,8 +105,8 @@ def model_dirs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def embedders(model_dirs):
-    """One no-RC embedder per model (loading is the slow part; reuse it)."""
-    return {name: TransformersEmbedder(path, reverse_complement=False) for name, path in model_dirs.items()}
+    """One no-RC, single-frame embedder per model (loading is the slow part; reuse it)."""
+    return {name: TransformersEmbedder(path, reverse_complement=False, frames=1) for name, path in model_dirs.items()}
 
 
 def random_dna(rng, n, with_n=False):
@@ -152,7 +153,8 @@ def test_pooling_matches_reference(model_dirs, embedders, name, how, layer):
         sequences = [random_dna(rng, n) for n in (30, 17, 38, 9)]
     embedder = embedders[name]
     if (how, layer) != ("mean", -1):
-        embedder = TransformersEmbedder(model_dirs[name], pooling=how, layer=layer, reverse_complement=False)
+        embedder = TransformersEmbedder(model_dirs[name], pooling=how, layer=layer, reverse_complement=False,
+                                        frames=1)
     got = embedder.embed(sequences)
     assert got.dtype == np.float32 and got.shape == (len(sequences), 32)
     np.testing.assert_allclose(got, reference(model_dirs[name], sequences, name, how, layer), atol=2e-5, rtol=1e-4)
@@ -193,7 +195,7 @@ def test_batch_size_invariance(model_dirs, embedders, name):
 @pytest.mark.parametrize("name", ["nt", "char"])
 @pytest.mark.parametrize("how", ["mean", "cls", "max"])
 def test_long_sequence_is_chunked_not_truncated(model_dirs, embedders, name, how):
-    embedder = TransformersEmbedder(model_dirs[name], pooling=how, reverse_complement=False)
+    embedder = TransformersEmbedder(model_dirs[name], pooling=how, reverse_complement=False, frames=1)
     rng = np.random.default_rng(7)
     seq = random_dna(rng, 1000)
     k = 6 if name == "nt" else 1
@@ -232,8 +234,8 @@ def test_n_runs_that_overflow_a_chunk_are_split_again(model_dirs, embedders):
     seq = "ACGTAC" * 20 + "N" * 200 + "GATTAC" * 30
     records, batch = embedder._plan([embedder.adapter.normalize(seq)])
     assert (batch.content_counts <= embedder.max_tokens - embedder.adapter.n_special).all()
-    assert records[0, 2] == 0 and records[-1, 3] == len(seq)
-    np.testing.assert_array_equal(records[1:, 2], records[:-1, 3])
+    assert records[0, 3] == 0 and records[-1, 4] == len(seq)
+    np.testing.assert_array_equal(records[1:, 3], records[:-1, 4])
     assert np.isfinite(embedder.embed([seq])).all()
 
 
@@ -241,7 +243,7 @@ def test_n_runs_that_overflow_a_chunk_are_split_again(model_dirs, embedders):
 def test_reverse_complement_average(model_dirs, embedders, name):
     rng = np.random.default_rng(9)
     sequences = [random_dna(rng, 25), random_dna(rng, 300, with_n=True)]
-    with_rc = TransformersEmbedder(model_dirs[name])  # auto: on for these models
+    with_rc = TransformersEmbedder(model_dirs[name], frames=1)  # RC auto: on for these models
     assert with_rc.reverse_complement is True
     plain = embedders[name]
     expected = (plain.embed(sequences) + plain.embed([reverse_complement(s) for s in sequences])) / 2
@@ -249,6 +251,56 @@ def test_reverse_complement_average(model_dirs, embedders, name):
     # the RC vector is strand-agnostic
     np.testing.assert_allclose(with_rc.embed([reverse_complement(s) for s in sequences]),
                                with_rc.embed(sequences), atol=1e-5)
+
+
+# --------------------------------------------------------------------------- reading frames
+
+
+def test_kmer_models_average_reading_frames_per_strand(model_dirs, embedders):
+    """frames=k: per strand, the mean of the single-frame vectors of the strand read from 0..k-1."""
+    framed = TransformersEmbedder(model_dirs["nt"])
+    assert framed.frames == 6 and embedders["char"].frames == 1 and TransformersEmbedder(model_dirs["dnabert"]).frames == 1
+    single = embedders["nt"]
+    rng = np.random.default_rng(12)
+    sequences = [random_dna(rng, 41), random_dna(rng, 9), random_dna(rng, 66, with_n=True), random_dna(rng, 1500)]
+
+    def strand_mean(text):
+        offsets = range(min(6, len(text) - 6 + 1))  # a frame keeps at least one whole 6-mer
+        return single.embed([text[f:] for f in offsets]).mean(axis=0)
+
+    expected = np.stack([(strand_mean(s) + strand_mean(reverse_complement(s))) / 2 for s in sequences])
+    np.testing.assert_allclose(framed.embed(sequences), expected, atol=1e-5)
+
+
+def test_frames_make_the_vector_independent_of_where_a_tile_starts(model_dirs):
+    """Shifting a tile by a non-multiple of k changes every single-frame token but few frame-averaged ones."""
+    rng = np.random.default_rng(13)
+    genome = random_dna(rng, 4000)
+    starts = rng.integers(0, 3000, size=12)
+    tiles = [genome[a : a + 600] for a in starts]
+    shifted = [genome[a + 3 : a + 603] for a in starts]
+
+    def mean_cosine(embedder):
+        return float(np.mean(_row_cosines_np(embedder.embed(tiles), embedder.embed(shifted))))
+
+    one = mean_cosine(TransformersEmbedder(model_dirs["nt"], layer=0, frames=1))
+    six = mean_cosine(TransformersEmbedder(model_dirs["nt"], layer=0))
+    assert six > 0.99 and one < 0.9, (six, one)  # random tiny model: unrelated tiles sit near 0.8
+
+
+def test_frames_are_recorded_and_old_specs_rebuild_single_frame(model_dirs):
+    framed = TransformersEmbedder(model_dirs["nt"])
+    single = TransformersEmbedder(model_dirs["nt"], frames=1)
+    assert framed.describe()["frames"] == 6 and framed.fingerprint != single.fingerprint
+    old_spec = {key: value for key, value in single.describe().items() if key != "frames"}
+    rebuilt = load_embedder(old_spec)  # a store written before frames existed
+    assert rebuilt.frames == 1 and rebuilt.fingerprint == single.fingerprint
+    with pytest.raises(InputError, match="frames must be a positive integer"):
+        TransformersEmbedder(model_dirs["nt"], frames=0)
+
+
+def _row_cosines_np(a, b):
+    return (a * b).sum(axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
 # --------------------------------------------------------------------------- provenance
@@ -630,7 +682,7 @@ def test_esm_models_run_fused_and_match_the_stock_forward(model_dirs, embedders)
     rng = np.random.default_rng(11)
     sequences = [random_dna(rng, n, with_n=True) for n in (40, 13, 300, 7, 61)]  # padded batches + chunks
     for name in ("nt", "char"):
-        stock = TransformersEmbedder(model_dirs[name], reverse_complement=False, fuse=False, batch_size=3)
+        stock = TransformersEmbedder(model_dirs[name], reverse_complement=False, fuse=False, batch_size=3, frames=1)
         assert not stock.fused_forward
         np.testing.assert_allclose(embedders[name].embed(sequences), stock.embed(sequences), atol=1e-5, rtol=1e-5)
         fused_attention = embedders[name].model.encoder.layer[0].attention.self

@@ -11,9 +11,11 @@ import pytest
 from safetensors.numpy import load_file
 from typer.testing import CliRunner
 
+from genoembed.embedders.pooling import reverse_complement
 from genoembed.errors import InputError, ModelError
 from genoembed.evaluate import minimap2_available, read_coords
 from genoembed.finetune import (
+    frame_views,
     PROJECTION_FILE,
     FinetuneConfig,
     RelatedPair,
@@ -163,25 +165,30 @@ def test_few_steps_write_a_model_the_embedder_loads_and_resume_continues(tiny_mo
     assert report["data"]["pairs_drawn"]["strain"] > 0 and report["data"]["pairs_drawn"]["shift"] > 0
     assert report["model"]["output_dim"] == 16
 
-    embedder = TransformersEmbedder(str(out), reverse_complement=False)
-    assert embedder.dim == 16
+    embedder = TransformersEmbedder(str(out))
+    assert embedder.dim == 16 and embedder.frames == 6 and embedder.reverse_complement
     sequences = [random_sequence(300, seed=i) for i in range(3)]
     vectors = embedder.embed(sequences)
     assert vectors.shape == (3, 16) and np.isfinite(vectors).all()
-    # the embedder computes exactly the trained vector: mean-pooled last layer, then the projection
+    # the embedder computes exactly the trained vector: mean-pooled last layer of every frame of both
+    # strands, averaged, then the projection (numpy here, from the saved files)
     import torch
     from transformers import AutoModel
 
     from genoembed.tokenize import kmer_token_ids
 
     encoder = AutoModel.from_pretrained(str(out), local_files_only=True, add_pooling_layer=False)
-    encoded = kmer_token_ids(sequences, {t: i for i, t in enumerate(kmer_vocab(6))}, 6)
+    views = frame_views(sequences, 6, 6, both_strands=True)
+    assert views[1] == sequences[0][1:] and views[6] == reverse_complement(sequences[0])
+    encoded = kmer_token_ids(views, {t: i for i, t in enumerate(kmer_vocab(6))}, 6)
     with torch.no_grad():
-        hidden = encoder(input_ids=torch.from_numpy(encoded["input_ids"])).last_hidden_state
-    content = torch.from_numpy(encoded["input_ids"] >= 5).unsqueeze(-1).float()
+        hidden = encoder(input_ids=torch.from_numpy(encoded["input_ids"]),
+                         attention_mask=torch.from_numpy(encoded["attention_mask"])).last_hidden_state.numpy()
+    content = ((encoded["input_ids"] >= 5) & (encoded["attention_mask"] > 0))[..., None]
     pooled = (hidden * content).sum(1) / content.sum(1)
-    expected = pooled @ torch.from_numpy(load_file(str(out / PROJECTION_FILE))["weight"]).T
-    np.testing.assert_allclose(vectors, expected.numpy(), rtol=1e-4, atol=1e-5)
+    weight = load_file(str(out / PROJECTION_FILE))["weight"]
+    expected = pooled.reshape(3, 12, -1).mean(axis=1) @ weight.T
+    np.testing.assert_allclose(vectors, expected, rtol=1e-4, atol=1e-5)
     # the projection is part of the fingerprint
     plain = TransformersEmbedder(str(tiny_model), reverse_complement=False)
     assert plain.dim == 32 and plain.fingerprint != embedder.fingerprint

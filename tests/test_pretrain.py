@@ -17,13 +17,13 @@ from genoembed.pretrain import (
     PretrainConfig,
     WindowSampler,
     evaluate_mlm,
-    learning_rate,
     load_corpus,
     mask_tokens,
     pretrain,
     read_sequences,
 )
 from genoembed.tokenize import SPECIAL_TOKENS, kmer_token_ids, kmer_vocab
+from genoembed.training import learning_rate
 
 DATA = Path(__file__).parent / "data"
 PLASMID = DATA / "NC_005816.fna"
@@ -104,23 +104,23 @@ def test_short_pretrain_writes_loadable_hf_directory_and_resumes(two_contigs, tm
 
 
 def test_resume_reproduces_an_uninterrupted_run(two_contigs, tmp_path, monkeypatch):
-    import genoembed.pretrain as module
+    import genoembed.training as module
 
     straight = _tiny(two_contigs, tmp_path / "straight", eval_every=4, checkpoint_every=4)
     pretrain(straight)
 
-    save = module._save_checkpoint
+    save = module.save_checkpoint
 
-    def save_then_die(path, config, model, optimizer, rng, state):
-        save(path, config, model, optimizer, rng, state)
+    def save_then_die(path, shape, schedule, model, optimizer, rng, state):
+        save(path, shape, schedule, model, optimizer, rng, state)
         if state["step"] == 2:
             raise KeyboardInterrupt  # killed right after the step-2 checkpoint
 
     interrupted = _tiny(two_contigs, tmp_path / "split", eval_every=4, checkpoint_every=2)
-    monkeypatch.setattr(module, "_save_checkpoint", save_then_die)
+    monkeypatch.setattr(module, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         pretrain(interrupted)
-    monkeypatch.setattr(module, "_save_checkpoint", save)
+    monkeypatch.setattr(module, "save_checkpoint", save)
     assert not (tmp_path / "split").exists()
     pretrain(dataclasses.replace(interrupted, resume=True))
 

@@ -47,7 +47,7 @@ def model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def fast(model_dir):
-    return TransformersEmbedder(model_dir, reverse_complement=False, batch_size=8)
+    return TransformersEmbedder(model_dir, reverse_complement=False, frames=1, batch_size=8)
 
 
 def stock(directory: Path, sequences: list[str], batch_size: int = 8) -> np.ndarray:
@@ -107,7 +107,7 @@ def test_no_mask_path_equals_masked_path(fast):
 
 def test_threads_option_is_restored_and_invariant(model_dir, fast):
     sequences = tiles(10)
-    two = TransformersEmbedder(model_dir, reverse_complement=False, batch_size=8, threads=2)
+    two = TransformersEmbedder(model_dir, reverse_complement=False, frames=1, batch_size=8, threads=2)
     before = torch.get_num_threads()
     np.testing.assert_allclose(two.embed(sequences), fast.embed(sequences), rtol=1e-4, atol=1e-5)
     assert torch.get_num_threads() == before
@@ -117,7 +117,7 @@ def test_threads_option_is_restored_and_invariant(model_dir, fast):
 
 
 def test_bfloat16_on_cpu_is_checked_and_agrees(model_dir, fast):
-    reduced = TransformersEmbedder(model_dir, reverse_complement=False, batch_size=8, dtype="bfloat16")
+    reduced = TransformersEmbedder(model_dir, reverse_complement=False, frames=1, batch_size=8, dtype="bfloat16")
     assert reduced.probe_cosine is not None and reduced.probe_cosine >= hf.MIN_PROBE_COSINE
     assert any("bfloat16 on CPU" in note for note in reduced.notes)
     sequences = tiles(12, seed=3)
@@ -128,7 +128,7 @@ def test_bfloat16_on_cpu_is_checked_and_agrees(model_dir, fast):
 def test_reduced_precision_that_changes_vectors_is_refused(model_dir, monkeypatch):
     monkeypatch.setattr(hf, "MIN_PROBE_COSINE", 1.5)  # nothing passes: the refusal must name the fix
     with pytest.raises(ModelError, match=r"bfloat16 on CPU changes this model's vectors too much.*use dtype float32"):
-        TransformersEmbedder(model_dir, reverse_complement=False, dtype="bfloat16")
+        TransformersEmbedder(model_dir, reverse_complement=False, frames=1, dtype="bfloat16")
 
 
 def test_int8_is_not_offered(model_dir):
@@ -147,7 +147,7 @@ def test_compile_failure_is_announced_and_eager_is_used(model_dir, fast, monkeyp
         return run
 
     monkeypatch.setattr(torch, "compile", broken_compile)
-    embedder = TransformersEmbedder(model_dir, reverse_complement=False, batch_size=4, compile=True)
+    embedder = TransformersEmbedder(model_dir, reverse_complement=False, frames=1, batch_size=4, compile=True)
     sequences = tiles(9)
     np.testing.assert_allclose(embedder.embed(sequences), fast.embed(sequences), rtol=1e-4, atol=1e-5)
     assert embedder._compiled is None
@@ -165,7 +165,7 @@ def test_compiled_model_is_used_for_one_shape_only(model_dir, fast, monkeypatch)
         return run
 
     monkeypatch.setattr(torch, "compile", recording_compile)
-    embedder = TransformersEmbedder(model_dir, reverse_complement=False, batch_size=4, compile=True)
+    embedder = TransformersEmbedder(model_dir, reverse_complement=False, frames=1, batch_size=4, compile=True)
     sequences = tiles(9) + [random_sequence(150, seed=9)]
     np.testing.assert_allclose(embedder.embed(sequences), fast.embed(sequences), rtol=1e-4, atol=1e-5)
     assert shapes and set(shapes) == {(4, 52)}
@@ -181,7 +181,7 @@ def test_auto_batch_size():
 
 
 def test_batch_size_auto_on_cpu(model_dir):
-    embedder = TransformersEmbedder(model_dir, reverse_complement=False, batch_size="auto")
+    embedder = TransformersEmbedder(model_dir, reverse_complement=False, frames=1, batch_size="auto")
     assert embedder.batch_size == hf._AUTO_BATCH_CPU
 
 
@@ -219,7 +219,7 @@ def test_xformers_attention_equals_sdpa(model_dir, fast, monkeypatch):
     package.ops = ops
     monkeypatch.setitem(sys.modules, "xformers", package)
     monkeypatch.setitem(sys.modules, "xformers.ops", ops)
-    embedder = TransformersEmbedder(model_dir, reverse_complement=False, batch_size=8, attention="xformers")
+    embedder = TransformersEmbedder(model_dir, reverse_complement=False, frames=1, batch_size=8, attention="xformers")
     assert embedder.attention == hf.XFORMERS_ATTENTION
     rng = np.random.default_rng(2)
     sequences = tiles(8) + [random_sequence(int(n), seed=i) for i, n in enumerate(rng.integers(20, 300, 5))]

@@ -39,6 +39,7 @@ def load_embedder(spec: dict) -> Embedder:
         from genoembed.embedders.hf import TransformersEmbedder
 
         options = {key: value for key, value in spec.items() if key not in ("kind", "fingerprint", "dim", "model_id")}
+        options.setdefault("frames", 1)  # stores written before frames existed hold single-frame vectors
         return TransformersEmbedder(**options)
     from genoembed.errors import ModelError
 

@@ -17,7 +17,17 @@ The embed path, for a list of sequences:
 4. run the model in batches of pieces sorted by token length, each batch
    sliced to its own longest row, under ``torch.inference_mode``;
 5. pool each piece over its content tokens (mean / max / CLS) on the device;
-6. combine chunks weighted by bases covered, then average the two strands.
+6. combine chunks weighted by bases covered, average the reading frames, then the two strands.
+
+Reading frames: a model with non-overlapping k-mer tokens (Nucleotide
+Transformer, genoembed's default) sees the same bases shifted by one as an
+entirely different token sequence, so a query region that does not start on
+the reference tiling's k-mer grid shares no tokens with it (measured: the
+R@1 of such models at retrieval was that of random init). ``frames=k`` (the
+default for those models) embeds each strand read from each of its first k
+offsets and averages them: the vector then depends on the bases, not on
+where the tile happens to start. It costs k forward passes per tile;
+``frames=1`` is the single-frame vector of earlier releases.
 
 Steps 3 and 4 are separate so a later throughput pass can overlap them
 (producer thread, pinned memory, CUDA graphs) without touching the rest.
@@ -111,6 +121,8 @@ class TransformersEmbedder:
     threads : intra-op CPU threads while embedding; None keeps torch's setting.
     attention : ``"auto"`` (SDPA, eager when the model lacks it), ``"sdpa"``, ``"eager"`` or
         ``"xformers"`` (needs the ``gpu`` extra).
+    frames : reading frames averaged per strand: ``"auto"`` (k for non-overlapping k-mer tokenizers,
+        1 otherwise) or a positive integer (at most the token's k bases apart matter).
     """
 
     def __init__(
@@ -129,6 +141,7 @@ class TransformersEmbedder:
         fuse: bool = True,
         threads: int | None = None,
         attention: str = "auto",
+        frames: int | str = "auto",
     ):
         if pooling not in POOLINGS:
             raise InputError(f"unknown pooling {pooling!r}; use one of {', '.join(POOLINGS)}")
@@ -182,6 +195,7 @@ class TransformersEmbedder:
         self.notes += self.adapter.notes
 
         self.reverse_complement = (not self.family.rc_equivariant) if rc_option == "auto" else rc_option
+        self.frames = _resolve_frames(frames, self.family)
         self.max_tokens = self._resolve_max_tokens(max_tokens, config, tokenizer)
         self._max_content = self.max_tokens - self.adapter.n_special
         if self._max_content < max(1, self.adapter.step):
@@ -209,6 +223,8 @@ class TransformersEmbedder:
             "family": self.family.name, "pooling": pooling, "layer": layer,
             "reverse_complement": self.reverse_complement, "max_tokens": self.max_tokens,
         }
+        if self.frames != 1:  # single-frame fingerprints stay those of releases before frames existed
+            settings["frames"] = self.frames
         digest = hashlib.sha256(b"genoembed.transformers.v1\0")
         digest.update(file_digest)
         digest.update(json.dumps(settings, sort_keys=True).encode())
@@ -228,6 +244,7 @@ class TransformersEmbedder:
             "layer": self.layer,
             "reverse_complement": self.reverse_complement,
             "max_tokens": self.max_tokens,
+            "frames": self.frames,
             "fingerprint": self.fingerprint,
             "dim": self.dim,
         }
@@ -241,8 +258,10 @@ class TransformersEmbedder:
         records, batch = self._plan(normalized)
         with _intra_op_threads(self.threads):
             vectors = self._embed_batch(batch)
-        owners, strands = records[:, 0], records[:, 1]
-        weights = records[:, 3] - records[:, 2]
+        owners, strands, frames = records[:, 0], records[:, 1], records[:, 2]
+        # Chunks weigh by the bases they cover within their frame; each frame of a strand weighs the same.
+        frame_bases = np.array([len(text) for text in normalized], dtype=np.int64)[owners] - frames
+        weights = (records[:, 4] - records[:, 3]) / frame_bases
         how = "max" if self.pooling == "max" else "mean"
         forward = strands == 0
         out = combine_chunks(vectors[forward], weights[forward], owners[forward], n, how)
@@ -267,33 +286,35 @@ class TransformersEmbedder:
         return out
 
     def _plan(self, normalized: list[str]) -> tuple[np.ndarray, "fam.TokenBatch"]:
-        """Pieces (owner, strand, start, end) that each fit the model, and their tokens."""
+        """Pieces (owner, strand, frame, start, end) that each fit the model, and their tokens."""
         strands = (0, 1) if self.reverse_complement else (0,)
-        texts: dict[tuple[int, int], str] = {}
-        records: list[tuple[int, int, int, int]] = []
+        step = self.adapter.step
+        texts: dict[tuple[int, int, int], str] = {}
+        records: list[tuple[int, int, int, int, int]] = []
         for owner, sequence in enumerate(normalized):
             for strand in strands:
                 text = sequence if strand == 0 else reverse_complement(sequence)
-                texts[owner, strand] = text
-                for start, end in chunk_spans(len(text), self._chunk_bases, self.adapter.step).tolist():
-                    records.append((owner, strand, start, end))
+                # Frame f reads the strand from base f; a frame must keep at least one whole token.
+                for frame in range(max(1, min(self.frames, len(text) - step + 1))):
+                    texts[owner, strand, frame] = text[frame:]
+                    for start, end in chunk_spans(len(text) - frame, self._chunk_bases, step).tolist():
+                        records.append((owner, strand, frame, start, end))
         # A chunk whose tokens still do not fit (N runs in k-mer vocabularies, BPE) is split again.
         for _ in range(64):
-            pieces = [self.adapter.piece(texts[o, s], a, b) for o, s, a, b in records]
+            pieces = [self.adapter.piece(texts[o, s, f], a, b) for o, s, f, a, b in records]
             batch = self.adapter.tokenize(pieces)
             too_long = set(np.flatnonzero(batch.content_counts > self._max_content).tolist())
             if not too_long:
-                return np.asarray(records, dtype=np.int64).reshape(-1, 4), batch
+                return np.asarray(records, dtype=np.int64).reshape(-1, 5), batch
             refined = []
-            for index, (o, s, a, b) in enumerate(records):
+            for index, (o, s, f, a, b) in enumerate(records):
                 if index not in too_long:
-                    refined.append((o, s, a, b))
+                    refined.append((o, s, f, a, b))
                     continue
-                step = self.adapter.step
                 if b - a <= step:
                     raise ModelError(f"{b - a} bases need more than {self._max_content} tokens; raise max_tokens")
                 half = -(-((b - a + 1) // 2) // step) * step
-                refined += [(o, s, a + x, a + y) for x, y in chunk_spans(b - a, half, step).tolist()]
+                refined += [(o, s, f, a + x, a + y) for x, y in chunk_spans(b - a, half, step).tolist()]
             records = refined
         raise ModelError("could not cut sequences into chunks that fit the model; raise max_tokens")
 
@@ -482,6 +503,15 @@ def _rc_option(value) -> bool | str:
         lowered = value.lower()
         return "auto" if lowered == "auto" else lowered in ("true", "on")
     raise InputError(f"reverse_complement must be 'auto', true or false, got {value!r}")
+
+
+def _resolve_frames(frames: int | str, family: fam.Family) -> int:
+    """Reading frames per strand: k for non-overlapping k-mer tokens under "auto", else as given."""
+    if frames == "auto":
+        return family.k if family.tokens == "kmer" else 1
+    if not isinstance(frames, int) or isinstance(frames, bool) or frames < 1:
+        raise InputError(f"frames must be a positive integer or 'auto', got {frames!r}")
+    return frames
 
 
 def _resolve_device(device: str) -> torch.device:
