@@ -92,6 +92,16 @@ def finetune(
     min_alignment_bp: int = typer.Option(
         2000, "--min-alignment-bp", min=50, help="Shortest alignment block used for related-strain pairs.",
     ),
+    reinitialize: bool = typer.Option(
+        False, "--reinitialize", help="Start from fresh random weights of the base model's shape (keeps its tokenizer).",
+    ),
+    zero_residual: bool = typer.Option(
+        False, "--zero-residual",
+        help="Zero every layer's residual-branch output first, so training starts from the mean token embedding.",
+    ),
+    keep_layers: Optional[int] = typer.Option(
+        None, "--keep-layers", min=0, help="Keep only the base model's first N transformer layers (0 = token embeddings only).",
+    ),
     train_frames: int = typer.Option(
         2, "--train-frames", min=1, max=64,
         help="Tokenisation frames sampled per window per step (the embedder averages all k; validation uses all).",
@@ -130,6 +140,7 @@ def finetune(
         train_files=tuple(fasta), output_dir=output, base_model=base_model, related=pairs,
         val_files=tuple(val_fasta), checkpoint_dir=checkpoint_dir, resume=resume, window_bp=window_bp,
         projection_dim=projection_dim, subword_init=_sizes(subword_init), train_frames=train_frames,
+        reinitialize=reinitialize, zero_residual=zero_residual, keep_layers=keep_layers,
         cross_strain_fraction=cross_strain_fraction, max_shift=max_shift,
         max_substitution=max_substitution, max_indel=max_indel, indel_probability=indel_probability,
         repeat_kmer_share=repeat_kmer_share, min_alignment_bp=min_alignment_bp, batch_size=batch_size,

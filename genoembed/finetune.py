@@ -107,6 +107,9 @@ class FinetuneConfig(TrainingSchedule):
     projection_dim: int | None = None  # None: no projection, the vector is the encoder's hidden size
     train_frames: int = 2  # tokenisation frames sampled per view per step (validation uses all k)
     subword_init: tuple[int, ...] = ()  # e.g. (4, 5): add sub-k-mer vectors to the token embeddings first
+    reinitialize: bool = False  # fresh seeded weights of the base model's shape (its tokenizer and size only)
+    zero_residual: bool = False  # start every layer's residual branch at zero (see zero_residual_branches)
+    keep_layers: int | None = None  # keep only the base model's first N transformer layers (0: token embeddings)
     # Positive pairs.
     cross_strain_fraction: float = 0.5
     max_shift: float = 0.5  # fraction of the window a positive may be shifted by
@@ -525,6 +528,44 @@ def subword_init(encoder, k: int, sizes: Sequence[int], seed: int = 0) -> None:
         rows += torch.from_numpy(added * scale).to(rows.dtype)
 
 
+def keep_first_layers(encoder, n: int) -> None:
+    """Drop every transformer layer after the first ``n`` (config updated, so the saved model has n layers).
+
+    With ``n = 0`` the vector is the mean over all frames of the layer-normed
+    token embeddings: a learned embedding of the window's overlapping k-mer
+    spectrum, k forward passes of nothing but a table look-up.
+    """
+    from transformers.models.esm.modeling_esm import EsmContactPredictionHead
+
+    encoder.encoder.layer = encoder.encoder.layer[:n]
+    encoder.config.num_hidden_layers = n
+    # The (unused) contact head reads every layer's attention maps: its size follows the layer count.
+    from genoembed.embedders.hf import _quiet_transformers
+
+    with _quiet_transformers():  # n = 0: the contact head is an empty matrix
+        encoder.contact_head = EsmContactPredictionHead(n * encoder.config.num_attention_heads,
+                                                        eos_idx=encoder.config.eos_token_id)
+
+
+def zero_residual_branches(encoder) -> None:
+    """Zero each layer's attention-output and feed-forward-output projections.
+
+    Every layer then adds nothing to the residual stream, so the pooled vector
+    starts as the mean of the (layer-normed) token embeddings over all frames:
+    a projection of the window's overlapping k-mer spectrum, which already
+    retrieves about as well as 4-mer profiles with random embeddings.
+    Gradients still reach the zeroed weights (through the inputs they
+    multiply), so training grows the layers from there (ReZero-style start).
+    """
+    import torch
+
+    with torch.no_grad():
+        for layer in encoder.encoder.layer:
+            for projection in (layer.attention.output.dense, layer.output.dense):
+                projection.weight.zero_()
+                projection.bias.zero_()
+
+
 def _vocab_k(vocab) -> int:
     tokens = vocab if isinstance(vocab, (list, tuple)) else list(vocab or ())
     kmers = {len(t) for t in tokens if t and set(t) <= set("ACGT") and len(t) > 1}
@@ -571,6 +612,15 @@ def finetune(config: FinetuneConfig) -> Path:
 
     vocab = {t: i for i, t in enumerate(kmer_vocab(k))}
     torch.manual_seed(config.seed)
+    if config.reinitialize:
+        encoder = type(encoder)(encoder.config, add_pooling_layer=False)
+        say(f"weights: fresh random initialisation of {Path(config.base_model).name}'s shape (seed {config.seed})")
+    if config.keep_layers is not None and config.keep_layers < encoder.config.num_hidden_layers:
+        keep_first_layers(encoder, config.keep_layers)
+        say(f"kept the first {config.keep_layers} of the base model's layers")
+    if config.zero_residual:
+        zero_residual_branches(encoder)
+        say("residual branches zeroed: training starts from the mean of the token embeddings")
     if config.subword_init:  # a resumed run loads its trained embeddings over this
         subword_init(encoder, k, config.subword_init, seed=config.seed)
         say(f"token embeddings: added sums of random {'/'.join(map(str, config.subword_init))}-mer vectors "
@@ -654,6 +704,8 @@ def _validate_config(config: FinetuneConfig) -> None:
         problems.append(f"max_substitution={config.max_substitution} (use 0..0.75)")
     if not 0 <= config.max_indel <= 0.2:
         problems.append(f"max_indel={config.max_indel} (use 0..0.2)")
+    if config.keep_layers is not None and config.keep_layers < 0:
+        problems.append(f"keep_layers={config.keep_layers} (use >= 0)")
     if config.train_frames < 1:
         problems.append(f"train_frames={config.train_frames} (use >= 1)")
     if config.batch_size < 2:

@@ -28,7 +28,7 @@ from genoembed.finetune import (
 )
 from genoembed.pretrain import PretrainConfig, build_model, read_sequences
 from genoembed.synthetic import mutate, random_sequence, write_fasta
-from genoembed.tokenize import kmer_vocab, write_kmer_tokenizer
+from genoembed.tokenize import kmer_token_ids, kmer_vocab, write_kmer_tokenizer
 
 DATA = Path(__file__).parent / "data"
 PLASMID = DATA / "NC_005816.fna"
@@ -285,3 +285,59 @@ def test_subword_init_brings_tokens_that_share_subsequences_together(tiny_model)
     assert torch.equal(before[:5], after[:5])  # special tokens untouched
     with pytest.raises(InputError, match="subword size 7"):
         subword_init(encoder, k, (7,))
+
+
+def test_zero_residual_start_is_the_mean_layer_normed_token_embedding(tiny_model, strains, tmp_path):
+    """--reinitialize --zero-residual: fresh weights, and every layer adds nothing at step 0."""
+    import torch
+
+    from genoembed.finetune import load_encoder, zero_residual_branches
+
+    encoder, _ = load_encoder(tiny_model)
+    zero_residual_branches(encoder)
+    encoder.eval()
+    ids = torch.from_numpy(kmer_token_ids([random_sequence(120, seed=3)], {t: i for i, t in enumerate(kmer_vocab(6))},
+                                          6)["input_ids"])
+    with torch.no_grad():
+        hidden = encoder(input_ids=ids).last_hidden_state
+        expected = encoder.encoder.emb_layer_norm_after(encoder.embeddings.word_embeddings(ids))
+    torch.testing.assert_close(hidden, expected, atol=1e-5, rtol=1e-5)
+
+    a, _ = strains
+    out = tmp_path / "fresh"
+    finetune(_tiny((a,), out, tiny_model, reinitialize=True, zero_residual=True, max_steps=1, seed=5))
+    base, _ = load_encoder(tiny_model)
+    trained, _ = load_encoder(out)
+    assert not torch.allclose(trained.embeddings.word_embeddings.weight, base.embeddings.word_embeddings.weight,
+                              atol=1e-2)  # fresh weights, not the base model's nudged by one step
+    dense = trained.encoder.layer[0].output.dense.weight.detach()
+    assert 0 < float(dense.abs().max()) < 1e-2  # grown from zero by one small step
+
+
+def test_a_zero_layer_model_is_the_mean_layer_normed_token_embedding_over_frames(tiny_model, strains, tmp_path):
+    """--keep-layers 0: the saved model has no transformer layers, loads in the embedder, and its vector is
+    the mean over every frame of both strands of the layer-normed token embeddings (numpy oracle)."""
+    from genoembed.embedders.hf import TransformersEmbedder
+
+    a, _ = strains
+    out = tmp_path / "bag"
+    finetune(_tiny((a,), out, tiny_model, keep_layers=0, projection_dim=None, max_steps=2, train_frames=6))
+    assert json.loads((out / "config.json").read_text())["num_hidden_layers"] == 0
+    embedder = TransformersEmbedder(str(out))
+    weights = load_file(str(out / "model.safetensors"))
+    table = next(v for key, v in weights.items() if key.endswith("word_embeddings.weight"))
+    gamma = next(v for key, v in weights.items() if key.endswith("emb_layer_norm_after.weight"))
+    beta = next(v for key, v in weights.items() if key.endswith("emb_layer_norm_after.bias"))
+    sequences = [random_sequence(200, seed=8), random_sequence(77, seed=9)]
+    vocab = {t: i for i, t in enumerate(kmer_vocab(6))}
+    expected = []
+    for sequence in sequences:
+        views = frame_views([sequence], 6, 6, both_strands=True)
+        pooled = []
+        for view in views:
+            ids = kmer_token_ids([view], vocab, 6)["input_ids"][0]
+            rows = table[ids[ids >= 5]].astype(np.float64)
+            normed = (rows - rows.mean(1, keepdims=True)) / np.sqrt(rows.var(1, keepdims=True) + 1e-12)
+            pooled.append((normed * gamma + beta).mean(0))
+        expected.append(np.mean(pooled, axis=0))
+    np.testing.assert_allclose(embedder.embed(sequences), np.array(expected), atol=1e-5)

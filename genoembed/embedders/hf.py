@@ -581,7 +581,10 @@ def _directory_digest(directory: Path) -> bytes:
 
 @contextmanager
 def _quiet_transformers():
-    """Silence transformers' load reports and progress bars (genoembed checks loading itself)."""
+    """Silence transformers' load reports and progress bars (genoembed checks loading itself), and torch's
+    note that a zero-layer ESM model's (unused) contact head is an empty matrix."""
+    import warnings
+
     from transformers.utils import logging as hf_logging
 
     level = hf_logging.get_verbosity()
@@ -589,7 +592,9 @@ def _quiet_transformers():
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
+            yield
     finally:
         hf_logging.set_verbosity(level)
         if bars:
