@@ -91,9 +91,9 @@ def embedders(methods: list[str], workdir: Path, contrastive: Path | None, mlm: 
             from genoembed.embedders.hf import TransformersEmbedder
             from genoembed.resources import default_model_dir
 
-            shipped = mlm or default_model_dir()
+            shipped = mlm or default_model_dir("mlm")
             if shipped is None:
-                raise SystemExit("the shipped genoembed-nt6 model is not installed")
+                raise SystemExit("the shipped genoembed-nt6 masked-LM model is not installed")
             out[f"MLM ({Path(shipped).name})" + suffix] = TransformersEmbedder(str(shipped), **lm_options)
         elif method == "contrastive":
             from genoembed.embedders.hf import TransformersEmbedder

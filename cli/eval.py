@@ -32,7 +32,7 @@ def eval_command(
     reference: Path = typer.Argument(..., exists=True, dir_okay=False, help="Reference genome FASTA to index (plain or gzip)."),
     queries: Path = typer.Argument(..., exists=True, dir_okay=False, help="Query FASTA: draft contigs or a related strain; query tiles are cut from it."),
     coords: Optional[Path] = typer.Option(None, "--coords", exists=True, dir_okay=False, help="NUCmer show-coords table placing the query contigs on the reference (plain or .gz); without it the truth is derived with minimap2."),
-    model: Optional[list[str]] = typer.Option(None, "--model", "-m", help="Embedder: 'default' (shipped model), 'kmer[:K]' or a local model directory (repeatable; default: kmer:4)."),
+    model: Optional[list[str]] = typer.Option(None, "--model", "-m", help="Embedder: 'default' (shipped retrieval model), 'mlm' (shipped masked-LM model), 'kmer[:K]' or a local model directory (repeatable; default: kmer:4)."),
     factory: Optional[list[str]] = typer.Option(None, "--index", help="FAISS index factory string, e.g. Flat, IVF64,Flat, HNSW32 (repeatable; Flat is always run as the exact reference)."),
     nprobe: Optional[list[int]] = typer.Option(None, "--nprobe", min=1, help="IVF lists to visit (repeatable: one run per value)."),
     ef_search: Optional[list[int]] = typer.Option(None, "--ef-search", min=1, help="HNSW search breadth (repeatable: one run per value)."),

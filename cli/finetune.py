@@ -133,9 +133,9 @@ def finetune(
 
     pairs = _related_pairs(related)
     if base_model is None:
-        base_model = default_model_dir()
+        base_model = default_model_dir("mlm")
         if base_model is None:
-            raise InputError("the shipped genoembed-nt6 model is not installed; give --base-model DIR")
+            raise InputError("the shipped genoembed-nt6 masked-LM model is not installed; give --base-model DIR")
     config = FinetuneConfig(
         train_files=tuple(fasta), output_dir=output, base_model=base_model, related=pairs,
         val_files=tuple(val_fasta), checkpoint_dir=checkpoint_dir, resume=resume, window_bp=window_bp,

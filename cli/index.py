@@ -39,7 +39,7 @@ def index(
     genome_name: Optional[str] = typer.Option(None, "--genome-name", help="Name of the genome in the store (default: the FASTA file name without extensions; one --fasta only)."),
     append: bool = typer.Option(False, "--append", help="Add the genome(s) to an existing store built with the same model and tiling (its index is extended, not rebuilt)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Store directory (default: recipe path without .toml)."),
-    model: Optional[str] = typer.Option(None, "--model", help="'default' (shipped model), 'kmer[:K]', or a local Hugging Face model directory."),
+    model: Optional[str] = typer.Option(None, "--model", help="'default' (shipped retrieval model), 'mlm' (shipped masked-LM model), 'kmer[:K]', or a local Hugging Face model directory."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow a model directory's own Python code to run (DNABERT-2, HyenaDNA, Caduceus, NT-v2)."),
     pooling: Optional[Pooling] = typer.Option(None, help="How token vectors become one tile vector (transformer models)."),
     layer: Optional[int] = typer.Option(None, help="Hidden layer to pool (-1 = last; transformer models)."),

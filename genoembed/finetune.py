@@ -44,10 +44,18 @@ loads with no genoembed model code; with ``projection_dim`` set, also
 the embedder applies to the pooled vector. ``finetune.json`` records the data,
 pairs, history, machine and command.
 
-Training reuses :mod:`genoembed.pretrain`'s sequence reading, tokenisation,
-learning-rate schedule (warm-up, cosine over ``max(step/max_steps,
-elapsed/max_minutes)``), checkpoints (atomic, resumable, same format) and
-progress bar.
+Starting points: the base model as it is; ``reinitialize`` (fresh seeded
+weights of its shape, keeping its tokenizer); ``keep_layers`` (only its first
+N layers; 0 leaves the token embeddings, so the vector is a learned embedding
+of the window's overlapping k-mer spectrum); ``zero_residual`` (layers that
+start by adding nothing). Measured on held-out genomes (benchmarks/RESULTS.md):
+the masked-LM base's contextual layers made the vector *less* robust to
+substitutions than its own token embeddings, and the trained zero-layer model
+is what genoembed ships as its retrieval default.
+
+Training shares :mod:`genoembed.training` with pretraining (schedule over
+steps or minutes, atomic resumable checkpoints, progress bar) and
+:mod:`genoembed.pretrain`'s sequence reading.
 """
 
 from __future__ import annotations

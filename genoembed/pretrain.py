@@ -292,9 +292,6 @@ def _masked_logits(model, input_ids, attention_mask, labels):
     return model.lm_head(hidden[scored]), labels[scored]
 
 
-# --------------------------------------------------------------------------- schedule
-
-
 # --------------------------------------------------------------------------- training
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from genoembed.errors import InputError
-from genoembed.resources import resolve
+from genoembed.resources import PACKAGE_PREFIX, SHIPPED_MODELS, resolve
 from genoembed.tiles import TilingSpec
 from genoembed.vectors import IndexSpec
 
@@ -64,9 +64,12 @@ def make_embedder(model: dict, base: Path | None = None):
 
 
 def parse_model_option(text: str) -> dict:
-    """CLI ``--model``: ``default``, ``kmer`` / ``kmer:K``, or a local model directory."""
+    """CLI ``--model``: ``default``, ``mlm`` (the shipped masked-LM model), ``kmer`` / ``kmer:K``,
+    or a local model directory."""
     if text == "default":
         return {}
+    if text in SHIPPED_MODELS:
+        return {"kind": "transformers", "path": PACKAGE_PREFIX + SHIPPED_MODELS[text]}
     if text == "kmer" or text.startswith("kmer:"):
         k = text.partition(":")[2] or "4"
         if not k.isdigit():

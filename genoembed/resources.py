@@ -10,7 +10,10 @@ from importlib import resources
 from pathlib import Path
 
 PACKAGE_PREFIX = "genoembed:"
-DEFAULT_MODEL = "data/models/genoembed-nt6"
+# What `--model default` embeds with: the contrastively trained retrieval model (it won the held-out
+# retrieval evaluation, benchmarks/RESULTS.md). `--model mlm` is the masked-LM model it was compared
+# with, and the default starting point of `genoembed finetune`.
+SHIPPED_MODELS = {"default": "data/models/genoembed-nt6-retrieval", "mlm": "data/models/genoembed-nt6"}
 
 
 def resolve(path: str | Path, base: Path | None = None) -> Path:
@@ -22,7 +25,7 @@ def resolve(path: str | Path, base: Path | None = None) -> Path:
     return resolved if resolved.is_absolute() or base is None else base / resolved
 
 
-def default_model_dir() -> Path | None:
-    """The shipped default model directory, or None when its weights are not installed."""
-    directory = resolve(PACKAGE_PREFIX + DEFAULT_MODEL)
+def default_model_dir(name: str = "default") -> Path | None:
+    """A shipped model's directory (``default`` or ``mlm``), or None when its weights are not installed."""
+    directory = resolve(PACKAGE_PREFIX + SHIPPED_MODELS[name])
     return directory if (directory / "model.safetensors").is_file() else None

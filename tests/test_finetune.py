@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -341,3 +342,31 @@ def test_a_zero_layer_model_is_the_mean_layer_normed_token_embedding_over_frames
             pooled.append((normed * gamma + beta).mean(0))
         expected.append(np.mean(pooled, axis=0))
     np.testing.assert_allclose(embedder.embed(sequences), np.array(expected), atol=1e-5)
+
+
+def test_shipped_default_is_the_retrieval_model_and_mlm_stays_reachable():
+    """The default model is the fine-tuned one (plain files, offline), with the record of how it won."""
+    from transformers import AutoModel
+
+    from genoembed.embedders.hf import TransformersEmbedder
+    from genoembed.recipe import make_embedder, parse_model_option
+    from genoembed.resources import default_model_dir
+
+    directory = default_model_dir()
+    assert directory is not None and directory.name == "genoembed-nt6-retrieval"
+    names = {p.name for p in directory.iterdir()}
+    assert {"config.json", "model.safetensors", "vocab.txt", "tokenizer_config.json", "finetune.json",
+            "MODEL_CARD.md"} <= names
+    assert not any(name.endswith((".pt", ".bin")) for name in names)
+    with warnings.catch_warnings():  # torch: the zero-layer model's contact head is an empty matrix
+        warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
+        model = AutoModel.from_pretrained(str(directory), local_files_only=True, add_pooling_layer=False)
+    assert (model.config.num_hidden_layers, model.config.hidden_size, model.config.vocab_size) == (0, 256, 4106)
+    report = json.loads((directory / "finetune.json").read_text())
+    held_out = set(report["data"]["validation"])
+    assert held_out and not held_out & {entry["file"] for entry in report["data"]["train"]}
+    last = report["history"][-1]["val"]
+    assert last["r1"] > report["baselines"]["kmer4"]["r1"] and last["r1"] > report["baselines"]["base_model"]["r1"]
+    embedder = make_embedder({})
+    assert isinstance(embedder, TransformersEmbedder) and embedder.frames == 6 and embedder.dim == 256
+    assert Path(make_embedder(parse_model_option("mlm")).model_path).name == "genoembed-nt6"
