@@ -63,10 +63,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import platform
-import shlex
-import shutil
 import sys
 import tempfile
 import time
@@ -81,7 +77,8 @@ from genoembed.embedders.pooling import reverse_complement
 from genoembed.errors import InputError, ModelError
 from genoembed.pretrain import _COMPLEMENT, Contig, read_sequences
 from genoembed.tokenize import SPECIAL_TOKENS, kmer_token_ids, write_kmer_tokenizer
-from genoembed.training import TrainingSchedule, adamw, pick_device, resume_state, run_steps
+from genoembed.training import (TrainingSchedule, adamw, pick_device, publish_files, resume_state, run_record,
+                                run_steps)
 
 PROJECTION_FILE = "genoembed_projection.safetensors"
 REPORT_FILE = "finetune.json"
@@ -858,7 +855,6 @@ def _write_output(config, model, k, state, genomes, pair_summary, pair_stats, n_
                   wall_s) -> Path:
     """config.json + model.safetensors (EsmModel), tokenizer, optional projection, finetune.json; atomically."""
     import torch
-    import transformers
     from safetensors.torch import save_file
 
     out = Path(config.output_dir)
@@ -895,18 +891,7 @@ def _write_output(config, model, k, state, genomes, pair_summary, pair_stats, n_
         },
         "baselines": state["baselines"],
         "history": state["history"],
-        "machine": {
-            "platform": platform.platform(),
-            "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-        },
-        "command_line": shlex.join([sys.executable, *sys.argv]),
-        "cwd": os.getcwd(),
-        "config": _jsonable(dataclasses.asdict(config)),
+        **run_record(config, device),
     }
     from genoembed.embedders.hf import _quiet_transformers
 
@@ -921,27 +906,9 @@ def _write_output(config, model, k, state, genomes, pair_summary, pair_stats, n_
         (tmp_dir / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         if model.projection is None and (out / PROJECTION_FILE).exists():
             (out / PROJECTION_FILE).unlink()  # a stale projection from an earlier run must not be applied
-        for item in tmp_dir.iterdir():
-            target = out / item.name
-            if item.is_dir():
-                if target.exists():
-                    shutil.rmtree(target)
-                shutil.move(str(item), target)
-            else:
-                os.replace(item, target)
-                os.chmod(target, 0o644)
+        publish_files(tmp_dir, out)
     model.to(device)
     return out
-
-
-def _jsonable(value):
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
 
 
 def _log(message: str) -> None:

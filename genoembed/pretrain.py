@@ -25,13 +25,8 @@ finishes when the budget does, so a time-limited run still anneals.
 
 from __future__ import annotations
 
-import dataclasses
 import gzip
 import json
-import os
-import platform
-import shlex
-import shutil
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -41,7 +36,8 @@ import numpy as np
 
 from genoembed.errors import InputError, ModelError
 from genoembed.tokenize import SPECIAL_TOKENS, kmer_token_ids, kmer_vocab, write_kmer_tokenizer
-from genoembed.training import TrainingSchedule, adamw, pick_device, resume_state, run_steps
+from genoembed.training import (TrainingSchedule, adamw, pick_device, publish_files, resume_state, run_record,
+                                run_steps)
 GENBANK_SUFFIXES = (".gb", ".gbk", ".genbank", ".gbff")
 
 # Byte tables: normalise to ACGTN; complement for the reverse strand.
@@ -589,9 +585,6 @@ def evaluate_mlm(
 
 def _write_output(config, model, state, corpus, n_params, batch_size, device, stop_reason, val_names) -> Path:
     """Write config, weights, tokenizer and training.json; each file replaced atomically."""
-    import torch
-    import transformers
-
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     last = state["history"][-1]
@@ -639,36 +632,14 @@ def _write_output(config, model, state, corpus, n_params, batch_size, device, st
             | {"val_by_set": {n: baselines["random_init"][n] for n in val_names}},
         },
         "history": state["history"],
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-        },
-        "command_line": shlex.join([sys.executable, *sys.argv]),
-        "cwd": os.getcwd(),
-        "config": {k: (str(v) if isinstance(v, Path) else [str(x) for x in v] if isinstance(v, tuple) else v)
-                   for k, v in dataclasses.asdict(config).items()},
+        **run_record(config, device),
     }
     with tempfile.TemporaryDirectory(prefix=".pretrain-out-", dir=out) as tmp:
         tmp_dir = Path(tmp)
         model.to("cpu").save_pretrained(tmp_dir)
         write_kmer_tokenizer(tmp_dir, config.k)
         (tmp_dir / "training.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        for item in tmp_dir.iterdir():
-            target = out / item.name
-            if item.is_dir():
-                if target.exists():
-                    shutil.rmtree(target)
-                shutil.move(str(item), target)
-            else:
-                os.replace(item, target)
-                os.chmod(target, 0o644)  # temp files are private; the model is not
+        publish_files(tmp_dir, out)
     return out
 
 

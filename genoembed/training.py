@@ -12,9 +12,13 @@ what a validation record holds, and its model-shape signature.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
+import platform
+import shlex
+import shutil
 import sys
 import tempfile
 import time
@@ -238,6 +242,52 @@ def run_steps(schedule: TrainingSchedule, *, model, optimizer, rng, state: dict,
         record(learning_rate(schedule, state["step"], state["elapsed_s"]))
     save_checkpoint(checkpoint, shape, schedule, model, optimizer, rng, state)
     return stop_reason
+
+
+def run_record(config: TrainingSchedule, device) -> dict:
+    """Machine, command line and full config of a run, for its report file."""
+    import torch
+    import transformers
+
+    return {
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+        },
+        "command_line": shlex.join([sys.executable, *sys.argv]),
+        "cwd": os.getcwd(),
+        "config": _jsonable(dataclasses.asdict(config)),
+    }
+
+
+def _jsonable(value):
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def publish_files(staging: Path, out: Path) -> None:
+    """Move every file of ``staging`` (a temporary directory inside ``out``) over ``out``'s, readable by all."""
+    for item in staging.iterdir():
+        target = out / item.name
+        if item.is_dir():
+            if target.exists():
+                shutil.rmtree(target)
+            shutil.move(str(item), target)
+        else:
+            os.replace(item, target)
+            os.chmod(target, 0o644)  # temp files are private; the model is not
 
 
 class Progress:
