@@ -370,3 +370,21 @@ def test_shipped_default_is_the_retrieval_model_and_mlm_stays_reachable():
     embedder = make_embedder({})
     assert isinstance(embedder, TransformersEmbedder) and embedder.frames == 6 and embedder.dim == 256
     assert Path(make_embedder(parse_model_option("mlm")).model_path).name == "genoembed-nt6"
+
+
+def test_zero_layer_models_pool_from_a_token_table_exactly_as_the_stock_forward(tiny_model, tmp_path):
+    """The embedder's token-table path (no hidden states materialised) gives the stock model's vectors."""
+    from genoembed.embedders.hf import TransformersEmbedder
+    from genoembed.finetune import keep_first_layers, load_encoder
+
+    encoder, _ = load_encoder(tiny_model)
+    keep_first_layers(encoder, 0)
+    out = tmp_path / "bag"
+    encoder.save_pretrained(out)
+    write_kmer_tokenizer(out, 6)
+    sequences = [random_sequence(n, seed=n) for n in (7, 40, 300, 2500)] + ["ACGTNNNNNNACGTAGGATTACA" * 3]
+    for pooling in ("mean", "max"):
+        table = TransformersEmbedder(str(out), pooling=pooling, max_tokens=64)  # 2500 bp: several chunks
+        stock = TransformersEmbedder(str(out), pooling=pooling, max_tokens=64, fuse=False)
+        assert table.token_table_lookup and not stock.token_table_lookup
+        np.testing.assert_allclose(table.embed(sequences), stock.embed(sequences), atol=1e-5, rtol=1e-5)

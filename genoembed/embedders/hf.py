@@ -116,8 +116,10 @@ class TransformersEmbedder:
     trust_remote_code : allow the Python code shipped in the directory to run.
     family : ``"auto"`` or a name from :data:`genoembed.embedders.families.FAMILIES`.
     compile : run the model through ``torch.compile`` for the common batch shape (opt-in).
-    fuse : ESM-family models run fused forward passes (:mod:`genoembed.embedders.fused`),
-        kept only when probe tiles get the stock model's vectors (cosine >= 0.99999 in float32).
+    fuse : ESM-family models run fused forward passes (:mod:`genoembed.embedders.fused`), and
+        zero-layer ESM models (the shipped default) mean-pool straight from a per-token table
+        (``token_table_lookup``); each kept only when probe tiles get the stock model's vectors
+        (cosine >= 0.99999 in float32).
     threads : intra-op CPU threads while embedding; None keeps torch's setting.
     attention : ``"auto"`` (SDPA, eager when the model lacks it), ``"sdpa"``, ``"eager"`` or
         ``"xformers"`` (needs the ``gpu`` extra).
@@ -164,6 +166,7 @@ class TransformersEmbedder:
         self.notes: list[str] = []
         self._compiled = None
         self._compiled_shape: tuple[int, int] | None = None
+        self._token_table: torch.Tensor | None = None  # zero-layer models: output row per token id
         self._free_memory: int | None = None  # set by batch_size="auto" on CUDA
         self._config: dict = {}
 
@@ -217,6 +220,7 @@ class TransformersEmbedder:
         self.fused_forward = fuse and fused.can_fuse(self.model) and self._fuse_if_unchanged()
         if reduced_on_cpu:
             self._reduce_precision_on_cpu()
+        self.token_table_lookup = fuse and self._use_token_table_if_unchanged()
         if compile:
             self._compiled = torch.compile(self.model, dynamic=False)
         settings = {
@@ -297,7 +301,11 @@ class TransformersEmbedder:
                 # Frame f reads the strand from base f; a frame must keep at least one whole token.
                 for frame in range(max(1, min(self.frames, len(text) - step + 1))):
                     texts[owner, strand, frame] = text[frame:]
-                    for start, end in chunk_spans(len(text) - frame, self._chunk_bases, step).tolist():
+                    length = len(text) - frame
+                    if length <= self._chunk_bases:  # the common case: one chunk
+                        records.append((owner, strand, frame, 0, length))
+                        continue
+                    for start, end in chunk_spans(length, self._chunk_bases, step).tolist():
                         records.append((owner, strand, frame, start, end))
         # A chunk whose tokens still do not fit (N runs in k-mer vocabularies, BPE) is split again.
         for _ in range(64):
@@ -321,6 +329,8 @@ class TransformersEmbedder:
     def _embed_batch(self, batch: "fam.TokenBatch") -> np.ndarray:
         """Pooled vectors (m, dim) for every row of ``batch``, in its row order."""
         m = batch.input_ids.shape[0]
+        if self._token_table is not None and self.pooling == "mean" and m and batch.content_mask.any(1).all():
+            return self._mean_from_token_table(batch)
         lengths = batch.lengths
         order = np.argsort(-lengths, kind="stable")
         out: np.ndarray | None = None
@@ -342,6 +352,17 @@ class TransformersEmbedder:
             out[rows] = pooled
         return out if out is not None else np.zeros((0, getattr(self, "dim", 0)), dtype=np.float32)
 
+    def _mean_from_token_table(self, batch: "fam.TokenBatch") -> np.ndarray:
+        """Mean pooling of a zero-layer model without materialising hidden states: a weighted bag of rows."""
+        ids = self._to_device(batch.input_ids.astype(np.int64))
+        weights = self._to_device(batch.content_mask.astype(np.float32)).to(self._token_table.dtype)
+        with torch.inference_mode():
+            summed = torch.nn.functional.embedding_bag(ids, self._token_table, per_sample_weights=weights, mode="sum")
+            pooled = self.adapter.finish(summed / weights.sum(1, keepdim=True)).float()
+            if self.projection is not None:
+                pooled = pooled @ self.projection.T
+            return pooled.cpu().numpy()
+
     def _to_device(self, array: np.ndarray) -> torch.Tensor:
         tensor = torch.from_numpy(np.ascontiguousarray(array))
         if self.device.type != "cuda":
@@ -350,6 +371,8 @@ class TransformersEmbedder:
 
     def _forward(self, ids: torch.Tensor, attention: torch.Tensor | None) -> torch.Tensor:
         """The adapter's forward; the compiled model for the one batch shape it was compiled for."""
+        if self._token_table is not None:
+            return self._token_table[ids]
         shape = tuple(ids.shape)
         use_compiled = (self._compiled is not None and attention is None
                         and (self._compiled_shape == shape
@@ -387,6 +410,27 @@ class TransformersEmbedder:
         note = f"fused forward passes changed probe vectors (cosine {cosine:.6f}); running the stock model"
         self.notes.append(note)
         log.warning("%s: %s", self.directory, note)
+        return False
+
+    def _use_token_table_if_unchanged(self) -> bool:
+        """A zero-layer ESM model (genoembed's default) maps each token to LayerNorm(its embedding) with no
+        context: precompute that row per token id and look it up, if probe tiles keep their vectors."""
+        config = self.model.config
+        if (getattr(config, "model_type", None) != "esm" or getattr(config, "num_hidden_layers", None) != 0
+                or self.layer != -1 or getattr(config, "token_dropout", False)
+                or getattr(config, "emb_layer_norm_before", False)
+                or getattr(config, "position_embedding_type", "absolute") != "rotary"):
+            return False
+        probes = self._probe_sequences()
+        before = self.embed(probes)
+        with torch.inference_mode():
+            self._token_table = self.model.encoder.emb_layer_norm_after(
+                self.model.embeddings.word_embeddings.weight)
+        cosine = float(_row_cosines(before, self.embed(probes)).min())
+        if cosine >= MIN_FUSED_COSINE:
+            return True
+        self._token_table = None
+        self.notes.append(f"token-table look-up changed probe vectors (cosine {cosine:.6f}); running the model")
         return False
 
     def _reduce_precision_on_cpu(self) -> None:
