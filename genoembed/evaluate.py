@@ -822,8 +822,11 @@ def family_agreement_rows(base: dict, hit_spans: Sequence[Sequence[Span]], tiles
 
 
 def _tile_grid(genome, window: int, stride: int) -> list[Interval]:
-    return [(chrom, start, min(start + window, length)) for chrom, length in genome.contigs.items()
-            for start in range(0, max(length - window, 0) + 1, stride)]
+    """The reference tiles the store holds (the same starts, tail tile included), as intervals."""
+    from genoembed.tiles import tile_starts
+
+    return [(chrom, int(start), int(start) + window) for chrom, length in genome.contigs.items()
+            for start in tile_starts(length, window, stride)]
 
 
 def gene_family_agreement(

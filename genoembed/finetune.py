@@ -103,7 +103,6 @@ class FinetuneConfig(TrainingSchedule):
     come from :class:`genoembed.training.TrainingSchedule`, with fine-tuning's defaults below."""
 
     train_files: tuple[Path, ...]
-    output_dir: Path
     base_model: Path
     related: tuple[RelatedPair, ...] = ()
     val_files: tuple[Path, ...] = ()  # held-out genomes: retrieval among val pairs is logged
@@ -542,11 +541,11 @@ def keep_first_layers(encoder, n: int) -> None:
     """
     from transformers.models.esm.modeling_esm import EsmContactPredictionHead
 
+    from genoembed.embedders.hf import _quiet_transformers
+
     encoder.encoder.layer = encoder.encoder.layer[:n]
     encoder.config.num_hidden_layers = n
     # The (unused) contact head reads every layer's attention maps: its size follows the layer count.
-    from genoembed.embedders.hf import _quiet_transformers
-
     with _quiet_transformers():  # n = 0: the contact head is an empty matrix
         encoder.contact_head = EsmContactPredictionHead(n * encoder.config.num_attention_heads,
                                                         eos_idx=encoder.config.eos_token_id)

@@ -56,7 +56,6 @@ class PretrainConfig(TrainingSchedule):
     (learning rate, steps, minutes, cadences, seed, device) come from :class:`TrainingSchedule`."""
 
     train_files: tuple[Path, ...]
-    output_dir: Path
     # Validation: whole held-out files and/or held-out contigs of the training files.
     val_files: tuple[Path, ...] = ()
     val_contigs: tuple[str, ...] = ()

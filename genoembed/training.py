@@ -37,6 +37,7 @@ CHECKPOINT_FORMAT = 1
 class TrainingSchedule:
     """Optimisation and bookkeeping settings of a training run (the objectives' configs extend it)."""
 
+    output_dir: Path  # the model directory the run writes
     checkpoint_dir: Path | None = None  # default: "<output_dir>.ckpt" beside the output
     resume: bool = False
     learning_rate: float = 1e-3

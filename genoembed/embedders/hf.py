@@ -392,24 +392,28 @@ class TransformersEmbedder:
         self._compiled_shape = shape
         return hidden
 
-    def _probe_sequences(self) -> list[str]:
+    def _probe_cosine(self, change) -> float:
+        """Lowest cosine between 8 seeded probe tiles' vectors before and after ``change()``: every
+        speed-up and precision change is kept only if it leaves the vectors where they were."""
         from genoembed.synthetic import random_sequence
 
-        return [random_sequence(min(1000, self._chunk_bases), seed=7919 + i) for i in range(8)]
+        probes = [random_sequence(min(1000, self._chunk_bases), seed=7919 + i) for i in range(8)]
+        before = self.embed(probes)
+        change()
+        return float(_row_cosines(before, self.embed(probes)).min())
+
+    def _warn(self, note: str) -> None:
+        self.notes.append(note)
+        log.warning("%s: %s", self.directory, note)
 
     def _fuse_if_unchanged(self) -> bool:
         """Switch to the fused forward passes if probe tiles keep their vectors; else stay stock."""
-        probes = self._probe_sequences()
-        before = self.embed(probes)
-        fused.fuse(self.model)
-        cosine = float(_row_cosines(before, self.embed(probes)).min())
+        cosine = self._probe_cosine(lambda: fused.fuse(self.model))
         if cosine >= (MIN_FUSED_COSINE if self.dtype == torch.float32 else MIN_PROBE_COSINE):
             fused.drop_unfused_weights(self.model)
             return True
         fused.unfuse(self.model)
-        note = f"fused forward passes changed probe vectors (cosine {cosine:.6f}); running the stock model"
-        self.notes.append(note)
-        log.warning("%s: %s", self.directory, note)
+        self._warn(f"fused forward passes changed probe vectors (cosine {cosine:.6f}); running the stock model")
         return False
 
     def _use_token_table_if_unchanged(self) -> bool:
@@ -421,26 +425,22 @@ class TransformersEmbedder:
                 or getattr(config, "emb_layer_norm_before", False)
                 or getattr(config, "position_embedding_type", "absolute") != "rotary"):
             return False
-        probes = self._probe_sequences()
-        before = self.embed(probes)
-        with torch.inference_mode():
-            self._token_table = self.model.encoder.emb_layer_norm_after(
-                self.model.embeddings.word_embeddings.weight)
-        cosine = float(_row_cosines(before, self.embed(probes)).min())
+        def build_table() -> None:
+            with torch.inference_mode():
+                self._token_table = self.model.encoder.emb_layer_norm_after(
+                    self.model.embeddings.word_embeddings.weight)
+
+        cosine = self._probe_cosine(build_table)
         if cosine >= MIN_FUSED_COSINE:
             return True
         self._token_table = None
-        self.notes.append(f"token-table look-up changed probe vectors (cosine {cosine:.6f}); running the model")
+        self._warn(f"token-table look-up changed probe vectors (cosine {cosine:.6f}); running the model")
         return False
 
     def _reduce_precision_on_cpu(self) -> None:
         """Convert the float32 model to the requested dtype if probe tiles keep their vectors."""
-        probes = self._probe_sequences()
-        before = self.embed(probes)
-        self.model.to(self.dtype)
+        cosine = self._probe_cosine(lambda: self.model.to(self.dtype))
         name = str(self.dtype).removeprefix("torch.")
-        after = self.embed(probes)
-        cosine = float(_row_cosines(before, after).min())
         self.probe_cosine = cosine
         if not cosine >= MIN_PROBE_COSINE:
             raise ModelError(
