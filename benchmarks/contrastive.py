@@ -6,7 +6,7 @@
     .venv/bin/python benchmarks/contrastive.py --summary /tmp/c/base.jsonl /tmp/c/lm.jsonl
 
 Tasks (1 kb query tiles, reference tiled 1 kb / stride 1 kb / forward strand, exact search, scored by
-:func:`genoembed.evaluate.evaluate`; every genome here is outside the contrastive training set):
+:func:`genoembed.eval.run.evaluate`; every genome here is outside the contrastive training set):
 
 - ``dh1-draft``: simulated draft contigs of E. coli DH1 (20-150 kb pieces cut at random offsets, half of
   them reverse-complemented) -> DH1, substitutions 0/10/20 %. DH1 is held out of both pretraining and
@@ -45,8 +45,9 @@ def log(message: str) -> None:
 
 def simulated_draft(reference: Path, out_dir: Path, seed: int = 0) -> tuple[Path, pa.Table]:
     """Cut a genome into 20-150 kb 'contigs' at random offsets (half reverse-complemented) + their truth."""
-    from genoembed.evaluate import ALIGNMENTS
-    from genoembed.genome import open_genome, reverse_complement
+    from genoembed.eval import ALIGNMENTS
+    from genoembed.genome import open_genome
+    from genoembed.seqio import reverse_complement
     from genoembed.synthetic import write_fasta
 
     genome = open_genome(reference)
@@ -108,7 +109,7 @@ def embedders(methods: list[str], workdir: Path, contrastive: Path | None, mlm: 
 
 def run(methods: list[str], tasks: list[str], n: int, workdir: Path, contrastive: Path | None, out: Path,
         mlm: Path | None = None, frames: int | None = None) -> None:
-    from genoembed.evaluate import IndexConfig, evaluate, read_coords
+    from genoembed.eval import IndexConfig, evaluate, read_coords
 
     chosen = embedders(methods, workdir, contrastive, mlm, frames)
     use_minimap2 = "minimap2" in methods

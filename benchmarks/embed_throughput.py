@@ -2,7 +2,7 @@
 
 Models are random-init ``EsmForMaskedLM`` directories of the Nucleotide
 Transformer v2 shapes (rotary positions, 6-mer ``EsmTokenizer`` written by
-:func:`genoembed.tokenize.write_kmer_tokenizer`) plus the shipped default
+:func:`genoembed.embedders.tokenize.write_kmer_tokenizer`) plus the shipped default
 model (``genoembed/data/models/genoembed-nt6`` when installed, else its
 4 x 256 shape at random init). Inputs are 1 kb tiles of a synthetic genome
 and of the Arabidopsis chloroplast shipped with genoembed.
@@ -51,7 +51,7 @@ import torch
 
 from genoembed.resources import default_model_dir, resolve
 from genoembed.synthetic import random_sequence
-from genoembed.tokenize import kmer_vocab, write_kmer_tokenizer
+from genoembed.embedders.tokenize import kmer_vocab, write_kmer_tokenizer
 
 HG38_BP = 3.1e9
 TILE_BP = 1000
@@ -371,7 +371,7 @@ def tokenize_rates(tiles: int = 4096, hf_tiles: int = 256) -> dict:
     """Mbp/s of genoembed's vectorised 6-mer tokenisation vs the HF EsmTokenizer, one thread, same ids."""
     from transformers import AutoTokenizer
 
-    from genoembed.tokenize import kmer_token_ids
+    from genoembed.embedders.tokenize import kmer_token_ids
 
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = AutoTokenizer.from_pretrained(str(write_kmer_tokenizer(Path(tmp) / "tok")))

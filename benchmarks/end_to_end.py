@@ -31,7 +31,7 @@ from genoembed.recipe import make_embedder, parse_model_option
 from genoembed.resources import resolve
 from genoembed.search import Query
 from genoembed.tiles import TilingSpec
-from genoembed.vectors import IndexSpec
+from genoembed.vector_index import IndexSpec
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from genoembed.embedders.kmer import KmerEmbedder
-from genoembed.evaluate import (
+from genoembed.eval import (
     IndexConfig, evaluate, gene_family_agreement, minimap2_available, read_coords, sample_query_tiles,
     summary_markdown,
 )
@@ -75,8 +75,8 @@ def random_init_model(directory: Path) -> Path:
         return directory
     import torch
 
-    from genoembed.pretrain import PretrainConfig, build_model
-    from genoembed.tokenize import kmer_vocab, write_kmer_tokenizer
+    from genoembed.train.pretrain import PretrainConfig, build_model
+    from genoembed.embedders.tokenize import kmer_vocab, write_kmer_tokenizer
 
     torch.manual_seed(0)
     model = build_model(PretrainConfig(train_files=(), output_dir=directory), len(kmer_vocab()))
@@ -120,7 +120,7 @@ def make_models(names: list[str], workdir: Path, threads: int) -> dict:
 def check_flat_equals_numpy(workdir: Path) -> None:
     from genoembed.pipeline import index
     from genoembed.tiles import TilingSpec
-    from genoembed.vectors import INDEX_FILE, load_index, prepare, search_index
+    from genoembed.vector_index import INDEX_FILE, load_index, prepare, search_index
 
     store = index(HP / "SJM180.fasta.gz", workdir / "check-kmer4", embedder=KmerEmbedder(4),
                   tiling=TilingSpec(window=1000, stride=1000))

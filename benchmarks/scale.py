@@ -37,7 +37,7 @@ def tiny_esm(directory: Path, hidden: int, layers: int) -> Path:
     import torch
     from transformers import EsmConfig, EsmForMaskedLM
 
-    from genoembed.tokenize import kmer_vocab, write_kmer_tokenizer
+    from genoembed.embedders.tokenize import kmer_vocab, write_kmer_tokenizer
 
     write_kmer_tokenizer(directory, k=6)
     config = EsmConfig(vocab_size=len(kmer_vocab(6)), pad_token_id=1, mask_token_id=2, max_position_embeddings=200,
@@ -173,8 +173,8 @@ def bench_index(size: str, work: Path, repeats: int) -> None:
     import faiss
 
     from genoembed.sharded import ShardedIndex, build_sharded
-    from genoembed.vectors import train_index
-    from genoembed.vectors import IndexSpec, build_index, prepare
+    from genoembed.vector_index import train_index
+    from genoembed.vector_index import IndexSpec, build_index, prepare
 
     store, queries = genome_store(size, work)
     x = prepare(queries, "ip")

@@ -6,7 +6,7 @@ from genoembed.errors import GenoembedError, InputError, ModelError, StoreError 
 from genoembed.pipeline import index  # noqa: E402
 from genoembed.store import Store  # noqa: E402
 from genoembed.tiles import TilingSpec  # noqa: E402
-from genoembed.vectors import IndexSpec  # noqa: E402
+from genoembed.vector_index import IndexSpec  # noqa: E402
 
 __all__ = ["__version__", "index", "Store", "TilingSpec", "IndexSpec",
            "GenoembedError", "InputError", "ModelError", "StoreError"]

@@ -10,7 +10,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from genoembed import annotations as features
+from genoembed import features
 from genoembed.errors import InputError
 from genoembed.store import Store, atomic_write_bytes, file_sha256
 

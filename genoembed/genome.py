@@ -26,16 +26,11 @@ import numpy as np
 import pyfaidx
 
 from genoembed.errors import InputError
+from genoembed.seqio import GZIP_MAGIC, is_gzip, reverse_complement
 
 log = logging.getLogger(__name__)
 
-_COMPLEMENT = str.maketrans("ACGTURYKMBDHVNacgturykmbdhvn", "TGCAAYRMKVHDBNtgcaayrmkvhdbn")
 _FASTA_SUFFIXES = (".gz", ".bgz", ".fa", ".fasta", ".fna", ".fas", ".ffn", ".fsa")
-
-
-def reverse_complement(sequence: str) -> str:
-    """Reverse complement, IUPAC-aware and case-preserving."""
-    return sequence.translate(_COMPLEMENT)[::-1]
 
 
 def cache_dir() -> Path:
@@ -69,12 +64,7 @@ def _is_bgzf(path: Path) -> bool:
     with open(path, "rb") as handle:
         header = handle.read(18)
     # gzip magic, FEXTRA flag, and the 'BC' subfield that marks a BGZF block
-    return len(header) >= 14 and header[:2] == b"\x1f\x8b" and header[3] & 4 and header[12:14] == b"BC"
-
-
-def _is_gzip(path: Path) -> bool:
-    with open(path, "rb") as handle:
-        return handle.read(2) == b"\x1f\x8b"
+    return len(header) >= 14 and header[:2] == GZIP_MAGIC and header[3] & 4 and header[12:14] == b"BC"
 
 
 def _decompress_to_cache(path: Path, checksum: str) -> Path:
@@ -468,10 +458,10 @@ def open_genome(path: str | Path, name: str | None = None) -> Genome:
         raise InputError(f"{path}: FASTA file is not readable; check its permissions")
     checksum = file_checksum(path)
     readable = path
-    if _is_gzip(path) and not _is_bgzf(path):
+    if is_gzip(path) and not _is_bgzf(path):
         readable = _decompress_to_cache(path, checksum)
     # bgzip is sniffed through its decompressed head; plain gzip through the cached copy
-    _sniff_fasta(readable, path, compressed=_is_gzip(readable))
+    _sniff_fasta(readable, path, compressed=is_gzip(readable))
     try:
         fasta = _open_indexed(readable, checksum, bgzf=_is_bgzf(readable), shown=path)
     except (EOFError, OSError, zlib.error, struct.error) as error:

@@ -25,7 +25,7 @@ from genoembed.errors import InputError
 from genoembed.genome import Genome, open_genome
 from genoembed.store import Store, StoreWriter, file_sha256, genome_entry, write_lock
 from genoembed.tiles import TilingSpec, count_tiles, plan_tiles
-from genoembed.vectors import INDEX_FILE, IndexSpec, add_store_vectors, build_index, load_index, save_index
+from genoembed.vector_index import INDEX_FILE, IndexSpec, add_store_vectors, build_index, load_index, save_index
 
 log = logging.getLogger(__name__)
 _DONE = object()

@@ -14,7 +14,7 @@ from pathlib import Path
 from genoembed.errors import InputError
 from genoembed.resources import PACKAGE_PREFIX, SHIPPED_MODELS, resolve
 from genoembed.tiles import TilingSpec
-from genoembed.vectors import IndexSpec
+from genoembed.vector_index import IndexSpec
 
 _SECTIONS = {
     "genome": {"fasta", "name"},

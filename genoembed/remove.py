@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from genoembed.errors import InputError, StoreError
 from genoembed.store import Store, _read_manifest, _write_manifest, file_sha256, write_lock, write_shard
-from genoembed.vectors import INDEX_FILE, IndexSpec, load_index, remove_tile_ids
+from genoembed.vector_index import INDEX_FILE, IndexSpec, load_index, remove_tile_ids
 
 log = logging.getLogger(__name__)
 

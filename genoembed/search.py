@@ -20,8 +20,9 @@ import pyarrow.parquet as pq
 
 from genoembed import schema
 from genoembed.errors import InputError
+from genoembed.seqio import read_fasta
 from genoembed.store import Store, atomic_write_bytes
-from genoembed.vectors import INDEX_FILE, load_index, search_index
+from genoembed.vector_index import INDEX_FILE, load_index, search_index
 
 _VALID_BASES = re.compile(r"^[ACGTNRYKMSWBDHV]+$", re.IGNORECASE)
 _REGION = re.compile(r"^(?P<chrom>.+?)(?::(?P<start>[\d,_]+)-(?P<end>[\d,_]+))?(?::(?P<strand>[+-]))?$")
@@ -109,29 +110,7 @@ def bed_queries(genome, path: str | Path) -> list[Query]:
 
 def fasta_queries(path: str | Path) -> list[Query]:
     """Every record of a FASTA file (plain or gzip) as a sequence query."""
-    import gzip
-
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: FASTA file not found")
-    opener = gzip.open if path.read_bytes()[:2] == b"\x1f\x8b" else open
-    queries, name, chunks = [], None, []
-    with opener(path, "rt") as handle:
-        for number, line in enumerate(handle, 1):
-            line = line.rstrip("\r\n")
-            if line.startswith(">"):
-                if name is not None:
-                    queries.append(Query(name, check_sequence("".join(chunks), f"{path} record {name!r}")))
-                name, chunks = line[1:].split()[0] if line[1:].strip() else f"record{len(queries) + 1}", []
-            elif name is None and line.strip():
-                raise InputError(f"{path}:{number}: not a FASTA file (expected a '>name' line first)")
-            else:
-                chunks.append(line)
-    if name is not None:
-        queries.append(Query(name, check_sequence("".join(chunks), f"{path} record {name!r}")))
-    if not queries:
-        raise InputError(f"{path}: no FASTA records found")
-    return queries
+    return [Query(name, check_sequence(sequence, f"{path} record {name!r}")) for name, sequence in read_fasta(path)]
 
 
 class StoreGenomes:
@@ -212,7 +191,7 @@ def search(store: Store, queries: list[Query | str], k: int = 10, nprobe: int | 
         scores, ids = search_index(_loaded_index(store), vectors, fetch, store.metric, nprobe, ef_search)
     else:
         from genoembed.sharded import filtered_search
-        from genoembed.vectors import set_search_params
+        from genoembed.vector_index import set_search_params
 
         set_search_params(_loaded_index(store), ef_search=ef_search)
         scores, ids = filtered_search(store, vectors, fetch, genome=genome, chrom=chrom, nprobe=nprobe)

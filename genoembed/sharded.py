@@ -25,7 +25,7 @@ import numpy as np
 
 from genoembed.errors import InputError, StoreError
 from genoembed.store import Store, atomic_write_bytes, file_sha256, write_lock
-from genoembed.vectors import (IndexSpec, Metric, _faiss, add_store_vectors, prepare, save_index,
+from genoembed.vector_index import (IndexSpec, Metric, _faiss, add_store_vectors, prepare, save_index,
                                set_search_params, train_index, with_tile_ids)
 
 SHARD_DIR = "index/shards"

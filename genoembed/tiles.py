@@ -21,7 +21,8 @@ import pyarrow as pa
 
 from genoembed import schema
 from genoembed.errors import InputError
-from genoembed.genome import Genome, reverse_complement
+from genoembed.genome import Genome
+from genoembed.seqio import reverse_complement
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 
 from genoembed import schema
 from genoembed.store import PROVENANCE_KEY, Store, file_sha256
-from genoembed.vectors import load_index
+from genoembed.vector_index import load_index
 
 
 def verify_store(store: Store) -> list[str]:

@@ -12,7 +12,7 @@ import pyarrow.compute as pc
 import pytest
 
 from genoembed import schema
-from genoembed.annotations import (
+from genoembed.features import (
     MAX_REPORTED,
     apply_aliases,
     check_contigs,

@@ -75,7 +75,7 @@ def tiny_esm(directory):
     import torch
     from transformers import EsmConfig, EsmForMaskedLM
 
-    from genoembed.tokenize import kmer_vocab, write_kmer_tokenizer
+    from genoembed.embedders.tokenize import kmer_vocab, write_kmer_tokenizer
 
     write_kmer_tokenizer(directory, k=6)
     config = EsmConfig(vocab_size=len(kmer_vocab(6)), pad_token_id=1, mask_token_id=2, max_position_embeddings=64,

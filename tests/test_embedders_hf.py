@@ -26,7 +26,8 @@ from genoembed.embedders.families import (
 )
 from genoembed.embedders.hf import TransformersEmbedder
 from genoembed.errors import InputError
-from genoembed.embedders.pooling import chunk_spans, reverse_complement
+from genoembed.embedders.pooling import chunk_spans
+from genoembed.seqio import reverse_complement
 from genoembed.errors import MissingExtraError, ModelError
 
 HIDDEN = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
@@ -48,9 +49,9 @@ def make_esm_kmer(directory: Path) -> Path:
     from transformers import EsmConfig, EsmForMaskedLM
 
     try:
-        from genoembed.tokenize import kmer_vocab, write_kmer_tokenizer
+        from genoembed.embedders.tokenize import kmer_vocab, write_kmer_tokenizer
     except ImportError:  # pragma: no cover - the tokenizer module ships with genoembed
-        pytest.skip("genoembed.tokenize not available")
+        pytest.skip("genoembed.embedders.tokenize not available")
     write_kmer_tokenizer(directory, k=6)
     config = EsmConfig(vocab_size=len(kmer_vocab(6)), pad_token_id=1, mask_token_id=2,
                        max_position_embeddings=64, position_embedding_type="absolute",

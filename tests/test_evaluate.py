@@ -10,13 +10,14 @@ import pytest
 
 from conftest import CHLOROPLAST_FASTA, CHLOROPLAST_GENBANK, DATA, PLASMID_FASTA, PLASMID_GENBANK, SHARED_DATA
 from genoembed.errors import InputError
-from genoembed.evaluate import (
+from genoembed.eval import (
     GeneFeature, IndexConfig, ann_recall, binned_recall, chance_agreement, correct_ranks, derive_truth_minimap2,
     evaluate, family_key, family_ranks, gene_family_agreement, gene_features, identity_bin, minimap2_available, mrr,
     read_coords, read_paf, read_results, recall_at_k, sample_query_tiles, split_at_indels, summary_markdown,
     truth_for_tiles, truth_lists,
 )
-from genoembed.genome import open_genome, reverse_complement
+from genoembed.genome import open_genome
+from genoembed.seqio import reverse_complement
 
 PLASMID = "gi|45478711|ref|NC_005816.1|"
 needs_minimap2 = pytest.mark.skipif(not minimap2_available(), reason="minimap2 is not installed")
@@ -99,7 +100,7 @@ def test_truth_plus_and_minus_strand_contigs(plasmid_contigs):
 def test_truth_scales_within_block_and_needs_cover():
     import pyarrow as pa
 
-    from genoembed.evaluate import ALIGNMENTS
+    from genoembed.eval import ALIGNMENTS
 
     alignments = pa.Table.from_pylist([
         {"ref_chrom": "r", "ref_start": 0, "ref_end": 2000, "query_chrom": "c", "query_start": 0,

@@ -22,7 +22,8 @@ from hypothesis import strategies as st
 
 from genoembed import genome as genome_module
 from genoembed.errors import InputError
-from genoembed.genome import SEQUENCE_LETTERS, Genome, genome_label, open_genome, reverse_complement, scan_fasta
+from genoembed.genome import SEQUENCE_LETTERS, Genome, genome_label, open_genome, scan_fasta
+from genoembed.seqio import reverse_complement
 from genoembed.synthetic import random_genome, write_fasta
 
 from conftest import SHARED_DATA

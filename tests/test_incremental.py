@@ -21,7 +21,7 @@ from genoembed.sharded import ShardedIndex, build_sharded
 from genoembed.store import MANIFEST, Store
 from genoembed.synthetic import random_genome, write_fasta
 from genoembed.tiles import TilingSpec
-from genoembed.vectors import INDEX_FILE, IndexSpec, load_index, prepare, set_search_params
+from genoembed.vector_index import INDEX_FILE, IndexSpec, load_index, prepare, set_search_params
 from genoembed.verify import verify_store
 
 TILING = TilingSpec(window=300, stride=150, strands="both")

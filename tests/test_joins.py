@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from genoembed.annotations import read_annotations
+from genoembed.features import read_annotations
 from genoembed.errors import InputError
 from genoembed.joins import STRAND_MODES, nearest, nearest_sql, overlap, overlap_sql
 

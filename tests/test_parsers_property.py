@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from genoembed.annotations import BED_TYPE, read_annotations
+from genoembed.features import BED_TYPE, read_annotations
 from genoembed.errors import InputError
 
 SETTINGS = settings(max_examples=100, deadline=None)

@@ -15,8 +15,8 @@ from genoembed.embedders.pooling import (
     max_pool,
     mean_pool,
     pool,
-    reverse_complement,
 )
+from genoembed.seqio import reverse_complement
 from genoembed.errors import InputError
 
 

@@ -13,7 +13,7 @@ from safetensors.numpy import load_file
 from typer.testing import CliRunner
 
 from genoembed.errors import InputError, ModelError
-from genoembed.pretrain import (
+from genoembed.train.pretrain import (
     PretrainConfig,
     WindowSampler,
     evaluate_mlm,
@@ -22,8 +22,8 @@ from genoembed.pretrain import (
     pretrain,
     read_sequences,
 )
-from genoembed.tokenize import SPECIAL_TOKENS, kmer_token_ids, kmer_vocab
-from genoembed.training import learning_rate
+from genoembed.embedders.tokenize import SPECIAL_TOKENS, kmer_token_ids, kmer_vocab
+from genoembed.train.loop import learning_rate
 
 DATA = Path(__file__).parent / "data"
 PLASMID = DATA / "NC_005816.fna"
@@ -104,7 +104,7 @@ def test_short_pretrain_writes_loadable_hf_directory_and_resumes(two_contigs, tm
 
 
 def test_resume_reproduces_an_uninterrupted_run(two_contigs, tmp_path, monkeypatch):
-    import genoembed.training as module
+    import genoembed.train.loop as module
 
     straight = _tiny(two_contigs, tmp_path / "straight", eval_every=4, checkpoint_every=4)
     pretrain(straight)
@@ -225,7 +225,7 @@ def _cli_app():
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(
-        "_genoembed_cli_pretrain_under_test", Path(__file__).parents[1] / "cli" / "pretrain.py"
+        "_genoembed_cli_pretrain_under_test", Path(__file__).parents[1] / "genoembed" / "cli" / "pretrain.py"
     )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

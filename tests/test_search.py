@@ -3,7 +3,7 @@ import pytest
 
 from genoembed.embedders.kmer import KmerEmbedder
 from genoembed.errors import InputError
-from genoembed.genome import reverse_complement
+from genoembed.seqio import reverse_complement
 from genoembed.search import Query, bed_queries, check_sequence, fasta_queries, parse_region, region_queries
 from genoembed.synthetic import mutate, write_fasta
 

@@ -12,7 +12,7 @@ from genoembed.sharded import ShardedIndex, build_sharded, filtered_search, merg
 from genoembed.store import Store
 from genoembed.synthetic import random_genome, write_fasta
 from genoembed.tiles import TilingSpec
-from genoembed.vectors import IndexSpec, build_index, prepare
+from genoembed.vector_index import IndexSpec, build_index, prepare
 
 TILING = TilingSpec(window=200, stride=100)
 
@@ -70,7 +70,7 @@ def test_ivf_shards_equal_one_ivf_and_recall(store, matrix, queries):
     """Shards cloned from one trained quantizer answer as one IVF index would; recall vs exact."""
     import faiss
 
-    from genoembed.vectors import train_index
+    from genoembed.vector_index import train_index
 
     spec = IndexSpec("IVF16,Flat", train_size=2000)
     template = train_index(store, spec)

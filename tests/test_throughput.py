@@ -33,7 +33,7 @@ def one_thread(torch_one_thread):
 def model_dir(tmp_path_factory) -> Path:
     from transformers import EsmConfig, EsmForMaskedLM
 
-    from genoembed.tokenize import kmer_vocab, write_kmer_tokenizer
+    from genoembed.embedders.tokenize import kmer_vocab, write_kmer_tokenizer
 
     directory = write_kmer_tokenizer(tmp_path_factory.mktemp("models") / "nt6-rotary", k=6)
     config = EsmConfig(vocab_size=len(kmer_vocab(6)), pad_token_id=1, mask_token_id=2, eos_token_id=4,

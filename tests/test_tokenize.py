@@ -12,7 +12,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from genoembed.errors import InputError
-from genoembed.tokenize import (
+from genoembed.embedders.tokenize import (
     SINGLE_BASES,
     SPECIAL_TOKENS,
     kmer_token_ids,

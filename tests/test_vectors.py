@@ -3,7 +3,7 @@ import pytest
 
 from genoembed.errors import InputError
 from genoembed.pipeline import build_store_index
-from genoembed.vectors import INDEX_FILE, IndexSpec, build_index, load_index, prepare, search_index
+from genoembed.vector_index import INDEX_FILE, IndexSpec, build_index, load_index, prepare, search_index
 
 
 def stored_matrix(store):

@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from genoembed.errors import InputError, MissingExtraError, ModelError
+from genoembed.seqio import BASE_CODES
 
 log = logging.getLogger(__name__)
 
@@ -286,11 +287,6 @@ class TokenBatch(NamedTuple):
         return self.content_mask.sum(axis=1)
 
 
-# Byte -> code: A=0 C=1 G=2 T=3 (either case), other = 4.
-_CODE = np.full(256, 4, dtype=np.uint8)
-for _i, _base in enumerate("ACGT"):
-    _CODE[ord(_base)] = _i
-    _CODE[ord(_base.lower())] = _i
 
 _PROBES = (
     "ACGTACGTTGCAAGCT",
@@ -480,7 +476,7 @@ class KmerAdapter(Adapter):
         super().__init__(family, tokenizer, model)
 
     def normalize(self, sequence: str) -> str:
-        from genoembed.tokenize import normalize_sequence
+        from genoembed.embedders.tokenize import normalize_sequence
 
         return normalize_sequence(sequence)
 
@@ -488,7 +484,7 @@ class KmerAdapter(Adapter):
         return float(self.family.k)
 
     def _fast(self, pieces):
-        from genoembed.tokenize import kmer_token_ids
+        from genoembed.embedders.tokenize import kmer_token_ids
 
         prefix, suffix = self._template
         eos = self.tokenizer.eos_token_id
@@ -525,7 +521,7 @@ class OverlappingKmerAdapter(Adapter):
         super().__init__(family, tokenizer, model)
 
     def normalize(self, sequence: str) -> str:
-        from genoembed.tokenize import normalize_sequence
+        from genoembed.embedders.tokenize import normalize_sequence
 
         return normalize_sequence(sequence)
 
@@ -547,7 +543,7 @@ class OverlappingKmerAdapter(Adapter):
             if block.shape[1] < k:
                 groups.append((rows, np.zeros((len(rows), 0), dtype=np.int64)))
                 continue
-            windows = np.lib.stride_tricks.sliding_window_view(_CODE[block], k, axis=1)
+            windows = np.lib.stride_tricks.sliding_window_view(BASE_CODES[block], k, axis=1)
             valid = (windows < 4).all(axis=2)
             index = (np.minimum(windows, 3).astype(np.int64) * powers).sum(axis=2)
             groups.append((rows, np.where(valid, table[index], unk)))

@@ -73,9 +73,9 @@ from genoembed.embedders.pooling import (
     chunk_spans,
     combine_chunks,
     pool,
-    reverse_complement,
 )
 from genoembed.errors import InputError, MissingExtraError, ModelError
+from genoembed.seqio import reverse_complement
 
 log = logging.getLogger(__name__)
 

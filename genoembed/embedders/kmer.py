@@ -7,17 +7,7 @@ from typing import Sequence
 
 import numpy as np
 
-# A=0 C=1 G=2 T=3; anything else (N, IUPAC) = 4 and breaks k-mers.
-_CODE = np.full(256, 4, dtype=np.uint8)
-for _i, _base in enumerate(b"ACGT"):
-    _CODE[_base] = _i
-    _CODE[ord(chr(_base).lower())] = _i
-
-
-def encode_bases(sequence: str) -> np.ndarray:
-    """uint8 codes A=0 C=1 G=2 T=3, other=4 (vectorised; case-insensitive)."""
-    return _CODE[np.frombuffer(sequence.encode("ascii"), dtype=np.uint8)]
-
+from genoembed.seqio import encode_bases
 
 def kmer_indices(codes: np.ndarray, k: int) -> np.ndarray:
     """Base-4 index of every k-mer that contains no ambiguous base."""

@@ -24,11 +24,6 @@ from genoembed.errors import InputError
 
 POOLINGS = ("mean", "max", "cls")
 
-# Complement of every IUPAC letter, case kept; anything else maps to itself.
-_COMPLEMENT = bytes.maketrans(
-    b"ACGTRYKMBVDHNSWacgtrykmbvdhnsw",
-    b"TGCAYRMKVBHDNSWtgcayrmkvbhdnsw",
-)
 
 
 # --------------------------------------------------------------------------- token pooling (torch)
@@ -77,11 +72,6 @@ def _require_content(counts: torch.Tensor) -> None:
 
 
 # --------------------------------------------------------------------------- sequences and chunks (numpy)
-
-
-def reverse_complement(sequence: str) -> str:
-    """Reverse complement; IUPAC codes complemented, case kept, other letters kept."""
-    return sequence.translate(_COMPLEMENT)[::-1]
 
 
 def chunk_spans(length: int, max_bases: int, multiple: int = 1) -> np.ndarray:

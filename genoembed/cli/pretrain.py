@@ -65,7 +65,7 @@ def pretrain(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar on a terminal."),
 ) -> None:
     """Pretrain a Nucleotide-Transformer-style 6-mer masked LM on genomes; write a Hugging Face directory."""
-    from genoembed.pretrain import PretrainConfig, pretrain as run_pretrain
+    from genoembed.train.pretrain import PretrainConfig, pretrain as run_pretrain
 
     try:
         config = PretrainConfig(

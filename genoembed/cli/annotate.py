@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from genoembed.annotations import parse_alias_option
+from genoembed.features import parse_alias_option
 from genoembed.cli.common import handle_errors
 from genoembed.store import Store
 

@@ -11,7 +11,6 @@ and the fix.
 
 from __future__ import annotations
 
-import gzip
 import io
 import re
 from collections.abc import Callable, Iterable, Iterator
@@ -24,6 +23,7 @@ import pyarrow.compute as pc
 
 from genoembed import schema
 from genoembed.errors import InputError
+from genoembed.seqio import open_text
 
 FORMATS = ("bed", "gtf", "gff3", "genbank")
 MAX_REPORTED = 20
@@ -498,9 +498,7 @@ class _Rows:
 
 def _open_text(path: Path) -> io.TextIOBase:
     try:
-        if path.name.lower().endswith(".gz"):
-            return gzip.open(path, "rt", encoding="utf-8", newline="")
-        return open(path, encoding="utf-8", newline="")
+        return open_text(path)  # gzip by magic bytes, not by name
     except OSError as error:
         raise InputError(f"{path}: cannot open ({error.strerror or error}); check the path") from None
 

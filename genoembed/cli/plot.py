@@ -50,7 +50,7 @@ def plot(
             raise InputError(f"{source}: 'embeddings' plots a store directory made by `genoembed index`")
         plots.plot_embeddings(Store.open(source), out, color_by=color_by.value, max_points=max_points)
     else:
-        from genoembed.evaluate import read_results
+        from genoembed.eval import read_results
 
         if source.is_dir():
             raise InputError(f"{source}: '{kind.value}' plots a results file from `genoembed eval --output FILE`")

@@ -32,23 +32,14 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from genoembed.seqio import BASE_CODES, NORMALIZED_BASES
+
 from genoembed.errors import InputError
 
 SPECIAL_TOKENS = ("<unk>", "<pad>", "<mask>", "<cls>", "<eos>")
 SINGLE_BASES = ("A", "C", "G", "T", "N")
 DEFAULT_K = 6
 
-# A=0 C=1 G=2 T=3 (either case); everything else = 4.
-_CODE = np.full(256, 4, dtype=np.uint8)
-for _i, _base in enumerate("ACGT"):
-    _CODE[ord(_base)] = _i
-    _CODE[ord(_base.lower())] = _i
-
-# Upper-case A/C/G/T kept, every other byte becomes "N".
-_NORMALIZE = np.full(256, ord("N"), dtype=np.uint8)
-for _base in "ACGT":
-    _NORMALIZE[ord(_base)] = ord(_base)
-    _NORMALIZE[ord(_base.lower())] = ord(_base)
 
 
 def kmer_vocab(k: int = DEFAULT_K) -> list[str]:
@@ -78,7 +69,7 @@ def write_kmer_tokenizer(directory: str | Path, k: int = DEFAULT_K) -> Path:
 def normalize_sequence(sequence: str) -> str:
     """Upper-case; every letter other than A/C/G/T (N, IUPAC, gaps) becomes ``N``."""
     raw = np.frombuffer(sequence.encode("ascii", errors="replace"), dtype=np.uint8)
-    return _NORMALIZE[raw].tobytes().decode("ascii")
+    return NORMALIZED_BASES[raw].tobytes().decode("ascii")
 
 
 def kmer_tokens(sequence: str, k: int = DEFAULT_K) -> list[str]:
@@ -122,7 +113,7 @@ def kmer_token_ids(
     token_rows: list[np.ndarray | None] = [None] * n
 
     for indices, block in _blocks_by_length(rows):
-        codes = _CODE[block]
+        codes = BASE_CODES[block]
         clean = (codes < 4).all(axis=1)
         if clean.any():
             ids = _fast_ids(codes[clean], k, tables, add_eos)
@@ -166,7 +157,7 @@ class _Tables:
         if missing:
             raise InputError(
                 f"vocabulary is not a {k}-mer vocabulary: missing {missing[:5]}; "
-                "build it with genoembed.tokenize.write_kmer_tokenizer"
+                "build it with genoembed.embedders.tokenize.write_kmer_tokenizer"
             )
         try:
             self.kmer = np.array([vocab[t] for t in kmers], dtype=np.int64)

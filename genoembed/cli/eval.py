@@ -14,7 +14,7 @@ from genoembed.errors import InputError
 
 def index_configs(factories: list[str], nprobes: list[int], ef_searches: list[int]):
     """One IndexConfig per factory and search setting: every nprobe for IVF, every efSearch for HNSW."""
-    from genoembed.evaluate import IndexConfig
+    from genoembed.eval import IndexConfig
 
     configs = []
     for factory in factories:
@@ -56,7 +56,7 @@ def eval_command(
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from genoembed.evaluate import evaluate, summary_markdown
+    from genoembed.eval import evaluate, summary_markdown
     from genoembed.recipe import make_embedder, parse_model_option
 
     configure_logging(quiet)

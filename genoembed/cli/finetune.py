@@ -11,7 +11,7 @@ from genoembed.cli.common import handle_errors
 
 
 def _related_pairs(values: list[str]):
-    from genoembed.finetune import RelatedPair
+    from genoembed.train.finetune import RelatedPair
 
     pairs = []
     for value in values:
@@ -128,7 +128,7 @@ def finetune(
 ) -> None:
     """Fine-tune a genomic LM with InfoNCE on homologous windows; write a Hugging Face directory."""
     from genoembed.errors import InputError
-    from genoembed.finetune import FinetuneConfig, finetune as run_finetune
+    from genoembed.train.finetune import FinetuneConfig, finetune as run_finetune
     from genoembed.resources import default_model_dir
 
     pairs = _related_pairs(related)

@@ -2,7 +2,7 @@
 
 An ``EsmForMaskedLM`` (rotary positions like NT-v2, no token dropout) is
 trained on random windows of FASTA/GenBank genomes, both strands, with
-non-overlapping 6-mer tokens (:mod:`genoembed.tokenize`). Validation is always
+non-overlapping 6-mer tokens (:mod:`genoembed.embedders.tokenize`). Validation is always
 on held-out data: whole held-out files (genomes) or held-out contigs of the
 training files, never on windows of the sequences trained on.
 
@@ -25,7 +25,6 @@ finishes when the budget does, so a time-limited run still anneals.
 
 from __future__ import annotations
 
-import gzip
 import json
 import sys
 import tempfile
@@ -35,19 +34,12 @@ from pathlib import Path
 import numpy as np
 
 from genoembed.errors import InputError, ModelError
-from genoembed.tokenize import SPECIAL_TOKENS, kmer_token_ids, kmer_vocab, write_kmer_tokenizer
-from genoembed.training import (TrainingSchedule, adamw, pick_device, publish_files, resume_state, run_record,
+from genoembed.seqio import COMPLEMENT_BYTES, NORMALIZED_BASES, is_gzip, open_text
+from genoembed.embedders.tokenize import SPECIAL_TOKENS, kmer_token_ids, kmer_vocab, write_kmer_tokenizer
+from genoembed.train.loop import (TrainingSchedule, adamw, pick_device, publish_files, resume_state, run_record,
                                 run_steps)
 GENBANK_SUFFIXES = (".gb", ".gbk", ".genbank", ".gbff")
 
-# Byte tables: normalise to ACGTN; complement for the reverse strand.
-_NORMALIZE = np.full(256, ord("N"), dtype=np.uint8)
-for _b in "ACGT":
-    _NORMALIZE[ord(_b)] = ord(_b)
-    _NORMALIZE[ord(_b.lower())] = ord(_b)
-_COMPLEMENT = np.arange(256, dtype=np.uint8)
-for _a, _c in zip("ACGTN", "TGCAN"):
-    _COMPLEMENT[ord(_a)] = ord(_c)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -107,24 +99,22 @@ def read_sequences(path: str | Path) -> list[Contig]:
         raise InputError(f"sequence file not found: {path}")
     name = path.name[:-3] if path.name.endswith(".gz") else path.name
     fmt = "genbank" if name.lower().endswith(GENBANK_SUFFIXES) else "fasta"
-    with open(path, "rb") as probe:
-        gzipped = probe.read(2) == b"\x1f\x8b"
-    opener = gzip.open if gzipped else open
+    gzipped = is_gzip(path)
     if fmt == "fasta":
-        with opener(path, "rt", encoding="ascii", errors="replace") as handle:
+        with open_text(path, encoding="ascii", errors="replace") as handle:
             first = next((line for line in handle if line.strip()), "")
         if not first.startswith(">"):
             found = f"first line is {first.strip()[:30]!r}" if first else "the file is empty"
             raise InputError(f"{path}: no sequences found; expected FASTA records ('>name' lines), {found}")
     contigs: list[Contig] = []
     try:
-        with opener(path, "rt", encoding="ascii", errors="replace") as handle:
+        with open_text(path, encoding="ascii", errors="replace") as handle:
             for record in SeqIO.parse(handle, fmt):
                 try:
                     text = str(record.seq)
                 except UndefinedSequenceError as err:  # a feature-only GenBank record
                     raise InputError(f"{path}: record {record.id} has no sequence ({err})") from None
-                bases = _NORMALIZE[np.frombuffer(text.encode("ascii", errors="replace"), dtype=np.uint8)]
+                bases = NORMALIZED_BASES[np.frombuffer(text.encode("ascii", errors="replace"), dtype=np.uint8)]
                 contigs.append(Contig(source=path.name, name=record.id, bases=bases))
     except (ValueError, EOFError, OSError) as err:
         raise InputError(f"{path}: cannot read as {fmt}{' (gzip)' if gzipped else ''}: {err}") from None
@@ -197,7 +187,7 @@ class WindowSampler:
         origin = []
         for row, (c, s, rc) in enumerate(zip(which, starts, reverse)):
             window = self.contigs[c].bases[s : s + self.window_bp]
-            out[row] = _COMPLEMENT[window[::-1]] if rc else window
+            out[row] = COMPLEMENT_BYTES[window[::-1]] if rc else window
             origin.append((self.contigs[c].name, int(s), bool(rc)))
         return out, origin
 
@@ -446,7 +436,7 @@ def _token_counts(contigs, vocab, k: int) -> np.ndarray:
     counts = np.zeros(len(vocab), dtype=np.int64)
     chunk = 600_000 - 600_000 % k
     for contig in contigs:
-        for strand in (contig.bases, _COMPLEMENT[contig.bases[::-1]]):
+        for strand in (contig.bases, COMPLEMENT_BYTES[contig.bases[::-1]]):
             pieces = [strand[i : i + chunk].tobytes() for i in range(0, len(strand), chunk)]
             ids = kmer_token_ids(pieces, vocab, k, add_eos=False)
             valid = ids["input_ids"][ids["attention_mask"] == 1]

@@ -53,9 +53,9 @@ the masked-LM base's contextual layers made the vector *less* robust to
 substitutions than its own token embeddings, and the trained zero-layer model
 is what genoembed ships as its retrieval default.
 
-Training shares :mod:`genoembed.training` with pretraining (schedule over
+Training shares :mod:`genoembed.train.loop` with pretraining (schedule over
 steps or minutes, atomic resumable checkpoints, progress bar) and
-:mod:`genoembed.pretrain`'s sequence reading.
+:mod:`genoembed.train.pretrain`'s sequence reading.
 """
 
 from __future__ import annotations
@@ -73,11 +73,11 @@ from typing import Sequence
 import numpy as np
 import pyarrow as pa
 
-from genoembed.embedders.pooling import reverse_complement
+from genoembed.seqio import BASE_CODES, COMPLEMENT_BYTES, reverse_complement
 from genoembed.errors import InputError, ModelError
-from genoembed.pretrain import _COMPLEMENT, Contig, read_sequences
-from genoembed.tokenize import SPECIAL_TOKENS, kmer_token_ids, write_kmer_tokenizer
-from genoembed.training import (TrainingSchedule, adamw, pick_device, publish_files, resume_state, run_record,
+from genoembed.train.pretrain import Contig, read_sequences
+from genoembed.embedders.tokenize import SPECIAL_TOKENS, kmer_token_ids, write_kmer_tokenizer
+from genoembed.train.loop import (TrainingSchedule, adamw, pick_device, publish_files, resume_state, run_record,
                                 run_steps)
 
 PROJECTION_FILE = "genoembed_projection.safetensors"
@@ -100,7 +100,7 @@ class RelatedPair:
 @dataclass(frozen=True, kw_only=True)
 class FinetuneConfig(TrainingSchedule):
     """Everything a fine-tuning run depends on (recorded in ``finetune.json``); schedule fields
-    come from :class:`genoembed.training.TrainingSchedule`, with fine-tuning's defaults below."""
+    come from :class:`genoembed.train.loop.TrainingSchedule`, with fine-tuning's defaults below."""
 
     train_files: tuple[Path, ...]
     base_model: Path
@@ -141,10 +141,6 @@ class FinetuneConfig(TrainingSchedule):
 
 # --------------------------------------------------------------------------- k-mer helpers
 
-_CODE = np.full(256, 4, dtype=np.uint8)
-for _i, _b in enumerate(b"ACGT"):
-    _CODE[_b] = _i
-    _CODE[ord(chr(_b).lower())] = _i
 
 PAIR_K = 12
 
@@ -154,7 +150,7 @@ def _kmer_codes(sequence: bytes | str | np.ndarray, k: int = PAIR_K, both_strand
     if isinstance(sequence, str):
         sequence = sequence.encode("ascii", errors="replace")
     raw = np.frombuffer(sequence, dtype=np.uint8) if isinstance(sequence, bytes) else sequence
-    codes = _CODE[raw]
+    codes = BASE_CODES[raw]
     strands = [codes] + ([np.where(codes < 4, 3 - codes, 4)[::-1]] if both_strands else [])
     out = []
     powers = 4 ** np.arange(k - 1, -1, -1, dtype=np.int64)
@@ -214,7 +210,7 @@ class Genome:
 
 def pair_alignments(pair: RelatedPair, min_length: int = 2000, preset: str = "asm20",
                     threads: int = 2) -> pa.Table:
-    """Alignment blocks (``genoembed.evaluate.ALIGNMENTS``) of ``pair.query`` on ``pair.reference``.
+    """Alignment blocks (``genoembed.eval.run.ALIGNMENTS``) of ``pair.query`` on ``pair.reference``.
 
     From the NUCmer table when ``pair.coords`` is set, else minimap2 at build
     time (primary and secondary blocks). Blocks shorter than ``min_length``
@@ -222,7 +218,7 @@ def pair_alignments(pair: RelatedPair, min_length: int = 2000, preset: str = "as
     """
     import pyarrow.compute as pc
 
-    from genoembed.evaluate import derive_truth_minimap2, read_coords
+    from genoembed.eval import derive_truth_minimap2, read_coords
 
     if pair.coords is not None:
         table = read_coords(pair.coords)
@@ -310,7 +306,7 @@ class PairBatch:
 def _window(contig: Contig, start: int, end: int, reverse: bool) -> str:
     bases = contig.bases[start:end]
     if reverse:
-        bases = _COMPLEMENT[bases[::-1]]
+        bases = COMPLEMENT_BYTES[bases[::-1]]
     return bases.tobytes().decode("ascii")
 
 
@@ -481,11 +477,11 @@ def load_encoder(base_model: Path):
                          f"default); this one is model_type={config.model_type!r}")
     vocab = read_vocab(base_model)
     k = _vocab_k(vocab)
-    from genoembed.tokenize import kmer_vocab
+    from genoembed.embedders.tokenize import kmer_vocab
 
     if vocab != {t: i for i, t in enumerate(kmer_vocab(k))}:
         raise ModelError(f"{base_model}: the vocabulary is not genoembed's {k}-mer vocabulary "
-                         "(genoembed.tokenize.write_kmer_tokenizer); fine-tuning needs it")
+                         "(genoembed.embedders.tokenize.write_kmer_tokenizer); fine-tuning needs it")
     from genoembed.embedders.hf import _quiet_transformers
 
     try:
@@ -612,7 +608,7 @@ def finetune(config: FinetuneConfig) -> Path:
     sampler = PairSampler(genomes, blocks, config)
 
     encoder, k = load_encoder(config.base_model)
-    from genoembed.tokenize import kmer_vocab
+    from genoembed.embedders.tokenize import kmer_vocab
 
     vocab = {t: i for i, t in enumerate(kmer_vocab(k))}
     torch.manual_seed(config.seed)

@@ -12,13 +12,13 @@ from typing import Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from genoembed.annotations import parse_alias_option
+from genoembed.features import parse_alias_option
 from genoembed.cli.common import console, configure_logging, handle_errors
 from genoembed.errors import InputError
 from genoembed.genome import open_genome
 from genoembed.recipe import Recipe, load_recipe, make_embedder, parse_model_option
 from genoembed.tiles import SoftMask, Strands
-from genoembed.vectors import Metric
+from genoembed.vector_index import Metric
 
 
 class Pooling(str, Enum):

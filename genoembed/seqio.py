@@ -1,0 +1,98 @@
+"""Sequence I/O shared by every stage: text files by magic bytes, FASTA records, reverse complement, base codes.
+
+Whether a file is gzip (or bgzip) is decided by its first bytes, never by its
+name, so ``genome.fa`` that is really gzip and ``genes.gff.gz`` that is not
+are both read correctly. Everything here is small and dependency-free (numpy
+only), so the genome reader, parsers, embedders, training and evaluation all
+use the same definitions.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from genoembed.errors import InputError
+
+GZIP_MAGIC = b"\x1f\x8b"
+
+# Complement of every IUPAC letter (U as T), case kept; S, W, N and anything else map to themselves.
+_COMPLEMENT = str.maketrans("ACGTURYKMBDHVNacgturykmbdhvn", "TGCAAYRMKVHDBNtgcaayrmkvhdbn")
+
+# Byte -> base code: A=0 C=1 G=2 T=3 (either case); everything else (N, IUPAC, gaps) = 4.
+BASE_CODES = np.full(256, 4, dtype=np.uint8)
+for _code, _base in enumerate("ACGT"):
+    BASE_CODES[ord(_base)] = _code
+    BASE_CODES[ord(_base.lower())] = _code
+
+# Byte -> normalised byte: A/C/G/T upper-cased, every other byte "N".
+NORMALIZED_BASES = np.full(256, ord("N"), dtype=np.uint8)
+for _base in "ACGT":
+    NORMALIZED_BASES[ord(_base)] = ord(_base)
+    NORMALIZED_BASES[ord(_base.lower())] = ord(_base)
+
+# Byte -> complementary byte for normalised (ACGTN) byte arrays.
+COMPLEMENT_BYTES = np.arange(256, dtype=np.uint8)
+for _base, _complement in zip("ACGTN", "TGCAN"):
+    COMPLEMENT_BYTES[ord(_base)] = ord(_complement)
+
+
+def reverse_complement(sequence: str) -> str:
+    """Reverse complement, IUPAC-aware and case-preserving."""
+    return sequence.translate(_COMPLEMENT)[::-1]
+
+
+def encode_bases(sequence: str | bytes) -> np.ndarray:
+    """uint8 codes A=0 C=1 G=2 T=3, other=4 (vectorised; case-insensitive)."""
+    raw = sequence.encode("ascii", errors="replace") if isinstance(sequence, str) else sequence
+    return BASE_CODES[np.frombuffer(raw, dtype=np.uint8)]
+
+
+def is_gzip(path: str | Path) -> bool:
+    """True when the file starts with the gzip magic bytes (plain gzip and bgzip alike)."""
+    with open(path, "rb") as handle:
+        return handle.read(2) == GZIP_MAGIC
+
+
+def open_text(path: str | Path, encoding: str = "utf-8", errors: str = "strict") -> io.TextIOBase:
+    """Open a plain or gzip text file for reading, chosen by its magic bytes; newlines kept as written."""
+    if is_gzip(path):
+        return gzip.open(path, "rt", encoding=encoding, errors=errors, newline="")
+    return open(path, "rt", encoding=encoding, errors=errors, newline="")
+
+
+def read_fasta(path: str | Path) -> Iterator[tuple[str, str]]:
+    """``(name, sequence)`` for every record of a small FASTA file (plain or gzip), e.g. query files.
+
+    The name is the header up to the first whitespace, as samtools and BLAST read it. Whole
+    genomes go through :func:`genoembed.genome.open_genome` instead (indexed, checksummed).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: FASTA file not found")
+    name, chunks, records = None, [], 0
+    try:
+        with open_text(path, encoding="ascii", errors="replace") as handle:
+            for number, line in enumerate(handle, 1):
+                line = line.rstrip("\r\n")
+                if line.startswith(">"):
+                    if name is not None:
+                        yield name, "".join(chunks)
+                        records += 1
+                    header = line[1:].strip()
+                    name, chunks = header.split()[0] if header else f"record{records + 1}", []
+                elif name is None and line.strip():
+                    raise InputError(f"{path}:{number}: not a FASTA file (expected a '>name' line first)")
+                else:
+                    chunks.append(line)
+    except (OSError, EOFError) as error:
+        raise InputError(f"{path}: cannot read ({error}); is it a complete FASTA or gzip file?") from None
+    if name is not None:
+        yield name, "".join(chunks)
+        records += 1
+    if not records:
+        raise InputError(f"{path}: no FASTA records found")
