@@ -400,7 +400,7 @@ def tokenize_rates(tiles: int = 4096, hf_tiles: int = 256) -> dict:
 
 def memory_child(mbp: float, workdir: Path, model: str, shard_rows: int) -> dict:
     """Run in a subprocess: index a synthetic genome of ``mbp`` Mbp; report this process's peak RSS."""
-    from genoembed.pipeline import index
+    from genoembed.build import index
     from genoembed.synthetic import random_genome, write_fasta
     from genoembed.tiles import TilingSpec
 

@@ -24,12 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
-from genoembed.annotate import annotate_hits
+from genoembed.annotate import add_annotations, annotate_hits
 from genoembed.genome import open_genome
-from genoembed.pipeline import index
-from genoembed.recipe import make_embedder, parse_model_option
+from genoembed.build import index
+from genoembed.embedders import get_embedder
 from genoembed.resources import resolve
-from genoembed.search import Query
+from genoembed.search import Query, search
+from genoembed.sql import run_sql
 from genoembed.tiles import TilingSpec
 from genoembed.vector_index import IndexSpec
 
@@ -60,18 +61,18 @@ def peak_rss_mb() -> float:
 
 def run(size: str, model: str, factory: str, queries: int, stride: int, workdir: Path) -> dict:
     fasta, annotations = genome_for(size, workdir)
-    embedder = make_embedder(parse_model_option(model))
+    embedder = get_embedder(model)
     tiling = TilingSpec(window=1000, stride=stride, strands="both")
     started = time.perf_counter()
     store = index(fasta, workdir / "store", embedder=embedder, tiling=tiling, index_spec=None)
     embed_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    from genoembed.pipeline import build_store_index
+    from genoembed.indexing import build_store_index
 
     build_store_index(store, IndexSpec(factory=factory))
     index_seconds = time.perf_counter() - started
     if annotations is not None:
-        store.add_annotations(annotations)
+        add_annotations(store, annotations)
 
     genome = open_genome(fasta)
     rng = np.random.default_rng(0)
@@ -79,7 +80,7 @@ def run(size: str, model: str, factory: str, queries: int, stride: int, workdir:
     batch = [Query(f"t{t['tile_id']}", genome.fetch(t["chrom"], t["start"], t["end"], t["strand"]).upper(),
                    t["chrom"], t["start"], t["end"], t["strand"]) for t in sampled.to_pylist()]
     vectors_started = time.perf_counter()
-    hits = store.search(batch, k=10)
+    hits = search(store, batch, k=10)
     search_seconds = time.perf_counter() - vectors_started
     top = [h for h in hits.to_pylist() if h["rank"] == 1]
     by_name = {q.name: q for q in batch}
@@ -93,8 +94,8 @@ def run(size: str, model: str, factory: str, queries: int, stride: int, workdir:
         started = time.perf_counter()
         annotated = annotate_hits(store, hits)
         join_seconds = time.perf_counter() - started
-        features = store.sql("SELECT chrom, start, \"end\" FROM annotations").to_pylist()
-        pairs = store.sql("SELECT count(*) AS n FROM hit_features").to_pylist()[0]["n"]
+        features = run_sql(store, "SELECT chrom, start, \"end\" FROM annotations").to_pylist()
+        pairs = run_sql(store, "SELECT count(*) AS n FROM hit_features").to_pylist()[0]["n"]
         assert pairs == brute_force_overlaps(hits.to_pylist(), features), "join disagrees with brute force"
         assert annotated.num_rows == hits.num_rows
     return {

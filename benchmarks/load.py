@@ -26,9 +26,10 @@ import numpy as np
 import pyarrow as pa
 
 from genoembed import __version__, schema
-from genoembed.pipeline import build_store_index
+from genoembed.indexing import build_store_index
 from genoembed.search import Query, search
-from genoembed.store import Store, StoreWriter
+from genoembed.store import Store
+from genoembed.store_writer import StoreWriter
 from genoembed.vector_index import IndexSpec
 
 SIZES = {"small": 100_000, "medium": 1_000_000, "large": 3_000_000}

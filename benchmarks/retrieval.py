@@ -118,7 +118,7 @@ def make_models(names: list[str], workdir: Path, threads: int) -> dict:
 
 
 def check_flat_equals_numpy(workdir: Path) -> None:
-    from genoembed.pipeline import index
+    from genoembed.build import index
     from genoembed.tiles import TilingSpec
     from genoembed.vector_index import INDEX_FILE, load_index, prepare, search_index
 

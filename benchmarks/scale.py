@@ -63,9 +63,8 @@ def bench_embed(size: str, work: Path, repeats: int) -> None:
     import ray
     import torch
 
-    from genoembed.distributed import index_with_ray
     from genoembed.embedders.hf import TransformersEmbedder
-    from genoembed.pipeline import index
+    from genoembed.build import index
     from genoembed.tiles import TilingSpec
 
     fasta = CHLOROPLAST if size == "small" else SHARED / "ecoli_536" / "NC_008253.fna.gz"
@@ -78,7 +77,7 @@ def bench_embed(size: str, work: Path, repeats: int) -> None:
         torch.set_num_threads(threads)
         shutil.rmtree(out, ignore_errors=True)
         start = time.perf_counter()
-        store = index(fasta, out, embedder=embedder, tiling=tiling, index_spec=None, embed_rows=128)
+        store = index(fasta, out, embedder=embedder, tiling=tiling, index_spec=None, batch_rows=128)
         return store, time.perf_counter() - start
 
     reference, _ = local(2, work / "ref")  # warm-up and reference rows
@@ -92,8 +91,9 @@ def bench_embed(size: str, work: Path, repeats: int) -> None:
                     store, seconds = local(workers, out)
                 else:
                     start = time.perf_counter()
-                    store = index_with_ray(fasta, out, embedder=embedder, tiling=tiling, batch_rows=64,
-                                           num_workers=workers, preserve_order=engine == "ray-ordered")
+                    store = index(fasta, out, embedder=embedder, tiling=tiling, batch_rows=64, index_spec=None,
+                                  engine="ray", engine_options={"num_workers": workers,
+                                                                "preserve_order": engine == "ray-ordered"})
                     seconds = time.perf_counter() - start
                 got, want = store_rows(store), store_rows(reference)
                 error = float(np.abs(got["embedding"].combine_chunks().flatten().to_numpy()
@@ -119,7 +119,7 @@ def genome_store(size: str, work: Path):
     """H. pylori genomes (one per genome name) in one store, 5-mer spectra, 1 kb tiles every 500 bp."""
     from genoembed.embedders.kmer import KmerEmbedder
     from genoembed.genome import open_genome
-    from genoembed.pipeline import index
+    from genoembed.build import index
     from genoembed.store import Store
     from genoembed.tiles import TilingSpec
 
@@ -172,7 +172,8 @@ def recall(ids, truth):
 def bench_index(size: str, work: Path, repeats: int) -> None:
     import faiss
 
-    from genoembed.sharded import ShardedIndex, build_sharded
+    from genoembed.indexing import build_sharded
+    from genoembed.vector_index import ShardedIndex
     from genoembed.vector_index import train_index
     from genoembed.vector_index import IndexSpec, build_index, prepare
 
@@ -219,7 +220,7 @@ def bench_index(size: str, work: Path, repeats: int) -> None:
 def bench_filter(store, x, exact, repeats: int, size: str) -> None:
     import faiss
 
-    from genoembed.sharded import filtered_search, subset_mask
+    from genoembed.search import filtered_search, subset_mask
 
     tiles = store.tiles(np.arange(store.num_tiles))
     genomes = tiles.column("genome").to_numpy(zero_copy_only=False)

@@ -1,12 +1,35 @@
-"""genoembed: embed genomes with DNA language models, search them, join hits with annotations."""
+"""genoembed: embed genomes with DNA language models, search them, join hits with annotations.
 
-__version__ = "0.1.0"
+The public API mirrors the CLI, verb for verb::
 
+    import genoembed
+
+    store = genoembed.build(genoembed.load_recipe("indexes/demo.toml"))       # genoembed index RECIPE
+    store = genoembed.index("genome.fa", "stores/g", tiling=genoembed.TilingSpec(window=1000, stride=500))
+    hits = genoembed.search(store, ["chr1:10001-11000"], k=10)              # genoembed search
+    table = genoembed.sql(store, "SELECT * FROM tiles LIMIT 5")             # genoembed sql
+    genoembed.annotate(store, "genes.gff3")                                  # genoembed annotate
+    genoembed.remove(store, genome="strainA")                                # genoembed remove
+    problems = genoembed.verify(store)                                       # genoembed verify
+
+Heavy parts (torch, transformers, FAISS, DuckDB) load only when a verb needs them.
+"""
+
+__version__ = "0.2.0"
+
+from genoembed.annotate import add_annotations as annotate  # noqa: E402
+from genoembed.build import build, index  # noqa: E402
+from genoembed.embedders import Embedder, EmbedderOptions, get_embedder, register_embedder  # noqa: E402
 from genoembed.errors import GenoembedError, InputError, ModelError, StoreError  # noqa: E402
-from genoembed.pipeline import index  # noqa: E402
+from genoembed.recipe import Recipe, load_recipe  # noqa: E402
+from genoembed.remove import remove  # noqa: E402
+from genoembed.search import Query, search  # noqa: E402
+from genoembed.sql import run_sql as sql  # noqa: E402
 from genoembed.store import Store  # noqa: E402
 from genoembed.tiles import TilingSpec  # noqa: E402
 from genoembed.vector_index import IndexSpec  # noqa: E402
+from genoembed.verify import verify_store as verify  # noqa: E402
 
-__all__ = ["__version__", "index", "Store", "TilingSpec", "IndexSpec",
-           "GenoembedError", "InputError", "ModelError", "StoreError"]
+__all__ = ["__version__", "build", "index", "search", "sql", "annotate", "remove", "verify", "Store", "Recipe",
+           "load_recipe", "TilingSpec", "IndexSpec", "Query", "Embedder", "EmbedderOptions", "get_embedder",
+           "register_embedder", "GenoembedError", "InputError", "ModelError", "StoreError"]

@@ -20,7 +20,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from genoembed.errors import InputError, StoreError
-from genoembed.store import Store, _read_manifest, _write_manifest, file_sha256, write_lock, write_shard
+from genoembed.indexing import build_store_index, index_file_matches, refresh_sharded, save_store_index
+from genoembed.store import Store, file_sha256, read_manifest, write_lock, write_manifest
+from genoembed.store_writer import write_shard
 from genoembed.vector_index import INDEX_FILE, IndexSpec, load_index, remove_tile_ids
 
 log = logging.getLogger(__name__)
@@ -28,11 +30,8 @@ log = logging.getLogger(__name__)
 
 def remove(store: Store, genome: str, contigs: Sequence[str] = ()) -> dict:
     """Remove ``genome`` (or only its ``contigs``) from ``store``; returns what was removed."""
-    from genoembed.pipeline import _save_store_index, build_store_index, index_file_matches
-    from genoembed.sharded import refresh_sharded
-
     with write_lock(store.root):
-        manifest = _read_manifest(store.root)
+        manifest = read_manifest(store.root)
         entry = _check_request(store, manifest, genome, contigs)
         old_index = load_index(store.root / INDEX_FILE) if index_file_matches(store, manifest.get("index")) else None
         kept, removed_ids, replaced = [], [], []
@@ -58,7 +57,7 @@ def remove(store: Store, genome: str, contigs: Sequence[str] = ()) -> dict:
         else:
             del manifest["genomes"][genome]
         index_entry, manifest["index"] = manifest.get("index"), None
-        _write_manifest(store.root, manifest)
+        write_manifest(store.root, manifest)
         for path in replaced:
             path.unlink()
         store.manifest = manifest
@@ -66,7 +65,7 @@ def remove(store: Store, genome: str, contigs: Sequence[str] = ()) -> dict:
         if index_entry:
             spec = IndexSpec(**index_entry["spec"])
             if old_index is not None and remove_tile_ids(old_index, ids):
-                _save_store_index(store, spec, old_index)
+                save_store_index(store, spec, old_index)
             else:
                 log.warning("%s: the %s index cannot remove vectors in place; rebuilding it",
                             store.root, spec.factory)

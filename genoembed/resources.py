@@ -29,3 +29,13 @@ def default_model_dir(name: str = "default") -> Path | None:
     """A shipped model's directory (``default`` or ``mlm``), or None when its weights are not installed."""
     directory = resolve(PACKAGE_PREFIX + SHIPPED_MODELS[name])
     return directory if (directory / "model.safetensors").is_file() else None
+
+
+def shipped_model_for(recorded_path: str | Path) -> Path | None:
+    """This installation's copy of a shipped model that a store recorded under another installation's path."""
+    name = Path(recorded_path).name
+    for relative in SHIPPED_MODELS.values():
+        if Path(relative).name == name:
+            directory = resolve(PACKAGE_PREFIX + relative)
+            return directory if directory.is_dir() else None
+    return None

@@ -2,14 +2,17 @@
 
 Queries are embedded with the store's own embedder (same model files,
 pooling and settings, checked by fingerprint), so query and tile vectors
-live in one space. Hits follow ``schema.HITS``; each search is saved in the
-store (``searches/NAME.parquet``, ``last`` by default) for `genoembed sql`.
+live in one space. Hits follow ``schema.HITS``; a search saved under a name
+(``searches/NAME.parquet`` with its sidecar; the CLI saves ``last`` unless
+``--no-save``) becomes SQL views for `genoembed sql`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,10 +22,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from genoembed import schema
-from genoembed.errors import InputError
+from genoembed.errors import InputError, StoreError
 from genoembed.seqio import read_fasta
 from genoembed.store import Store, atomic_write_bytes
-from genoembed.vector_index import INDEX_FILE, load_index, search_index
 
 _VALID_BASES = re.compile(r"^[ACGTNRYKMSWBDHV]+$", re.IGNORECASE)
 _REGION = re.compile(r"^(?P<chrom>.+?)(?::(?P<start>[\d,_]+)-(?P<end>[\d,_]+))?(?::(?P<strand>[+-]))?$")
@@ -135,13 +137,6 @@ def query_source(store: Store, genome: str | None = None):
     return store.genome(genome) if genome is not None or len(store.genomes) == 1 else StoreGenomes(store)
 
 
-def _loaded_index(store: Store):
-    cached = getattr(store, "_vector_index", None)
-    if cached is None:
-        cached = store._vector_index = load_index(store.root / INDEX_FILE)
-    return cached
-
-
 def _self_overlap_allowance(store: Store, query: Query) -> int:
     """How many tiles can overlap a query interval (fetched extra, then dropped)."""
     tiling = store.provenance["tiling"]
@@ -161,13 +156,14 @@ def _unique_names(queries: list[Query]) -> list[Query]:
 
 
 def search(store: Store, queries: list[Query | str], k: int = 10, nprobe: int | None = None,
-           ef_search: int | None = None, exclude_self: bool = False, save_as: str | None = "last",
+           ef_search: int | None = None, exclude_self: bool = False, save_as: str | None = None,
            embedder=None, trust_remote_code: bool = False, genome: str | None = None,
            chrom: str | None = None) -> pa.Table:
     """Top-``k`` tiles per query as a ``schema.HITS`` table (rank 1 = best).
 
     String queries are regions on the store's genomes (see :func:`query_source`). ``genome`` / ``chrom`` restrict hits
-    to that subset of the store and still return ``k`` hits when the subset has them.
+    to that subset of the store and still return ``k`` hits when the subset has them. ``save_as`` saves the hits
+    in the store under that name (the SQL view ``hits_NAME``; ``last`` is the view ``hits``).
     """
     if not queries:
         raise InputError("no queries given")
@@ -179,6 +175,8 @@ def search(store: Store, queries: list[Query | str], k: int = 10, nprobe: int | 
         raise InputError(f"k={k}: ask for at least one neighbour")
     if k > store.num_tiles:
         raise InputError(f"k={k} is larger than the store ({store.num_tiles} tiles); use k <= {store.num_tiles}")
+    if save_as is not None:
+        check_search_name(save_as)
     embedder = embedder or store.embedder(trust_remote_code=trust_remote_code)
     if embedder.dim != store.dim:
         raise InputError(f"query embedder has dim {embedder.dim} but the store has dim {store.dim}; "
@@ -187,14 +185,28 @@ def search(store: Store, queries: list[Query | str], k: int = 10, nprobe: int | 
     extra = max((_self_overlap_allowance(store, q) for q in queries if q.chrom is not None), default=0) \
         if exclude_self else 0
     fetch = min(k + extra, store.num_tiles)
-    if genome is None and chrom is None:
-        scores, ids = search_index(_loaded_index(store), vectors, fetch, store.metric, nprobe, ef_search)
-    else:
-        from genoembed.sharded import filtered_search
-        from genoembed.vector_index import set_search_params
+    for attempt in range(3):
+        try:
+            hits = _hits(store, queries, vectors, k, fetch, nprobe, ef_search, exclude_self, genome, chrom)
+            break
+        except StoreError:
+            # A writer removed files of this snapshot (e.g. `genoembed remove`): answer from the newest one.
+            if attempt == 2:
+                raise
+            store.refresh()
+    if save_as:
+        save_hits(store, hits, save_as, {"queries": len(queries), "k": k, "exclude_self": exclude_self})
+    return hits
 
-        set_search_params(_loaded_index(store), ef_search=ef_search)
-        scores, ids = filtered_search(store, vectors, fetch, genome=genome, chrom=chrom, nprobe=nprobe)
+
+def _hits(store: Store, queries: list[Query], vectors: np.ndarray, k: int, fetch: int, nprobe: int | None,
+          ef_search: int | None, exclude_self: bool, genome: str | None, chrom: str | None) -> pa.Table:
+    """Search one snapshot of the store and turn (scores, ids) into hit rows."""
+    if genome is None and chrom is None:
+        scores, ids = store.vector_index().search(vectors, fetch, nprobe, ef_search)
+    else:
+        scores, ids = filtered_search(store, vectors, fetch, genome=genome, chrom=chrom, nprobe=nprobe,
+                                      ef_search=ef_search)
     found = ids[ids >= 0]
     tiles = store.tiles(np.unique(found))
     by_id = {tile_id: row for row, tile_id in enumerate(tiles.column("tile_id").to_pylist())}
@@ -215,21 +227,103 @@ def search(store: Store, queries: list[Query | str], k: int = 10, nprobe: int | 
                          "tile_id": int(tile_id), "genome": tile["genome"], "chrom": tile["chrom"],
                          "start": tile["start"], "end": tile["end"], "strand": tile["strand"],
                          "score": float(score)})
-    hits = pa.Table.from_pylist(rows, schema=schema.HITS)
-    if save_as:
-        save_hits(store, hits, save_as, {"queries": len(queries), "k": k, "exclude_self": exclude_self})
-    return hits
+    return pa.Table.from_pylist(rows, schema=schema.HITS)
+
+
+def check_search_name(name: str) -> str:
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", name):
+        raise InputError(f"search name {name!r}: use letters, digits and _ (it becomes a SQL view name)")
+    return name
 
 
 def save_hits(store: Store, hits: pa.Table, name: str, details: dict) -> Path:
-    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-        raise InputError(f"search name {name!r}: use letters, digits and _ (it becomes a SQL view name)")
-    path = store.root / "searches" / f"{name}.parquet"
-    path.parent.mkdir(exist_ok=True)
+    """Save hits as ``searches/NAME.parquet`` plus its sidecar ``searches/NAME.json`` (rows, sha256, details).
+
+    Both are written atomically and take no store lock, so searches never wait for a writer; the
+    sidecar is renamed into place last, so a reader never pairs it with another search's hits.
+    """
+    check_search_name(name)
+    directory = store.root / "searches"
+    try:
+        directory.mkdir(exist_ok=True)
+    except OSError as error:
+        raise StoreError(f"{directory}: cannot save the search ({error.strerror or error}); "
+                         "if the store is read-only, search with --no-save") from None
     sink = pa.BufferOutputStream()
     pq.write_table(hits, sink, compression="zstd")
-    atomic_write_bytes(path, sink.getvalue().to_pybytes())
-    store.record("searches", name, {"path": f"searches/{name}.parquet", "rows": hits.num_rows,
-                                    "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                                    **details})
+    data = sink.getvalue().to_pybytes()
+    path = directory / f"{name}.parquet"
+    atomic_write_bytes(path, data)
+    entry = {"path": f"searches/{name}.parquet", "rows": hits.num_rows, "sha256": hashlib.sha256(data).hexdigest(),
+             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), **details}
+    atomic_write_bytes(directory / f"{name}.json", json.dumps(entry, indent=2).encode())
     return path
+
+
+def subset_mask(store: Store, genome: str | None = None, chrom: str | None = None) -> np.ndarray:
+    """Boolean array over tile ids: True where the tile is in ``genome`` / ``chrom``."""
+    import duckdb
+
+    clauses, parameters = [], {"paths": [str(p) for p in store.shard_paths]}
+    for name, value in (("genome", genome), ("chrom", chrom)):
+        if value is not None:
+            clauses.append(f"{name} = ${name}")
+            parameters[name] = value
+    mask = np.zeros(store.id_limit, dtype=bool)
+    if not clauses:
+        mask[:] = True
+        return mask
+    ids = duckdb.connect().sql(f"SELECT tile_id FROM read_parquet($paths) WHERE {' AND '.join(clauses)}",
+                               params=parameters).fetchnumpy()["tile_id"]
+    if not len(ids):
+        raise InputError(f"{store.root}: no tiles match genome={genome!r} chrom={chrom!r}; "
+                         "check the names with `genoembed sql \"SELECT DISTINCT genome, chrom FROM tiles\"`")
+    mask[ids] = True
+    return mask
+
+
+def filtered_search(store: Store, vectors: np.ndarray, k: int, genome: str | None = None,
+                    chrom: str | None = None, index=None, nprobe: int | None = None, ef_search: int | None = None,
+                    factor: int = 4, mask: np.ndarray | None = None,
+                    stats: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` (scores, ids) restricted to ``genome`` / ``chrom`` by over-fetching.
+
+    Fetches ``k * factor`` neighbours from ``index`` (the store's own by default;
+    :class:`~genoembed.vector_index.FaissIndex` or :class:`~genoembed.vector_index.ShardedIndex`),
+    keeps the tiles in the subset and multiplies ``factor`` by 4 for the
+    queries still short of ``k`` until they have ``k`` or the whole index was
+    fetched. ids are -1 only where the subset holds fewer than ``k`` tiles
+    reachable in the index. ``mask`` (from :func:`subset_mask`) skips the
+    lookup when searching one subset repeatedly; ``stats`` receives the rounds
+    and the largest fetch.
+    """
+    if k < 1:
+        raise InputError(f"k={k}: ask for at least one neighbour")
+    index = store.vector_index() if index is None else index
+    mask = subset_mask(store, genome, chrom) if mask is None else mask
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if vectors.shape[1] != index.d:
+        raise InputError(f"query vectors have dim {vectors.shape[1]} but the index has dim {index.d}")
+    ntotal = int(index.ntotal) if index.ntotal is not None else len(mask)
+    out_scores = np.full((len(vectors), k), np.nan, dtype=np.float32)
+    out_ids = np.full((len(vectors), k), -1, dtype=np.int64)
+    pending = np.arange(len(vectors))
+    fetch, rounds = min(k * max(factor, 1), ntotal), 0
+    while len(pending):
+        rounds += 1
+        scores, ids = index.search(vectors[pending], fetch, nprobe, ef_search)
+        keep = (ids >= 0) & mask[np.clip(ids, 0, len(mask) - 1)] & (ids < len(mask))
+        short = []
+        for row, query in enumerate(pending):
+            chosen = np.flatnonzero(keep[row])[:k]
+            out_ids[query, :len(chosen)] = ids[row, chosen]
+            out_scores[query, :len(chosen)] = scores[row, chosen]
+            exhausted = fetch >= ntotal or (ids[row] < 0).any()
+            if len(chosen) < k and not exhausted:
+                short.append(query)
+        pending = np.asarray(short, dtype=np.int64)
+        if len(pending):
+            fetch = min(fetch * 4, ntotal)
+    if stats is not None:
+        stats.update(rounds=rounds, max_fetch=fetch)
+    return out_scores, out_ids

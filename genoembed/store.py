@@ -6,11 +6,15 @@ Layout of a store directory::
     shards/part-00000.parquet ...
     index/vectors.faiss    FAISS index (ids = tile_id)
     annotations/NAME.parquet
-    searches/NAME.parquet  saved search hits (``last`` = most recent)
+    searches/NAME.parquet  saved search hits (``last`` = the CLI's most recent)
+    searches/NAME.json     each saved search's sidecar: rows, sha256, when and how it was made
 
 Every file is written under a temporary name and renamed into place, and the
 manifest is replaced atomically after each shard, so readers (and a resumed
-run) only ever see complete shards. One writer at a time holds ``.lock``.
+run) only ever see complete shards. One writer at a time holds ``.lock``;
+readers take no lock: each reads the manifest once and keeps that snapshot.
+Saved searches live in their own files (not the manifest), so a search never
+waits for, or fails because of, a writer.
 
 A store holds one or more genomes embedded with one model and one tiling
 (``provenance``); ``genomes`` records each genome's FASTA checksum, contigs and
@@ -24,8 +28,6 @@ import contextlib
 import datetime as dt
 import json
 import os
-import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -33,11 +35,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from genoembed import __version__, schema
+from genoembed import schema
 from genoembed.errors import InputError, StoreError
 
 FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
+# Where a sharded FAISS index lives (genoembed.indexing builds it, Store.vector_index opens it).
+SHARDED_INDEX_DIR = "index/shards"
+SHARDED_LAYOUT = "layout.json"
 PROVENANCE_KEY = b"genoembed.provenance"
 # Provenance keys that must agree for two runs to write into one store.
 IDENTITY_KEYS = ("embedder", "tiling", "embedding_dtype")
@@ -46,11 +51,16 @@ IDENTITY_KEYS = ("embedder", "tiling", "embedding_dtype")
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so readers see the old or the new file, never a partial one."""
     partial = path.with_name(f".{path.name}.partial.{os.getpid()}")
-    with open(partial, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(partial, path)
+    try:
+        with open(partial, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(partial, path)
+    except OSError as error:
+        partial.unlink(missing_ok=True)
+        raise StoreError(f"{path}: cannot write ({error.strerror or error}); "
+                         "free disk space or check the directory's permissions, then rerun") from None
 
 
 def file_sha256(path: Path) -> str:
@@ -59,52 +69,124 @@ def file_sha256(path: Path) -> str:
     return file_checksum(path)
 
 
-def _read_manifest(root: Path) -> dict:
+def read_manifest(root: Path) -> dict:
+    """The store's committed manifest, migrated to the current format and checked (all problems at once)."""
     manifest_path = root / MANIFEST
     if not manifest_path.is_file():
         raise StoreError(f"{root}: not a genoembed store (no {MANIFEST}); build one with `genoembed index`")
     try:
-        manifest = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError as error:
+        manifest = json.loads(manifest_path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise StoreError(f"{manifest_path}: corrupt manifest ({error}); rebuild the store") from None
+    except OSError as error:
+        raise StoreError(f"{manifest_path}: cannot read ({error.strerror or error}); check its permissions") from None
+    if not isinstance(manifest, dict):
+        raise StoreError(f"{manifest_path}: corrupt manifest (a JSON {type(manifest).__name__}, not an object); "
+                         "rebuild the store")
     version = manifest.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise StoreError(f"{manifest_path}: store format {version!r} is newer than this genoembed "
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise StoreError(f"{manifest_path}: corrupt manifest (format_version {version!r} is not a positive "
+                         "integer); rebuild the store")
+    if version > FORMAT_VERSION:
+        raise StoreError(f"{manifest_path}: store format {version} is newer than this genoembed "
                          f"(reads format {FORMAT_VERSION}); upgrade genoembed")
-    return _upgrade_single_genome(manifest) if version == 1 else manifest
+    try:
+        for step in range(version, FORMAT_VERSION):
+            manifest = MIGRATIONS[step](manifest)
+    except (KeyError, TypeError, AttributeError) as error:
+        raise StoreError(f"{manifest_path}: corrupt format-{version} manifest (cannot upgrade it: missing or "
+                         f"malformed {error}); rebuild the store") from None
+    problems = manifest_problems(manifest)
+    if problems:
+        raise StoreError(f"{manifest_path}: corrupt manifest ({'; '.join(problems[:5])}"
+                         f"{f'; and {len(problems) - 5} more' if len(problems) > 5 else ''}); rebuild the store")
+    return manifest
 
 
-def _upgrade_single_genome(manifest: dict) -> dict:
-    """Format 1 stores held one genome, recorded in the provenance; give them a ``genomes`` section."""
+def m001_single_genome(manifest: dict) -> dict:
+    """Format 1 -> 2: format 1 stores held one genome, recorded in the provenance; give them a ``genomes`` section."""
     genome = manifest["provenance"].pop("genome")
     rows = sum(shard["rows"] for shard in manifest["shards"])
     manifest["genomes"] = {genome["name"]: {**genome, "first_tile_id": 0, "status": manifest.get("status")}}
     for shard in manifest["shards"]:
         shard["genome"] = genome["name"]
-    manifest.update(format_version=FORMAT_VERSION, next_tile_id=rows, next_shard=len(manifest["shards"]))
+    manifest.update(format_version=2, next_tile_id=rows, next_shard=len(manifest["shards"]))
     if manifest.get("index"):
         manifest["index"]["genomes"] = [genome["name"]]
     return manifest
 
 
-def genome_entry(genome) -> dict:
-    """What a store records of a genome: name, FASTA path and sha256, contig lengths."""
-    return {**genome.describe(), "contig_lengths": dict(genome.contigs)}
+# Named migrations, run in order: MIGRATIONS[n] turns a format-n manifest into format n + 1.
+MIGRATIONS = {1: m001_single_genome}
 
 
-def shard_provenance(provenance: dict, genome: dict) -> dict:
-    """Provenance written into a shard's Parquet metadata: the store's, plus the shard's genome."""
-    return {**provenance, "genome": {key: value for key, value in genome.items() if key != "contig_lengths"}}
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _write_manifest(root: Path, manifest: dict) -> None:
+def manifest_problems(manifest: dict) -> list[str]:
+    """Every way a (current-format) manifest is malformed, so a corrupt one is one clear error, not a traceback."""
+    problems = []
+
+    def expect(where: str, value, kind, what: str) -> bool:
+        if kind is int:
+            ok = _is_int(value)
+        else:
+            ok = isinstance(value, kind)
+        if not ok:
+            problems.append(f"{where} is {json.dumps(value)[:40]}, expected {what}")
+        return ok
+
+    if expect("dim", manifest.get("dim"), int, "a positive integer") and manifest["dim"] < 1:
+        problems.append(f"dim is {manifest['dim']}, expected a positive integer")
+    for key in ("next_tile_id", "next_shard"):
+        expect(key, manifest.get(key), int, "an integer")
+    if expect("provenance", manifest.get("provenance"), dict, "an object"):
+        for key in ("embedder", "tiling"):
+            expect(f"provenance.{key}", manifest["provenance"].get(key), dict, "an object")
+    genomes = manifest.get("genomes")
+    if expect("genomes", genomes, dict, "an object"):
+        for name, entry in genomes.items():
+            if expect(f"genomes.{name}", entry, dict, "an object"):
+                expect(f"genomes.{name}.contig_lengths", entry.get("contig_lengths"), dict, "an object")
+                expect(f"genomes.{name}.first_tile_id", entry.get("first_tile_id"), int, "an integer")
+                expect(f"genomes.{name}.sha256", entry.get("sha256"), str, "a checksum")
+    shards = manifest.get("shards")
+    if expect("shards", shards, list, "a list"):
+        for number, shard in enumerate(shards):
+            where = f"shards[{number}]"
+            if not expect(where, shard, dict, "an object"):
+                continue
+            if expect(f"{where}.path", shard.get("path"), str, "a path"):
+                _check_store_path(shard["path"], where, problems)
+            for key in ("rows", "first_tile_id", "last_tile_id"):
+                expect(f"{where}.{key}", shard.get(key), int, "an integer")
+            expect(f"{where}.genome", shard.get("genome"), str, "a genome name")
+    for section in ("annotations", "searches"):
+        entries = manifest.get(section) or {}
+        if expect(section, entries, dict, "an object"):
+            for name, entry in entries.items():
+                if expect(f"{section}.{name}", entry, dict, "an object") and \
+                        expect(f"{section}.{name}.path", entry.get("path"), str, "a path"):
+                    _check_store_path(entry["path"], f"{section}.{name}", problems)
+    index = manifest.get("index")
+    if index is not None and expect("index", index, dict, "an object or null"):
+        if expect("index.path", index.get("path"), str, "a path"):
+            _check_store_path(index["path"], "index", problems)
+    return problems
+
+
+def _check_store_path(path: str, where: str, problems: list[str]) -> None:
+    """Paths in a manifest are relative and stay inside the store (no absolute path, no ``..``)."""
+    parts = Path(path).parts
+    if not parts or Path(path).is_absolute() or ".." in parts:
+        problems.append(f"{where}.path {path!r} points outside the store")
+
+
+def write_manifest(root: Path, manifest: dict) -> None:
+    """Commit ``manifest`` atomically (callers hold the writer lock)."""
     manifest["updated"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     atomic_write_bytes(root / MANIFEST, json.dumps(manifest, indent=2).encode())
-
-
-def provenance_mismatch(stored: dict, requested: dict) -> list[str]:
-    """Names of identity keys whose values differ (model, tiling, genome, dtype)."""
-    return [key for key in IDENTITY_KEYS if stored.get(key) != requested.get(key)]
 
 
 @contextlib.contextmanager
@@ -144,166 +226,54 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def embeddings_to_arrow(embeddings: np.ndarray, dtype: str) -> pa.FixedSizeListArray:
-    values = np.ascontiguousarray(embeddings, dtype=np.float16 if dtype == "float16" else np.float32)
-    return pa.FixedSizeListArray.from_arrays(pa.array(values.ravel()), embeddings.shape[1])
-
-
-@dataclass
-class StoreWriter:
-    """Appends one genome's (tiles, embeddings) into fixed-size shards, resuming an interrupted build.
-
-    ``next_id`` is the first tile id (in plan order) not yet stored for this
-    genome; the caller must skip the tiles before it and feed the rest in order.
-    A store that already holds other genomes takes this one only with ``append``.
-    """
-
-    root: Path
-    provenance: dict
-    dim: int
-    genome: dict
-    shard_rows: int = 65536
-    row_group_rows: int = 8192
-    overwrite: bool = False
-    append: bool = False
-    first_id: int = field(init=False, default=0)
-    rows_done: int = field(init=False, default=0)
-    _pending: list = field(init=False, default_factory=list)
-    _pending_rows: int = field(init=False, default=0)
-    _manifest: dict = field(init=False, default_factory=dict)
-
-    def __post_init__(self):
-        self.root = Path(self.root)
-        dtype = self.provenance.get("embedding_dtype", "float32")
-        self._schema = schema.embeddings_schema(self.dim, dtype).with_metadata(
-            {PROVENANCE_KEY: json.dumps(shard_provenance(self.provenance, self.genome)).encode()})
-        (self.root / "shards").mkdir(parents=True, exist_ok=True)
-        for leftover in (self.root / "shards").glob(".*.partial.*"):
-            leftover.unlink()
-        if (self.root / MANIFEST).exists() and not self.overwrite:
-            self._manifest = _read_manifest(self.root)
-            self._join_existing()
-        else:
-            self._start_new()
-        name = self.genome["name"]
-        self.first_id = self._manifest["genomes"][name]["first_tile_id"]
-        self.rows_done = sum(shard["rows"] for shard in self._manifest["shards"] if shard["genome"] == name)
-
-    def _start_new(self) -> None:
-        for stale in (self.root / "shards").glob("part-*.parquet"):
-            stale.unlink()
-        self._manifest = {"format_version": FORMAT_VERSION, "genoembed_version": __version__,
-                          "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                          "status": "building", "provenance": self.provenance, "dim": self.dim,
-                          "genomes": {self.genome["name"]: {**self.genome, "first_tile_id": 0, "status": "building"}},
-                          "shards": [], "next_tile_id": 0, "next_shard": 0,
-                          "index": None, "annotations": {}, "searches": {}}
-        if (self.root / "index").exists():
-            shutil.rmtree(self.root / "index")
-        _write_manifest(self.root, self._manifest)
-
-    def _join_existing(self) -> None:
-        """Resume this genome, or (with ``append``) add it after the genomes already stored."""
-        differing = provenance_mismatch(self._manifest["provenance"], self.provenance)
-        if differing:
-            raise StoreError(f"{self.root}: existing store was built with a different "
-                             f"{', '.join(differing)}; use --overwrite or another output directory")
-        genomes, name = self._manifest["genomes"], self.genome["name"]
-        stored = genomes.get(name)
-        if stored is not None:
-            if stored["sha256"] != self.genome["sha256"]:
-                raise StoreError(f"{self.root}: genome {name!r} in the store came from another FASTA (sha256 "
-                                 f"differs); `genoembed remove --genome {name}` it first, pick another "
-                                 "--genome-name, or use --overwrite")
-            return
-        if not self.append:
-            raise StoreError(f"{self.root}: store holds genome(s) {', '.join(genomes)}; pass --append to add "
-                             f"{name!r} to it, or --overwrite to replace the store")
-        unfinished = [other for other, entry in genomes.items() if entry["status"] != "complete"]
-        if unfinished:
-            raise StoreError(f"{self.root}: genome {unfinished[0]!r} is only partly built; rerun its "
-                             "`genoembed index` to finish it before appending another")
-        genomes[name] = {**self.genome, "first_tile_id": self._manifest["next_tile_id"], "status": "building"}
-        self._manifest["status"] = "building"
-        _write_manifest(self.root, self._manifest)
-
-    @property
-    def complete(self) -> bool:
-        return self._manifest["genomes"][self.genome["name"]]["status"] == "complete"
-
-    @property
-    def next_id(self) -> int:
-        return self.first_id + self.rows_done
-
-    def write(self, tiles: pa.RecordBatch, embeddings: np.ndarray) -> None:
-        if embeddings.shape != (tiles.num_rows, self.dim):
-            raise StoreError(f"embedder returned shape {embeddings.shape}, expected ({tiles.num_rows}, {self.dim})")
-        columns = [tiles.column(name) for name in schema.TILE_COLUMNS]
-        columns.append(embeddings_to_arrow(embeddings, self.provenance.get("embedding_dtype", "float32")))
-        self._pending.append(pa.RecordBatch.from_arrays(columns, schema=self._schema))
-        self._pending_rows += tiles.num_rows
-        while self._pending_rows >= self.shard_rows:
-            self._flush(self.shard_rows)
-
-    def close(self) -> None:
-        """Flush the last partial shard and mark the genome (and, when all are, the store) complete."""
-        if self._pending_rows:
-            self._flush(self._pending_rows)
-        genomes = self._manifest["genomes"]
-        genomes[self.genome["name"]]["status"] = "complete"
-        if all(entry["status"] == "complete" for entry in genomes.values()):
-            self._manifest["status"] = "complete"
-        _write_manifest(self.root, self._manifest)
-
-    def _flush(self, rows: int) -> None:
-        table = pa.Table.from_batches(self._pending, schema=self._schema)
-        shard, rest = table.slice(0, rows), table.slice(rows)
-        path = write_shard(self.root, self._manifest, shard, self.row_group_rows)
-        ids = shard.column("tile_id")
-        self._manifest["shards"].append({
-            "path": path, "rows": shard.num_rows, "sha256": file_sha256(self.root / path),
-            "genome": self.genome["name"], "first_tile_id": ids[0].as_py(), "last_tile_id": ids[-1].as_py()})
-        self._manifest["next_tile_id"] = max(self._manifest["next_tile_id"], ids[-1].as_py() + 1)
-        _write_manifest(self.root, self._manifest)
-        self._pending = rest.to_batches()
-        self._pending_rows = rest.num_rows
-
-
-def write_shard(root: Path, manifest: dict, table: pa.Table, row_group_rows: int = 8192) -> str:
-    """Write ``table`` as the next numbered shard (temp name, fsync, rename); returns its store path.
-
-    Numbers are never reused, so a rewritten shard never replaces a file a reader may hold.
-    """
-    number = manifest["next_shard"]
-    manifest["next_shard"] = number + 1
-    final = root / "shards" / f"part-{number:05d}.parquet"
-    partial = final.with_name(f".{final.name}.partial.{os.getpid()}")
-    pq.write_table(table, partial, compression="zstd", row_group_size=row_group_rows)
-    with open(partial, "rb+") as handle:
-        os.fsync(handle.fileno())
-    os.replace(partial, final)
-    return f"shards/{final.name}"
-
-
 class Store:
-    """A built store, opened for reading. Python twin of the CLI's search / sql / info."""
+    """A built store opened for reading at its last committed manifest (a snapshot).
+
+    Data access only: the verbs (:func:`genoembed.search.search`, :func:`genoembed.sql.run_sql`,
+    :func:`genoembed.annotate.add_annotations`, :func:`genoembed.remove.remove`,
+    :func:`genoembed.verify.verify_store`) are functions that take a store. A genome still being
+    written (an append in progress, or one interrupted) is hidden from readers: they see the
+    genomes that are complete, and the vector index built over them.
+    """
 
     def __init__(self, root: Path, manifest: dict):
         self.root = root
         self.manifest = manifest
+        self._vector_index = None
 
     @classmethod
     def open(cls, path: str | Path, require_complete: bool = True) -> "Store":
         root = Path(path)
-        manifest = _read_manifest(root)
-        if require_complete and manifest.get("status") != "complete":
-            raise StoreError(f"{root}: store build is incomplete (status {manifest.get('status')!r}); "
+        manifest = read_manifest(root)
+        store = cls(root, manifest)
+        if require_complete and not store.genomes:
+            raise StoreError(f"{root}: store build is incomplete (no genome finished yet); "
                              "rerun `genoembed index` with the same options to resume it")
-        missing = [s["path"] for s in manifest["shards"] if not (root / s["path"]).is_file()]
+        missing = [s["path"] for s in store.shards if not (root / s["path"]).is_file()]
         if missing:
             raise StoreError(f"{root}: {len(missing)} shard(s) listed in the manifest are missing "
-                             f"(e.g. {missing[0]}); rebuild with `genoembed index --overwrite`")
-        return cls(root, manifest)
+                             f"(e.g. {missing[0]}); run `genoembed verify {root}`, then rebuild with "
+                             "`genoembed index --overwrite`")
+        return store
+
+    def refresh(self) -> "Store":
+        """Move to the newest committed snapshot (after a writer appended or removed)."""
+        self.manifest = read_manifest(self.root)
+        self._vector_index = None
+        return self
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[dict]:
+        """Lock the store, re-read its manifest, yield it for editing, commit it atomically on success.
+
+        Readers keep their snapshot; the next :meth:`open` (or :meth:`refresh`) sees the commit.
+        """
+        with write_lock(self.root):
+            manifest = read_manifest(self.root)
+            yield manifest
+            write_manifest(self.root, manifest)
+            self.manifest = manifest
+            self._vector_index = None
 
     # --- facts -------------------------------------------------------------
     @property
@@ -315,18 +285,24 @@ class Store:
         return int(self.manifest["dim"])
 
     @property
+    def genomes(self) -> dict[str, dict]:
+        """Complete genomes: name -> FASTA path, sha256, contig lengths, first tile id, in the order added."""
+        return {name: entry for name, entry in self.manifest["genomes"].items() if entry.get("status") == "complete"}
+
+    @property
+    def shards(self) -> list[dict]:
+        """Manifest entries of the shards readers see (those of complete genomes)."""
+        complete = self.genomes
+        return [shard for shard in self.manifest["shards"] if shard["genome"] in complete]
+
+    @property
     def num_tiles(self) -> int:
-        return sum(shard["rows"] for shard in self.manifest["shards"])
+        return sum(shard["rows"] for shard in self.shards)
 
     @property
     def id_limit(self) -> int:
         """One past the largest tile id ever assigned (ids of removed tiles are not reused)."""
         return int(self.manifest["next_tile_id"])
-
-    @property
-    def genomes(self) -> dict[str, dict]:
-        """Genome name -> FASTA path, sha256, contig lengths, first tile id, in the order added."""
-        return self.manifest["genomes"]
 
     @property
     def contig_lengths(self) -> dict[str, int]:
@@ -335,7 +311,7 @@ class Store:
 
     @property
     def shard_paths(self) -> list[Path]:
-        return [self.root / shard["path"] for shard in self.manifest["shards"]]
+        return [self.root / shard["path"] for shard in self.shards]
 
     @property
     def metric(self) -> str:
@@ -345,11 +321,26 @@ class Store:
     def info(self) -> dict:
         """Manifest summary with sizes on disk, for `genoembed info`."""
         size = sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file())
-        return {"path": str(self.root), "status": self.manifest.get("status"), "tiles": self.num_tiles,
-                "dim": self.dim, "shards": len(self.manifest["shards"]), "bytes_on_disk": size,
+        building = sorted(set(self.manifest["genomes"]) - set(self.genomes))
+        return {"path": str(self.root), "status": "building" if building else "complete", "tiles": self.num_tiles,
+                "dim": self.dim, "shards": len(self.shards), "bytes_on_disk": size,
                 "index": self.manifest.get("index"), "annotations": self.manifest.get("annotations", {}),
-                "searches": sorted(self.manifest.get("searches", {})), "provenance": self.provenance,
-                "genomes": self.genomes}
+                "searches": sorted(self.searches()), "provenance": self.provenance,
+                "genomes": self.genomes, "genomes_being_written": building}
+
+    def searches(self) -> dict[str, dict]:
+        """Saved searches: name -> entry (path, rows, sha256, ...), from their sidecar files and, for stores
+        written before sidecars, from the manifest."""
+        found = {name: entry for name, entry in (self.manifest.get("searches") or {}).items()}
+        directory = self.root / "searches"
+        for sidecar in sorted(directory.glob("*.json")) if directory.is_dir() else ():
+            try:
+                entry = json.loads(sidecar.read_bytes())
+            except (OSError, ValueError):
+                continue  # an unreadable sidecar hides its search; `genoembed verify` reports it
+            if isinstance(entry, dict) and entry.get("path") == f"searches/{sidecar.stem}.parquet":
+                found[sidecar.stem] = entry
+        return found
 
     # --- reading -------------------------------------------------------------
     def iter_batches(self, columns: list[str] | None = None, batch_rows: int = 8192,
@@ -358,9 +349,9 @@ class Store:
         for path in self.shard_paths if paths is None else paths:
             try:
                 yield from pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=columns)
-            except (OSError, pa.ArrowInvalid) as error:
-                raise StoreError(f"{path}: unreadable shard ({error}); run `genoembed verify` "
-                                 "and rebuild the store") from None
+            except (OSError, pa.ArrowException) as error:
+                raise StoreError(f"{path}: unreadable shard ({str(error).splitlines()[0]}); run "
+                                 f"`genoembed verify {self.root}` and rebuild the store") from None
 
     def iter_embeddings(self, batch_rows: int = 65536,
                         paths: list[Path] | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -395,13 +386,14 @@ class Store:
         tile_ids = np.asarray(tile_ids, dtype=np.int64)
         if not len(tile_ids):
             return schema.TILES.empty_table()
-        lasts = np.array([shard["last_tile_id"] for shard in self.manifest["shards"]], dtype=np.int64)
+        shards = sorted(self.shards, key=lambda shard: shard["last_tile_id"])
+        lasts = np.array([shard["last_tile_id"] for shard in shards], dtype=np.int64)
         owner = np.searchsorted(lasts, tile_ids, side="left")
         pieces, positions, taken = [], np.empty(len(tile_ids), dtype=np.int64), 0
         for shard_number in np.unique(owner):
             wanted = np.flatnonzero(owner == shard_number)
-            table = self._read_ids(shard_number, tile_ids[wanted]) if shard_number < len(lasts) else \
-                schema.TILES.empty_table()
+            table = self._read_ids(self.root / shards[shard_number]["path"], tile_ids[wanted]) \
+                if shard_number < len(lasts) else schema.TILES.empty_table()
             stored = table.column("tile_id").to_numpy()
             local = np.searchsorted(stored, tile_ids[wanted])
             found = local < len(stored)
@@ -414,17 +406,37 @@ class Store:
             pieces.append(table)
         return pa.concat_tables(pieces).take(pa.array(positions)).cast(schema.TILES)
 
-    def _read_ids(self, shard_number: int, ids: np.ndarray) -> pa.Table:
+    def _read_ids(self, path: Path, ids: np.ndarray) -> pa.Table:
         """The row groups of one shard whose tile_id range can contain ``ids`` (sorted by tile_id)."""
-        parquet = pq.ParquetFile(self.shard_paths[shard_number])
-        column = parquet.schema_arrow.get_field_index("tile_id")
-        groups = []
-        for group in range(parquet.num_row_groups):
-            stats = parquet.metadata.row_group(group).column(column).statistics
-            if stats is None or not stats.has_min_max or \
-                    ((ids >= stats.min) & (ids <= stats.max)).any():
-                groups.append(group)
-        return parquet.read_row_groups(groups, columns=schema.TILE_COLUMNS)
+        try:
+            parquet = pq.ParquetFile(path)
+            column = parquet.schema_arrow.get_field_index("tile_id")
+            groups = []
+            for group in range(parquet.num_row_groups):
+                stats = parquet.metadata.row_group(group).column(column).statistics
+                if stats is None or not stats.has_min_max or \
+                        ((ids >= stats.min) & (ids <= stats.max)).any():
+                    groups.append(group)
+            return parquet.read_row_groups(groups, columns=schema.TILE_COLUMNS)
+        except (OSError, pa.ArrowException) as error:
+            raise StoreError(f"{path}: unreadable shard ({str(error).splitlines()[0]}); run "
+                             f"`genoembed verify {self.root}` and rebuild the store") from None
+
+    def vector_index(self):
+        """The store's FAISS index (one file, or the sharded layout when there is no single index), loaded once."""
+        if self._vector_index is None:
+            from genoembed.vector_index import FaissIndex, ShardedIndex
+
+            entry = self.manifest.get("index")
+            sharded = self.root / SHARDED_INDEX_DIR / SHARDED_LAYOUT
+            if entry:
+                self._vector_index = FaissIndex.load(self.root / entry["path"], entry.get("metric", "ip"))
+            elif sharded.is_file():
+                self._vector_index = ShardedIndex.from_layout(sharded)
+            else:
+                raise StoreError(f"{self.root}: the store has no vector index (a removal or build was interrupted); "
+                                 "rerun `genoembed index` with the store's recipe or options to rebuild it")
+        return self._vector_index
 
     def embedder(self, trust_remote_code: bool = False):
         """The exact embedder the store was built with (same model files, pooling, settings).
@@ -434,10 +446,7 @@ class Store:
         from genoembed.embedders import load_embedder
         from genoembed.errors import ModelError
 
-        spec = dict(self.provenance["embedder"])
-        if trust_remote_code:
-            spec["trust_remote_code"] = True
-        embedder = load_embedder(spec)
+        embedder = load_embedder(self.provenance["embedder"], trust_remote_code=trust_remote_code)
         expected = self.provenance["embedder"].get("fingerprint")
         if expected and embedder.fingerprint != expected:
             raise ModelError(f"{self.root}: the model at {self.provenance['embedder'].get('model_path')} "
@@ -446,7 +455,11 @@ class Store:
         return embedder
 
     def genome(self, name: str | None = None):
-        """A genome of the store (the only one when ``name`` is None), checked against its recorded checksum."""
+        """A genome of the store (the only one when ``name`` is None), checked against its recorded checksum.
+
+        A FASTA recorded by a relative path (older stores) is looked for from the working directory,
+        then beside the store.
+        """
         from genoembed.genome import open_genome
 
         if name is None:
@@ -457,7 +470,10 @@ class Store:
         if name not in self.genomes:
             raise InputError(f"{self.root}: no genome {name!r} in the store; it holds {', '.join(self.genomes)}")
         recorded = self.genomes[name]
-        genome = open_genome(recorded["path"], name=recorded["name"])
+        path = Path(recorded["path"])
+        if not path.is_absolute() and not path.exists() and (self.root.parent / path).exists():
+            path = self.root.parent / path
+        genome = open_genome(path, name=recorded["name"])
         if genome.checksum != recorded["sha256"]:
             raise StoreError(f"{recorded['path']}: FASTA changed since the store was built "
                              "(checksum differs); restore it or rebuild the store")
@@ -477,31 +493,10 @@ class Store:
     # --- derived artefacts ------------------------------------------------------
     def record(self, section: str, name: str, entry: dict | None) -> None:
         """Add/replace (or remove when entry is None) a named artefact in the manifest."""
-        with write_lock(self.root):
-            manifest = _read_manifest(self.root)
+        with self.transaction() as manifest:
             if section == "index":
                 manifest["index"] = entry
             elif entry is None:
                 manifest.setdefault(section, {}).pop(name, None)
             else:
                 manifest.setdefault(section, {})[name] = entry
-            _write_manifest(self.root, manifest)
-            self.manifest = manifest
-
-    def search(self, queries, k: int = 10, **options):
-        """Nearest tiles for queries: :class:`~genoembed.search.Query` objects or region strings
-        (``chrom:start-end[:strand]``, 1-based); see :func:`genoembed.search.search`."""
-        from genoembed.search import search
-
-        return search(self, queries, k=k, **options)
-
-    def sql(self, query: str, parameters=None) -> pa.Table:
-        """Run a read-only SQL query over tiles/embeddings/annotations/hits views."""
-        from genoembed.sql import run_sql
-
-        return run_sql(self, query, parameters)
-
-    def add_annotations(self, path, name: str | None = None, **options) -> dict:
-        from genoembed.annotate import add_annotations
-
-        return add_annotations(self, path, name=name, **options)

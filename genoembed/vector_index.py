@@ -47,14 +47,14 @@ class IndexSpec:
         return described
 
 
-def _faiss():
+def import_faiss():
     import faiss
 
     return faiss
 
 
 def gpu_available() -> bool:
-    faiss = _faiss()
+    faiss = import_faiss()
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
 
@@ -81,7 +81,7 @@ def _check_trainable(factory: str, train_rows: int, store_rows: int) -> None:
 def train_index(store, spec: IndexSpec):
     """An empty index of ``spec.factory``, trained (when it needs training) on a seeded sample
     of the store streamed from its shards; on the GPU when faiss has one."""
-    faiss = _faiss()
+    faiss = import_faiss()
     metric = faiss.METRIC_INNER_PRODUCT if spec.metric is Metric.ip else faiss.METRIC_L2
     try:
         index = faiss.index_factory(store.dim, spec.factory, metric)
@@ -103,7 +103,7 @@ def train_index(store, spec: IndexSpec):
 
 def with_tile_ids(index):
     """``index``, able to store tile ids: IVF layouts take ids natively, others get an IndexIDMap2."""
-    faiss = _faiss()
+    faiss = import_faiss()
     if faiss.try_extract_index_ivf(index) is not None or isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2)):
         return index
     return faiss.IndexIDMap2(index)
@@ -120,7 +120,7 @@ def add_store_vectors(index, store, metric: Metric | str, paths: list[Path] | No
 
 def remove_tile_ids(index, tile_ids: np.ndarray) -> bool:
     """Drop ``tile_ids`` from ``index`` in place; False when its type cannot remove (HNSW): rebuild it."""
-    faiss = _faiss()
+    faiss = import_faiss()
     before = index.ntotal
     try:
         removed = index.remove_ids(faiss.IDSelectorBatch(np.asarray(tile_ids, dtype=np.int64)))
@@ -140,27 +140,33 @@ def build_index(store, spec: IndexSpec, progress: Callable[[int], None] | None =
 
 def save_index(index, path: Path) -> None:
     """Serialise atomically (temp file + rename)."""
-    faiss = _faiss()
+    faiss = import_faiss()
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial.{os.getpid()}")
-    faiss.write_index(index, str(partial))
-    os.replace(partial, path)
+    try:
+        faiss.write_index(index, str(partial))
+        os.replace(partial, path)
+    except (OSError, RuntimeError) as error:
+        partial.unlink(missing_ok=True)
+        raise StoreError(f"{path}: cannot write the index ({str(error).strip().splitlines()[-1]}); "
+                         "free disk space or check permissions, then rerun") from None
 
 
 def load_index(path: Path):
-    faiss = _faiss()
+    faiss = import_faiss()
     if not path.is_file():
         raise StoreError(f"{path}: no vector index; build it with `genoembed index` (or Store.build_index)")
     try:
         return faiss.read_index(str(path))
     except RuntimeError as error:
         raise StoreError(f"{path}: unreadable FAISS index ({str(error).strip().splitlines()[-1]}); "
-                         "rebuild it with `genoembed index --rebuild-index`") from None
+                         "rebuild it by rerunning `genoembed index` with the store's recipe or options "
+                         "(a missing or mismatched index is rebuilt)") from None
 
 
 def set_search_params(index, nprobe: int | None = None, ef_search: int | None = None) -> None:
     """Apply nprobe (IVF) / efSearch (HNSW) wherever they are meaningful in the index."""
-    faiss = _faiss()
+    faiss = import_faiss()
     parameters = faiss.ParameterSpace()
     for name, value in (("nprobe", nprobe), ("efSearch", ef_search)):
         if value is not None:
@@ -177,3 +183,83 @@ def search_index(index, queries: np.ndarray, k: int, metric: Metric | str,
                          "embed queries with the store's own model")
     set_search_params(index, nprobe, ef_search)
     return index.search(prepare(queries, metric), k)
+
+
+class FaissIndex:
+    """One FAISS index file behind the interface every store index has: ``search(vectors, k, nprobe,
+    ef_search) -> (scores, ids)`` on raw query vectors, ``ntotal``, ``d`` and ``metric``."""
+
+    def __init__(self, index, metric: Metric | str):
+        self.index, self.metric = index, Metric(metric)
+
+    @classmethod
+    def load(cls, path: Path, metric: Metric | str) -> "FaissIndex":
+        return cls(load_index(path), metric)
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.index.ntotal)
+
+    @property
+    def d(self) -> int:
+        return int(self.index.d)
+
+    def search(self, vectors: np.ndarray, k: int, nprobe: int | None = None,
+               ef_search: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        return search_index(self.index, vectors, k, self.metric, nprobe, ef_search)
+
+
+class ShardedIndex:
+    """Shard indexes searched in turn with a running top-k merge; ``mmap`` keeps RAM to one shard's lists.
+
+    Every part is cloned from one trained template, so the merged top-k equals what one big
+    index would return (see :mod:`genoembed.indexing`, which builds the layout).
+    """
+
+    def __init__(self, paths: list[Path], metric: Metric | str, dim: int, keep_loaded: bool = True,
+                 mmap: bool = False):
+        self.paths, self.metric, self.d = list(paths), Metric(metric), dim
+        self.keep_loaded, self.mmap = keep_loaded, mmap
+        self._loaded: dict[Path, object] = {}
+        self.ntotal = sum(self._part(path).ntotal for path in self.paths) if keep_loaded else None
+
+    @classmethod
+    def from_layout(cls, layout_path: Path, **options) -> "ShardedIndex":
+        import json
+
+        try:
+            layout = json.loads(layout_path.read_text())
+            return cls([layout_path.parent / entry["path"] for entry in layout["shards"]], layout["metric"],
+                       layout["dim"], **options)
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise StoreError(f"{layout_path}: unreadable sharded-index layout ({error}); rebuild it") from None
+
+    def _part(self, path: Path):
+        if path in self._loaded:
+            return self._loaded[path]
+        faiss = import_faiss()
+        try:
+            index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP if self.mmap else 0)
+        except RuntimeError as error:
+            raise StoreError(f"{path}: unreadable FAISS index part ({str(error).strip().splitlines()[-1]}); "
+                             "rebuild the sharded index") from None
+        if self.keep_loaded:
+            self._loaded[path] = index
+        return index
+
+    def search(self, vectors: np.ndarray, k: int, nprobe: int | None = None,
+               ef_search: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, ids) of the best ``k`` over every part."""
+        faiss = import_faiss()
+        queries = prepare(vectors, self.metric)
+        if queries.shape[1] != self.d:
+            raise InputError(f"query vectors have dim {queries.shape[1]} but the index has dim {self.d}; "
+                             "embed queries with the store's own model")
+        heap = faiss.ResultHeap(len(queries), k, keep_max=self.metric is Metric.ip)
+        for path in self.paths:
+            part = self._part(path)
+            set_search_params(part, nprobe=nprobe, ef_search=ef_search)
+            scores, ids = part.search(queries, k)
+            heap.add_result(scores, ids)
+        heap.finalize()
+        return heap.D, heap.I

@@ -58,13 +58,42 @@ def verify_store(store: Store) -> list[str]:
         if set(index_entry.get("genomes", ())) != set(store.genomes):
             problems.append(f"{index_entry['path']}: index covers genomes {', '.join(index_entry.get('genomes', ()))}, "
                             f"store holds {', '.join(store.genomes)}; rerun `genoembed index` to update it")
-    for section in ("annotations", "searches"):
-        for name, entry in store.manifest.get(section, {}).items():
+    for section, entries in (("annotations", store.manifest.get("annotations", {})), ("searches", store.searches())):
+        for name, entry in entries.items():
             path = store.root / entry["path"]
             if not path.is_file():
                 problems.append(f"{entry['path']}: missing ({section} {name!r})")
-            elif "sha256" in entry and file_sha256(path) != entry["sha256"]:
+            elif not path.resolve().is_relative_to(store.root.resolve()):
+                problems.append(f"{entry['path']}: resolves outside the store ({section} {name!r})")
+            elif "sha256" not in entry:
+                problems.append(f"{entry['path']}: no sha256 recorded ({section} {name!r}); save it again")
+            elif file_sha256(path) != entry["sha256"]:
                 problems.append(f"{entry['path']}: sha256 differs from the manifest")
+    problems += unfinished_work(store)
+    return problems
+
+
+def unfinished_work(store: Store) -> list[str]:
+    """Genomes still being written, files no manifest lists (a killed writer's leftovers), a writer's lock."""
+    problems = [f"genome {name!r}: build unfinished (status {entry.get('status')!r}); rerun its `genoembed index` "
+                "to finish it, or `genoembed remove` it" for name, entry in store.manifest["genomes"].items()
+                if entry.get("status") != "complete"]
+    listed = {shard["path"] for shard in store.manifest["shards"]}
+    listed |= {entry["path"] for entry in (store.manifest.get("annotations") or {}).values()}
+    index_entry = store.manifest.get("index")
+    if index_entry:
+        listed.add(index_entry["path"])
+    for folder in ("shards", "annotations", "index", "searches"):
+        for path in sorted((store.root / folder).glob("*")) if (store.root / folder).is_dir() else ():
+            relative = path.relative_to(store.root).as_posix()
+            if ".partial." in path.name:
+                problems.append(f"{relative}: partial file left by an interrupted write; delete it")
+            elif folder in ("shards", "annotations") and path.suffix == ".parquet" and relative not in listed:
+                problems.append(f"{relative}: not in the manifest (orphan of an interrupted write); delete it")
+            elif folder == "index" and path.suffix == ".faiss" and relative not in listed:
+                problems.append(f"{relative}: not the manifest's index (orphan); delete it")
+    if (store.root / ".plan").exists():
+        problems.append(".plan: tile plan of an interrupted Ray build; rerun its `genoembed index` or delete it")
     return problems
 
 
@@ -75,7 +104,7 @@ def _provenance_problems(store: Store, shard: dict, shard_schema: pa.Schema) -> 
     genome = provenance.pop("genome", {})
     if provenance != store.provenance:
         problems.append(f"{where}: provenance differs from the manifest (mixed models or settings)")
-    recorded = store.genomes.get(shard.get("genome"))
+    recorded = store.manifest["genomes"].get(shard.get("genome"))
     if recorded is None:
         problems.append(f"{where}: genome {shard.get('genome')!r} is not in the manifest's genomes")
     elif genome.get("sha256") != recorded["sha256"]:

@@ -38,7 +38,7 @@ def fresh_cache(tmp_path_factory, monkeypatch) -> Path:
 def chloroplast_store(tmp_path_factory):
     """Chloroplast, 1 kb tiles every 500 bp on both strands, 4-mer embedder, Flat index."""
     from genoembed.embedders.kmer import KmerEmbedder
-    from genoembed.pipeline import index
+    from genoembed.build import index
     from genoembed.tiles import TilingSpec
 
     out = tmp_path_factory.mktemp("stores") / "chloroplast"

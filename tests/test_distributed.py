@@ -13,10 +13,17 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="the ray engine needs the dist extra")
 
-from genoembed.distributed import index_with_ray  # noqa: E402
 from genoembed.embedders.kmer import KmerEmbedder  # noqa: E402
 from genoembed.errors import MissingExtraError  # noqa: E402
-from genoembed.pipeline import index  # noqa: E402
+from genoembed.build import index  # noqa: E402
+
+ENGINE_OPTIONS = {"num_workers", "preserve_order", "loader", "address", "gpus_per_worker", "max_retries"}
+
+
+def index_with_ray(fasta, out, **options):
+    """The same build on the Ray engine (no FAISS index, as the comparison stores have none)."""
+    engine_options = {name: options.pop(name) for name in list(options) if name in ENGINE_OPTIONS}
+    return index(fasta, out, engine="ray", engine_options=engine_options, index_spec=None, **options)
 from genoembed.store import Store  # noqa: E402
 from genoembed.tiles import TilingSpec  # noqa: E402
 
@@ -152,7 +159,7 @@ class FailAfter:
 def test_resumes_a_local_build_interrupted_midway(tmp_path, local_kmer):
     out = tmp_path / "store"
     with pytest.raises(KeyboardInterrupt):
-        index(CHLOROPLAST_FASTA, out, embedder=FailAfter(5), tiling=TILING, shard_rows=128, embed_rows=50,
+        index(CHLOROPLAST_FASTA, out, embedder=FailAfter(5), tiling=TILING, shard_rows=128, batch_rows=50,
               index_spec=None)
     partial = Store.open(out, require_complete=False)
     assert 0 < partial.num_tiles < local_kmer.num_tiles
@@ -175,7 +182,7 @@ def test_appending_a_genome_on_ray_matches_the_local_engine(tmp_path):
         options = {"num_workers": 2} if engine == "ray" else {}
         for fasta in (CHLOROPLAST_FASTA, PLASMID_FASTA):
             stores[engine] = index(fasta, out, embedder=KmerEmbedder(k=4), tiling=TILING, shard_rows=128,
-                                   embed_rows=64, append=True, engine=engine, engine_options=options)
+                                   batch_rows=64, append=True, engine=engine, engine_options=options)
     assert list(stores["ray"].genomes) == [CHLOROPLAST_FASTA.name.split(".")[0], PLASMID_FASTA.name.split(".")[0]]
     assert stores["ray"].manifest["genomes"] == stores["local"].manifest["genomes"]
     assert_same_store(stores["ray"], stores["local"])

@@ -16,7 +16,7 @@ from genoembed.verify import verify_store
 BUILD = """
 import sys, time
 from genoembed.embedders.kmer import KmerEmbedder
-from genoembed.pipeline import index
+from genoembed.build import index
 from genoembed.tiles import TilingSpec
 
 class SlowKmer(KmerEmbedder):
@@ -25,7 +25,7 @@ class SlowKmer(KmerEmbedder):
         return super().embed(sequences)
 
 index(sys.argv[1], sys.argv[2], embedder=SlowKmer(k=3), tiling=TilingSpec(window=300, stride=150, strands="both"),
-      embed_rows=16, shard_rows=40)
+      batch_rows=16, shard_rows=40)
 """
 
 

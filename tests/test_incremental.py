@@ -15,9 +15,12 @@ from typer.testing import CliRunner
 from genoembed.cli import app
 from genoembed.embedders.kmer import KmerEmbedder
 from genoembed.errors import InputError, StoreError
-from genoembed.pipeline import index
+from genoembed.build import index
 from genoembed.remove import remove
-from genoembed.sharded import ShardedIndex, build_sharded
+from genoembed.search import search
+from genoembed.sql import run_sql
+from genoembed.indexing import build_sharded
+from genoembed.vector_index import ShardedIndex
 from genoembed.store import MANIFEST, Store
 from genoembed.synthetic import random_genome, write_fasta
 from genoembed.tiles import TilingSpec
@@ -128,15 +131,15 @@ def test_interrupted_append_resumes(tmp_path, fastas, monkeypatch):
 
     monkeypatch.setattr(KmerEmbedder, "embed", failing)
     with pytest.raises(KeyboardInterrupt):
-        index(fastas[1], out, embedder=EMBEDDER, tiling=TILING, shard_rows=40, append=True, embed_rows=50)
+        index(fastas[1], out, embedder=EMBEDDER, tiling=TILING, shard_rows=40, append=True, batch_rows=50)
     with pytest.raises(StoreError, match="incomplete"):
         Store.open(out)
     with pytest.raises(StoreError, match="genome 'g1' is only partly built"):
         build(fastas[2], out, append=True)
     monkeypatch.setattr(KmerEmbedder, "embed", real_embed)
     store = build(fastas[1], out, append=True)
-    tiles = store.sql("SELECT chrom, start, strand FROM tiles WHERE genome = 'g1' ORDER BY tile_id")
-    expected = reference.sql("SELECT chrom, start, strand FROM tiles ORDER BY tile_id")
+    tiles = run_sql(store, "SELECT chrom, start, strand FROM tiles WHERE genome = 'g1' ORDER BY tile_id")
+    expected = run_sql(reference, "SELECT chrom, start, strand FROM tiles ORDER BY tile_id")
     assert tiles.to_pylist() == expected.to_pylist()
     assert verify_store(store) == []
 
@@ -147,13 +150,13 @@ def test_removing_contigs_drops_rows_ids_and_index_entries(tmp_path, fastas, fac
     build(fastas[0], out, spec=IndexSpec(factory))
     store = build(fastas[1], out, append=True, spec=IndexSpec(factory))
     before_ids, _ = stored(store)
-    doomed = store.sql("SELECT tile_id FROM tiles WHERE chrom IN ('b1', 'b3')")["tile_id"].to_numpy()
+    doomed = run_sql(store, "SELECT tile_id FROM tiles WHERE chrom IN ('b1', 'b3')")["tile_id"].to_numpy()
     summary = remove(store, "g1", ["b1", "b3"])
     assert summary["tiles_removed"] == len(doomed) > 0
     store = Store.open(out)
     ids, _ = stored(store)
     np.testing.assert_array_equal(ids, np.setdiff1d(before_ids, doomed))  # the others keep their ids
-    assert set(store.sql("SELECT DISTINCT chrom FROM tiles")["chrom"].to_pylist()) == {"a1", "a2", "b2"}
+    assert set(run_sql(store, "SELECT DISTINCT chrom FROM tiles")["chrom"].to_pylist()) == {"a1", "a2", "b2"}
     assert load_index(out / INDEX_FILE).ntotal == store.num_tiles
     assert store.genomes["g1"]["removed_contigs"] == ["b1", "b3"]
     assert "b1" not in store.contig_lengths
@@ -179,7 +182,7 @@ def test_removing_a_genome_and_refusals(tmp_path, fastas):
     remove(store, "g0")
     store = Store.open(out)
     assert list(store.genomes) == ["g1"]
-    assert set(store.sql("SELECT DISTINCT genome FROM tiles")["genome"].to_pylist()) == {"g1"}
+    assert set(run_sql(store, "SELECT DISTINCT genome FROM tiles")["genome"].to_pylist()) == {"g1"}
     assert_index_matches_brute_force(store)
     with pytest.raises(InputError, match="would remove everything"):
         remove(store, "g1")
@@ -199,7 +202,7 @@ def test_crash_after_the_manifest_switch_leaves_a_store_that_rebuilds(tmp_path, 
         remove(store, "g1", ["b2"])
     store = Store.open(out)
     assert store.manifest["index"] is None
-    assert "b2" not in store.sql("SELECT DISTINCT chrom FROM tiles")["chrom"].to_pylist()
+    assert "b2" not in run_sql(store, "SELECT DISTINCT chrom FROM tiles")["chrom"].to_pylist()
     assert sorted(p.name for p in (out / "shards").glob("*.parquet")) == sorted(p.name for p in store.shard_paths)
     assert verify_store(store) == []
     store = build(fastas[1], out, append=True)  # the same command again rebuilds the index
@@ -228,12 +231,12 @@ def test_region_queries_find_their_genome(tmp_path, fastas):
     out = tmp_path / "s"
     build(fastas[0], out)
     store = build(fastas[1], out, append=True)
-    hits = store.search(["b2:1-300"], k=3)
+    hits = search(store, ["b2:1-300"], k=3)
     assert hits["genome"][0].as_py() == "g1" and hits["chrom"][0].as_py() == "b2"
     clash = write_fasta(tmp_path / "g9.fa", random_genome({"b2": 3_000}, seed=9))
     store = build(clash, out, append=True)
     with pytest.raises(InputError, match="contig 'b2' is in genomes g1, g9; name one with --query-genome"):
-        store.search(["b2:1-300"], k=3)
+        search(store, ["b2:1-300"], k=3)
 
 
 def test_format_1_store_is_read(tmp_path, fastas):
@@ -254,7 +257,7 @@ def test_format_1_store_is_read(tmp_path, fastas):
     old = Store.open(out)
     assert list(old.genomes) == ["g0"] and old.id_limit == store.num_tiles
     assert verify_store(old) == []
-    assert old.search(["a1:1-300"], k=2)["chrom"][0].as_py() == "a1"
+    assert search(old, ["a1:1-300"], k=2)["chrom"][0].as_py() == "a1"
 
 
 def test_cli_indexes_several_genomes_and_removes_one(tmp_path, fastas):

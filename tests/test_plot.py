@@ -69,7 +69,7 @@ def test_plot_embeddings_by_type_and_genome(chloroplast_store, tmp_path):
 
 def test_plot_embeddings_by_annotation_type(tmp_path):
     from genoembed.embedders.kmer import KmerEmbedder
-    from genoembed.pipeline import index
+    from genoembed.build import index
     from genoembed.plot import plot_embeddings
     from conftest import CHLOROPLAST_FASTA
 

@@ -4,7 +4,8 @@ import pytest
 from genoembed.embedders.kmer import KmerEmbedder
 from genoembed.errors import InputError
 from genoembed.seqio import reverse_complement
-from genoembed.search import Query, bed_queries, check_sequence, fasta_queries, parse_region, region_queries
+from genoembed.search import Query, bed_queries, check_sequence, fasta_queries, parse_region, region_queries, search
+from genoembed.sql import run_sql
 from genoembed.synthetic import mutate, write_fasta
 
 
@@ -33,7 +34,7 @@ def test_each_tile_finds_itself_first(chloroplast_store):
     tiles = chloroplast_store.tiles(np.arange(0, chloroplast_store.num_tiles, 50)).to_pylist()
     queries = [Query(f"t{t['tile_id']}", genome.fetch(t["chrom"], t["start"], t["end"], t["strand"]))
                for t in tiles]
-    hits = chloroplast_store.search(queries, k=3, save_as=None).to_pylist()
+    hits = search(chloroplast_store, queries, k=3, save_as=None).to_pylist()
     top = {h["query"]: h for h in hits if h["rank"] == 1}
     for tile in tiles:
         best = top[f"t{tile['tile_id']}"]
@@ -46,14 +47,14 @@ def test_mutated_copy_finds_its_origin(chloroplast_store):
     genome = chloroplast_store.genome()
     source = genome.fetch("NC_000932.1", 30_000, 31_000)
     query = Query("mutated", mutate(source, substitution_rate=0.05, indel_rate=0.005, seed=3))
-    hits = chloroplast_store.search([query], k=5, save_as=None).to_pylist()
+    hits = search(chloroplast_store, [query], k=5, save_as=None).to_pylist()
     assert any(h["start"] < 31_000 and h["end"] > 30_000 for h in hits[:2])
 
 
 def test_exclude_self_drops_overlapping_tiles(chloroplast_store):
     genome = chloroplast_store.genome()
     queries = region_queries(genome, ["NC_000932.1:20001-21000"])
-    hits = chloroplast_store.search(queries, k=10, exclude_self=True, save_as=None).to_pylist()
+    hits = search(chloroplast_store, queries, k=10, exclude_self=True, save_as=None).to_pylist()
     assert len(hits) == 10 and [h["rank"] for h in hits] == list(range(1, 11))
     assert all(h["end"] <= 20_000 or h["start"] >= 21_000 for h in hits)
 
@@ -61,9 +62,9 @@ def test_exclude_self_drops_overlapping_tiles(chloroplast_store):
 def test_search_errors(chloroplast_store):
     query = [Query("q", "ACGT" * 100)]
     with pytest.raises(InputError, match="larger than the store"):
-        chloroplast_store.search(query, k=10**6)
+        search(chloroplast_store, query, k=10**6)
     with pytest.raises(InputError, match="dim 64 but the store has dim 256"):
-        chloroplast_store.search(query, k=5, embedder=KmerEmbedder(k=3))
+        search(chloroplast_store, query, k=5, embedder=KmerEmbedder(k=3))
     with pytest.raises(InputError, match="characters other than DNA"):
         check_sequence("ACGTXZ", "--sequence")
     with pytest.raises(InputError, match="replace U with T"):
@@ -71,11 +72,11 @@ def test_search_errors(chloroplast_store):
 
 
 def test_saved_search_becomes_sql_view(chloroplast_store):
-    chloroplast_store.search([Query("q", "ACGT" * 100)], k=4, save_as="demo_hits")
-    rows = chloroplast_store.sql("SELECT count(*) AS n FROM hits_demo_hits").to_pylist()
+    search(chloroplast_store, [Query("q", "ACGT" * 100)], k=4, save_as="demo_hits")
+    rows = run_sql(chloroplast_store, "SELECT count(*) AS n FROM hits_demo_hits").to_pylist()
     assert rows == [{"n": 4}]
     with pytest.raises(InputError, match="letters, digits"):
-        chloroplast_store.search([Query("q", "ACGT" * 100)], k=4, save_as="bad-name")
+        search(chloroplast_store, [Query("q", "ACGT" * 100)], k=4, save_as="bad-name")
 
 
 def test_bed_and_fasta_queries(chloroplast_store, tmp_path):
@@ -96,20 +97,20 @@ def test_bed_and_fasta_queries(chloroplast_store, tmp_path):
 
 
 def test_region_strings_and_repeated_names(chloroplast_store):
-    hits = chloroplast_store.search(["NC_000932.1:1001-2000", "NC_000932.1:1001-2000"], k=2, save_as=None)
+    hits = search(chloroplast_store, ["NC_000932.1:1001-2000", "NC_000932.1:1001-2000"], k=2, save_as=None)
     assert hits.column("query").to_pylist() == ["NC_000932.1:1001-2000"] * 2 + ["NC_000932.1:1001-2000#2"] * 2
     assert hits.column("start").to_pylist()[0] == 1000
 
 
 def test_contig_filter_returns_k_hits_on_that_contig(tmp_path):
-    from genoembed.pipeline import index
+    from genoembed.build import index
     from genoembed.synthetic import random_genome
     from genoembed.tiles import TilingSpec
 
     fasta = write_fasta(tmp_path / "two.fa", random_genome({"a": 30_000, "b": 6_000}, seed=5))
     store = index(fasta, tmp_path / "s", embedder=KmerEmbedder(k=4), tiling=TilingSpec(window=500, stride=250))
     query = Query("q", store.genome().fetch("a", 1000, 1500))
-    hits = store.search([query], k=8, chrom="b", save_as=None).to_pylist()
+    hits = search(store, [query], k=8, chrom="b", save_as=None).to_pylist()
     assert len(hits) == 8 and {h["chrom"] for h in hits} == {"b"}
     vectors = np.concatenate([v for _, v in store.iter_embeddings()])
     on_b = store.tiles(np.arange(store.num_tiles)).column("chrom").to_numpy(zero_copy_only=False) == "b"
@@ -117,4 +118,4 @@ def test_contig_filter_returns_k_hits_on_that_contig(tmp_path):
     best_b = np.flatnonzero(on_b)[np.argsort(-scores[on_b], kind="stable")[:8]]
     assert sorted(h["tile_id"] for h in hits) == sorted(best_b.tolist())
     with pytest.raises(InputError):
-        store.search([query], k=8, chrom="nope", save_as=None)
+        search(store, [query], k=8, chrom="nope", save_as=None)

@@ -7,8 +7,10 @@ import pytest
 
 from genoembed.embedders.kmer import KmerEmbedder
 from genoembed.errors import InputError
-from genoembed.pipeline import index
-from genoembed.sharded import ShardedIndex, build_sharded, filtered_search, merge_ondisk, subset_mask
+from genoembed.build import index
+from genoembed.indexing import build_sharded, merge_ondisk
+from genoembed.search import filtered_search, subset_mask
+from genoembed.vector_index import ShardedIndex
 from genoembed.store import Store
 from genoembed.synthetic import random_genome, write_fasta
 from genoembed.tiles import TilingSpec

@@ -8,8 +8,9 @@ from genoembed import schema
 from genoembed.embedders.kmer import KmerEmbedder
 from genoembed.errors import StoreError
 from genoembed.genome import open_genome
-from genoembed.pipeline import index
-from genoembed.store import PROVENANCE_KEY, Store, StoreWriter, file_sha256, genome_entry, write_lock
+from genoembed.build import index
+from genoembed.store import PROVENANCE_KEY, Store, file_sha256, write_lock
+from genoembed.store_writer import StoreWriter, genome_entry
 from genoembed.tiles import TilingSpec, plan_tiles
 
 from conftest import PLASMID_FASTA
@@ -75,12 +76,12 @@ class CrashingEmbedder(KmerEmbedder):
 def test_interrupted_build_resumes_to_identical_store(tmp_path):
     reference = build(tmp_path / "ref")
     with pytest.raises(KeyboardInterrupt):
-        build(tmp_path / "crash", embedder=CrashingEmbedder(fail_after=3), embed_rows=10)
+        build(tmp_path / "crash", embedder=CrashingEmbedder(fail_after=3), batch_rows=10)
     with pytest.raises(StoreError, match="incomplete"):
         Store.open(tmp_path / "crash")
     partial = json.loads((tmp_path / "crash" / "manifest.json").read_text())
     assert partial["status"] == "building" and 0 < sum(s["rows"] for s in partial["shards"]) < reference.num_tiles
-    resumed = build(tmp_path / "crash", embed_rows=10)
+    resumed = build(tmp_path / "crash", batch_rows=10)
     assert resumed.num_tiles == reference.num_tiles
     for (ids_a, a), (ids_b, b) in zip(reference.iter_embeddings(), resumed.iter_embeddings()):
         np.testing.assert_array_equal(ids_a, ids_b)

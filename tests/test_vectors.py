@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from genoembed.errors import InputError
-from genoembed.pipeline import build_store_index
+from genoembed.indexing import build_store_index
 from genoembed.vector_index import INDEX_FILE, IndexSpec, build_index, load_index, prepare, search_index
 
 

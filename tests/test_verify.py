@@ -4,7 +4,7 @@ import shutil
 import pyarrow.parquet as pq
 
 from genoembed.embedders.kmer import KmerEmbedder
-from genoembed.pipeline import index
+from genoembed.build import index
 from genoembed.tiles import TilingSpec
 from genoembed.verify import verify_store
 

@@ -22,6 +22,8 @@ def annotate(
     auto_alias: bool = typer.Option(False, "--auto-alias", help="Apply the suggested contig renames (chr1->1, version suffixes)."),
 ):
     """Parse features, check their contigs against the genome, and store them for joins and SQL."""
-    entry = Store.open(store).add_annotations(file, name=name, format=format, aliases=parse_alias_option(alias or []),
-                                              auto_alias=auto_alias)
+    from genoembed.annotate import add_annotations
+
+    entry = add_annotations(Store.open(store), file, name=name, format=format,
+                            aliases=parse_alias_option(alias or []), auto_alias=auto_alias)
     typer.echo(f"added {entry['rows']} features from {file} as {entry['path']}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -14,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from genoembed.errors import GenoembedError
+from genoembed.errors import GenoembedError, InputError
 
 console = Console(stderr=True)
 
@@ -40,6 +41,22 @@ def handle_errors(command):
     return wrapper
 
 
+def pick(value, old_value, name: str, old_name: str):
+    """The value of an option given under its name or its old (hidden) spelling, not both."""
+    if value is not None and old_value is not None:
+        raise typer.BadParameter(f"give {name} only ({old_name} is its old spelling)")
+    return value if value is not None else old_value
+
+
+def refuse_inside_store(output: Path | None, store: Path) -> None:
+    """Outputs never go inside a store: a file there could replace its manifest, a shard or an index."""
+    if output is None:
+        return
+    target, root = output.resolve(), store.resolve()
+    if target == root or target.is_relative_to(root):
+        raise InputError(f"--output {output}: inside the store {store}; write results outside the store directory")
+
+
 def configure_logging(quiet: bool) -> None:
     logging.basicConfig(level=logging.ERROR if quiet else logging.WARNING, format="genoembed: %(message)s",
                         stream=sys.stderr, force=True)
@@ -61,7 +78,8 @@ def emit_table(table: pa.Table, fmt: OutputFormat, output: Path | None = None, t
             raise typer.BadParameter("--format parquet needs --output FILE")
         import pyarrow.parquet as pq
 
-        pq.write_table(table, output)
+        with _writing(output):
+            pq.write_table(table, output)
         return
     rows = table.to_pylist()
     if fmt is OutputFormat.table and output is None:
@@ -83,4 +101,16 @@ def emit_table(table: pa.Table, fmt: OutputFormat, output: Path | None = None, t
     if output is None:
         typer.echo(text, nl=False)
     else:
-        output.write_text(text)
+        with _writing(output):
+            output.write_text(text)
+
+
+@contextlib.contextmanager
+def _writing(output: Path):
+    """A failed write of an output file is a one-line error, and leaves no partial file behind."""
+    try:
+        yield
+    except OSError as error:
+        output.unlink(missing_ok=True)
+        raise InputError(f"--output {output}: cannot write ({error.strerror or error}); "
+                         "check the directory exists, is writable and has space") from None

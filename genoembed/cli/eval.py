@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from genoembed.cli.common import OutputFormat, configure_logging, console, emit_table, handle_errors
+from genoembed.cli.common import OutputFormat, configure_logging, console, emit_table, handle_errors, pick
 from genoembed.errors import InputError
 
 
@@ -36,8 +36,9 @@ def eval_command(
     factory: Optional[list[str]] = typer.Option(None, "--index", help="FAISS index factory string, e.g. Flat, IVF64,Flat, HNSW32 (repeatable; Flat is always run as the exact reference)."),
     nprobe: Optional[list[int]] = typer.Option(None, "--nprobe", min=1, help="IVF lists to visit (repeatable: one run per value)."),
     ef_search: Optional[list[int]] = typer.Option(None, "--ef-search", min=1, help="HNSW search breadth (repeatable: one run per value)."),
-    tile: int = typer.Option(1000, "--tile", min=50, help="Query and reference tile length in bases."),
-    stride: Optional[int] = typer.Option(None, "--stride", min=1, help="Reference tile stride in bases (default: tile / 2)."),
+    window: Optional[int] = typer.Option(None, "--window", min=50, help="Query and reference tile length in bases [default: 1000]."),
+    tile: Optional[int] = typer.Option(None, "--tile", min=50, hidden=True, help="Old spelling of --window."),
+    stride: Optional[int] = typer.Option(None, "--stride", min=1, help="Reference tile stride in bases (default: window / 2)."),
     n_queries: int = typer.Option(500, "--queries", "-n", min=1, help="Number of query tiles to sample."),
     seed: int = typer.Option(0, "--seed", help="Seed for sampling tiles, strands and mutations."),
     substitution_rate: Optional[list[float]] = typer.Option(None, "--substitution-rate", min=0.0, max=0.75, help="Injected substitution rate per base (repeatable; default 0)."),
@@ -68,7 +69,7 @@ def eval_command(
     rows = evaluate(
         reference, queries, coords=coords, embedders=embedders,
         index_configs=index_configs(list(factory or ["Flat"]), list(nprobe or []), list(ef_search or [])),
-        tile=tile, stride=stride, n_queries=n_queries, seed=seed,
+        tile=pick(window, tile, "--window", "--tile") or 1000, stride=stride, n_queries=n_queries, seed=seed,
         substitution_rates=tuple(substitution_rate or (0.0,)), indel_rates=tuple(indel_rate or (0.0,)),
         ks=ks, minimap2=minimap2, minimap2_preset=minimap2_preset, workdir=workdir,
         progress=None if quiet else (lambda message: console.print(f"[dim]{message}[/dim]")))

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from genoembed.cli.common import handle_errors
+from genoembed.cli.common import handle_errors, pick
 
 
 def _related_pairs(values: list[str]):
@@ -36,7 +36,7 @@ def _sizes(value: str) -> tuple[int, ...]:
 @handle_errors
 def finetune(
     fasta: list[Path] = typer.Option(
-        ..., "--fasta", "-f", exists=True, dir_okay=False, readable=True,
+        ..., "--fasta", exists=True, dir_okay=False, readable=True,
         help="Training genome: FASTA or GenBank, plain or gzip. Repeat for several files.",
     ),
     output: Path = typer.Option(
@@ -61,7 +61,8 @@ def finetune(
         help="Where resumable checkpoints go (default: '<output>.ckpt' beside the output).",
     ),
     resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoint in --checkpoint-dir."),
-    window_bp: int = typer.Option(1000, "--window-bp", min=50, max=100_000, help="Window (tile) length in bp."),
+    window: Optional[int] = typer.Option(None, "--window", min=50, max=100_000, help="Window (tile) length in bp [default: 1000]."),
+    window_bp: Optional[int] = typer.Option(None, "--window-bp", min=50, max=100_000, hidden=True, help="Old spelling of --window."),
     projection_dim: Optional[int] = typer.Option(
         None, "--projection-dim", min=1, max=4096,
         help="Output dimension through a learned linear projection (default: none, the encoder's hidden size).",
@@ -138,7 +139,7 @@ def finetune(
             raise InputError("the shipped genoembed-nt6 masked-LM model is not installed; give --base-model DIR")
     config = FinetuneConfig(
         train_files=tuple(fasta), output_dir=output, base_model=base_model, related=pairs,
-        val_files=tuple(val_fasta), checkpoint_dir=checkpoint_dir, resume=resume, window_bp=window_bp,
+        val_files=tuple(val_fasta), checkpoint_dir=checkpoint_dir, resume=resume, window_bp=pick(window, window_bp, "--window", "--window-bp") or 1000,
         projection_dim=projection_dim, subword_init=_sizes(subword_init), train_frames=train_frames,
         reinitialize=reinitialize, zero_residual=zero_residual, keep_layers=keep_layers,
         cross_strain_fraction=cross_strain_fraction, max_shift=max_shift,

@@ -3,28 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
-from enum import Enum
 import json
 import time
+from enum import Enum
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from genoembed.features import parse_alias_option
-from genoembed.cli.common import console, configure_logging, handle_errors
+from genoembed.cli.common import OutputFormat, console, configure_logging, handle_errors, pick
+from genoembed.embedders import EmbedderOptions, Pooling
 from genoembed.errors import InputError
-from genoembed.genome import open_genome
-from genoembed.recipe import Recipe, load_recipe, make_embedder, parse_model_option
+from genoembed.features import parse_alias_option
+from genoembed.recipe import Recipe, load_recipe, model_name
 from genoembed.tiles import SoftMask, Strands
 from genoembed.vector_index import Metric
-
-
-class Pooling(str, Enum):
-    mean = "mean"
-    cls = "cls"
-    max = "max"
 
 
 class Engine(str, Enum):
@@ -38,7 +32,8 @@ def index(
     fasta: Optional[list[Path]] = typer.Option(None, "--fasta", help="Genome FASTA (plain, gzip or bgzip); repeat to put several genomes in one store."),
     genome_name: Optional[str] = typer.Option(None, "--genome-name", help="Name of the genome in the store (default: the FASTA file name without extensions; one --fasta only)."),
     append: bool = typer.Option(False, "--append", help="Add the genome(s) to an existing store built with the same model and tiling (its index is extended, not rebuilt)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Store directory (default: recipe path without .toml)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Store directory (default: recipe path without .toml)."),
+    out: Optional[Path] = typer.Option(None, "--out", hidden=True, help="Old spelling of --output."),
     model: Optional[str] = typer.Option(None, "--model", help="'default' (shipped retrieval model), 'mlm' (shipped masked-LM model), 'kmer[:K]', or a local Hugging Face model directory."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow a model directory's own Python code to run (DNABERT-2, HyenaDNA, Caduceus, NT-v2)."),
     pooling: Optional[Pooling] = typer.Option(None, help="How token vectors become one tile vector (transformer models)."),
@@ -60,7 +55,7 @@ def index(
     annotations: Optional[list[Path]] = typer.Option(None, "--annotations", "-a", help="BED/GTF/GFF3/GenBank file to add (repeatable)."),
     alias: Optional[list[str]] = typer.Option(None, "--alias", help="Rename an annotation contig: FROM=TO (repeatable)."),
     auto_alias: bool = typer.Option(False, "--auto-alias", help="Apply the suggested contig renames (chr1->1, version suffixes)."),
-    batch_rows: int = typer.Option(1024, min=1, help="Tiles handed to the embedder per call."),
+    batch_rows: Optional[int] = typer.Option(None, min=1, help="Tiles handed to the embedder per call (recipe [store] batch_rows)."),
     shard_rows: Optional[int] = typer.Option(None, min=1, help="Rows per Parquet shard."),
     engine: Engine = typer.Option(Engine.local, help="local = this machine; ray = Ray actors, one model copy each (pip install 'genoembed[dist]')."),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (e.g. ray://head:10001 or auto); default: start a local cluster."),
@@ -68,65 +63,58 @@ def index(
     gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker", min=0.0, help="GPUs per Ray actor (0 = CPU)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing store built with other settings."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or warnings."),
-    json_output: bool = typer.Option(False, "--json", help="Print a JSON summary line instead of text."),
+    format: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f", help="table = one line of text; json = a JSON summary line."),
+    json_output: bool = typer.Option(False, "--json", hidden=True, help="Old spelling of --format json."),
 ):
     """Tile a genome, embed every tile, write Parquet shards, build the FAISS index, add annotations."""
-    configure_logging(quiet or json_output)
+    as_json = json_output or format is OutputFormat.json
+    configure_logging(quiet or as_json)
+    output = pick(output, out, "--output", "--out")
     plan = load_recipe(recipe) if recipe else None
     if plan is None:
-        if not fasta or out is None:
-            raise InputError("give a recipe (e.g. indexes/demo.toml) or both --fasta and --out")
-        plan = Recipe(fastas=tuple(fasta), out=out)
+        if not fasta or output is None:
+            raise InputError("give a recipe (e.g. indexes/demo.toml) or both --fasta and --output")
+        plan = Recipe(fastas=tuple(fasta), output=output)
     tiling_overrides = {name: value for name, value in dict(
         window=window, stride=stride, strands=strands, max_n_fraction=max_n_fraction, soft_mask=soft_mask,
         contigs=tuple(contig) if contig else None).items() if value is not None}
     index_overrides = {name: value for name, value in dict(factory=factory, metric=metric).items() if value is not None}
-    model_spec = parse_model_option(model) if model else dict(plan.model)
-    if trust_remote_code:
-        model_spec["trust_remote_code"] = True
-    if model_spec.get("kind") != "kmer":
-        model_spec.update({name: value for name, value in dict(
-            pooling=pooling.value if pooling else None, layer=layer, reverse_complement=reverse_complement, frames=frames,
-            batch_size=batch_size, device=device, dtype=dtype, compile=compile_model or None).items()
-            if value is not None})
+    options = EmbedderOptions(pooling=pooling.value if pooling else None, layer=layer,
+                              reverse_complement=reverse_complement, frames=frames, batch_size=batch_size,
+                              device=device, dtype=dtype, compile=compile_model or None,
+                              trust_remote_code=trust_remote_code or None)
     plan = dataclasses.replace(
-        plan, fastas=tuple(fasta) if fasta else plan.fastas, out=out or plan.out,
+        plan, fastas=tuple(fasta) if fasta else plan.fastas, output=output or plan.output,
         genome_name=genome_name or (plan.genome_name if not fasta else None),
+        model=model_name({"name": model}, None) if model else plan.model,
+        model_options=plan.model_options.merged(options),
         tiling=dataclasses.replace(plan.tiling, **tiling_overrides),
         index=dataclasses.replace(plan.index, **index_overrides),
         annotations=plan.annotations + tuple(annotations or ()),
         aliases={**plan.aliases, **parse_alias_option(alias or [])},
-        auto_alias=auto_alias or plan.auto_alias, shard_rows=shard_rows or plan.shard_rows)
-    if plan.genome_name and len(plan.fastas) > 1:
-        raise InputError("--genome-name names a single genome; with several --fasta each is named after its file")
-    genomes = [open_genome(path, name=plan.genome_name) for path in plan.fastas]  # fail early, before the model
-    repeated = sorted({g.name for g in genomes if [h.name for h in genomes].count(g.name) > 1})
-    if repeated:
-        raise InputError(f"two FASTA files give the genome name {repeated[0]!r}; rename one of the files")
-    embedder = make_embedder(model_spec, base=recipe.parent if recipe else None)
+        auto_alias=auto_alias or plan.auto_alias, shard_rows=shard_rows or plan.shard_rows,
+        batch_rows=batch_rows or plan.batch_rows)
     started = time.perf_counter()
     with Progress(TextColumn("[bold]embedding {task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("tiles"), TimeRemainingColumn(), console=console, transient=True,
-                  disable=quiet or json_output) as bar:
-        from genoembed.pipeline import index as build
+                  disable=quiet or as_json) as bar:
+        from genoembed.build import build
 
-        for number, genome in enumerate(genomes):
-            task = bar.add_task(genome.name, total=None)
-            last = number == len(genomes) - 1  # index (trained on all) and annotations once every genome is in
-            store = build(genome, plan.out, embedder=embedder, tiling=plan.tiling,
-                          index_spec=plan.index if last else None,
-                          annotations=plan.annotations if last else (), aliases=plan.aliases,
-                          auto_alias=plan.auto_alias, embed_rows=batch_rows, shard_rows=plan.shard_rows,
-                          embedding_dtype=plan.embedding_dtype, overwrite=overwrite and number == 0,
-                          append=append or number > 0, engine=engine.value,
-                          engine_options=_ray_options(engine, address, num_workers, gpus_per_worker,
-                                                      trust_remote_code),
-                          progress=lambda done, total, task=task: bar.update(task, completed=done, total=total))
+        tasks: dict[str, int] = {}
+
+        def report(genome: str, done: int, total: int) -> None:
+            if genome not in tasks:
+                tasks[genome] = bar.add_task(genome, total=total)
+            bar.update(tasks[genome], completed=done, total=total)
+
+        store = build(plan, overwrite=overwrite, append=append, progress=report, engine=engine.value,
+                      engine_options=_ray_options(engine, address, num_workers, gpus_per_worker,
+                                                  trust_remote_code))
     summary = {"store": str(store.root), "genomes": list(store.genomes), "tiles": store.num_tiles, "dim": store.dim,
                "model": store.provenance["embedder"].get("model_id"), "index": plan.index.factory,
                "annotations": {name: entry["rows"] for name, entry in store.manifest.get("annotations", {}).items()},
                "seconds": round(time.perf_counter() - started, 2)}
-    if json_output:
+    if as_json:
         typer.echo(json.dumps(summary))
     elif not quiet:
         typer.echo(f"indexed {summary['tiles']} tiles of {', '.join(summary['genomes'])} "
@@ -141,5 +129,5 @@ def _ray_options(engine: Engine, address, num_workers: int, gpus_per_worker: flo
     if trust_remote_code:  # actors rebuild the model from its spec, which never records this flag
         from genoembed.embedders import load_embedder
 
-        options["loader"] = lambda spec: load_embedder({**spec, "trust_remote_code": True})
+        options["loader"] = lambda spec: load_embedder(spec, trust_remote_code=True)
     return options

@@ -7,18 +7,19 @@ from pathlib import Path
 
 import typer
 
-from genoembed.cli.common import handle_errors
+from genoembed.cli.common import OutputFormat, handle_errors
 from genoembed.store import Store
 
 
 @handle_errors
 def info(
     store: Path = typer.Argument(..., help="Store directory made by `genoembed index`."),
-    json_output: bool = typer.Option(False, "--json", help="Print the full summary as JSON."),
+    format: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f", help="table = text; json = the full summary as JSON."),
+    json_output: bool = typer.Option(False, "--json", hidden=True, help="Old spelling of --format json."),
 ):
     """Show tiles, dimension, index, annotations, saved searches and provenance of a store."""
     summary = Store.open(store, require_complete=False).info()
-    if json_output:
+    if json_output or format is OutputFormat.json:
         typer.echo(json.dumps(summary, indent=2))
         return
     provenance = summary["provenance"]

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
+from typing import Optional
 
 import typer
 
-from genoembed.cli.common import configure_logging, handle_errors
+from genoembed.cli.common import configure_logging, handle_errors, pick
 from genoembed.errors import InputError
 
 
@@ -32,7 +33,8 @@ class Rate(str, Enum):
 def plot(
     kind: PlotKind = typer.Argument(..., help="embeddings = PCA map of a store's tiles; mutation = recall vs mutation rate; qps = recall vs queries per second."),
     source: Path = typer.Argument(..., exists=True, help="A store directory (embeddings) or a results file from `genoembed eval --output` (mutation, qps)."),
-    out: Path = typer.Option(..., "--out", "-o", dir_okay=False, help="PNG file to write."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", dir_okay=False, help="PNG file to write (required)."),
+    out: Optional[Path] = typer.Option(None, "--out", hidden=True, dir_okay=False, help="Old spelling of --output."),
     color_by: ColorBy = typer.Option(ColorBy.gc, "--color-by", help="embeddings: colour tiles by GC content, overlapping annotation type, or genome."),
     max_points: int = typer.Option(20_000, "--max-points", min=3, help="embeddings: plot at most this many tiles (seeded sample)."),
     k: int = typer.Option(1, "-k", min=1, help="mutation: plot recall@K (K must be one the eval reported)."),
@@ -41,6 +43,10 @@ def plot(
 ):
     """Draw a PNG: an embedding map of a store, or recall curves from evaluation results."""
     from genoembed import plot as plots
+
+    out = pick(output, out, "--output", "--out")
+    if out is None:
+        raise typer.BadParameter("give --output FILE.png")
 
     configure_logging(quiet)
     if kind is PlotKind.embeddings:

@@ -7,12 +7,13 @@ from typing import Optional
 
 import typer
 
+from genoembed.cli.common import pick
 from genoembed.errors import GenoembedError
 
 
 def pretrain(
     fasta: list[Path] = typer.Option(
-        ..., "--fasta", "-f", exists=True, dir_okay=False, readable=True,
+        ..., "--fasta", exists=True, dir_okay=False, readable=True,
         help="Training genome: FASTA or GenBank, plain or gzip. Repeat for several files.",
     ),
     output: Path = typer.Option(
@@ -33,7 +34,8 @@ def pretrain(
     ),
     resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoint in --checkpoint-dir."),
     k: int = typer.Option(6, "--k", min=1, max=8, help="k-mer size of the tokens (non-overlapping k-mers)."),
-    window_bp: int = typer.Option(1002, "--window-bp", min=6, max=100_000, help="Training window length in bp."),
+    window: Optional[int] = typer.Option(None, "--window", min=6, max=100_000, help="Training window length in bp [default: 1002]."),
+    window_bp: Optional[int] = typer.Option(None, "--window-bp", min=6, max=100_000, hidden=True, help="Old spelling of --window."),
     layers: int = typer.Option(4, "--layers", min=1, max=48, help="Number of transformer layers."),
     hidden: int = typer.Option(256, "--hidden", min=8, max=4096, help="Hidden size."),
     heads: int = typer.Option(4, "--heads", min=1, max=64, help="Attention heads (must divide --hidden)."),
@@ -76,7 +78,7 @@ def pretrain(
             checkpoint_dir=checkpoint_dir,
             resume=resume,
             k=k,
-            window_bp=window_bp,
+            window_bp=pick(window, window_bp, "--window", "--window-bp") or 1002,
             num_layers=layers,
             hidden_size=hidden,
             num_heads=heads,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from enum import Enum
 from pathlib import Path
 from typing import Optional
@@ -9,7 +11,7 @@ from typing import Optional
 import pyarrow as pa
 import typer
 
-from genoembed.cli.common import OutputFormat, configure_logging, emit_table, handle_errors
+from genoembed.cli.common import OutputFormat, configure_logging, emit_table, handle_errors, refuse_inside_store
 from genoembed.errors import InputError
 from genoembed.store import Store
 
@@ -38,16 +40,20 @@ def search(
     strand_mode: StrandMode = typer.Option(StrandMode.ignore, "--strand-mode", help="Feature strand vs hit strand for the annotation join."),
     feature_type: Optional[list[str]] = typer.Option(None, "--feature-type", help="Only join features of this type, e.g. gene, CDS (repeatable)."),
     name: str = typer.Option("last", "--name", help="Save the hits under this name (SQL view hits_NAME; 'last' is the view hits)."),
+    save: bool = typer.Option(True, "--save/--no-save", help="Save the hits in the store for `genoembed sql` (skipped, with a warning, when the store is read-only)."),
     format: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f", help="Output format."),
-    output: Optional[Path] = typer.Option(None, "--output", help="Write results to this file instead of stdout."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write results to this file instead of stdout (never inside the store)."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the store's model directory to run its own Python code (needed again for custom-code models)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No warnings."),
 ):
     """Find the tiles most similar to each query and show them with their annotations."""
     from genoembed.annotate import annotate_hits
-    from genoembed.search import Query, bed_queries, check_sequence, fasta_queries, query_source, region_queries
+    from genoembed.search import (Query, bed_queries, check_search_name, check_sequence, fasta_queries, query_source,
+                                  region_queries, search as search_store)
 
     configure_logging(quiet)
+    refuse_inside_store(output, store)
+    check_search_name(name)
     opened = Store.open(store)
     queries = []
     if region or bed:
@@ -58,14 +64,22 @@ def search(
     queries += fasta_queries(fasta) if fasta else []
     if not queries:
         raise InputError("no query: give --region, --sequence, --fasta or --bed")
-    hits = opened.search(queries, k=k, nprobe=nprobe, ef_search=ef_search, exclude_self=exclude_self, save_as=name,
-                           genome=genome, chrom=chrom,
-                           trust_remote_code=trust_remote_code)
+    if save and not _writable(opened.root):
+        logging.getLogger("genoembed").warning("%s is read-only: the hits are not saved (--no-save)", opened.root)
+        save = False
+    hits = search_store(opened, queries, k=k, nprobe=nprobe, ef_search=ef_search, exclude_self=exclude_self,
+                        save_as=name if save else None, genome=genome, chrom=chrom,
+                        trust_remote_code=trust_remote_code)
     if annotate and opened.manifest.get("annotations"):
         hits = annotate_hits(opened, hits, strand=strand_mode.value, types=tuple(feature_type) if feature_type else None)
     if format is OutputFormat.table and output is None:
         hits = compact_hits(hits)
     emit_table(hits, format, output, title=f"top {k} hits")
+
+
+def _writable(root: Path) -> bool:
+    searches = root / "searches"
+    return os.access(searches if searches.is_dir() else root, os.W_OK)
 
 
 def compact_hits(hits: pa.Table) -> pa.Table:

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from genoembed.cli.common import OutputFormat, emit_table, handle_errors
+from genoembed.cli.common import OutputFormat, emit_table, handle_errors, refuse_inside_store
 from genoembed.errors import InputError
 from genoembed.store import Store
 
@@ -18,16 +18,19 @@ def sql(
     query: str = typer.Argument(..., help="One SELECT over the views tiles, embeddings, annotations, hits, hits_NAME, hit_features, hit_nearest."),
     param: Optional[list[str]] = typer.Option(None, "--param", "-p", help="Bind $NAME to VALUE: NAME=VALUE (repeatable; values are never pasted into SQL)."),
     format: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f", help="Output format."),
-    output: Optional[Path] = typer.Option(None, "--output", help="Write results to this file instead of stdout."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write results to this file instead of stdout (never inside the store)."),
 ):
     """Run SQL on a store (DuckDB dialect); the store is opened read-only."""
+    from genoembed.sql import run_sql
+
+    refuse_inside_store(output, store)
     parameters = {}
     for item in param or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise InputError(f"--param {item!r}: use NAME=VALUE")
         parameters[key] = _typed(value)
-    emit_table(Store.open(store).sql(query, parameters or None), format, output)
+    emit_table(run_sql(Store.open(store), query, parameters or None), format, output)
 
 
 def _typed(value: str):

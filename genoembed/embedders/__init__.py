@@ -1,17 +1,47 @@
-"""Embedders turn DNA strings into fixed-size vectors behind one small interface.
+"""Embedders turn DNA strings into fixed-size vectors behind one small interface, found through one registry.
 
 Every embedder has ``dim``, ``fingerprint`` (changes whenever the vectors it
 would produce change: weights, config, pooling, k), ``describe()`` (the
 provenance dict stored with a store) and ``embed(sequences) -> (n, dim)
 float32``. The pipeline only ever talks to this interface, so tests inject
 tiny embedders and the store can rebuild the exact embedder it was made with.
+
+One registry decides which class serves a model name: :func:`get_embedder`
+takes what a user types (``default``, ``mlm``, ``kmer:5``, a local model
+directory, or ``SCHEME:ARG`` of a plugin) plus :class:`EmbedderOptions`;
+:func:`load_embedder` rebuilds an embedder from a store's provenance. Other
+packages add schemes through the ``genoembed.embedders`` entry-point group
+(each entry point names a ``factory(argument: str, options: EmbedderOptions)``)
+or, in-process, :func:`register_embedder`.
 """
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence, runtime_checkable
+import dataclasses
+import logging
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Callable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
+
+from genoembed.errors import InputError, ModelError
+from genoembed.resources import SHIPPED_MODELS, default_model_dir, shipped_model_for
+
+log = logging.getLogger(__name__)
+ENTRY_POINT_GROUP = "genoembed.embedders"
+
+
+class Pooling(str, Enum):
+    """How token vectors become one tile vector (transformer models)."""
+
+    mean = "mean"
+    max = "max"
+    cls = "cls"
+
+
+POOLINGS = tuple(pooling.value for pooling in Pooling)
 
 
 @runtime_checkable
@@ -28,8 +58,107 @@ class Embedder(Protocol):
         ...
 
 
-def load_embedder(spec: dict) -> Embedder:
-    """Rebuild an embedder from its ``describe()`` dict (or a user spec with the same keys)."""
+@dataclass(frozen=True)
+class EmbedderOptions:
+    """How a model embeds a tile. ``None`` leaves the model's own default; k-mer models take none of these.
+
+    The same names are the recipe's ``[model]`` keys and the `genoembed index` options.
+    """
+
+    pooling: str | None = None  # mean | max | cls: token vectors -> one tile vector
+    layer: int | None = None  # hidden layer to pool, -1 = last
+    frames: int | None = None  # reading frames averaged per strand (k-mer tokenizers)
+    reverse_complement: bool | None = None  # average each tile with its reverse complement
+    dtype: str | None = None  # auto | float32 | bfloat16 | float16
+    compile: bool | None = None  # torch.compile the model
+    batch_size: int | None = None  # sequences per forward pass
+    device: str | None = None  # auto | cpu | cuda | cuda:N
+    trust_remote_code: bool | None = None  # let a model directory run its own Python code
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(field.name for field in dataclasses.fields(cls))
+
+    def given(self) -> dict:
+        """The options that were set, as keyword arguments."""
+        return {name: value for name, value in dataclasses.asdict(self).items() if value is not None}
+
+    def merged(self, overrides: "EmbedderOptions") -> "EmbedderOptions":
+        """These options with every option set in ``overrides`` replacing its value."""
+        return dataclasses.replace(self, **overrides.given())
+
+
+Factory = Callable[[str, EmbedderOptions], Embedder]
+_SCHEMES: dict[str, Factory] = {}
+
+
+def register_embedder(scheme: str, factory: Factory) -> None:
+    """Serve model names ``SCHEME:ARG`` (or the bare ``SCHEME``) with ``factory(ARG, options)``."""
+    _SCHEMES[scheme] = factory
+
+
+def _kmer(argument: str, options: EmbedderOptions) -> Embedder:
+    from genoembed.embedders.kmer import KmerEmbedder
+
+    k = argument or "4"
+    if not k.isdigit():
+        raise InputError(f"model 'kmer:{argument}': use kmer:K with an integer K, e.g. kmer:5")
+    ignored = sorted(options.given())
+    if ignored:
+        raise InputError(f"model 'kmer:{k}' takes no model options (got {', '.join(ignored)})")
+    return KmerEmbedder(k=int(k))
+
+
+def _model_directory(path: str | Path, options: EmbedderOptions) -> Embedder:
+    """A local model directory: the numpy token-table path where it gives the same vectors, else transformers."""
+    path = Path(path)
+    if not path.is_dir():
+        raise InputError(f"model {str(path)!r}: no such directory; give 'default', 'mlm', 'kmer[:K]' "
+                         "or a local model directory (nothing is downloaded)")
+    from genoembed.embedders.hf import TransformersEmbedder
+
+    return TransformersEmbedder(model_path=str(path), **options.given())
+
+
+register_embedder("kmer", _kmer)
+
+
+def _plugins() -> dict[str, Factory]:
+    from importlib.metadata import entry_points
+
+    found = {}
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            found[entry.name] = entry.load()
+        except Exception as error:  # a broken plugin must not break the built-in models
+            log.warning("embedder plugin %r failed to load: %s", entry.name, error)
+    return found
+
+
+def get_embedder(name: str = "default", options: EmbedderOptions = EmbedderOptions()) -> Embedder:
+    """The embedder a model name stands for: ``default``, ``mlm``, ``kmer[:K]``, ``SCHEME:ARG``, or a directory."""
+    if name in SHIPPED_MODELS:
+        directory = default_model_dir(name)
+        if directory is None:
+            raise ModelError(f"model {name!r}: the shipped model files are not installed with this genoembed; "
+                             "reinstall the package")
+        return _model_directory(directory, options)
+    scheme, _, argument = name.partition(":")
+    if scheme in _SCHEMES:
+        return _SCHEMES[scheme](argument, options)
+    if not Path(name).exists():
+        plugins = _plugins()
+        if scheme in plugins:
+            return plugins[scheme](argument, options)
+    return _model_directory(name, options)
+
+
+def load_embedder(spec: dict, trust_remote_code: bool = False) -> Embedder:
+    """Rebuild an embedder from its ``describe()`` dict (a store's provenance).
+
+    A shipped model recorded under another installation's path is found in this one
+    (the caller checks the fingerprint, so a different model is never taken for it).
+    """
     kind = spec.get("kind")
     if kind == "kmer":
         from genoembed.embedders.kmer import KmerEmbedder
@@ -40,7 +169,12 @@ def load_embedder(spec: dict) -> Embedder:
 
         options = {key: value for key, value in spec.items() if key not in ("kind", "fingerprint", "dim", "model_id")}
         options.setdefault("frames", 1)  # stores written before frames existed hold single-frame vectors
+        if not Path(options["model_path"]).is_dir():
+            options["model_path"] = str(shipped_model_for(options["model_path"]) or options["model_path"])
+        if trust_remote_code:
+            options["trust_remote_code"] = True
         return TransformersEmbedder(**options)
-    from genoembed.errors import ModelError
-
-    raise ModelError(f"unknown embedder kind {kind!r}; expected 'kmer' or 'transformers'")
+    if kind in _SCHEMES or kind in _plugins():
+        factory = _SCHEMES.get(kind) or _plugins()[kind]
+        return factory(str(spec.get("argument", "")), EmbedderOptions())
+    raise ModelError(f"unknown embedder kind {kind!r}; expected 'kmer', 'transformers' or an installed plugin")

@@ -20,9 +20,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from genoembed.embedders import POOLINGS
 from genoembed.errors import InputError
 
-POOLINGS = ("mean", "max", "cls")
 
 
 

@@ -1,0 +1,111 @@
+"""Building a store: FASTA -> tiles -> embeddings -> Parquet shards -> FAISS index -> annotations.
+
+:func:`build` runs a :class:`~genoembed.recipe.Recipe` (what `genoembed index`
+does, genome after genome); :func:`index` adds one genome with objects the
+caller already has (an embedder, a tiling). The embedding step goes through
+the one engine boundary (:func:`genoembed.engine.embed_genome`), so memory stays
+bounded by the queue depth, not the genome size, and a build interrupted at
+any point resumes from the last complete shard. A genome appended to a store
+is added to its FAISS index without a rebuild.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Callable, Iterable
+
+from genoembed import __version__
+from genoembed.annotate import add_annotations
+from genoembed.embedders import Embedder, get_embedder
+from genoembed.engine import embed_genome, make_engine
+from genoembed.errors import InputError
+from genoembed.genome import Genome, open_genome
+from genoembed.indexing import update_store_index
+from genoembed.recipe import Recipe
+from genoembed.store import Store
+from genoembed.tiles import TilingSpec, count_tiles
+from genoembed.vector_index import IndexSpec
+
+Progress = Callable[[str, int, int], None]
+
+
+def index(
+    fasta: str | Path | Genome,
+    output: str | Path,
+    embedder: Embedder | None = None,
+    tiling: TilingSpec = TilingSpec(),
+    index_spec: IndexSpec | None = IndexSpec(),
+    annotations: Iterable[str | Path] = (),
+    aliases: dict[str, str] | None = None,
+    auto_alias: bool = False,
+    genome_name: str | None = None,
+    batch_rows: int = 1024,
+    shard_rows: int = 65536,
+    embedding_dtype: str = "float32",
+    overwrite: bool = False,
+    append: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+    engine: str = "local",
+    engine_options: dict | None = None,
+) -> Store:
+    """Build (or resume) a store at ``output`` from one genome; returns it opened.
+
+    ``fasta`` is a path or an already opened :class:`~genoembed.genome.Genome` (not re-read).
+    ``append`` adds the genome to an existing store built with the same model and tiling;
+    its tile ids follow the store's, and its vectors are added to the existing index.
+    ``index_spec=None`` builds no FAISS index (e.g. before appending more genomes).
+
+    ``progress(done, total)`` is called after every embedded batch. ``engine="ray"``
+    embeds on Ray actors (``engine_options``: address, num_workers, gpus_per_worker, ...;
+    see :class:`genoembed.ray_engine.RayEngine`) into the same store, row for row.
+    """
+    chosen = make_engine(engine, {**(engine_options or {}), "batch_rows": batch_rows} if engine == "ray" else engine_options)
+    output = Path(output)
+    genome = fasta if isinstance(fasta, Genome) else open_genome(fasta, name=genome_name)
+    embedder = embedder or get_embedder("default")
+    provenance = {"genoembed_version": __version__, "embedder": embedder.describe(),
+                  "tiling": tiling.describe(), "embedding_dtype": embedding_dtype}
+    created = not output.exists()
+    try:
+        embed_genome(output, provenance=provenance, embedder=embedder, genome=genome, tiling=tiling,
+                     batch_rows=batch_rows, shard_rows=shard_rows, overwrite=overwrite, append=append,
+                     engine=chosen, progress=progress, total=count_tiles(genome, tiling))
+    except BaseException:
+        if created and not any((output / "shards").glob("part-*.parquet")):
+            shutil.rmtree(output, ignore_errors=True)  # failed before any shard: leave nothing behind
+        raise
+    store = Store.open(output)
+    if index_spec is not None:
+        update_store_index(store, index_spec)
+    for path in annotations:
+        add_annotations(store, path, aliases=aliases, auto_alias=auto_alias)
+    return store
+
+
+def build(recipe: Recipe, embedder: Embedder | None = None, overwrite: bool = False, append: bool = False,
+          progress: Progress | None = None, engine: str = "local", engine_options: dict | None = None) -> Store:
+    """Run a recipe: every genome into one store (the FAISS index trained once over all of them), then
+    the annotations. ``embedder`` replaces the recipe's model (tests inject tiny ones).
+
+    ``progress(genome_name, done, total)`` is called after every embedded batch.
+    """
+    if recipe.genome_name and len(recipe.fastas) > 1:
+        raise InputError("a genome name names a single genome; with several FASTA files each is named after its file")
+    genomes = [open_genome(path, name=recipe.genome_name) for path in recipe.fastas]  # fail early, before the model
+    names = [genome.name for genome in genomes]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise InputError(f"two FASTA files give the genome name {repeated[0]!r}; rename one of the files")
+    embedder = embedder or get_embedder(recipe.model, recipe.model_options)
+    store = None
+    for number, genome in enumerate(genomes):
+        last = number == len(genomes) - 1  # index (trained on all) and annotations once every genome is in
+        report = (lambda done, total, name=genome.name: progress(name, done, total)) if progress else None
+        store = index(genome, recipe.output, embedder=embedder, tiling=recipe.tiling,
+                      index_spec=recipe.index if last else None,
+                      annotations=recipe.annotations if last else (), aliases=recipe.aliases,
+                      auto_alias=recipe.auto_alias, batch_rows=recipe.batch_rows, shard_rows=recipe.shard_rows,
+                      embedding_dtype=recipe.embedding_dtype, overwrite=overwrite and number == 0,
+                      append=append or number > 0, progress=report, engine=engine, engine_options=engine_options)
+    return store

@@ -1,0 +1,135 @@
+"""Building the store's FAISS index: one index over every shard, or a sharded layout, kept in step with the shards.
+
+:func:`update_store_index` is what a build calls last: it adds genomes appended
+since the index was built (no retraining: the trained quantizer is kept), or
+rebuilds when there is none, its spec changed, or the file does not match the
+manifest. Sharded layouts (one index per group of Parquet shards, all cloned
+from one trained template, under ``index/shards/`` with ``layout.json``) serve
+stores bigger than one machine's RAM; searching them one after another with a
+running top-k merge returns what one big index would, and for IVF layouts they
+can be merged into one index with on-disk inverted lists
+(``faiss.contrib.ondisk.merge_ondisk``). Scale is composed from plain FAISS
+pieces, not a second implementation.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Callable
+
+from genoembed.errors import InputError
+from genoembed.store import SHARDED_INDEX_DIR, SHARDED_LAYOUT, Store, atomic_write_bytes, file_sha256, write_lock
+from genoembed.vector_index import (INDEX_FILE, IndexSpec, Metric, import_faiss, add_store_vectors, build_index,
+                                    load_index, save_index, train_index, with_tile_ids)
+
+SHARD_DIR, LAYOUT = SHARDED_INDEX_DIR, SHARDED_LAYOUT
+
+
+def build_store_index(store: Store, spec: IndexSpec, progress: Callable[[int], None] | None = None) -> dict:
+    """(Re)build the store's FAISS index from all its shards and record it in the manifest."""
+    with write_lock(store.root):
+        built = build_index(store, spec, progress=progress)
+        return save_store_index(store, spec, built)
+
+
+def index_file_matches(store: Store, entry: dict | None) -> bool:
+    """True when the manifest records an index and the file on disk is that index (sha256)."""
+    path = store.root / INDEX_FILE
+    return bool(entry) and path.is_file() and file_sha256(path) == entry["sha256"]
+
+
+def update_store_index(store: Store, spec: IndexSpec) -> dict:
+    """Bring the index up to date: add genomes appended since it was built (no retraining), or
+    rebuild when there is none, its spec differs, or its file does not match the manifest."""
+    with write_lock(store.root):
+        current = store.manifest.get("index") or {}
+        if current.get("spec") != spec.describe() or not index_file_matches(store, current):
+            return build_store_index(store, spec)
+        missing = [name for name in store.genomes if name not in current.get("genomes", ())]
+        if not missing:
+            return current
+        index = load_index(store.root / INDEX_FILE)
+        add_store_vectors(index, store, spec.metric,
+                          paths=[store.root / s["path"] for s in store.manifest["shards"] if s["genome"] in missing])
+        entry = save_store_index(store, spec, index)
+        refresh_sharded(store)
+        return entry
+
+
+def save_store_index(store: Store, spec: IndexSpec, index) -> dict:
+    path = store.root / INDEX_FILE
+    save_index(index, path)
+    entry = {"path": INDEX_FILE, "spec": spec.describe(), "metric": spec.metric.value, "ntotal": int(index.ntotal),
+             "dim": int(index.d), "sha256": file_sha256(path), "genomes": list(store.genomes)}
+    store.record("index", "index", entry)
+    return entry
+
+
+def build_sharded(store: Store, spec: IndexSpec, shards_per_index: int = 1, template=None) -> dict:
+    """Build one index per ``shards_per_index`` Parquet shards from one trained template; returns the layout."""
+    if shards_per_index < 1:
+        raise InputError(f"shards_per_index={shards_per_index}: must be >= 1")
+    template = template if template is not None else train_index(store, spec)
+    with write_lock(store.root):
+        (store.root / SHARD_DIR).mkdir(parents=True, exist_ok=True)
+        save_index(template, store.root / SHARD_DIR / "trained.faiss")
+        layout = {"spec": spec.describe(), "metric": spec.metric.value, "dim": store.dim,
+                  "shards_per_index": shards_per_index, "shards": []}
+        return _add_parts(store, layout, template, store.shard_paths)
+
+
+def refresh_sharded(store: Store) -> dict | None:
+    """Bring a sharded index (if the store has one) in line with its Parquet shards after an append
+    or a removal: parts over unchanged shards are kept, the rest rebuilt from the trained template."""
+    root = store.root / SHARD_DIR
+    if not (root / LAYOUT).is_file():
+        return None
+    layout = json.loads((root / LAYOUT).read_text())
+    current = {path.name for path in store.shard_paths}
+    layout["shards"] = [entry for entry in layout["shards"] if set(entry["parquet"]) <= current]
+    covered = {name for entry in layout["shards"] for name in entry["parquet"]}
+    with write_lock(store.root):
+        template = import_faiss().read_index(str(root / "trained.faiss"))
+        return _add_parts(store, layout, template, [p for p in store.shard_paths if p.name not in covered])
+
+
+def _add_parts(store: Store, layout: dict, template, paths: list[Path]) -> dict:
+    """Index ``paths`` in groups of ``shards_per_index`` as new parts of ``layout``; write the layout."""
+    faiss, root, per_index = import_faiss(), store.root / SHARD_DIR, layout["shards_per_index"]
+    metric = Metric(layout["metric"])
+    number = 1 + max((int(re.search(r"(\d+)", entry["path"]).group(1)) for entry in layout["shards"]), default=-1)
+    for first in range(0, len(paths), per_index):
+        index = with_tile_ids(faiss.clone_index(template))
+        add_store_vectors(index, store, metric, paths=paths[first:first + per_index])
+        target = root / f"part-{number:05d}.faiss"
+        save_index(index, target)
+        layout["shards"].append({"path": target.name, "ntotal": int(index.ntotal), "sha256": file_sha256(target),
+                                 "parquet": [p.name for p in paths[first:first + per_index]]})
+        number += 1
+    layout["ntotal"] = sum(entry["ntotal"] for entry in layout["shards"])
+    atomic_write_bytes(root / LAYOUT, json.dumps(layout, indent=2).encode())
+    for stale in root.glob("part-*.faiss"):
+        if stale.name not in {entry["path"] for entry in layout["shards"]}:
+            stale.unlink()
+    return layout
+
+
+def merge_ondisk(store: Store) -> Path:
+    """Merge the IVF shard indexes into one index whose inverted lists live in ``index/merged.ivfdata``."""
+    faiss = import_faiss()
+    from faiss.contrib.ondisk import merge_ondisk as faiss_merge_ondisk
+
+    root = store.root / SHARD_DIR
+    layout = json.loads((root / LAYOUT).read_text())
+    if not re.search(r"IVF\d+", layout["spec"]["factory"]):
+        raise InputError(f"merge_ondisk needs an IVF layout, the shards are {layout['spec']['factory']!r}")
+    index = faiss.read_index(str(root / "trained.faiss"))
+    ivfdata = store.root / "index" / "merged.ivfdata"
+    faiss_merge_ondisk(index, [str(root / entry["path"]) for entry in layout["shards"]], str(ivfdata))
+    target = store.root / "index" / "merged.faiss"
+    save_index(index, target)
+    return target
+
+

@@ -1,0 +1,183 @@
+"""Writing a store: one genome's tiles and embeddings into fixed-size Parquet shards, resumably.
+
+Every shard is written under a temporary name and renamed into place, and the
+manifest is committed atomically after each shard, so readers (and a resumed
+run) only ever see complete shards. The caller holds the writer lock
+(:func:`genoembed.store.write_lock`); :mod:`genoembed.engine` does, around this.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from genoembed import __version__, schema
+from genoembed.errors import StoreError
+from genoembed.store import (FORMAT_VERSION, IDENTITY_KEYS, MANIFEST, PROVENANCE_KEY, file_sha256, read_manifest,
+                             write_manifest)
+
+
+def genome_entry(genome) -> dict:
+    """What a store records of a genome: name, FASTA path and sha256, contig lengths."""
+    return {**genome.describe(), "contig_lengths": dict(genome.contigs)}
+
+
+def shard_provenance(provenance: dict, genome: dict) -> dict:
+    """Provenance written into a shard's Parquet metadata: the store's, plus the shard's genome."""
+    return {**provenance, "genome": {key: value for key, value in genome.items() if key != "contig_lengths"}}
+
+
+def provenance_mismatch(stored: dict, requested: dict) -> list[str]:
+    """Names of identity keys whose values differ (model, tiling, genome, dtype)."""
+    return [key for key in IDENTITY_KEYS if stored.get(key) != requested.get(key)]
+
+
+def embeddings_to_arrow(embeddings: np.ndarray, dtype: str) -> pa.FixedSizeListArray:
+    values = np.ascontiguousarray(embeddings, dtype=np.float16 if dtype == "float16" else np.float32)
+    return pa.FixedSizeListArray.from_arrays(pa.array(values.ravel()), embeddings.shape[1])
+
+
+@dataclass
+class StoreWriter:
+    """Appends one genome's (tiles, embeddings) into fixed-size shards, resuming an interrupted build.
+
+    ``next_id`` is the first tile id (in plan order) not yet stored for this
+    genome; the caller must skip the tiles before it and feed the rest in order.
+    A store that already holds other genomes takes this one only with ``append``.
+    """
+
+    root: Path
+    provenance: dict
+    dim: int
+    genome: dict
+    shard_rows: int = 65536
+    row_group_rows: int = 8192
+    overwrite: bool = False
+    append: bool = False
+    first_id: int = field(init=False, default=0)
+    rows_done: int = field(init=False, default=0)
+    _pending: list = field(init=False, default_factory=list)
+    _pending_rows: int = field(init=False, default=0)
+    _manifest: dict = field(init=False, default_factory=dict)
+
+    def __post_init__(self):
+        self.root = Path(self.root)
+        dtype = self.provenance.get("embedding_dtype", "float32")
+        self._schema = schema.embeddings_schema(self.dim, dtype).with_metadata(
+            {PROVENANCE_KEY: json.dumps(shard_provenance(self.provenance, self.genome)).encode()})
+        (self.root / "shards").mkdir(parents=True, exist_ok=True)
+        for leftover in (self.root / "shards").glob(".*.partial.*"):
+            leftover.unlink()
+        if (self.root / MANIFEST).exists() and not self.overwrite:
+            self._manifest = read_manifest(self.root)
+            self._join_existing()
+        else:
+            self._start_new()
+        name = self.genome["name"]
+        self.first_id = self._manifest["genomes"][name]["first_tile_id"]
+        self.rows_done = sum(shard["rows"] for shard in self._manifest["shards"] if shard["genome"] == name)
+
+    def _start_new(self) -> None:
+        for stale in (self.root / "shards").glob("part-*.parquet"):
+            stale.unlink()
+        self._manifest = {"format_version": FORMAT_VERSION, "genoembed_version": __version__,
+                          "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                          "status": "building", "provenance": self.provenance, "dim": self.dim,
+                          "genomes": {self.genome["name"]: {**self.genome, "first_tile_id": 0, "status": "building"}},
+                          "shards": [], "next_tile_id": 0, "next_shard": 0,
+                          "index": None, "annotations": {}, "searches": {}}
+        if (self.root / "index").exists():
+            shutil.rmtree(self.root / "index")
+        write_manifest(self.root, self._manifest)
+
+    def _join_existing(self) -> None:
+        """Resume this genome, or (with ``append``) add it after the genomes already stored."""
+        differing = provenance_mismatch(self._manifest["provenance"], self.provenance)
+        if differing:
+            raise StoreError(f"{self.root}: existing store was built with a different "
+                             f"{', '.join(differing)}; use --overwrite or another output directory")
+        genomes, name = self._manifest["genomes"], self.genome["name"]
+        stored = genomes.get(name)
+        if stored is not None:
+            if stored["sha256"] != self.genome["sha256"]:
+                raise StoreError(f"{self.root}: genome {name!r} in the store came from another FASTA (sha256 "
+                                 f"differs); `genoembed remove --genome {name}` it first, pick another "
+                                 "--genome-name, or use --overwrite")
+            return
+        if not self.append:
+            raise StoreError(f"{self.root}: store holds genome(s) {', '.join(genomes)}; pass --append to add "
+                             f"{name!r} to it, or --overwrite to replace the store")
+        unfinished = [other for other, entry in genomes.items() if entry["status"] != "complete"]
+        if unfinished:
+            raise StoreError(f"{self.root}: genome {unfinished[0]!r} is only partly built; rerun its "
+                             "`genoembed index` to finish it before appending another")
+        genomes[name] = {**self.genome, "first_tile_id": self._manifest["next_tile_id"], "status": "building"}
+        self._manifest["status"] = "building"
+        write_manifest(self.root, self._manifest)
+
+    @property
+    def complete(self) -> bool:
+        return self._manifest["genomes"][self.genome["name"]]["status"] == "complete"
+
+    @property
+    def next_id(self) -> int:
+        return self.first_id + self.rows_done
+
+    def write(self, tiles: pa.RecordBatch, embeddings: np.ndarray) -> None:
+        if embeddings.shape != (tiles.num_rows, self.dim):
+            raise StoreError(f"embedder returned shape {embeddings.shape}, expected ({tiles.num_rows}, {self.dim})")
+        columns = [tiles.column(name) for name in schema.TILE_COLUMNS]
+        columns.append(embeddings_to_arrow(embeddings, self.provenance.get("embedding_dtype", "float32")))
+        self._pending.append(pa.RecordBatch.from_arrays(columns, schema=self._schema))
+        self._pending_rows += tiles.num_rows
+        while self._pending_rows >= self.shard_rows:
+            self._flush(self.shard_rows)
+
+    def close(self) -> None:
+        """Flush the last partial shard and mark the genome (and, when all are, the store) complete."""
+        if self._pending_rows:
+            self._flush(self._pending_rows)
+        genomes = self._manifest["genomes"]
+        genomes[self.genome["name"]]["status"] = "complete"
+        if all(entry["status"] == "complete" for entry in genomes.values()):
+            self._manifest["status"] = "complete"
+        write_manifest(self.root, self._manifest)
+
+    def _flush(self, rows: int) -> None:
+        table = pa.Table.from_batches(self._pending, schema=self._schema)
+        shard, rest = table.slice(0, rows), table.slice(rows)
+        path = write_shard(self.root, self._manifest, shard, self.row_group_rows)
+        ids = shard.column("tile_id")
+        self._manifest["shards"].append({
+            "path": path, "rows": shard.num_rows, "sha256": file_sha256(self.root / path),
+            "genome": self.genome["name"], "first_tile_id": ids[0].as_py(), "last_tile_id": ids[-1].as_py()})
+        self._manifest["next_tile_id"] = max(self._manifest["next_tile_id"], ids[-1].as_py() + 1)
+        write_manifest(self.root, self._manifest)
+        self._pending = rest.to_batches()
+        self._pending_rows = rest.num_rows
+
+
+def write_shard(root: Path, manifest: dict, table: pa.Table, row_group_rows: int = 8192) -> str:
+    """Write ``table`` as the next numbered shard (temp name, fsync, rename); returns its store path.
+
+    Numbers are never reused, so a rewritten shard never replaces a file a reader may hold.
+    """
+    number = manifest["next_shard"]
+    manifest["next_shard"] = number + 1
+    final = root / "shards" / f"part-{number:05d}.parquet"
+    partial = final.with_name(f".{final.name}.partial.{os.getpid()}")
+    pq.write_table(table, partial, compression="zstd", row_group_size=row_group_rows)
+    with open(partial, "rb+") as handle:
+        os.fsync(handle.fileno())
+    os.replace(partial, final)
+    return f"shards/{final.name}"
+
+
