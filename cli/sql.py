@@ -9,6 +9,7 @@ import typer
 
 from genoembed.cli.common import OutputFormat, emit_table, handle_errors
 from genoembed.errors import InputError
+from genoembed.sql import DEFAULT_TIMEOUT, run_sql
 from genoembed.store import Store
 
 
@@ -19,6 +20,7 @@ def sql(
     param: Optional[list[str]] = typer.Option(None, "--param", "-p", help="Bind $NAME to VALUE: NAME=VALUE (repeatable; values are never pasted into SQL)."),
     format: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f", help="Output format."),
     output: Optional[Path] = typer.Option(None, "--output", help="Write results to this file instead of stdout."),
+    timeout: float = typer.Option(DEFAULT_TIMEOUT, "--timeout", help="Stop the query after this many seconds (0: no limit)."),
 ):
     """Run SQL on a store (DuckDB dialect); the store is opened read-only."""
     parameters = {}
@@ -27,7 +29,7 @@ def sql(
         if not sep or not key:
             raise InputError(f"--param {item!r}: use NAME=VALUE")
         parameters[key] = _typed(value)
-    emit_table(Store.open(store).sql(query, parameters or None), format, output)
+    emit_table(run_sql(Store.open(store), query, parameters or None, timeout or None), format, output)
 
 
 def _typed(value: str):
