@@ -16,7 +16,7 @@ from genoembed.store import Store
 @handle_errors
 def sql(
     store: Path = typer.Argument(..., help="Store directory made by `genoembed index`."),
-    query: str = typer.Argument(..., help="One SELECT over the views tiles, embeddings, annotations, hits, hits_NAME, hit_features, hit_nearest."),
+    query: str = typer.Argument(..., help="One SELECT over the views tiles, embeddings, annotations, hits, hits_NAME, hit_features(_NAME), hit_nearest(_NAME)."),
     param: Optional[list[str]] = typer.Option(None, "--param", "-p", help="Bind $NAME to VALUE: NAME=VALUE (repeatable; values are never pasted into SQL)."),
     format: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f", help="Output format."),
     output: Optional[Path] = typer.Option(None, "--output", help="Write results to this file instead of stdout."),

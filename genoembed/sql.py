@@ -49,7 +49,7 @@ from genoembed.store import Store, file_sha256
 
 DEFAULT_TIMEOUT = 60.0
 _ALLOWED = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
-_VIEW_SUFFIX = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_SEARCH_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # DuckDB error lines worth keeping after the first: they name the fix.
 _HINTS = ("Did you mean", "Candidate bindings")
 # How often a waiting thread wakes to notice Ctrl-C, and to repeat an interrupt that came too early.
@@ -77,7 +77,7 @@ def store_files(store: Store) -> StoreFiles:
                    for name, entry in store.manifest.get("annotations", {}).items()]
     searches = {}
     for name, entry in store.manifest.get("searches", {}).items():
-        if not _VIEW_SUFFIX.fullmatch(name):
+        if not _SEARCH_NAME.fullmatch(name):
             raise StoreError(f"{root}: search name {name!r} in the manifest is not a plain identifier "
                              f"(it would become SQL); remove the entry, then run `genoembed verify {root}`")
         searches[name] = checked_file(root, "searches", name, entry)
