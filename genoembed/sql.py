@@ -4,20 +4,104 @@ Views: ``tiles`` (no vectors), ``embeddings`` (tile_id, embedding),
 ``annotations`` (all ingested feature sets), ``hits`` (the last search) and
 ``hits_NAME`` for each saved search, plus ``hit_features`` (hits x
 overlapping features) and ``hit_nearest`` (nearest feature per hit, signed
-distance). Only SELECT/EXPLAIN statements run; the connection can read the
-store's own files and nothing else, and cannot write anywhere.
+distance), and ``hit_features_NAME`` / ``hit_nearest_NAME`` for each saved
+search (joining ``hits_NAME`` with ``hit_features`` would pair one search's
+hits with another's features). Only SELECT/EXPLAIN statements run.
+
+The sandbox: the connection can read the store's own files and nothing else,
+and cannot write anywhere. DuckDB always allows its temp directory, which
+defaults to ``.tmp`` in the working directory, so anyone able to put a file
+or symlink there could have it read; each connection gets a private
+``tempfile.mkdtemp`` directory instead (mode 0700, outside the working
+directory, removed with the connection), so big queries can still spill to
+disk.
+
+Which files are exposed: only those the manifest names whose resolved path
+(after symlinks) lies inside the resolved store root, so a manifest entry
+like ``../../etc/x`` or a symlink planted in ``searches/`` is refused.
+Annotation and search files are checked against their manifest ``sha256``
+when it has one; they are small next to the store and written by hand-run
+commands. Shards are not hashed on each call: that would read the whole store
+(gigabytes) before every query, and a shard can only be swapped by someone
+who can also rewrite the manifest beside it. DuckDB reads every shard's
+Parquet footer when the views are made, so a damaged footer is still caught
+and named; damage inside a shard's pages is `genoembed verify`'s job.
 """
 
 from __future__ import annotations
 
+import re
+import shutil
+import tempfile
+import threading
+import time
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+
 import duckdb
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from genoembed import schema
-from genoembed.errors import InputError
-from genoembed.store import Store
+from genoembed.errors import InputError, StoreError
+from genoembed.store import Store, file_sha256
 
+DEFAULT_TIMEOUT = 60.0
 _ALLOWED = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
+_SEARCH_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# DuckDB error lines worth keeping after the first: they name the fix.
+_HINTS = ("Did you mean", "Candidate bindings")
+# How often a waiting thread wakes to notice Ctrl-C, and to repeat an interrupt that came too early.
+_POLL_S = 0.1
+
+
+@dataclass(frozen=True)
+class StoreFiles:
+    """The checked, resolved files a connection may read: shards, annotation sets, saved searches by name."""
+
+    shards: list[str]
+    annotations: list[str]
+    searches: dict[str, str]
+
+    @property
+    def all(self) -> list[str]:
+        return self.shards + self.annotations + list(self.searches.values())
+
+
+def store_files(store: Store) -> StoreFiles:
+    """Every file the manifest names, resolved, contained in the store and (where it has a sha256) verified."""
+    root = store.root.resolve()
+    shards = [inside_store(root, shard["path"], "shard") for shard in store.shards]
+    annotations = [checked_file(root, "annotations", name, entry)
+                   for name, entry in store.manifest.get("annotations", {}).items()]
+    searches = {}
+    for name, entry in store.searches().items():
+        if not _SEARCH_NAME.fullmatch(name):
+            raise StoreError(f"{root}: saved search name {name!r} is not a plain identifier "
+                             f"(it would become SQL); remove the entry, then run `genoembed verify {root}`")
+        searches[name] = checked_file(root, "searches", name, entry)
+    return StoreFiles(shards, annotations, searches)
+
+
+def inside_store(root: Path, listed: str, what: str) -> str:
+    """``root / listed`` resolved through symlinks, refused unless it is a file inside ``root`` (resolved)."""
+    resolved = (root / listed).resolve()
+    if not resolved.is_relative_to(root):
+        raise StoreError(f"{root}: {what} ({listed}) resolves to {resolved}, outside the store; "
+                         f"restore the file or remove the entry, then run `genoembed verify {root}`")
+    if not resolved.is_file():
+        raise StoreError(f"{root}: {what} ({listed}) is missing; run `genoembed verify {root}`")
+    return str(resolved)
+
+
+def checked_file(root: Path, section: str, name: str, entry: dict) -> str:
+    """:func:`inside_store`, then the file's sha256 against the manifest's when it records one."""
+    path = inside_store(root, entry["path"], f"{section} {name!r}")
+    if "sha256" in entry and file_sha256(Path(path)) != entry["sha256"]:
+        raise StoreError(f"{root / entry['path']}: sha256 differs from the manifest ({section} {name!r} changed "
+                         f"since it was written); run `genoembed verify {root}` and write it again")
+    return path
 
 
 def _parquet_view(con, name: str, paths: list[str], columns: str = "*", empty: pa.Schema | None = None) -> None:
@@ -29,49 +113,124 @@ def _parquet_view(con, name: str, paths: list[str], columns: str = "*", empty: p
         con.execute(f"CREATE VIEW {name} AS SELECT * FROM _{name}_empty")
 
 
-def connect(store: Store) -> duckdb.DuckDBPyConnection:
-    """In-memory DuckDB with the store's views, locked to reading the store's files."""
+def _feature_views(con, suffix: str) -> None:
+    """``hit_features{suffix}`` and ``hit_nearest{suffix}`` over ``hits{suffix}``."""
     from genoembed.joins import nearest_sql, overlap_sql
 
-    con = duckdb.connect(":memory:")
-    shards = [str(p) for p in store.shard_paths]
-    _parquet_view(con, "tiles", shards, f"* EXCLUDE ({schema.EMBEDDING})")
-    _parquet_view(con, "embeddings", shards, f"tile_id, {schema.EMBEDDING}")
-    annotation_files = [str(store.root / entry["path"]) for entry in store.manifest.get("annotations", {}).values()]
-    _parquet_view(con, "annotations", annotation_files, empty=schema.ANNOTATIONS)
-    searches = store.manifest.get("searches", {})
-    readable = shards + annotation_files
-    for name, entry in searches.items():
-        path = str(store.root / entry["path"])
-        readable.append(path)
+    con.execute(f"CREATE VIEW hit_features{suffix} AS {overlap_sql(f'hits{suffix}', 'annotations', strand='ignore')}")
+    con.execute(f"CREATE VIEW hit_nearest{suffix} AS {nearest_sql(f'hits{suffix}', 'annotations', strand='ignore')}")
+
+
+def _create_views(con, files: StoreFiles) -> None:
+    _parquet_view(con, "tiles", files.shards, f"* EXCLUDE ({schema.EMBEDDING})")
+    _parquet_view(con, "embeddings", files.shards, f"tile_id, {schema.EMBEDDING}")
+    _parquet_view(con, "annotations", files.annotations, empty=schema.ANNOTATIONS)
+    for name, path in files.searches.items():
         _parquet_view(con, f"hits_{name}", [path])
-    _parquet_view(con, "hits", [str(store.root / searches["last"]["path"])] if "last" in searches else [],
-                  empty=schema.HITS)
-    con.execute(f"CREATE VIEW hit_features AS {overlap_sql('hits', 'annotations', strand='ignore')}")
-    con.execute(f"CREATE VIEW hit_nearest AS {nearest_sql('hits', 'annotations', strand='ignore')}")
-    con.execute("SET allowed_paths = $paths", {"paths": readable})
+        _feature_views(con, f"_{name}")
+    last = files.searches.get("last")
+    _parquet_view(con, "hits", [last] if last else [], empty=schema.HITS)
+    _feature_views(con, "")
+
+
+def connect(store: Store) -> duckdb.DuckDBPyConnection:
+    """In-memory DuckDB with the store's views, locked to reading the store's checked files."""
+    files = store_files(store)
+    temp = tempfile.mkdtemp(prefix="genoembed-sql-")
+    con = duckdb.connect(":memory:", config={"temp_directory": temp})
+    # callers (annotate, plot) keep the connection as long as they like: the directory goes with it
+    weakref.finalize(con, shutil.rmtree, temp, ignore_errors=True)
+    try:
+        _create_views(con, files)
+    except duckdb.Error as error:
+        raise _unreadable(store, files, error) from None
+    con.execute("SET allowed_paths = $paths", {"paths": files.all})
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")
     return con
 
 
-def run_sql(store: Store, query: str, parameters: dict | list | None = None) -> pa.Table:
-    """Run one read-only statement; parameters are bound (``$name`` or ``?``), never formatted in."""
+def _unreadable(store: Store, files: StoreFiles, error: duckdb.Error) -> StoreError:
+    """A one-line error naming the first file whose Parquet footer is unreadable (DuckDB's may not name it)."""
+    for path in files.all:
+        try:
+            pq.read_metadata(path)
+        except (OSError, pa.ArrowException) as bad:
+            return StoreError(f"{path}: unreadable Parquet ({_message(bad)}); "
+                              f"run `genoembed verify {store.root}` and rebuild or rewrite it")
+    return StoreError(f"{store.root}: DuckDB cannot read the store ({_message(error)}); "
+                      f"run `genoembed verify {store.root}`")
+
+
+def run_sql(store: Store, query: str, parameters: dict | list | None = None,
+            timeout: float | None = DEFAULT_TIMEOUT) -> pa.Table:
+    """Run one read-only statement; parameters are bound (``$name`` or ``?``), never formatted in.
+
+    The query is stopped after ``timeout`` seconds (None: no limit) or on
+    Ctrl-C, which is re-raised once DuckDB has stopped.
+    """
+    if timeout is not None and not timeout > 0:
+        raise InputError(f"SQL: timeout must be a positive number of seconds (or none), got {timeout!r}")
     con = connect(store)
     try:
         statements = con.extract_statements(query)
     except duckdb.Error as error:
-        raise InputError(f"SQL: {_first_line(error)}") from None
+        raise InputError(f"SQL: {_message(error)}") from None
     if len(statements) != 1:
         raise InputError(f"SQL: give exactly one statement (got {len(statements)})")
     if statements[0].type not in _ALLOWED:
         raise InputError(f"SQL: only SELECT queries are allowed on a store (got {statements[0].type.name}); "
                          "the store is opened read-only")
     try:
-        return con.sql(query, params=parameters).to_arrow_table()
+        return interruptible(con, lambda: con.sql(query, params=parameters).to_arrow_table(), timeout)
+    except TimeoutError:
+        raise InputError(f"SQL: query stopped after {timeout:g} s; raise --timeout "
+                         "(0: no limit; timeout=None in Python)") from None
     except duckdb.Error as error:
-        raise InputError(f"SQL: {_first_line(error)}") from None
+        raise InputError(f"SQL: {_message(error)}") from None
 
 
-def _first_line(error: Exception) -> str:
-    return str(error).strip().splitlines()[0]
+def interruptible(con: duckdb.DuckDBPyConnection, work, timeout: float | None):
+    """``work()`` (which uses ``con``) in a worker thread; TimeoutError after ``timeout`` s, Ctrl-C passed on.
+
+    Why a thread: DuckDB holds the calling thread in C++ while it runs, so Ctrl-C
+    would wait for the query to end; the main thread instead waits in short
+    slices (a KeyboardInterrupt arrives between them) and interrupts ``con``.
+    """
+    outcome: dict = {}
+
+    def target():
+        try:
+            outcome["value"] = work()
+        except BaseException as error:  # handed to the caller's thread
+            outcome["error"] = error
+
+    worker = threading.Thread(target=target, name="genoembed-sql", daemon=True)
+    worker.start()
+    deadline = None if timeout is None else time.monotonic() + timeout
+    try:
+        while worker.is_alive() and (deadline is None or time.monotonic() < deadline):
+            worker.join(_POLL_S)
+    except KeyboardInterrupt:
+        _stop(con, worker)
+        raise
+    if worker.is_alive():
+        _stop(con, worker)
+        if "value" not in outcome:
+            raise TimeoutError
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+def _stop(con: duckdb.DuckDBPyConnection, worker: threading.Thread) -> None:
+    """Interrupt until the worker ends (an interrupt sent before DuckDB starts the query is lost)."""
+    while worker.is_alive():
+        con.interrupt()
+        worker.join(_POLL_S)
+
+
+def _message(error: Exception) -> str:
+    """DuckDB's first line plus its hint lines ("Did you mean ..."), as one line."""
+    lines = [line.strip() for line in str(error).strip().splitlines()]
+    return " ".join([lines[0], *(line for line in lines[1:] if line.startswith(_HINTS))])
