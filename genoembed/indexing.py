@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Callable
 
 from genoembed.errors import InputError
-from genoembed.store import SHARDED_INDEX_DIR, SHARDED_LAYOUT, Store, atomic_write_bytes, file_sha256, write_lock
-from genoembed.vector_index import (INDEX_FILE, IndexSpec, Metric, import_faiss, add_store_vectors, build_index,
+from genoembed.store import Store, atomic_write_bytes, file_sha256, write_lock
+from genoembed.vector_index import (INDEX_FILE, SHARDED_INDEX_DIR, SHARDED_LAYOUT, IndexSpec, Metric, import_faiss, add_store_vectors, build_index,
                                     load_index, save_index, train_index, with_tile_ids)
 
 SHARD_DIR, LAYOUT = SHARDED_INDEX_DIR, SHARDED_LAYOUT

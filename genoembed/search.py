@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 from genoembed import schema
 from genoembed.errors import InputError, StoreError
 from genoembed.seqio import read_fasta
+from genoembed.vector_index import FaissIndex
 from genoembed.store import Store, atomic_write_bytes
 
 _VALID_BASES = re.compile(r"^[ACGTNRYKMSWBDHV]+$", re.IGNORECASE)
@@ -300,6 +301,8 @@ def filtered_search(store: Store, vectors: np.ndarray, k: int, genome: str | Non
     if k < 1:
         raise InputError(f"k={k}: ask for at least one neighbour")
     index = store.vector_index() if index is None else index
+    if not hasattr(index, "metric"):  # a bare FAISS index: give it the store index's interface
+        index = FaissIndex(index, store.metric)
     mask = subset_mask(store, genome, chrom) if mask is None else mask
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     if vectors.shape[1] != index.d:

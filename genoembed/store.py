@@ -40,9 +40,6 @@ from genoembed.errors import InputError, StoreError
 
 FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
-# Where a sharded FAISS index lives (genoembed.indexing builds it, Store.vector_index opens it).
-SHARDED_INDEX_DIR = "index/shards"
-SHARDED_LAYOUT = "layout.json"
 PROVENANCE_KEY = b"genoembed.provenance"
 # Provenance keys that must agree for two runs to write into one store.
 IDENTITY_KEYS = ("embedder", "tiling", "embedding_dtype")
@@ -337,9 +334,12 @@ class Store:
             try:
                 entry = json.loads(sidecar.read_bytes())
             except (OSError, ValueError):
-                continue  # an unreadable sidecar hides its search; `genoembed verify` reports it
-            if isinstance(entry, dict) and entry.get("path") == f"searches/{sidecar.stem}.parquet":
-                found[sidecar.stem] = entry
+                continue  # a sidecar being replaced or unreadable hides its search; `genoembed verify` reports it
+            own = f"searches/{sidecar.stem}.parquet"
+            if not isinstance(entry, dict) or entry.get("path") != own:
+                raise StoreError(f"{sidecar}: a saved search's sidecar must describe {own}, it names "
+                                 f"{entry.get('path') if isinstance(entry, dict) else entry!r}; delete the sidecar")
+            found[sidecar.stem] = entry
         return found
 
     # --- reading -------------------------------------------------------------
@@ -425,7 +425,7 @@ class Store:
     def vector_index(self):
         """The store's FAISS index (one file, or the sharded layout when there is no single index), loaded once."""
         if self._vector_index is None:
-            from genoembed.vector_index import FaissIndex, ShardedIndex
+            from genoembed.vector_index import SHARDED_INDEX_DIR, SHARDED_LAYOUT, FaissIndex, ShardedIndex
 
             entry = self.manifest.get("index")
             sharded = self.root / SHARDED_INDEX_DIR / SHARDED_LAYOUT

@@ -24,6 +24,9 @@ from genoembed.errors import InputError, StoreError
 
 log = logging.getLogger(__name__)
 INDEX_FILE = "index/vectors.faiss"
+# Where a store keeps a sharded index: one FAISS file per group of Parquet shards, and their layout.
+SHARDED_INDEX_DIR = "index/shards"
+SHARDED_LAYOUT = "layout.json"
 
 
 class Metric(str, Enum):
@@ -220,8 +223,17 @@ class ShardedIndex:
                  mmap: bool = False):
         self.paths, self.metric, self.d = list(paths), Metric(metric), dim
         self.keep_loaded, self.mmap = keep_loaded, mmap
+        self.nprobe: int | None = None  # used when a search names none
         self._loaded: dict[Path, object] = {}
         self.ntotal = sum(self._part(path).ntotal for path in self.paths) if keep_loaded else None
+
+    @classmethod
+    def open(cls, store, **options) -> "ShardedIndex":
+        """The sharded index of a store (anything with a ``root``)."""
+        layout = Path(store.root) / SHARDED_INDEX_DIR / SHARDED_LAYOUT
+        if not layout.is_file():
+            raise StoreError(f"{store.root}: no sharded index; build one with genoembed.indexing.build_sharded")
+        return cls.from_layout(layout, **options)
 
     @classmethod
     def from_layout(cls, layout_path: Path, **options) -> "ShardedIndex":
@@ -258,7 +270,7 @@ class ShardedIndex:
         heap = faiss.ResultHeap(len(queries), k, keep_max=self.metric is Metric.ip)
         for path in self.paths:
             part = self._part(path)
-            set_search_params(part, nprobe=nprobe, ef_search=ef_search)
+            set_search_params(part, nprobe=nprobe if nprobe is not None else self.nprobe, ef_search=ef_search)
             scores, ids = part.search(queries, k)
             heap.add_result(scores, ids)
         heap.finalize()

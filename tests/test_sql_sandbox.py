@@ -17,6 +17,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from genoembed.errors import InputError, StoreError
+from genoembed.annotate import add_annotations
+from genoembed.search import search
 from genoembed.sql import connect, run_sql
 from genoembed.store import Store
 
@@ -32,9 +34,9 @@ def annotated_root(chloroplast_store, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("sandbox") / "store"
     shutil.copytree(chloroplast_store.root, root)
     store = Store.open(root)
-    store.add_annotations(CHLOROPLAST_GENBANK)
+    add_annotations(store, CHLOROPLAST_GENBANK)
     for name, region in SEARCHES.items():
-        store.search([region], k=6, save_as=name)
+        search(store, [region], k=6, save_as=name)
     return root
 
 
@@ -47,6 +49,11 @@ def root(annotated_root, tmp_path) -> Path:
 
 
 def edit_manifest(root: Path, section: str, name: str, **changes) -> None:
+    """Change an entry where the store keeps it: annotations in the manifest, a saved search in its sidecar."""
+    if section == "searches":
+        sidecar = root / "searches" / f"{name}.json"
+        sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), **changes}))
+        return
     manifest = json.loads((root / "manifest.json").read_text())
     manifest[section][name].update(changes)
     (root / "manifest.json").write_text(json.dumps(manifest))
@@ -93,7 +100,8 @@ def test_private_temp_directory_is_outside_cwd_and_removed_with_the_connection(r
 def test_manifest_path_outside_the_store_is_refused(root, section, name, relative, how):
     target = outside_copy(root, relative)
     edit_manifest(root, section, name, path=f"../{target.name}" if how == "dotdot" else str(target))
-    with pytest.raises(StoreError, match=rf"{section} '{name}'.*outside the store.*genoembed verify"):
+    # the manifest's own check refuses an annotation path, a search's sidecar check a search path
+    with pytest.raises(StoreError, match=rf"{name}.*(points outside the store|must describe {relative})"):
         run_sql(Store.open(root), "SELECT count(*) FROM annotations")
 
 
@@ -132,9 +140,10 @@ def test_search_sha256_is_checked_when_the_manifest_has_one(root):
 
 
 def test_search_name_that_is_not_an_identifier_is_refused(root):
-    manifest = json.loads((root / "manifest.json").read_text())
-    manifest["searches"]["x AS SELECT 1; SELECT 2 --"] = manifest["searches"]["a"]
-    (root / "manifest.json").write_text(json.dumps(manifest))
+    name = "x AS SELECT 1; SELECT 2 --"
+    shutil.copy(root / "searches" / "a.parquet", root / "searches" / f"{name}.parquet")
+    entry = json.loads((root / "searches" / "a.json").read_text())
+    (root / "searches" / f"{name}.json").write_text(json.dumps({**entry, "path": f"searches/{name}.parquet"}))
     with pytest.raises(StoreError, match="search name 'x AS SELECT 1"):
         run_sql(Store.open(root), "SELECT 1 AS one")
 

@@ -58,13 +58,13 @@ def eval_command(
     import pyarrow.compute as pc
 
     from genoembed.eval import evaluate, summary_markdown
-    from genoembed.recipe import make_embedder, parse_model_option
+    from genoembed.embedders import get_embedder
 
     configure_logging(quiet)
     names = list(model or ["kmer:4"])
     if len(set(names)) != len(names):
         raise InputError("--model: the same embedder is listed twice")
-    embedders = {name: make_embedder(parse_model_option(name)) for name in names}
+    embedders = {name: get_embedder(name) for name in names}
     ks = tuple(k or (1, 10, 100))
     rows = evaluate(
         reference, queries, coords=coords, embedders=embedders,

@@ -256,7 +256,7 @@ def gene_family_agreement(
     family_at_K for K in ``ks``, chance_at_1 (a uniformly drawn reference tile), tile.
     """
     from genoembed.genome import open_genome
-    from genoembed.pipeline import index as build_store
+    from genoembed.build import index as build_store
     from genoembed.tiles import TilingSpec
     from genoembed.vector_index import IndexSpec, search_index
 

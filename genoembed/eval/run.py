@@ -197,7 +197,7 @@ def evaluate(
     qps (search only, best of ``repeats``) and embed_seconds.
     """
     from genoembed.genome import open_genome
-    from genoembed.pipeline import index as build_store
+    from genoembed.build import index as build_store
     from genoembed.tiles import TilingSpec
     from genoembed.vector_index import IndexSpec, search_index
 
