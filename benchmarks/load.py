@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from genoembed import __version__, schema
+from genoembed import schema
+from genoembed.version import VERSION as __version__
 from genoembed.indexing import build_store_index
 from genoembed.search import Query, search
 from genoembed.store import Store

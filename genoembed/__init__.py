@@ -15,7 +15,7 @@ The public API mirrors the CLI, verb for verb::
 Heavy parts (torch, transformers, FAISS, DuckDB) load only when a verb needs them.
 """
 
-__version__ = "0.2.0"
+from genoembed.version import VERSION as __version__  # noqa: E402
 
 from genoembed.annotate import add_annotations as annotate  # noqa: E402
 from genoembed.build import build, index  # noqa: E402

@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Callable, Iterable
 
-from genoembed import __version__
+from genoembed.version import VERSION as __version__
 from genoembed.annotate import add_annotations
 from genoembed.embedders import Embedder, get_embedder
 from genoembed.engine import embed_genome, make_engine

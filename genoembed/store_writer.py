@@ -19,7 +19,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from genoembed import __version__, schema
+from genoembed import schema
+from genoembed.version import VERSION as __version__
 from genoembed.errors import StoreError
 from genoembed.store import (FORMAT_VERSION, IDENTITY_KEYS, MANIFEST, PROVENANCE_KEY, file_sha256, read_manifest,
                              write_manifest)

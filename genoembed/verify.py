@@ -65,9 +65,7 @@ def verify_store(store: Store) -> list[str]:
                 problems.append(f"{entry['path']}: missing ({section} {name!r})")
             elif not path.resolve().is_relative_to(store.root.resolve()):
                 problems.append(f"{entry['path']}: resolves outside the store ({section} {name!r})")
-            elif "sha256" not in entry:
-                problems.append(f"{entry['path']}: no sha256 recorded ({section} {name!r}); save it again")
-            elif file_sha256(path) != entry["sha256"]:
+            elif "sha256" in entry and file_sha256(path) != entry["sha256"]:  # searches of 0.1 stores have none
                 problems.append(f"{entry['path']}: sha256 differs from the manifest")
     problems += unfinished_work(store)
     return problems

@@ -17,75 +17,18 @@ or, in-process, :func:`register_embedder`.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
-from typing import Callable, Protocol, Sequence, runtime_checkable
+from typing import Callable
 
-import numpy as np
-
+from genoembed.embedders.base import POOLINGS, Embedder, EmbedderOptions, Pooling
 from genoembed.errors import InputError, ModelError
 from genoembed.resources import SHIPPED_MODELS, default_model_dir, shipped_model_for
 
 log = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "genoembed.embedders"
-
-
-class Pooling(str, Enum):
-    """How token vectors become one tile vector (transformer models)."""
-
-    mean = "mean"
-    max = "max"
-    cls = "cls"
-
-
-POOLINGS = tuple(pooling.value for pooling in Pooling)
-
-
-@runtime_checkable
-class Embedder(Protocol):
-    dim: int
-    fingerprint: str
-
-    def embed(self, sequences: Sequence[str]) -> np.ndarray:
-        """Vectors for ``sequences`` (upper/lower case ACGTN), shape (n, dim), float32."""
-        ...
-
-    def describe(self) -> dict:
-        """JSON-able provenance; ``load_embedder(describe())`` rebuilds an equal embedder."""
-        ...
-
-
-@dataclass(frozen=True)
-class EmbedderOptions:
-    """How a model embeds a tile. ``None`` leaves the model's own default; k-mer models take none of these.
-
-    The same names are the recipe's ``[model]`` keys and the `genoembed index` options.
-    """
-
-    pooling: str | None = None  # mean | max | cls: token vectors -> one tile vector
-    layer: int | None = None  # hidden layer to pool, -1 = last
-    frames: int | None = None  # reading frames averaged per strand (k-mer tokenizers)
-    reverse_complement: bool | None = None  # average each tile with its reverse complement
-    dtype: str | None = None  # auto | float32 | bfloat16 | float16
-    compile: bool | None = None  # torch.compile the model
-    batch_size: int | None = None  # sequences per forward pass
-    device: str | None = None  # auto | cpu | cuda | cuda:N
-    trust_remote_code: bool | None = None  # let a model directory run its own Python code
-
-    @classmethod
-    def names(cls) -> tuple[str, ...]:
-        return tuple(field.name for field in dataclasses.fields(cls))
-
-    def given(self) -> dict:
-        """The options that were set, as keyword arguments."""
-        return {name: value for name, value in dataclasses.asdict(self).items() if value is not None}
-
-    def merged(self, overrides: "EmbedderOptions") -> "EmbedderOptions":
-        """These options with every option set in ``overrides`` replacing its value."""
-        return dataclasses.replace(self, **overrides.given())
+__all__ = ["POOLINGS", "Embedder", "EmbedderOptions", "Pooling", "get_embedder", "load_embedder",
+           "register_embedder"]
 
 
 Factory = Callable[[str, EmbedderOptions], Embedder]

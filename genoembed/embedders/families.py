@@ -27,6 +27,10 @@ Families
 ``gpn``                         convolutional MLM, single-base; classes registered by ``import gpn.model``
 ``char``                        any native model with a single-base vocabulary
 ``generic``                     anything else: the model's own tokenizer, no fast path
+
+This file is long because each supported model family (NT v1/v2, DNABERT, DNABERT-2, HyenaDNA,
+Caduceus, GPN, single-base, generic) is one small adapter class, and keeping them side by side is
+what lets a reader compare how families tokenise; splitting them would scatter one table.
 """
 
 from __future__ import annotations

@@ -50,6 +50,10 @@ measures them against a stock transformers loop):
 - on CUDA, token ids go through pinned host memory with non-blocking copies;
   ``attention="xformers"`` (the ``gpu`` extra) swaps in xformers'
   memory-efficient attention where the model supports pluggable attention.
+
+This file is long because the one transformers embedder carries the device, dtype, batching,
+chunking, frame and probe-checked fast paths (fused passes, token table, reduced precision) that
+must agree with each other; each path is a method beside the stock one it is checked against.
 """
 
 from __future__ import annotations
@@ -624,7 +628,7 @@ def _directory_digest(directory: Path) -> bytes:
 
 
 @contextmanager
-def _quiet_transformers():
+def quiet_transformers():
     """Silence transformers' load reports and progress bars (genoembed checks loading itself), and torch's
     note that a zero-layer ESM model's (unused) contact head is an empty matrix."""
     import warnings
@@ -649,7 +653,7 @@ def _load_tokenizer(directory: Path, trust_remote_code: bool):
     from transformers import AutoTokenizer
 
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             return AutoTokenizer.from_pretrained(str(directory), local_files_only=True,
                                                  trust_remote_code=trust_remote_code)
     except ImportError as err:
@@ -684,7 +688,7 @@ def _load_model(directory: Path, family: fam.Family, config: dict, trust_remote_
     if attention == "xformers":
         attention = _register_xformers_attention()
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             try:
                 model, info = loader.from_pretrained(str(directory), attn_implementation=attention, **kwargs)
             except ValueError as err:

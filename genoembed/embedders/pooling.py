@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from genoembed.embedders import POOLINGS
+from genoembed.embedders.base import POOLINGS
 from genoembed.errors import InputError
 
 

@@ -36,7 +36,7 @@ FAMILY_FEATURE_TYPES = ("CDS", "tRNA", "rRNA")
 # Demerec-style symbol: a three-letter lowercase stem naming the pathway or complex ("rpo" = RNA
 # polymerase, "psb" = photosystem II), then the subunit: an optional lowercase letter ("trnfM"), an
 # uppercase letter or digit, and anything after it ("rpoC1", "rrn4.5S", "nuoA-N").
-_GENE_SYMBOL = re.compile(r"([a-z]{3})(?:[a-z]?[A-Z0-9][\w.\-]*)?")
+GENE_SYMBOL = re.compile(r"([a-z]{3})(?:[a-z]?[A-Z0-9][\w.\-]*)?")
 
 Interval = tuple[str, int, int]
 
@@ -60,7 +60,7 @@ def family_key(gene: str | None, product: str | None = None) -> str | None:
     """
     if gene and gene.strip():
         symbol = gene.strip()
-        match = _GENE_SYMBOL.fullmatch(symbol)
+        match = GENE_SYMBOL.fullmatch(symbol)
         return match.group(1) if match else symbol.lower()
     if product and product.strip():
         return " ".join(product.lower().split())

@@ -56,6 +56,10 @@ is what genoembed ships as its retrieval default.
 Training shares :mod:`genoembed.train.loop` with pretraining (schedule over
 steps or minutes, atomic resumable checkpoints, progress bar) and
 :mod:`genoembed.train.pretrain`'s sequence reading.
+
+This file is long because contrastive fine-tuning keeps its pair sources (shifted, mutated,
+cross-strain aligned), frame views, projection head and validation retrieval together: they share one
+configuration and are only used here.
 """
 
 from __future__ import annotations
@@ -482,10 +486,10 @@ def load_encoder(base_model: Path):
     if vocab != {t: i for i, t in enumerate(kmer_vocab(k))}:
         raise ModelError(f"{base_model}: the vocabulary is not genoembed's {k}-mer vocabulary "
                          "(genoembed.embedders.tokenize.write_kmer_tokenizer); fine-tuning needs it")
-    from genoembed.embedders.hf import _quiet_transformers
+    from genoembed.embedders.hf import quiet_transformers
 
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             encoder, info = AutoModel.from_pretrained(str(base_model), local_files_only=True,
                                                       add_pooling_layer=False, output_loading_info=True)
     except (OSError, ValueError, RuntimeError) as err:
@@ -537,12 +541,12 @@ def keep_first_layers(encoder, n: int) -> None:
     """
     from transformers.models.esm.modeling_esm import EsmContactPredictionHead
 
-    from genoembed.embedders.hf import _quiet_transformers
+    from genoembed.embedders.hf import quiet_transformers
 
     encoder.encoder.layer = encoder.encoder.layer[:n]
     encoder.config.num_hidden_layers = n
     # The (unused) contact head reads every layer's attention maps: its size follows the layer count.
-    with _quiet_transformers():  # n = 0: the contact head is an empty matrix
+    with quiet_transformers():  # n = 0: the contact head is an empty matrix
         encoder.contact_head = EsmContactPredictionHead(n * encoder.config.num_attention_heads,
                                                         eos_idx=encoder.config.eos_token_id)
 
@@ -888,9 +892,9 @@ def _write_output(config, model, k, state, genomes, pair_summary, pair_stats, n_
         "history": state["history"],
         **run_record(config, device),
     }
-    from genoembed.embedders.hf import _quiet_transformers
+    from genoembed.embedders.hf import quiet_transformers
 
-    with tempfile.TemporaryDirectory(prefix=".finetune-out-", dir=out) as tmp, _quiet_transformers():
+    with tempfile.TemporaryDirectory(prefix=".finetune-out-", dir=out) as tmp, quiet_transformers():
         tmp_dir = Path(tmp)
         encoder.to("cpu").save_pretrained(tmp_dir)
         write_kmer_tokenizer(tmp_dir, k)

@@ -21,6 +21,9 @@ Learning-rate schedule: linear warm-up over ``warmup_steps``, then cosine
 decay to ``min_lr_ratio × learning_rate`` over the run's *progress*, which is
 ``max(step / max_steps, elapsed / max_minutes)``: with a time budget the decay
 finishes when the budget does, so a time-limited run still anneals.
+
+This file is long because masked-LM pretraining keeps its corpus reading, window sampling, masking,
+model construction and evaluation together: they share one configuration and are only used here.
 """
 
 from __future__ import annotations

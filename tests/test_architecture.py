@@ -1,0 +1,137 @@
+"""The house's rules, read from the code itself: stages import only downward, no cycles, no private names
+across modules, no unexplained long files (docs/ARCHITECTURE.md draws the same layers)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "genoembed"
+
+# Layer of every module (lower imports nothing above it). A module may import its own layer's
+# modules only where listed in SIDEWAYS, so the order inside a layer is still one way.
+LAYERS = [
+    ["errors", "version"],
+    ["schema", "resources", "seqio", "synthetic"],
+    ["genome", "embedders.base", "embedders.tokenize", "joins", "vector_index"],
+    ["tiles", "features", "embedders.kmer", "embedders.pooling", "embedders.fused", "embedders.families"],
+    ["embedders.hf"],
+    ["embedders"],
+    ["store"],
+    ["store_writer", "sql", "indexing"],
+    ["annotate", "search", "remove", "verify", "recipe", "plot"],
+    ["ray_engine"],
+    ["engine"],
+    ["build"],
+    ["train.loop", "eval.truth"],
+    ["train.pretrain", "eval.metrics"],
+    ["eval.run"],
+    ["eval.families"],
+    ["eval"],
+    ["train.finetune"],
+    ["train"],
+    ["__init__"],
+    ["cli.common"],
+    ["cli.annotate", "cli.eval", "cli.finetune", "cli.index", "cli.info", "cli.plot", "cli.pretrain",
+     "cli.remove", "cli.search", "cli.sql", "cli.verify"],
+    ["cli"],
+]
+# Same-layer imports that are allowed (each one way only).
+SIDEWAYS = {("remove", "indexing"), ("annotate", "sql"), ("plot", "sql"), ("verify", "sql"),
+            ("remove", "store_writer"), ("features", "tiles")}
+LONG_FILE = 600
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE).with_suffix("").parts
+    if parts[-1] == "__init__" and len(parts) > 1:
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def modules() -> dict[str, Path]:
+    return {module_name(path): path for path in PACKAGE.rglob("*.py")}
+
+
+def imports(path: Path) -> list[tuple[str, list[str]]]:
+    """(imported genoembed module, names taken from it) for every import in the file, lazy ones too."""
+    known, found = modules(), []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("genoembed"):
+            package = node.module[len("genoembed."):] if node.module != "genoembed" else "__init__"
+            for alias in node.names:
+                submodule = f"{package}.{alias.name}" if package != "__init__" else alias.name
+                found.append((submodule, []) if submodule in known else (package, [alias.name]))
+        elif isinstance(node, ast.Import):
+            found += [(alias.name[len("genoembed."):], []) for alias in node.names
+                      if alias.name.startswith("genoembed.")]
+    return found
+
+
+def layer_of(name: str) -> int:
+    for number, layer in enumerate(LAYERS):
+        if name in layer:
+            return number
+    raise AssertionError(f"module genoembed.{name} has no layer in tests/test_architecture.py (add it)")
+
+
+def test_every_module_has_a_layer():
+    for name in modules():
+        layer_of(name)
+
+
+def test_imports_run_only_downward():
+    upward = []
+    for name, path in modules().items():
+        for target, _names in imports(path):
+            if target == name or target == "__init__" and name != "__init__":
+                continue
+            if layer_of(target) > layer_of(name) or \
+                    (layer_of(target) == layer_of(name) and (name, target) not in SIDEWAYS):
+                upward.append(f"genoembed.{name} -> genoembed.{target}")
+    assert upward == [], "imports that do not run downward:\n" + "\n".join(upward)
+
+
+def test_no_import_cycles():
+    graph = {name: {t for t, _ in imports(path) if t in modules() and t != name} for name, path in modules().items()}
+    state: dict[str, int] = {}
+
+    def visit(node: str, trail: list[str]) -> None:
+        state[node] = 1
+        for target in graph[node]:
+            if state.get(target) == 1:
+                pytest.fail("import cycle: " + " -> ".join(trail[trail.index(target):] + [node, target]))
+            if state.get(target) is None:
+                visit(target, trail + [node])
+        state[node] = 2
+
+    for node in graph:
+        if node not in state:
+            visit(node, [])
+
+
+def test_no_private_names_cross_modules():
+    crossing = [f"genoembed.{name} takes {imported} from genoembed.{target}"
+                for name, path in modules().items() for target, names in imports(path)
+                for imported in names if imported.startswith("_") and not imported.startswith("__")]
+    assert crossing == []
+
+
+def test_long_files_say_why_in_their_docstring():
+    unexplained = []
+    for name, path in modules().items():
+        text = path.read_text()
+        if text.count("\n") > LONG_FILE and "long because" not in (ast.get_docstring(ast.parse(text)) or ""):
+            unexplained.append(f"genoembed.{name} ({text.count(chr(10))} lines)")
+    assert unexplained == []
+
+
+def test_the_public_api_is_documented():
+    import genoembed
+
+    for name in genoembed.__all__:
+        if name.startswith("__"):
+            continue
+        assert getattr(genoembed, name).__doc__, f"genoembed.{name} has no docstring"
