@@ -95,7 +95,7 @@ def test_bed3_has_unknown_strand(tmp_path):
     path = write(tmp_path, "three.bed", "c\t5\t9\n")
     assert rows(read_annotations(path)) == [
         {"chrom": "c", "start": 5, "end": 9, "strand": ".", "type": "region", "name": None, "feature_id": None,
-         "parent": None, "source": str(path), "attributes": {}}]
+         "parent": None, "source": str(path), "attributes": {}, "parts": None}]
 
 
 def test_bed12_keeps_blocks_as_attributes():

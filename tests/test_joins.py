@@ -138,10 +138,12 @@ def test_book_ended_sign_follows_feature_strand():
 def test_output_columns_and_view_use():
     con = connect(EDGE_LEFT, EDGE_RIGHT)
     table = overlap(con, "a", "b")
+    # a relation without ``parts`` gets a null one: every feature is then one part
     assert table.column_names == ["chrom", "start", "end", "strand", "id", "feature_chrom", "feature_start",
-                                  "feature_end", "feature_strand", "feature_id", "overlap_bp"]
-    assert nearest(con, "a", "b", prefix="b_").column_names[-7:] == [
-        "id", "b_chrom", "b_start", "b_end", "b_strand", "b_id", "distance"]
+                                  "feature_end", "feature_strand", "feature_id", "feature_parts", "overlap_bp"]
+    assert table["feature_parts"].null_count == table.num_rows
+    assert nearest(con, "a", "b", prefix="b_").column_names[-8:] == [
+        "id", "b_chrom", "b_start", "b_end", "b_strand", "b_id", "b_parts", "distance"]
     con.execute(f"CREATE VIEW pairs AS {overlap_sql('a', 'b')}")
     con.execute(f"CREATE VIEW near AS {nearest_sql('a', 'b')}")
     nested = f"WITH o AS ({overlap_sql('a', 'b')}), n AS ({nearest_sql('a', 'b')}) " \
