@@ -1,9 +1,11 @@
 """Binned DuckDB overlap / nearest vs bedtools intersect / closest on seeded synthetic intervals.
 
 Hits: N intervals of 1 kb (both strands); features: 5*10^4 intervals of 0.3-3 kb
-(stranded), over 4 contigs of 25 Mb. Before timing, row counts are checked
-against bedtools (when installed) or, for overlap, an exact numpy counting
-oracle. Prints one JSON line per size.
+(stranded), over 4 contigs of 25 Mb. The rows of the last timed run are
+checked against bedtools (when installed): the same (hit, feature, overlap
+bp) and (hit, feature, distance) rows, compared in DuckDB after timing;
+without bedtools only the overlap count is checked, by an exact numpy
+counting oracle. Prints one JSON line per size.
 
     .venv/bin/python benchmarks/joins.py small medium      # large = 10^7 hits
 """
@@ -57,6 +59,18 @@ def counting_oracle(hits: pa.Table, features: pa.Table) -> int:
     return total
 
 
+def same_rows(con: duckdb.DuckDBPyConnection, size: str, join: str, bedtools_out: Path, table: str, measure: str,
+              column: int) -> None:
+    """Exit unless bedtools' (hit, feature, measure) rows equal DuckDB's, as multisets (EXCEPT ALL both ways)."""
+    theirs = (f"SELECT column03 AS hit, column09 AS feature, column{column:02d} AS measure FROM read_csv('{bedtools_out}', "
+              "delim='\t', header=false, all_varchar=true)")
+    ours = f"SELECT CAST(name AS VARCHAR), CAST(feature_name AS VARCHAR), CAST({measure} AS VARCHAR) FROM {table}"
+    differ = con.execute(f"SELECT (SELECT count(*) FROM ({theirs} EXCEPT ALL {ours})) + "
+                         f"(SELECT count(*) FROM ({ours} EXCEPT ALL {theirs}))").fetchall()[0][0]
+    if differ:
+        raise SystemExit(f"{size}: {differ} {join} rows differ from bedtools")
+
+
 def timed(function, repeats: int) -> tuple[float, object]:
     """Best wall time of ``repeats`` runs after one warm-up, and the last result."""
     result = function()
@@ -76,12 +90,12 @@ def run(size: str, repeats: int, workdir: Path) -> dict:
     con.register("hits", hits)
     con.register("features", features)
 
-    def duck(sql: str):
-        return lambda: con.execute(f"CREATE OR REPLACE TEMP TABLE out AS {sql}").execute(
-            "SELECT count(*) FROM out").fetchall()[0][0]
+    def duck(sql: str, table: str = "out"):
+        return lambda: con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS {sql}").execute(
+            f"SELECT count(*) FROM {table}").fetchall()[0][0]
 
-    overlap_s, overlap_rows = timed(duck(overlap_sql("hits", "features")), repeats)
-    nearest_s, nearest_rows = timed(duck(nearest_sql("hits", "features")), repeats)
+    overlap_s, overlap_rows = timed(duck(overlap_sql("hits", "features"), "overlap_out"), repeats)
+    nearest_s, nearest_rows = timed(duck(nearest_sql("hits", "features"), "nearest_out"), repeats)
     record = {"benchmark": "joins", "size": size, "hits": hits.num_rows, "features": features.num_rows,
               "bin_size": bin_size(con, "hits", "features"), "overlap_rows": overlap_rows, "nearest_rows": nearest_rows,
               "duckdb_overlap_s": round(overlap_s, 3), "duckdb_nearest_s": round(nearest_s, 3),
@@ -92,9 +106,7 @@ def run(size: str, repeats: int, workdir: Path) -> dict:
         for table, path in ((hits, a), (features, b)):
             con.register("to_write", table)
             con.execute(f"COPY to_write TO '{path}' (FORMAT csv, DELIMITER '\t', HEADER false)")
-        out = workdir / "out.txt"
-
-        def tool(*args: str):
+        def tool(out: Path, *args: str):
             def call():
                 with open(out, "w") as sink:
                     subprocess.run(["bedtools", *args], stdout=sink, check=True)
@@ -102,11 +114,16 @@ def run(size: str, repeats: int, workdir: Path) -> dict:
                     return sum(1 for _ in lines)
             return call
 
-        intersect_s, intersect_rows = timed(tool("intersect", "-a", str(a), "-b", str(b), "-wo", "-sorted"), repeats)
-        closest_s, closest_rows = timed(tool("closest", "-a", str(a), "-b", str(b), "-D", "b", "-t", "all"), repeats)
+        intersect, closest = workdir / "intersect.txt", workdir / "closest.txt"
+        intersect_s, intersect_rows = timed(tool(intersect, "intersect", "-a", str(a), "-b", str(b), "-wo",
+                                                 "-sorted"), repeats)
+        closest_s, closest_rows = timed(tool(closest, "closest", "-a", str(a), "-b", str(b), "-D", "b", "-t", "all"),
+                                        repeats)
         if (intersect_rows, closest_rows) != (overlap_rows, nearest_rows):
             raise SystemExit(f"{size}: rows differ from bedtools: overlap {overlap_rows} vs {intersect_rows}, "
                              f"nearest {nearest_rows} vs {closest_rows}")
+        same_rows(con, size, "overlap", intersect, "overlap_out", "overlap_bp", 12)
+        same_rows(con, size, "nearest", closest, "nearest_out", "distance", 12)
         record.update(bedtools_intersect_s=round(intersect_s, 3), bedtools_closest_s=round(closest_s, 3),
                       bedtools=subprocess.run(["bedtools", "--version"], capture_output=True,
                                               text=True).stdout.split()[-1],

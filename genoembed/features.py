@@ -3,7 +3,8 @@
 Every reader returns a table with exactly :data:`genoembed.schema.ANNOTATIONS`,
 in the 0-based half-open convention stated there: BED is already so; GTF,
 GFF3 and GenBank text are 1-based closed, so ``start - 1`` (Biopython has
-already converted GenBank locations). Readers collect every malformed line
+already converted GenBank locations). Multi-part features become one row
+with their ``parts`` (see schema.py for which rows are parts of what). Readers collect every malformed line
 (the first :data:`MAX_REPORTED` are listed) and raise one :class:`InputError`
 led by a one-line summary, each problem naming ``file:line``, what is wrong
 and the fix.
@@ -14,7 +15,7 @@ from __future__ import annotations
 import io
 import re
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -32,6 +33,7 @@ BED_TYPE = "region"
 _EXTENSIONS = {".bed": "bed", ".gtf": "gtf", ".gff": "gff3", ".gff3": "gff3",
                ".gb": "genbank", ".gbk": "genbank", ".genbank": "genbank"}
 _BED_EXTRA = ("score", "strand", "thickStart", "thickEnd", "itemRgb", "blockCount", "blockSizes", "blockStarts")
+_GTF_SINGLE = ("gene", "transcript", "exon")  # GTF types that are never parts of a multi-row feature
 _GFF_STRANDS = {"+": "+", "-": "-", ".": ".", "?": "."}
 _INTEGER = re.compile(r"-?[0-9]+")
 _GTF_ATTRIBUTE = re.compile(r'\s*([^\s;"]+)\s+(?:"((?:[^"\\]|\\.)*)"|([^;\s"][^;\s]*))\s*(?:;|$)')
@@ -91,11 +93,13 @@ def read_bed(path: str | Path) -> pa.Table:
         if strand not in schema.STRANDS:
             problems.add(number, f"strand {strand!r}", "use +, - or .")
             continue
-        if not _bed_blocks_ok(fields, number, problems):
+        blocks = _bed_blocks(fields, start, end, number, problems)
+        if blocks is False:
             continue
         name = fields[3] if len(fields) > 3 and fields[3] != "." else None
-        rows.add(fields[0], start, end, strand, BED_TYPE, name, None, None, 
-                 {key: value for key, value in zip(_BED_EXTRA, fields[4:]) if key != "strand"})
+        rows.add(fields[0], start, end, strand, BED_TYPE, name, None, None,
+                 {key: value for key, value in zip(_BED_EXTRA, fields[4:]) if key != "strand"},
+                 _parts([(start + at, start + at + size, strand) for at, size in blocks or ()]))
     problems.raise_if_any()
     return rows.table()
 
@@ -126,21 +130,32 @@ def _bed_interval(start_text: str, end_text: str, number: int, problems: _Proble
     return start, end
 
 
-def _bed_blocks_ok(fields: list[str], number: int, problems: _Problems) -> bool:
-    """BED12 block lists must have blockCount entries each."""
+def _bed_blocks(fields: list[str], start: int, end: int, number: int,
+                problems: _Problems) -> list[tuple[int, int]] | None | bool:
+    """BED12 blocks as (offset from chromStart, size); None without blocks, False (reported) when malformed.
+
+    Blocks are the parts the joins match, so each must lie inside chromStart-chromEnd.
+    """
     if len(fields) < 12:
-        return len(fields) <= 9 or _fail(problems, number, f"{len(fields)} columns",
-                                         "BED with blocks needs all of columns 10-12 (BED12)")
-    try:
-        count = int(fields[9])
-    except ValueError:
-        return _fail(problems, number, f"blockCount {fields[9]!r} is not an integer", "column 10 counts the blocks")
-    sizes = [s for s in fields[10].split(",") if s]
-    starts = [s for s in fields[11].split(",") if s]
+        return None if len(fields) <= 9 else _fail(problems, number, f"{len(fields)} columns",
+                                                   "BED with blocks needs all of columns 10-12 (BED12)")
+    count = _integer(fields[9])
+    if count is None or count < 1:
+        return _fail(problems, number, f"blockCount {fields[9]!r} is not a positive integer",
+                     "column 10 counts the blocks")
+    sizes = [_integer(s) for s in fields[10].split(",") if s.strip()]
+    starts = [_integer(s) for s in fields[11].split(",") if s.strip()]
     if len(sizes) != count or len(starts) != count:
         return _fail(problems, number, f"blockCount {count} but {len(sizes)} blockSizes and {len(starts)} blockStarts",
                      "list one size and one start per block")
-    return True
+    if None in sizes or None in starts:
+        return _fail(problems, number, f"blockSizes {fields[10]!r} / blockStarts {fields[11]!r} are not integer lists",
+                     "write comma-separated integers, e.g. 100,200,")
+    outside = [i for i, (at, size) in enumerate(zip(starts, sizes), 1) if at < 0 or size < 0 or start + at + size > end]
+    if outside:
+        return _fail(problems, number, f"block {outside[0]} lies outside chromStart-chromEnd",
+                     "blockStarts are offsets from chromStart and each block must end by chromEnd")
+    return list(zip(starts, sizes))
 
 
 # ---------------------------------------------------------------- GTF / GFF3
@@ -151,6 +166,12 @@ def read_gtf(path: str | Path) -> pa.Table:
     gene rows: feature_id = gene_id; transcript rows: transcript_id with parent
     gene_id; other rows (exon, CDS, UTR...): exon_id if any, parent
     transcript_id (gene_id when there is none). name = gene_name or gene_id.
+
+    Parts: a transcript's ``parts`` are its exons (each exon also stays a row
+    of its own: exons have their own ids); the rows of any other type (CDS,
+    UTR, start/stop codon) sharing one transcript_id are one feature, as a
+    GenBank CDS ``join`` is: one row, in the place of the first, its parts
+    in row order, attributes merged (:func:`_merged_attributes`).
     """
     path = Path(path)
     rows, problems = _Rows(path), _Problems(path)
@@ -172,14 +193,25 @@ def read_gtf(path: str | Path) -> pa.Table:
             feature_id, parent = transcript, gene
         else:
             feature_id, parent = attributes.get("exon_id"), transcript or gene
+        group = None if transcript is None or kind in _GTF_SINGLE else f"transcript {transcript!r} {kind} rows"
         rows.add(chrom, start, end, strand, kind, attributes.get("gene_name", gene), feature_id, parent,
-                 _with_columns(attributes, source, score, phase))
+                 _with_columns(attributes, source, score, phase), line=number, group=group)
     problems.raise_if_any()
-    return rows.table()
+    features = _join_groups(rows.features, problems)
+    problems.raise_if_any()
+    return rows.table(_exons_as_parts(features, lambda exon: [exon.attributes.get("transcript_id")],
+                                      lambda f: f.feature_id if f.kind == "transcript" else None))
 
 
 def read_gff3(path: str | Path) -> pa.Table:
-    """GFF3: percent-decoded attributes; ID, Parent (raw, comma-joined if several), Name; stops at ##FASTA."""
+    """GFF3: percent-decoded attributes; ID, Parent (raw, comma-joined if several), Name; stops at ##FASTA.
+
+    Parts: rows sharing one ID are one feature (the GFF3 way to write a CDS
+    split by introns): one row, in the place of the first, its parts in row
+    order, attributes merged (:func:`_merged_attributes`). A feature that is
+    the Parent of ``exon`` rows (mRNA, tRNA...) has those exons as its parts;
+    gene rows (types ending in ``gene``) stay the one span the file gives.
+    """
     path = Path(path)
     rows, problems = _Rows(path), _Problems(path)
     for number, line in _lines(path):
@@ -193,10 +225,77 @@ def read_gff3(path: str | Path) -> pa.Table:
         if attributes is None:
             continue
         name = attributes.get("Name") or attributes.get("gene")
-        rows.add(unquote(chrom), start, end, strand, unquote(kind), name, attributes.get("ID"),
-                 attributes.get("Parent"), _with_columns(attributes, source, score, phase))
+        feature_id = attributes.get("ID")
+        rows.add(unquote(chrom), start, end, strand, unquote(kind), name, feature_id,
+                 attributes.get("Parent"), _with_columns(attributes, source, score, phase), line=number,
+                 group=None if feature_id is None else f"ID {feature_id!r}")
     problems.raise_if_any()
-    return rows.table()
+    features = _join_groups(rows.features, problems)
+    problems.raise_if_any()
+    return rows.table(_exons_as_parts(features, lambda exon: (exon.parent or "").split(","),
+                                      lambda f: None if f.kind.lower().endswith("gene") else f.feature_id))
+
+
+def _join_groups(features: list[_Feature], problems: _Problems) -> list[_Feature]:
+    """Rows with the same ``group`` as one feature with parts, where the first stood; one chrom and type per group."""
+    groups: dict[str, list[_Feature]] = {}
+    for feature in features:
+        if feature.group is not None:
+            groups.setdefault(feature.group, []).append(feature)
+    joined = []
+    for feature in features:
+        group = groups.get(feature.group, [feature])
+        if group[0] is not feature:
+            continue
+        other = next((f for f in group if (f.chrom, f.kind) != (feature.chrom, feature.kind)), None)
+        if other is not None:
+            problems.add(other.line, f"{feature.group} are on {feature.chrom!r} as {feature.kind!r} (line "
+                                     f"{feature.line}) but this one on {other.chrom!r} as {other.kind!r}",
+                         "give the rows of one feature the same seqid and type, or give them different ids")
+            continue
+        joined.append(_merged(group))
+    return joined
+
+
+def _merged(group: list[_Feature]) -> _Feature:
+    """One feature from its rows: the span of the rows, their own strand if shared ('.' if not), one part each."""
+    first = group[0]
+    if len(group) == 1:
+        return first
+    strands = {f.strand for f in group}
+    return replace(first, start=min(f.start for f in group), end=max(f.end for f in group),
+                   strand=strands.pop() if len(strands) == 1 else ".",
+                   attributes=_merged_attributes([f.attributes for f in group]),
+                   parts=[(f.start, f.end, f.strand) for f in group])
+
+
+def _merged_attributes(rows: list[dict[str, str]]) -> dict[str, str]:
+    """Attributes of a feature given over several rows: a value every row has is kept; values that differ
+    between rows (phase, exon_number) are comma-joined in part order, '' where a row lacks the key, as
+    repeated keys are elsewhere, so nothing per part is lost."""
+    merged = {}
+    for key in dict.fromkeys(key for row in rows for key in row):
+        values = [row.get(key, "") for row in rows]
+        merged[key] = values[0] if len(set(values)) == 1 else ",".join(values)
+    return merged
+
+
+def _exons_as_parts(features: list[_Feature], exon_parents: Callable[[_Feature], list[str | None]],
+                    owner_key: Callable[[_Feature], str | None]) -> list[_Feature]:
+    """Features whose ``owner_key`` is a parent of two or more exons get those exons (in row order) as parts."""
+    exons: dict[str, list[tuple[int, int, str]]] = {}
+    for feature in features:
+        if feature.kind == "exon":
+            for parent in dict.fromkeys(exon_parents(feature)):
+                if parent:
+                    exons.setdefault(parent, []).append((feature.start, feature.end, feature.strand))
+    return [replace(feature, parts=_parts(exons.get(owner_key(feature) or "", [])))
+            if feature.parts is None and feature.kind != "exon" else feature for feature in features]
+
+
+def _parts(parts: list[tuple[int, int, str]]) -> list[tuple[int, int, str]] | None:
+    """The ``parts`` value: None for one contiguous span (or none), else every part."""
+    return list(parts) if len(parts) > 1 else None
 
 
 def _gff_columns(line: str, number: int, problems: _Problems) -> tuple | None:
@@ -266,12 +365,13 @@ def read_genbank(path: str | Path) -> pa.Table:
     name = first of gene / locus_tag / product; feature_id = locus_tag or
     protein_id; attributes = qualifiers (several values comma-joined). A
     compound location (``join``, ``order``, trans-splicing) becomes one row
-    spanning its parts, listed in attribute ``parts`` as ``start-end:strand``
-    (0-based half-open, in transcription order as
-    Biopython lists them). A feature crossing the origin of
-    a circular record is *split* into two rows, one on each side of the
-    origin, each with attribute ``origin_split`` = ``1/2`` / ``2/2``: one span
-    would cover the whole molecule.
+    spanning its parts, which the ``parts`` column lists (each with its own
+    strand, in transcription order as Biopython lists them); attribute
+    ``parts`` repeats them as ``start-end:strand`` (0-based half-open), as
+    genoembed.evaluate reads them. A feature crossing the origin of a
+    circular record is *split* into two rows, one on each side of the
+    origin, each with attribute ``origin_split`` = ``1/2`` / ``2/2`` and its
+    own parts: one span would cover the whole molecule.
     """
     from Bio import SeqIO
 
@@ -300,25 +400,25 @@ def read_genbank(path: str | Path) -> pa.Table:
             parts = [(int(p.start), int(p.end), _strand(p.strand)) for p in feature.location.parts]
             if len(parts) > 1:
                 qualifiers["parts"] = ",".join(f"{s}-{e}:{strand}" for s, e, strand in parts)
-            for start, end, label in _spans(parts, len(record.seq) if circular else None):
+            for group, label in _origin_groups(parts, len(record.seq) if circular else None):
                 attributes = qualifiers if label is None else {**qualifiers, "origin_split": label}
-                rows.add(record.id, start, end, _strand(feature.location.strand), feature.type, name, feature_id,
-                         None, attributes)
+                rows.add(record.id, min(p[0] for p in group), max(p[1] for p in group),
+                         _strand(feature.location.strand), feature.type, name, feature_id, None, attributes,
+                         parts=_parts(group))
     problems.raise_if_any()
     return rows.table()
 
 
-def _spans(parts: list[tuple[int, int, str]], circular_length: int | None) -> list[tuple[int, int, str | None]]:
-    """One (start, end) covering the parts, or two when the parts cross the origin of a circular molecule."""
+def _origin_groups(parts: list[tuple[int, int, str]],
+                   circular_length: int | None) -> list[tuple[list[tuple[int, int, str]], str | None]]:
+    """The parts as one group, or two (labelled 1/2, 2/2) when they cross the origin of a circular molecule."""
     for i in range(len(parts) - 1):
         (s1, e1, strand1), (s2, e2, strand2) = parts[i], parts[i + 1]
         forward = strand1 != "-" and e1 == circular_length and s2 == 0
         reverse = strand1 == "-" and s1 == 0 and e2 == circular_length
         if circular_length is not None and strand1 == strand2 and (forward or reverse):
-            before, after = parts[: i + 1], parts[i + 1:]
-            return [(min(p[0] for p in group), max(p[1] for p in group), f"{n}/2")
-                    for n, group in ((1, before), (2, after))]
-    return [(min(p[0] for p in parts), max(p[1] for p in parts), None)]
+            return [(parts[: i + 1], "1/2"), (parts[i + 1:], "2/2")]
+    return [(parts, None)]
 
 
 def _strand(value: int | None) -> str:
@@ -479,21 +579,47 @@ def _fail(problems: _Problems, line: int, problem: str, fix: str) -> bool:
     return False
 
 
+@dataclass(frozen=True)
+class _Feature:
+    """One feature as read; rows with the same ``group`` (not None) are parts of one feature."""
+
+    chrom: str
+    start: int
+    end: int
+    strand: str
+    kind: str
+    name: str | None
+    feature_id: str | None
+    parent: str | None
+    attributes: dict[str, str]
+    parts: list[tuple[int, int, str]] | None = None
+    line: int = 0
+    group: str | None = None
+
+
 class _Rows:
-    """Column lists for an ``ANNOTATIONS`` table, filled one feature at a time."""
+    """The features of one file, collected one at a time, then an ``ANNOTATIONS`` table."""
 
     def __init__(self, path: Path):
         self.source = str(path)
-        self.columns: dict[str, list] = {name: [] for name in schema.ANNOTATION_COLUMNS}
+        self.features: list[_Feature] = []
 
-    def add(self, chrom, start, end, strand, kind, name, feature_id, parent, attributes) -> None:
-        for key, value in zip(schema.ANNOTATION_COLUMNS,
-                              (chrom, start, end, strand, kind, name, feature_id, parent, self.source,
-                               list(attributes.items()))):
-            self.columns[key].append(value)
+    def add(self, chrom, start, end, strand, kind, name, feature_id, parent, attributes, parts=None, line=0,
+            group=None) -> None:
+        self.features.append(_Feature(chrom, start, end, strand, kind, name, feature_id, parent, attributes, parts,
+                                      line, group))
 
-    def table(self) -> pa.Table:
-        return pa.table(self.columns, schema=schema.ANNOTATIONS)
+    def table(self, features: list[_Feature] | None = None) -> pa.Table:
+        features = self.features if features is None else features
+        columns = {
+            "chrom": [f.chrom for f in features], "start": [f.start for f in features],
+            "end": [f.end for f in features], "strand": [f.strand for f in features],
+            "type": [f.kind for f in features], "name": [f.name for f in features],
+            "feature_id": [f.feature_id for f in features], "parent": [f.parent for f in features],
+            "source": [self.source] * len(features), "attributes": [list(f.attributes.items()) for f in features],
+            "parts": [None if f.parts is None else [{"start": s, "end": e, "strand": strand}
+                                                    for s, e, strand in f.parts] for f in features]}
+        return pa.table(columns, schema=schema.ANNOTATIONS)
 
 
 def _open_text(path: Path) -> io.TextIOBase:

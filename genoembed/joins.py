@@ -5,6 +5,15 @@ Both take two named relations (tables or views) with ``chrom``, ``start``,
 :mod:`genoembed.schema`, and return every left column, every right column
 prefixed (``feature_`` by default) and one measure column.
 
+Parts: a right row with a non-null ``parts`` list (multi-part features, see
+schema.py) is matched by its parts only, each with its own strand; its span
+``start``/``end`` is not used. A left row meets such a feature at most once:
+in the overlap join when any part overlaps it (``overlap_bp`` is the sum over
+the overlapping parts), in the nearest join when its nearest part ties for
+nearest (the part with the lowest number is the one measured). Rows without
+``parts`` (null, or a relation without the column, such as annotation files
+written before it existed, read through ``union_by_name``) are one part each.
+
 Overlap: ``[a.start, a.end)`` and ``[b.start, b.end)`` overlap iff
 ``a.start < b.end AND b.start < a.end``. Touching intervals ``[0,10)`` and
 ``[10,20)`` do not overlap. A zero-length interval ``[p,p)`` overlaps only a
@@ -12,20 +21,20 @@ feature strictly containing its point (``start < p < end``), with
 ``overlap_bp = 0``; two zero-length intervals never overlap. (bedtools widens
 zero-length records by 1 bp on each side instead, so it differs there only.)
 
-Why binned: a DuckDB range join on that predicate ran 50 s for 10^6 x 5*10^4
-intervals; cutting the genome into bins, exploding each interval into the
-bins it touches, equi-joining on ``(chrom, bin)`` and keeping each pair only
-in the bin holding ``greatest(a.start, b.start)`` (that is, bin
-``greatest(first bin of a, first bin of b)``) ran 0.12 s. That bin is touched
-by both intervals whenever they overlap, so each pair is emitted exactly
-once, with no DISTINCT.
+Why binned on the left start: the genome is cut into bins of ``B`` bp; a left
+row of length at most ``B`` goes to the one bin holding its start, and each
+right part is copied into every bin whose starts could reach it (starts in
+``(part.start - B, part.end)``). An equi-join on ``(chrom, bin)`` then yields
+each candidate pair exactly once, with no DISTINCT and no copy of the large
+left side. Left rows longer than ``B`` (rare: ``B`` is at least their typical
+length) are copied into every bin they touch and keep a pair only in the bin
+holding ``greatest(left.start, part.start)``, which is touched by both. A
+DuckDB range join on the overlap predicate ran 50 s for 10^6 x 5*10^4.
 
-Bin size, unless given: ``max(10 kb, mean length of the left side, mean
-length of the right side)``. An interval of length L touches at most
-``2 + (L - 1) / bin`` bins, so the exploded tables are at most ~3x their
-inputs whatever the length distribution (a chromosome-long ``region`` row
-only costs its own bins), while bins stay near the typical interval length so
-few candidate pairs per bin fail the overlap test.
+Bin size, unless given: ``max(mean part length, least(longest left row, 4 x
+mean left length))``, at least 1. Parts are then copied into about
+``2 + length / B`` bins, so the copies stay within ~3x the parts however
+their lengths vary, and few candidates per bin fail the overlap test.
 
 Strand modes: ``ignore``; ``same`` (both ``+`` or both ``-``); ``opposite``
 (one ``+``, one ``-``). Under ``same``/``opposite`` an unstranded ``.``
@@ -40,103 +49,95 @@ import duckdb
 import pyarrow as pa
 
 from genoembed.errors import InputError
+from genoembed.schema import PARTS_SQL_TYPE
 
 STRAND_MODES = ("ignore", "same", "opposite")
-DEFAULT_BIN_SIZE = 10_000
 FEATURE_PREFIX = "feature_"
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
 _PREFIX = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_PART_HELPERS = "_ge_part, _ge_s, _ge_e, _ge_strand"
 
 
 def overlap_sql(left: str, right: str, strand: str = "ignore", bin_size: int | None = None,
                 prefix: str = FEATURE_PREFIX) -> str:
-    """One SELECT: each overlapping (left, right) pair once, ``left.*``, ``{prefix}*`` and ``overlap_bp``.
+    """One SELECT: each overlapping (left, feature) pair once, ``left.*``, ``{prefix}*`` and ``overlap_bp``.
 
     ``left`` and ``right`` are relation names chosen by the caller (checked to
     be plain identifiers, never user text); the query has no parameters, so it
     can define a view.
     """
     _check_names(left, right, strand, bin_size, prefix)
-    strand_key = _strand_key("l.strand", strand)
-    strand_filter = "" if strand_key is None else f"AND {strand_key} = r.strand"
-    return f"""
-WITH {_bin_cte(left, right, bin_size)},
-_ge_lb AS ({_explode(left)}),
-_ge_rb AS ({_explode(right)})
-SELECT l.* EXCLUDE (_ge_first, _ge_bin), COLUMNS(r.* EXCLUDE (_ge_first, _ge_bin)) AS '{prefix}\\0',
-       least(l."end", r."end") - greatest(l.start, r.start) AS overlap_bp
-FROM _ge_lb l
-JOIN _ge_rb r ON l.chrom = r.chrom AND l._ge_bin = r._ge_bin
-WHERE l.start < r."end" AND r.start < l."end" {strand_filter}
-  AND greatest(l._ge_first, r._ge_first) = l._ge_bin"""
+    overlap = _part_overlap("p", "l", strand)
+    measure = f"""CASE WHEN r.parts IS NULL THEN least(l."end", r._ge_e) - greatest(l.start, r._ge_s)
+        ELSE list_sum(list_transform(list_filter(r.parts, lambda p: {overlap}),
+                                     lambda p: least(l."end", p."end") - greatest(l.start, p.start))) END
+        AS overlap_bp"""
+    return f"WITH {_common_ctes(left, right, bin_size)}\n{_overlap_pairs(left, strand, prefix, measure)}"
 
 
 def nearest_sql(left: str, right: str, strand: str = "ignore", bin_size: int | None = None,
                 prefix: str = FEATURE_PREFIX) -> str:
-    """One SELECT: for each left row its nearest right feature(s), ``left.*``, ``{prefix}*`` and ``distance``.
+    """One SELECT: for each left row its nearest feature(s), ``left.*``, ``{prefix}*`` and ``distance``.
 
     Distance is ``bedtools closest -D b``: 0 when overlapping, otherwise the
     gap in bp plus one (book-ended features are 1 apart), negative when the
-    left interval lies upstream of the feature on the *feature's* strand
-    (left of a ``+`` or ``.`` feature, right of a ``-`` feature). Ties keep
+    left interval lies upstream of the feature on the strand of the part
+    measured (left of a ``+`` or ``.`` part, right of a ``-`` part). Ties keep
     every tied feature (bedtools' default ``-t all``); all overlapping features
     tie at 0. Left rows with no candidate on their chrom (and strand) appear
     once with null feature columns and null distance.
 
-    Strategy: overlaps come from the binned join; only left rows without one
-    look further, with two ASOF joins per row (the greatest feature end at or
-    before ``start``, the least feature start at or after ``end``) and an
-    equi-join back on that coordinate to collect ties. Nothing is cross-joined.
-    ``_ge_l`` and ``_ge_alone`` are MATERIALIZED: the row ids must be computed
-    once, and DuckDB planned the ASOF joins on an inlined anti-join as a
-    quadratic inequality join (minutes at 10^6 rows instead of ~1 s).
+    Strategy, with no row ids, anti-join or cross join: overlaps come from the
+    binned overlap join. Separately one ASOF join gives each left row, from a
+    small table of the parts' distinct starts per chrom (and strand), the
+    greatest part end among parts starting before its end (a running max) and
+    the next part start at or after its end. The row overlaps something iff
+    that running end exceeds its start; otherwise the running end is its
+    nearest upstream end and the next start its nearest downstream start, and
+    an equi-join on each collects the tied parts.
     """
     _check_names(left, right, strand, bin_size, prefix)
-    strand_key = _strand_key("strand", strand)
-    key_column = "NULL::VARCHAR" if strand_key is None else strand_key
-    match_up = "" if strand_key is None else "AND l._ge_key = up.strand"
-    match_dn = "" if strand_key is None else "AND l._ge_key = dn.strand"
-    match_r = "" if strand_key is None else "AND b._ge_key = r.strand"
-    match_overlap = "" if strand_key is None else "AND l._ge_key = r.strand"
-    left_keys = '(SELECT _ge_lid, chrom, start, "end", _ge_key FROM _ge_l)'
+    key = _strand_key("l.strand", strand)
+    stranded = key is not None
+    part_key = ", _ge_strand" if stranded else ""
+    match_run = f"AND {key} = u._ge_strand" if stranded else ""
+    match_part = "AND b._ge_key = r._ge_strand" if stranded else ""
+    left_key = f"{key} AS _ge_key" if stranded else "NULL::VARCHAR AS _ge_key"
+    side_helpers = "_ge_key, _ge_run, _ge_up_end, _ge_dn_start"
+    tie_check = _first_tied_part(strand)
+    features = _feature_columns(prefix)
     return f"""
-WITH {_bin_cte(left, right, bin_size)},
-_ge_l AS MATERIALIZED (SELECT *, row_number() OVER () AS _ge_lid, {key_column} AS _ge_key FROM {left}),
-_ge_lb AS ({_explode(left_keys)}),
-_ge_rb AS ({_explode(right)}),
-_ge_overlaps AS (
-    SELECT l._ge_lid, r.* EXCLUDE (_ge_first, _ge_bin), 0::BIGINT AS _ge_distance
-    FROM _ge_lb l
-    JOIN _ge_rb r ON l.chrom = r.chrom AND l._ge_bin = r._ge_bin
-    WHERE l.start < r."end" AND r.start < l."end" {match_overlap}
-      AND greatest(l._ge_first, r._ge_first) = l._ge_bin),
-_ge_alone AS MATERIALIZED (
-    SELECT l._ge_lid, l.chrom, l.start, l."end", l._ge_key FROM _ge_l l
-    ANTI JOIN _ge_overlaps o ON l._ge_lid = o._ge_lid),
+WITH {_common_ctes(left, right, bin_size)},
+_ge_starts AS (
+    SELECT chrom{part_key}, _ge_s AS start, max(_ge_e) AS max_end FROM _ge_rp
+    {"WHERE _ge_strand IN ('+', '-')" if stranded else ""} GROUP BY ALL),
+_ge_runs AS (
+    SELECT chrom{part_key}, start,
+           max(max_end) OVER (PARTITION BY chrom{part_key} ORDER BY start ROWS UNBOUNDED PRECEDING) AS run_end,
+           lead(start) OVER (PARTITION BY chrom{part_key} ORDER BY start) AS next_start
+    FROM _ge_starts
+    UNION ALL
+    SELECT chrom{part_key}, -1, NULL, min(start) FROM _ge_starts GROUP BY ALL),
 _ge_sides AS (
-    SELECT l.*, up."end" AS _ge_up_end, dn.start AS _ge_dn_start
-    FROM _ge_alone l
-    ASOF LEFT JOIN {right} up ON l.chrom = up.chrom {match_up} AND l.start >= up."end"
-    ASOF LEFT JOIN {right} dn ON l.chrom = dn.chrom {match_dn} AND l."end" <= dn.start),
+    SELECT l.*, {left_key}, u.start AS _ge_run, u.run_end AS _ge_up_end, u.next_start AS _ge_dn_start
+    FROM {left} l ASOF LEFT JOIN _ge_runs u ON l.chrom = u.chrom {match_run} AND l."end" > u.start),
 _ge_best AS (
-    SELECT *, least(start - _ge_up_end, _ge_dn_start - "end") AS _ge_gap
-    FROM _ge_sides WHERE _ge_up_end IS NOT NULL OR _ge_dn_start IS NOT NULL),
-_ge_candidates AS (
-    SELECT * FROM _ge_overlaps
-    UNION ALL BY NAME
-    SELECT b._ge_lid, r.*,
-           CASE WHEN r.strand = '-' THEN -(b._ge_gap + 1) ELSE b._ge_gap + 1 END AS _ge_distance
-    FROM _ge_best b JOIN {right} r ON r.chrom = b.chrom AND r."end" = b._ge_up_end {match_r}
-    WHERE b.start - b._ge_up_end = b._ge_gap AND r.start < b."end"
-    UNION ALL BY NAME
-    SELECT b._ge_lid, r.*,
-           CASE WHEN r.strand = '-' THEN b._ge_gap + 1 ELSE -(b._ge_gap + 1) END AS _ge_distance
-    FROM _ge_best b JOIN {right} r ON r.chrom = b.chrom AND r.start = b._ge_dn_start {match_r}
-    WHERE b._ge_dn_start - b."end" = b._ge_gap)
-SELECT l.* EXCLUDE (_ge_lid, _ge_key), COLUMNS(c.* EXCLUDE (_ge_lid, _ge_distance)) AS '{prefix}\\0',
-       c._ge_distance AS distance
-FROM _ge_l l LEFT JOIN _ge_candidates c ON l._ge_lid = c._ge_lid"""
+    SELECT *, least(start - _ge_up_end, _ge_dn_start - "end") AS _ge_gap FROM _ge_sides
+    WHERE _ge_run IS NOT NULL AND NOT coalesce(_ge_up_end > start, false))
+{_overlap_pairs(left, strand, prefix, "0::BIGINT AS distance")}
+UNION ALL BY NAME
+SELECT b.* EXCLUDE ({side_helpers}, _ge_gap), {features},
+       CASE WHEN r._ge_strand = '-' THEN -(b._ge_gap + 1) ELSE b._ge_gap + 1 END AS distance
+FROM _ge_best b JOIN _ge_rp r ON r.chrom = b.chrom AND r._ge_e = b._ge_up_end {match_part}
+WHERE b.start - b._ge_up_end = b._ge_gap AND r._ge_s < b."end" AND {tie_check}
+UNION ALL BY NAME
+SELECT b.* EXCLUDE ({side_helpers}, _ge_gap), {features},
+       CASE WHEN r._ge_strand = '-' THEN b._ge_gap + 1 ELSE -(b._ge_gap + 1) END AS distance
+FROM _ge_best b JOIN _ge_rp r ON r.chrom = b.chrom AND r._ge_s = b._ge_dn_start {match_part}
+WHERE b._ge_dn_start - b."end" = b._ge_gap AND {tie_check}
+UNION ALL BY NAME
+SELECT * EXCLUDE ({side_helpers}) FROM _ge_sides WHERE _ge_run IS NULL"""
 
 
 def overlap(con: duckdb.DuckDBPyConnection, left: str, right: str, **options) -> pa.Table:
@@ -152,7 +153,7 @@ def nearest(con: duckdb.DuckDBPyConnection, left: str, right: str, **options) ->
 def bin_size(con: duckdb.DuckDBPyConnection, left: str, right: str) -> int:
     """The bin size the joins pick for these relations when none is given (see the module docstring)."""
     _check_names(left, right, "ignore", None, FEATURE_PREFIX)
-    return con.sql(f"WITH {_bin_cte(left, right, None)} SELECT size FROM _ge_bin_size").fetchall()[0][0]
+    return con.sql(f"WITH {_common_ctes(left, right, None)} SELECT size FROM _ge_bin_size").fetchall()[0][0]
 
 
 def _check_names(left: str, right: str, strand: str, bin_size: int | None, prefix: str) -> None:
@@ -176,17 +177,68 @@ def _strand_key(column: str, mode: str) -> str | None:
     return None
 
 
-def _bin_cte(left: str, right: str, bin_size: int | None) -> str:
+def _part_overlap(part: str, row: str, mode: str) -> str:
+    """SQL: part ``part`` (a struct) overlaps left row ``row`` on a strand the mode allows."""
+    key = _strand_key(f"{row}.strand", mode)
+    strand = "" if key is None else f" AND {part}.strand = {key}"
+    return f'{part}.start < {row}."end" AND {row}.start < {part}."end"{strand}'
+
+
+def _feature_columns(prefix: str, helpers: str = "") -> str:
+    """The right row's own columns (not the part helpers), each renamed ``{prefix}name``."""
+    excluded = f"{_PART_HELPERS}, {helpers}" if helpers else _PART_HELPERS
+    return f"COLUMNS(r.* EXCLUDE ({excluded})) AS '{prefix}\\0'"
+
+
+def _first_tied_part(mode: str) -> str:
+    """SQL: no lower-numbered part of the same feature is as near to ``b`` (the left row) as part ``r``."""
+    key = _strand_key("b.strand", mode)
+    strand = "" if key is None else f"p.strand = {key} AND "
+    distance = ('CASE WHEN p.start < b."end" AND b.start < p."end" THEN 0 '
+                'ELSE greatest(p.start - b."end", b.start - p."end") + 1 END')
+    return (f"(r.parts IS NULL OR len(list_filter(r.parts[1:r._ge_part - 1], "
+            f"lambda p: {strand}{distance} = b._ge_gap + 1)) = 0)")
+
+
+def _common_ctes(left: str, right: str, bin_size: int | None) -> str:
+    """Right rows as parts (``_ge_rp``), the bin size, and the parts copied into bins (``_ge_rb``)."""
     if bin_size is not None:
-        return f"_ge_bin_size AS (SELECT {int(bin_size)}::BIGINT AS size)"
-    return f"""_ge_bin_size AS (
-    SELECT greatest({DEFAULT_BIN_SIZE}, coalesce(ceil(max(mean_length)), 0))::BIGINT AS size
-    FROM (SELECT avg("end" - start) AS mean_length FROM {left}
-          UNION ALL SELECT avg("end" - start) FROM {right}))"""
+        size = f"_ge_bin_size AS (SELECT {int(bin_size)}::BIGINT AS size)"
+    else:
+        size = f"""_ge_bin_size AS (
+    SELECT greatest(1, ceil(coalesce((SELECT avg(_ge_e - _ge_s) FROM _ge_rp), 0)),
+                    least(max("end" - start), 4 * ceil(avg("end" - start))))::BIGINT AS size FROM {left})"""
+    return f"""_ge_r AS (
+    SELECT * FROM {right} UNION ALL BY NAME SELECT * FROM (SELECT NULL::{PARTS_SQL_TYPE} AS parts) WHERE false),
+_ge_rp AS (
+    SELECT *, 1 AS _ge_part, start AS _ge_s, "end" AS _ge_e, strand AS _ge_strand FROM _ge_r WHERE parts IS NULL
+    UNION ALL
+    SELECT *, parts[_ge_part].start, parts[_ge_part]."end", parts[_ge_part].strand
+    FROM (SELECT *, unnest(generate_series(1, len(parts))) AS _ge_part FROM _ge_r WHERE parts IS NOT NULL)),
+{size},
+_ge_rb AS (
+    SELECT p.*, p._ge_s // s.size AS _ge_first,
+           unnest(generate_series(greatest(p._ge_s - s.size + 1, 0) // s.size,
+                                  greatest(p._ge_e - 1, p._ge_s) // s.size)) AS _ge_bin
+    FROM _ge_rp p, _ge_bin_size s)"""
 
 
-def _explode(relation: str) -> str:
-    """Each row once per bin it touches; a zero-length row goes in its start's bin."""
-    return f"""SELECT x.*, x.start // s.size AS _ge_first,
-        unnest(generate_series(x.start // s.size, greatest(x."end" - 1, x.start) // s.size)) AS _ge_bin
-        FROM {relation} x, _ge_bin_size s"""
+def _overlap_pairs(left: str, strand: str, prefix: str, measure: str) -> str:
+    """SELECT of every (left row, feature) pair overlapping in at least one part, once, with ``measure``."""
+    key = _strand_key("l.strand", strand)
+    strand_filter = "" if key is None else f"AND {key} = r._ge_strand"
+    first_part = (f"AND (r.parts IS NULL OR len(list_filter(r.parts[1:r._ge_part - 1], "
+                  f"lambda p: {_part_overlap('p', 'l', strand)})) = 0)")
+    features = _feature_columns(prefix, "_ge_first, _ge_bin")
+    overlap = f'l.start < r._ge_e AND r._ge_s < l."end" {strand_filter} {first_part}'
+    return f"""SELECT l.* EXCLUDE (_ge_bin), {features}, {measure}
+FROM (SELECT x.*, x.start // s.size AS _ge_bin FROM {left} x, _ge_bin_size s WHERE x."end" - x.start <= s.size) l
+JOIN _ge_rb r ON l.chrom = r.chrom AND l._ge_bin = r._ge_bin
+WHERE {overlap}
+UNION ALL
+SELECT l.* EXCLUDE (_ge_first, _ge_bin), {features}, {measure}
+FROM (SELECT x.*, x.start // s.size AS _ge_first,
+             unnest(generate_series(x.start // s.size, greatest(x."end" - 1, x.start) // s.size)) AS _ge_bin
+      FROM {left} x, _ge_bin_size s WHERE x."end" - x.start > s.size) l
+JOIN _ge_rb r ON l.chrom = r.chrom AND l._ge_bin = r._ge_bin
+WHERE {overlap} AND greatest(l._ge_first, r._ge_first) = l._ge_bin"""

@@ -45,7 +45,26 @@ def embeddings_schema(dim: int, dtype: str = "float32") -> pa.Schema:
     return pa.schema(TILE_FIELDS + [pa.field(EMBEDDING, pa.list_(value_type, dim), nullable=False)])
 
 
-# Annotations: features from BED / GTF / GFF3 / GenBank, normalised.
+# Annotations: features from BED / GTF / GFF3 / GenBank, normalised; one row per feature.
+#
+# Multi-part features (GenBank ``join``/``order``, GFF3 rows sharing one ID,
+# a GFF3/GTF transcript's exons, the CDS / UTR / codon rows of one GTF
+# transcript, BED12 blocks) keep one row whose ``start``/``end`` is the span
+# of the parts, and list the parts in ``parts``, BED12-style but in absolute
+# coordinates: each part is ``{start, end, strand}`` (0-based half-open like
+# every interval here; a part has its own strand because trans-spliced
+# features have parts on both strands), in the order the file gives them
+# (GenBank: location order, i.e. transcription order; GFF3/GTF: row order;
+# BED12: block order). ``parts`` is null when the feature is one contiguous
+# span, and in files written before the column existed: such a row joins as
+# its span. Joins (:mod:`genoembed.joins`) match a feature by its parts only,
+# so a hit in the gap between two parts does not overlap the feature, and a
+# hit touching two parts lists the feature once. A span given as one span by
+# the file (a GFF3 gene row, a GenBank gene with a simple location) stays one
+# span. A feature crossing the origin of a circular GenBank record is stored
+# as two rows, one each side of the origin (attribute ``origin_split``).
+PART = pa.struct([pa.field("start", pa.int64()), pa.field("end", pa.int64()), pa.field("strand", pa.string())])
+PARTS_SQL_TYPE = 'STRUCT(start BIGINT, "end" BIGINT, strand VARCHAR)[]'  # DuckDB spelling of ``parts``
 ANNOTATION_FIELDS = [
     pa.field("chrom", pa.string(), nullable=False),
     pa.field("start", pa.int64(), nullable=False),
@@ -57,6 +76,7 @@ ANNOTATION_FIELDS = [
     pa.field("parent", pa.string(), nullable=True),
     pa.field("source", pa.string(), nullable=False),  # file the feature came from
     pa.field("attributes", pa.map_(pa.string(), pa.string()), nullable=True),
+    pa.field("parts", pa.list_(PART), nullable=True),
 ]
 ANNOTATIONS = pa.schema(ANNOTATION_FIELDS)
 ANNOTATION_COLUMNS = [f.name for f in ANNOTATION_FIELDS]

@@ -95,14 +95,22 @@ def test_bed3_has_unknown_strand(tmp_path):
     path = write(tmp_path, "three.bed", "c\t5\t9\n")
     assert rows(read_annotations(path)) == [
         {"chrom": "c", "start": 5, "end": 9, "strand": ".", "type": "region", "name": None, "feature_id": None,
-         "parent": None, "source": str(path), "attributes": {}}]
+         "parent": None, "source": str(path), "attributes": {}, "parts": None}]
 
 
-def test_bed12_keeps_blocks_as_attributes():
+def test_bed12_blocks_are_parts():
     (row,) = rows(read_annotations(HAND / "blocks.bed"))
     assert (row["start"], row["end"], row["strand"], row["name"]) == (1000, 5000, "+", "tx1")
     assert row["attributes"] == {"score": "960", "thickStart": "1200", "thickEnd": "4900", "itemRgb": "255,0,0",
                                  "blockCount": "3", "blockSizes": "500,400,1000,", "blockStarts": "0,1500,3000,"}
+    # blockStarts are offsets from chromStart (1000): 1000+0, 1000+1500, 1000+3000
+    assert row["parts"] == [{"start": 1000, "end": 1500, "strand": "+"}, {"start": 2500, "end": 2900, "strand": "+"},
+                            {"start": 4000, "end": 5000, "strand": "+"}]
+
+
+def test_bed12_single_block_is_one_span(tmp_path):
+    path = write(tmp_path, "one.bed", "c\t10\t30\tx\t0\t-\t10\t30\t0\t1\t20,\t0,\n")
+    assert rows(read_annotations(path))[0]["parts"] is None
 
 
 @pytest.mark.parametrize("line, message", [
@@ -112,6 +120,8 @@ def test_bed12_keeps_blocks_as_attributes():
     ("c\t1", r"bad\.bed:1: 2 columns; a BED line has 3 to 12"),
     ("c\t1\t5\tn\t0\tx", r"bad\.bed:1: strand 'x'; use \+, - or \."),
     ("c\t1\t5\tn\t0\t+\t1\t5\t0\t2\t4,\t0,", r"bad\.bed:1: blockCount 2 but 1 blockSizes"),
+    ("c\t1\t5\tn\t0\t+\t1\t5\t0\t2\t2,3,\t0,2,", r"bad\.bed:1: block 2 lies outside chromStart-chromEnd; "),
+    ("c\t1\t5\tn\t0\t+\t1\t5\t0\t2\t2,x,\t0,2,", r"bad\.bed:1: blockSizes '2,x,' / .* not integer lists"),
 ])
 def test_bed_errors_name_file_and_line(tmp_path, line, message):
     path = write(tmp_path, "bad.bed", line + "\n")
@@ -200,7 +210,71 @@ def test_gtf_errors(tmp_path, columns, message):
         read_annotations(path)
 
 
+GTF_TRANSCRIPT = """\
+c\tt\tgene\t101\t900\t.\t-\t.\tgene_id "g1"; gene_name "abc";
+c\tt\ttranscript\t101\t900\t.\t-\t.\tgene_id "g1"; transcript_id "t1";
+c\tt\texon\t801\t900\t.\t-\t.\tgene_id "g1"; transcript_id "t1"; exon_number "1"; exon_id "e1";
+c\tt\tCDS\t801\t850\t.\t-\t0\tgene_id "g1"; transcript_id "t1"; exon_number "1";
+c\tt\texon\t101\t300\t.\t-\t.\tgene_id "g1"; transcript_id "t1"; exon_number "2"; exon_id "e2";
+c\tt\tCDS\t201\t300\t.\t-\t1\tgene_id "g1"; transcript_id "t1"; exon_number "2";
+c\tt\tCDS\t5\t9\t.\t+\t0\tgene_id "g2"; transcript_id "t2";
+"""
+
+
+def test_gtf_transcript_exons_and_cds_rows_are_parts(tmp_path):
+    got = rows(read_annotations(write(tmp_path, "t.gtf", GTF_TRANSCRIPT)))
+    assert [(r["type"], r["start"], r["end"], r["feature_id"]) for r in got] == [
+        ("gene", 100, 900, "g1"), ("transcript", 100, 900, "t1"), ("exon", 800, 900, "e1"),
+        ("CDS", 200, 850, None), ("exon", 100, 300, "e2"), ("CDS", 4, 9, None)]
+    gene, transcript, exon, cds, _, single = got
+    assert gene["parts"] is None and exon["parts"] is None and single["parts"] is None
+    assert transcript["parts"] == [{"start": 800, "end": 900, "strand": "-"}, {"start": 100, "end": 300, "strand": "-"}]
+    assert cds["parts"] == [{"start": 800, "end": 850, "strand": "-"}, {"start": 200, "end": 300, "strand": "-"}]
+    assert (cds["attributes"]["phase"], cds["attributes"]["exon_number"], cds["parent"]) == ("0,1", "1,2", "t1")
+
+
+def test_gtf_rows_of_one_transcript_on_two_contigs(tmp_path):
+    text = GTF_TRANSCRIPT.replace('c\tt\tCDS\t201', 'd\tt\tCDS\t201')
+    with pytest.raises(InputError, match=r"^1 malformed line in .*\n.*t\.gtf:6: transcript 't1' CDS rows are on 'c' as "
+                                         r"'CDS' \(line 4\) but this one on 'd' as 'CDS'; give the rows of one feature"):
+        read_annotations(write(tmp_path, "t.gtf", text))
+
+
 # ------------------------------------------------------------------ GFF3
+
+GFF3_SPLIT = """\
+##gff-version 3
+c\tx\tgene\t1\t1000\t.\t+\t.\tID=gene1;Name=abc
+c\tx\tmRNA\t1\t1000\t.\t+\t.\tID=mrna1;Parent=gene1
+c\tx\texon\t1\t200\t.\t+\t.\tParent=mrna1
+c\tx\tCDS\t51\t200\t.\t+\t0\tID=cds1;Parent=mrna1
+c\tx\texon\t501\t600\t.\t+\t.\tParent=mrna1
+c\tx\tCDS\t501\t600\t.\t+\t0\tID=cds1;Parent=mrna1
+c\tx\texon\t901\t1000\t.\t+\t.\tParent=mrna1
+c\tx\tCDS\t901\t950\t.\t+\t2\tID=cds1;Parent=mrna1
+"""
+
+
+def test_gff3_rows_sharing_an_id_and_exons_of_a_parent_are_parts(tmp_path):
+    table = read_annotations(write(tmp_path, "s.gff3", GFF3_SPLIT))
+    conforms(table, "s.gff3")
+    got = rows(table)
+    assert [(r["type"], r["start"], r["end"]) for r in got] == [
+        ("gene", 0, 1000), ("mRNA", 0, 1000), ("exon", 0, 200), ("CDS", 50, 950), ("exon", 500, 600),
+        ("exon", 900, 1000)]
+    gene, mrna, _, cds, _, _ = got
+    assert gene["parts"] is None  # the file gives the gene as one span
+    assert [(p["start"], p["end"]) for p in mrna["parts"]] == [(0, 200), (500, 600), (900, 1000)]
+    assert [(p["start"], p["end"]) for p in cds["parts"]] == [(50, 200), (500, 600), (900, 950)]
+    assert cds["attributes"]["phase"] == "0,0,2" and cds["attributes"]["ID"] == "cds1"
+
+
+def test_gff3_one_id_on_two_types_is_an_error(tmp_path):
+    text = GFF3_SPLIT.replace("c\tx\tCDS\t901", "c\tx\texon\t901")
+    with pytest.raises(InputError, match=r"s\.gff3:9: ID 'cds1' are on 'c' as 'CDS' \(line 5\) but this one on 'c' as "
+                                         r"'exon'; give the rows of one feature the same seqid and type"):
+        read_annotations(write(tmp_path, "s.gff3", text))
+
 
 def test_gff3_escapes_multiple_parents_and_fasta_section():
     table = read_annotations(HAND / "escaped.gff3")
@@ -252,10 +326,17 @@ def test_genbank_chloroplast_compound_locations():
     compound = [f for f in features if len(f.location.parts) > 1]
     got = rows(table)
     assert len([r for r in got if r["attributes"].get("parts")]) == len(compound)
+    assert sum(r["parts"] is not None for r in got) == len(compound)
     # "gene complement(join(97999..98793,69611..69724))  /gene="rps12"": one row spanning both parts.
-    rps12 = rows(table.filter(pc.and_(pc.equal(table["name"], "rps12"), pc.equal(table["type"], "gene"))))[0]
+    rps12, other = rows(table.filter(pc.and_(pc.equal(table["name"], "rps12"), pc.equal(table["type"], "gene"))))
     assert (rps12["start"], rps12["end"], rps12["strand"]) == (69610, 98793, "-")
     assert rps12["attributes"]["parts"] == "69610-69724:-,97998-98793:-"
+    assert rps12["parts"] == [{"start": 69610, "end": 69724, "strand": "-"},
+                              {"start": 97998, "end": 98793, "strand": "-"}]
+    # "gene join(complement(69611..69724),139856..140650)": trans-spliced, parts on both strands
+    assert (other["start"], other["end"], other["strand"]) == (69610, 140650, ".")
+    assert other["parts"] == [{"start": 69610, "end": 69724, "strand": "-"},
+                              {"start": 139855, "end": 140650, "strand": "+"}]
 
 
 def test_genbank_origin_spanning_feature_is_split(tmp_path):
@@ -270,14 +351,22 @@ def test_genbank_origin_spanning_feature_is_split(tmp_path):
     back = CompoundLocation([SimpleLocation(0, 5, -1), SimpleLocation(90, 100, -1)])
     record.features = [SeqFeature(across, type="gene", qualifiers={"gene": ["ori"]}),
                        SeqFeature(back, type="gene", qualifiers={"gene": ["iro"]}),
-                       SeqFeature(SimpleLocation(10, 20, 1), type="CDS", qualifiers={"locus_tag": ["x1"]})]
+                       SeqFeature(SimpleLocation(10, 20, 1), type="CDS", qualifiers={"locus_tag": ["x1"]}),
+                       SeqFeature(CompoundLocation([SimpleLocation(80, 85, 1), SimpleLocation(90, 100, 1),
+                                                    SimpleLocation(0, 5, 1), SimpleLocation(20, 30, 1)]),
+                                  type="CDS", qualifiers={"gene": ["multi"]})]
     path = tmp_path / "circ.gb"
     SeqIO.write(record, path, "genbank")
     got = rows(read_annotations(path))
     assert [(r["name"], r["start"], r["end"], r["strand"], r["attributes"].get("origin_split")) for r in got] == [
         ("ori", 90, 100, "+", "1/2"), ("ori", 0, 5, "+", "2/2"),
-        ("iro", 0, 5, "-", "1/2"), ("iro", 90, 100, "-", "2/2"), ("x1", 10, 20, "+", None)]
+        ("iro", 0, 5, "-", "1/2"), ("iro", 90, 100, "-", "2/2"), ("x1", 10, 20, "+", None),
+        ("multi", 80, 100, "+", "1/2"), ("multi", 0, 30, "+", "2/2")]
     assert all(r["start"] <= r["end"] for r in got)
+    # each side of the origin keeps its own parts; a side with one part is a plain span
+    assert [r["parts"] for r in got[:5]] == [None] * 5
+    assert got[5]["parts"] == [{"start": 80, "end": 85, "strand": "+"}, {"start": 90, "end": 100, "strand": "+"}]
+    assert got[6]["parts"] == [{"start": 0, "end": 5, "strand": "+"}, {"start": 20, "end": 30, "strand": "+"}]
 
 
 def test_not_genbank_is_input_error(tmp_path):

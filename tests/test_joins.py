@@ -12,11 +12,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from genoembed import schema
 from genoembed.features import read_annotations
 from genoembed.errors import InputError
 from genoembed.joins import STRAND_MODES, nearest, nearest_sql, overlap, overlap_sql
 
 CHLOROPLAST_GB = Path(__file__).parent.parent / "genoembed" / "data" / "demo" / "NC_000932.gb"
+OLD_STORE_ANNOTATIONS = Path(__file__).parent / "data" / "store_v2" / "annotations" / "NC_005816.parquet"
 HAS_BEDTOOLS = shutil.which("bedtools") is not None
 
 
@@ -138,10 +140,12 @@ def test_book_ended_sign_follows_feature_strand():
 def test_output_columns_and_view_use():
     con = connect(EDGE_LEFT, EDGE_RIGHT)
     table = overlap(con, "a", "b")
+    # a relation without ``parts`` gets a null one: every feature is then one part
     assert table.column_names == ["chrom", "start", "end", "strand", "id", "feature_chrom", "feature_start",
-                                  "feature_end", "feature_strand", "feature_id", "overlap_bp"]
-    assert nearest(con, "a", "b", prefix="b_").column_names[-7:] == [
-        "id", "b_chrom", "b_start", "b_end", "b_strand", "b_id", "distance"]
+                                  "feature_end", "feature_strand", "feature_id", "feature_parts", "overlap_bp"]
+    assert table["feature_parts"].null_count == table.num_rows
+    assert nearest(con, "a", "b", prefix="b_").column_names[-8:] == [
+        "id", "b_chrom", "b_start", "b_end", "b_strand", "b_id", "b_parts", "distance"]
     con.execute(f"CREATE VIEW pairs AS {overlap_sql('a', 'b')}")
     con.execute(f"CREATE VIEW near AS {nearest_sql('a', 'b')}")
     nested = f"WITH o AS ({overlap_sql('a', 'b')}), n AS ({nearest_sql('a', 'b')}) " \
@@ -251,3 +255,214 @@ def test_bedtools_agrees(tmp_path, mode):
                       for f in bedtools("closest", "-a", str(a), "-b", str(b), "-D", "b", "-t", "all",
                                         *MODE_FLAGS[mode])), key=_order)
     assert got_nearest(con, strand=mode) == closest
+
+
+# ------------------------------------------------------------------ multi-part features (issue 15)
+
+FEATURES = pa.schema([*INTERVALS, pa.field("parts", pa.list_(schema.PART))])
+
+
+def parts_of(feature: dict) -> list[dict]:
+    """A feature's parts, numbered from 1; a feature without ``parts`` is its span."""
+    listed = feature.get("parts") or [{"start": feature["start"], "end": feature["end"],
+                                       "strand": feature["strand"]}]
+    return [{**part, "chrom": feature["chrom"], "number": n} for n, part in enumerate(listed, 1)]
+
+
+def overlap_parts_oracle(left: list[dict], right: list[dict], mode: str) -> list[tuple]:
+    """(left id, feature id, bp summed over the feature's overlapping parts), once per pair that overlaps."""
+    result = []
+    for a in left:
+        for b in right:
+            hit = [min(a["end"], p["end"]) - max(a["start"], p["start"]) for p in parts_of(b)
+                   if overlaps(a, p) and strands_match(a, p, mode)]
+            if hit:
+                result.append((a["id"], b["id"], sum(hit)))
+    return sorted(result)
+
+
+def nearest_parts_oracle(left: list[dict], right: list[dict], mode: str) -> list[tuple]:
+    """Per left row, the features whose nearest part is nearest (-t all), measured on the lowest such part."""
+    result = []
+    for a in left:
+        best_of = {}
+        for b in right:
+            measured = [(abs(signed_distance(a, p)), p["number"], signed_distance(a, p)) for p in parts_of(b)
+                        if p["chrom"] == a["chrom"] and strands_match(a, p, mode)]
+            if measured:
+                best_of[b["id"]] = min(measured)
+        if not best_of:
+            result.append((a["id"], None, None))
+            continue
+        best = min(value[0] for value in best_of.values())
+        result += [(a["id"], b, value[2]) for b, value in best_of.items() if value[0] == best]
+    return sorted(result, key=_order)
+
+
+def connect_parts(left: list[dict], right: list[dict]) -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect()
+    con.register("a", pa.Table.from_pylist(left, schema=INTERVALS))
+    con.register("b", pa.Table.from_pylist(right, schema=FEATURES))
+    return con
+
+
+def part(start, end, strand="+"):
+    return {"start": start, "end": end, "strand": strand}
+
+
+def test_parts_hand_cases():
+    # feature 10: parts [0,10) and [50,60) on '+'; feature 11: trans-spliced, [20,25) '-' and [70,80) '+'
+    right = [{**iv(10, "c", 0, 60), "parts": [part(0, 10), part(50, 60)]},
+             {**iv(11, "c", 20, 80, "."), "parts": [part(20, 25, "-"), part(70, 80)]}]
+    left = [iv(0, "c", 30, 40), iv(1, "c", 5, 55), iv(2, "c", 60, 62), iv(3, "c", 62, 68, "-"), iv(4, "c", 30, 45)]
+    con = connect_parts(left, right)
+    pairs = got_overlap(con)
+    assert (0, 10, 0) not in [(a, b, 0) for a, b, _ in pairs] and not [p for p in pairs if p[0] == 0]  # in the gap
+    assert [p for p in pairs if p[0] == 1] == [(1, 10, 10), (1, 11, 5)]  # two parts of 10: listed once, 5+5 bp
+    near = {a: (b, d) for a, b, d in got_nearest(con)}
+    assert near[2] == (10, 1) and near[3] == (11, -3)  # '+' part [70,80) 3 bp downstream: left is upstream
+    assert got_nearest(con, strand="same") == nearest_parts_oracle(left, right, "same")
+    # row 4 [30,45): part [20,25) is 6 away, part [50,60) 6 away: feature 10 measured once; 11 ties too
+    assert [row for row in got_nearest(con) if row[0] == 4] == [(4, 10, -6), (4, 11, -6)]
+
+
+multi_part = st.builds(
+    lambda chrom, spans, strand, mixed: (chrom, spans, strand, mixed),
+    st.sampled_from(["c1", "c2"]), st.lists(st.tuples(st.integers(0, 300), st.integers(0, 60)), min_size=1,
+                                            max_size=4),
+    st.sampled_from("+-."), st.booleans())
+
+
+def numbered_features(items) -> list[dict]:
+    features = []
+    for i, (chrom, spans, strand, mixed) in enumerate(items):
+        parts = [part(s, s + n, "+-"[k % 2] if mixed else strand) for k, (s, n) in enumerate(spans)]
+        start, end = min(p["start"] for p in parts), max(p["end"] for p in parts)
+        features.append({**iv(i, chrom, start, end, "." if mixed else strand),
+                         "parts": parts if len(parts) > 1 else None})
+    return features
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(left=st.lists(interval, max_size=20), right=st.lists(multi_part, max_size=12),
+       bin_size=st.sampled_from([None, 1, 7, 64]), mode=st.sampled_from(STRAND_MODES))
+def test_random_multi_part_features_match_oracle(left, right, bin_size, mode):
+    left, right = numbered(left), numbered_features(right)
+    con = connect_parts(left, right)
+    assert got_overlap(con, strand=mode, bin_size=bin_size) == overlap_parts_oracle(left, right, mode)
+    assert got_nearest(con, strand=mode, bin_size=bin_size) == nearest_parts_oracle(left, right, mode)
+
+
+def chloroplast_parts_case():
+    """Tiles as in chloroplast_case, and the real GenBank features with their parts."""
+    tiles, _, features = chloroplast_case()
+    right = [{**row, "id": n} for n, row in enumerate(features.select(["chrom", "start", "end", "strand", "parts"])
+                                                      .to_pylist())]
+    return tiles, right, features
+
+
+@pytest.mark.parametrize("mode", STRAND_MODES)
+def test_chloroplast_parts_match_oracle(mode):
+    tiles, right, _ = chloroplast_parts_case()
+    con = connect_parts(tiles, right)
+    assert got_overlap(con, strand=mode) == overlap_parts_oracle(tiles, right, mode)
+    assert got_nearest(con, strand=mode) == nearest_parts_oracle(tiles, right, mode)
+
+
+def test_rps12_joins_as_its_parts():
+    """Issue 15: the trans-spliced rps12 (69,610-140,650 as a span) overlapped 408 unrelated tiles."""
+    tiles, _, features = chloroplast_parts_case()
+    con = duckdb.connect()
+    con.register("tiles", pa.Table.from_pylist(tiles, schema=INTERVALS))
+    con.register("annotations", features)
+    rps12 = con.sql(f"SELECT id, count(*) AS n FROM ({overlap_sql('tiles', 'annotations')}) "
+                    "WHERE feature_name = 'rps12' AND feature_type = 'gene' GROUP BY id").fetchall()
+    expected = {t["id"] for t in tiles for f in features.to_pylist() if f["name"] == "rps12" and f["type"] == "gene"
+                for p in parts_of(f) if overlaps(t, p)}
+    assert {i for i, _ in rps12} == expected
+    assert all(n <= 2 for _, n in rps12)  # once per gene row (there are two rps12 genes), never once per part
+    middle = [t["id"] for t in tiles if t["start"] == 100_000]  # between the parts 97,998-98,793 and 139,855-...
+    assert middle and not expected & set(middle)
+    # the spans would have listed every tile from 69,610 to 140,650 (both strands, 500 bp steps)
+    assert len(expected) < 30 < len({t["id"] for t in tiles if t["start"] < 140_650 and t["end"] > 69_610})
+
+
+def write_bed12(path: Path, features: list[dict]) -> Path:
+    """BED12 with one block per part (blocks sorted, as BED12 requires); strand '.' where parts differ."""
+    lines = []
+    for f in sorted(features, key=lambda f: (f["chrom"], f["start"])):
+        blocks = sorted((p["start"], p["end"]) for p in parts_of(f))
+        lines.append("\t".join(map(str, [f["chrom"], f["start"], f["end"], f["id"], 0, f["strand"], f["start"],
+                                         f["end"], 0, len(blocks), ",".join(str(e - s) for s, e in blocks),
+                                         ",".join(str(s - f["start"]) for s, _ in blocks)])))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.skipif(not HAS_BEDTOOLS, reason="bedtools not installed")
+def test_bedtools_split_agrees_on_parts(tmp_path):
+    # bedtools intersect -split matches BED12 blocks; it cannot express a strand per block, so strand is ignored;
+    # its -wo reports one line per (tile, feature) with the bp summed over blocks. Zero-length features are left
+    # out (bedtools widens them). Parts of one chloroplast feature never overlap each other.
+    tiles, right, _ = chloroplast_parts_case()
+    right = [r for r in right if r["end"] > r["start"]]
+    a, b = write_bed(tmp_path / "a.bed", tiles), write_bed12(tmp_path / "b.bed", right)
+    expected = sorted((int(f[3]), int(f[9]), int(f[18]))
+                      for f in bedtools("intersect", "-a", str(a), "-b", str(b), "-wo", "-split"))
+    assert got_overlap(connect_parts(tiles, right)) == expected
+    assert any(r["parts"] and len({p["strand"] for p in r["parts"]}) == 2 for r in right)  # rps12 is in there
+
+
+def test_gff3_and_gtf_multi_row_features_join_as_parts(tmp_path):
+    gff3 = tmp_path / "s.gff3"
+    gff3.write_text("##gff-version 3\n" + "".join(
+        f"c\tx\t{kind}\t{start}\t{end}\t.\t+\t.\t{attributes}\n" for kind, start, end, attributes in [
+            ("gene", 1, 1000, "ID=g1"), ("mRNA", 1, 1000, "ID=m1;Parent=g1"), ("exon", 1, 200, "Parent=m1"),
+            ("exon", 901, 1000, "Parent=m1"), ("CDS", 101, 200, "ID=cds1;Parent=m1"),
+            ("CDS", 901, 950, "ID=cds1;Parent=m1")]))
+    gtf = tmp_path / "s.gtf"
+    gtf.write_text("".join(
+        f'c\tx\t{kind}\t{start}\t{end}\t.\t-\t.\tgene_id "g2"; transcript_id "t2";\n'
+        for kind, start, end in [("transcript", 2001, 3000), ("exon", 2001, 2100), ("exon", 2901, 3000),
+                                 ("CDS", 2051, 2100), ("CDS", 2901, 2950)]))
+    con = duckdb.connect()
+    con.register("features", pa.concat_tables([read_annotations(gff3), read_annotations(gtf)]))
+    hits = [iv(0, "c", 400, 600), iv(1, "c", 150, 950), iv(2, "c", 2500, 2600, "-"), iv(3, "c", 2000, 3000, "-")]
+    con.register("hits", pa.Table.from_pylist(hits, schema=INTERVALS))
+    got = sorted(con.sql(f"SELECT id, feature_type, overlap_bp FROM ({overlap_sql('hits', 'features')})").fetchall())
+    assert got == [(0, "gene", 200),  # an intron: the gene span only
+                   (1, "CDS", 50 + 50), (1, "exon", 50), (1, "exon", 50), (1, "gene", 800), (1, "mRNA", 50 + 50),
+                   (3, "CDS", 50 + 50), (3, "exon", 100), (3, "exon", 100), (3, "transcript", 200)]
+    near = sorted(con.sql(f"SELECT id, feature_type, distance FROM ({nearest_sql('hits', 'features')}) "
+                          "WHERE id = 2").fetchall())
+    # [2500,2600) is 300 bp left of the second parts (2900-) and 400 bp right of the first ones (-2100): measured
+    # on the second part, left of a '-' part is downstream, so +301; the exon at 2000-2100 is not nearest
+    assert near == [(2, "CDS", 301), (2, "exon", 301), (2, "transcript", 301)]
+
+
+def test_old_annotation_files_without_parts_still_join(tmp_path):
+    """An annotation file written before ``parts`` existed, alone or read with a new one via union_by_name."""
+    import pyarrow.parquet as pq
+
+    old = pq.read_table(OLD_STORE_ANNOTATIONS)
+    assert "parts" not in old.column_names and old.num_rows
+    new_path = tmp_path / "new.parquet"
+    pq.write_table(read_annotations(CHLOROPLAST_GB), new_path)
+    length = max(old["end"].to_pylist())
+    contig = old["chrom"][0].as_py()  # the store aliased it to the FASTA header, gi|45478711|ref|NC_005816.1|
+    tiles = [iv(i, contig, s, min(s + 1000, length)) for i, s in enumerate(range(0, length, 700))]
+    tiles += [iv(1000 + i, "NC_000932.1", s, s + 1000) for i, s in enumerate(range(60_000, 150_000, 700))]
+    for files in ([OLD_STORE_ANNOTATIONS], [OLD_STORE_ANNOTATIONS, new_path]):
+        con = duckdb.connect()
+        listed = ", ".join(f"'{f}'" for f in files)
+        con.execute(f"CREATE VIEW annotations AS SELECT *, row_number() OVER () AS id "
+                    f"FROM read_parquet([{listed}], union_by_name=true)")
+        con.register("tiles", pa.Table.from_pylist(tiles, schema=INTERVALS))
+        right = [{**r, "parts": r.get("parts")} for r in con.sql(
+            "SELECT * EXCLUDE (attributes) FROM annotations").to_arrow_table().to_pylist()]
+        got = sorted(con.sql(f"SELECT id, feature_id, overlap_bp FROM ({overlap_sql('tiles', 'annotations')})"
+                             ).fetchall())
+        assert got == overlap_parts_oracle(tiles, right, "ignore") and got
+        near = sorted(con.sql(f"SELECT id, feature_id, distance FROM ({nearest_sql('tiles', 'annotations')})"
+                              ).fetchall(), key=_order)
+        assert near == nearest_parts_oracle(tiles, right, "ignore")

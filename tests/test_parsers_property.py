@@ -11,6 +11,7 @@ tests hide one bad row among valid ones and require one InputError naming
 from __future__ import annotations
 
 import gzip
+import itertools
 import string
 from pathlib import Path
 
@@ -56,9 +57,20 @@ def interleave(draw, lines: list[str], extras: list[str]) -> tuple[list[str], li
     return out, numbers
 
 
-def expected_row(path: Path, chrom, start, end, strand, kind, name, feature_id, parent, attributes) -> dict:
+def expected_row(path: Path, chrom, start, end, strand, kind, name, feature_id, parent, attributes,
+                 parts=None) -> dict:
     return {"chrom": chrom, "start": start, "end": end, "strand": strand, "type": kind, "name": name,
-            "feature_id": feature_id, "parent": parent, "source": str(path), "attributes": attributes}
+            "feature_id": feature_id, "parent": parent, "source": str(path), "attributes": attributes,
+            "parts": parts}
+
+
+_FRESH = itertools.count()
+
+
+def unique_by(key):
+    """For st.lists(unique_by=...): rows with the same non-null ``key`` value are not drawn together (rows
+    sharing an id are one multi-part feature, tested on their own in test_annotations.py)."""
+    return lambda feature: key(feature[1]) if key(feature[1]) is not None else ("fresh", next(_FRESH))
 
 
 def first_problem(path: Path, call) -> list[str]:
@@ -80,15 +92,20 @@ def bed_feature(draw, width: int) -> tuple[list[str], dict]:
     end = start + draw(LENGTH)
     fields = [draw(CHROM), str(start), str(end)]
     name = draw(st.one_of(st.just("."), TEXT))
-    blocks = draw(st.lists(st.tuples(st.integers(0, 10**5), st.integers(1, 10**4)), min_size=1, max_size=4))
-    optional = [name, str(draw(st.integers(0, 1000))), draw(st.sampled_from("+-.")), str(start), str(end),
+    # valid blocks lie inside chromStart-chromEnd: an offset, then a size that fits
+    offsets = draw(st.lists(st.integers(0, end - start), min_size=1, max_size=4))
+    blocks = [(at, draw(st.integers(0, end - start - at))) for at in offsets]
+    strand = draw(st.sampled_from("+-."))
+    optional = [name, str(draw(st.integers(0, 1000))), strand, str(start), str(end),
                 draw(st.sampled_from(["0", "255,0,0"])), str(len(blocks)),
                 ",".join(str(size) for _, size in blocks) + ",", ",".join(str(at) for at, _ in blocks) + ","]
     fields += optional[: width - 3]
     attributes = {key: value for key, value in zip(BED_EXTRA, fields[4:]) if key != "strand"}
     model = {"chrom": fields[0], "start": start, "end": end, "strand": fields[5] if width > 5 else ".",
              "kind": BED_TYPE, "name": None if width < 4 or name == "." else name, "feature_id": None,
-             "parent": None, "attributes": attributes}
+             "parent": None, "attributes": attributes,
+             "parts": [{"start": start + at, "end": start + at + size, "strand": strand} for at, size in blocks]
+             if width == 12 and len(blocks) > 1 else None}
     return fields, model
 
 
@@ -169,7 +186,8 @@ def gtf_feature(draw, with_gene_id: bool = True) -> tuple[str, dict]:
 @SETTINGS
 @given(data=st.data(), crlf=st.booleans(), compressed=st.booleans())
 def test_gtf_round_trip(tmp_path_factory, data, crlf, compressed):
-    features = data.draw(st.lists(gtf_feature(), min_size=1, max_size=8))
+    features = data.draw(st.lists(gtf_feature(), min_size=1, max_size=8,
+                                  unique_by=unique_by(lambda model: model["attributes"].get("transcript_id"))))
     lines, _ = interleave(data.draw, [line for line, _ in features], GTF_EXTRAS)
     path = write_file(tmp_path_factory.mktemp("gtf"), "f.gtf", lines, crlf, compressed)
     assert table_rows(read_annotations(path)) == [expected_row(path, **model) for _, model in features]
@@ -246,10 +264,22 @@ def gff3_feature(draw) -> tuple[str, dict]:
     return line, model
 
 
+def gff3_exon_parts(models: list[dict]) -> None:
+    """The rule of schema.py, restated: a non-gene feature that is the Parent of two or more exons has them
+    (in row order) as its parts."""
+    for model in models:
+        exons = [{"start": m["start"], "end": m["end"], "strand": m["strand"]} for m in models
+                 if m["kind"] == "exon" and model["feature_id"] in (m["parent"] or "").split(",")]
+        if model["kind"] != "exon" and not model["kind"].lower().endswith("gene") and len(exons) > 1:
+            model["parts"] = exons
+
+
 @SETTINGS
 @given(data=st.data(), crlf=st.booleans(), compressed=st.booleans(), fasta=st.booleans())
 def test_gff3_round_trip(tmp_path_factory, data, crlf, compressed, fasta):
-    features = data.draw(st.lists(gff3_feature(), min_size=1, max_size=8))
+    features = data.draw(st.lists(gff3_feature(), min_size=1, max_size=8,
+                                  unique_by=unique_by(lambda model: model["feature_id"])))
+    gff3_exon_parts([model for _, model in features])
     lines, _ = interleave(data.draw, [line for line, _ in features], GFF3_EXTRAS)
     # after ##FASTA nothing is a feature, not even a line that would be malformed
     tail = ["##FASTA", ">ctg", "ACGT", "c\tx\tgene\t9\t1\t.\t+\t.\tID=no"] if fasta else []
