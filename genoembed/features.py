@@ -8,6 +8,9 @@ with their ``parts`` (see schema.py for which rows are parts of what). Readers c
 (the first :data:`MAX_REPORTED` are listed) and raise one :class:`InputError`
 led by a one-line summary, each problem naming ``file:line``, what is wrong
 and the fix.
+
+This file is long because the four formats share one row builder, one problem collector and one
+contig check, and their parsers read best side by side (each states how it maps parts and strands).
 """
 
 from __future__ import annotations

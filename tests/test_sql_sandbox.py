@@ -150,18 +150,26 @@ def test_search_name_that_is_not_an_identifier_is_refused(root):
 
 # --- 3. per-search feature views --------------------------------------------------------
 
+def pieces(feature: dict) -> list[tuple[int, int]]:
+    """A feature's intervals: its parts when it has several (a join()), else its span."""
+    return [(part["start"], part["end"]) for part in feature["parts"]] if feature.get("parts") else \
+        [(feature["start"], feature["end"])]
+
+
 def overlapping(hits: list[dict], features: list[dict]) -> set[tuple]:
-    """(query, rank, feature start, end, type) of every hit/feature overlap, by brute force."""
+    """(query, rank, feature start, end, type) of every hit/feature overlap (through its parts), by brute force."""
     return {(h["query"], h["rank"], f["start"], f["end"], f["type"]) for h in hits for f in features
-            if h["chrom"] == f["chrom"] and h["start"] < f["end"] and f["start"] < h["end"]}
+            if h["chrom"] == f["chrom"] and any(h["start"] < e and s < h["end"] for s, e in pieces(f))}
 
 
 def nearest(hits: list[dict], features: list[dict]) -> set[tuple]:
     """(query, rank, feature start, end, |distance|) of each hit's nearest features (ties kept), by brute force."""
     def gap(h, f):
-        if h["start"] < f["end"] and f["start"] < h["end"]:
-            return 0
-        return (f["start"] - h["end"] if f["start"] >= h["end"] else h["start"] - f["end"]) + 1
+        def one(s, e):
+            if h["start"] < e and s < h["end"]:
+                return 0
+            return (s - h["end"] if s >= h["end"] else h["start"] - e) + 1
+        return min(one(s, e) for s, e in pieces(f))
 
     found = set()
     for h in hits:
