@@ -28,7 +28,8 @@ from genoembed.vector_index import FaissIndex
 from genoembed.store import Store, atomic_write_bytes
 
 _VALID_BASES = re.compile(r"^[ACGTNRYKMSWBDHV]+$", re.IGNORECASE)
-_REGION = re.compile(r"^(?P<chrom>.+?)(?::(?P<start>[\d,_]+)-(?P<end>[\d,_]+))?(?::(?P<strand>[+-]))?$")
+# Thousands separators are commas only (samtools style); "1_0" is not the number 10.
+_REGION = re.compile(r"^(?P<chrom>.+?)(?::(?P<start>\d[\d,]*)-(?P<end>\d[\d,]*))?(?::(?P<strand>[+-]))?$")
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ def parse_region(text: str) -> tuple[str, int | None, int | None, str]:
     strand = match.group("strand") or "+"
     if start is None:
         return match.group("chrom"), None, None, strand
-    start, end = int(re.sub(r"[,_]", "", start)), int(re.sub(r"[,_]", "", end))
+    start, end = int(start.replace(",", "")), int(end.replace(",", ""))
     if start < 1 or end < start:
         raise InputError(f"region {text!r}: need 1 <= start <= end (1-based closed coordinates)")
     return match.group("chrom"), start - 1, end, strand

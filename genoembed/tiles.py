@@ -187,5 +187,9 @@ def plan_tiles(genome: Genome, spec: TilingSpec, batch_rows: int = 2048,
     if rows["tile_id"]:
         yield pa.RecordBatch.from_pydict(rows, schema=schema.TILES_WITH_SEQUENCE)
     if next_id == first_tile_id:
+        probe = genome.fetch(contigs[0], 0, min(genome.contigs[contigs[0]], 10_000)).upper() if contigs else ""
+        if probe.count("U") > probe.count("T"):
+            raise InputError(f"{genome.path}: contig {contigs[0]!r} looks like RNA (U instead of T); "
+                             "convert it to DNA first, e.g. `seqkit seq --rna2dna in.fa > out.fa`")
         raise InputError(f"{genome.path}: every tile was filtered out (max_n_fraction={spec.max_n_fraction}, "
                          f"soft_mask={spec.soft_mask.value}); relax the N or soft-mask policy")

@@ -119,3 +119,18 @@ def test_contig_filter_returns_k_hits_on_that_contig(tmp_path):
     assert sorted(h["tile_id"] for h in hits) == sorted(best_b.tolist())
     with pytest.raises(InputError):
         search(store, [query], k=8, chrom="nope", save_as=None)
+
+
+def test_region_numbers_take_commas_not_underscores(chloroplast_store):
+    assert parse_region("NC_000932.1:1,001-2,000") == ("NC_000932.1", 1000, 2000, "+")
+    with pytest.raises(InputError, match="contig 'NC_000932.1:1_0-2_0' is not"):
+        region_queries(chloroplast_store.genome(), ["NC_000932.1:1_0-2_0"])
+
+
+def test_rna_genome_is_named_as_rna(tmp_path):
+    from genoembed.build import index
+
+    write_fasta(tmp_path / "rna.fa", {"r1": "ACGU" * 500})
+    with pytest.raises(InputError, match="looks like RNA"):
+        index(tmp_path / "rna.fa", tmp_path / "store", embedder=KmerEmbedder(k=3))
+    assert not (tmp_path / "store").exists()
