@@ -71,8 +71,29 @@ def remove(store: Store, genome: str, contigs: Sequence[str] = ()) -> dict:
                             store.root, spec.factory)
                 build_store_index(store, spec)
         refresh_sharded(store)
+        dropped = drop_stale_searches(store, genome, contigs)
     return {"genome": genome, "contigs": list(contigs), "tiles_removed": int(len(ids)),
-            "shards_rewritten": len(replaced), "tiles_left": store.num_tiles}
+            "shards_rewritten": len(replaced), "tiles_left": store.num_tiles, "searches_dropped": dropped}
+
+
+def drop_stale_searches(store: Store, genome: str, contigs: Sequence[str] = ()) -> list[str]:
+    """Delete saved searches with hits on what was removed: their tile ids no longer exist, so their
+    rows (and the SQL views over them) would describe tiles the store does not hold."""
+    dropped = []
+    for name, entry in store.searches().items():
+        hits = pq.read_table(store.root / entry["path"], columns=["genome", "chrom"])
+        stale = pc.equal(hits["genome"], genome)
+        if contigs:
+            stale = pc.and_(stale, pc.is_in(hits["chrom"], value_set=pa.array(list(contigs))))
+        if pc.any(stale).as_py():
+            (store.root / "searches" / f"{name}.json").unlink(missing_ok=True)
+            if name in (store.manifest.get("searches") or {}):  # saved by genoembed 0.1, listed in the manifest
+                store.record("searches", name, None)
+            (store.root / entry["path"]).unlink(missing_ok=True)
+            dropped.append(name)
+    if dropped:
+        log.warning("%s: dropped saved searches with hits on the removed tiles: %s", store.root, ", ".join(dropped))
+    return dropped
 
 
 def _check_request(store: Store, manifest: dict, genome: str, contigs: Sequence[str]) -> dict:

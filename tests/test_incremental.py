@@ -291,3 +291,19 @@ def test_cli_indexes_several_genomes_and_removes_one(tmp_path, fastas):
     assert runner.invoke(app, ["verify", str(out)]).exit_code == 0
     hits = runner.invoke(app, ["search", str(out), "--region", "c1:1-300", "-k", "2", "--format", "json"])
     assert hits.exit_code == 0, hits.output
+
+
+def test_remove_drops_saved_searches_with_hits_on_the_removed_genome(tmp_path, fastas):
+    out = tmp_path / "s"
+    build(fastas[0], out)
+    store = build(fastas[1], out, append=True)
+    search(store, ["a1:1-300"], k=2, genome="g0", save_as="only_g0")
+    search(store, ["b2:1-300"], k=2, genome="g1", save_as="on_g1")
+    summary = remove(store, "g1")
+    assert summary["searches_dropped"] == ["on_g1"]
+    store = Store.open(out)
+    assert sorted(store.searches()) == ["only_g0"]
+    assert run_sql(store, "SELECT count(*) AS n FROM hits_only_g0").to_pylist() == [{"n": 2}]
+    with pytest.raises(InputError, match="hits_on_g1"):
+        run_sql(store, "SELECT * FROM hits_on_g1")
+    assert verify_store(store) == []
