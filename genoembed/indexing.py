@@ -15,6 +15,7 @@ pieces, not a second implementation.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 from typing import Callable
@@ -22,9 +23,11 @@ from typing import Callable
 from genoembed.errors import InputError
 from genoembed.store import Store, atomic_write_bytes, file_sha256, write_lock
 from genoembed.vector_index import (INDEX_FILE, SHARDED_INDEX_DIR, SHARDED_LAYOUT, IndexSpec, Metric, import_faiss, add_store_vectors, build_index,
-                                    load_index, save_index, train_index, with_tile_ids)
+                                    exact_neighbours, load_index, save_index, train_index, tune_search,
+                                    with_tile_ids)
 
 SHARD_DIR, LAYOUT = SHARDED_INDEX_DIR, SHARDED_LAYOUT
+log = logging.getLogger(__name__)
 
 
 def build_store_index(store: Store, spec: IndexSpec, progress: Callable[[int], None] | None = None) -> dict:
@@ -59,12 +62,32 @@ def update_store_index(store: Store, spec: IndexSpec) -> dict:
 
 
 def save_store_index(store: Store, spec: IndexSpec, index) -> dict:
+    """Write the index, tune its search settings to ``spec.recall_target`` and record both in the manifest."""
     path = store.root / INDEX_FILE
     save_index(index, path)
     entry = {"path": INDEX_FILE, "spec": spec.describe(), "metric": spec.metric.value, "ntotal": int(index.ntotal),
              "dim": int(index.d), "sha256": file_sha256(path), "genomes": list(store.genomes)}
+    tuned = tune_store_index(store, spec, index)
+    if tuned:
+        entry["search"] = tuned
     store.record("index", "index", entry)
     return entry
+
+
+def tune_store_index(store: Store, spec: IndexSpec, index, queries: int = 1000, k: int = 10) -> dict:
+    """Pick nprobe / efSearch on a seeded sample of stored vectors so recall@10 against exact search reaches
+    ``spec.recall_target``; warn when the factory cannot (the settings then are the best it reached)."""
+    if index.ntotal <= k:
+        return {}
+    _, sample = store.sample_embeddings(min(queries, store.num_tiles), spec.seed + 1)
+    exact = exact_neighbours(store.iter_embeddings(), sample, k, spec.metric)
+    tuned = tune_search(index, spec.metric, sample, exact, spec.recall_target, k)
+    if tuned and tuned[f"recall_at_{k}"] < spec.recall_target:
+        log.warning("%s: index %r reaches recall@%d %.3f at its widest search (%s), below the target %.2f; "
+                    "use more lists/links or a Flat index", store.root, spec.factory, k, tuned[f"recall_at_{k}"],
+                    {name: value for name, value in tuned.items() if name in ("nprobe", "ef_search")},
+                    spec.recall_target)
+    return tuned
 
 
 def build_sharded(store: Store, spec: IndexSpec, shards_per_index: int = 1, template=None) -> dict:

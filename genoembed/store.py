@@ -430,7 +430,8 @@ class Store:
             entry = self.manifest.get("index")
             sharded = self.root / SHARDED_INDEX_DIR / SHARDED_LAYOUT
             if entry:
-                self._vector_index = FaissIndex.load(self.root / entry["path"], entry.get("metric", "ip"))
+                self._vector_index = FaissIndex.load(self.root / entry["path"], entry.get("metric", "ip"),
+                                                     entry.get("search"))
             elif sharded.is_file():
                 self._vector_index = ShardedIndex.from_layout(sharded)
             else:

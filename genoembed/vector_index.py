@@ -36,17 +36,25 @@ class Metric(str, Enum):
 
 @dataclass(frozen=True)
 class IndexSpec:
+    """The one knob is the FAISS factory string; ``recall_target`` is what an approximate index is tuned
+    to reach (recall@10 against exact search), by choosing nprobe (IVF) or efSearch (HNSW) at build time."""
+
     factory: str = "Flat"
     metric: Metric = Metric.ip
     train_size: int = 100_000
     seed: int = 0
+    recall_target: float = 0.95
 
     def __post_init__(self):
         object.__setattr__(self, "metric", Metric(self.metric))
+        if not 0 < self.recall_target <= 1:
+            raise InputError(f"recall_target={self.recall_target}: give a recall between 0 and 1, e.g. 0.95")
 
     def describe(self) -> dict:
+        """What identifies the built index (the tuning target is not part of it: it only picks search settings)."""
         described = asdict(self)
         described["metric"] = self.metric.value
+        del described["recall_target"]
         return described
 
 
@@ -190,14 +198,18 @@ def search_index(index, queries: np.ndarray, k: int, metric: Metric | str,
 
 class FaissIndex:
     """One FAISS index file behind the interface every store index has: ``search(vectors, k, nprobe,
-    ef_search) -> (scores, ids)`` on raw query vectors, ``ntotal``, ``d`` and ``metric``."""
+    ef_search) -> (scores, ids)`` on raw query vectors, ``ntotal``, ``d`` and ``metric``.
 
-    def __init__(self, index, metric: Metric | str):
+    ``defaults`` are the search settings tuned at build time (see :func:`tune_search`), used when a
+    search names none."""
+
+    def __init__(self, index, metric: Metric | str, defaults: dict | None = None):
         self.index, self.metric = index, Metric(metric)
+        self.defaults = dict(defaults or {})
 
     @classmethod
-    def load(cls, path: Path, metric: Metric | str) -> "FaissIndex":
-        return cls(load_index(path), metric)
+    def load(cls, path: Path, metric: Metric | str, defaults: dict | None = None) -> "FaissIndex":
+        return cls(load_index(path), metric, defaults)
 
     @property
     def ntotal(self) -> int:
@@ -209,6 +221,8 @@ class FaissIndex:
 
     def search(self, vectors: np.ndarray, k: int, nprobe: int | None = None,
                ef_search: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        nprobe = self.defaults.get("nprobe") if nprobe is None else nprobe
+        ef_search = self.defaults.get("ef_search") if ef_search is None else ef_search
         return search_index(self.index, vectors, k, self.metric, nprobe, ef_search)
 
 
@@ -275,3 +289,56 @@ class ShardedIndex:
             heap.add_result(scores, ids)
         heap.finalize()
         return heap.D, heap.I
+
+
+def exact_neighbours(blocks, queries: np.ndarray, k: int, metric: Metric | str) -> np.ndarray:
+    """Ids of the exact top-``k`` of each query over ``(ids, vectors)`` blocks, streamed with a running merge."""
+    faiss = import_faiss()
+    metric = Metric(metric)
+    queries = prepare(queries, metric)
+    heap = faiss.ResultHeap(len(queries), k, keep_max=metric is Metric.ip)
+    for ids, vectors in blocks:
+        vectors = prepare(vectors, metric)
+        flat = faiss.IndexFlatIP(vectors.shape[1]) if metric is Metric.ip else faiss.IndexFlatL2(vectors.shape[1])
+        flat.add(vectors)
+        scores, local = flat.search(queries, min(k, len(vectors)))
+        found = np.where(local >= 0, ids[np.maximum(local, 0)], -1)
+        if scores.shape[1] < k:  # a block smaller than k: pad so every block adds k columns
+            pad = k - scores.shape[1]
+            worst = -np.inf if metric is Metric.ip else np.inf
+            scores = np.hstack([scores, np.full((len(queries), pad), worst, dtype=np.float32)])
+            found = np.hstack([found, np.full((len(queries), pad), -1, dtype=np.int64)])
+        heap.add_result(np.ascontiguousarray(scores, dtype=np.float32), np.ascontiguousarray(found, dtype=np.int64))
+    heap.finalize()
+    return heap.I
+
+
+def recall_at(found: np.ndarray, exact: np.ndarray, k: int) -> float:
+    """Mean share of each query's exact top-``k`` that the search returned in its top-``k``."""
+    hits = [len(set(row[:k]) & set(truth[:k]) - {-1}) for row, truth in zip(found, exact)]
+    return float(np.mean(hits) / k) if len(hits) else 1.0
+
+
+def tune_search(index, metric: Metric | str, queries: np.ndarray, exact: np.ndarray, target: float,
+                k: int = 10) -> dict:
+    """The cheapest nprobe (IVF) or efSearch (HNSW) whose recall@``k`` against ``exact`` reaches ``target``.
+
+    Returns ``{"nprobe"|"ef_search": value, "recall_at_10": reached, "target": target}``; when no setting
+    reaches the target, the largest tried and its recall (the caller warns). Exact indexes return ``{}``.
+    """
+    faiss = import_faiss()
+    ivf = faiss.try_extract_index_ivf(index)
+    inner = faiss.downcast_index(index.index) if isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2)) else index
+    if ivf is not None:
+        knob, values = "nprobe", [1 << i for i in range(0, 31) if (1 << i) < ivf.nlist] + [int(ivf.nlist)]
+    elif isinstance(inner, faiss.IndexHNSW):
+        knob, values = "ef_search", [16 << i for i in range(0, 9)]
+    else:
+        return {}
+    reached = 0.0
+    for value in values:
+        _, found = search_index(index, queries, k, metric, **{knob: value})
+        reached = recall_at(found, exact, k)
+        if reached >= target:
+            break
+    return {knob: value, f"recall_at_{k}": round(reached, 4), "target": target}

@@ -77,3 +77,34 @@ def test_index_is_recorded_and_reloaded(chloroplast_store, tmp_path):
     entry = build_store_index(chloroplast_store, IndexSpec(factory="Flat"))
     assert entry["ntotal"] == chloroplast_store.num_tiles
     assert load_index(chloroplast_store.root / INDEX_FILE).ntotal == chloroplast_store.num_tiles
+
+
+@pytest.mark.parametrize("factory, knob", [("IVF32,Flat", "nprobe"), ("HNSW8", "ef_search")])
+def test_build_tunes_search_to_the_recall_target(tmp_path, factory, knob):
+    """The manifest records the setting tuning chose; searching with it (no knob given) reaches the target on
+    queries the tuning never saw, against numpy brute force."""
+    from genoembed.build import index
+    from genoembed.embedders.kmer import KmerEmbedder
+    from genoembed.synthetic import random_genome, write_fasta
+    from genoembed.tiles import TilingSpec
+
+    write_fasta(tmp_path / "g.fa", random_genome({"c1": 300_000, "c2": 200_000}, seed=3))
+    store = index(tmp_path / "g.fa", tmp_path / "s", embedder=KmerEmbedder(k=3), tiling=TilingSpec(window=200, stride=100),
+                  index_spec=IndexSpec(factory=factory, recall_target=0.9))
+    tuned = store.manifest["index"]["search"]
+    assert tuned["target"] == 0.9 and tuned["recall_at_10"] >= 0.9 and tuned[knob] >= 1
+    database = stored_matrix(store)
+    queries = database[5::97] + np.random.default_rng(1).normal(0, 0.02, database[5::97].shape).astype(np.float32)
+    _, ids = store.vector_index().search(queries, 10)
+    _, exact = brute_force(database, queries, 10, "ip")
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, exact)])
+    assert recall >= 0.85  # the target holds (within sampling noise) for unseen queries
+
+
+def test_flat_index_records_no_tuning(chloroplast_store):
+    assert "search" not in chloroplast_store.manifest["index"]
+
+
+def test_recall_target_is_checked():
+    with pytest.raises(InputError, match="recall_target"):
+        IndexSpec(recall_target=1.5)

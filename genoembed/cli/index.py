@@ -52,6 +52,7 @@ def index(
     contig: Optional[list[str]] = typer.Option(None, "--contig", help="Only tile this contig (repeat for several)."),
     factory: Optional[str] = typer.Option(None, help="FAISS index factory string: Flat, IVF256,PQ16, HNSW32, ..."),
     metric: Optional[Metric] = typer.Option(None, help="ip = cosine on normalised vectors; l2 = Euclidean."),
+    recall_target: Optional[float] = typer.Option(None, "--recall-target", min=0.01, max=1.0, help="Approximate indexes (IVF, HNSW): tune nprobe/efSearch at build time until recall@10 against exact search reaches this [default: 0.95]; the setting is recorded and used by every search unless --nprobe/--ef-search is given."),
     annotations: Optional[list[Path]] = typer.Option(None, "--annotations", "-a", help="BED/GTF/GFF3/GenBank file to add (repeatable)."),
     alias: Optional[list[str]] = typer.Option(None, "--alias", help="Rename an annotation contig: FROM=TO (repeatable)."),
     auto_alias: bool = typer.Option(False, "--auto-alias", help="Apply the suggested contig renames (chr1->1, version suffixes)."),
@@ -78,7 +79,8 @@ def index(
     tiling_overrides = {name: value for name, value in dict(
         window=window, stride=stride, strands=strands, max_n_fraction=max_n_fraction, soft_mask=soft_mask,
         contigs=tuple(contig) if contig else None).items() if value is not None}
-    index_overrides = {name: value for name, value in dict(factory=factory, metric=metric).items() if value is not None}
+    index_overrides = {name: value for name, value in dict(factory=factory, metric=metric, recall_target=recall_target).items()
+                       if value is not None}
     options = EmbedderOptions(pooling=pooling.value if pooling else None, layer=layer,
                               reverse_complement=reverse_complement, frames=frames, batch_size=batch_size,
                               device=device, dtype=dtype, compile=compile_model or None,

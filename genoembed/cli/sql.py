@@ -23,7 +23,6 @@ def sql(
     timeout: float = typer.Option(DEFAULT_TIMEOUT, "--timeout", min=0.0, help="Stop the query after this many seconds (0: no limit)."),
 ):
     """Run SQL on a store (DuckDB dialect); the store is opened read-only."""
-    from genoembed.sql import run_sql
 
     refuse_inside_store(output, store)
     parameters = {}
