@@ -109,6 +109,7 @@ def demo_sequences(max_tokens: int) -> list[str]:
         seq[40000 : 40000 + chunk - 1],  # one chunk, but its frame 0 has a tail: token overflow
         seq[60000 : 60000 + chunk] + "N" * 300 + seq[70000 : 70000 + chunk],
         "N" * (max_tokens + 10) + seq[80000 : 80000 + chunk],  # an N run: a chunk is halved again
+        "N" * 100 + seq[90000 : 90000 + chunk - 200],  # within one chunk's bases, but too many tokens
     ]
     return tiles + edited + short + middle + long
 

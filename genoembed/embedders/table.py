@@ -165,13 +165,15 @@ class TokenTableEmbedder:
         _check_sequences(sequences)
         out = np.empty((len(sequences), self.dim), dtype=np.float32)
         for rows, codes in _blocks_by_length(sequences):
-            length = codes.shape[1]
-            clean = (codes < 4).all(axis=1) & self._layout_applies(length)
-            for start in range(0, int(clean.sum()), _ROWS_PER_BLOCK):
-                block = np.flatnonzero(clean)[start : start + _ROWS_PER_BLOCK]
+            clean = (codes < 4).all(axis=1) & self._layout_applies(codes.shape[1])
+            for block in _row_blocks(np.flatnonzero(clean)):
                 out[rows[block]] = self._project(self._clean_counts(codes[block]))
-            for row in rows[~clean]:
-                out[row] = self._project(self._exact_counts(sequences[row])[None])[0]
+            for block in _row_blocks(np.flatnonzero(~clean)):
+                counts, one_chunk = self._frame_counts(codes[block])
+                several = block[~one_chunk]
+                if several.size:  # chunked like TransformersEmbedder: piece by piece
+                    counts[~one_chunk] = [self._exact_counts(sequences[row]) for row in rows[several]]
+                out[rows[block]] = self._project(counts)
         return out
 
     # ------------------------------------------------------------------ internals
@@ -195,6 +197,22 @@ class TokenTableEmbedder:
         ids = np.concatenate(columns, axis=1)
         weights = _tiled_weights(codes.shape[1], self.k, self.frames, self.reverse_complement, len(codes))
         return _bag(ids, weights, len(self.vocab))
+
+    def _frame_counts(self, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(m, vocab) token weights of rows of base codes (N = 4), all one length, and which rows they are
+        right for: those whose every frame tokenises within one chunk (the others need :meth:`_exact_counts`)."""
+        strands = [codes, _reverse_complement_codes(codes)] if self.reverse_complement else [codes]
+        used = _frame_count(codes.shape[1], self.k, self.frames)
+        one_chunk = np.full(len(codes), codes.shape[1] <= self._chunk_bases)
+        ids, weights = [], []
+        for strand in strands:
+            for frame_ids, tokens in _frame_tokens(strand, self.k, used, self._kmer_ids, self._base_ids):
+                count = tokens.sum(axis=1)
+                one_chunk &= count <= self._max_content
+                ids.append(np.where(tokens, frame_ids, 0))
+                weights.append(tokens / (len(strands) * used * np.maximum(count, 1))[:, None])
+        counts = _bag(np.concatenate(ids, axis=1), np.concatenate(weights, axis=1).ravel(), len(self.vocab))
+        return counts, one_chunk
 
     def _exact_counts(self, sequence: str) -> np.ndarray:
         """(vocab,) token weights of one sequence, planned as ``TransformersEmbedder`` plans it."""
@@ -444,6 +462,43 @@ def _clean_layout(length: int, k: int, frames: int, reverse_complement: bool) ->
     else:
         columns += [np.zeros(0, dtype=np.int64)] * 2
     return _Layout(*columns, np.concatenate(weights))
+
+
+def _reverse_complement_codes(codes: np.ndarray) -> np.ndarray:
+    """Rows of base codes reverse-complemented (A<->T, C<->G, N stays N)."""
+    return np.where(codes < 4, 3 - codes, 4).astype(np.uint8)[:, ::-1]
+
+
+def _frame_tokens(codes: np.ndarray, k: int, frames: int, kmer_ids: np.ndarray, base_ids: np.ndarray):
+    """Per frame ``f < frames``: ((m, length) token id at each position, (m, length) whether one starts there)
+    for rows of base codes (N = 4) read from base ``f``, as :mod:`genoembed.tokenize` reads them.
+
+    A/C/G/T runs are cut at every N and at the frame's first base; a run gives k-mers from its start while
+    one fits, then one token per base; every N is one token. So position ``p`` of a run starting at ``s``
+    with ``full`` bases in whole k-mers starts a k-mer when ``(p - s) % k == 0`` and ``0 <= p - s < full``,
+    and is a single-base token when ``p - s >= full``.
+    """
+    m, length = codes.shape
+    position = np.arange(length)
+    is_n = codes == 4
+    last_n = np.maximum.accumulate(np.where(is_n, position, -1), axis=1)
+    next_n = np.minimum.accumulate(np.where(is_n, position, length)[:, ::-1], axis=1)[:, ::-1]
+    index = np.zeros((m, length), dtype=np.int32)  # k-mer index per start (junk where it spans an N or the end)
+    index[:, : max(0, length - k + 1)] = _kmer_index(np.minimum(codes, 3), k)
+    kmer_or_base = (kmer_ids[index], base_ids[codes])
+    for frame in range(frames):
+        start = np.maximum(last_n + 1, frame)  # of the run holding each position, within the frame
+        offset = position - start
+        full = (next_n - start) // k * k
+        kmer = (offset >= 0) & (offset % k == 0) & (offset < full)
+        single = (position >= frame) & (is_n | (offset >= full))
+        yield np.where(kmer, *kmer_or_base), kmer | single
+
+
+def _row_blocks(rows: np.ndarray):
+    """``rows`` in blocks of at most _ROWS_PER_BLOCK (bounds the (rows x vocab) count matrix)."""
+    for start in range(0, len(rows), _ROWS_PER_BLOCK):
+        yield rows[start : start + _ROWS_PER_BLOCK]
 
 
 def _kmer_index(codes: np.ndarray, k: int) -> np.ndarray:
