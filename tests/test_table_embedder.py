@@ -110,6 +110,8 @@ def demo_sequences(max_tokens: int) -> list[str]:
         seq[60000 : 60000 + chunk] + "N" * 300 + seq[70000 : 70000 + chunk],
         "N" * (max_tokens + 10) + seq[80000 : 80000 + chunk],  # an N run: a chunk is halved again
         "N" * 100 + seq[90000 : 90000 + chunk - 200],  # within one chunk's bases, but too many tokens
+        seq[100000 : 100000 + chunk - 4],  # frame 0 needs exactly one token more than a chunk holds
+        seq[100000 : 100000 + chunk - 5] + "N",  # the same with an N
     ]
     return tiles + edited + short + middle + long
 
