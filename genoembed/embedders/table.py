@@ -204,14 +204,17 @@ class TokenTableEmbedder:
         strands = [codes, _reverse_complement_codes(codes)] if self.reverse_complement else [codes]
         used = _frame_count(codes.shape[1], self.k, self.frames)
         one_chunk = np.full(len(codes), codes.shape[1] <= self._chunk_bases)
-        ids, weights = [], []
+        row = np.arange(len(codes))[:, None]
+        cells, weights = [], []
         for strand in strands:
             for frame_ids, tokens in _frame_tokens(strand, self.k, used, self._kmer_ids, self._base_ids):
                 count = tokens.sum(axis=1)
                 one_chunk &= count <= self._max_content
-                ids.append(np.where(tokens, frame_ids, 0))
-                weights.append(tokens / (len(strands) * used * np.maximum(count, 1))[:, None])
-        counts = _bag(np.concatenate(ids, axis=1), np.concatenate(weights, axis=1).ravel(), len(self.vocab))
+                rows = np.broadcast_to(row, tokens.shape)[tokens]
+                cells.append(rows * len(self.vocab) + frame_ids[tokens])
+                weights.append(1.0 / (len(strands) * used * count[rows]))
+        counts = np.bincount(np.concatenate(cells), weights=np.concatenate(weights),
+                             minlength=len(codes) * len(self.vocab)).reshape(len(codes), len(self.vocab))
         return counts, one_chunk
 
     def _exact_counts(self, sequence: str) -> np.ndarray:
@@ -479,15 +482,15 @@ def _frame_tokens(codes: np.ndarray, k: int, frames: int, kmer_ids: np.ndarray, 
     and is a single-base token when ``p - s >= full``.
     """
     m, length = codes.shape
-    position = np.arange(length)
+    position = np.arange(length, dtype=np.int32)
     is_n = codes == 4
-    last_n = np.maximum.accumulate(np.where(is_n, position, -1), axis=1)
-    next_n = np.minimum.accumulate(np.where(is_n, position, length)[:, ::-1], axis=1)[:, ::-1]
+    last_n = np.maximum.accumulate(np.where(is_n, position, np.int32(-1)), axis=1)
+    next_n = np.minimum.accumulate(np.where(is_n, position, np.int32(length))[:, ::-1], axis=1)[:, ::-1]
     index = np.zeros((m, length), dtype=np.int32)  # k-mer index per start (junk where it spans an N or the end)
     index[:, : max(0, length - k + 1)] = _kmer_index(np.minimum(codes, 3), k)
     kmer_or_base = (kmer_ids[index], base_ids[codes])
     for frame in range(frames):
-        start = np.maximum(last_n + 1, frame)  # of the run holding each position, within the frame
+        start = np.maximum(last_n + 1, np.int32(frame))  # of the run holding each position, within the frame
         offset = position - start
         full = (next_n - start) // k * k
         kmer = (offset >= 0) & (offset % k == 0) & (offset < full)
