@@ -190,11 +190,11 @@ class TokenTableEmbedder:
         """(m, vocab) token weights of rows of A/C/G/T codes, all one length, each frame one chunk."""
         layout = _clean_layout(codes.shape[1], self.k, self.frames, self.reverse_complement)
         index = _kmer_index(codes, self.k)
-        columns = [self._kmer_ids[index[:, layout.forward_kmers]], self._base_ids[codes[:, layout.forward_tails]]]
+        columns = [self._kmer_ids[index], self._base_ids[codes[:, layout.forward_tails]]]
         if self.reverse_complement:
-            columns += [self._rc_kmer_ids[index[:, layout.reverse_kmers]],
-                        self._base_ids[3 - codes[:, layout.reverse_tails]]]
-        ids = np.concatenate(columns, axis=1)
+            columns += [self._rc_kmer_ids[index], self._base_ids[3 - codes[:, layout.reverse_tails]]]
+        ids = np.empty((len(codes), sum(c.shape[1] for c in columns)), dtype=np.int64)  # C order: _bag ravels
+        np.concatenate(columns, axis=1, out=ids)
         weights = _tiled_weights(codes.shape[1], self.k, self.frames, self.reverse_complement, len(codes))
         return _bag(ids, weights, len(self.vocab))
 
@@ -428,18 +428,21 @@ def _fits_one_chunk(length: int, k: int, frames: int, max_content: int) -> bool:
 
 
 class _Layout(NamedTuple):
-    """Which columns of a clean row are tokens, and the weight of each (same for every row of one length)."""
+    """The token columns of clean rows of one length and their weights (the same for every row).
 
-    forward_kmers: np.ndarray  # k-mer start positions, forward strand
-    forward_tails: np.ndarray  # single-base token positions, forward strand
-    reverse_kmers: np.ndarray  # forward positions whose reverse-complement k-mer is a token
-    reverse_tails: np.ndarray  # forward positions whose complement base is a single-base token
-    weights: np.ndarray        # one per column, in the order above
+    Columns: the k-mer at every start position on the forward strand, the forward single-base tokens, the
+    reverse complement of the k-mer at every start position, the reverse single-base tokens. Every start
+    is kept (weight 0 in frames not read) so the k-mer columns are whole C-ordered look-ups, never gathers.
+    """
+
+    forward_tails: np.ndarray  # positions whose base is a single-base token of the forward strand
+    reverse_tails: np.ndarray  # positions whose complement is a single-base token of the reverse strand
+    weights: np.ndarray        # one per column
 
 
 @functools.lru_cache(maxsize=64)
 def _clean_layout(length: int, k: int, frames: int, reverse_complement: bool) -> _Layout:
-    """Token positions and weights of a pure A/C/G/T sequence of ``length`` bases.
+    """Token columns and weights of a pure A/C/G/T sequence of ``length`` bases (frames <= k).
 
     Frame ``f`` reads k-mers at ``f, f + k, ...`` while one fits, then single bases: so every position
     ``p <= length - k`` starts a k-mer token of frame ``p % k`` exactly once. Each token of frame ``f``
@@ -450,21 +453,16 @@ def _clean_layout(length: int, k: int, frames: int, reverse_complement: bool) ->
     strands = 2 if reverse_complement else 1
     frame = np.arange(used)
     remaining = length - frame
-    frame_weight = 1.0 / (strands * used * (remaining // k + remaining % k))
+    frame_weight = np.zeros(k)
+    frame_weight[:used] = 1.0 / (strands * used * (remaining // k + remaining % k))
     starts = np.arange(max(0, length - k + 1))
-    forward = starts[starts % k < used]
     tails = [np.arange(f + (length - f) // k * k, length) for f in frame]
     forward_tails = np.concatenate(tails)
-    columns = [forward, forward_tails]
-    weights = [frame_weight[forward % k], np.repeat(frame_weight, [len(t) for t in tails])]
+    tail_weights = np.repeat(frame_weight[:used], [len(t) for t in tails])
+    weights = [frame_weight[starts % k], tail_weights]
     if reverse_complement:
-        reverse = starts[(length - k - starts) % k < used]
-        reverse_tails = length - 1 - forward_tails
-        columns += [reverse, reverse_tails]
-        weights += [frame_weight[(length - k - reverse) % k], weights[1]]
-    else:
-        columns += [np.zeros(0, dtype=np.int64)] * 2
-    return _Layout(*columns, np.concatenate(weights))
+        weights += [frame_weight[(length - k - starts) % k], tail_weights]
+    return _Layout(forward_tails, length - 1 - forward_tails, np.concatenate(weights))
 
 
 def _reverse_complement_codes(codes: np.ndarray) -> np.ndarray:
