@@ -166,10 +166,12 @@ def test_fingerprint_changes_with_weights_and_settings(tiny_dir, tmp_path):
     assert TokenTableEmbedder(tiny_dir, reverse_complement=False).fingerprint != base
 
 
-def test_fingerprint_hashes_the_same_tokenizer_files_as_the_families_module():
-    from genoembed.embedders import families, fingerprint
+def test_constants_copied_from_torch_importing_modules_stay_equal():
+    """fingerprint.py and table.py cannot import families.py / hf.py (they import torch)."""
+    from genoembed.embedders import families, fingerprint, hf, table
 
     assert fingerprint.TOKENIZER_FILES == families.TOKENIZER_FILES
+    assert table.PROJECTION_FILE == hf.PROJECTION_FILE
 
 
 def test_chunk_spans_are_poolings():

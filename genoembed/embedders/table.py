@@ -15,12 +15,16 @@ reproduce, rather than approximating them.
 Tokenisation is the Nucleotide Transformer's (:mod:`genoembed.tokenize`):
 non-overlapping k-mers, single-base tokens for a run's last ``< k`` bases and
 for every ``N``; ``<cls>`` and ``<eos>`` are added by the tokenizer and left
-out of the mean. Tiles of pure A/C/G/T whose every frame fits one chunk (all
-genomic tiles of usual sizes) take a vectorised path: the k-mer at every
-position is read once, and position ``p`` is a token of forward frame
-``p % k`` and of reverse-complement frame ``(L - k - p) % k``. Anything else
-(``N``s, sequences longer than the model's window) is planned piece by piece
-as ``TransformersEmbedder`` plans it.
+out of the mean. Three paths, fastest first:
+
+- tiles of pure A/C/G/T whose every frame fits one chunk (genomic tiles of
+  usual sizes): the k-mer at every position is read once, and position ``p``
+  is a token of forward frame ``p % k`` and of reverse-complement frame
+  ``(L - k - p) % k``, so the weights are the same for every tile of a length;
+- tiles with ``N``s (or ``frames > k``) that fit one chunk: tokenised per frame
+  with vectorised run bookkeeping (runs restart after every ``N``);
+- sequences whose frames overflow one chunk (longer than ``(max_tokens - 2) * k``
+  bases, or N-heavy): planned piece by piece as ``TransformersEmbedder`` plans them.
 """
 
 from __future__ import annotations
@@ -81,8 +85,8 @@ class _Model(NamedTuple):
 def supports(model_dir: str | os.PathLike, **options) -> bool:
     """True when ``TokenTableEmbedder(model_dir, **options)`` gives ``TransformersEmbedder``'s vectors.
 
-    ``options`` are ``TransformersEmbedder``'s; those in :data:`NEUTRAL_OPTIONS`
-    are accepted (and must be dropped before constructing this embedder).
+    ``options`` are ``TransformersEmbedder``'s. Those in :data:`NEUTRAL_OPTIONS`, ``device`` "auto"/"cpu"
+    and ``dtype`` "auto"/"float32" are accepted; drop them before constructing this embedder.
     """
     return unsupported_reason(model_dir, **options) is None
 
