@@ -58,8 +58,6 @@ must agree with each other; each path is a method beside the stock one it is che
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 from contextlib import contextmanager
@@ -71,6 +69,11 @@ import torch
 
 from genoembed.embedders import families as fam
 from genoembed.embedders import fused
+from genoembed.embedders.fingerprint import (
+    directory_digest,
+    fingerprint_settings,
+    model_fingerprint,
+)
 from genoembed.embedders.pooling import (
     POOLINGS,
     average_strands,
@@ -83,8 +86,6 @@ from genoembed.seqio import reverse_complement
 
 log = logging.getLogger(__name__)
 
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
-_NOT_WEIGHTS = ("training_args", "optimizer", "scheduler", "rng_state", "trainer_state")
 _DTYPES = {
     "float32": torch.float32, "fp32": torch.float32,
     "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -185,7 +186,7 @@ class TransformersEmbedder:
                 "runs Python shipped with it; Python API: trust_remote_code=True)"
             )
         fam.require_extra(self.family)
-        file_digest = _directory_digest(self.directory)
+        files_digest = directory_digest(self.directory)
 
         self.device = _resolve_device(device)
         self.dtype = _resolve_dtype(dtype, self.device)
@@ -227,16 +228,9 @@ class TransformersEmbedder:
         self.token_table_lookup = fuse and self._use_token_table_if_unchanged()
         if compile:
             self._compiled = torch.compile(self.model, dynamic=False)
-        settings = {
-            "family": self.family.name, "pooling": pooling, "layer": layer,
-            "reverse_complement": self.reverse_complement, "max_tokens": self.max_tokens,
-        }
-        if self.frames != 1:  # single-frame fingerprints stay those of releases before frames existed
-            settings["frames"] = self.frames
-        digest = hashlib.sha256(b"genoembed.transformers.v1\0")
-        digest.update(file_digest)
-        digest.update(json.dumps(settings, sort_keys=True).encode())
-        self.fingerprint = digest.hexdigest()[:16]
+        settings = fingerprint_settings(self.family.name, pooling, layer, self.reverse_complement,
+                                        self.max_tokens, self.frames)
+        self.fingerprint = model_fingerprint(files_digest, settings)
 
     # ------------------------------------------------------------------ Embedder interface
 
@@ -580,51 +574,6 @@ def _resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if dtype not in _DTYPES:
         raise InputError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16")
     return _DTYPES[dtype]
-
-
-def _weight_files(directory: Path) -> list[Path]:
-    return [
-        p for p in sorted(directory.iterdir())
-        if p.is_file() and (p.suffix in _WEIGHT_SUFFIXES or p.name.endswith(".index.json"))
-        and not p.name.startswith(_NOT_WEIGHTS)
-    ]
-
-
-_FILE_DIGESTS: dict[tuple[str, int, int], bytes] = {}
-
-
-def _file_digest(path: Path) -> bytes:
-    """sha256 of a file's bytes, streamed; memoised by (path, size, mtime)."""
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    cached = _FILE_DIGESTS.get(key)
-    if cached is None:
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 22), b""):
-                digest.update(block)
-        cached = _FILE_DIGESTS[key] = digest.digest()
-    return cached
-
-
-def _directory_digest(directory: Path) -> bytes:
-    """One digest over config, tokenizer files, custom code and every weight file."""
-    weights = _weight_files(directory)
-    if not [p for p in weights if not p.name.endswith(".json")]:
-        raise ModelError(
-            f"{directory} holds no weights (model.safetensors or pytorch_model.bin); "
-            "copy the model's weight files next to its config.json"
-        )
-    names = {"config.json", *fam.TOKENIZER_FILES}
-    files = [p for p in sorted(directory.iterdir())
-             if p.is_file() and (p.name in names or p.suffix == ".py")] + weights
-    digest = hashlib.sha256()
-    for path in sorted(set(files)):
-        try:
-            digest.update(path.name.encode() + b"\0" + _file_digest(path))
-        except OSError as err:
-            raise ModelError(f"cannot read {path}: {err.strerror}; check its permissions or copy it again") from None
-    return digest.digest()
 
 
 @contextmanager
