@@ -43,7 +43,7 @@ from genoembed.resources import default_model_dir, resolve
 
 SIZES = {"small": 2_000, "medium": 20_000, "large": 100_000}
 TILE_BP = 1000
-BATCH = 1024  # tiles per embed() call: genoembed.pipeline.index's embed_rows
+BATCH = 1024  # tiles per embed() call: genoembed.build.index's batch_rows
 SAMPLE = 300
 ATOL = 1e-5
 SETTINGS = dict(frames=6, reverse_complement=True, pooling="mean", layer=-1)

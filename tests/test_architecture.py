@@ -15,8 +15,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "genoembed"
 LAYERS = [
     ["errors", "version"],
     ["schema", "resources", "seqio", "synthetic"],
-    ["genome", "embedders.base", "embedders.tokenize", "joins", "vector_index"],
-    ["tiles", "features", "embedders.kmer", "embedders.pooling", "embedders.fused", "embedders.families"],
+    ["genome", "embedders.base", "embedders.tokenize", "embedders.fingerprint", "joins", "vector_index"],
+    ["tiles", "features", "embedders.kmer", "embedders.pooling", "embedders.fused", "embedders.families",
+     "embedders.table"],
     ["embedders.hf"],
     ["embedders"],
     ["store"],

@@ -348,8 +348,9 @@ def test_shipped_default_is_the_retrieval_model_and_mlm_stays_reachable():
     """The default model is the fine-tuned one (plain files, offline), with the record of how it won."""
     from transformers import AutoModel
 
-    from genoembed.embedders.hf import TransformersEmbedder
     from genoembed.embedders import get_embedder
+    from genoembed.embedders.hf import TransformersEmbedder
+    from genoembed.embedders.table import TokenTableEmbedder
     from genoembed.resources import default_model_dir
 
     directory = default_model_dir()
@@ -367,9 +368,10 @@ def test_shipped_default_is_the_retrieval_model_and_mlm_stays_reachable():
     assert held_out and not held_out & {entry["file"] for entry in report["data"]["train"]}
     last = report["history"][-1]["val"]
     assert last["r1"] > report["baselines"]["kmer4"]["r1"] and last["r1"] > report["baselines"]["base_model"]["r1"]
-    embedder = get_embedder("default")
-    assert isinstance(embedder, TransformersEmbedder) and embedder.frames == 6 and embedder.dim == 256
-    assert Path(get_embedder("mlm").model_path).name == "genoembed-nt6"
+    embedder = get_embedder("default")  # a token table: served by numpy, no torch
+    assert isinstance(embedder, TokenTableEmbedder) and embedder.frames == 6 and embedder.dim == 256
+    mlm = get_embedder("mlm")  # four transformer layers: torch
+    assert isinstance(mlm, TransformersEmbedder) and Path(mlm.model_path).name == "genoembed-nt6"
 
 
 def test_zero_layer_models_pool_from_a_token_table_exactly_as_the_stock_forward(tiny_model, tmp_path):

@@ -26,7 +26,7 @@ from genoembed.embedders.table import TokenTableEmbedder, supports, unsupported_
 from genoembed.errors import InputError, ModelError
 from genoembed.genome import open_genome
 from genoembed.resources import default_model_dir
-from genoembed.tokenize import kmer_vocab, write_kmer_tokenizer
+from genoembed.embedders.tokenize import kmer_vocab, write_kmer_tokenizer
 
 from conftest import CHLOROPLAST_FASTA
 

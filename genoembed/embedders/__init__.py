@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 from genoembed.embedders.base import POOLINGS, Embedder, EmbedderOptions, Pooling
-from genoembed.errors import InputError, ModelError
+from genoembed.errors import InputError, MissingExtraError, ModelError
 from genoembed.resources import SHIPPED_MODELS, default_model_dir, shipped_model_for
 
 log = logging.getLogger(__name__)
@@ -58,9 +58,24 @@ def _model_directory(path: str | Path, options: EmbedderOptions) -> Embedder:
     if not path.is_dir():
         raise InputError(f"model {str(path)!r}: no such directory; give 'default', 'mlm', 'kmer[:K]' "
                          "or a local model directory (nothing is downloaded)")
-    from genoembed.embedders.hf import TransformersEmbedder
+    return _transformers_or_table(str(path), options.given())
 
-    return TransformersEmbedder(model_path=str(path), **options.given())
+
+def _transformers_or_table(model_path: str, options: dict) -> Embedder:
+    """The token-table embedder (numpy, no torch) when it serves the model and options exactly, else
+    the transformers embedder; without torch installed, a one-line message naming the extra."""
+    from genoembed.embedders import table
+
+    reason = table.unsupported_reason(model_path, **options)
+    if reason is None:
+        kept = {key: value for key, value in options.items() if key in table.TABLE_OPTIONS}
+        return table.TokenTableEmbedder(model_path, **kept)
+    try:
+        from genoembed.embedders.hf import TransformersEmbedder
+    except ImportError:
+        raise MissingExtraError(f"model {model_path}: needs torch and transformers ({reason}); "
+                                "pip install 'genoembed[lm]'") from None
+    return TransformersEmbedder(model_path=model_path, **options)
 
 
 register_embedder("kmer", _kmer)
@@ -108,15 +123,15 @@ def load_embedder(spec: dict, trust_remote_code: bool = False) -> Embedder:
 
         return KmerEmbedder(k=int(spec.get("k", 4)), canonical=bool(spec.get("canonical", True)))
     if kind == "transformers":
-        from genoembed.embedders.hf import TransformersEmbedder
-
-        options = {key: value for key, value in spec.items() if key not in ("kind", "fingerprint", "dim", "model_id")}
+        options = {key: value for key, value in spec.items()
+                   if key not in ("kind", "fingerprint", "dim", "model_id", "model_path")}
         options.setdefault("frames", 1)  # stores written before frames existed hold single-frame vectors
-        if not Path(options["model_path"]).is_dir():
-            options["model_path"] = str(shipped_model_for(options["model_path"]) or options["model_path"])
+        model_path = spec["model_path"]
+        if not Path(model_path).is_dir():
+            model_path = str(shipped_model_for(model_path) or model_path)
         if trust_remote_code:
             options["trust_remote_code"] = True
-        return TransformersEmbedder(**options)
+        return _transformers_or_table(model_path, options)
     if kind in _SCHEMES or kind in _plugins():
         factory = _SCHEMES.get(kind) or _plugins()[kind]
         return factory(str(spec.get("argument", "")), EmbedderOptions())

@@ -12,7 +12,7 @@ into the weights, times the table. This module computes exactly that, and
 refuses (:func:`supports`) every model or option whose vectors it would not
 reproduce, rather than approximating them.
 
-Tokenisation is the Nucleotide Transformer's (:mod:`genoembed.tokenize`):
+Tokenisation is the Nucleotide Transformer's (:mod:`genoembed.embedders.tokenize`):
 non-overlapping k-mers, single-base tokens for a run's last ``< k`` bases and
 for every ``N``; ``<cls>`` and ``<eos>`` are added by the tokenizer and left
 out of the mean. Three paths, fastest first:
@@ -46,7 +46,8 @@ from genoembed.embedders.fingerprint import (
     weight_files,
 )
 from genoembed.errors import InputError, ModelError
-from genoembed.tokenize import (
+from genoembed.seqio import BASE_CODES, reverse_complement
+from genoembed.embedders.tokenize import (
     SINGLE_BASES,
     SPECIAL_TOKENS,
     kmer_token_ids,
@@ -58,17 +59,14 @@ FAMILY = "nucleotide-transformer"
 #: ``TransformersEmbedder`` options that cannot change a zero-layer model's float32 vectors on CPU.
 NEUTRAL_OPTIONS = frozenset({"batch_size", "threads", "fuse", "compile", "attention", "trust_remote_code"})
 PROJECTION_FILE = "genoembed_projection.safetensors"
-_OPTIONS = ("pooling", "layer", "reverse_complement", "max_tokens", "family", "frames")
+#: The options this embedder takes (the rest of ``TransformersEmbedder``'s are neutral or refused).
+TABLE_OPTIONS = ("pooling", "layer", "reverse_complement", "max_tokens", "family", "frames")
 _N_SPECIAL = 2  # EsmTokenizer: <cls> first, <eos> last
 _WEIGHTS_FILE = "model.safetensors"
 _PREFIXES = ("", "esm.")  # EsmModel / EsmForMaskedLM checkpoints
 _FLOAT_DTYPES = ("F16", "F32", "F64")
 _ROWS_PER_BLOCK = 512  # rows of the (rows x vocab) float64 count matrix built at a time (~17 MB at 4106)
 _MAX_REFINEMENTS = 64
-_CODE = np.full(256, 4, dtype=np.uint8)  # A=0 C=1 G=2 T=3 (either case), everything else 4
-for _i, _base in enumerate("ACGT"):
-    _CODE[ord(_base)] = _CODE[ord(_base.lower())] = _i
-_COMPLEMENT = str.maketrans("ACGTN", "TGCAN")
 
 
 class _Unsupported(Exception):
@@ -99,7 +97,7 @@ def unsupported_reason(model_dir: str | os.PathLike, **options) -> str | None:
     if dtype not in ("auto", "float32", "fp32"):
         return f"dtype {dtype!r} (the table path computes in float32)"
     own = {key: value for key, value in options.items() if key not in NEUTRAL_OPTIONS}
-    unknown = sorted(set(own) - set(_OPTIONS))
+    unknown = sorted(set(own) - set(TABLE_OPTIONS))
     if unknown:
         return f"unknown options {unknown}"
     directory = Path(model_dir).expanduser()
@@ -224,7 +222,7 @@ class TokenTableEmbedder:
     def _exact_counts(self, sequence: str) -> np.ndarray:
         """(vocab,) token weights of one sequence, planned as ``TransformersEmbedder`` plans it."""
         text = normalize_sequence(sequence)
-        strands = [text, text.translate(_COMPLEMENT)[::-1]] if self.reverse_complement else [text]
+        strands = [text, reverse_complement(text)] if self.reverse_complement else [text]
         counts = np.zeros(len(self.vocab))
         for strand in strands:
             pieces = _plan_strand(strand, self.k, self.frames, self._chunk_bases, self._max_content, self.vocab)
@@ -261,7 +259,7 @@ def _read_model(directory: Path) -> _Model:
 
 
 def _check_tokenizer_files(directory: Path, tokenizer_config: dict) -> None:
-    """The slow EsmTokenizer over vocab.txt, adding no tokens: the tokenisation of genoembed.tokenize."""
+    """The slow EsmTokenizer over vocab.txt, adding no tokens: the tokenisation of genoembed.embedders.tokenize."""
     if tokenizer_config.get("tokenizer_class") != "EsmTokenizer":
         raise _Unsupported(f"tokenizer {tokenizer_config.get('tokenizer_class')!r}, not EsmTokenizer")
     others = [name for name in TOKENIZER_FILES
@@ -394,7 +392,7 @@ def _id_lookups(vocab: dict[str, int], k: int) -> tuple[np.ndarray, np.ndarray, 
     """Vocabulary ids of every k-mer by base-4 index, of its reverse complement, and of A C G T N."""
     kmers = kmer_vocab(k)[len(SPECIAL_TOKENS) : len(SPECIAL_TOKENS) + 4**k]  # base-4 index order
     kmer_ids = np.array([vocab[t] for t in kmers], dtype=np.int64)
-    rc_kmer_ids = np.array([vocab[t.translate(_COMPLEMENT)[::-1]] for t in kmers], dtype=np.int64)
+    rc_kmer_ids = np.array([vocab[reverse_complement(t)] for t in kmers], dtype=np.int64)
     base_ids = np.array([vocab[b] for b in SINGLE_BASES], dtype=np.int64)
     return kmer_ids, rc_kmer_ids, base_ids
 
@@ -417,7 +415,7 @@ def _blocks_by_length(sequences: Sequence[str]):
     for length in np.unique(lengths):
         rows = np.flatnonzero(lengths == length)
         data = b"".join(sequences[i].encode("ascii", errors="replace") for i in rows)
-        yield rows, _CODE[np.frombuffer(data, dtype=np.uint8)].reshape(len(rows), int(length))
+        yield rows, BASE_CODES[np.frombuffer(data, dtype=np.uint8)].reshape(len(rows), int(length))
 
 
 def _frame_count(length: int, k: int, frames: int) -> int:
@@ -476,7 +474,7 @@ def _reverse_complement_codes(codes: np.ndarray) -> np.ndarray:
 
 def _frame_tokens(codes: np.ndarray, k: int, frames: int, kmer_ids: np.ndarray, base_ids: np.ndarray):
     """Per frame ``f < frames``: ((m, length) token id at each position, (m, length) whether one starts there)
-    for rows of base codes (N = 4) read from base ``f``, as :mod:`genoembed.tokenize` reads them.
+    for rows of base codes (N = 4) read from base ``f``, as :mod:`genoembed.embedders.tokenize` reads them.
 
     A/C/G/T runs are cut at every N and at the frame's first base; a run gives k-mers from its start while
     one fits, then one token per base; every N is one token. So position ``p`` of a run starting at ``s``
