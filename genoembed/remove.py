@@ -1,12 +1,15 @@
 """`remove`: take a genome, or some of its contigs, out of a store (rows, tile ids, index entries).
 
-Shards holding removed rows are rewritten under new shard numbers; one atomic
-manifest write then switches to them and drops the index entry; only after
-that are the old files deleted and the index brought up to date (ids removed
-in place, or rebuilt for index types that cannot remove, such as HNSW). A
-crash at any point therefore leaves a consistent store, at worst without an
-index, which the next `genoembed index` (or this command again) rebuilds.
-Removed tile ids are never reused.
+Shards holding removed rows are rewritten under new shard numbers and the
+removed ids are dropped from the index in place; one atomic manifest write then
+switches to the new shards and the new index together (readers, who take no
+lock, never see a snapshot without an index); only after that are the old
+files deleted. Index types that cannot remove in place (such as HNSW) are
+switched to "no index" and rebuilt after the switch. A crash at any point
+therefore leaves a consistent store (before the switch: the old one plus
+orphan files that `genoembed verify` names), at worst without an index, which
+the next `genoembed index` (or this command again) rebuilds. Removed tile ids
+are never reused.
 """
 
 from __future__ import annotations
@@ -20,10 +23,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from genoembed.errors import InputError, StoreError
-from genoembed.indexing import build_store_index, index_file_matches, refresh_sharded, save_store_index
+from genoembed.indexing import build_store_index, index_file_matches, refresh_sharded
 from genoembed.store import Store, file_sha256, read_manifest, write_lock, write_manifest
 from genoembed.store_writer import write_shard
-from genoembed.vector_index import INDEX_FILE, IndexSpec, load_index, remove_tile_ids
+from genoembed.vector_index import INDEX_FILE, IndexSpec, load_index, remove_tile_ids, save_index
 
 log = logging.getLogger(__name__)
 
@@ -56,20 +59,28 @@ def remove(store: Store, genome: str, contigs: Sequence[str] = ()) -> dict:
             entry["removed_contigs"] = entry.get("removed_contigs", []) + list(contigs)
         else:
             del manifest["genomes"][genome]
-        index_entry, manifest["index"] = manifest.get("index"), None
+        ids = np.concatenate(removed_ids) if removed_ids else np.empty(0, dtype=np.int64)
+        # Readers take no lock and may open the store between any two steps: commit the new shards together
+        # with an index that matches them, so no committed snapshot lacks an index. The index file is replaced
+        # first; a reader of the old snapshot that loads it just misses the removed tiles.
+        index_entry = manifest.get("index")
+        in_place = bool(index_entry) and old_index is not None and remove_tile_ids(old_index, ids)
+        if in_place:
+            save_index(old_index, store.root / INDEX_FILE)
+            manifest["index"] = {**index_entry, "ntotal": int(old_index.ntotal),
+                                 "sha256": file_sha256(store.root / INDEX_FILE),
+                                 "genomes": [name for name, genome_entry in manifest["genomes"].items()
+                                             if genome_entry.get("status") == "complete"]}
+        else:
+            manifest["index"] = None  # rebuilt below, once the manifest lists the shards it is built from
         write_manifest(store.root, manifest)
         for path in replaced:
             path.unlink()
-        store.manifest = manifest
-        ids = np.concatenate(removed_ids) if removed_ids else np.empty(0, dtype=np.int64)
-        if index_entry:
+        store.refresh()
+        if index_entry and not in_place:
             spec = IndexSpec(**index_entry["spec"])
-            if old_index is not None and remove_tile_ids(old_index, ids):
-                save_store_index(store, spec, old_index)
-            else:
-                log.warning("%s: the %s index cannot remove vectors in place; rebuilding it",
-                            store.root, spec.factory)
-                build_store_index(store, spec)
+            log.warning("%s: the %s index cannot remove vectors in place; rebuilding it", store.root, spec.factory)
+            build_store_index(store, spec)
         refresh_sharded(store)
         dropped = drop_stale_searches(store, genome, contigs)
     return {"genome": genome, "contigs": list(contigs), "tiles_removed": int(len(ids)),

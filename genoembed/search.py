@@ -25,7 +25,7 @@ from genoembed import schema
 from genoembed.errors import InputError, StoreError
 from genoembed.seqio import read_fasta
 from genoembed.vector_index import FaissIndex
-from genoembed.store import Store, atomic_write_bytes
+from genoembed.store import SNAPSHOT_RETRIES, Store, atomic_write_bytes
 
 _VALID_BASES = re.compile(r"^[ACGTNRYKMSWBDHV]+$", re.IGNORECASE)
 # Thousands separators are commas only (samtools style); "1_0" is not the number 10.
@@ -187,15 +187,15 @@ def search(store: Store, queries: list[Query | str], k: int = 10, nprobe: int | 
     extra = max((_self_overlap_allowance(store, q) for q in queries if q.chrom is not None), default=0) \
         if exclude_self else 0
     fetch = min(k + extra, store.num_tiles)
-    for attempt in range(3):
+    for attempt in range(SNAPSHOT_RETRIES):
         try:
             hits = _hits(store, queries, vectors, k, fetch, nprobe, ef_search, exclude_self, genome, chrom)
             break
         except StoreError:
-            # A writer removed files of this snapshot (e.g. `genoembed remove`): answer from the newest one.
-            if attempt == 2:
+            # A writer removed files of this snapshot (e.g. `genoembed remove`): answer from the newest one
+            # (retried while writers keep committing; a store that is simply damaged fails at once).
+            if attempt == SNAPSHOT_RETRIES - 1 or not store.moved_on():
                 raise
-            store.refresh()
     if save_as:
         save_hits(store, hits, save_as, {"queries": len(queries), "k": k, "exclude_self": exclude_self})
     return hits

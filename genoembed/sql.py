@@ -45,7 +45,7 @@ import pyarrow.parquet as pq
 
 from genoembed import schema
 from genoembed.errors import InputError, StoreError
-from genoembed.store import Store, file_sha256
+from genoembed.store import SNAPSHOT_RETRIES, Store, file_sha256
 
 DEFAULT_TIMEOUT = 60.0
 _ALLOWED = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
@@ -122,8 +122,10 @@ def _feature_views(con, suffix: str) -> None:
 
 
 def _create_views(con, files: StoreFiles) -> None:
-    _parquet_view(con, "tiles", files.shards, f"* EXCLUDE ({schema.EMBEDDING})")
-    _parquet_view(con, "embeddings", files.shards, f"tile_id, {schema.EMBEDDING}")
+    # a store whose shards are all gone (every genome's tiles removed) still has empty views, not an error
+    _parquet_view(con, "tiles", files.shards, f"* EXCLUDE ({schema.EMBEDDING})", empty=schema.TILES)
+    _parquet_view(con, "embeddings", files.shards, f"tile_id, {schema.EMBEDDING}",
+                  empty=pa.schema([schema.embeddings_schema(1).field(name) for name in ("tile_id", schema.EMBEDDING)]))
     _parquet_view(con, "annotations", files.annotations, empty=schema.ANNOTATIONS)
     for name, path in files.searches.items():
         _parquet_view(con, f"hits_{name}", [path])
@@ -171,23 +173,35 @@ def run_sql(store: Store, query: str, parameters: dict | list | None = None,
     """
     if timeout is not None and not timeout > 0:
         raise InputError(f"SQL: timeout must be a positive number of seconds (or none), got {timeout!r}")
-    con = connect(store)
-    try:
-        statements = con.extract_statements(query)
-    except duckdb.Error as error:
-        raise InputError(f"SQL: {_message(error)}") from None
-    if len(statements) != 1:
-        raise InputError(f"SQL: give exactly one statement (got {len(statements)})")
-    if statements[0].type not in _ALLOWED:
-        raise InputError(f"SQL: only SELECT queries are allowed on a store (got {statements[0].type.name}); "
-                         "the store is opened read-only")
-    try:
-        return interruptible(con, lambda: con.sql(query, params=parameters).to_arrow_table(), timeout)
-    except TimeoutError:
-        raise InputError(f"SQL: query stopped after {timeout:g} s; raise --timeout "
-                         "(0: no limit; timeout=None in Python)") from None
-    except duckdb.Error as error:
-        raise InputError(f"SQL: {_message(error)}") from None
+    for attempt in range(SNAPSHOT_RETRIES):
+        try:
+            con = connect(store)
+        except StoreError:
+            # A writer removed a file of this snapshot (`genoembed remove` rewrites shards and deletes the old
+            # ones once the new manifest is committed): answer from the newest one, as search does. Retried
+            # only while writers keep committing, so a damaged store is reported at once.
+            if attempt == SNAPSHOT_RETRIES - 1 or not store.moved_on():
+                raise
+            continue
+        try:
+            statements = con.extract_statements(query)
+        except duckdb.Error as error:
+            raise InputError(f"SQL: {_message(error)}") from None
+        if len(statements) != 1:
+            raise InputError(f"SQL: give exactly one statement (got {len(statements)})")
+        if statements[0].type not in _ALLOWED:
+            raise InputError(f"SQL: only SELECT queries are allowed on a store (got {statements[0].type.name}); "
+                             "the store is opened read-only")
+        try:
+            return interruptible(con, lambda: con.sql(query, params=parameters).to_arrow_table(), timeout)
+        except TimeoutError:
+            raise InputError(f"SQL: query stopped after {timeout:g} s; raise --timeout "
+                             "(0: no limit; timeout=None in Python)") from None
+        except duckdb.Error as error:
+            # a shard deleted after the views were made fails as an IO or "permission" (allowed_paths) error;
+            # retry only when a writer did commit since, so a query's own mistakes are reported at once
+            if attempt == SNAPSHOT_RETRIES - 1 or not store.moved_on():
+                raise InputError(f"SQL: {_message(error)}") from None
 
 
 def interruptible(con: duckdb.DuckDBPyConnection, work, timeout: float | None):

@@ -43,6 +43,9 @@ MANIFEST = "manifest.json"
 PROVENANCE_KEY = b"genoembed.provenance"
 # Provenance keys that must agree for two runs to write into one store.
 IDENTITY_KEYS = ("embedder", "tiling", "embedding_dtype")
+# How many snapshots a reader tries when a writer commits and deletes files under it; each retry needs
+# a new commit in between (a damaged store is reported at once), so this only bounds a busy writer.
+SNAPSHOT_RETRIES = 10
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -139,8 +142,18 @@ def manifest_problems(manifest: dict) -> list[str]:
     for key in ("next_tile_id", "next_shard"):
         expect(key, manifest.get(key), int, "an integer")
     if expect("provenance", manifest.get("provenance"), dict, "an object"):
+        provenance = manifest["provenance"]
         for key in ("embedder", "tiling"):
-            expect(f"provenance.{key}", manifest["provenance"].get(key), dict, "an object")
+            expect(f"provenance.{key}", provenance.get(key), dict, "an object")
+        if provenance.get("embedding_dtype", "float32") not in ("float32", "float16"):
+            problems.append(f"provenance.embedding_dtype is {json.dumps(provenance['embedding_dtype'])[:40]}, "
+                            "expected \"float32\" or \"float16\"")
+        embedder = provenance.get("embedder")
+        # the embedder is rebuilt from these fields on every search (genoembed.embedders.load_embedder)
+        if isinstance(embedder, dict) and expect("provenance.embedder.kind", embedder.get("kind"), str, "a name") \
+                and embedder["kind"] == "kmer" and "k" in embedder:
+            if expect("provenance.embedder.k", embedder["k"], int, "a positive integer") and embedder["k"] < 1:
+                problems.append(f"provenance.embedder.k is {embedder['k']}, expected a positive integer")
     genomes = manifest.get("genomes")
     if expect("genomes", genomes, dict, "an object"):
         for name, entry in genomes.items():
@@ -159,8 +172,11 @@ def manifest_problems(manifest: dict) -> list[str]:
             for key in ("rows", "first_tile_id", "last_tile_id"):
                 expect(f"{where}.{key}", shard.get(key), int, "an integer")
             expect(f"{where}.genome", shard.get("genome"), str, "a genome name")
+            expect(f"{where}.sha256", shard.get("sha256"), str, "a checksum")
     for section in ("annotations", "searches"):
-        entries = manifest.get(section) or {}
+        # a missing section is empty; readers take `annotations` as an object, so a null or a list there is
+        # damage (a null `searches` is read as none, as before)
+        entries = manifest.get(section, {}) if section == "annotations" else manifest.get(section) or {}
         if expect(section, entries, dict, "an object"):
             for name, entry in entries.items():
                 if expect(f"{section}.{name}", entry, dict, "an object") and \
@@ -170,6 +186,12 @@ def manifest_problems(manifest: dict) -> list[str]:
     if index is not None and expect("index", index, dict, "an object or null"):
         if expect("index.path", index.get("path"), str, "a path"):
             _check_store_path(index["path"], "index", problems)
+        expect("index.sha256", index.get("sha256"), str, "a checksum")
+        if index.get("metric", "ip") not in ("ip", "l2"):
+            problems.append(f"index.metric is {json.dumps(index['metric'])[:40]}, expected \"ip\" or \"l2\"")
+        if expect("index.genomes", index.get("genomes", []), list, "a list of genome names"):
+            for number, name in enumerate(index.get("genomes", [])):
+                expect(f"index.genomes[{number}]", name, str, "a genome name")
     return problems
 
 
@@ -241,23 +263,33 @@ class Store:
     @classmethod
     def open(cls, path: str | Path, require_complete: bool = True) -> "Store":
         root = Path(path)
-        manifest = read_manifest(root)
-        store = cls(root, manifest)
-        if require_complete and not store.genomes:
-            raise StoreError(f"{root}: store build is incomplete (no genome finished yet); "
-                             "rerun `genoembed index` with the same options to resume it")
-        missing = [s["path"] for s in store.shards if not (root / s["path"]).is_file()]
-        if missing:
-            raise StoreError(f"{root}: {len(missing)} shard(s) listed in the manifest are missing "
-                             f"(e.g. {missing[0]}); run `genoembed verify {root}`, then rebuild with "
-                             "`genoembed index --overwrite`")
-        return store
+        for attempt in range(SNAPSHOT_RETRIES):
+            manifest = read_manifest(root)
+            store = cls(root, manifest)
+            if require_complete and not store.genomes:
+                raise StoreError(f"{root}: store build is incomplete (no genome finished yet); "
+                                 "rerun `genoembed index` with the same options to resume it")
+            missing = [s["path"] for s in store.shards if not (root / s["path"]).is_file()]
+            if not missing:
+                return store
+            # A writer (`genoembed remove`) may have committed a new manifest and deleted this one's old
+            # shards between the two reads: open the newest snapshot instead of calling the store damaged.
+            if attempt == SNAPSHOT_RETRIES - 1 or read_manifest(root) == manifest:
+                raise StoreError(f"{root}: {len(missing)} shard(s) listed in the manifest are missing "
+                                 f"(e.g. {missing[0]}); run `genoembed verify {root}`, then rebuild with "
+                                 "`genoembed index --overwrite`")
 
     def refresh(self) -> "Store":
         """Move to the newest committed snapshot (after a writer appended or removed)."""
         self.manifest = read_manifest(self.root)
         self._vector_index = None
         return self
+
+    def moved_on(self) -> bool:
+        """Refresh; True when a writer committed a new manifest since this snapshot was read (so a failure
+        reading it may be the writer's doing, and is worth retrying on the new one)."""
+        before = self.manifest
+        return self.refresh().manifest != before
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[dict]:
