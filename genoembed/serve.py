@@ -23,7 +23,6 @@ unknown store 404, invalid fields 422, no traceback ever leaves the server.
 from __future__ import annotations
 
 import hmac
-import io
 import json
 import logging
 import math
@@ -35,7 +34,6 @@ from pathlib import Path
 from typing import Literal
 
 import pyarrow as pa
-import pyarrow.csv as pacsv
 from fastapi import Depends, FastAPI, Query as QueryParam, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -206,14 +204,20 @@ def clean(value):
     return None if isinstance(value, float) and math.isnan(value) else value
 
 
+def tsv_cell(value) -> str:
+    """A TSV cell: empty for null/NaN, tabs and line breaks inside text become spaces (one row stays one line)."""
+    value = clean(value)
+    return "" if value is None else " ".join(str(value).replace("\t", " ").splitlines())
+
+
 def table_response(table: pa.Table, fmt: str, extra: dict | None = None) -> Response:
     """A result table as JSON (``{"columns", "rows", ...}``) or TSV (header row, empty cells for nulls)."""
+    rows = table.to_pylist()
     if fmt == "tsv":
-        sink = io.BytesIO()
-        pacsv.write_csv(table, sink, pacsv.WriteOptions(delimiter="\t", quoting_style="none"))
-        return Response(sink.getvalue().replace(b'"', b""), media_type=MEDIA["tsv"])
-    rows = [{key: clean(value) for key, value in row.items()} for row in table.to_pylist()]
-    body = {**(extra or {}), "columns": table.column_names, "rows": rows}
+        lines = ["\t".join(table.column_names)] + ["\t".join(tsv_cell(v) for v in row.values()) for row in rows]
+        return Response("".join(line + "\n" for line in lines), media_type=MEDIA["tsv"])
+    body = {**(extra or {}), "columns": table.column_names,
+            "rows": [{key: clean(value) for key, value in row.items()} for row in rows]}
     return Response(json.dumps(body, default=str), media_type=MEDIA["json"])
 
 
