@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from genoembed import schema
 from genoembed.errors import InputError, StoreError
-from genoembed.seqio import read_fasta
+from genoembed.seqio import fasta_records, read_fasta
 from genoembed.vector_index import FaissIndex
 from genoembed.store import SNAPSHOT_RETRIES, Store, atomic_write_bytes
 
@@ -91,30 +91,41 @@ def bed_queries(genome, path: str | Path) -> list[Query]:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: BED file not found")
+    return bed_text_queries(genome, path.read_text(), str(path))
+
+
+def bed_text_queries(genome, text: str, where: str) -> list[Query]:
+    """Regions from BED text (a file's, or a request's body); ``where`` names it in errors."""
     queries = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip() or line.startswith(("#", "track", "browser")):
             continue
         fields = line.split("\t")
         if len(fields) < 3 or not fields[1].isdigit() or not fields[2].isdigit():
-            raise InputError(f"{path}:{number}: expected chrom<TAB>start<TAB>end with integer coordinates")
+            raise InputError(f"{where}:{number}: expected chrom<TAB>start<TAB>end with integer coordinates")
         chrom, start, end = fields[0], int(fields[1]), int(fields[2])
         strand = fields[5] if len(fields) > 5 and fields[5] in ("+", "-") else "+"
         name = fields[3] if len(fields) > 3 and fields[3] else f"{chrom}:{start + 1}-{end}"
         if chrom not in genome.contigs:
-            raise InputError(f"{path}:{number}: contig {chrom!r} is not in {genome.path}")
+            raise InputError(f"{where}:{number}: contig {chrom!r} is not in {genome.path}")
         if not 0 <= start < end <= genome.contigs[chrom]:
-            raise InputError(f"{path}:{number}: {chrom}:{start}-{end} is empty or outside the contig "
+            raise InputError(f"{where}:{number}: {chrom}:{start}-{end} is empty or outside the contig "
                              f"(length {genome.contigs[chrom]})")
         queries.append(Query(name, genome.fetch(chrom, start, end, strand).upper(), chrom, start, end, strand))
     if not queries:
-        raise InputError(f"{path}: no regions found")
+        raise InputError(f"{where}: no regions found")
     return queries
 
 
 def fasta_queries(path: str | Path) -> list[Query]:
     """Every record of a FASTA file (plain or gzip) as a sequence query."""
     return [Query(name, check_sequence(sequence, f"{path} record {name!r}")) for name, sequence in read_fasta(path)]
+
+
+def fasta_text_queries(text: str, where: str) -> list[Query]:
+    """Every record of FASTA text (a request's body) as a sequence query."""
+    return [Query(name, check_sequence(sequence, f"{where} record {name!r}"))
+            for name, sequence in fasta_records(text.splitlines(), where)]
 
 
 class StoreGenomes:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import gzip
 import io
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -74,25 +74,30 @@ def read_fasta(path: str | Path) -> Iterator[tuple[str, str]]:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: FASTA file not found")
-    name, chunks, records = None, [], 0
     try:
         with open_text(path, encoding="ascii", errors="replace") as handle:
-            for number, line in enumerate(handle, 1):
-                line = line.rstrip("\r\n")
-                if line.startswith(">"):
-                    if name is not None:
-                        yield name, "".join(chunks)
-                        records += 1
-                    header = line[1:].strip()
-                    name, chunks = header.split()[0] if header else f"record{records + 1}", []
-                elif name is None and line.strip():
-                    raise InputError(f"{path}:{number}: not a FASTA file (expected a '>name' line first)")
-                else:
-                    chunks.append(line)
+            yield from fasta_records(handle, str(path))
     except (OSError, EOFError) as error:
         raise InputError(f"{path}: cannot read ({error}); is it a complete FASTA or gzip file?") from None
+
+
+def fasta_records(lines: Iterable[str], where: str) -> Iterator[tuple[str, str]]:
+    """``(name, sequence)`` records from FASTA lines (a file, or text sent to `genoembed serve`)."""
+    name, chunks, records = None, [], 0
+    for number, line in enumerate(lines, 1):
+        line = line.rstrip("\r\n")
+        if line.startswith(">"):
+            if name is not None:
+                yield name, "".join(chunks)
+                records += 1
+            header = line[1:].strip()
+            name, chunks = header.split()[0] if header else f"record{records + 1}", []
+        elif name is None and line.strip():
+            raise InputError(f"{where}:{number}: not a FASTA file (expected a '>name' line first)")
+        else:
+            chunks.append(line)
     if name is not None:
         yield name, "".join(chunks)
         records += 1
     if not records:
-        raise InputError(f"{path}: no FASTA records found")
+        raise InputError(f"{where}: no FASTA records found")

@@ -22,7 +22,7 @@ LAYERS = [
     ["embedders"],
     ["store"],
     ["store_writer", "sql", "indexing"],
-    ["annotate", "search", "remove", "verify", "recipe", "plot"],
+    ["annotate", "search", "remove", "verify", "recipe", "plot", "tracks"],
     ["ray_engine"],
     ["engine"],
     ["build"],
@@ -34,9 +34,10 @@ LAYERS = [
     ["train.finetune"],
     ["train"],
     ["__init__"],
+    ["serve"],
     ["cli.common"],
     ["cli.annotate", "cli.eval", "cli.finetune", "cli.index", "cli.info", "cli.plot", "cli.pretrain",
-     "cli.remove", "cli.search", "cli.sql", "cli.verify"],
+     "cli.remove", "cli.search", "cli.serve", "cli.sql", "cli.track", "cli.verify"],
     ["cli"],
 ]
 # Same-layer imports that are allowed (each one way only).

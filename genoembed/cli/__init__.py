@@ -13,7 +13,9 @@ from genoembed.cli.plot import plot
 from genoembed.cli.pretrain import pretrain
 from genoembed.cli.remove import remove
 from genoembed.cli.search import search
+from genoembed.cli.serve import serve
 from genoembed.cli.sql import sql
+from genoembed.cli.track import track
 from genoembed.cli.verify import verify
 
 app = typer.Typer(
@@ -26,6 +28,8 @@ app = typer.Typer(
 app.command("index")(index)
 app.command("search")(search)
 app.command("sql")(sql)
+app.command("serve")(serve)
+app.command("track")(track)
 app.command("annotate")(annotate)
 app.command("info")(info)
 app.command("verify")(verify)

@@ -1,0 +1,417 @@
+"""`genoembed serve`: stores kept open behind an HTTP API, so a search costs the search, not imports and model load.
+
+Each store is opened once and its embedder loaded once. Every request reads
+the store's newest committed snapshot: the manifest file is stat-ed and the
+store re-opened only when it changed (a writer commits by renaming a new
+manifest into place), so an append running beside the server never breaks a
+request; a request that began on the old snapshot finishes on it. Requests run
+in FastAPI's thread pool; the embedder (tokenizers and torch modules are not
+promised to be thread-safe), the FAISS index (search parameters are set on the
+shared index) and pyfaidx (one file handle, seek then read) are used under one
+lock per store, while annotation joins and SQL (a DuckDB connection each) run
+in parallel.
+
+Safety: stores are addressed by the names given at startup, never by a path
+from a request; bodies over ``MAX_BODY`` bytes, ``k`` over ``MAX_K`` and more
+than ``MAX_QUERIES`` queries are refused; with a token every endpoint but
+``/healthz``, the page shell and the API docs (which hold no data, and which a
+browser cannot fetch with a bearer header) needs ``Authorization: Bearer
+TOKEN``. Every failure is a JSON ``{"error": "..."}`` line: bad input 400,
+unknown store 404, invalid fields 422, no traceback ever leaves the server.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import math
+import os
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import pyarrow as pa
+from fastapi import Depends, FastAPI, Query as QueryParam, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.exceptions import HTTPException
+
+from genoembed.annotate import annotate_hits
+from genoembed.errors import GenoembedError, InputError, StoreError
+from genoembed.search import (Query, bed_text_queries, check_sequence, fasta_text_queries, query_source,
+                              region_queries, search)
+from genoembed.sql import run_sql
+from genoembed.store import MANIFEST, Store
+from genoembed.tracks import bedgraph, chrom_sizes, hits_bed, similarity, write_bigwig
+from genoembed.version import VERSION
+
+MAX_BODY = 1_000_000
+MAX_K = 1000
+MAX_QUERIES = 10_000
+MAX_SQL_TIMEOUT = 300.0
+STATIC = Path(__file__).parent / "serve_static"
+OPEN_PATHS = {"/healthz", "/", "/docs", "/openapi.json", "/docs/oauth2-redirect"}
+MEDIA = {"json": "application/json", "tsv": "text/tab-separated-values", "bed": "text/x-bed", "bed9": "text/x-bed",
+         "bedgraph": "text/x-bedgraph", "bigwig": "application/octet-stream"}
+log = logging.getLogger("genoembed")
+
+
+class SearchRequest(BaseModel):
+    """One search: queries as regions, sequences, BED text or FASTA text (any mix), and the CLI's options."""
+
+    model_config = ConfigDict(extra="forbid")
+    store: str | None = Field(None, description="Store name (optional when one store is served).")
+    regions: list[str] = Field([], description="chrom:start-end[:strand], 1-based inclusive.")
+    sequences: list[str] = Field([], description="DNA sequences.")
+    bed: str | None = Field(None, description="BED text: one query per line.")
+    fasta: str | None = Field(None, description="FASTA text: one query per record.")
+    k: int = Field(10, ge=1, le=MAX_K, description="Neighbours per query.")
+    genome: str | None = Field(None, description="Only hits from this genome.")
+    chrom: str | None = Field(None, description="Only hits on this contig.")
+    query_genome: str | None = Field(None, description="Genome that region/BED coordinates refer to.")
+    exclude_self: bool = Field(False, description="Drop hits overlapping the query's own region.")
+    annotate: bool = Field(True, description="Add overlapping and nearest features.")
+    strand_mode: Literal["ignore", "same", "opposite"] = "ignore"
+    feature_types: list[str] | None = Field(None, description="Only join features of these types.")
+    nprobe: int | None = Field(None, ge=1)
+    ef_search: int | None = Field(None, ge=1)
+
+
+class SqlRequest(BaseModel):
+    """One read-only statement with bound parameters."""
+
+    model_config = ConfigDict(extra="forbid")
+    store: str | None = None
+    query: str = Field(..., min_length=1, description="One SELECT over the store's views.")
+    parameters: dict[str, str | int | float | bool | None] | list[str | int | float | bool | None] | None = None
+    timeout: float = Field(10.0, gt=0, le=MAX_SQL_TIMEOUT, description="Seconds before the query is stopped.")
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A committed state of a store, with its query source (genome readers) opened on first use."""
+
+    store: Store
+    sources: dict
+
+
+class ServedStore:
+    """One store as served: its embedder loaded once, its newest snapshot re-opened only when the manifest changed."""
+
+    def __init__(self, name: str, path: str | Path, trust_remote_code: bool = False):
+        self.name, self.path = name, Path(path)
+        self.lock = threading.Lock()
+        self._swap = threading.Lock()
+        self._stamp = manifest_stamp(self.path)
+        self._snapshot = Snapshot(Store.open(self.path), {})
+        self.embedder = self._snapshot.store.embedder(trust_remote_code=trust_remote_code)
+        self._snapshot.store.vector_index()
+
+    def snapshot(self) -> Snapshot:
+        stamp = manifest_stamp(self.path)
+        with self._swap:
+            if stamp != self._stamp:
+                self._snapshot, self._stamp = Snapshot(Store.open(self.path), {}), stamp
+            return self._snapshot
+
+
+def manifest_stamp(root: Path) -> tuple[int, int, int]:
+    """What changes when a writer commits: the manifest is replaced by rename (new inode, mtime, size)."""
+    try:
+        stat = os.stat(root / MANIFEST)
+    except OSError as error:
+        raise StoreError(f"{root}: cannot read the store's manifest ({error.strerror or error})") from None
+    return stat.st_ino, stat.st_mtime_ns, stat.st_size
+
+
+def store_names(paths: list[str]) -> dict[str, Path]:
+    """``PATH`` or ``NAME=PATH`` -> {name: path}; a bare path is named after its directory."""
+    named: dict[str, Path] = {}
+    for spec in paths:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            name, path = Path(spec).resolve().name, spec
+        if not name or not name.replace("_", "").replace("-", "").replace(".", "").isalnum():
+            raise InputError(f"store {spec!r}: name it with letters, digits, '.', '-' or '_' (NAME=PATH)")
+        if name in named:
+            raise InputError(f"two stores are named {name!r}; name them apart with NAME=PATH")
+        named[name] = Path(path)
+    if not named:
+        raise InputError("give at least one store to serve")
+    return named
+
+
+def collect_queries(snapshot: Snapshot, request: SearchRequest) -> list[Query]:
+    """The request's queries in the CLI's order: regions, BED, sequences, FASTA; region sources cached per snapshot."""
+    queries: list[Query] = []
+    if request.regions or request.bed:
+        key = request.query_genome
+        if key not in snapshot.sources:
+            snapshot.sources[key] = query_source(snapshot.store, key)
+        source = snapshot.sources[key]
+        queries += region_queries(source, request.regions)
+        queries += bed_text_queries(source, request.bed, "bed") if request.bed else []
+    queries += [Query(f"sequence{i + 1}", check_sequence(s, f"sequences[{i}]")) for i, s in enumerate(request.sequences)]
+    queries += fasta_text_queries(request.fasta, "fasta") if request.fasta else []
+    if not queries:
+        raise InputError("no query: give regions, sequences, bed or fasta")
+    if len(queries) > MAX_QUERIES:
+        raise InputError(f"{len(queries)} queries: at most {MAX_QUERIES} per request")
+    return queries
+
+
+def run_search(served: ServedStore, request: SearchRequest) -> pa.Table:
+    """Hits with their features, as `genoembed search --no-save` returns them."""
+    snapshot = served.snapshot()
+    with served.lock:
+        queries = collect_queries(snapshot, request)
+        hits = search(snapshot.store, queries, k=request.k, nprobe=request.nprobe, ef_search=request.ef_search,
+                      exclude_self=request.exclude_self, embedder=served.embedder, genome=request.genome,
+                      chrom=request.chrom)
+    if request.annotate and snapshot.store.manifest.get("annotations"):
+        types = tuple(request.feature_types) if request.feature_types else None
+        hits = annotate_hits(snapshot.store, hits, strand=request.strand_mode, types=types)
+    return hits
+
+
+def similarity_track(served: ServedStore, request: SearchRequest) -> tuple[pa.Table, dict[str, int]]:
+    """The one query's best cosine per tile position, and the contig sizes of the genome drawn."""
+    snapshot = served.snapshot()
+    with served.lock:
+        queries = collect_queries(snapshot, request)
+        if len(queries) != 1:
+            raise InputError(f"a similarity track is for one query, got {len(queries)}")
+        vector = served.embedder.embed([queries[0].sequence])[0]
+    return similarity(snapshot.store, vector, request.genome), chrom_sizes(snapshot.store, request.genome)
+
+
+def pick_format(request: Request, given: str | None, allowed: tuple[str, ...]) -> str:
+    """``?format=`` wins; else the first allowed format whose media type the Accept header names; else the first."""
+    if given is not None:
+        if given not in allowed:
+            raise InputError(f"format {given!r}: use one of {', '.join(allowed)}")
+        return given
+    accept = request.headers.get("accept", "")
+    return next((fmt for fmt in allowed if MEDIA[fmt] in accept), allowed[0])
+
+
+def clean(value):
+    """JSON has no NaN: missing scores become null."""
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def tsv_cell(value) -> str:
+    """A TSV cell: empty for null/NaN, tabs and line breaks inside text become spaces (one row stays one line)."""
+    value = clean(value)
+    return "" if value is None else " ".join(str(value).replace("\t", " ").splitlines())
+
+
+def table_response(table: pa.Table, fmt: str, extra: dict | None = None) -> Response:
+    """A result table as JSON (``{"columns", "rows", ...}``) or TSV (header row, empty cells for nulls)."""
+    rows = table.to_pylist()
+    if fmt == "tsv":
+        lines = ["\t".join(table.column_names)] + ["\t".join(tsv_cell(v) for v in row.values()) for row in rows]
+        return Response("".join(line + "\n" for line in lines), media_type=MEDIA["tsv"])
+    body = {**(extra or {}), "columns": table.column_names,
+            "rows": [{key: clean(value) for key, value in row.items()} for row in rows]}
+    return Response(json.dumps(body, default=str), media_type=MEDIA["json"])
+
+
+def error_response(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": " ".join(str(message).split())}, status_code=status)
+
+
+class UnknownStore(InputError):
+    """A request named a store the server was not started with."""
+
+
+def status_of(error: GenoembedError) -> int:
+    """Unknown names are 404, everything else the caller can fix is 400."""
+    return 404 if isinstance(error, UnknownStore) else 400
+
+
+def validation_message(error: ValidationError | RequestValidationError) -> str:
+    """Pydantic's error list as one line: ``field: problem; field: problem``."""
+    parts = []
+    for item in error.errors():
+        where = ".".join(str(p) for p in item.get("loc", ()) if p not in ("body", "query"))
+        parts.append(f"{where or 'body'}: {item.get('msg', 'invalid')}")
+    return "; ".join(parts)
+
+
+class Guard:
+    """ASGI middleware: refuses bodies over ``MAX_BODY`` (413) and requests without the token (401)."""
+
+    def __init__(self, app, token: str | None = None):
+        self.app, self.token = app, token
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        if self.token is not None and scope["path"] not in OPEN_PATHS and not self.authorised(scope):
+            response = error_response(401, "missing or wrong token: send the header 'Authorization: Bearer TOKEN'")
+            response.headers["WWW-Authenticate"] = "Bearer"
+            return await response(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length", b"0")
+        if declared.isdigit() and int(declared) > MAX_BODY:
+            return await error_response(413, f"request body over {MAX_BODY} bytes")(scope, receive, send)
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            more = message.get("more_body", False)
+            if size > MAX_BODY:
+                return await error_response(413, f"request body over {MAX_BODY} bytes")(scope, receive, send)
+        body, sent = b"".join(chunks), False
+
+        async def replay():
+            nonlocal sent
+            if sent:
+                return await receive()
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        return await self.app(scope, replay, send)
+
+    def authorised(self, scope) -> bool:
+        header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
+        scheme, _, given = header.partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), self.token.encode())
+
+
+async def raw_body(request: Request) -> bytes:
+    """The body, read before the (synchronous, thread-pool) endpoint runs."""
+    return await request.body()
+
+
+def search_request(request: Request, body: bytes, base: SearchRequest | None = None) -> SearchRequest:
+    """Options from the query string, overridden by a JSON body; a text body is FASTA (starts with '>') or BED."""
+    fields = {key: value for key, value in request.query_params.items() if key != "format"}
+    for key in ("regions", "sequences", "feature_types"):
+        if key in fields:
+            fields[key] = request.query_params.getlist(key)
+    text = body.decode("utf-8", errors="replace").strip()
+    if text and "json" in request.headers.get("content-type", ""):
+        try:
+            parsed = json.loads(text)
+        except ValueError as error:
+            raise InputError(f"body is not JSON ({error})") from None
+        if not isinstance(parsed, dict):
+            raise InputError("JSON body must be an object, e.g. {\"sequences\": [\"ACGT...\"], \"k\": 10}")
+        fields.update(parsed)
+    elif text:
+        fields["fasta" if text.startswith(">") else "bed"] = text
+    return SearchRequest.model_validate(fields)
+
+
+def create_app(stores: dict[str, ServedStore], token: str | None = None) -> FastAPI:
+    """The API over already opened stores; ``token`` (when given) guards every data endpoint."""
+    app = FastAPI(title="genoembed", summary="Similarity search over genome embedding stores.",
+                  version=VERSION)
+    app.add_middleware(Guard, token=token)
+
+    def served(name: str | None) -> ServedStore:
+        if name is None:
+            if len(stores) == 1:
+                return next(iter(stores.values()))
+            raise InputError(f"name a store: one of {', '.join(stores)}")
+        if name not in stores:
+            raise UnknownStore(f"no store named {name!r}; served: {', '.join(stores)}")
+        return stores[name]
+
+    @app.exception_handler(GenoembedError)
+    async def genoembed_error(_request, error: GenoembedError):
+        return error_response(status_of(error), str(error))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request, error: RequestValidationError):
+        return error_response(422, validation_message(error))
+
+    @app.exception_handler(ValidationError)
+    async def invalid_body(_request, error: ValidationError):
+        return error_response(422, validation_message(error))
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_request, error: HTTPException):
+        return error_response(error.status_code, error.detail)
+
+    @app.exception_handler(Exception)
+    async def unexpected(_request, error: Exception):
+        log.exception("unexpected error while serving a request")
+        return error_response(500, f"internal error ({type(error).__name__}); the server log has the details")
+
+    @app.get("/healthz", summary="Liveness (no token needed).")
+    def healthz() -> dict:
+        return {"status": "ok", "stores": len(stores)}
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    @app.get("/stores", summary="Names of the served stores with their size.")
+    def list_stores() -> list[dict]:
+        out = []
+        for name, entry in stores.items():
+            store = entry.snapshot().store
+            out.append({"name": name, "tiles": store.num_tiles, "dim": store.dim, "genomes": list(store.genomes),
+                        "annotations": sorted(store.manifest.get("annotations") or {})})
+        return out
+
+    @app.get("/stores/{name}", summary="What a store holds and how it was made (`genoembed info`).")
+    def store_info(name: str) -> dict:
+        return served(name).snapshot().store.info()
+
+    search_body = {"requestBody": {"content": {
+        "application/json": {"schema": SearchRequest.model_json_schema()},
+        "text/plain": {"schema": {"type": "string", "description": "FASTA (starts with '>') or BED; "
+                                  "options in the query string"}}}}}
+
+    @app.post("/search", summary="Nearest tiles to regions, sequences, BED or FASTA, with their features.",
+              openapi_extra=search_body)
+    def search_endpoint(request: Request, body: bytes = Depends(raw_body),
+                        format: str | None = QueryParam(None, description="json, tsv, bed or bed9 "
+                                                        "(else from the Accept header)")) -> Response:
+        wanted = search_request(request, body)
+        fmt = pick_format(request, format, ("json", "tsv", "bed", "bed9"))
+        hits = run_search(served(wanted.store), wanted)
+        if fmt in ("bed", "bed9"):
+            return Response(hits_bed(hits, bed9=fmt == "bed9"), media_type=MEDIA[fmt])
+        return table_response(hits, fmt, {"store": served(wanted.store).name, "k": wanted.k})
+
+    @app.post("/sql", summary="One read-only SELECT over a store (the `genoembed sql` sandbox).")
+    def sql_endpoint(wanted: SqlRequest, request: Request,
+                     format: str | None = QueryParam(None, description="json or tsv")) -> Response:
+        fmt = pick_format(request, format, ("json", "tsv"))
+        table = run_sql(served(wanted.store).snapshot().store, wanted.query, wanted.parameters, wanted.timeout)
+        return table_response(table, fmt)
+
+    @app.get("/track", summary="A genome-browser track: hits (bed, bed9) or one query's similarity "
+                               "(bedgraph, bigwig).")
+    def track_endpoint(request: Request, format: str = QueryParam("bedgraph", description="bed, bed9, bedgraph "
+                                                                  "or bigwig")) -> Response:
+        wanted = search_request(request, b"")
+        fmt = pick_format(request, format, ("bedgraph", "bigwig", "bed", "bed9"))
+        entry = served(wanted.store)
+        if fmt in ("bed", "bed9"):
+            return Response(hits_bed(run_search(entry, wanted), bed9=fmt == "bed9"), media_type=MEDIA[fmt])
+        track, sizes = similarity_track(entry, wanted)
+        if fmt == "bedgraph":
+            return Response(bedgraph(track), media_type=MEDIA[fmt])
+        with tempfile.TemporaryDirectory(prefix="genoembed-track-") as scratch:
+            data = write_bigwig(track, sizes, Path(scratch) / "track.bw").read_bytes()
+        return Response(data, media_type=MEDIA[fmt],
+                        headers={"Content-Disposition": 'attachment; filename="similarity.bw"'})
+
+    return app
+
+
+def open_stores(paths: list[str], trust_remote_code: bool = False) -> dict[str, ServedStore]:
+    """Open every store and load its embedder once, before the first request."""
+    return {name: ServedStore(name, path, trust_remote_code) for name, path in store_names(paths).items()}

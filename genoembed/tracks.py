@@ -1,0 +1,129 @@
+"""Genome-browser tracks: hits as BED / bigBed-ready BED9, and a query's similarity along the genome.
+
+The similarity track answers "where else does this look like my query?" for
+every tile, not just the top ``k``: the query vector is dotted with every
+stored vector (streamed from the shards, so memory stays one batch), and each
+tile position keeps its best cosine over both strands. A browser track must not
+overlap itself, so each position's value covers from its start to the next
+position's start (or its own end); the value at a hit's start is therefore the
+best score of any tile starting there, which is the hit's score for rank 1.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from genoembed import schema
+from genoembed.errors import InputError, MissingExtraError
+from genoembed.store import Store
+
+SIMILARITY = pa.schema([("chrom", pa.string()), ("start", pa.int64()), ("end", pa.int64()),
+                        ("score", pa.float32())])
+
+
+def score_to_bed(score: float) -> int:
+    """BED's 0-1000 score from a cosine (negative and missing scores are 0)."""
+    return 0 if score is None or math.isnan(score) else int(round(min(max(score, 0.0), 1.0) * 1000))
+
+
+def score_colour(score: float) -> str:
+    """itemRgb for a cosine: grey (0) through orange to red (1), so strong hits stand out in a browser."""
+    t = score_to_bed(score) / 1000
+    return f"{int(200 + 55 * t)},{int(200 * (1 - t))},{int(200 * (1 - t) ** 2)}"
+
+
+def hits_bed(hits: pa.Table, bed9: bool = False) -> str:
+    """Hits as BED6 (name ``QUERY#RANK``, score 0-1000, strand), or BED9 with an itemRgb colour by score,
+    sorted by position and without a header, as ``bedToBigBed -type=bed9`` wants it."""
+    rows = sorted(hits.select(["query", "rank", "chrom", "start", "end", "strand", "score"]).to_pylist(),
+                  key=lambda row: (row["chrom"], row["start"], row["end"], row["query"], row["rank"]))
+    lines = []
+    for row in rows:
+        fields = [row["chrom"], row["start"], row["end"], f"{row['query']}#{row['rank']}".replace(" ", "_"),
+                  score_to_bed(row["score"]), row["strand"]]
+        if bed9:
+            fields += [row["start"], row["end"], score_colour(row["score"])]
+        lines.append("\t".join(str(field) for field in fields))
+    return "".join(line + "\n" for line in lines)
+
+
+def chrom_sizes(store: Store, genome: str | None = None) -> dict[str, int]:
+    """Contig lengths of one genome, or of the whole store when its contig names are unique."""
+    if genome is not None:
+        if genome not in store.genomes:
+            raise InputError(f"{store.root}: no genome {genome!r} in the store; it holds {', '.join(store.genomes)}")
+        return dict(store.genomes[genome]["contig_lengths"])
+    sizes: dict[str, int] = {}
+    for name, entry in store.genomes.items():
+        for chrom, length in entry["contig_lengths"].items():
+            if chrom in sizes:
+                raise InputError(f"{store.root}: contig {chrom!r} is in several genomes; a track is drawn on one "
+                                 f"genome, name it (genome={name!r} or another)")
+            sizes[chrom] = length
+    return sizes
+
+
+def similarity(store: Store, vector: np.ndarray, genome: str | None = None) -> pa.Table:
+    """Best cosine of ``vector`` at each tile position (both strands) as non-overlapping intervals,
+    sorted by contig and start (``SIMILARITY`` columns)."""
+    sizes = chrom_sizes(store, genome)
+    query = np.asarray(vector, dtype=np.float32).reshape(-1)
+    if query.shape[0] != store.dim:
+        raise InputError(f"query vector has dim {query.shape[0]} but the store has dim {store.dim}")
+    query = query / (np.linalg.norm(query) or 1.0)
+    pieces = []
+    for batch in store.iter_batches(["genome", "chrom", "start", "end", schema.EMBEDDING]):
+        vectors = np.asarray(batch.column(4).flatten().to_numpy(zero_copy_only=False), dtype=np.float32)
+        vectors = vectors.reshape(batch.num_rows, store.dim)
+        norms = np.linalg.norm(vectors, axis=1)
+        scores = (vectors @ query) / np.where(norms > 0, norms, 1.0)
+        piece = pa.table({"genome": batch.column(0), "chrom": batch.column(1), "start": batch.column(2),
+                          "end": batch.column(3), "score": pa.array(scores, pa.float32())})
+        pieces.append(piece if genome is None else piece.filter(pc.equal(piece["genome"], genome)))
+    if not pieces:
+        return SIMILARITY.empty_table()
+    best = pa.concat_tables(pieces).group_by(["chrom", "start"]).aggregate([("end", "max"), ("score", "max")])
+    best = best.sort_by([("chrom", "ascending"), ("start", "ascending")])
+    chrom = best["chrom"].to_pylist()
+    start = best["start"].to_numpy().astype(np.int64)
+    end = best["end_max"].to_numpy().astype(np.int64)
+    same_next = np.append(np.array(chrom[1:], dtype=object) == np.array(chrom[:-1], dtype=object), False)
+    next_start = np.append(start[1:], 0)
+    end = np.where(same_next, np.minimum(end, next_start), end)
+    end = np.minimum(end, [sizes[c] for c in chrom])
+    return pa.table({"chrom": chrom, "start": start, "end": end,
+                     "score": best["score_max"].cast(pa.float32())}, schema=SIMILARITY)
+
+
+def bedgraph(track: pa.Table, name: str = "genoembed similarity") -> str:
+    """A similarity track as bedGraph text (with a track line naming it)."""
+    lines = [f'track type=bedGraph name="{name}" viewLimits=0:1 autoScale=off']
+    lines += [f"{row['chrom']}\t{row['start']}\t{row['end']}\t{row['score']:.6g}" for row in track.to_pylist()]
+    return "\n".join(lines) + "\n"
+
+
+def write_bigwig(track: pa.Table, sizes: dict[str, int], path: str | Path) -> Path:
+    """A similarity track as bigWig (float32 values, contigs in the genome's order)."""
+    try:
+        import pyBigWig
+    except ImportError:
+        raise MissingExtraError("bigWig tracks need pyBigWig: pip install 'genoembed[serve]'") from None
+    path = Path(path)
+    order = {chrom: number for number, chrom in enumerate(sizes)}
+    rows = sorted(track.to_pylist(), key=lambda row: (order[row["chrom"]], row["start"]))
+    writer = pyBigWig.open(str(path), "w")
+    if writer is None:
+        raise InputError(f"{path}: cannot write a bigWig file here; check the directory exists and is writable")
+    try:
+        writer.addHeader(list(sizes.items()))
+        if rows:
+            writer.addEntries([row["chrom"] for row in rows], [row["start"] for row in rows],
+                              ends=[row["end"] for row in rows], values=[float(row["score"]) for row in rows])
+    finally:
+        writer.close()
+    return path
