@@ -426,7 +426,7 @@ class Store:
             wanted = np.flatnonzero(owner == shard_number)
             table = self._read_ids(self.root / shards[shard_number]["path"], tile_ids[wanted]) \
                 if shard_number < len(lasts) else schema.TILES.empty_table()
-            stored = table.column("tile_id").to_numpy()
+            stored = table.column("tile_id").combine_chunks().to_numpy()  # ChunkedArray.to_numpy imports pandas
             local = np.searchsorted(stored, tile_ids[wanted])
             found = local < len(stored)
             found[found] = stored[local[found]] == tile_ids[wanted][found]
