@@ -43,6 +43,9 @@ MANIFEST = "manifest.json"
 PROVENANCE_KEY = b"genoembed.provenance"
 # Provenance keys that must agree for two runs to write into one store.
 IDENTITY_KEYS = ("embedder", "tiling", "embedding_dtype")
+# Stores up to this many tiles keep every tile's locus in memory once a Store object serves a second lookup
+# (a few tens of bytes a tile), so repeated searches (the Python API, `genoembed serve`) skip Parquet reads.
+LOCI_CACHE_TILES = 5_000_000
 # How many snapshots a reader tries when a writer commits and deletes files under it; each retry needs
 # a new commit in between (a damaged store is reported at once), so this only bounds a busy writer.
 SNAPSHOT_RETRIES = 10
@@ -257,8 +260,20 @@ class Store:
 
     def __init__(self, root: Path, manifest: dict):
         self.root = root
+        self._embedders: dict[bool, object] = {}
         self.manifest = manifest
+
+    @property
+    def manifest(self) -> dict:
+        return self._manifest
+
+    @manifest.setter
+    def manifest(self, manifest: dict) -> None:
+        """A new snapshot: what was derived from the old one (vector index, tile loci) is dropped."""
+        self._manifest = manifest
         self._vector_index = None
+        self._loci: pa.Table | None = None  # every tile's locus, kept once a store object answers repeatedly
+        self._tile_lookups = 0
 
     @classmethod
     def open(cls, path: str | Path, require_complete: bool = True) -> "Store":
@@ -282,7 +297,6 @@ class Store:
     def refresh(self) -> "Store":
         """Move to the newest committed snapshot (after a writer appended or removed)."""
         self.manifest = read_manifest(self.root)
-        self._vector_index = None
         return self
 
     def moved_on(self) -> bool:
@@ -302,7 +316,6 @@ class Store:
             yield manifest
             write_manifest(self.root, manifest)
             self.manifest = manifest
-            self._vector_index = None
 
     # --- facts -------------------------------------------------------------
     @property
@@ -418,6 +431,11 @@ class Store:
         tile_ids = np.asarray(tile_ids, dtype=np.int64)
         if not len(tile_ids):
             return schema.TILES.empty_table()
+        self._tile_lookups += 1
+        if self._loci is None and self._tile_lookups > 1 and self.num_tiles <= LOCI_CACHE_TILES:
+            self._loci = self._all_loci()
+        if self._loci is not None:
+            return self._cached_tiles(tile_ids)
         shards = sorted(self.shards, key=lambda shard: shard["last_tile_id"])
         lasts = np.array([shard["last_tile_id"] for shard in shards], dtype=np.int64)
         owner = np.searchsorted(lasts, tile_ids, side="left")
@@ -437,6 +455,29 @@ class Store:
             taken += table.num_rows
             pieces.append(table)
         return pa.concat_tables(pieces).take(pa.array(positions)).cast(schema.TILES)
+
+    def _all_loci(self) -> pa.Table:
+        """Every visible tile's row (no vectors), sorted by tile id: one columnar read, then lookups are searches."""
+        shards = sorted(self.shards, key=lambda shard: shard["first_tile_id"])
+        pieces = []
+        for shard in shards:
+            try:
+                pieces.append(pq.read_table(self.root / shard["path"], columns=schema.TILE_COLUMNS))
+            except (OSError, pa.ArrowException) as error:
+                raise StoreError(f"{self.root / shard['path']}: unreadable shard ({str(error).splitlines()[0]}); "
+                                 f"run `genoembed verify {self.root}` and rebuild the store") from None
+        table = pa.concat_tables(pieces).cast(schema.TILES) if pieces else schema.TILES.empty_table()
+        self._loci_ids = table.column("tile_id").combine_chunks().to_numpy()
+        return table
+
+    def _cached_tiles(self, tile_ids: np.ndarray) -> pa.Table:
+        rows = np.searchsorted(self._loci_ids, tile_ids)
+        found = rows < len(self._loci_ids)
+        found[found] = self._loci_ids[rows[found]] == tile_ids[found]
+        if not found.all():
+            raise StoreError(f"{self.root}: tile id {tile_ids[~found][0]} is not in the store "
+                             "(removed, or from another store); run `genoembed verify` if it should be")
+        return self._loci.take(pa.array(rows))
 
     def _read_ids(self, path: Path, ids: np.ndarray) -> pa.Table:
         """The row groups of one shard whose tile_id range can contain ``ids`` (sorted by tile_id)."""
@@ -476,6 +517,8 @@ class Store:
 
         Custom model code is never run on reopening unless the caller says so again.
         """
+        if trust_remote_code in self._embedders:
+            return self._embedders[trust_remote_code]
         from genoembed.embedders import load_embedder
         from genoembed.errors import ModelError
 
@@ -485,6 +528,7 @@ class Store:
             raise ModelError(f"{self.root}: the model at {self.provenance['embedder'].get('model_path')} "
                              f"changed since the store was built (fingerprint {embedder.fingerprint} != {expected}); "
                              "restore the original model or rebuild the store")
+        self._embedders[trust_remote_code] = embedder
         return embedder
 
     def genome(self, name: str | None = None):

@@ -151,3 +151,19 @@ def test_float16_store_round_trips(tmp_path):
     ids, vectors = next(store.iter_embeddings())
     assert vectors.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=2e-3)
+
+
+def test_repeated_lookups_use_the_loci_cache_and_agree_with_parquet_reads(chloroplast_store):
+    """The second lookup of a Store object builds its in-memory loci; answers equal the row-group reads,
+    and a new snapshot drops them."""
+    import numpy as np
+
+    store = Store.open(chloroplast_store.root)
+    ids = np.random.default_rng(0).choice(store.num_tiles, size=50, replace=False)
+    first = store.tiles(ids)
+    assert store._loci is None
+    second = store.tiles(ids[::-1])
+    assert store._loci is not None
+    assert second.to_pylist() == first.to_pylist()[::-1]
+    store.refresh()
+    assert store._loci is None
