@@ -39,6 +39,7 @@ LAYERS = [
     ["cli.annotate", "cli.eval", "cli.finetune", "cli.index", "cli.info", "cli.plot", "cli.pretrain",
      "cli.remove", "cli.search", "cli.serve", "cli.sql", "cli.track", "cli.verify"],
     ["cli"],
+    ["__main__"],
 ]
 # Same-layer imports that are allowed (each one way only).
 SIDEWAYS = {("remove", "indexing"), ("annotate", "sql"), ("plot", "sql"), ("verify", "sql"),

@@ -1,0 +1,5 @@
+"""`python -m genoembed`: the command line."""
+
+from genoembed.cli import main
+
+main()
