@@ -156,13 +156,26 @@ def kmer_counts(sequence: str, k: int = STRAND_K) -> np.ndarray:
     return np.bincount(kmer_indices(encode_bases(sequence), k), minlength=4**k)
 
 
-def match_strand(query: str, target: str, k: int = STRAND_K) -> str:
+def reverse_complement_order(k: int = STRAND_K) -> np.ndarray:
+    """Index of each k-mer's reverse complement, so ``counts[order]`` counts the reverse strand."""
+    digits = (np.arange(4**k)[:, None] // 4 ** np.arange(k)) % 4  # least significant base first
+    return ((3 - digits) * 4 ** np.arange(k - 1, -1, -1)).sum(axis=1)
+
+
+def match_strand(query: str | np.ndarray, target: str, k: int = STRAND_K) -> str:
     """``+`` when ``query`` shares more k-mers with ``target`` than with its reverse complement,
-    ``-`` when fewer, ``.`` on a tie (e.g. no shared k-mer on either strand)."""
-    counts = kmer_counts(query, k)
-    forward = int(np.minimum(counts, kmer_counts(target, k)).sum())
-    reverse = int(np.minimum(counts, kmer_counts(reverse_complement(target), k)).sum())
+    ``-`` when fewer, ``.`` on a tie (e.g. no shared k-mer on either strand). ``query`` may be
+    given as its :func:`kmer_counts` (a query checked against many hits is counted once)."""
+    counts = kmer_counts(query, k) if isinstance(query, str) else query
+    target_counts = kmer_counts(target, k)
+    if k not in _RC_ORDER:
+        _RC_ORDER[k] = reverse_complement_order(k)
+    forward = int(np.minimum(counts, target_counts).sum())
+    reverse = int(np.minimum(counts, target_counts[_RC_ORDER[k]]).sum())
     return "+" if forward > reverse else "-" if reverse > forward else "."
+
+
+_RC_ORDER: dict[int, np.ndarray] = {}
 
 
 def alignment_columns(alignment: Alignment | None, query_length: int, database_length: int) -> dict:

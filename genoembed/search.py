@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from genoembed import schema
-from genoembed.errors import InputError, StoreError
+from genoembed.errors import InputError, StoreError, command
 from genoembed.seqio import read_fasta
 from genoembed.vector_index import FaissIndex
 from genoembed.store import Store, atomic_write_bytes
@@ -258,25 +258,30 @@ class HitSequences:
 def add_evidence(store: Store, queries: list[Query], hits: pa.Table, align: bool = False) -> pa.Table:
     """``hits`` with ``strand`` read from sequence and, with ``align``, alignment columns.
 
-    The strand comes from the alignment when aligned, else from k-mer counts of the query and the
-    tile on each strand (:func:`genoembed.evidence.match_strand`): tile orientation alone cannot
-    tell it, because default vectors are the same for a tile and its reverse complement.
+    The query is aligned to the tile plus flanks of its own length, so a query overlapping the tile
+    aligns whole; an alignment that does not touch the tile is not evidence for it (nulls). The
+    strand comes from the alignment, else from k-mer counts of the query and the tile on each strand
+    (:func:`genoembed.evidence.match_strand`): tile orientation alone cannot tell it, because
+    default vectors are the same for a tile and its reverse complement.
     """
-    from genoembed.evidence import align as align_pair, alignment_columns, flanked, match_strand
+    from genoembed.evidence import align as align_pair, alignment_columns, flanked, kmer_counts, match_strand
 
     sequences = {query.name: query.sequence.upper() for query in queries}
+    counts = {name: kmer_counts(sequence) for name, sequence in sequences.items()}
     regions, lengths = HitSequences(store), store.contig_lengths
     database_length = sum(lengths.values())
     rows = []
     for hit in hits.to_pylist():
         query = sequences[hit["query"]]
+        alignment = None
         if align:
             start, end = flanked(hit["start"], hit["end"], lengths[hit["chrom"]], len(query))
             alignment = align_pair(query, regions.fetch(hit["genome"], hit["chrom"], start, end), start)
-            hit["strand"] = alignment.strand if alignment else "."
+            if alignment and not (alignment.target_start < hit["end"] and hit["start"] < alignment.target_end):
+                alignment = None  # the query aligns next to the tile, not on it: no evidence for this hit
             hit.update(alignment_columns(alignment, len(query), database_length))
-        else:
-            hit["strand"] = match_strand(query, regions.fetch(hit["genome"], hit["chrom"], hit["start"], hit["end"]))
+        hit["strand"] = alignment.strand if alignment else \
+            match_strand(counts[hit["query"]], regions.fetch(hit["genome"], hit["chrom"], hit["start"], hit["end"]))
         rows.append(hit)
     return pa.Table.from_pylist(rows, schema=schema.ALIGNED_HITS if align else schema.HITS)
 
@@ -341,7 +346,7 @@ def subset_mask(store: Store, genome: str | None = None, chrom: str | None = Non
                                params=parameters).fetchnumpy()["tile_id"]
     if not len(ids):
         raise InputError(f"{store.root}: no tiles match genome={genome!r} chrom={chrom!r}; "
-                         "check the names with `genoembed sql \"SELECT DISTINCT genome, chrom FROM tiles\"`")
+                         f"check the names with {command('sql', store.root, 'SELECT DISTINCT genome, chrom FROM tiles')}")
     mask[ids] = True
     return mask
 
