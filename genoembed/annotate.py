@@ -52,7 +52,8 @@ def annotate_hits(store: Store, hits: pa.Table, strand: str = "ignore", types: t
     from genoembed.sql import connect
 
     con: duckdb.DuckDBPyConnection = connect(store)
-    con.register("hits_in", hits)
+    # rows come back in the order given (queries in input order), not sorted by query name
+    con.register("hits_in", hits.append_column("hit_order", pa.array(range(hits.num_rows), pa.int64())))
     type_filter = ""
     if types:
         con.register("wanted_types", pa.table({"type": list(types)}))
@@ -71,12 +72,12 @@ def annotate_hits(store: Store, hits: pa.Table, strand: str = "ignore", types: t
                  SELECT query, rank, arg_min(feature_name, abs(distance)) AS nearest,
                         arg_min(feature_type, abs(distance)) AS nearest_type, min_by(distance, abs(distance)) AS distance
                  FROM n GROUP BY query, rank)
-        SELECT h.*, overlap_names.overlapping, nearest_one.nearest, nearest_one.nearest_type,
+        SELECT h.* EXCLUDE (hit_order), overlap_names.overlapping, nearest_one.nearest, nearest_one.nearest_type,
                nearest_one.distance AS nearest_distance
         FROM hits_in h
         LEFT JOIN overlap_names USING (query, rank)
         LEFT JOIN nearest_one USING (query, rank)
-        ORDER BY h.query, h.rank"""
+        ORDER BY h.hit_order"""
     try:
         return con.sql(query).to_arrow_table()
     except duckdb.Error as error:

@@ -24,7 +24,8 @@ from genoembed.genome import Genome, open_genome
 from genoembed.indexing import update_store_index
 from genoembed.recipe import Recipe
 from genoembed.store import Store
-from genoembed.tiles import TilingSpec, count_tiles
+from genoembed.seqio import reverse_complement
+from genoembed.tiles import Strands, TilingSpec, count_tiles
 from genoembed.vector_index import IndexSpec
 
 Progress = Callable[[str, int, int], None]
@@ -48,8 +49,12 @@ def index(
     progress: Callable[[int, int], None] | None = None,
     engine: str = "local",
     engine_options: dict | None = None,
+    redundant_strands: bool = False,
 ) -> Store:
     """Build (or resume) a store at ``output`` from one genome; returns it opened.
+
+    Tiling both strands with an embedder whose vectors are the same on both is refused (every locus
+    would be stored twice) unless ``redundant_strands`` (retrieval evaluation, which scores tile strands).
 
     ``fasta`` is a path or an already opened :class:`~genoembed.genome.Genome` (not re-read).
     ``append`` adds the genome to an existing store built with the same model and tiling;
@@ -64,6 +69,8 @@ def index(
     output = Path(output)
     genome = fasta if isinstance(fasta, Genome) else open_genome(fasta, name=genome_name)
     embedder = embedder or get_embedder("default")
+    if not redundant_strands:
+        refuse_redundant_strands(embedder, tiling, output)
     provenance = {"genoembed_version": __version__, "embedder": embedder.describe(),
                   "tiling": tiling.describe(), "embedding_dtype": embedding_dtype}
     created = not output.exists()
@@ -81,6 +88,27 @@ def index(
     for path in annotations:
         add_annotations(store, path, aliases=aliases, auto_alias=auto_alias)
     return store
+
+
+def strand_invariant(embedder: Embedder, length: int) -> bool:
+    """True when ``embedder`` gives a sequence and its reverse complement the same vector (canonical
+    k-mer counts, transformer vectors averaged over both strands, plugins alike), tried on a seeded
+    random sequence of one tile's length rather than trusted from settings."""
+    import numpy as np
+
+    probe = "".join(np.random.default_rng(0).choice(list("ACGT"), size=length))
+    forward, reverse = embedder.embed([probe, reverse_complement(probe)])
+    cosine = float(forward @ reverse) / max(float(np.linalg.norm(forward) * np.linalg.norm(reverse)), 1e-12)
+    return cosine > 0.9999
+
+
+def refuse_redundant_strands(embedder: Embedder, tiling: TilingSpec, output: Path) -> None:
+    """Refuse tiling both strands when the vectors cannot tell them apart: every locus would be stored
+    twice with one vector, and every hit come back as a +/- pair (search reads the strand from sequence)."""
+    if tiling.strands is Strands.both and strand_invariant(embedder, tiling.window):
+        raise InputError(f"{output}: tiling strands=both with {embedder.describe().get('model_id', 'this model')}, whose "
+                         "vectors are the same on both strands, stores every locus twice; tile one strand with "
+                         "--strands + (recipe [tiling] strands = \"+\"): search reports the strand each query matches")
 
 
 def build(recipe: Recipe, embedder: Embedder | None = None, overwrite: bool = False, append: bool = False,

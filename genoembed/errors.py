@@ -1,5 +1,12 @@
 """One exception hierarchy; the CLI turns any of these into a one-line message and exit code 2."""
 
+import shlex
+
+
+def command(*words) -> str:
+    """A hint's command, shell-quoted word by word so it can be pasted as is: `genoembed verify 'my store'`."""
+    return "`" + " ".join(["genoembed"] + [shlex.quote(str(word)) for word in words]) + "`"
+
 
 class GenoembedError(Exception):
     """Base class for every expected failure (bad input, bad store, bad model)."""

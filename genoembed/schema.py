@@ -85,6 +85,17 @@ ANNOTATION_COLUMNS = [f.name for f in ANNOTATION_FIELDS]
 # sequence queries that have no genomic origin. ``score`` is cosine similarity
 # for the inner-product metric (higher is better) and squared L2 distance for
 # the L2 metric (lower is better).
+#
+# ``strand`` of a hit is the strand of the contig on which the query (as given,
+# i.e. after a region query's own strand is applied) matches: ``+`` when the
+# query reads like ``chrom[start:end]``, ``-`` when it reads like its reverse
+# complement, ``.`` when the sequence cannot tell (no k-mer or alignment
+# evidence either way). It is decided from sequence, never from the tile's
+# orientation: with alignment evidence (``search(align=True)``) it is the strand
+# of the best local alignment, otherwise the strand whose k-mer counts the query
+# shares more of (``evidence.match_strand``). A default store tiles the forward
+# strand and its vectors do not depend on orientation, so the tile's own strand
+# says nothing about where a query matches.
 _LOCUS = ("genome", "chrom", "start", "end", "strand")
 HIT_FIELDS = [
     pa.field("query", pa.string(), nullable=False),
@@ -96,6 +107,33 @@ HIT_FIELDS = [
 ]
 HITS = pa.schema(HIT_FIELDS)
 HIT_COLUMNS = [f.name for f in HIT_FIELDS]
+
+# Alignment evidence appended to hits by ``search(align=True)`` (``evidence.align``): a local
+# alignment of the query to the hit tile plus flanks. All null except ``query_length`` when nothing
+# aligned. ``identity`` = matches / aligned_length (BLAST's: gap columns count); ``query_aligned_*``
+# are on the query as given; ``target_*`` on the contig's forward strand (0-based half-open);
+# ``cigar`` (= X I D) reads the target forward against the query, reverse-complemented on ``-``
+# (PAF's ``cg`` convention); ``bit_score`` and ``evalue`` are Karlin-Altschul figures for BLASTN
+# +1/-2 scoring with gap costs 2/2 over the store's total sequence length.
+ALIGNMENT_FIELDS = [
+    pa.field("query_length", pa.int64(), nullable=False),
+    pa.field("identity", pa.float64(), nullable=True),
+    pa.field("query_aligned_start", pa.int64(), nullable=True),
+    pa.field("query_aligned_end", pa.int64(), nullable=True),
+    pa.field("target_start", pa.int64(), nullable=True),
+    pa.field("target_end", pa.int64(), nullable=True),
+    pa.field("matches", pa.int64(), nullable=True),
+    pa.field("mismatches", pa.int64(), nullable=True),
+    pa.field("gap_opens", pa.int64(), nullable=True),
+    pa.field("aligned_length", pa.int64(), nullable=True),
+    pa.field("alignment_score", pa.int64(), nullable=True),
+    pa.field("cigar", pa.string(), nullable=True),
+    pa.field("query_coverage", pa.float64(), nullable=True),
+    pa.field("bit_score", pa.float64(), nullable=True),
+    pa.field("evalue", pa.float64(), nullable=True),
+]
+ALIGNED_HITS = pa.schema(HIT_FIELDS + ALIGNMENT_FIELDS)
+ALIGNMENT_COLUMNS = [f.name for f in ALIGNMENT_FIELDS]
 
 
 def validate_table(table: pa.Table, expected: pa.Schema, where: str) -> list[str]:

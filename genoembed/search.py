@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from genoembed import schema
-from genoembed.errors import InputError, StoreError
+from genoembed.errors import InputError, StoreError, command
 from genoembed.seqio import fasta_records, read_fasta
 from genoembed.vector_index import FaissIndex
 from genoembed.store import SNAPSHOT_RETRIES, Store, atomic_write_bytes
@@ -171,15 +171,23 @@ def _unique_names(queries: list[Query]) -> list[Query]:
 def search(store: Store, queries: list[Query | str], k: int = 10, nprobe: int | None = None,
            ef_search: int | None = None, exclude_self: bool = False, save_as: str | None = None,
            embedder=None, trust_remote_code: bool = False, genome: str | None = None,
-           chrom: str | None = None) -> pa.Table:
-    """Top-``k`` tiles per query as a ``schema.HITS`` table (rank 1 = best).
+           chrom: str | None = None, align: bool = False, min_identity: float | None = None,
+           min_bit_score: float | None = None) -> pa.Table:
+    """Top-``k`` tiles per query as a ``schema.HITS`` table (rank 1 = best embedding score).
 
     String queries are regions on the store's genomes (see :func:`query_source`). ``genome`` / ``chrom`` restrict hits
     to that subset of the store and still return ``k`` hits when the subset has them. ``save_as`` saves the hits
     in the store under that name (the SQL view ``hits_NAME``; ``last`` is the view ``hits``).
+
+    Every hit's ``strand`` is the strand the query matches, read from sequence (see ``schema``).
+    ``align`` adds ``schema.ALIGNMENT_FIELDS`` from a local alignment of each query to its hit tile
+    plus flanks of the query's length (needs the ``align`` extra); ``min_identity`` and
+    ``min_bit_score`` then drop hits whose alignment falls short (ranks keep their embedding order).
     """
     if not queries:
         raise InputError("no queries given")
+    if not align and (min_identity is not None or min_bit_score is not None):
+        raise InputError("min_identity / min_bit_score filter alignments: search with align=True (--align)")
     if any(isinstance(query, str) for query in queries):
         source = query_source(store)
         queries = [region_queries(source, [q])[0] if isinstance(q, str) else q for q in queries]
@@ -207,6 +215,9 @@ def search(store: Store, queries: list[Query | str], k: int = 10, nprobe: int | 
             # (retried while writers keep committing; a store that is simply damaged fails at once).
             if attempt == SNAPSHOT_RETRIES - 1 or not store.moved_on():
                 raise
+    hits = add_evidence(store, queries, hits, align=align)
+    if min_identity is not None or min_bit_score is not None:
+        hits = filter_alignments(hits, min_identity, min_bit_score)
     if save_as:
         save_hits(store, hits, save_as, {"queries": len(queries), "k": k, "exclude_self": exclude_self})
     return hits
@@ -241,6 +252,62 @@ def _hits(store: Store, queries: list[Query], vectors: np.ndarray, k: int, fetch
                          "start": tile["start"], "end": tile["end"], "strand": tile["strand"],
                          "score": float(score)})
     return pa.Table.from_pylist(rows, schema=schema.HITS)
+
+
+class HitSequences:
+    """Sequences of hit regions, read from the store's genomes (each opened once, on first use)."""
+
+    def __init__(self, store: Store):
+        self._store, self._opened = store, {}
+
+    def fetch(self, genome: str, chrom: str, start: int, end: int) -> str:
+        if genome not in self._opened:
+            self._opened[genome] = self._store.genome(genome)
+        return self._opened[genome].fetch(chrom, start, end).upper()
+
+
+def add_evidence(store: Store, queries: list[Query], hits: pa.Table, align: bool = False) -> pa.Table:
+    """``hits`` with ``strand`` read from sequence and, with ``align``, alignment columns.
+
+    The query is aligned to the tile plus flanks of its own length, so a query overlapping the tile
+    aligns whole; an alignment that does not touch the tile is not evidence for it (nulls). The
+    strand comes from the alignment, else from k-mer counts of the query and the tile on each strand
+    (:func:`genoembed.evidence.match_strand`): tile orientation alone cannot tell it, because
+    default vectors are the same for a tile and its reverse complement.
+    """
+    from genoembed.evidence import align as align_pair, alignment_columns, flanked, kmer_counts, match_strand
+
+    sequences = {query.name: query.sequence.upper() for query in queries}
+    counts = {name: kmer_counts(sequence) for name, sequence in sequences.items()}
+    regions, lengths = HitSequences(store), store.contig_lengths
+    database_length = sum(lengths.values())
+    rows = []
+    for hit in hits.to_pylist():
+        query = sequences[hit["query"]]
+        alignment = None
+        if align:
+            start, end = flanked(hit["start"], hit["end"], lengths[hit["chrom"]], len(query))
+            alignment = align_pair(query, regions.fetch(hit["genome"], hit["chrom"], start, end), start)
+            if alignment and not (alignment.target_start < hit["end"] and hit["start"] < alignment.target_end):
+                alignment = None  # the query aligns next to the tile, not on it: no evidence for this hit
+            hit.update(alignment_columns(alignment, len(query), database_length))
+        hit["strand"] = alignment.strand if alignment else \
+            match_strand(counts[hit["query"]], regions.fetch(hit["genome"], hit["chrom"], hit["start"], hit["end"]))
+        rows.append(hit)
+    return pa.Table.from_pylist(rows, schema=schema.ALIGNED_HITS if align else schema.HITS)
+
+
+def filter_alignments(hits: pa.Table, min_identity: float | None = None,
+                      min_bit_score: float | None = None) -> pa.Table:
+    """Aligned hits at or above both thresholds (hits that did not align fail any threshold)."""
+    import pyarrow.compute as pc
+
+    keep = pc.is_valid(hits["identity"])
+    if min_identity is not None:
+        keep = pc.and_(keep, pc.greater_equal(hits["identity"], min_identity))
+    if min_bit_score is not None:
+        keep = pc.and_(keep, pc.greater_equal(hits["bit_score"], min_bit_score))
+    return hits.filter(pc.fill_null(keep, False))
 
 
 def check_search_name(name: str) -> str:
@@ -290,7 +357,7 @@ def subset_mask(store: Store, genome: str | None = None, chrom: str | None = Non
                                params=parameters).fetchnumpy()["tile_id"]
     if not len(ids):
         raise InputError(f"{store.root}: no tiles match genome={genome!r} chrom={chrom!r}; "
-                         "check the names with `genoembed sql \"SELECT DISTINCT genome, chrom FROM tiles\"`")
+                         f"check the names with {command('sql', store.root, 'SELECT DISTINCT genome, chrom FROM tiles')}")
     mask[ids] = True
     return mask
 

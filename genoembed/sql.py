@@ -44,7 +44,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from genoembed import schema
-from genoembed.errors import InputError, StoreError
+from genoembed.errors import InputError, StoreError, command
 from genoembed.store import SNAPSHOT_RETRIES, Store, file_sha256
 
 DEFAULT_TIMEOUT = 60.0
@@ -79,7 +79,7 @@ def store_files(store: Store) -> StoreFiles:
     for name, entry in store.searches().items():
         if not _SEARCH_NAME.fullmatch(name):
             raise StoreError(f"{root}: saved search name {name!r} is not a plain identifier "
-                             f"(it would become SQL); remove the entry, then run `genoembed verify {root}`")
+                             f"(it would become SQL); remove the entry, then run {command('verify', root)}")
         searches[name] = checked_file(root, "searches", name, entry)
     return StoreFiles(shards, annotations, searches)
 
@@ -89,9 +89,9 @@ def inside_store(root: Path, listed: str, what: str) -> str:
     resolved = (root / listed).resolve()
     if not resolved.is_relative_to(root):
         raise StoreError(f"{root}: {what} ({listed}) resolves to {resolved}, outside the store; "
-                         f"restore the file or remove the entry, then run `genoembed verify {root}`")
+                         f"restore the file or remove the entry, then run {command('verify', root)}")
     if not resolved.is_file():
-        raise StoreError(f"{root}: {what} ({listed}) is missing; run `genoembed verify {root}`")
+        raise StoreError(f"{root}: {what} ({listed}) is missing; run {command('verify', root)}")
     return str(resolved)
 
 
@@ -100,7 +100,7 @@ def checked_file(root: Path, section: str, name: str, entry: dict) -> str:
     path = inside_store(root, entry["path"], f"{section} {name!r}")
     if "sha256" in entry and file_sha256(Path(path)) != entry["sha256"]:
         raise StoreError(f"{root / entry['path']}: sha256 differs from the manifest ({section} {name!r} changed "
-                         f"since it was written); run `genoembed verify {root}` and write it again")
+                         f"since it was written); run {command('verify', root)} and write it again")
     return path
 
 
@@ -159,9 +159,9 @@ def _unreadable(store: Store, files: StoreFiles, error: duckdb.Error) -> StoreEr
             pq.read_metadata(path)
         except (OSError, pa.ArrowException) as bad:
             return StoreError(f"{path}: unreadable Parquet ({_message(bad)}); "
-                              f"run `genoembed verify {store.root}` and rebuild or rewrite it")
+                              f"run {command('verify', store.root)} and rebuild or rewrite it")
     return StoreError(f"{store.root}: DuckDB cannot read the store ({_message(error)}); "
-                      f"run `genoembed verify {store.root}`")
+                      f"run {command('verify', store.root)}")
 
 
 def run_sql(store: Store, query: str, parameters: dict | list | None = None,

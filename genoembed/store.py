@@ -36,7 +36,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from genoembed import schema
-from genoembed.errors import InputError, StoreError
+from genoembed.errors import InputError, StoreError, command
 
 FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
@@ -291,7 +291,7 @@ class Store:
             # shards between the two reads: open the newest snapshot instead of calling the store damaged.
             if attempt == SNAPSHOT_RETRIES - 1 or read_manifest(root) == manifest:
                 raise StoreError(f"{root}: {len(missing)} shard(s) listed in the manifest are missing "
-                                 f"(e.g. {missing[0]}); run `genoembed verify {root}`, then rebuild with "
+                                 f"(e.g. {missing[0]}); run {command('verify', root)}, then rebuild with "
                                  "`genoembed index --overwrite`")
 
     def refresh(self) -> "Store":
@@ -396,7 +396,7 @@ class Store:
                 yield from pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=columns)
             except (OSError, pa.ArrowException) as error:
                 raise StoreError(f"{path}: unreadable shard ({str(error).splitlines()[0]}); run "
-                                 f"`genoembed verify {self.root}` and rebuild the store") from None
+                                 f"{command('verify', self.root)} and rebuild the store") from None
 
     def iter_embeddings(self, batch_rows: int = 65536,
                         paths: list[Path] | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -493,7 +493,7 @@ class Store:
             return parquet.read_row_groups(groups, columns=schema.TILE_COLUMNS)
         except (OSError, pa.ArrowException) as error:
             raise StoreError(f"{path}: unreadable shard ({str(error).splitlines()[0]}); run "
-                             f"`genoembed verify {self.root}` and rebuild the store") from None
+                             f"{command('verify', self.root)} and rebuild the store") from None
 
     def vector_index(self):
         """The store's FAISS index (one file, or the sharded layout when there is no single index), loaded once."""

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from genoembed import schema
 from genoembed.version import VERSION as __version__
-from genoembed.errors import StoreError
+from genoembed.errors import StoreError, command
 from genoembed.store import (FORMAT_VERSION, IDENTITY_KEYS, MANIFEST, PROVENANCE_KEY, file_sha256, read_manifest,
                              write_manifest)
 
@@ -110,7 +110,7 @@ class StoreWriter:
         if stored is not None:
             if stored["sha256"] != self.genome["sha256"]:
                 raise StoreError(f"{self.root}: genome {name!r} in the store came from another FASTA (sha256 "
-                                 f"differs); `genoembed remove --genome {name}` it first, pick another "
+                                 f"differs); {command('remove', self.root, '--genome', name)} it first, pick another "
                                  "--genome-name, or use --overwrite")
             return
         if not self.append:

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import math
 import os
+import shlex
 from dataclasses import asdict, dataclass
 from enum import Enum
 from pathlib import Path
@@ -78,15 +79,31 @@ def prepare(vectors: np.ndarray, metric: Metric | str) -> np.ndarray:
     return vectors
 
 
+POINTS_PER_LIST = 39  # FAISS k-means warns, and clusters poorly and slowly, below 39 training points per centroid
+
+
 def _check_trainable(factory: str, train_rows: int, store_rows: int) -> None:
-    """Refuse IVF layouts with more lists than training points, with a usable suggestion."""
+    """Refuse k-means steps with fewer than 39 training vectors per centroid (FAISS's own rule, which
+    it only prints as a warning after a slow, poor clustering): IVFn has n centroids, PQmxb 2**b per
+    sub-quantizer (b = 8 unless given). The message suggests a factory that fits."""
     import re
 
-    match = re.search(r"IVF(\d+)", factory)
-    if match and int(match.group(1)) > train_rows:
-        suggestion = max(1, int(4 * math.sqrt(store_rows)))
-        raise InputError(f"index factory {factory!r}: {match.group(1)} inverted lists need at least as many "
-                         f"training vectors, the store has {train_rows}; use e.g. 'IVF{suggestion},Flat'")
+    suggestion, short = factory, None
+    ivf = re.search(r"IVF(\d+)", factory)
+    if ivf and int(ivf.group(1)) * POINTS_PER_LIST > train_rows:
+        lists = max(1, min(int(4 * math.sqrt(store_rows)), train_rows // POINTS_PER_LIST))
+        suggestion = suggestion.replace(ivf.group(0), f"IVF{lists}", 1)
+        short = f"{ivf.group(1)} inverted lists"
+    pq = re.search(r"PQ(\d+)(?:x(\d+))?", factory)
+    if pq and 2 ** int(pq.group(2) or 8) * POINTS_PER_LIST > train_rows:
+        bits = max(1, int(math.log2(max(1, train_rows // POINTS_PER_LIST))))
+        suggestion = suggestion.replace(pq.group(0), f"PQ{pq.group(1)}x{bits}", 1)
+        short = f"{short} and " if short else ""
+        short += f"{2 ** int(pq.group(2) or 8)} codes per PQ sub-quantizer"
+    if short:
+        raise InputError(f"index factory {factory!r}: {short} need at least {POINTS_PER_LIST} training vectors "
+                         f"per centroid, the store has {train_rows} tiles to train on; use e.g. "
+                         f"--factory {shlex.quote(suggestion)} (or --factory Flat: exact)")
 
 
 def train_index(store, spec: IndexSpec):

@@ -15,10 +15,11 @@ PACKAGE = Path(__file__).resolve().parents[1] / "genoembed"
 LAYERS = [
     ["errors", "version"],
     ["schema", "resources", "seqio", "synthetic"],
-    ["genome", "embedders.base", "embedders.tokenize", "embedders.fingerprint", "joins", "vector_index"],
+    ["genome", "embedders.base", "embedders.tokenize", "embedders.fingerprint", "joins", "vector_index",
+     "hit_formats"],
     ["tiles", "features", "embedders.kmer", "embedders.pooling", "embedders.fused", "embedders.families",
      "embedders.table"],
-    ["embedders.hf"],
+    ["embedders.hf", "evidence"],
     ["embedders"],
     ["store"],
     ["store_writer", "sql", "indexing"],

@@ -26,7 +26,7 @@ fasta = "{CHLOROPLAST_FASTA}"
 [tiling]
 window = 1000
 stride = 500
-strands = "both"
+strands = "+"
 [model]
 kind = "kmer"
 k = 4
@@ -38,7 +38,7 @@ files = ["{CHLOROPLAST_GENBANK}"]
     result = invoke("index", recipe, "--json")
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout.strip().splitlines()[-1])
-    assert summary["tiles"] == 616 and summary["dim"] == 256
+    assert summary["tiles"] == 308 and summary["dim"] == 256
     assert summary["annotations"] == {"NC_000932": 258}
     return recipe.with_suffix("")
 
@@ -49,7 +49,7 @@ def test_index_writes_store_beside_recipe(cli_store):
 
 
 def test_search_by_region_shows_annotated_hits(cli_store):
-    result = invoke("search", cli_store, "--region", "NC_000932.1:1-1000", "-k", "3", "--format", "json")
+    result = invoke("search", cli_store, "--region", "NC_000932.1:1-1000", "-k", "3", "--tiles", "--format", "json")
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert [r["rank"] for r in rows] == [1, 2, 3]
@@ -92,7 +92,7 @@ def test_sql_refuses_writes_and_leaves_store_intact(cli_store):
 def test_info_and_verify(cli_store):
     result = invoke("info", cli_store)
     assert result.exit_code == 0
-    assert "616" in result.stdout and "kmer-4" in result.stdout and "NC_000932 (258)" in result.stdout
+    assert "308" in result.stdout and "kmer-4" in result.stdout and "NC_000932 (258)" in result.stdout
     result = invoke("verify", cli_store)
     assert result.exit_code == 0 and "OK" in result.stdout
 

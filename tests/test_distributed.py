@@ -67,13 +67,13 @@ def assert_same_store(got: Store, want: Store, atol: float = 1e-5) -> None:
 @pytest.fixture(scope="module")
 def local_kmer(tmp_path_factory):
     out = tmp_path_factory.mktemp("local") / "store"
-    return index(CHLOROPLAST_FASTA, out, embedder=KmerEmbedder(k=4), tiling=TILING, shard_rows=128,
+    return index(CHLOROPLAST_FASTA, out, embedder=KmerEmbedder(k=4, canonical=False), tiling=TILING, shard_rows=128,
                  index_spec=None)
 
 
 @pytest.mark.parametrize(("workers", "preserve_order"), [(1, True), (2, False)])
 def test_same_rows_as_local_engine(tmp_path, local_kmer, workers, preserve_order):
-    got = index_with_ray(CHLOROPLAST_FASTA, tmp_path / "store", embedder=KmerEmbedder(k=4), tiling=TILING,
+    got = index_with_ray(CHLOROPLAST_FASTA, tmp_path / "store", embedder=KmerEmbedder(k=4, canonical=False), tiling=TILING,
                          shard_rows=128, batch_rows=48, num_workers=workers, preserve_order=preserve_order)
     assert_same_store(got, local_kmer)
 
@@ -109,7 +109,7 @@ class CrashOnce:
     """Kills its worker process on the third batch the first time any worker gets there."""
 
     def __init__(self, marker):
-        self.inner, self.marker, self.calls = KmerEmbedder(k=4), marker, 0
+        self.inner, self.marker, self.calls = KmerEmbedder(k=4, canonical=False), marker, 0
         self.dim, self.fingerprint = self.inner.dim, self.inner.fingerprint
 
     def embed(self, sequences):
@@ -143,7 +143,7 @@ class FailAfter:
     """Local-engine embedder that raises after ``batches`` batches (an interrupted build)."""
 
     def __init__(self, batches):
-        self.inner, self.left = KmerEmbedder(k=4), batches
+        self.inner, self.left = KmerEmbedder(k=4, canonical=False), batches
         self.dim, self.fingerprint = self.inner.dim, self.inner.fingerprint
 
     def embed(self, sequences):
@@ -164,7 +164,7 @@ def test_resumes_a_local_build_interrupted_midway(tmp_path, local_kmer):
     partial = Store.open(out, require_complete=False)
     written = sum(shard["rows"] for shard in partial.manifest["shards"])  # readers see none of them yet
     assert partial.num_tiles == 0 and 0 < written < local_kmer.num_tiles
-    got = index_with_ray(CHLOROPLAST_FASTA, out, embedder=KmerEmbedder(k=4), tiling=TILING, shard_rows=128,
+    got = index_with_ray(CHLOROPLAST_FASTA, out, embedder=KmerEmbedder(k=4, canonical=False), tiling=TILING, shard_rows=128,
                          batch_rows=40, num_workers=2)
     assert_same_store(got, local_kmer)
 
@@ -172,7 +172,7 @@ def test_resumes_a_local_build_interrupted_midway(tmp_path, local_kmer):
 def test_missing_ray_names_the_extra(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(MissingExtraError, match=r"pip install 'genoembed\[dist\]'"):
-        index_with_ray(PLASMID_FASTA, tmp_path / "store", embedder=KmerEmbedder(k=4))
+        index_with_ray(PLASMID_FASTA, tmp_path / "store", embedder=KmerEmbedder(k=4, canonical=False))
     assert not (tmp_path / "store").exists()
 
 
@@ -182,7 +182,7 @@ def test_appending_a_genome_on_ray_matches_the_local_engine(tmp_path):
         out = tmp_path / engine
         options = {"num_workers": 2} if engine == "ray" else {}
         for fasta in (CHLOROPLAST_FASTA, PLASMID_FASTA):
-            stores[engine] = index(fasta, out, embedder=KmerEmbedder(k=4), tiling=TILING, shard_rows=128,
+            stores[engine] = index(fasta, out, embedder=KmerEmbedder(k=4, canonical=False), tiling=TILING, shard_rows=128,
                                    batch_rows=64, append=True, engine=engine, engine_options=options)
     assert list(stores["ray"].genomes) == [CHLOROPLAST_FASTA.name.split(".")[0], PLASMID_FASTA.name.split(".")[0]]
     assert stores["ray"].manifest["genomes"] == stores["local"].manifest["genomes"]

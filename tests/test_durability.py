@@ -24,7 +24,7 @@ class SlowKmer(KmerEmbedder):
         time.sleep(0.05)  # stands in for a GPU batch
         return super().embed(sequences)
 
-index(sys.argv[1], sys.argv[2], embedder=SlowKmer(k=3), tiling=TilingSpec(window=300, stride=150, strands="both"),
+index(sys.argv[1], sys.argv[2], embedder=SlowKmer(k=3, canonical=False), tiling=TilingSpec(window=300, stride=150, strands="both"),
       batch_rows=16, shard_rows=40)
 """
 

@@ -360,15 +360,15 @@ def test_eval_cli_writes_json_and_summary(plasmid_contigs, tmp_path):
     _sequence, contigs, coords = plasmid_contigs
     out, summary = tmp_path / "rows.jsonl", tmp_path / "summary.md"
     result = CliRunner().invoke(_eval_app(), [
-        "eval", str(PLASMID_FASTA), str(contigs), "--coords", str(coords), "--model", "kmer:3", "--tile", "500",
-        "--queries", "8", "-k", "1", "-k", "5", "--no-minimap2", "--index", "Flat", "--index", "IVF4,Flat",
-        "--nprobe", "1", "--nprobe", "4", "--format", "json", "--output", str(out), "--summary", str(summary),
+        "eval", str(PLASMID_FASTA), str(contigs), "--coords", str(coords), "--model", "kmer:3", "--tile", "300",
+        "--queries", "8", "-k", "1", "-k", "5", "--no-minimap2", "--index", "Flat", "--index", "IVF3,Flat",
+        "--nprobe", "1", "--nprobe", "3", "--format", "json", "--output", str(out), "--summary", str(summary),
         "--quiet"])
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert {(r["index"], r["nprobe"]) for r in rows} == {("Flat", None), ("IVF4,Flat", 1), ("IVF4,Flat", 4)}
+    assert {(r["index"], r["nprobe"]) for r in rows} == {("Flat", None), ("IVF3,Flat", 1), ("IVF3,Flat", 3)}
     assert read_results(out) == rows
-    assert "| kmer:3 | IVF4,Flat nprobe=4 |" in summary.read_text()
+    assert "| kmer:3 | IVF3,Flat nprobe=3 |" in summary.read_text()
 
 
 def test_eval_cli_error_is_one_line(plasmid_contigs):

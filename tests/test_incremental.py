@@ -29,7 +29,7 @@ from genoembed.vector_index import INDEX_FILE, IndexSpec, load_index, prepare, s
 from genoembed.verify import verify_store
 
 TILING = TilingSpec(window=300, stride=150, strands="both")
-EMBEDDER = KmerEmbedder(k=3)
+EMBEDDER = KmerEmbedder(k=3, canonical=False)  # strand-specific: the stores tile both strands
 
 
 @pytest.fixture

@@ -53,7 +53,7 @@ def test_old_store_sql_views_and_joins(legacy):
 
 def test_old_store_through_the_cli(legacy):
     result = CliRunner().invoke(app, ["search", str(legacy), "--region", f"{CONTIG}:1001-2000", "-k", "2",
-                                      "--format", "tsv", "--name", "again"])
+                                      "--format", "tsv", "--tiles", "--name", "again"])
     assert result.exit_code == 0, result.output
     assert len(result.stdout.splitlines()) == 3
     assert CliRunner().invoke(app, ["verify", str(legacy)]).exit_code == 0

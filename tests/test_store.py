@@ -17,7 +17,7 @@ from conftest import PLASMID_FASTA
 
 
 def build(out, **options):
-    options.setdefault("embedder", KmerEmbedder(k=3))
+    options.setdefault("embedder", KmerEmbedder(k=3, canonical=False))  # strand-specific: both strands are tiled
     options.setdefault("tiling", TilingSpec(window=500, stride=250, strands="both"))
     return index(PLASMID_FASTA, out, shard_rows=options.pop("shard_rows", 16), **options)
 
@@ -38,13 +38,13 @@ def test_shards_hold_every_tile_with_embeddings_and_provenance(tmp_path):
     # the stored vectors are exactly what the embedder gives for the planned sequences
     sequences = [s for b in planned for s in b.column(schema.SEQUENCE).to_pylist()]
     vectors = np.concatenate([v for _, v in store.iter_embeddings(batch_rows=7)])
-    np.testing.assert_allclose(vectors, KmerEmbedder(k=3).embed(sequences), rtol=1e-6)
+    np.testing.assert_allclose(vectors, KmerEmbedder(k=3, canonical=False).embed(sequences), rtol=1e-6)
     for shard in store.manifest["shards"]:
         path = store.root / shard["path"]
         assert file_sha256(path) == shard["sha256"]
         metadata = pq.read_schema(path).metadata
         provenance = json.loads(metadata[PROVENANCE_KEY])
-        assert provenance["embedder"]["fingerprint"] == KmerEmbedder(k=3).fingerprint
+        assert provenance["embedder"]["fingerprint"] == KmerEmbedder(k=3, canonical=False).fingerprint
         assert provenance["genome"]["sha256"] == genome.checksum
         assert provenance["tiling"]["window"] == 500
     assert pq.read_schema(store.shard_paths[0]).field(schema.EMBEDDING).type.list_size == 64
@@ -62,7 +62,7 @@ class CrashingEmbedder(KmerEmbedder):
     """Fails after a given number of calls, like a killed GPU job."""
 
     def __init__(self, fail_after):
-        super().__init__(k=3)
+        super().__init__(k=3, canonical=False)
         self.calls = 0
         self.fail_after = fail_after
 
@@ -92,8 +92,8 @@ def test_interrupted_build_resumes_to_identical_store(tmp_path):
 def test_rebuilding_with_another_model_is_refused_unless_overwrite(tmp_path):
     build(tmp_path / "s")
     with pytest.raises(StoreError, match="different embedder; use --overwrite"):
-        build(tmp_path / "s", embedder=KmerEmbedder(k=2))
-    store = build(tmp_path / "s", embedder=KmerEmbedder(k=2), overwrite=True)
+        build(tmp_path / "s", embedder=KmerEmbedder(k=2, canonical=False))
+    store = build(tmp_path / "s", embedder=KmerEmbedder(k=2, canonical=False), overwrite=True)
     assert store.dim == 16
 
 

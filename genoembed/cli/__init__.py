@@ -17,14 +17,30 @@ from genoembed.cli.serve import serve
 from genoembed.cli.sql import sql
 from genoembed.cli.track import track
 from genoembed.cli.verify import verify
+from genoembed.version import VERSION
 
 app = typer.Typer(
     name="genoembed",
     help="Embed genomes with DNA language models, search regions by similarity, join hits with annotations in SQL.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"genoembed {VERSION}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    """Embed genomes with DNA language models, search regions by similarity, join hits with annotations in SQL."""
 app.command("index")(index)
 app.command("search")(search)
 app.command("sql")(sql)

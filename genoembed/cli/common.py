@@ -98,11 +98,50 @@ def emit_table(table: pa.Table, fmt: OutputFormat, output: Path | None = None, t
         lines = ["\t".join(table.column_names)]
         lines += ["\t".join(_cell(row[name]) for name in table.column_names) for row in rows]
         text = "\n".join(lines) + "\n"
+    emit_text(text, output)
+
+
+def emit_text(text: str, output: Path | None = None) -> None:
+    """Text to stdout, or to ``output`` (a failed write leaves no partial file)."""
     if output is None:
         typer.echo(text, nl=False)
     else:
         with _writing(output):
             output.write_text(text)
+
+
+def set_threads(threads: int | None) -> None:
+    """Cap CPU threads of FAISS (OpenMP) and of torch (set before the model loads; the
+    environment variables also bind libraries that read them when they start)."""
+    if threads is None:
+        return
+    import os
+
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[variable] = str(threads)
+    from genoembed.vector_index import import_faiss
+
+    import_faiss().omp_set_num_threads(threads)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def standard_input_file(path: Path | None, suffix: str):
+    """``path``, or for ``-`` a temporary file holding what stdin held (removed afterwards), so
+    queries piped in are read by the same parsers, with the same checks, as files."""
+    if path is None or str(path) != "-":
+        yield path
+        return
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="genoembed-stdin-") as directory:
+        copy = Path(directory) / f"stdin{suffix}"
+        copy.write_bytes(sys.stdin.buffer.read())
+        try:
+            yield copy
+        except GenoembedError as error:  # name stdin, not the temporary copy
+            raise type(error)(str(error).replace(str(copy), "<stdin>")) from None
 
 
 @contextlib.contextmanager

@@ -12,7 +12,7 @@ from typing import Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from genoembed.cli.common import OutputFormat, console, configure_logging, handle_errors, pick
+from genoembed.cli.common import OutputFormat, console, configure_logging, handle_errors, pick, set_threads
 from genoembed.embedders import EmbedderOptions, Pooling
 from genoembed.errors import InputError
 from genoembed.features import parse_alias_option
@@ -50,7 +50,7 @@ def index(
     max_n_fraction: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="Skip tiles with more than this fraction of N/ambiguous bases."),
     soft_mask: Optional[SoftMask] = typer.Option(None, help="Soft-masked (lowercase) bases: upper = embed as normal, keep = pass case to the model, skip = drop masked tiles."),
     contig: Optional[list[str]] = typer.Option(None, "--contig", help="Only tile this contig (repeat for several)."),
-    factory: Optional[str] = typer.Option(None, help="FAISS index factory string: Flat, IVF256,PQ16, HNSW32, ..."),
+    factory: Optional[str] = typer.Option(None, help="FAISS index factory string: Flat, IVF256,PQ16, HNSW32, ... An IVF layout needs 39 training tiles per list (IVFn needs 39*n tiles, FAISS's rule), else it is refused with a factory that fits."),
     metric: Optional[Metric] = typer.Option(None, help="ip = cosine on normalised vectors; l2 = Euclidean."),
     recall_target: Optional[float] = typer.Option(None, "--recall-target", min=0.01, max=1.0, help="Approximate indexes (IVF, HNSW): tune nprobe/efSearch at build time until recall@10 against exact search reaches this [default: 0.95]; the setting is recorded and used by every search unless --nprobe/--ef-search is given."),
     annotations: Optional[list[Path]] = typer.Option(None, "--annotations", "-a", help="BED/GTF/GFF3/GenBank file to add (repeatable)."),
@@ -63,6 +63,7 @@ def index(
     num_workers: int = typer.Option(2, "--num-workers", min=1, help="Ray embedding actors (one per GPU on a GPU cluster)."),
     gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker", min=0.0, help="GPUs per Ray actor (0 = CPU)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing store built with other settings."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for embedding (torch) and building the vector index (FAISS OpenMP); default: the libraries' own."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or warnings."),
     format: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f", help="table = one line of text; json = a JSON summary line."),
     json_output: bool = typer.Option(False, "--json", hidden=True, help="Old spelling of --format json."),
@@ -70,6 +71,7 @@ def index(
     """Tile a genome, embed every tile, write Parquet shards, build the FAISS index, add annotations."""
     as_json = json_output or format is OutputFormat.json
     configure_logging(quiet or as_json)
+    set_threads(threads)
     output = pick(output, out, "--output", "--out")
     plan = load_recipe(recipe) if recipe else None
     if plan is None:

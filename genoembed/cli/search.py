@@ -11,9 +11,11 @@ from typing import Optional
 import pyarrow as pa
 import typer
 
-from genoembed.cli.common import OutputFormat, configure_logging, emit_table, handle_errors, refuse_inside_store
+from genoembed.cli.common import (OutputFormat, configure_logging, emit_table, emit_text, handle_errors,
+                                  refuse_inside_store, set_threads, standard_input_file)
 from genoembed.errors import InputError
 from genoembed.store import Store
+from genoembed.version import VERSION
 
 
 class StrandMode(str, Enum):
@@ -22,46 +24,74 @@ class StrandMode(str, Enum):
     opposite = "opposite"
 
 
+class HitFormat(str, Enum):
+    table = "table"
+    tsv = "tsv"
+    json = "json"
+    parquet = "parquet"
+    blast6 = "blast6"
+    bed = "bed"
+    paf = "paf"
+
+
+ALIGNED_FORMATS = (HitFormat.blast6, HitFormat.paf)
+
+
 @handle_errors
 def search(
     store: Path = typer.Argument(..., help="Store directory made by `genoembed index`."),
     region: Optional[list[str]] = typer.Option(None, "--region", "-r", help="Query region chrom:start-end[:strand], 1-based inclusive (repeatable)."),
     sequence: Optional[list[str]] = typer.Option(None, "--sequence", "-s", help="Query DNA sequence (repeatable)."),
-    fasta: Optional[Path] = typer.Option(None, "--fasta", help="FASTA file: every record is a query."),
-    bed: Optional[Path] = typer.Option(None, "--bed", help="BED file of query regions on the store's genome."),
-    k: int = typer.Option(10, "-k", min=1, help="Neighbours per query."),
+    fasta: Optional[Path] = typer.Option(None, "--fasta", help="FASTA file (plain or gzip; - reads stdin): every record is a query."),
+    bed: Optional[Path] = typer.Option(None, "--bed", help="BED file of query regions on the store's genome (- reads stdin)."),
+    k: int = typer.Option(10, "-k", min=1, help="Tiles fetched per query (neighbours); with --loci they merge into at most k loci."),
     nprobe: Optional[int] = typer.Option(None, min=1, help="IVF lists to visit (IVF indexes)."),
     ef_search: Optional[int] = typer.Option(None, min=1, help="HNSW search breadth (HNSW indexes)."),
     genome: Optional[str] = typer.Option(None, "--genome", help="Only return hits from this genome of the store."),
     query_genome: Optional[str] = typer.Option(None, "--query-genome", help="Genome of the store that --region/--bed coordinates refer to (needed only when several genomes share a contig name)."),
     chrom: Optional[str] = typer.Option(None, "--chrom", help="Only return hits on this contig."),
     exclude_self: bool = typer.Option(False, "--exclude-self", help="Drop hits overlapping the query's own region."),
-    annotate: bool = typer.Option(True, "--annotate/--no-annotate", help="Add overlapping and nearest features of the store's annotations."),
+    align: Optional[bool] = typer.Option(None, "--align/--no-align", help="Locally align each query to its hit tile plus flanks (Smith-Waterman, BLASTN scoring) and add identity, coverage, exact coordinates, strand, bit score and E-value (default: on for --format blast6/paf, else off; needs the align extra)."),
+    min_identity: Optional[float] = typer.Option(None, "--min-identity", min=0.0, max=1.0, help="Drop hits whose alignment identity (matches / alignment columns, 0-1) is lower (needs --align)."),
+    min_score: Optional[float] = typer.Option(None, "--min-score", min=0.0, help="Drop hits whose alignment bit score is lower (needs --align)."),
+    loci: bool = typer.Option(True, "--loci/--tiles", help="Show loci (overlapping or touching tile hits of a query on one contig and strand merged, best tile's score) or every tile hit; saved searches always keep tile hits."),
+    annotate: bool = typer.Option(True, "--annotate/--no-annotate", help="Add overlapping and nearest features of the store's annotations (table, tsv, json, parquet)."),
     strand_mode: StrandMode = typer.Option(StrandMode.ignore, "--strand-mode", help="Feature strand vs hit strand for the annotation join."),
     feature_type: Optional[list[str]] = typer.Option(None, "--feature-type", help="Only join features of this type, e.g. gene, CDS (repeatable)."),
     name: str = typer.Option("last", "--name", help="Save the hits under this name (SQL view hits_NAME; 'last' is the view hits)."),
     save: bool = typer.Option(True, "--save/--no-save", help="Save the hits in the store for `genoembed sql` (skipped, with a warning, when the store is read-only)."),
-    format: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f", help="Output format."),
+    format: HitFormat = typer.Option(HitFormat.table, "--format", "-f", help="table/tsv/json/parquet, or formats other tools read: blast6 (BLAST -outfmt 6, with # comment lines), bed (BED6, 0-1000 score), paf (minimap2 PAF)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write results to this file instead of stdout (never inside the store)."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for embedding queries (torch) and the vector search (FAISS OpenMP); default: the libraries' own."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the store's model directory to run its own Python code (needed again for custom-code models)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No warnings."),
 ):
-    """Find the tiles most similar to each query and show them with their annotations."""
+    """Find the tiles most similar to each query, say on which strand each matches, and show them (merged into
+    loci by default) with alignment evidence and annotations."""
     from genoembed.annotate import annotate_hits
+    from genoembed.evidence import merge_loci
     from genoembed.search import (Query, bed_queries, check_search_name, check_sequence, fasta_queries, query_source,
                                   region_queries, search as search_store)
 
     configure_logging(quiet)
+    set_threads(threads)
     refuse_inside_store(output, store)
     check_search_name(name)
+    if str(fasta) == "-" and str(bed) == "-":
+        raise InputError("--fasta - and --bed - both read stdin; pipe one of them and give the other as a file")
+    if align is False and format in ALIGNED_FORMATS:
+        raise InputError(f"--format {format.value} reports alignments; drop --no-align")
+    align = format in ALIGNED_FORMATS if align is None else align
     opened = Store.open(store)
     queries = []
     if region or bed:
         source = query_source(opened, query_genome)
         queries += region_queries(source, region or [])
-        queries += bed_queries(source, bed) if bed else []
+        with standard_input_file(bed, ".bed") as bed_path:
+            queries += bed_queries(source, bed_path) if bed_path else []
     queries += [Query(f"sequence{i + 1}", check_sequence(s, f"--sequence #{i + 1}")) for i, s in enumerate(sequence or [])]
-    queries += fasta_queries(fasta) if fasta else []
+    with standard_input_file(fasta, ".fa") as fasta_path:
+        queries += fasta_queries(fasta_path) if fasta_path else []
     if not queries:
         raise InputError("no query: give --region, --sequence, --fasta or --bed")
     if save and not _writable(opened.root):
@@ -69,12 +99,29 @@ def search(
         save = False
     hits = search_store(opened, queries, k=k, nprobe=nprobe, ef_search=ef_search, exclude_self=exclude_self,
                         save_as=name if save else None, genome=genome, chrom=chrom,
-                        trust_remote_code=trust_remote_code)
+                        trust_remote_code=trust_remote_code, align=align, min_identity=min_identity,
+                        min_bit_score=min_score)
+    higher_is_better = opened.metric == "ip"
+    if loci:
+        hits = merge_loci(hits, higher_is_better=higher_is_better)
+    if format in (HitFormat.blast6, HitFormat.bed, HitFormat.paf):
+        emit_text(_formatted(hits, format, opened, higher_is_better), output)
+        return
     if annotate and opened.manifest.get("annotations"):
         hits = annotate_hits(opened, hits, strand=strand_mode.value, types=tuple(feature_type) if feature_type else None)
-    if format is OutputFormat.table and output is None:
+    if format is HitFormat.table and output is None:
         hits = compact_hits(hits)
-    emit_table(hits, format, output, title=f"top {k} hits")
+    emit_table(hits, OutputFormat(format.value), output, title=f"{'loci of the ' if loci else ''}top {k} hits")
+
+
+def _formatted(hits: pa.Table, format: HitFormat, store: Store, higher_is_better: bool) -> str:
+    from genoembed import hit_formats
+
+    if format is HitFormat.blast6:
+        return hit_formats.blast6(hits, title=f"genoembed {VERSION} search of {store.root}")
+    if format is HitFormat.bed:
+        return hit_formats.bed(hits, higher_is_better)
+    return hit_formats.paf(hits, store.contig_lengths)
 
 
 def _writable(root: Path) -> bool:
@@ -89,6 +136,14 @@ def compact_hits(hits: pa.Table) -> pa.Table:
         row = {"query": hit["query"], "rank": hit["rank"],
                "hit": f"{hit['chrom']}:{hit['start'] + 1}-{hit['end']}", "strand": hit["strand"],
                "score": hit["score"]}
+        if "tiles" in hit:
+            row["tiles"] = hit["tiles"]
+        if "identity" in hit:
+            aligned = hit["identity"] is not None
+            row["identity"] = f"{100 * hit['identity']:.1f}%" if aligned else ""
+            row["aligned"] = f"{hit['target_start'] + 1}-{hit['target_end']}" if aligned else ""
+            row["query cover"] = f"{100 * hit['query_coverage']:.0f}%" if aligned else ""
+            row["bits"] = f"{hit['bit_score']:.0f}" if aligned else ""
         if "overlapping" in hit:
             row["overlapping features"] = hit["overlapping"] or ""
             nearest = hit.get("nearest")

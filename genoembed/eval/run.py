@@ -235,7 +235,7 @@ def evaluate(
         for name, embedder in (embedders or {}).items():
             say(f"{name}: indexing {reference.name}")
             store = build_store(reference, root / safe_name(name), embedder=embedder, tiling=tiling,
-                                index_spec=IndexSpec())
+                                index_spec=IndexSpec(), redundant_strands=True)  # scores tile strands
             coordinates = tile_coordinates(store)
             max_k = min(max(ks), store.num_tiles)
             configs = list(index_configs)

@@ -1,0 +1,237 @@
+"""Evidence a biologist can check for a hit: the strand the query really matches, its local
+alignment to the hit region, and hits merged into loci.
+
+An embedding score says two windows look alike; it does not say where the query lies, on which
+strand, or how many bases agree. This module answers those with sequence, not vectors:
+
+* :func:`match_strand` compares k-mer counts of the query with those of the target and of its
+  reverse complement (numpy only; no aligner needed), so a default store, whose vectors are the
+  same for a tile and its reverse complement, still reports the strand of each hit.
+* :func:`align` runs a local Smith-Waterman alignment (parasail, SIMD) of the query and of its
+  reverse complement against the forward target region and keeps the better one. Scoring is
+  BLASTN's +1/-2 with gap costs existence 2, extension 2 (a gap of k bases costs 2 + 2k), whose
+  Karlin-Altschul parameters BLAST tabulates (lambda 1.33, K 0.62), so bit scores and E-values
+  read like BLAST's. Identity is BLAST's: matches / alignment columns (gaps count as columns).
+* :func:`merge_loci` merges overlapping or touching tile hits of one query on one contig and
+  strand, like BLAST HSP chaining or ``bedtools merge -s``.
+
+Coordinates are 0-based half-open like everywhere in genoembed (``schema``). Query coordinates
+are on the query as given; target coordinates are on the forward strand of the contig, and a
+``-`` alignment means the query's reverse complement matches there (PAF's convention).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from genoembed import schema
+from genoembed.embedders.kmer import kmer_indices
+from genoembed.errors import MissingExtraError
+from genoembed.seqio import encode_bases, reverse_complement
+
+MATCH, MISMATCH = 1, -2
+GAP_EXISTENCE, GAP_EXTENSION = 2, 2  # BLAST convention: a gap of k bases costs existence + k * extension
+LAMBDA, K = 1.33, 0.62  # BLAST's blastn_values_1_2 for gap costs 2/2
+STRAND_K = 6  # k-mer length of strand profiles: long enough that shared k-mers mean shared sequence
+_CIGAR = re.compile(r"(\d+)([=XIDM])")
+
+
+@dataclass(frozen=True)
+class Alignment:
+    """One local alignment of a query (as given) to a forward-strand target region."""
+
+    strand: str
+    query_aligned_start: int
+    query_aligned_end: int
+    target_start: int
+    target_end: int
+    matches: int
+    mismatches: int
+    gap_opens: int
+    aligned_length: int
+    alignment_score: int
+    cigar: str  # target forward vs query (reverse-complemented when strand is "-"), = X I D operations
+
+    @property
+    def identity(self) -> float:
+        return self.matches / self.aligned_length if self.aligned_length else 0.0
+
+
+def bit_score(score: int) -> float:
+    """BLAST bit score of a raw +1/-2 score: (lambda * S - ln K) / ln 2."""
+    return (LAMBDA * score - math.log(K)) / math.log(2)
+
+
+def evalue(score: int, query_length: int, database_length: int) -> float:
+    """Karlin-Altschul E-value K m n exp(-lambda S), without BLAST's edge-length correction."""
+    return K * query_length * database_length * math.exp(-LAMBDA * score)
+
+
+def _parasail():
+    try:
+        import parasail
+    except ImportError:
+        raise MissingExtraError("alignment evidence needs parasail: pip install 'genoembed[align]'") from None
+    return parasail
+
+
+def _matrix():
+    parasail = _parasail()
+    if not hasattr(_matrix, "cached"):
+        _matrix.cached = parasail.matrix_create("ACGTN", MATCH, MISMATCH)
+    return _matrix.cached
+
+
+def _local(query: str, target: str):
+    """parasail's traced local alignment (its gap open is the cost of a gap's first base);
+    16-bit lanes are exact while the score, at most the query length, fits them."""
+    trace = _parasail().sw_trace_striped_16 if len(query) < 32_000 else _parasail().sw_trace_striped_32
+    return trace(query, target, GAP_EXISTENCE + GAP_EXTENSION, GAP_EXTENSION, _matrix())
+
+
+def _best_end(query: str, target: str) -> tuple[int, int, int]:
+    """(score, last query base, last target base) of the best local alignment, without traceback."""
+    result = _parasail().sw_striped_sat(query, target, GAP_EXISTENCE + GAP_EXTENSION, GAP_EXTENSION, _matrix())
+    return int(result.score), int(result.end_query), int(result.end_ref)
+
+
+def _traced(query: str, target: str, end_query: int, end_target: int, score: int) -> tuple[object, int]:
+    """Traceback of the best alignment, computed in a box ending where it ends (a fraction of the
+    flanked target), and over the whole target when the box loses score; returns (result, box start)."""
+    first = max(0, end_target - end_query - max(32, end_query // 8))
+    result = _local(query, target[first:end_target + 1])
+    return (result, first) if result.score == score else (_local(query, target), 0)
+
+
+def _operations(result) -> tuple[list[tuple[int, str]], int, int]:
+    """CIGAR operations of the aligned part and its first query / target base.
+
+    parasail may spell where the alignment begins as leading I/D operations from (0, 0);
+    those are skipped (they are not columns of a local alignment), as are trailing ones.
+    """
+    operations = [(int(n), op) for n, op in _CIGAR.findall(result.cigar.decode.decode())]
+    query_at, target_at = result.cigar.beg_query, result.cigar.beg_ref
+    while operations and operations[0][1] in "ID":
+        length, op = operations.pop(0)
+        query_at, target_at = (query_at + length, target_at) if op == "I" else (query_at, target_at + length)
+    while operations and operations[-1][1] in "ID":
+        operations.pop()
+    return operations, query_at, target_at
+
+
+def align(query: str, target: str, target_offset: int = 0) -> Alignment | None:
+    """Best local alignment of ``query`` or its reverse complement to ``target`` (forward strand,
+    starting at genomic ``target_offset``); None when nothing scores above zero."""
+    query, target = query.upper(), target.upper()
+    reverse = reverse_complement(query)
+    forward_end, reverse_end = _best_end(query, target), _best_end(reverse, target)
+    strand = "-" if reverse_end[0] > forward_end[0] else "+"
+    score, end_query, end_target = reverse_end if strand == "-" else forward_end
+    if score <= 0:
+        return None
+    result, box = _traced(reverse if strand == "-" else query, target, end_query, end_target, score)
+    operations, query_at, target_at = _operations(result)
+    target_at += box
+    counts = {op: sum(n for n, o in operations if o == op) for op in "=XID"}
+    query_span = counts["="] + counts["X"] + counts["I"]
+    target_span = counts["="] + counts["X"] + counts["D"]
+    start, end = query_at, query_at + query_span
+    if strand == "-":  # coordinates on the query as given
+        start, end = len(query) - end, len(query) - start
+    return Alignment(strand=strand, query_aligned_start=start, query_aligned_end=end,
+                     target_start=target_offset + target_at, target_end=target_offset + target_at + target_span,
+                     matches=counts["="], mismatches=counts["X"],
+                     gap_opens=sum(1 for _, op in operations if op in "ID"),
+                     aligned_length=sum(n for n, _ in operations), alignment_score=int(result.score),
+                     cigar="".join(f"{n}{op}" for n, op in operations))
+
+
+def kmer_counts(sequence: str, k: int = STRAND_K) -> np.ndarray:
+    """Counts of every k-mer (4**k, ambiguous k-mers skipped) of ``sequence`` as read."""
+    return np.bincount(kmer_indices(encode_bases(sequence), k), minlength=4**k)
+
+
+def reverse_complement_order(k: int = STRAND_K) -> np.ndarray:
+    """Index of each k-mer's reverse complement, so ``counts[order]`` counts the reverse strand."""
+    digits = (np.arange(4**k)[:, None] // 4 ** np.arange(k)) % 4  # least significant base first
+    return ((3 - digits) * 4 ** np.arange(k - 1, -1, -1)).sum(axis=1)
+
+
+def match_strand(query: str | np.ndarray, target: str, k: int = STRAND_K) -> str:
+    """``+`` when ``query`` shares more k-mers with ``target`` than with its reverse complement,
+    ``-`` when fewer, ``.`` on a tie (e.g. no shared k-mer on either strand). ``query`` may be
+    given as its :func:`kmer_counts` (a query checked against many hits is counted once)."""
+    counts = kmer_counts(query, k) if isinstance(query, str) else query
+    target_counts = kmer_counts(target, k)
+    if k not in _RC_ORDER:
+        _RC_ORDER[k] = reverse_complement_order(k)
+    forward = int(np.minimum(counts, target_counts).sum())
+    reverse = int(np.minimum(counts, target_counts[_RC_ORDER[k]]).sum())
+    return "+" if forward > reverse else "-" if reverse > forward else "."
+
+
+_RC_ORDER: dict[int, np.ndarray] = {}
+
+
+def alignment_columns(alignment: Alignment | None, query_length: int, database_length: int) -> dict:
+    """The ``schema.ALIGNMENT_FIELDS`` of one hit (nulls when nothing aligned)."""
+    if alignment is None:
+        return {"query_length": query_length, **{name: None for name in schema.ALIGNMENT_COLUMNS[1:]}}
+    columns = asdict(alignment)
+    columns.pop("strand")
+    covered = alignment.query_aligned_end - alignment.query_aligned_start
+    return {"query_length": query_length, "identity": alignment.identity, **columns,
+            "query_coverage": covered / query_length,
+            "bit_score": bit_score(alignment.alignment_score),
+            "evalue": evalue(alignment.alignment_score, query_length, database_length)}
+
+
+def flanked(start: int, end: int, contig_length: int, flank: int) -> tuple[int, int]:
+    """``[start - flank, end + flank)`` clipped to the contig: where a query overlapping the tile can align."""
+    return max(0, start - flank), min(contig_length, end + flank)
+
+
+def merge_loci(hits: pa.Table, higher_is_better: bool = True) -> pa.Table:
+    """One row per locus: overlapping or touching hits of one query on one genome, contig and strand.
+
+    A locus spans its tiles, keeps its best tile's score, ``tile_id`` and query columns, counts
+    its ``tiles``, and, when hits carry alignments, the alignment with the best alignment score.
+    Loci are ranked per query by that best score; queries stay in the order they come in.
+    """
+    rows = hits.to_pylist()
+    sign = 1.0 if higher_is_better else -1.0
+    by_query: dict[str, list[dict]] = {}
+    for row in rows:
+        by_query.setdefault(row["query"], []).append(row)
+    aligned = "alignment_score" in hits.column_names
+    loci = []
+    for query_rows in by_query.values():
+        merged = []
+        for row in sorted(query_rows, key=lambda r: (r["genome"], r["chrom"], r["strand"], r["start"], r["end"])):
+            last = merged[-1] if merged else None
+            if last and (last["genome"], last["chrom"], last["strand"]) == (row["genome"], row["chrom"], row["strand"]) \
+                    and row["start"] <= last["end"]:
+                last["end"] = max(last["end"], row["end"])
+                last["tiles"] += 1
+                _keep_best(last, row, sign, aligned)
+            else:
+                merged.append({**row, "tiles": 1})
+        merged.sort(key=lambda locus: -sign * locus["score"])
+        for rank, locus in enumerate(merged, 1):
+            locus["rank"] = rank
+        loci += merged
+    fields = list(hits.schema) + [pa.field("tiles", pa.int32(), nullable=False)]
+    return pa.Table.from_pylist(loci, schema=pa.schema(fields))
+
+
+def _keep_best(locus: dict, row: dict, sign: float, aligned: bool) -> None:
+    """Carry the better tile's score/id, and the better alignment, into ``locus`` (in place)."""
+    if sign * row["score"] > sign * locus["score"]:
+        locus.update(score=row["score"], tile_id=row["tile_id"])
+    if aligned and (row["alignment_score"] or 0) > (locus["alignment_score"] or 0):
+        locus.update({name: row[name] for name in schema.ALIGNMENT_COLUMNS})
