@@ -161,9 +161,15 @@ def manifest_problems(manifest: dict) -> list[str]:
     if expect("genomes", genomes, dict, "an object"):
         for name, entry in genomes.items():
             if expect(f"genomes.{name}", entry, dict, "an object"):
-                expect(f"genomes.{name}.contig_lengths", entry.get("contig_lengths"), dict, "an object")
+                if expect(f"genomes.{name}.contig_lengths", entry.get("contig_lengths"), dict, "an object"):
+                    for chrom, length in entry["contig_lengths"].items():
+                        if not _is_int(length) or length < 0:
+                            problems.append(f"genomes.{name}.contig_lengths.{chrom} is {json.dumps(length)[:40]}, "
+                                            "expected a length in bases")
                 expect(f"genomes.{name}.first_tile_id", entry.get("first_tile_id"), int, "an integer")
                 expect(f"genomes.{name}.sha256", entry.get("sha256"), str, "a checksum")
+                expect(f"genomes.{name}.name", entry.get("name"), str, "the genome's name")
+                expect(f"genomes.{name}.path", entry.get("path"), str, "the FASTA's path")
     shards = manifest.get("shards")
     if expect("shards", shards, list, "a list"):
         for number, shard in enumerate(shards):

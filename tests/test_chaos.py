@@ -19,7 +19,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, example, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 from typer.testing import CliRunner
 
 from genoembed.build import index
@@ -35,7 +35,7 @@ from genoembed.tiles import TilingSpec
 from genoembed.vector_index import IndexSpec
 from genoembed.verify import verify_store
 
-TILING = TilingSpec(window=300, stride=150, strands="both")
+TILING = TilingSpec(window=300, stride=150, strands="+")
 EMBEDDER = KmerEmbedder(k=3)
 SEQUENCE = "ACGT" * 100
 LENGTHS = [{"a1": 6_000, "a2": 3_000}, {"b1": 5_000, "b2": 2_000}, {"c1": 4_000}]
@@ -190,7 +190,7 @@ def test_manifest_regressions_are_one_line_errors(fuzz_store, case):
         shutil.rmtree(root / "searches", ignore_errors=True)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+@settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                    HealthCheck.too_slow])
 @given(data=st.data())
 def test_fuzzed_manifest_is_a_one_line_error_or_works(fuzz_store, data):
@@ -294,7 +294,7 @@ def progress(done, total):
     print(done, flush=True)
     sys.stdin.readline()  # the test says when to go on (or kills this process)
 
-index(sys.argv[1], sys.argv[2], embedder=KmerEmbedder(k=3), tiling=TilingSpec(window=300, stride=150, strands="both"),
+index(sys.argv[1], sys.argv[2], embedder=KmerEmbedder(k=3), tiling=TilingSpec(window=300, stride=150, strands="+"),
       index_spec=IndexSpec("Flat"), shard_rows=40, batch_rows=40, append=True, progress=progress)
 """
 

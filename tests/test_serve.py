@@ -60,7 +60,7 @@ def running(stores: dict, token: str | None = None):
 def chloro(tmp_path_factory):
     """The chloroplast with its GenBank features (so hits carry annotations), 4-mer embedder."""
     out = tmp_path_factory.mktemp("served") / "chloro"
-    return index(CHLOROPLAST_FASTA, out, embedder=KmerEmbedder(k=4), tiling=TilingSpec(strands="both"),
+    return index(CHLOROPLAST_FASTA, out, embedder=KmerEmbedder(k=4), tiling=TilingSpec(strands="+"),
                  annotations=[CHLOROPLAST_GENBANK], shard_rows=128)
 
 
@@ -154,7 +154,7 @@ def test_search_hits_as_bed_and_bed9(client, chloro):
 
 def test_sql_sandbox_with_parameters(client):
     reply = client.post("/sql", json={"query": "SELECT count(*) AS n FROM tiles WHERE strand = $s",
-                                      "parameters": {"s": "-"}})
+                                      "parameters": {"s": "+"}})
     assert reply.status_code == 200 and reply.json()["rows"][0]["n"] > 0
     tsv = client.post("/sql?format=tsv", json={"query": "SELECT 1 AS one, NULL AS nothing"}).text
     assert tsv.splitlines() == ["one\tnothing", "1\t"]
