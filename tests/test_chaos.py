@@ -302,7 +302,7 @@ index(sys.argv[1], sys.argv[2], embedder=KmerEmbedder(k=3), tiling=TilingSpec(wi
 @pytest.mark.slow
 def test_process_readers_survive_appends_and_a_killed_writer(tmp_path, fastas, two_genomes):
     root = copy_store(two_genomes, tmp_path / "store")
-    big = write_fasta(tmp_path / "big.fa", random_genome({"d1": 12_000}, seed=7))
+    big = write_fasta(tmp_path / "big.fa", random_genome({"d1": 40_000}, seed=7))  # several shards
     context = multiprocessing.get_context("spawn")
     stop, results = context.Event(), context.Queue()
     readers = [context.Process(target=_reader_process, args=(str(root), stop, results)) for _ in range(2)]
