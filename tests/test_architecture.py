@@ -22,7 +22,7 @@ LAYERS = [
     ["embedders"],
     ["store"],
     ["store_writer", "sql", "indexing"],
-    ["annotate", "search", "remove", "verify", "recipe", "plot"],
+    ["annotate", "search", "remove", "verify", "recipe", "plot", "variants", "explain"],
     ["ray_engine"],
     ["engine"],
     ["build"],
@@ -36,12 +36,13 @@ LAYERS = [
     ["__init__"],
     ["cli.common"],
     ["cli.annotate", "cli.eval", "cli.finetune", "cli.index", "cli.info", "cli.plot", "cli.pretrain",
-     "cli.remove", "cli.search", "cli.sql", "cli.verify"],
+     "cli.remove", "cli.search", "cli.sql", "cli.verify", "cli.variants", "cli.explain"],
     ["cli"],
 ]
 # Same-layer imports that are allowed (each one way only).
 SIDEWAYS = {("remove", "indexing"), ("annotate", "sql"), ("plot", "sql"), ("verify", "sql"),
-            ("remove", "store_writer"), ("features", "tiles")}
+            ("remove", "store_writer"), ("features", "tiles"),
+            ("variants", "search"), ("explain", "search")}
 LONG_FILE = 600
 
 

@@ -6,6 +6,7 @@ import typer
 
 from genoembed.cli.annotate import annotate
 from genoembed.cli.eval import eval_command
+from genoembed.cli.explain import explain
 from genoembed.cli.finetune import finetune
 from genoembed.cli.index import index
 from genoembed.cli.info import info
@@ -14,6 +15,7 @@ from genoembed.cli.pretrain import pretrain
 from genoembed.cli.remove import remove
 from genoembed.cli.search import search
 from genoembed.cli.sql import sql
+from genoembed.cli.variants import variants
 from genoembed.cli.verify import verify
 
 app = typer.Typer(
@@ -34,6 +36,8 @@ app.command("eval")(eval_command)
 app.command("plot")(plot)
 app.command("pretrain")(pretrain)
 app.command("finetune")(finetune)
+app.command("variants")(variants)
+app.command("explain")(explain)
 
 
 def main() -> None:

@@ -29,6 +29,8 @@ def search(
     sequence: Optional[list[str]] = typer.Option(None, "--sequence", "-s", help="Query DNA sequence (repeatable)."),
     fasta: Optional[Path] = typer.Option(None, "--fasta", help="FASTA file: every record is a query."),
     bed: Optional[Path] = typer.Option(None, "--bed", help="BED file of query regions on the store's genome."),
+    vcf: Optional[Path] = typer.Option(None, "--vcf", help="Apply --sample's variants from this VCF to the --region queries (its first haplotype: the allele listed first in GT)."),
+    sample: Optional[str] = typer.Option(None, "--sample", help="Sample of --vcf whose haplotype is applied."),
     k: int = typer.Option(10, "-k", min=1, help="Neighbours per query."),
     nprobe: Optional[int] = typer.Option(None, min=1, help="IVF lists to visit (IVF indexes)."),
     ef_search: Optional[int] = typer.Option(None, min=1, help="HNSW search breadth (HNSW indexes)."),
@@ -50,15 +52,18 @@ def search(
     from genoembed.annotate import annotate_hits
     from genoembed.search import (Query, bed_queries, check_search_name, check_sequence, fasta_queries, query_source,
                                   region_queries, search as search_store)
+    from genoembed.variants import haplotype_queries
 
     configure_logging(quiet)
     refuse_inside_store(output, store)
     check_search_name(name)
     opened = Store.open(store)
     queries = []
+    if vcf is not None and (sample is None or not region):
+        raise InputError("--vcf applies one --sample's variants to --region queries: give --sample and --region")
     if region or bed:
         source = query_source(opened, query_genome)
-        queries += region_queries(source, region or [])
+        queries += region_queries(source, region or []) if vcf is None else haplotype_queries(opened, region or [], vcf, sample, query_genome)
         queries += bed_queries(source, bed) if bed else []
     queries += [Query(f"sequence{i + 1}", check_sequence(s, f"--sequence #{i + 1}")) for i, s in enumerate(sequence or [])]
     queries += fasta_queries(fasta) if fasta else []
