@@ -270,7 +270,7 @@ def annotate_vcf(vcf: str | Path, output: str | Path, results: pa.Table, region:
         try:
             with _pysam().VariantFile(temporary, "wz" if output.suffix == ".gz" else "w", header=header) as out:
                 for record in _records(handle, path, region):
-                    record.translate(header)
+                    record.translate(out.header)
                     _annotate_record(record, by_allele)
                     out.write(record)
             os.replace(temporary, output)
