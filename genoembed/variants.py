@@ -144,7 +144,9 @@ def check_reference(genome, chrom: str, pos: int, ref: str, where: str) -> None:
 
 
 def variant_window(variant: Variant, window: int, contig_length: int) -> tuple[int, int]:
-    """[start, end) of ``window`` reference bases centred on the variant, shifted to stay inside the contig."""
+    """[start, end) of ``window`` reference bases centred on the variant, shifted to stay inside the contig;
+    widened to the REF allele when it is longer, so the window always holds the whole variant."""
+    window = max(window, len(variant.ref))
     centre = variant.pos + len(variant.ref) // 2
     start = min(max(0, centre - window // 2), max(0, contig_length - window))
     return start, min(start + window, contig_length)
@@ -325,11 +327,12 @@ def haplotype_queries(store: Store, regions: list[str], vcf: str | Path, sample:
     return queries
 
 
-def calls_from_cs(paf_lines, fetch) -> list[Variant]:
+def calls_from_cs(paf_lines, fetch, max_indel: int = 50) -> list[Variant]:
     """SNVs and small indels from minimap2 ``-c --cs`` PAF lines (alignments of another assembly to the
     store's genome), as VCF-style variants: indels anchored on the base before them.
 
-    ``fetch(chrom, start, end)`` reads the reference (for anchor bases). Only primary and inversion
+    ``fetch(chrom, start, end)`` reads the reference (for anchor bases). Indels longer than ``max_indel``
+    bases (structural differences, not small variants) are left out. Only primary and inversion
     alignments (``tp:A:P`` / ``tp:A:I``) are used; a call made twice by overlapping alignments is kept once.
     """
     calls = {}
@@ -347,6 +350,8 @@ def calls_from_cs(paf_lines, fetch) -> list[Variant]:
             elif op == "*":
                 calls.setdefault((chrom, position), Variant(chrom, position, text[0].upper(), text[1].upper()))
                 position += 1
+            elif op in "+-" and len(text) > max_indel:
+                position += len(text) if op == "-" else 0
             elif op in "+-":
                 anchor = fetch(chrom, position - 1, position).upper()
                 ref, alt = (anchor + text.upper(), anchor) if op == "-" else (anchor, anchor + text.upper())

@@ -51,6 +51,7 @@ def test_window_is_centred_and_stays_inside_the_contig():
     assert variant_window(Variant("c", 5000, "A", "C"), 1000, 10_000) == (4500, 5500)
     assert variant_window(Variant("c", 10, "A", "C"), 1000, 10_000) == (0, 1000)
     assert variant_window(Variant("c", 9990, "A", "C"), 1000, 10_000) == (9000, 10_000)
+    assert variant_window(Variant("c", 5000, "A" * 1500, "A"), 1000, 10_000) == (5000, 6500)  # holds the REF
 
 
 def test_variant_outside_the_window_shifts_nothing(chloroplast_store):
