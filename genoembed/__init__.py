@@ -11,6 +11,8 @@ The public API mirrors the CLI, verb for verb::
     genoembed.annotate(store, "genes.gff3")                                  # genoembed annotate
     genoembed.remove(store, genome="strainA")                                # genoembed remove
     problems = genoembed.verify(store)                                       # genoembed verify
+    shifts = genoembed.score_variants(store, genoembed.read_variants("calls.vcf"))  # genoembed variants
+    why = genoembed.explain(store, "chr1:10001-11000", hit=1)                # genoembed explain
 
 Heavy parts (torch, transformers, FAISS, DuckDB) load only when a verb needs them.
 """
@@ -20,6 +22,7 @@ from genoembed.version import VERSION as __version__  # noqa: E402
 from genoembed.annotate import add_annotations as annotate  # noqa: E402
 from genoembed.build import build, index  # noqa: E402
 from genoembed.embedders import Embedder, EmbedderOptions, get_embedder, register_embedder  # noqa: E402
+from genoembed.explain import explain  # noqa: E402
 from genoembed.errors import GenoembedError, InputError, ModelError, StoreError  # noqa: E402
 from genoembed.recipe import Recipe, load_recipe  # noqa: E402
 from genoembed.remove import remove  # noqa: E402
@@ -27,9 +30,11 @@ from genoembed.search import Query, search  # noqa: E402
 from genoembed.sql import run_sql as sql  # noqa: E402
 from genoembed.store import Store  # noqa: E402
 from genoembed.tiles import TilingSpec  # noqa: E402
+from genoembed.variants import annotate_vcf, haplotype_queries, read_variants, score_variants  # noqa: E402
 from genoembed.vector_index import IndexSpec  # noqa: E402
 from genoembed.verify import verify_store as verify  # noqa: E402
 
 __all__ = ["__version__", "build", "index", "search", "sql", "annotate", "remove", "verify", "Store", "Recipe",
            "load_recipe", "TilingSpec", "IndexSpec", "Query", "Embedder", "EmbedderOptions", "get_embedder",
-           "register_embedder", "GenoembedError", "InputError", "ModelError", "StoreError"]
+           "register_embedder", "read_variants", "score_variants", "annotate_vcf", "haplotype_queries",
+           "explain", "GenoembedError", "InputError", "ModelError", "StoreError"]

@@ -23,7 +23,7 @@ LAYERS = [
     ["embedders"],
     ["store"],
     ["store_writer", "sql", "indexing"],
-    ["annotate", "search", "remove", "verify", "recipe", "plot", "tracks"],
+    ["annotate", "search", "remove", "verify", "recipe", "plot", "tracks", "variants", "explain"],
     ["ray_engine"],
     ["engine"],
     ["build"],
@@ -38,13 +38,14 @@ LAYERS = [
     ["serve"],
     ["cli.common"],
     ["cli.annotate", "cli.eval", "cli.finetune", "cli.index", "cli.info", "cli.plot", "cli.pretrain",
-     "cli.remove", "cli.search", "cli.serve", "cli.sql", "cli.track", "cli.verify"],
+     "cli.remove", "cli.search", "cli.serve", "cli.sql", "cli.track", "cli.verify", "cli.variants", "cli.explain"],
     ["cli"],
     ["__main__"],
 ]
 # Same-layer imports that are allowed (each one way only).
 SIDEWAYS = {("remove", "indexing"), ("annotate", "sql"), ("plot", "sql"), ("verify", "sql"),
-            ("remove", "store_writer"), ("features", "tiles")}
+            ("remove", "store_writer"), ("features", "tiles"),
+            ("variants", "search"), ("explain", "search")}
 LONG_FILE = 600
 
 

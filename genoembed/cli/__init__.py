@@ -6,6 +6,7 @@ import typer
 
 from genoembed.cli.annotate import annotate
 from genoembed.cli.eval import eval_command
+from genoembed.cli.explain import explain
 from genoembed.cli.finetune import finetune
 from genoembed.cli.index import index
 from genoembed.cli.info import info
@@ -16,6 +17,7 @@ from genoembed.cli.search import search
 from genoembed.cli.serve import serve
 from genoembed.cli.sql import sql
 from genoembed.cli.track import track
+from genoembed.cli.variants import variants
 from genoembed.cli.verify import verify
 from genoembed.version import VERSION
 
@@ -54,6 +56,8 @@ app.command("eval")(eval_command)
 app.command("plot")(plot)
 app.command("pretrain")(pretrain)
 app.command("finetune")(finetune)
+app.command("variants")(variants)
+app.command("explain")(explain)
 
 
 def main() -> None:

@@ -44,6 +44,8 @@ def search(
     sequence: Optional[list[str]] = typer.Option(None, "--sequence", "-s", help="Query DNA sequence (repeatable)."),
     fasta: Optional[Path] = typer.Option(None, "--fasta", help="FASTA file (plain or gzip; - reads stdin): every record is a query."),
     bed: Optional[Path] = typer.Option(None, "--bed", help="BED file of query regions on the store's genome (- reads stdin)."),
+    vcf: Optional[Path] = typer.Option(None, "--vcf", help="Apply --sample's variants from this VCF to the --region queries (its first haplotype: the allele listed first in GT)."),
+    sample: Optional[str] = typer.Option(None, "--sample", help="Sample of --vcf whose haplotype is applied."),
     k: int = typer.Option(10, "-k", min=1, help="Tiles fetched per query (neighbours); with --loci they merge into at most k loci."),
     nprobe: Optional[int] = typer.Option(None, min=1, help="IVF lists to visit (IVF indexes)."),
     ef_search: Optional[int] = typer.Option(None, min=1, help="HNSW search breadth (HNSW indexes)."),
@@ -72,6 +74,7 @@ def search(
     from genoembed.evidence import merge_loci
     from genoembed.search import (Query, bed_queries, check_search_name, check_sequence, fasta_queries, query_source,
                                   region_queries, search as search_store)
+    from genoembed.variants import haplotype_queries
 
     configure_logging(quiet)
     set_threads(threads)
@@ -84,9 +87,12 @@ def search(
     align = format in ALIGNED_FORMATS if align is None else align
     opened = Store.open(store)
     queries = []
+    if vcf is not None and (sample is None or not region):
+        raise InputError("--vcf applies one --sample's variants to --region queries: give --sample and --region")
     if region or bed:
         source = query_source(opened, query_genome)
-        queries += region_queries(source, region or [])
+        queries += region_queries(source, region or []) if vcf is None else \
+            haplotype_queries(opened, region or [], vcf, sample, query_genome)
         with standard_input_file(bed, ".bed") as bed_path:
             queries += bed_queries(source, bed_path) if bed_path else []
     queries += [Query(f"sequence{i + 1}", check_sequence(s, f"--sequence #{i + 1}")) for i, s in enumerate(sequence or [])]

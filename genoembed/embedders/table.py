@@ -25,6 +25,10 @@ out of the mean. Three paths, fastest first:
   with vectorised run bookkeeping (runs restart after every ``N``);
 - sequences whose frames overflow one chunk (longer than ``(max_tokens - 2) * k``
   bases, or N-heavy): planned piece by piece as ``TransformersEmbedder`` plans them.
+
+The file is long because those three paths, and ``token_weights`` (the same
+tokens listed with their positions, for `genoembed explain`), must all
+reproduce one tokenisation, so they stay side by side.
 """
 
 from __future__ import annotations
@@ -177,6 +181,28 @@ class TokenTableEmbedder:
                     counts[~one_chunk] = [self._exact_counts(sequences[row]) for row in rows[several]]
                 out[rows[block]] = self._project(counts)
         return out
+
+    def token_weights(self, sequence: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(starts, lengths, token ids, weights) of every token the vector pools, on the sequence's forward
+        coordinates: ``bincount(ids, weights) @ table`` is :meth:`embed`'s vector. Lets `genoembed explain`
+        split a cosine exactly over bases; one-chunk sequences only (else :class:`ModelError`)."""
+        _check_sequences([sequence])
+        _, codes = next(_blocks_by_length([sequence]))
+        length = codes.shape[1]
+        if not self._frame_counts(codes)[1][0]:
+            raise ModelError(f"{length} bases take more than one chunk of {self.max_tokens} tokens; "
+                             f"explain sequences of at most {self._chunk_bases // self.frames} bases with this model")
+        strands = [codes, _reverse_complement_codes(codes)] if self.reverse_complement else [codes]
+        used = _frame_count(length, self.k, self.frames)
+        parts = []
+        for reverse, strand in enumerate(strands):
+            for ids, tokens in _frame_tokens(strand, self.k, used, self._kmer_ids, self._base_ids):
+                at = np.flatnonzero(tokens[0])
+                sizes = np.where(np.isin(ids[0, at], self._base_ids), 1, self.k)
+                starts = length - at - sizes if reverse else at
+                weight = np.full(len(at), 1.0 / (len(strands) * used * len(at)))
+                parts.append((starts, sizes, ids[0, at], weight))
+        return tuple(np.concatenate(column) for column in zip(*parts))
 
     # ------------------------------------------------------------------ internals
 
