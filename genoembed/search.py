@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import hashlib
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -23,9 +24,9 @@ import pyarrow.parquet as pq
 
 from genoembed import schema
 from genoembed.errors import InputError, StoreError, command
-from genoembed.seqio import fasta_records, read_fasta
+from genoembed.seqio import fasta_records, open_text, read_fasta
 from genoembed.vector_index import FaissIndex
-from genoembed.store import SNAPSHOT_RETRIES, Store, atomic_write_bytes
+from genoembed.store import SNAPSHOT_RETRIES, Store, atomic_write_bytes, file_sha256
 
 _VALID_BASES = re.compile(r"^[ACGTNRYKMSWBDHV]+$", re.IGNORECASE)
 # Thousands separators are commas only (samtools style); "1_0" is not the number 10.
@@ -88,21 +89,36 @@ def region_queries(genome, regions: list[str]) -> list[Query]:
 
 def bed_queries(genome, path: str | Path) -> list[Query]:
     """Regions from a BED file (3+ columns; name from column 4, strand from column 6)."""
+    return list(iter_bed_queries(genome, path))
+
+
+def iter_bed_queries(genome, path: str | Path) -> Iterator[Query]:
+    """:func:`bed_queries` one at a time, read as they are needed (memory does not grow with the file)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: BED file not found")
-    return bed_text_queries(genome, path.read_text(), str(path))
+    try:
+        with open_text(path) as handle:
+            yield from _bed_lines(genome, handle, str(path))
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: not a text BED file (undecodable bytes); give a plain or gzipped BED") from None
 
 
 def bed_text_queries(genome, text: str, where: str) -> list[Query]:
-    """Regions from BED text (a file's, or a request's body); ``where`` names it in errors."""
-    queries = []
-    for number, line in enumerate(text.splitlines(), 1):
+    """Regions from BED text (a request's body); ``where`` names it in errors."""
+    return list(_bed_lines(genome, text.splitlines(), where))
+
+
+def _bed_lines(genome, lines: Iterable[str], where: str) -> Iterator[Query]:
+    found = False
+    for number, line in enumerate(lines, 1):
+        line = line.rstrip("\r\n")
         if not line.strip() or line.startswith(("#", "track", "browser")):
             continue
         fields = line.split("\t")
         if len(fields) < 3 or not fields[1].isdigit() or not fields[2].isdigit():
-            raise InputError(f"{where}:{number}: expected chrom<TAB>start<TAB>end with integer coordinates")
+            raise InputError(f"{where}:{number}: expected chrom<TAB>start<TAB>end with integer coordinates "
+                             "(tab-separated: names may hold spaces)")
         chrom, start, end = fields[0], int(fields[1]), int(fields[2])
         strand = fields[5] if len(fields) > 5 and fields[5] in ("+", "-") else "+"
         name = fields[3] if len(fields) > 3 and fields[3] else f"{chrom}:{start + 1}-{end}"
@@ -111,21 +127,38 @@ def bed_text_queries(genome, text: str, where: str) -> list[Query]:
         if not 0 <= start < end <= genome.contigs[chrom]:
             raise InputError(f"{where}:{number}: {chrom}:{start}-{end} is empty or outside the contig "
                              f"(length {genome.contigs[chrom]})")
-        queries.append(Query(name, genome.fetch(chrom, start, end, strand).upper(), chrom, start, end, strand))
-    if not queries:
+        found = True
+        yield Query(name, genome.fetch(chrom, start, end, strand).upper(), chrom, start, end, strand)
+    if not found:
         raise InputError(f"{where}: no regions found")
-    return queries
 
 
 def fasta_queries(path: str | Path) -> list[Query]:
     """Every record of a FASTA file (plain or gzip) as a sequence query."""
-    return [Query(name, check_sequence(sequence, f"{path} record {name!r}")) for name, sequence in read_fasta(path)]
+    return list(iter_fasta_queries(path))
+
+
+def iter_fasta_queries(path: str | Path) -> Iterator[Query]:
+    """:func:`fasta_queries` one record at a time."""
+    for name, sequence in read_fasta(path):
+        yield Query(name, check_sequence(sequence, f"{path} record {name!r}"))
 
 
 def fasta_text_queries(text: str, where: str) -> list[Query]:
     """Every record of FASTA text (a request's body) as a sequence query."""
     return [Query(name, check_sequence(sequence, f"{where} record {name!r}"))
             for name, sequence in fasta_records(text.splitlines(), where)]
+
+
+class UniqueNames:
+    """Suffixes repeated query names (``name#2``) across a stream, so every hit row is keyed by (query, rank)."""
+
+    def __init__(self):
+        self._seen: dict[str, int] = {}
+
+    def __call__(self, query: Query) -> Query:
+        count = self._seen[query.name] = self._seen.get(query.name, 0) + 1
+        return query if count == 1 else dataclasses.replace(query, name=f"{query.name}#{count}")
 
 
 class StoreGenomes:
@@ -158,14 +191,7 @@ def _self_overlap_allowance(store: Store, query: Query) -> int:
 
 
 def _unique_names(queries: list[Query]) -> list[Query]:
-    """Suffix repeated query names (``name#2``) so every hit row is keyed by (query, rank)."""
-    seen: dict[str, int] = {}
-    unique = []
-    for query in queries:
-        seen[query.name] = seen.get(query.name, 0) + 1
-        count = seen[query.name]
-        unique.append(query if count == 1 else dataclasses.replace(query, name=f"{query.name}#{count}"))
-    return unique
+    return list(map(UniqueNames(), queries))
 
 
 def search(store: Store, queries: list[Query | str], k: int = 10, nprobe: int | None = None,
@@ -317,27 +343,59 @@ def check_search_name(name: str) -> str:
 
 
 def save_hits(store: Store, hits: pa.Table, name: str, details: dict) -> Path:
-    """Save hits as ``searches/NAME.parquet`` plus its sidecar ``searches/NAME.json`` (rows, sha256, details).
+    """Save hits as ``searches/NAME.parquet`` plus its sidecar ``searches/NAME.json`` (see :class:`HitsWriter`)."""
+    with HitsWriter(store, name, details) as writer:
+        writer.write(hits)
+    return writer.path
 
-    Both are written atomically and take no store lock, so searches never wait for a writer; the
-    sidecar is renamed into place last, so a reader never pairs it with another search's hits.
+
+class HitsWriter:
+    """Writes a saved search chunk by chunk: ``searches/NAME.parquet`` under a temporary name, then its sidecar
+    ``searches/NAME.json`` (rows, sha256, details), each renamed into place when complete.
+
+    No store lock is taken, so searches never wait for a writer; the sidecar is renamed last, so a reader never
+    pairs it with another search's hits. A failure leaves the previous search of that name as it was.
     """
-    check_search_name(name)
-    directory = store.root / "searches"
-    try:
-        directory.mkdir(exist_ok=True)
-    except OSError as error:
-        raise StoreError(f"{directory}: cannot save the search ({error.strerror or error}); "
-                         "if the store is read-only, search with --no-save") from None
-    sink = pa.BufferOutputStream()
-    pq.write_table(hits, sink, compression="zstd")
-    data = sink.getvalue().to_pybytes()
-    path = directory / f"{name}.parquet"
-    atomic_write_bytes(path, data)
-    entry = {"path": f"searches/{name}.parquet", "rows": hits.num_rows, "sha256": hashlib.sha256(data).hexdigest(),
-             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), **details}
-    atomic_write_bytes(directory / f"{name}.json", json.dumps(entry, indent=2).encode())
-    return path
+
+    def __init__(self, store: Store, name: str, details: dict):
+        self.directory = store.root / "searches"
+        self.name, self.details, self.rows = check_search_name(name), details, 0
+        self.path = self.directory / f"{name}.parquet"
+        self._partial = self.directory / f".{name}.parquet.partial.{os.getpid()}"
+        self._writer = None
+
+    def __enter__(self) -> "HitsWriter":
+        try:
+            self.directory.mkdir(exist_ok=True)
+        except OSError as error:
+            raise StoreError(f"{self.directory}: cannot save the search ({error.strerror or error}); "
+                             "if the store is read-only, search with --no-save") from None
+        return self
+
+    def write(self, hits: pa.Table) -> None:
+        try:
+            if self._writer is None:
+                self._writer = pq.ParquetWriter(self._partial, hits.schema, compression="zstd")
+            self._writer.write_table(hits)
+        except OSError as error:
+            raise StoreError(f"{self.path}: cannot save the search ({error.strerror or error}); free disk space, "
+                             "or search with --no-save") from None
+        self.rows += hits.num_rows
+
+    def __exit__(self, kind, error, traceback) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        if kind is not None or self._writer is None:
+            self._partial.unlink(missing_ok=True)
+            return
+        try:
+            os.replace(self._partial, self.path)
+        except OSError as failure:
+            self._partial.unlink(missing_ok=True)
+            raise StoreError(f"{self.path}: cannot save the search ({failure.strerror or failure})") from None
+        entry = {"path": f"searches/{self.name}.parquet", "rows": self.rows, "sha256": file_sha256(self.path),
+                 "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), **self.details}
+        atomic_write_bytes(self.directory / f"{self.name}.json", json.dumps(entry, indent=2).encode())
 
 
 def subset_mask(store: Store, genome: str | None = None, chrom: str | None = None) -> np.ndarray:

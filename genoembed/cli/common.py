@@ -6,6 +6,8 @@ import contextlib
 import functools
 import json
 import logging
+import os
+import shutil
 import sys
 from enum import Enum
 from pathlib import Path
@@ -73,41 +75,94 @@ def _cell(value) -> str:
 def emit_table(table: pa.Table, fmt: OutputFormat, output: Path | None = None, title: str | None = None,
                max_rows: int = 200) -> None:
     """Write a result table as a pretty table, TSV, JSON lines or Parquet (Parquet needs --output)."""
-    if fmt is OutputFormat.parquet:
-        if output is None:
-            raise typer.BadParameter("--format parquet needs --output FILE")
-        import pyarrow.parquet as pq
-
-        with _writing(output):
-            pq.write_table(table, output)
-        return
-    rows = table.to_pylist()
     if fmt is OutputFormat.table and output is None:
-        pretty = Table(title=title, show_lines=False)
-        for name in table.column_names:
-            pretty.add_column(name, overflow="fold")
-        for row in rows[:max_rows]:
-            pretty.add_row(*(_cell(row[name]) for name in table.column_names))
-        Console(width=max(160, Console().width)).print(pretty)
-        if len(rows) > max_rows:
-            typer.echo(f"... {len(rows) - max_rows} more rows (use --format tsv or --output)")
+        print_table(table, title, max_rows)
         return
+    with StreamedOutput(output, fmt) as out:
+        out.table(table)
+
+
+def print_table(table: pa.Table, title: str | None, max_rows: int = 200, more: int = 0) -> None:
+    """A screen table of the first ``max_rows`` rows (``more`` rows not shown are counted too)."""
+    rows = table.to_pylist()
+    pretty = Table(title=title, show_lines=False)
+    for name in table.column_names:
+        pretty.add_column(name, overflow="fold")
+    for row in rows[:max_rows]:
+        pretty.add_row(*(_cell(row[name]) for name in table.column_names))
+    Console(width=max(160, Console().width)).print(pretty)
+    hidden = max(0, len(rows) - max_rows) + more
+    if hidden:
+        typer.echo(f"... {hidden} more rows (use --format tsv or --output)")
+
+
+def table_text(table: pa.Table, fmt: OutputFormat, header: bool = True) -> str:
+    """TSV (with a header line when ``header``) or JSON lines of a table."""
+    rows = table.to_pylist()
     if fmt is OutputFormat.json:
-        text = "".join(json.dumps(row, default=str) + "\n" for row in rows)
-    else:
-        lines = ["\t".join(table.column_names)]
-        lines += ["\t".join(_cell(row[name]) for name in table.column_names) for row in rows]
-        text = "\n".join(lines) + "\n"
-    emit_text(text, output)
+        return "".join(json.dumps(row, default=str) + "\n" for row in rows)
+    lines = ["\t".join(table.column_names)] if header else []
+    lines += ["\t".join(_cell(row[name]) for name in table.column_names) for row in rows]
+    return "\n".join(lines) + "\n" if lines else ""
+
+
+class StreamedOutput:
+    """Results written as they come, a chunk of queries at a time, so memory is bounded by the chunk, not the
+    query count: header lines once, a file under a temporary name renamed when complete (removed on failure)."""
+
+    def __init__(self, output: Path | None, fmt: OutputFormat = OutputFormat.tsv):
+        if fmt is OutputFormat.parquet and output is None:
+            raise typer.BadParameter("--format parquet needs --output FILE")
+        self.output, self.fmt, self.chunks = output, fmt, 0
+        self._partial = output.with_name(f".{output.name}.partial") if output is not None else None
+        self._handle = self._parquet = None
+
+    def __enter__(self) -> "StreamedOutput":
+        if self._partial is not None and self.fmt is not OutputFormat.parquet:
+            with _writing(self.output):
+                self._handle = open(self._partial, "w")
+        return self
+
+    def text(self, text: str, header_lines: int = 0) -> None:
+        """A chunk of text; from the second chunk on, its first ``header_lines`` lines are dropped."""
+        if self.chunks and header_lines:
+            text = "".join(text.splitlines(keepends=True)[header_lines:])
+        self.chunks += 1
+        if self._handle is None:
+            typer.echo(text, nl=False)
+            return
+        with _writing(self._partial):
+            self._handle.write(text)
+
+    def table(self, table: pa.Table) -> None:
+        if self.fmt is OutputFormat.parquet:
+            import pyarrow.parquet as pq
+
+            with _writing(self._partial):
+                if self._parquet is None:
+                    self._parquet = pq.ParquetWriter(self._partial, table.schema)
+                self._parquet.write_table(table.cast(self._parquet.schema))
+            self.chunks += 1
+            return
+        self.text(table_text(table, self.fmt, header=not self.chunks))
+
+    def __exit__(self, kind, error, traceback) -> None:
+        for closable in (self._handle, self._parquet):
+            if closable is not None:
+                closable.close()
+        if self._partial is None:
+            return
+        if kind is None:
+            with _writing(self._partial):
+                os.replace(self._partial, self.output)
+        else:
+            self._partial.unlink(missing_ok=True)
 
 
 def emit_text(text: str, output: Path | None = None) -> None:
     """Text to stdout, or to ``output`` (a failed write leaves no partial file)."""
-    if output is None:
-        typer.echo(text, nl=False)
-    else:
-        with _writing(output):
-            output.write_text(text)
+    with StreamedOutput(output) as out:
+        out.text(text)
 
 
 def set_threads(threads: int | None) -> None:
@@ -137,7 +192,8 @@ def standard_input_file(path: Path | None, suffix: str):
 
     with tempfile.TemporaryDirectory(prefix="genoembed-stdin-") as directory:
         copy = Path(directory) / f"stdin{suffix}"
-        copy.write_bytes(sys.stdin.buffer.read())
+        with open(copy, "wb") as sink:
+            shutil.copyfileobj(sys.stdin.buffer, sink)  # streamed: stdin may be larger than memory
         try:
             yield copy
         except GenoembedError as error:  # name stdin, not the temporary copy

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from enum import Enum
@@ -11,7 +12,7 @@ from typing import Optional
 import pyarrow as pa
 import typer
 
-from genoembed.cli.common import (OutputFormat, configure_logging, emit_table, emit_text, handle_errors,
+from genoembed.cli.common import (OutputFormat, StreamedOutput, configure_logging, handle_errors, print_table,
                                   refuse_inside_store, set_threads, standard_input_file)
 from genoembed.errors import InputError
 from genoembed.store import Store
@@ -35,6 +36,10 @@ class HitFormat(str, Enum):
 
 
 ALIGNED_FORMATS = (HitFormat.blast6, HitFormat.paf)
+# Formats other tools read, written as text, with the number of header lines each chunk starts with.
+TEXT_FORMATS = {HitFormat.blast6: 2, HitFormat.bed: 1, HitFormat.paf: 0}
+QUERY_BATCH = 2048  # queries searched (and their results written) at a time: memory is bounded by this
+SCREEN_ROWS = 200
 
 
 @handle_errors
@@ -72,9 +77,7 @@ def search(
     loci by default) with alignment evidence and annotations."""
     from genoembed.annotate import annotate_hits
     from genoembed.evidence import merge_loci
-    from genoembed.search import (Query, bed_queries, check_search_name, check_sequence, fasta_queries, query_source,
-                                  region_queries, search as search_store)
-    from genoembed.variants import haplotype_queries
+    from genoembed.search import HitsWriter, check_search_name, search as search_store
 
     configure_logging(quiet)
     set_threads(threads)
@@ -86,38 +89,82 @@ def search(
         raise InputError(f"--format {format.value} reports alignments; drop --no-align")
     align = format in ALIGNED_FORMATS if align is None else align
     opened = Store.open(store)
-    queries = []
     if vcf is not None and (sample is None or not region):
         raise InputError("--vcf applies one --sample's variants to --region queries: give --sample and --region")
-    if region or bed:
-        source = query_source(opened, query_genome)
-        queries += region_queries(source, region or []) if vcf is None else \
-            haplotype_queries(opened, region or [], vcf, sample, query_genome)
-        with standard_input_file(bed, ".bed") as bed_path:
-            queries += bed_queries(source, bed_path) if bed_path else []
-    queries += [Query(f"sequence{i + 1}", check_sequence(s, f"--sequence #{i + 1}")) for i, s in enumerate(sequence or [])]
-    with standard_input_file(fasta, ".fa") as fasta_path:
-        queries += fasta_queries(fasta_path) if fasta_path else []
-    if not queries:
-        raise InputError("no query: give --region, --sequence, --fasta or --bed")
     if save and not _writable(opened.root):
         logging.getLogger("genoembed").warning("%s is read-only: the hits are not saved (--no-save)", opened.root)
         save = False
-    hits = search_store(opened, queries, k=k, nprobe=nprobe, ef_search=ef_search, exclude_self=exclude_self,
-                        save_as=name if save else None, genome=genome, chrom=chrom,
-                        trust_remote_code=trust_remote_code, align=align, min_identity=min_identity,
-                        min_bit_score=min_score)
     higher_is_better = opened.metric == "ip"
-    if loci:
-        hits = merge_loci(hits, higher_is_better=higher_is_better)
-    if format in (HitFormat.blast6, HitFormat.bed, HitFormat.paf):
-        emit_text(_formatted(hits, format, opened, higher_is_better), output)
-        return
-    if annotate and opened.manifest.get("annotations"):
-        hits = annotate_hits(opened, hits, strand=strand_mode.value, types=tuple(feature_type) if feature_type else None)
-    if format is HitFormat.table and output is None:
-        hits = compact_hits(hits)
-    emit_table(hits, OutputFormat(format.value), output, title=f"{'loci of the ' if loci else ''}top {k} hits")
+    annotating = annotate and bool(opened.manifest.get("annotations")) and format not in TEXT_FORMATS
+    screen = format is HitFormat.table and output is None
+    shown, hidden = [], 0
+    with standard_input_file(bed, ".bed") as bed_path, standard_input_file(fasta, ".fa") as fasta_path, \
+            StreamedOutput(None if screen else output, OutputFormat.tsv if screen or format in TEXT_FORMATS
+                           else OutputFormat(format.value)) as out, \
+            (HitsWriter(opened, name, {"k": k, "exclude_self": exclude_self}) if save
+             else contextlib.nullcontext()) as saved:
+        queries = _queries(opened, region, sequence, bed_path, fasta_path, vcf, sample, query_genome)
+        for batch in _batches(queries, QUERY_BATCH):
+            hits = search_store(opened, batch, k=k, nprobe=nprobe, ef_search=ef_search, exclude_self=exclude_self,
+                                genome=genome, chrom=chrom, trust_remote_code=trust_remote_code, align=align,
+                                min_identity=min_identity, min_bit_score=min_score)
+            if saved is not None:
+                saved.write(hits)
+            if loci:
+                hits = merge_loci(hits, higher_is_better=higher_is_better)
+            if format in TEXT_FORMATS:
+                out.text(_formatted(hits, format, opened, higher_is_better), header_lines=TEXT_FORMATS[format])
+                continue
+            if annotating:
+                hits = annotate_hits(opened, hits, strand=strand_mode.value,
+                                     types=tuple(feature_type) if feature_type else None)
+            if screen:
+                room = SCREEN_ROWS - sum(table.num_rows for table in shown)
+                shown.append(compact_hits(hits.slice(0, max(room, 0))))
+                hidden += max(0, hits.num_rows - max(room, 0))
+            else:
+                out.table(hits)
+    if screen:
+        print_table(pa.concat_tables(shown, promote_options="default"), f"{'loci of the ' if loci else ''}top {k} hits",
+                    SCREEN_ROWS, more=hidden)
+
+
+def _queries(store: Store, regions, sequences, bed: Path | None, fasta: Path | None, vcf, sample, query_genome):
+    """Every query of the command line, in the order given, read lazily (a BED or FASTA of any size streams)."""
+    from genoembed.search import (Query, UniqueNames, check_sequence, iter_bed_queries, iter_fasta_queries,
+                                  query_source, region_queries)
+    from genoembed.variants import haplotype_queries
+
+    unique, given = UniqueNames(), False
+    if regions or bed:
+        source = query_source(store, query_genome)
+        if regions:
+            for query in region_queries(source, regions) if vcf is None else \
+                    haplotype_queries(store, regions, vcf, sample, query_genome):
+                given = True
+                yield unique(query)
+        for query in iter_bed_queries(source, bed) if bed else ():
+            given = True
+            yield unique(query)
+    for number, text in enumerate(sequences or [], 1):
+        given = True
+        yield unique(Query(f"sequence{number}", check_sequence(text, f"--sequence #{number}")))
+    for query in iter_fasta_queries(fasta) if fasta else ():
+        given = True
+        yield unique(query)
+    if not given:
+        raise InputError("no query: give --region, --sequence, --fasta or --bed")
+
+
+def _batches(items, size: int):
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def _formatted(hits: pa.Table, format: HitFormat, store: Store, higher_is_better: bool) -> str:
