@@ -18,13 +18,13 @@ from typing import Callable, Iterable
 from genoembed.version import VERSION as __version__
 from genoembed.annotate import add_annotations
 from genoembed.embedders import Embedder, get_embedder
+from genoembed.embedders.base import strand_invariant
 from genoembed.engine import embed_genome, make_engine
 from genoembed.errors import InputError
 from genoembed.genome import Genome, open_genome
 from genoembed.indexing import update_store_index
 from genoembed.recipe import Recipe
 from genoembed.store import Store
-from genoembed.seqio import reverse_complement
 from genoembed.tiles import Strands, TilingSpec, count_tiles
 from genoembed.vector_index import IndexSpec
 
@@ -88,18 +88,6 @@ def index(
     for path in annotations:
         add_annotations(store, path, aliases=aliases, auto_alias=auto_alias)
     return store
-
-
-def strand_invariant(embedder: Embedder, length: int) -> bool:
-    """True when ``embedder`` gives a sequence and its reverse complement the same vector (canonical
-    k-mer counts, transformer vectors averaged over both strands, plugins alike), tried on a seeded
-    random sequence of one tile's length rather than trusted from settings."""
-    import numpy as np
-
-    probe = "".join(np.random.default_rng(0).choice(list("ACGT"), size=length))
-    forward, reverse = embedder.embed([probe, reverse_complement(probe)])
-    cosine = float(forward @ reverse) / max(float(np.linalg.norm(forward) * np.linalg.norm(reverse)), 1e-12)
-    return cosine > 0.9999
 
 
 def refuse_redundant_strands(embedder: Embedder, tiling: TilingSpec, output: Path) -> None:

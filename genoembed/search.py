@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from genoembed import schema
+from genoembed.embedders.base import strand_invariant
 from genoembed.errors import InputError, StoreError, command
 from genoembed.seqio import fasta_records, open_text, read_fasta
 from genoembed.vector_index import FaissIndex
@@ -241,7 +242,7 @@ def search(store: Store, queries: list[Query | str], k: int = 10, nprobe: int | 
             # (retried while writers keep committing; a store that is simply damaged fails at once).
             if attempt == SNAPSHOT_RETRIES - 1 or not store.moved_on():
                 raise
-    hits = add_evidence(store, queries, hits, align=align)
+    hits = add_evidence(store, queries, hits, align=align, embedder=embedder)
     if min_identity is not None or min_bit_score is not None:
         hits = filter_alignments(hits, min_identity, min_bit_score)
     if save_as:
@@ -292,7 +293,8 @@ class HitSequences:
         return self._opened[genome].fetch(chrom, start, end).upper()
 
 
-def add_evidence(store: Store, queries: list[Query], hits: pa.Table, align: bool = False) -> pa.Table:
+def add_evidence(store: Store, queries: list[Query], hits: pa.Table, align: bool = False,
+                 embedder=None) -> pa.Table:
     """``hits`` with ``strand`` read from sequence and, with ``align``, alignment columns.
 
     The query is aligned to the tile plus flanks of its own length, so a query overlapping the tile
@@ -303,6 +305,8 @@ def add_evidence(store: Store, queries: list[Query], hits: pa.Table, align: bool
     """
     from genoembed.evidence import align as align_pair, alignment_columns, flanked, kmer_counts, match_strand
 
+    if not align and not strand_invariant(embedder or store.embedder(), store.provenance["tiling"]["window"]):
+        return hits  # strand-specific vectors: a tile matched on its own strand, the strand the store records
     sequences = {query.name: query.sequence.upper() for query in queries}
     counts = {name: kmer_counts(sequence) for name, sequence in sequences.items()}
     regions, lengths = HitSequences(store), store.contig_lengths

@@ -68,7 +68,8 @@ def test_loci_merge_tiles_and_leave_no_duplicates(chloroplast_store):
 
 
 def test_both_strands_with_strand_invariant_vectors_is_refused(tmp_path):
-    from genoembed.build import index, strand_invariant
+    from genoembed.build import index
+    from genoembed.embedders.base import strand_invariant
     from genoembed.embedders.kmer import KmerEmbedder
     from genoembed.tiles import TilingSpec
 

@@ -35,7 +35,7 @@ def default_store(tmp_path_factory):
     if not hasattr(embedder, "token_weights"):
         pytest.skip("the default model is not installed as a token-table model")
     return index(CHLOROPLAST_FASTA, tmp_path_factory.mktemp("stores") / "default", embedder=embedder,
-                 tiling=TilingSpec(window=1000, stride=1000, strands="both"))
+                 tiling=TilingSpec(window=1000, stride=1000, strands="+"))
 
 
 @pytest.mark.parametrize("store_name", ["chloroplast_store", "default_store"])

@@ -13,6 +13,8 @@ from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
+from genoembed.seqio import reverse_complement
+
 
 class Pooling(str, Enum):
     """How token vectors become one tile vector (transformer models)."""
@@ -69,3 +71,13 @@ class EmbedderOptions:
     def merged(self, overrides: "EmbedderOptions") -> "EmbedderOptions":
         """These options with every option set in ``overrides`` replacing its value."""
         return dataclasses.replace(self, **overrides.given())
+
+
+def strand_invariant(embedder: Embedder, length: int) -> bool:
+    """True when ``embedder`` gives a sequence and its reverse complement the same vector (canonical
+    k-mer counts, transformer vectors averaged over both strands, plugins alike), tried on a seeded
+    random sequence of one tile's length rather than trusted from settings."""
+    probe = "".join(np.random.default_rng(0).choice(list("ACGT"), size=length))
+    forward, reverse = embedder.embed([probe, reverse_complement(probe)])
+    cosine = float(forward @ reverse) / max(float(np.linalg.norm(forward) * np.linalg.norm(reverse)), 1e-12)
+    return cosine > 0.9999

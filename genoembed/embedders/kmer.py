@@ -10,13 +10,19 @@ import numpy as np
 from genoembed.seqio import encode_bases
 
 def kmer_indices(codes: np.ndarray, k: int) -> np.ndarray:
-    """Base-4 index of every k-mer that contains no ambiguous base."""
-    if len(codes) < k:
+    """Base-4 index of every k-mer that contains no ambiguous base.
+
+    Built by k shifted adds over the whole sequence (a rolling base-4 number) and filtered by a running
+    count of ambiguous bases: several times faster than a (length x k) window matrix on 1 kb tiles.
+    """
+    count = len(codes) - k + 1
+    if count <= 0:
         return np.empty(0, dtype=np.int64)
-    windows = np.lib.stride_tricks.sliding_window_view(codes, k)
-    valid = (windows < 4).all(axis=1)
-    powers = 4 ** np.arange(k - 1, -1, -1, dtype=np.int64)
-    return (windows[valid].astype(np.int64) * powers).sum(axis=1)
+    index = np.zeros(count, dtype=np.int64)
+    for offset in range(k):
+        index = index * 4 + codes[offset:offset + count]
+    ambiguous = np.concatenate(([0], np.cumsum(codes >= 4)))
+    return index[ambiguous[k:k + count] == ambiguous[:count]]
 
 
 class KmerEmbedder:
