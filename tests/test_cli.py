@@ -125,3 +125,30 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "s" / "shards").exists() or not list((tmp_path / "s" / "shards").iterdir())
+
+
+def test_new_option_names_and_their_old_hidden_spellings(tmp_path):
+    """--output/-o, --format json and --embedding-dtype; the old --out and --json still work, unlisted."""
+    out = tmp_path / "s"
+    result = invoke("index", "--fasta", PLASMID_FASTA, "-o", out, "--model", "kmer:3", "--window", "500",
+                    "--embedding-dtype", "float16", "--format", "json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["tiles"] > 0 and Store.open(out).provenance["embedding_dtype"] == "float16"
+    again = invoke("index", "--fasta", PLASMID_FASTA, "--out", out, "--model", "kmer:3", "--window", "500",
+                   "--embedding-dtype", "float16", "--json")
+    assert again.exit_code == 0 and json.loads(again.stdout)["tiles"] == summary["tiles"]
+    info = invoke("info", out, "--format", "json")
+    assert json.loads(info.stdout)["tiles"] == summary["tiles"]
+    help_text = invoke("index", "--help").stdout
+    assert "--output" in help_text and "--out " not in help_text and "--json" not in help_text
+    both = invoke("index", "--fasta", PLASMID_FASTA, "-o", out, "--out", out, "--model", "kmer:3")
+    assert both.exit_code == 2 and "--output" in both.output
+
+
+def test_outputs_are_never_written_inside_the_store(cli_store):
+    for args in (("search", cli_store, "--region", "NC_000932.1:84001-85000", "-f", "tsv"),
+                 ("sql", cli_store, "SELECT 1 AS one", "-f", "tsv")):
+        result = invoke(*args, "--output", cli_store / "manifest.json")
+        assert result.exit_code == 2 and "inside the store" in result.output
+    assert Store.open(cli_store).num_tiles > 0  # the manifest is intact

@@ -21,6 +21,11 @@ from genoembed.tiles import SoftMask, Strands
 from genoembed.vector_index import Metric
 
 
+class VectorDtype(str, Enum):
+    float32 = "float32"
+    float16 = "float16"
+
+
 class Engine(str, Enum):
     local = "local"
     ray = "ray"
@@ -58,6 +63,7 @@ def index(
     auto_alias: bool = typer.Option(False, "--auto-alias", help="Apply the suggested contig renames (chr1->1, version suffixes)."),
     batch_rows: Optional[int] = typer.Option(None, min=1, help="Tiles handed to the embedder per call (recipe [store] batch_rows)."),
     shard_rows: Optional[int] = typer.Option(None, min=1, help="Rows per Parquet shard."),
+    embedding_dtype: Optional[VectorDtype] = typer.Option(None, "--embedding-dtype", help="How vectors are stored in the shards: float32, or float16 for half the disk (search and the index use float32) [default: float32]."),
     engine: Engine = typer.Option(Engine.local, help="local = this machine; ray = Ray actors, one model copy each (pip install 'genoembed[dist]')."),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (e.g. ray://head:10001 or auto); default: start a local cluster."),
     num_workers: int = typer.Option(2, "--num-workers", min=1, help="Ray embedding actors (one per GPU on a GPU cluster)."),
@@ -97,7 +103,8 @@ def index(
         annotations=plan.annotations + tuple(annotations or ()),
         aliases={**plan.aliases, **parse_alias_option(alias or [])},
         auto_alias=auto_alias or plan.auto_alias, shard_rows=shard_rows or plan.shard_rows,
-        batch_rows=batch_rows or plan.batch_rows)
+        batch_rows=batch_rows or plan.batch_rows,
+        embedding_dtype=embedding_dtype.value if embedding_dtype else plan.embedding_dtype)
     started = time.perf_counter()
     with Progress(TextColumn("[bold]embedding {task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("tiles"), TimeRemainingColumn(), console=console, transient=True,
