@@ -220,8 +220,12 @@ def write_manifest(root: Path, manifest: dict) -> None:
 @contextlib.contextmanager
 def write_lock(root: Path):
     """Exclusive writer lock (re-entrant in one process); a lock left by a dead process is taken over."""
-    root.mkdir(parents=True, exist_ok=True)
     lock = root / ".lock"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise StoreError(f"{root}: cannot create the store ({error.strerror or error}); check the path and "
+                         "its permissions") from None
     if lock.exists() and lock.read_text().strip() == str(os.getpid()):
         yield
         return
@@ -235,6 +239,9 @@ def write_lock(root: Path):
                                  "wait for it to finish (two writers on one store are refused)") from None
             lock.unlink(missing_ok=True)
             continue
+        except OSError as error:
+            raise StoreError(f"{root}: cannot take the writer lock ({error.strerror or error}); a read-only "
+                             "store can be searched and queried, not written") from None
         with os.fdopen(descriptor, "w") as handle:
             handle.write(str(os.getpid()))
         break

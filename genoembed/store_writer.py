@@ -175,10 +175,15 @@ def write_shard(root: Path, manifest: dict, table: pa.Table, row_group_rows: int
     manifest["next_shard"] = number + 1
     final = root / "shards" / f"part-{number:05d}.parquet"
     partial = final.with_name(f".{final.name}.partial.{os.getpid()}")
-    pq.write_table(table, partial, compression="zstd", row_group_size=row_group_rows)
-    with open(partial, "rb+") as handle:
-        os.fsync(handle.fileno())
-    os.replace(partial, final)
+    try:
+        pq.write_table(table, partial, compression="zstd", row_group_size=row_group_rows)
+        with open(partial, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(partial, final)
+    except OSError as error:
+        partial.unlink(missing_ok=True)
+        raise StoreError(f"{final}: cannot write the shard ({error.strerror or error}); free disk space or check "
+                         "the directory's permissions, then rerun the same command to resume") from None
     return f"shards/{final.name}"
 
 

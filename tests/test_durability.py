@@ -61,3 +61,68 @@ def test_sigkill_at_random_points_then_resume(tmp_path):
         np.testing.assert_array_equal(ids_a, ids_b)
         np.testing.assert_array_equal(a, b)
     assert reference.tiles(np.arange(reference.num_tiles)) == resumed.tiles(np.arange(resumed.num_tiles))
+
+
+def test_full_disk_while_writing_a_shard_is_one_line_and_leaves_no_partial_file(tmp_path, monkeypatch):
+    """ENOSPC in the middle of a build: a one-line error naming the shard, no half-written file, and the
+    same command resumes once there is space."""
+    import errno
+
+    import pyarrow.parquet as pq
+    from typer.testing import CliRunner
+
+    from genoembed.cli import app
+
+    write_fasta(tmp_path / "g.fa", random_genome({"c1": 9000}, seed=2))
+    real_write = pq.write_table
+    calls = {"n": 0}
+
+    def full_disk(table, where, **options):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            with open(where, "wb") as handle:
+                handle.write(b"PAR1 half a shard")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(table, where, **options)
+
+    monkeypatch.setattr(pq, "write_table", full_disk)
+    command = ["index", "--fasta", str(tmp_path / "g.fa"), "-o", str(tmp_path / "s"), "--model", "kmer:3",
+               "--window", "300", "--stride", "150", "--shard-rows", "20", "-q"]
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
+    assert "No space left on device" in result.output and "part-00001.parquet" in result.output
+    assert not [path for path in (tmp_path / "s").rglob("*") if ".partial" in path.name]
+    monkeypatch.setattr(pq, "write_table", real_write)
+    assert CliRunner().invoke(app, command).exit_code == 0  # resumes after the shard that was complete
+    assert verify_store(Store.open(tmp_path / "s")) == []
+
+
+def test_read_only_store_cannot_be_written_but_is_still_searched(tmp_path, monkeypatch):
+    """A read-only mount (EROFS on the lock file): writers get one line, search answers without saving."""
+    import errno
+
+    from typer.testing import CliRunner
+
+    from genoembed.cli import app
+
+    write_fasta(tmp_path / "g.fa", random_genome({"c1": 6000}, seed=3))
+    out = tmp_path / "s"
+    assert CliRunner().invoke(app, ["index", "--fasta", str(tmp_path / "g.fa"), "-o", str(out), "--model",
+                                    "kmer:3", "--window", "300", "-q"]).exit_code == 0
+    real_open = os.open
+
+    def read_only(path, flags, *args):
+        if str(path).startswith(str(out)) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", read_only)
+    monkeypatch.setattr(os, "access", lambda path, mode: not (mode & os.W_OK and str(path).startswith(str(out))))
+    for args in (["remove", str(out), "--genome", "g"],
+                 ["index", "--fasta", str(tmp_path / "g.fa"), "-o", str(out), "--model", "kmer:3", "--window", "300",
+                  "--factory", "HNSW16"]):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 2 and "read-only" in result.output and "Traceback" not in result.output
+    searched = CliRunner().invoke(app, ["search", str(out), "--region", "c1:1-300", "-k", "2", "-f", "tsv"])
+    assert searched.exit_code == 0 and len(searched.stdout.splitlines()) == 3
+    assert "not saved" in searched.output

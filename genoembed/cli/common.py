@@ -39,6 +39,11 @@ def handle_errors(command):
         except GenoembedError as error:
             typer.echo(f"genoembed: error: {error}", err=True)
             raise typer.Exit(2) from None
+        except OSError as error:  # the file system said no (full disk, read-only, permissions): name the file
+            where = f"{error.filename}: " if error.filename else ""
+            typer.echo(f"genoembed: error: {where}{error.strerror or error}; check free space and permissions",
+                       err=True)
+            raise typer.Exit(2) from None
 
     return wrapper
 
