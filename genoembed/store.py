@@ -287,6 +287,7 @@ class Store:
         self._vector_index = None
         self._loci: pa.Table | None = None  # every tile's locus, kept once a store object answers repeatedly
         self._tile_lookups = 0
+        self._genomes: dict[str, object] = {}  # opened (and checksummed) FASTA files, by genome name
 
     @classmethod
     def open(cls, path: str | Path, require_complete: bool = True) -> "Store":
@@ -309,7 +310,9 @@ class Store:
 
     def refresh(self) -> "Store":
         """Move to the newest committed snapshot (after a writer appended or removed)."""
-        self.manifest = read_manifest(self.root)
+        manifest = read_manifest(self.root)
+        if manifest != self._manifest:  # unchanged: keep the loaded index, loci and embedder
+            self.manifest = manifest
         return self
 
     def moved_on(self) -> bool:
@@ -559,6 +562,8 @@ class Store:
             name = next(iter(self.genomes))
         if name not in self.genomes:
             raise InputError(f"{self.root}: no genome {name!r} in the store; it holds {', '.join(self.genomes)}")
+        if name in self._genomes:
+            return self._genomes[name]
         recorded = self.genomes[name]
         path = Path(recorded["path"])
         if not path.is_absolute() and not path.exists() and (self.root.parent / path).exists():
@@ -567,6 +572,7 @@ class Store:
         if genome.checksum != recorded["sha256"]:
             raise StoreError(f"{recorded['path']}: FASTA changed since the store was built "
                              "(checksum differs); restore it or rebuild the store")
+        self._genomes[name] = genome
         return genome
 
     def genome_of_contig(self, chrom: str) -> str:

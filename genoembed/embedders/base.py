@@ -77,7 +77,14 @@ def strand_invariant(embedder: Embedder, length: int) -> bool:
     """True when ``embedder`` gives a sequence and its reverse complement the same vector (canonical
     k-mer counts, transformer vectors averaged over both strands, plugins alike), tried on a seeded
     random sequence of one tile's length rather than trusted from settings."""
+    known = _INVARIANCE.get((embedder.fingerprint, length))
+    if known is not None:
+        return known
     probe = "".join(np.random.default_rng(0).choice(list("ACGT"), size=length))
     forward, reverse = embedder.embed([probe, reverse_complement(probe)])
     cosine = float(forward @ reverse) / max(float(np.linalg.norm(forward) * np.linalg.norm(reverse)), 1e-12)
-    return cosine > 0.9999
+    _INVARIANCE[(embedder.fingerprint, length)] = invariant = cosine > 0.9999
+    return invariant
+
+
+_INVARIANCE: dict[tuple[str, int], bool] = {}  # the probe's answer per model fingerprint and tile length
