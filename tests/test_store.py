@@ -154,8 +154,8 @@ def test_float16_store_round_trips(tmp_path):
 
 
 def test_repeated_lookups_use_the_loci_cache_and_agree_with_parquet_reads(chloroplast_store):
-    """The second lookup of a Store object builds its in-memory loci; answers equal the row-group reads,
-    and a new snapshot drops them."""
+    """The second lookup of a Store object builds its in-memory loci; answers equal the row-group reads;
+    a refresh with nothing new keeps them, a commit drops them."""
     import numpy as np
 
     store = Store.open(chloroplast_store.root)
@@ -165,5 +165,8 @@ def test_repeated_lookups_use_the_loci_cache_and_agree_with_parquet_reads(chloro
     second = store.tiles(ids[::-1])
     assert store._loci is not None
     assert second.to_pylist() == first.to_pylist()[::-1]
-    store.refresh()
+    store.refresh()  # nothing committed since: the loci stay
+    assert store._loci is not None
+    with store.transaction():  # a commit: a new snapshot, the loci go
+        pass
     assert store._loci is None
