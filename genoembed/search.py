@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ from genoembed.embedders.base import strand_invariant
 from genoembed.errors import InputError, StoreError, command
 from genoembed.seqio import fasta_records, open_text, read_fasta
 from genoembed.vector_index import FaissIndex
-from genoembed.store import SNAPSHOT_RETRIES, Store, atomic_write_bytes, file_sha256
+from genoembed.store import SNAPSHOT_RETRIES, Store, atomic_file, atomic_write_bytes, file_sha256
 
 _VALID_BASES = re.compile(r"^[ACGTNRYKMSWBDHV]+$", re.IGNORECASE)
 # Thousands separators are commas only (samtools style); "1_0" is not the number 10.
@@ -365,7 +364,7 @@ class HitsWriter:
         self.directory = store.root / "searches"
         self.name, self.details, self.rows = check_search_name(name), details, 0
         self.path = self.directory / f"{name}.parquet"
-        self._partial = self.directory / f".{name}.parquet.partial.{os.getpid()}"
+        self._file = atomic_file(self.path, "saved search")
         self._writer = None
 
     def __enter__(self) -> "HitsWriter":
@@ -374,6 +373,7 @@ class HitsWriter:
         except OSError as error:
             raise StoreError(f"{self.directory}: cannot save the search ({error.strerror or error}); "
                              "if the store is read-only, search with --no-save") from None
+        self._partial = self._file.__enter__()
         return self
 
     def write(self, hits: pa.Table) -> None:
@@ -387,16 +387,13 @@ class HitsWriter:
         self.rows += hits.num_rows
 
     def __exit__(self, kind, error, traceback) -> None:
+        if self._writer is None and kind is None:  # no query answered: the saved search holds no hits
+            self.write(schema.HITS.empty_table())
         if self._writer is not None:
             self._writer.close()
-        if kind is not None or self._writer is None:
-            self._partial.unlink(missing_ok=True)
+        self._file.__exit__(kind, error, traceback)
+        if kind is not None:
             return
-        try:
-            os.replace(self._partial, self.path)
-        except OSError as failure:
-            self._partial.unlink(missing_ok=True)
-            raise StoreError(f"{self.path}: cannot save the search ({failure.strerror or failure})") from None
         entry = {"path": f"searches/{self.name}.parquet", "rows": self.rows, "sha256": file_sha256(self.path),
                  "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), **self.details}
         atomic_write_bytes(self.directory / f"{self.name}.json", json.dumps(entry, indent=2).encode())

@@ -51,19 +51,29 @@ LOCI_CACHE_TILES = 5_000_000
 SNAPSHOT_RETRIES = 10
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so readers see the old or the new file, never a partial one."""
+@contextlib.contextmanager
+def atomic_file(path: Path, what: str = "file") -> Iterator[Path]:
+    """A temporary name to write ``path`` under; on success it is fsynced and renamed into place, so readers
+    see the old file or the new one, never a partial one. A failure removes it and says so in one line."""
     partial = path.with_name(f".{path.name}.partial.{os.getpid()}")
     try:
-        with open(partial, "wb") as handle:
-            handle.write(data)
-            handle.flush()
+        yield partial
+        with open(partial, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(partial, path)
     except OSError as error:
         partial.unlink(missing_ok=True)
-        raise StoreError(f"{path}: cannot write ({error.strerror or error}); "
-                         "free disk space or check the directory's permissions, then rerun") from None
+        raise StoreError(f"{path}: cannot write the {what} ({error.strerror or error}); free disk space or check "
+                         "the directory's permissions, then rerun the same command") from None
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through :func:`atomic_file`."""
+    with atomic_file(path) as partial:
+        partial.write_bytes(data)
 
 
 def file_sha256(path: Path) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,7 @@ import pyarrow.parquet as pq
 from genoembed import schema
 from genoembed.version import VERSION as __version__
 from genoembed.errors import StoreError, command
-from genoembed.store import (FORMAT_VERSION, IDENTITY_KEYS, MANIFEST, PROVENANCE_KEY, file_sha256, read_manifest,
+from genoembed.store import (FORMAT_VERSION, atomic_file, IDENTITY_KEYS, MANIFEST, PROVENANCE_KEY, file_sha256, read_manifest,
                              write_manifest)
 
 
@@ -174,16 +173,8 @@ def write_shard(root: Path, manifest: dict, table: pa.Table, row_group_rows: int
     number = manifest["next_shard"]
     manifest["next_shard"] = number + 1
     final = root / "shards" / f"part-{number:05d}.parquet"
-    partial = final.with_name(f".{final.name}.partial.{os.getpid()}")
-    try:
+    with atomic_file(final, "shard") as partial:
         pq.write_table(table, partial, compression="zstd", row_group_size=row_group_rows)
-        with open(partial, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(partial, final)
-    except OSError as error:
-        partial.unlink(missing_ok=True)
-        raise StoreError(f"{final}: cannot write the shard ({error.strerror or error}); free disk space or check "
-                         "the directory's permissions, then rerun the same command to resume") from None
     return f"shards/{final.name}"
 
 
