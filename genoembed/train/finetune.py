@@ -200,7 +200,7 @@ def false_negative_mask(anchors: Sequence, threshold: float, k: int = PAIR_K) ->
 
 
 @dataclass(frozen=True)
-class Genome:
+class TrainingGenome:
     """A training genome: its contigs and where they are."""
 
     name: str
@@ -268,7 +268,7 @@ class _Blocks:
     identity: np.ndarray
 
 
-def _blocks_by_genome(genomes: list[Genome], pairs: Sequence[RelatedPair], tables: Sequence[pa.Table],
+def _blocks_by_genome(genomes: list[TrainingGenome], pairs: Sequence[RelatedPair], tables: Sequence[pa.Table],
                       window_bp: int) -> dict[int, _Blocks]:
     """Index every pair's blocks from both sides, keeping blocks at least one window long."""
     by_path = {g.path.resolve(): i for i, g in enumerate(genomes)}
@@ -317,7 +317,7 @@ def _window(contig: Contig, start: int, end: int, reverse: bool) -> str:
 class PairSampler:
     """Seeded batches of (anchor, positive) windows from one genome at a time."""
 
-    def __init__(self, genomes: list[Genome], blocks: dict[int, _Blocks], config: FinetuneConfig):
+    def __init__(self, genomes: list[TrainingGenome], blocks: dict[int, _Blocks], config: FinetuneConfig):
         self.genomes = genomes
         self.blocks = blocks
         self.config = config
@@ -369,7 +369,7 @@ class PairSampler:
         w = self.config.window_bp
         return any(c == contig_id and abs(s - start) < w for c, s in taken)
 
-    def _shift_pair(self, rng, genome: Genome, taken):
+    def _shift_pair(self, rng, genome: TrainingGenome, taken):
         w = self.config.window_bp
         contigs = self.usable[self.genomes.index(genome)]
         sizes = np.array([len(c.bases) - w + 1 for c in contigs], dtype=np.float64)
@@ -390,7 +390,7 @@ class PairSampler:
         positive = _window(contig, p_start, p_start + w, reverse != flip)
         return anchor, positive, (id(contig), start)
 
-    def _strain_pair(self, rng, genome: Genome, blocks: _Blocks, taken):
+    def _strain_pair(self, rng, genome: TrainingGenome, blocks: _Blocks, taken):
         w = self.config.window_bp
         sizes = (blocks.this_end - blocks.this_start - w + 1).astype(np.float64)
         b = int(rng.choice(len(sizes), p=sizes / sizes.sum()))
@@ -733,14 +733,14 @@ def _validate_config(config: FinetuneConfig) -> None:
         raise InputError("invalid fine-tuning settings: " + "; ".join(problems))
 
 
-def _read_genomes(config: FinetuneConfig) -> list[Genome]:
+def _read_genomes(config: FinetuneConfig) -> list[TrainingGenome]:
     genomes, seen = [], set()
     for path in config.train_files:
         path = Path(path)
         if path.resolve() in seen:
             continue
         seen.add(path.resolve())
-        genomes.append(Genome(path.name, path, tuple(read_sequences(path))))
+        genomes.append(TrainingGenome(path.name, path, tuple(read_sequences(path))))
     return genomes
 
 
@@ -779,7 +779,7 @@ def _validation_pairs(config: FinetuneConfig, k: int, vocab) -> dict | None:
     """Fixed, seeded pairs from held-out genomes: shifted (<= half a window), either strand, 0-20 % substitutions."""
     if not config.val_files:
         return None
-    genomes = [Genome(Path(p).name, Path(p), tuple(read_sequences(p))) for p in config.val_files]
+    genomes = [TrainingGenome(Path(p).name, Path(p), tuple(read_sequences(p))) for p in config.val_files]
     sampler = PairSampler(genomes, {}, dataclasses.replace(config, indel_probability=0.0))
     rng = np.random.default_rng([config.seed, 1])
     batch = sampler.sample(rng, config.eval_pairs, substitution=(0.0, 0.2), cross_fraction=0.0)
