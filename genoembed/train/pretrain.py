@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from genoembed.errors import InputError, ModelError
-from genoembed.seqio import COMPLEMENT_BYTES, NORMALIZED_BASES, is_gzip, open_text
+from genoembed.seqio import COMPLEMENT_BYTES, NORMALIZED_BASES, is_gzip, open_text, read_fasta
 from genoembed.embedders.tokenize import SPECIAL_TOKENS, kmer_token_ids, kmer_vocab, write_kmer_tokenizer
 from genoembed.train.loop import (TrainingSchedule, adamw, pick_device, publish_files, resume_state, run_record,
                                 run_steps)
@@ -94,9 +94,6 @@ class Corpus:
 
 def read_sequences(path: str | Path) -> list[Contig]:
     """All records of a FASTA or GenBank file (plain or gzip) as normalised bytes."""
-    from Bio import SeqIO
-    from Bio.Seq import UndefinedSequenceError
-
     path = Path(path)
     if not path.is_file():
         raise InputError(f"sequence file not found: {path}")
@@ -111,14 +108,9 @@ def read_sequences(path: str | Path) -> list[Contig]:
             raise InputError(f"{path}: no sequences found; expected FASTA records ('>name' lines), {found}")
     contigs: list[Contig] = []
     try:
-        with open_text(path, encoding="ascii", errors="replace") as handle:
-            for record in SeqIO.parse(handle, fmt):
-                try:
-                    text = str(record.seq)
-                except UndefinedSequenceError as err:  # a feature-only GenBank record
-                    raise InputError(f"{path}: record {record.id} has no sequence ({err})") from None
-                bases = NORMALIZED_BASES[np.frombuffer(text.encode("ascii", errors="replace"), dtype=np.uint8)]
-                contigs.append(Contig(source=path.name, name=record.id, bases=bases))
+        for name, text in read_fasta(path) if fmt == "fasta" else _genbank_records(path):
+            bases = NORMALIZED_BASES[np.frombuffer(text.encode("ascii", errors="replace"), dtype=np.uint8)]
+            contigs.append(Contig(source=path.name, name=name, bases=bases))
     except (ValueError, EOFError, OSError) as err:
         raise InputError(f"{path}: cannot read as {fmt}{' (gzip)' if gzipped else ''}: {err}") from None
     contigs = [c for c in contigs if len(c.bases)]
@@ -126,6 +118,19 @@ def read_sequences(path: str | Path) -> list[Contig]:
         expected = "a GenBank file with ORIGIN sequence" if fmt == "genbank" else "FASTA records ('>name' lines)"
         raise InputError(f"{path}: no sequences found; expected {expected}")
     return contigs
+
+
+def _genbank_records(path: Path):
+    """``(id, sequence)`` of each GenBank record (Biopython parses GenBank; FASTA goes through seqio)."""
+    from Bio import SeqIO
+    from Bio.Seq import UndefinedSequenceError
+
+    with open_text(path, encoding="ascii", errors="replace") as handle:
+        for record in SeqIO.parse(handle, "genbank"):
+            try:
+                yield record.id, str(record.seq)
+            except UndefinedSequenceError as err:  # a feature-only GenBank record
+                raise InputError(f"{path}: record {record.id} has no sequence ({err})") from None
 
 
 def load_corpus(config: PretrainConfig) -> Corpus:
