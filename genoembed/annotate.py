@@ -12,7 +12,8 @@ import pyarrow.parquet as pq
 
 from genoembed import features
 from genoembed.errors import InputError
-from genoembed.store import Store, atomic_write_bytes, file_sha256
+from genoembed.manifest import atomic_write_bytes, file_sha256
+from genoembed.store import Store
 
 
 def annotation_set_name(path: Path) -> str:

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Callable
 
 from genoembed.errors import InputError
-from genoembed.store import Store, atomic_write_bytes, file_sha256, write_lock
+from genoembed.manifest import atomic_write_bytes, file_sha256
+from genoembed.store import Store, write_lock
 from genoembed.vector_index import (INDEX_FILE, SHARDED_INDEX_DIR, SHARDED_LAYOUT, IndexSpec, Metric, import_faiss, add_store_vectors, build_index,
                                     exact_neighbours, load_index, save_index, train_index, tune_search,
                                     with_tile_ids)

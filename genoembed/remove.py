@@ -24,7 +24,8 @@ import pyarrow.parquet as pq
 
 from genoembed.errors import InputError, StoreError
 from genoembed.indexing import build_store_index, index_file_matches, refresh_sharded
-from genoembed.store import Store, file_sha256, read_manifest, write_lock, write_manifest
+from genoembed.manifest import file_sha256, read_manifest, write_manifest
+from genoembed.store import Store, write_lock
 from genoembed.store_writer import write_shard
 from genoembed.vector_index import INDEX_FILE, IndexSpec, load_index, remove_tile_ids, save_index
 

@@ -26,7 +26,8 @@ from genoembed.embedders.base import strand_invariant
 from genoembed.errors import InputError, StoreError, command
 from genoembed.seqio import fasta_records, open_text, read_fasta
 from genoembed.vector_index import FaissIndex
-from genoembed.store import SNAPSHOT_RETRIES, Store, atomic_file, atomic_write_bytes, file_sha256
+from genoembed.manifest import atomic_file, atomic_write_bytes, file_sha256
+from genoembed.store import SNAPSHOT_RETRIES, Store
 
 _VALID_BASES = re.compile(r"^[ACGTNRYKMSWBDHV]+$", re.IGNORECASE)
 # Thousands separators are commas only (samtools style); "1_0" is not the number 10.
@@ -415,8 +416,8 @@ def subset_mask(store: Store, genome: str | None = None, chrom: str | None = Non
     ids = duckdb.connect().sql(f"SELECT tile_id FROM read_parquet($paths) WHERE {' AND '.join(clauses)}",
                                params=parameters).fetchnumpy()["tile_id"]
     if not len(ids):
-        raise InputError(f"{store.root}: no tiles match genome={genome!r} chrom={chrom!r}; "
-                         f"check the names with {command('sql', store.root, 'SELECT DISTINCT genome, chrom FROM tiles')}")
+        names = command("sql", store.root, "SELECT DISTINCT genome, chrom FROM tiles")
+        raise InputError(f"{store.root}: no tiles match genome={genome!r} chrom={chrom!r}; check the names with {names}")
     mask[ids] = True
     return mask
 

@@ -45,7 +45,8 @@ from genoembed.errors import GenoembedError, InputError, StoreError
 from genoembed.search import (Query, bed_text_queries, check_sequence, fasta_text_queries, query_source,
                               region_queries, search)
 from genoembed.sql import run_sql
-from genoembed.store import MANIFEST, Store
+from genoembed.manifest import MANIFEST
+from genoembed.store import Store
 from genoembed.tracks import bedgraph, chrom_sizes, hits_bed, similarity, write_bigwig
 from genoembed.version import VERSION
 

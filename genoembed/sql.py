@@ -45,7 +45,8 @@ import pyarrow.parquet as pq
 
 from genoembed import schema
 from genoembed.errors import InputError, StoreError, command
-from genoembed.store import SNAPSHOT_RETRIES, Store, file_sha256
+from genoembed.manifest import file_sha256
+from genoembed.store import SNAPSHOT_RETRIES, Store
 
 DEFAULT_TIMEOUT = 60.0
 _ALLOWED = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}

@@ -25,7 +25,6 @@ first tile id. Appending a genome continues the ids; removing one leaves a gap
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import json
 import os
 from pathlib import Path
@@ -37,9 +36,8 @@ import pyarrow.parquet as pq
 
 from genoembed import schema
 from genoembed.errors import InputError, StoreError, command
+from genoembed.manifest import read_manifest, write_manifest
 
-FORMAT_VERSION = 2
-MANIFEST = "manifest.json"
 PROVENANCE_KEY = b"genoembed.provenance"
 # Provenance keys that must agree for two runs to write into one store.
 IDENTITY_KEYS = ("embedder", "tiling", "embedding_dtype")
@@ -49,182 +47,6 @@ LOCI_CACHE_TILES = 5_000_000
 # How many snapshots a reader tries when a writer commits and deletes files under it; each retry needs
 # a new commit in between (a damaged store is reported at once), so this only bounds a busy writer.
 SNAPSHOT_RETRIES = 10
-
-
-@contextlib.contextmanager
-def atomic_file(path: Path, what: str = "file") -> Iterator[Path]:
-    """A temporary name to write ``path`` under; on success it is fsynced and renamed into place, so readers
-    see the old file or the new one, never a partial one. A failure removes it and says so in one line."""
-    partial = path.with_name(f".{path.name}.partial.{os.getpid()}")
-    try:
-        yield partial
-        with open(partial, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(partial, path)
-    except OSError as error:
-        partial.unlink(missing_ok=True)
-        raise StoreError(f"{path}: cannot write the {what} ({error.strerror or error}); free disk space or check "
-                         "the directory's permissions, then rerun the same command") from None
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through :func:`atomic_file`."""
-    with atomic_file(path) as partial:
-        partial.write_bytes(data)
-
-
-def file_sha256(path: Path) -> str:
-    from genoembed.genome import file_checksum
-
-    return file_checksum(path)
-
-
-def read_manifest(root: Path) -> dict:
-    """The store's committed manifest, migrated to the current format and checked (all problems at once)."""
-    manifest_path = root / MANIFEST
-    if not manifest_path.is_file():
-        raise StoreError(f"{root}: not a genoembed store (no {MANIFEST}); build one with `genoembed index`")
-    try:
-        manifest = json.loads(manifest_path.read_bytes())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise StoreError(f"{manifest_path}: corrupt manifest ({error}); rebuild the store") from None
-    except OSError as error:
-        raise StoreError(f"{manifest_path}: cannot read ({error.strerror or error}); check its permissions") from None
-    if not isinstance(manifest, dict):
-        raise StoreError(f"{manifest_path}: corrupt manifest (a JSON {type(manifest).__name__}, not an object); "
-                         "rebuild the store")
-    version = manifest.get("format_version")
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise StoreError(f"{manifest_path}: corrupt manifest (format_version {version!r} is not a positive "
-                         "integer); rebuild the store")
-    if version > FORMAT_VERSION:
-        raise StoreError(f"{manifest_path}: store format {version} is newer than this genoembed "
-                         f"(reads format {FORMAT_VERSION}); upgrade genoembed")
-    try:
-        for step in range(version, FORMAT_VERSION):
-            manifest = MIGRATIONS[step](manifest)
-    except (KeyError, TypeError, AttributeError) as error:
-        raise StoreError(f"{manifest_path}: corrupt format-{version} manifest (cannot upgrade it: missing or "
-                         f"malformed {error}); rebuild the store") from None
-    problems = manifest_problems(manifest)
-    if problems:
-        raise StoreError(f"{manifest_path}: corrupt manifest ({'; '.join(problems[:5])}"
-                         f"{f'; and {len(problems) - 5} more' if len(problems) > 5 else ''}); rebuild the store")
-    return manifest
-
-
-def m001_single_genome(manifest: dict) -> dict:
-    """Format 1 -> 2: format 1 stores held one genome, recorded in the provenance; give them a ``genomes`` section."""
-    genome = manifest["provenance"].pop("genome")
-    rows = sum(shard["rows"] for shard in manifest["shards"])
-    manifest["genomes"] = {genome["name"]: {**genome, "first_tile_id": 0, "status": manifest.get("status")}}
-    for shard in manifest["shards"]:
-        shard["genome"] = genome["name"]
-    manifest.update(format_version=2, next_tile_id=rows, next_shard=len(manifest["shards"]))
-    if manifest.get("index"):
-        manifest["index"]["genomes"] = [genome["name"]]
-    return manifest
-
-
-# Named migrations, run in order: MIGRATIONS[n] turns a format-n manifest into format n + 1.
-MIGRATIONS = {1: m001_single_genome}
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def manifest_problems(manifest: dict) -> list[str]:
-    """Every way a (current-format) manifest is malformed, so a corrupt one is one clear error, not a traceback."""
-    problems = []
-
-    def expect(where: str, value, kind, what: str) -> bool:
-        if kind is int:
-            ok = _is_int(value)
-        else:
-            ok = isinstance(value, kind)
-        if not ok:
-            problems.append(f"{where} is {json.dumps(value)[:40]}, expected {what}")
-        return ok
-
-    if expect("dim", manifest.get("dim"), int, "a positive integer") and manifest["dim"] < 1:
-        problems.append(f"dim is {manifest['dim']}, expected a positive integer")
-    for key in ("next_tile_id", "next_shard"):
-        expect(key, manifest.get(key), int, "an integer")
-    if expect("provenance", manifest.get("provenance"), dict, "an object"):
-        provenance = manifest["provenance"]
-        for key in ("embedder", "tiling"):
-            expect(f"provenance.{key}", provenance.get(key), dict, "an object")
-        if provenance.get("embedding_dtype", "float32") not in ("float32", "float16"):
-            problems.append(f"provenance.embedding_dtype is {json.dumps(provenance['embedding_dtype'])[:40]}, "
-                            "expected \"float32\" or \"float16\"")
-        embedder = provenance.get("embedder")
-        # the embedder is rebuilt from these fields on every search (genoembed.embedders.load_embedder)
-        if isinstance(embedder, dict) and expect("provenance.embedder.kind", embedder.get("kind"), str, "a name") \
-                and embedder["kind"] == "kmer" and "k" in embedder:
-            if expect("provenance.embedder.k", embedder["k"], int, "a positive integer") and embedder["k"] < 1:
-                problems.append(f"provenance.embedder.k is {embedder['k']}, expected a positive integer")
-    genomes = manifest.get("genomes")
-    if expect("genomes", genomes, dict, "an object"):
-        for name, entry in genomes.items():
-            if expect(f"genomes.{name}", entry, dict, "an object"):
-                if expect(f"genomes.{name}.contig_lengths", entry.get("contig_lengths"), dict, "an object"):
-                    for chrom, length in entry["contig_lengths"].items():
-                        if not _is_int(length) or length < 0:
-                            problems.append(f"genomes.{name}.contig_lengths.{chrom} is {json.dumps(length)[:40]}, "
-                                            "expected a length in bases")
-                expect(f"genomes.{name}.first_tile_id", entry.get("first_tile_id"), int, "an integer")
-                expect(f"genomes.{name}.sha256", entry.get("sha256"), str, "a checksum")
-                expect(f"genomes.{name}.name", entry.get("name"), str, "the genome's name")
-                expect(f"genomes.{name}.path", entry.get("path"), str, "the FASTA's path")
-    shards = manifest.get("shards")
-    if expect("shards", shards, list, "a list"):
-        for number, shard in enumerate(shards):
-            where = f"shards[{number}]"
-            if not expect(where, shard, dict, "an object"):
-                continue
-            if expect(f"{where}.path", shard.get("path"), str, "a path"):
-                _check_store_path(shard["path"], where, problems)
-            for key in ("rows", "first_tile_id", "last_tile_id"):
-                expect(f"{where}.{key}", shard.get(key), int, "an integer")
-            expect(f"{where}.genome", shard.get("genome"), str, "a genome name")
-            expect(f"{where}.sha256", shard.get("sha256"), str, "a checksum")
-    for section in ("annotations", "searches"):
-        # a missing section is empty; readers take `annotations` as an object, so a null or a list there is
-        # damage (a null `searches` is read as none, as before)
-        entries = manifest.get(section, {}) if section == "annotations" else manifest.get(section) or {}
-        if expect(section, entries, dict, "an object"):
-            for name, entry in entries.items():
-                if expect(f"{section}.{name}", entry, dict, "an object") and \
-                        expect(f"{section}.{name}.path", entry.get("path"), str, "a path"):
-                    _check_store_path(entry["path"], f"{section}.{name}", problems)
-    index = manifest.get("index")
-    if index is not None and expect("index", index, dict, "an object or null"):
-        if expect("index.path", index.get("path"), str, "a path"):
-            _check_store_path(index["path"], "index", problems)
-        expect("index.sha256", index.get("sha256"), str, "a checksum")
-        if index.get("metric", "ip") not in ("ip", "l2"):
-            problems.append(f"index.metric is {json.dumps(index['metric'])[:40]}, expected \"ip\" or \"l2\"")
-        if expect("index.genomes", index.get("genomes", []), list, "a list of genome names"):
-            for number, name in enumerate(index.get("genomes", [])):
-                expect(f"index.genomes[{number}]", name, str, "a genome name")
-    return problems
-
-
-def _check_store_path(path: str, where: str, problems: list[str]) -> None:
-    """Paths in a manifest are relative and stay inside the store (no absolute path, no ``..``)."""
-    parts = Path(path).parts
-    if not parts or Path(path).is_absolute() or ".." in parts:
-        problems.append(f"{where}.path {path!r} points outside the store")
-
-
-def write_manifest(root: Path, manifest: dict) -> None:
-    """Commit ``manifest`` atomically (callers hold the writer lock)."""
-    manifest["updated"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    atomic_write_bytes(root / MANIFEST, json.dumps(manifest, indent=2).encode())
 
 
 @contextlib.contextmanager

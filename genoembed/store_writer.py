@@ -21,8 +21,8 @@ import pyarrow.parquet as pq
 from genoembed import schema
 from genoembed.version import VERSION as __version__
 from genoembed.errors import StoreError, command
-from genoembed.store import (FORMAT_VERSION, atomic_file, IDENTITY_KEYS, MANIFEST, PROVENANCE_KEY, file_sha256, read_manifest,
-                             write_manifest)
+from genoembed.manifest import FORMAT_VERSION, MANIFEST, atomic_file, file_sha256, read_manifest, write_manifest
+from genoembed.store import IDENTITY_KEYS, PROVENANCE_KEY
 
 
 def genome_entry(genome) -> dict:

@@ -9,7 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from genoembed import schema
-from genoembed.store import PROVENANCE_KEY, Store, file_sha256
+from genoembed.manifest import file_sha256
+from genoembed.store import PROVENANCE_KEY, Store
 from genoembed.vector_index import load_index
 
 

@@ -21,6 +21,7 @@ LAYERS = [
      "embedders.table"],
     ["embedders.hf", "evidence"],
     ["embedders"],
+    ["manifest"],
     ["store"],
     ["store_writer", "sql", "indexing"],
     ["annotate", "search", "remove", "verify", "recipe", "plot", "tracks", "variants", "explain"],

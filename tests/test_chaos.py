@@ -29,7 +29,8 @@ from genoembed.errors import GenoembedError
 from genoembed.remove import remove
 from genoembed.search import Query, search
 from genoembed.sql import run_sql
-from genoembed.store import MANIFEST, Store
+from genoembed.manifest import MANIFEST
+from genoembed.store import Store
 from genoembed.synthetic import random_genome, write_fasta
 from genoembed.tiles import TilingSpec
 from genoembed.vector_index import IndexSpec

@@ -22,7 +22,8 @@ from genoembed.search import search
 from genoembed.sql import run_sql
 from genoembed.indexing import build_sharded
 from genoembed.vector_index import ShardedIndex
-from genoembed.store import MANIFEST, Store
+from genoembed.manifest import MANIFEST
+from genoembed.store import Store
 from genoembed.synthetic import random_genome, write_fasta
 from genoembed.tiles import TilingSpec
 from genoembed.vector_index import INDEX_FILE, IndexSpec, load_index, prepare, set_search_params

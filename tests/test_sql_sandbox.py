@@ -130,7 +130,7 @@ def test_changed_annotation_file_fails_its_sha256(root):
 
 
 def test_search_sha256_is_checked_when_the_manifest_has_one(root):
-    from genoembed.store import file_sha256
+    from genoembed.manifest import file_sha256
 
     edit_manifest(root, "searches", "a", sha256=file_sha256(root / "searches" / "a.parquet"))
     assert run_sql(Store.open(root), "SELECT count(*) AS n FROM hits_a").to_pylist() == [{"n": 6}]

@@ -9,7 +9,8 @@ from genoembed.embedders.kmer import KmerEmbedder
 from genoembed.errors import StoreError
 from genoembed.genome import open_genome
 from genoembed.build import index
-from genoembed.store import PROVENANCE_KEY, Store, file_sha256, write_lock
+from genoembed.manifest import file_sha256
+from genoembed.store import PROVENANCE_KEY, Store, write_lock
 from genoembed.store_writer import StoreWriter, genome_entry
 from genoembed.tiles import TilingSpec, plan_tiles
 
