@@ -5,11 +5,13 @@ from __future__ import annotations
 import datetime as dt
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+if TYPE_CHECKING:
+    import duckdb
 from genoembed import features
 from genoembed.errors import InputError
 from genoembed.manifest import atomic_write_bytes, file_sha256
@@ -49,6 +51,8 @@ def add_annotations(store: Store, path: str | Path, name: str | None = None, for
 def annotate_hits(store: Store, hits: pa.Table, strand: str = "ignore", types: tuple[str, ...] | None = None) \
         -> pa.Table:
     """Hits plus the names of overlapping features and the nearest feature with signed distance."""
+    import duckdb
+
     from genoembed.joins import nearest_sql, overlap_sql
     from genoembed.sql import connect
 

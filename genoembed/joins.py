@@ -44,10 +44,12 @@ interval matches nothing, as with ``bedtools -s`` / ``-S``.
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
-import duckdb
 import pyarrow as pa
 
+if TYPE_CHECKING:
+    import duckdb
 from genoembed.errors import InputError
 from genoembed.schema import PARTS_SQL_TYPE
 

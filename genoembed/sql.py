@@ -38,18 +38,20 @@ import time
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+if TYPE_CHECKING:
+    import duckdb
 from genoembed import schema
 from genoembed.errors import InputError, StoreError, command
 from genoembed.manifest import file_sha256
 from genoembed.store import SNAPSHOT_RETRIES, Store
 
 DEFAULT_TIMEOUT = 60.0
-_ALLOWED = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
+_ALLOWED = ("SELECT", "EXPLAIN")  # statement types a store answers (DuckDB's StatementType names)
 _SEARCH_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # DuckDB error lines worth keeping after the first: they name the fix.
 _HINTS = ("Did you mean", "Candidate bindings")
@@ -138,6 +140,8 @@ def _create_views(con, files: StoreFiles) -> None:
 
 def connect(store: Store) -> duckdb.DuckDBPyConnection:
     """In-memory DuckDB with the store's views, locked to reading the store's checked files."""
+    import duckdb  # here, not at the top: searches that join nothing never pay DuckDB's import
+
     files = store_files(store)
     temp = tempfile.mkdtemp(prefix="genoembed-sql-")
     con = duckdb.connect(":memory:", config={"temp_directory": temp})
@@ -172,6 +176,8 @@ def run_sql(store: Store, query: str, parameters: dict | list | None = None,
     The query is stopped after ``timeout`` seconds (None: no limit) or on
     Ctrl-C, which is re-raised once DuckDB has stopped.
     """
+    import duckdb
+
     if timeout is not None and not timeout > 0:
         raise InputError(f"SQL: timeout must be a positive number of seconds (or none), got {timeout!r}")
     for attempt in range(SNAPSHOT_RETRIES):
@@ -190,7 +196,7 @@ def run_sql(store: Store, query: str, parameters: dict | list | None = None,
             raise InputError(f"SQL: {_message(error)}") from None
         if len(statements) != 1:
             raise InputError(f"SQL: give exactly one statement (got {len(statements)})")
-        if statements[0].type not in _ALLOWED:
+        if statements[0].type.name not in _ALLOWED:
             raise InputError(f"SQL: only SELECT queries are allowed on a store (got {statements[0].type.name}); "
                              "the store is opened read-only")
         try:

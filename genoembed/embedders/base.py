@@ -77,6 +77,9 @@ def strand_invariant(embedder: Embedder, length: int) -> bool:
     """True when ``embedder`` gives a sequence and its reverse complement the same vector (canonical
     k-mer counts, transformer vectors averaged over both strands, plugins alike), tried on a seeded
     random sequence of one tile's length rather than trusted from settings."""
+    described = embedder.describe()
+    if described.get("reverse_complement") is True or described.get("canonical") is True:
+        return True  # averaged over both strands (or canonical k-mers) by construction: no probe needed
     known = _INVARIANCE.get((embedder.fingerprint, length))
     if known is not None:
         return known
