@@ -7,10 +7,10 @@ from typing import Optional
 
 import typer
 
-from genoembed.cli.common import pick
-from genoembed.errors import GenoembedError
+from genoembed.cli.common import handle_errors, pick
 
 
+@handle_errors
 def pretrain(
     fasta: list[Path] = typer.Option(
         ..., "--fasta", exists=True, dir_okay=False, readable=True,
@@ -69,41 +69,37 @@ def pretrain(
     """Pretrain a Nucleotide-Transformer-style 6-mer masked LM on genomes; write a Hugging Face directory."""
     from genoembed.train.pretrain import PretrainConfig, pretrain as run_pretrain
 
-    try:
-        config = PretrainConfig(
-            train_files=tuple(fasta),
-            output_dir=output,
-            val_files=tuple(val_fasta),
-            val_contigs=tuple(val_contig),
-            checkpoint_dir=checkpoint_dir,
-            resume=resume,
-            k=k,
-            window_bp=pick(window, window_bp, "--window", "--window-bp") or 1002,
-            num_layers=layers,
-            hidden_size=hidden,
-            num_heads=heads,
-            intermediate_size=intermediate,
-            max_position_embeddings=max_positions,
-            batch_size=batch_size,
-            learning_rate=learning_rate,
-            weight_decay=weight_decay,
-            warmup_steps=warmup_steps,
-            mask_probability=mask_probability,
-            max_steps=max_steps,
-            max_minutes=max_minutes,
-            eval_every=eval_every,
-            eval_batches=eval_batches,
-            checkpoint_every=checkpoint_every,
-            log_every=log_every,
-            seed=seed,
-            threads=threads,
-            device=device,
-            progress=progress,
-        )
-        out = run_pretrain(config)
-    except GenoembedError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(code=2) from None
+    config = PretrainConfig(
+        train_files=tuple(fasta),
+        output_dir=output,
+        val_files=tuple(val_fasta),
+        val_contigs=tuple(val_contig),
+        checkpoint_dir=checkpoint_dir,
+        resume=resume,
+        k=k,
+        window_bp=pick(window, window_bp, "--window", "--window-bp") or 1002,
+        num_layers=layers,
+        hidden_size=hidden,
+        num_heads=heads,
+        intermediate_size=intermediate,
+        max_position_embeddings=max_positions,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        weight_decay=weight_decay,
+        warmup_steps=warmup_steps,
+        mask_probability=mask_probability,
+        max_steps=max_steps,
+        max_minutes=max_minutes,
+        eval_every=eval_every,
+        eval_batches=eval_batches,
+        checkpoint_every=checkpoint_every,
+        log_every=log_every,
+        seed=seed,
+        threads=threads,
+        device=device,
+        progress=progress,
+    )
+    out = run_pretrain(config)
     typer.echo(str(out))
 
 
