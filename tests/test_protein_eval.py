@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import CHLOROPLAST_GENBANK as CHLOROPLAST
 from genoembed.embedders import get_embedder, load_embedder
 from genoembed.embedders.translated import (TranslatedProfileEmbedder, orf_mask, peptide_counts, six_frames,
                                             translate)
@@ -18,8 +18,6 @@ from genoembed.eval.metrics import correct_ranks, distinct_loci, recall_at_k
 from genoembed.eval.run import significant, spans_from_ids, summary_markdown
 from genoembed.seqio import reverse_complement
 
-DATA = Path(__file__).parent / "data"
-CHLOROPLAST = DATA / "NC_000932.gb"
 
 
 # ---------------------------------------------------------------- aa:K embedder
@@ -191,3 +189,84 @@ def test_protein_eval_on_the_chloroplast_against_itself():
     assert overall["aa:2:frames"]["recall_at_10"] == 1.0  # every query gene is in the target itself
     assert overall["random"]["recall_at_10"] < 0.5
     assert "| aa:2:frames | 6 | 400 |" in protein_summary(rows)
+
+
+def test_eval_cli_protein_truth(tmp_path):
+    pytest.importorskip("pyrodigal")
+    pytest.importorskip("pyopal")
+    from typer.testing import CliRunner
+
+    from genoembed.cli import app
+
+    summary = tmp_path / "summary.md"
+    result = CliRunner().invoke(app, ["eval", "--truth", "protein", str(CHLOROPLAST), str(CHLOROPLAST), "-m", "aa:2",
+                                      "-n", "10", "--strands", "+", "--summary", str(summary), "-f", "json", "-q"])
+    assert result.exit_code == 0, result.output
+    assert '"method": "aa:2"' in result.output and "| aa:2 | 1 | 400 |" in summary.read_text()
+
+
+# ---------------------------------------------------------------- the translation-aware model
+
+def _tiny_model(tmp_path):
+    torch = pytest.importorskip("torch")
+    from safetensors.numpy import save_file
+
+    from genoembed.train.protein import ProteinTrainConfig, build_model, export_tensors
+
+    torch.manual_seed(0)
+    config = ProteinTrainConfig(output=tmp_path, related=[], validation=("", ""), embedding_dim=8, channels=12,
+                                width=3, dim=16)
+    model = build_model(config).eval()
+    save_file(export_tensors(model), str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text('{"name": "tiny"}')
+    return model, config
+
+
+def test_numpy_protein_embedder_equals_the_torch_network(tmp_path):
+    from genoembed.train.protein import embed_torch
+
+    model, config = _tiny_model(tmp_path)
+    rng = np.random.default_rng(5)
+    sequences = ["".join(rng.choice(list("ACGT"), n)) for n in (999, 1000, 40, 7)] + ["ACGTNNNNACGTTGCA" * 20]
+    embedder = get_embedder(f"protein:{tmp_path}")
+    np.testing.assert_allclose(embedder.embed(sequences), embed_torch(model, sequences, config.width), atol=1e-5)
+    assert load_embedder(embedder.describe()).fingerprint == embedder.fingerprint
+
+
+def test_protein_embedder_is_strand_invariant(tmp_path):
+    _tiny_model(tmp_path)
+    sequence = "".join(np.random.default_rng(6).choice(list("ACGT"), 600))
+    vectors = get_embedder(f"protein:{tmp_path}").embed([sequence, reverse_complement(sequence)])
+    np.testing.assert_allclose(vectors[0], vectors[1], atol=1e-5)
+
+
+def test_protein_model_directory_errors_name_the_fix(tmp_path):
+    from genoembed.errors import ModelError
+
+    with pytest.raises(ModelError, match="not a protein model directory.*genoembed.train.protein"):
+        get_embedder(f"protein:{tmp_path}")
+
+
+def test_recoding_keeps_the_protein_and_changes_the_dna():
+    from genoembed.train.protein import codon_usage, recode, substitution_table
+
+    rng = np.random.default_rng(7)
+    codons = [c for c in range(64) if translate("ACGT"[c // 16] + "ACGT"[c // 4 % 4] + "ACGT"[c % 4]) != "*"]
+    dna = "".join("ACGT"[c // 16] + "ACGT"[c // 4 % 4] + "ACGT"[c % 4] for c in rng.choice(codons, 300))
+    same_protein = recode(dna, 1.0, codon_usage([dna]), substitution_table(), rng)
+    assert translate(same_protein) == translate(dna)
+    assert np.mean([a == b for a, b in zip(same_protein, dna)]) < 0.9  # synonymous codons re-drawn
+    diverged = recode(dna, 0.5, codon_usage([dna]), substitution_table(), rng)
+    identity = np.mean([a == b for a, b in zip(translate(diverged), translate(dna))])
+    assert 0.4 < identity < 0.6
+
+
+def test_shipped_protein_model_loads_when_installed():
+    from genoembed.resources import PACKAGE_PREFIX, PROTEIN_MODEL, resolve
+
+    if not (resolve(PACKAGE_PREFIX + PROTEIN_MODEL) / "model.safetensors").is_file():
+        pytest.skip("the protein model is not shipped in this checkout")
+    embedder = get_embedder("protein")
+    sequence = "".join(np.random.default_rng(8).choice(list("ACGT"), 1000))
+    vectors = embedder.embed([sequence, reverse_complement(sequence)])
+    assert vectors.shape == (2, embedder.dim) and np.allclose(vectors[0], vectors[1], atol=1e-5)
