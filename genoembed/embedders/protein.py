@@ -78,23 +78,31 @@ class ProteinEmbedder:
         self.fingerprint = digest.hexdigest()[:16]
 
     def frame_vectors(self, codes: np.ndarray) -> np.ndarray:
-        """(6, dim) projected frame vectors of one tile's (6, L) residue codes."""
-        positions = codes.shape[1] - self.width + 1
-        hidden = np.broadcast_to(self.conv_bias, (FRAMES, positions, len(self.conv_bias))).copy()
+        """(n, 6, dim) projected frame vectors of (n, 6, L) residue codes."""
+        n, frames, length = codes.shape
+        flat = codes.reshape(n * frames, length)
+        positions = length - self.width + 1
+        hidden = np.broadcast_to(self.conv_bias, (n * frames, positions, len(self.conv_bias))).copy()
         for offset in range(self.width):
-            hidden += self.tables[offset][codes[:, offset:offset + positions]]
+            hidden += self.tables[offset][flat[:, offset:offset + positions]]
         np.maximum(hidden, 0.0, out=hidden)
-        valid = codes[:, :positions] != UNKNOWN
-        pooled = np.einsum("fpc,fp->fc", hidden, valid) / np.maximum(valid.sum(axis=1, keepdims=True), 1)
-        return pooled @ self.projection[0] + self.projection[1]
+        valid = (flat[:, :positions] != UNKNOWN).astype(np.float32)
+        pooled = (valid[:, None, :] @ hidden)[:, 0] / np.maximum(valid.sum(axis=1, keepdims=True), 1)
+        return (pooled @ self.projection[0] + self.projection[1]).reshape(n, frames, -1)
 
-    def embed(self, sequences: Sequence[str]) -> np.ndarray:
+    def embed(self, sequences: Sequence[str], batch: int = 1) -> np.ndarray:
+        """Unit vectors; ``batch`` tiles per pass (1 measured fastest: the hidden array stays in cache)."""
         out = np.zeros((len(sequences), self.dim), dtype=np.float32)
-        for row, sequence in enumerate(sequences):
-            frames = self.frame_vectors(frame_codes(sequence, self.width))
-            scores = (frames @ self.frame_score[0] + self.frame_score[1])[:, 0]
-            weights = np.exp(scores - scores.max())
-            out[row] = (weights / weights.sum()) @ frames
+        for first in range(0, len(sequences), batch):
+            coded = [frame_codes(s, self.width) for s in sequences[first:first + batch]]
+            codes = np.full((len(coded), FRAMES, max(c.shape[1] for c in coded)), UNKNOWN, dtype=np.int64)
+            for row, tile in enumerate(coded):
+                codes[row, :, :tile.shape[1]] = tile
+            frames = self.frame_vectors(codes)
+            scores = (frames @ self.frame_score[0] + self.frame_score[1])[..., 0]
+            weights = np.exp(scores - scores.max(axis=1, keepdims=True))
+            out[first:first + len(coded)] = np.einsum("nf,nfd->nd", weights / weights.sum(axis=1, keepdims=True),
+                                                      frames)
         return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
 
     def describe(self) -> dict:
