@@ -295,7 +295,7 @@ def train_protein(config: ProteinTrainConfig, say=print) -> Path:
         running.append(loss.item())
         if step % config.eval_every == 0:
             record = {"step": step, "minutes": round((time.perf_counter() - started) / 60, 2),
-                      "loss": round(float(np.mean(running)), 4), "temperature": round(1 / float(scale), 4),
+                      "loss": round(float(np.mean(running)), 4), "temperature": round(1 / scale.item(), 4),
                       **validation_recall(model, val, config.width)}
             running = []
             config.history.append(record)
