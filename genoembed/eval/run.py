@@ -191,7 +191,9 @@ def evaluate(
     mutated at every (substitution, indel) rate pair, and searched. minimap2
     (``minimap2=None``: when installed) maps the same mutated tiles as the
     alignment upper bound. Flat (exact) search is always run so that every
-    other configuration gets its ANN recall@10 against it.
+    other configuration gets its ANN recall@10 against it. Hits count each
+    reference locus once (:func:`distinct_loci`): on a both-strand reference a
+    strand-invariant vector would otherwise fill two of the top-k places per locus.
 
     Returns tidy rows: method, index, nprobe, ef_search, substitution_rate,
     indel_rate, identity_bin ('all', '100', '95-99', '<95'), queries,
