@@ -270,3 +270,13 @@ def test_shipped_protein_model_loads_when_installed():
     sequence = "".join(np.random.default_rng(8).choice(list("ACGT"), 1000))
     vectors = embedder.embed([sequence, reverse_complement(sequence)])
     assert vectors.shape == (2, embedder.dim) and np.allclose(vectors[0], vectors[1], atol=1e-5)
+
+
+def test_eval_cli_protein_truth_refuses_alignment_options():
+    from typer.testing import CliRunner
+
+    from genoembed.cli import app
+
+    result = CliRunner().invoke(app, ["eval", "--truth", "protein", str(CHLOROPLAST), str(CHLOROPLAST),
+                                      "--index", "HNSW32", "-q"])
+    assert result.exit_code != 0 and "--truth protein does not use --index" in result.output

@@ -80,6 +80,12 @@ def eval_command(
         raise InputError("--model: the same embedder is listed twice")
     say = None if quiet else (lambda message: console.print(f"[dim]{message}[/dim]"))
     if truth is Truth.protein:
+        unused = [name for name, value in (("--coords", coords), ("--index", factory), ("--nprobe", nprobe),
+                                           ("--ef-search", ef_search), ("--substitution-rate", substitution_rate),
+                                           ("--indel-rate", indel_rate), ("--minimap2", minimap2)) if value]
+        if unused:
+            raise InputError(f"--truth protein does not use {', '.join(unused)}; drop them (protein truth comes from "
+                             "pyrodigal genes and Smith-Waterman, searched exactly)")
         return protein_eval(reference, queries, list(model or []), window=pick(window, tile, "--window", "--tile"),
                             stride=stride, strands=strands.value, n_queries=n_queries, seed=seed, ks=list(k or []),
                             format=format, output=output, summary=summary, say=say)
