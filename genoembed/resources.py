@@ -14,6 +14,8 @@ PACKAGE_PREFIX = "genoembed:"
 # retrieval evaluation, benchmarks/RESULTS.md). `--model mlm` is the masked-LM model it was compared
 # with, and the default starting point of `genoembed finetune`.
 SHIPPED_MODELS = {"default": "data/models/genoembed-nt6-retrieval", "mlm": "data/models/genoembed-nt6"}
+# What `--model protein` embeds with: the translation-aware encoder of issue 17 (numpy, not transformers).
+PROTEIN_MODEL = "data/models/genoembed-aa-protein"
 
 
 def resolve(path: str | Path, base: Path | None = None) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from enum import Enum
 from pathlib import Path
 from typing import Optional
 
@@ -27,12 +28,26 @@ def index_configs(factories: list[str], nprobes: list[int], ef_searches: list[in
     return configs
 
 
+class Truth(str, Enum):
+    """What counts as a correct hit: the aligned locus (same DNA) or the protein homolog's gene."""
+
+    alignment = "alignment"
+    protein = "protein"
+
+
+class StrandChoice(str, Enum):
+    plus = "+"
+    both = "both"
+
+
 @handle_errors
 def eval_command(
     reference: Path = typer.Argument(..., exists=True, dir_okay=False, help="Reference genome FASTA to index (plain or gzip)."),
     queries: Path = typer.Argument(..., exists=True, dir_okay=False, help="Query FASTA: draft contigs or a related strain; query tiles are cut from it."),
+    truth: Truth = typer.Option(Truth.alignment, "--truth", help="alignment: query tiles should find their aligned locus; protein: a query gene's central window should find the tiles of its protein homolog (pyrodigal genes, pyopal Smith-Waterman; needs genoembed[protein])."),
+    strands: StrandChoice = typer.Option(StrandChoice.both, "--strands", help="Reference tiles on '+' only or on both strands (each locus is counted once either way)."),
     coords: Optional[Path] = typer.Option(None, "--coords", exists=True, dir_okay=False, help="NUCmer show-coords table placing the query contigs on the reference (plain or .gz); without it the truth is derived with minimap2."),
-    model: Optional[list[str]] = typer.Option(None, "--model", "-m", help="Embedder: 'default' (shipped retrieval model), 'mlm' (shipped masked-LM model), 'kmer[:K]' or a local model directory (repeatable; default: kmer:4)."),
+    model: Optional[list[str]] = typer.Option(None, "--model", "-m", help="Embedder: 'default' (shipped retrieval model), 'mlm' (shipped masked-LM model), 'kmer[:K]', 'aa:K[:orf]' or a local model directory (repeatable; default: kmer:4). With --truth protein also 'random' and 'aa:K:frames' (six rows per tile); default there: every baseline."),
     factory: Optional[list[str]] = typer.Option(None, "--index", help="FAISS index factory string, e.g. Flat, IVF64,Flat, HNSW32 (repeatable; Flat is always run as the exact reference)."),
     nprobe: Optional[list[int]] = typer.Option(None, "--nprobe", min=1, help="IVF lists to visit (repeatable: one run per value)."),
     ef_search: Optional[list[int]] = typer.Option(None, "--ef-search", min=1, help="HNSW search breadth (repeatable: one run per value)."),
@@ -61,21 +76,51 @@ def eval_command(
     from genoembed.embedders import get_embedder
 
     configure_logging(quiet)
-    names = list(model or ["kmer:4"])
-    if len(set(names)) != len(names):
+    if model and len(set(model)) != len(model):
         raise InputError("--model: the same embedder is listed twice")
+    say = None if quiet else (lambda message: console.print(f"[dim]{message}[/dim]"))
+    if truth is Truth.protein:
+        unused = [name for name, value in (("--coords", coords), ("--index", factory), ("--nprobe", nprobe),
+                                           ("--ef-search", ef_search), ("--substitution-rate", substitution_rate),
+                                           ("--indel-rate", indel_rate), ("--minimap2", minimap2)) if value]
+        if unused:
+            raise InputError(f"--truth protein does not use {', '.join(unused)}; drop them (protein truth comes from "
+                             "pyrodigal genes and Smith-Waterman, searched exactly)")
+        return protein_eval(reference, queries, list(model or []), window=pick(window, tile, "--window", "--tile"),
+                            stride=stride, strands=strands.value, n_queries=n_queries, seed=seed, ks=list(k or []),
+                            format=format, output=output, summary=summary, say=say)
+    names = list(model or ["kmer:4"])
     embedders = {name: get_embedder(name) for name in names}
     ks = tuple(k or (1, 10, 100))
     rows = evaluate(
         reference, queries, coords=coords, embedders=embedders,
         index_configs=index_configs(list(factory or ["Flat"]), list(nprobe or []), list(ef_search or [])),
-        tile=pick(window, tile, "--window", "--tile") or 1000, stride=stride, n_queries=n_queries, seed=seed,
+        tile=pick(window, tile, "--window", "--tile") or 1000, stride=stride, strands=strands.value, n_queries=n_queries,
+        seed=seed,
         substitution_rates=tuple(substitution_rate or (0.0,)), indel_rates=tuple(indel_rate or (0.0,)),
         ks=ks, minimap2=minimap2, minimap2_preset=minimap2_preset, workdir=workdir,
-        progress=None if quiet else (lambda message: console.print(f"[dim]{message}[/dim]")))
+        progress=say)
     if summary is not None:
         summary.write_text(summary_markdown(rows, ks=sorted(set(ks))))
     shown = rows
     if output is None and not all_bins and rows.num_rows:
         shown = rows.filter(pc.equal(rows["identity_bin"], pa.scalar("all")))
     emit_table(shown, format, output, title="retrieval quality")
+
+
+def protein_eval(reference: Path, queries: Path, names: list[str], *, window, stride, strands, n_queries, seed, ks,
+                 format, output, summary, say) -> None:
+    """`genoembed eval --truth protein`: query genes of QUERIES against tiles of REFERENCE, one row per bin."""
+    import pyarrow as pa
+
+    from genoembed.eval.protein import DEFAULT_METHODS, evaluate_task, method_for, protein_summary, protein_task
+
+    window = window or 1000
+    ks = sorted(set(ks or (1, 10)))
+    task = protein_task(queries, reference, n_queries=n_queries, window=window, stride=stride or window // 2,
+                        strands=strands, seed=seed, say=say or (lambda message: None))
+    methods = [method_for(name) for name in names or DEFAULT_METHODS]
+    rows = evaluate_task(task, methods, ks=ks, say=say or (lambda message: None))
+    if summary is not None:
+        summary.write_text(protein_summary(rows, ks))
+    emit_table(pa.Table.from_pylist(rows), format, output, title="protein homolog retrieval")

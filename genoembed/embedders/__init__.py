@@ -7,7 +7,7 @@ float32``. The pipeline only ever talks to this interface, so tests inject
 tiny embedders and the store can rebuild the exact embedder it was made with.
 
 One registry decides which class serves a model name: :func:`get_embedder`
-takes what a user types (``default``, ``mlm``, ``kmer:5``, a local model
+takes what a user types (``default``, ``mlm``, ``kmer:5``, ``aa:2``, ``protein``, a local model
 directory, or ``SCHEME:ARG`` of a plugin) plus :class:`EmbedderOptions`;
 :func:`load_embedder` rebuilds an embedder from a store's provenance. Other
 packages add schemes through the ``genoembed.embedders`` entry-point group
@@ -78,7 +78,37 @@ def _transformers_or_table(model_path: str, options: dict) -> Embedder:
     return TransformersEmbedder(model_path=model_path, **options)
 
 
+def _translated(argument: str, options: EmbedderOptions) -> Embedder:
+    """``aa:K`` (six frames summed) or ``aa:K:orf`` (open reading frames only)."""
+    from genoembed.embedders.translated import TranslatedProfileEmbedder
+
+    k, _, mode = (argument or "2").partition(":")
+    if not k.isdigit():
+        raise InputError(f"model 'aa:{argument}': use aa:K or aa:K:orf with an integer K, e.g. aa:2")
+    ignored = sorted(options.given())
+    if ignored:
+        raise InputError(f"model 'aa:{argument}' takes no model options (got {', '.join(ignored)})")
+    return TranslatedProfileEmbedder(k=int(k), mode=mode or "sum")
+
+
+def _protein(argument: str, options: EmbedderOptions) -> Embedder:
+    """``protein`` (the shipped translation-aware model) or ``protein:DIRECTORY`` (one trained elsewhere)."""
+    from genoembed.embedders.protein import ProteinEmbedder
+    from genoembed.resources import PACKAGE_PREFIX, PROTEIN_MODEL, resolve
+
+    ignored = sorted(options.given())
+    if ignored:
+        raise InputError(f"model 'protein' takes no model options (got {', '.join(ignored)})")
+    shipped = resolve(PACKAGE_PREFIX + PROTEIN_MODEL)
+    # a store records the directory it was built with; another installation finds its own copy
+    directory = Path(argument) if argument and (Path(argument).is_dir() or Path(argument).name != shipped.name) \
+        else shipped
+    return ProteinEmbedder(directory)
+
+
 register_embedder("kmer", _kmer)
+register_embedder("aa", _translated)
+register_embedder("protein", _protein)
 
 
 def _plugins() -> dict[str, Factory]:

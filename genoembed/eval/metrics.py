@@ -2,7 +2,8 @@
 
 A search hit is **correct** when it overlaps one of the tile's true reference
 spans on the same contig (*either-strand*), and additionally on the true
-strand (*same-strand*).
+strand (*same-strand*). A hit merged from both strands of one locus (:func:`distinct_loci`) has
+strand ``'+-'`` and is same-strand correct for either.
 """
 
 
@@ -20,7 +21,20 @@ from genoembed.eval.truth import IDENTITY_BINS, Span
 
 
 def _overlaps(hit: Span, true: Span, same_strand: bool) -> bool:
-    return hit[0] == true[0] and hit[1] < true[2] and true[1] < hit[2] and (not same_strand or hit[3] == true[3])
+    return hit[0] == true[0] and hit[1] < true[2] and true[1] < hit[2] and (not same_strand or true[3] in hit[3])
+
+
+def distinct_loci(hits: Sequence[Span]) -> list[Span]:
+    """Hits with each locus once (first place kept; strand = every strand it was hit on, e.g. '+-').
+
+    A both-strand reference holds every locus twice; under strand-invariant vectors the two rows
+    tie, so without this a locus takes two of the top-k places and recall@k is deflated.
+    """
+    merged: dict[tuple, str] = {}
+    for chrom, start, end, strand in hits:
+        key = (chrom, start, end)
+        merged[key] = merged.get(key, "") + ("" if strand in merged.get(key, "") else strand)
+    return [(*key, strands) for key, strands in merged.items()]
 
 
 def correct_ranks(hit_spans: Sequence[Sequence[Span]], truth: Sequence[Sequence[Span]],
