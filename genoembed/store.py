@@ -41,9 +41,11 @@ from genoembed.manifest import read_manifest, write_manifest
 PROVENANCE_KEY = b"genoembed.provenance"
 # Provenance keys that must agree for two runs to write into one store.
 IDENTITY_KEYS = ("embedder", "tiling", "embedding_dtype")
-# Stores up to this many tiles keep every tile's locus in memory once a Store object serves a second lookup
-# (a few tens of bytes a tile), so repeated searches (the Python API, `genoembed serve`) skip Parquet reads.
+# Stores up to this many tiles keep every tile's locus in memory (a few tens of bytes a tile) once a Store
+# object serves a second lookup, so repeated searches (the Python API, `genoembed serve`) skip Parquet reads;
+# a single lookup of more than LOCI_CACHE_IDS ids builds them at once (one columnar read beats many row groups).
 LOCI_CACHE_TILES = 5_000_000
+LOCI_CACHE_IDS = 256
 # How many snapshots a reader tries when a writer commits and deletes files under it; each retry needs
 # a new commit in between (a damaged store is reported at once), so this only bounds a busy writer.
 SNAPSHOT_RETRIES = 10
@@ -280,7 +282,8 @@ class Store:
         if not len(tile_ids):
             return schema.TILES.empty_table()
         self._tile_lookups += 1
-        if self._loci is None and self._tile_lookups > 1 and self.num_tiles <= LOCI_CACHE_TILES:
+        many = self._tile_lookups > 1 or len(tile_ids) > LOCI_CACHE_IDS  # one columnar read beats many row groups
+        if self._loci is None and many and self.num_tiles <= LOCI_CACHE_TILES:
             self._loci = self._all_loci()
         if self._loci is not None:
             return self._cached_tiles(tile_ids)
