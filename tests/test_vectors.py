@@ -130,6 +130,14 @@ def test_tuning_queries_are_mutated_windows_of_the_store_or_stored_vectors(tmp_p
     assert "overestimates recall" in caplog.text
 
 
+def test_unreachable_target_takes_the_cheapest_setting_near_the_best_recall():
+    """A PQ index that plateaus below the target is not tuned to a full scan for the last 0.1 %."""
+    from genoembed.vector_index import cheapest_near_best
+
+    assert cheapest_near_best({1: 0.62, 2: 0.65, 4: 0.667, 8: 0.670, 16: 0.671, 4243: 0.671}) == 4
+    assert cheapest_near_best({16: 0.5, 32: 0.9}) == 32
+
+
 def test_flat_index_records_no_tuning(chloroplast_store):
     assert "search" not in chloroplast_store.manifest["index"]
 
