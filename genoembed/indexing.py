@@ -83,7 +83,7 @@ TUNING_SUBSTITUTIONS = 0.05
 
 def tune_store_index(store: Store, spec: IndexSpec, index, queries: int = 1000, k: int = 10) -> dict:
     """Pick nprobe / efSearch so recall@10 against exact search reaches ``spec.recall_target`` on query-like
-    windows (:func:`tuning_queries`); warn when the factory cannot (the settings then are the best it reached).
+    windows (:func:`tuning_queries`); warn when the factory cannot (the settings then are the cheapest near the best it reached).
     The result records which queries it was tuned on (``"queries": "held_out"`` or ``"stored"``)."""
     if index.ntotal <= k:
         return {}
@@ -91,7 +91,7 @@ def tune_store_index(store: Store, spec: IndexSpec, index, queries: int = 1000, 
     exact = exact_neighbours(store.iter_embeddings(), sample, k, spec.metric)
     tuned = tune_search(index, spec.metric, sample, exact, spec.recall_target, k)
     if tuned and tuned[f"recall_at_{k}"] < spec.recall_target:
-        log.warning("%s: index %r reaches recall@%d %.3f at its widest search (%s), below the target %.2f; "
+        log.warning("%s: index %r reaches recall@%d %.3f at most (tuned to %s, the cheapest near it), below the target %.2f; "
                     "use more lists/links or a Flat index", store.root, spec.factory, k, tuned[f"recall_at_{k}"],
                     {name: value for name, value in tuned.items() if name in ("nprobe", "ef_search")},
                     spec.recall_target)
