@@ -91,8 +91,8 @@ def tune_store_index(store: Store, spec: IndexSpec, index, queries: int = 1000, 
     exact = exact_neighbours(store.iter_embeddings(), sample, k, spec.metric)
     tuned = tune_search(index, spec.metric, sample, exact, spec.recall_target, k)
     if tuned and tuned[f"recall_at_{k}"] < spec.recall_target:
-        log.warning("%s: index %r reaches recall@%d %.3f at most (tuned to %s, the cheapest near it), below the target %.2f; "
-                    "use more lists/links or a Flat index", store.root, spec.factory, k, tuned[f"recall_at_{k}"],
+        log.warning("%s: index %r reaches recall@%d %.3f at most (tuned to %s, the cheapest near it), "
+                    "below the target %.2f; use more lists/links or a Flat index", store.root, spec.factory, k, tuned[f"recall_at_{k}"],
                     {name: value for name, value in tuned.items() if name in ("nprobe", "ef_search")},
                     spec.recall_target)
     return {**tuned, "queries": kind} if tuned else tuned
