@@ -30,7 +30,6 @@ from genoembed.build import index  # noqa: E402
 from genoembed.embedders.kmer import KmerEmbedder  # noqa: E402
 from genoembed.evidence import align, merge_loci  # noqa: E402
 from genoembed.search import Query, search  # noqa: E402
-from genoembed.seqio import reverse_complement  # noqa: E402
 from genoembed.tiles import TilingSpec  # noqa: E402
 
 search_module = sys.modules["genoembed.search"]

@@ -94,12 +94,51 @@ def test_build_tunes_search_to_the_recall_target(tmp_path, factory, knob):
                   index_spec=IndexSpec(factory=factory, recall_target=0.9))
     tuned = store.manifest["index"]["search"]
     assert tuned["target"] == 0.9 and tuned["recall_at_10"] >= 0.9 and tuned[knob] >= 1
+    assert tuned["queries"] == "held_out"
     database = stored_matrix(store)
     queries = database[5::97] + np.random.default_rng(1).normal(0, 0.02, database[5::97].shape).astype(np.float32)
     _, ids = store.vector_index().search(queries, 10)
     _, exact = brute_force(database, queries, 10, "ip")
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, exact)])
     assert recall >= 0.85  # the target holds (within sampling noise) for unseen queries
+
+
+def test_tuning_queries_are_mutated_windows_of_the_store_or_stored_vectors(tmp_path, caplog):
+    """Tuning queries are tile-length windows of the store's genome with ~5 % substitutions (not stored
+    tiles, which are their own nearest neighbours); without the FASTA it falls back to stored vectors, warned."""
+    from genoembed.build import index
+    from genoembed.embedders.kmer import KmerEmbedder
+    from genoembed.indexing import mutated_windows, tuning_queries
+    from genoembed.synthetic import random_genome, write_fasta
+    from genoembed.tiles import TilingSpec
+
+    genome = random_genome({"c1": 50_000}, seed=5)["c1"]
+    write_fasta(tmp_path / "g.fa", {"c1": genome})
+    store = index(tmp_path / "g.fa", tmp_path / "s", embedder=KmerEmbedder(k=3),
+                  tiling=TilingSpec(window=500, stride=250), index_spec=None)
+    windows = mutated_windows(store, 50, seed=1)
+    assert {len(window) for window in windows} == {500}
+    every_window = np.lib.stride_tricks.sliding_window_view(np.frombuffer(genome.encode(), np.uint8), 500)
+    best = [int((every_window != np.frombuffer(w.encode(), np.uint8)).sum(1).min()) for w in windows[:3]]
+    assert all(10 <= differences <= 45 for differences in best), best  # 5 % of 500 = 25 expected
+    vectors, kind = tuning_queries(store, 50, seed=1)
+    assert kind == "held_out" and vectors.shape == (50, store.dim)
+    (tmp_path / "g.fa").rename(tmp_path / "moved.fa")
+    (tmp_path / "g.fa.fai").unlink(missing_ok=True)
+    from genoembed.store import Store
+
+    store = Store.open(store.root)  # a fresh snapshot: the one above keeps the genome it already opened
+    vectors, kind = tuning_queries(store, 50, seed=1)
+    assert kind == "stored" and vectors.shape == (50, store.dim)
+    assert "overestimates recall" in caplog.text
+
+
+def test_unreachable_target_takes_the_cheapest_setting_near_the_best_recall():
+    """A PQ index that plateaus below the target is not tuned to a full scan for the last 0.1 %."""
+    from genoembed.vector_index import cheapest_near_best
+
+    assert cheapest_near_best({1: 0.62, 2: 0.65, 4: 0.667, 8: 0.670, 16: 0.671, 4243: 0.671}) == 4
+    assert cheapest_near_best({16: 0.5, 32: 0.9}) == 32
 
 
 def test_flat_index_records_no_tuning(chloroplast_store):
