@@ -80,9 +80,22 @@ def write_lock(root: Path):
             handle.write(str(os.getpid()))
         break
     try:
+        _remove_partial_files(root)
         yield
     finally:
         lock.unlink(missing_ok=True)
+
+
+# Where writers leave temporary files (saved searches are written without the lock and are not swept).
+_WRITER_FOLDERS = (".", "shards", "index", "index/shards", "annotations")
+
+
+def _remove_partial_files(root: Path) -> None:
+    """Delete temporary files of writers that died mid-write (SIGKILL, power loss): whoever holds the lock
+    is the only writer, so any partial file under the writer folders is a dead writer's."""
+    for folder in _WRITER_FOLDERS:
+        for leftover in (root / folder).glob(".*.partial.*") if (root / folder).is_dir() else ():
+            leftover.unlink(missing_ok=True)
 
 
 def _pid_alive(pid: int) -> bool:

@@ -74,8 +74,6 @@ class StoreWriter:
         self._schema = schema.embeddings_schema(self.dim, dtype).with_metadata(
             {PROVENANCE_KEY: json.dumps(shard_provenance(self.provenance, self.genome)).encode()})
         (self.root / "shards").mkdir(parents=True, exist_ok=True)
-        for leftover in (self.root / "shards").glob(".*.partial.*"):
-            leftover.unlink()
         if (self.root / MANIFEST).exists() and not self.overwrite:
             self._manifest = read_manifest(self.root)
             self._join_existing()

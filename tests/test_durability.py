@@ -126,3 +126,27 @@ def test_read_only_store_cannot_be_written_but_is_still_searched(tmp_path, monke
     searched = CliRunner().invoke(app, ["search", str(out), "--region", "c1:1-300", "-k", "2", "-f", "tsv"])
     assert searched.exit_code == 0 and len(searched.stdout.splitlines()) == 3
     assert "not saved" in searched.output
+
+
+def test_taking_the_writer_lock_removes_a_dead_writers_partial_files(tmp_path):
+    """A writer killed while saving the index (or a shard, or the manifest) leaves a temporary file; the next
+    writer removes it, so the store verifies again (saved searches, written without the lock, are left)."""
+    from genoembed.build import index
+    from genoembed.embedders.kmer import KmerEmbedder
+    from genoembed.store import write_lock
+
+    write_fasta(tmp_path / "g.fa", random_genome({"c1": 6000}, seed=4))
+    store = index(tmp_path / "g.fa", tmp_path / "s", embedder=KmerEmbedder(k=3))
+    leftovers = [tmp_path / "s" / "index" / ".vectors.faiss.partial.99999",
+                 tmp_path / "s" / "shards" / ".part-00009.parquet.partial.99999",
+                 tmp_path / "s" / ".manifest.json.partial.99999"]
+    searching = tmp_path / "s" / "searches" / ".last.parquet.partial.99999"
+    searching.parent.mkdir(exist_ok=True)
+    for path in leftovers + [searching]:
+        path.write_bytes(b"half written")
+    assert any("partial file" in problem for problem in verify_store(store))
+    with write_lock(store.root):
+        pass
+    assert not any(path.exists() for path in leftovers) and searching.exists()
+    searching.unlink()
+    assert verify_store(Store.open(store.root)) == []
