@@ -26,7 +26,7 @@ from genoembed.embedders.families import (
 )
 from genoembed.embedders.hf import TransformersEmbedder
 from genoembed.errors import InputError
-from genoembed.embedders.pooling import chunk_spans
+from genoembed.embedders.tokenize import chunk_spans
 from genoembed.seqio import reverse_complement
 from genoembed.errors import MissingExtraError, ModelError
 

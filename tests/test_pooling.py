@@ -8,7 +8,6 @@ import torch
 
 from genoembed.embedders.pooling import (
     average_strands,
-    chunk_spans,
     cls_pool,
     combine_chunks,
     content_mask,
@@ -16,6 +15,7 @@ from genoembed.embedders.pooling import (
     mean_pool,
     pool,
 )
+from genoembed.embedders.tokenize import chunk_spans
 from genoembed.seqio import reverse_complement
 from genoembed.errors import InputError
 

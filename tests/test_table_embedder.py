@@ -174,16 +174,6 @@ def test_constants_copied_from_torch_importing_modules_stay_equal():
     assert table.PROJECTION_FILE == hf.PROJECTION_FILE
 
 
-def test_chunk_spans_are_poolings():
-    from genoembed.embedders import table
-    from genoembed.embedders.pooling import chunk_spans
-
-    for length in (1, 5, 6, 7, 383, 384, 385, 1000, 12288, 12289, 30001):
-        for max_bases in (6, 12, 384, 12288):
-            expected = chunk_spans(length, max_bases, 6).tolist()
-            assert [list(span) for span in table._chunk_spans(length, max_bases, 6)] == expected
-
-
 def test_embeds_without_importing_torch_or_transformers():
     code = (
         "import sys\n"

@@ -77,11 +77,11 @@ from genoembed.embedders.fingerprint import (
 from genoembed.embedders.pooling import (
     POOLINGS,
     average_strands,
-    chunk_spans,
     combine_chunks,
     pool,
 )
 from genoembed.errors import InputError, MissingExtraError, ModelError
+from genoembed.embedders.tokenize import chunk_spans
 from genoembed.seqio import reverse_complement
 
 log = logging.getLogger(__name__)

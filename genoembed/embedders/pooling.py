@@ -8,7 +8,7 @@ the tokenizer added (``<cls>``, ``<eos>``, ``[SEP]``...). Build it with
 :func:`content_mask` from the tokenizer's ``special_tokens_mask``, not from the
 attention mask alone, or ``<cls>``/``<eos>`` leak into the mean.
 
-Sequence-level combination (:func:`chunk_spans`, :func:`combine_chunks`,
+Sequence-level combination (:func:`combine_chunks`,
 :func:`average_strands`, :func:`reverse_complement`) works on numpy: a
 sequence longer than the model's window is cut into chunks that fit, each
 chunk is embedded, and the chunk vectors are combined weighted by the number
@@ -72,30 +72,6 @@ def _require_content(counts: torch.Tensor) -> None:
 
 
 # --------------------------------------------------------------------------- sequences and chunks (numpy)
-
-
-def chunk_spans(length: int, max_bases: int, multiple: int = 1) -> np.ndarray:
-    """Cut ``[0, length)`` into the fewest near-equal spans of at most ``max_bases``.
-
-    Returns an ``(m, 2)`` int64 array of ``[start, end)`` spans that tile the
-    sequence exactly once. Every boundary but the last is a multiple of
-    ``multiple`` (the k of a non-overlapping k-mer tokenizer, so a chunk
-    tokenises exactly as the same bases do inside the whole sequence).
-    """
-    if length <= 0:
-        return np.zeros((0, 2), dtype=np.int64)
-    if multiple < 1 or max_bases < multiple:
-        raise InputError(f"cannot cut chunks of at most {max_bases} bases on multiples of {multiple}")
-    units = -(-length // multiple)  # ceil: number of k-blocks, last one maybe partial
-    max_units = max_bases // multiple
-    n_chunks = -(-units // max_units)
-    # Spread the blocks evenly: the first (units % n) chunks get one block more.
-    base, extra = divmod(units, n_chunks)
-    sizes = np.full(n_chunks, base, dtype=np.int64)
-    sizes[:extra] += 1
-    ends = np.minimum(np.cumsum(sizes) * multiple, length)
-    starts = np.concatenate([[0], ends[:-1]])
-    return np.stack([starts, ends], axis=1)
 
 
 def combine_chunks(vectors: np.ndarray, weights: np.ndarray, owners: np.ndarray, n: int,

@@ -54,6 +54,7 @@ from genoembed.seqio import BASE_CODES, reverse_complement
 from genoembed.embedders.tokenize import (
     SINGLE_BASES,
     SPECIAL_TOKENS,
+    chunk_spans,
     kmer_token_ids,
     kmer_vocab,
     normalize_sequence,
@@ -562,7 +563,7 @@ def _plan_strand(text: str, k: int, frames: int, chunk_bases: int, max_content: 
     pieces = []
     for frame in range(_frame_count(len(text), k, frames)):
         view = text[frame:]
-        spans = [(0, len(view))] if len(view) <= chunk_bases else _chunk_spans(len(view), chunk_bases, k)
+        spans = [(0, len(view))] if len(view) <= chunk_bases else chunk_spans(len(view), chunk_bases, k).tolist()
         for _ in range(_MAX_REFINEMENTS):
             tokens = [_content_ids(view[a:b], vocab, k) for a, b in spans]
             too_long = [i for i, ids in enumerate(tokens) if len(ids) > max_content]
@@ -586,21 +587,8 @@ def _split_spans(spans: list[tuple[int, int]], too_long: set[int], k: int,
         if b - a <= k:
             raise ModelError(f"{b - a} bases need more than {max_content} tokens; raise max_tokens")
         half = -(-((b - a + 1) // 2) // k) * k
-        refined += [(a + x, a + y) for x, y in _chunk_spans(b - a, half, k)]
+        refined += [(a + x, a + y) for x, y in chunk_spans(b - a, half, k).tolist()]
     return refined
-
-
-def _chunk_spans(length: int, max_bases: int, multiple: int) -> list[tuple[int, int]]:
-    """``pooling.chunk_spans`` (which imports torch with its module): the fewest near-equal ``[start, end)``
-    spans of at most ``max_bases`` tiling ``[0, length)``, every inner boundary a multiple of ``multiple``."""
-    units = -(-length // multiple)
-    n_chunks = -(-units // (max_bases // multiple))
-    base, extra = divmod(units, n_chunks)
-    sizes = np.full(n_chunks, base, dtype=np.int64)
-    sizes[:extra] += 1
-    ends = np.minimum(np.cumsum(sizes) * multiple, length)
-    starts = np.concatenate([[0], ends[:-1]])
-    return list(zip(starts.tolist(), ends.tolist()))
 
 
 def _content_ids(piece: str, vocab: dict[str, int], k: int) -> np.ndarray:

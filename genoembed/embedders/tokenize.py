@@ -32,9 +32,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from genoembed.seqio import BASE_CODES, NORMALIZED_BASES
-
 from genoembed.errors import InputError
+from genoembed.seqio import BASE_CODES, NORMALIZED_BASES
 
 SPECIAL_TOKENS = ("<unk>", "<pad>", "<mask>", "<cls>", "<eos>")
 SINGLE_BASES = ("A", "C", "G", "T", "N")
@@ -266,3 +265,27 @@ def _acgt_runs_and_ns(sequence: str):
 
 def _all_same_length(lengths: np.ndarray) -> bool:
     return bool((lengths == lengths[0]).all())
+
+
+def chunk_spans(length: int, max_bases: int, multiple: int = 1) -> np.ndarray:
+    """Cut ``[0, length)`` into the fewest near-equal spans of at most ``max_bases``.
+
+    Returns an ``(m, 2)`` int64 array of ``[start, end)`` spans that tile the
+    sequence exactly once. Every boundary but the last is a multiple of
+    ``multiple`` (the k of a non-overlapping k-mer tokenizer, so a chunk
+    tokenises exactly as the same bases do inside the whole sequence).
+    """
+    if length <= 0:
+        return np.zeros((0, 2), dtype=np.int64)
+    if multiple < 1 or max_bases < multiple:
+        raise InputError(f"cannot cut chunks of at most {max_bases} bases on multiples of {multiple}")
+    units = -(-length // multiple)  # ceil: number of k-blocks, last one maybe partial
+    max_units = max_bases // multiple
+    n_chunks = -(-units // max_units)
+    # Spread the blocks evenly: the first (units % n) chunks get one block more.
+    base, extra = divmod(units, n_chunks)
+    sizes = np.full(n_chunks, base, dtype=np.int64)
+    sizes[:extra] += 1
+    ends = np.minimum(np.cumsum(sizes) * multiple, length)
+    starts = np.concatenate([[0], ends[:-1]])
+    return np.stack([starts, ends], axis=1)
