@@ -14,7 +14,8 @@ if TYPE_CHECKING:
     import duckdb
 from genoembed import features
 from genoembed.errors import InputError
-from genoembed.manifest import atomic_write_bytes, file_sha256
+from genoembed.files import atomic_write_bytes
+from genoembed.manifest import file_sha256
 from genoembed.store import Store
 
 

@@ -23,7 +23,8 @@ from typing import Callable
 import numpy as np
 
 from genoembed.errors import GenoembedError, InputError
-from genoembed.manifest import atomic_write_bytes, file_sha256
+from genoembed.files import atomic_write_bytes
+from genoembed.manifest import file_sha256
 from genoembed.store import Store, write_lock
 from genoembed.synthetic import mutate
 from genoembed.vector_index import (INDEX_FILE, SHARDED_INDEX_DIR, SHARDED_LAYOUT, IndexSpec, Metric, import_faiss, add_store_vectors, build_index,

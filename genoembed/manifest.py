@@ -9,42 +9,15 @@ snapshot readers can keep. Writers hold :func:`genoembed.store.write_lock` aroun
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
-import os
 from pathlib import Path
-from typing import Iterator
 
 from genoembed.errors import StoreError
+from genoembed.files import atomic_write_bytes
 
 FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
-
-
-@contextlib.contextmanager
-def atomic_file(path: Path, what: str = "file") -> Iterator[Path]:
-    """A temporary name to write ``path`` under; on success it is fsynced and renamed into place, so readers
-    see the old file or the new one, never a partial one. A failure removes it and says so in one line."""
-    partial = path.with_name(f".{path.name}.partial.{os.getpid()}")
-    try:
-        yield partial
-        with open(partial, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(partial, path)
-    except OSError as error:
-        partial.unlink(missing_ok=True)
-        raise StoreError(f"{path}: cannot write the {what} ({error.strerror or error}); free disk space or check "
-                         "the directory's permissions, then rerun the same command") from None
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through :func:`atomic_file`."""
-    with atomic_file(path) as partial:
-        partial.write_bytes(data)
 
 
 def file_sha256(path: Path) -> str:

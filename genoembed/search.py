@@ -26,7 +26,8 @@ from genoembed.embedders.base import strand_invariant
 from genoembed.errors import InputError, StoreError, command
 from genoembed.seqio import fasta_records, open_text, read_fasta
 from genoembed.vector_index import FaissIndex
-from genoembed.manifest import atomic_file, atomic_write_bytes, file_sha256
+from genoembed.files import atomic_file, atomic_write_bytes
+from genoembed.manifest import file_sha256
 from genoembed.store import SNAPSHOT_RETRIES, Store
 
 _VALID_BASES = re.compile(r"^[ACGTNRYKMSWBDHV]+$", re.IGNORECASE)

@@ -21,7 +21,8 @@ import pyarrow.parquet as pq
 from genoembed import schema
 from genoembed.version import VERSION as __version__
 from genoembed.errors import StoreError, command
-from genoembed.manifest import FORMAT_VERSION, MANIFEST, atomic_file, file_sha256, read_manifest, write_manifest
+from genoembed.files import atomic_file
+from genoembed.manifest import FORMAT_VERSION, MANIFEST, file_sha256, read_manifest, write_manifest
 from genoembed.store import IDENTITY_KEYS, PROVENANCE_KEY
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import shlex
 from dataclasses import asdict, dataclass
 from enum import Enum
@@ -22,6 +21,7 @@ from typing import Callable
 import numpy as np
 
 from genoembed.errors import InputError, StoreError
+from genoembed.files import atomic_file
 
 log = logging.getLogger(__name__)
 INDEX_FILE = "index/vectors.faiss"
@@ -167,17 +167,14 @@ def build_index(store, spec: IndexSpec, progress: Callable[[int], None] | None =
 
 
 def save_index(index, path: Path) -> None:
-    """Serialise atomically (temp file + rename)."""
+    """Serialise through :func:`genoembed.files.atomic_file` (temp name, fsync, rename)."""
     faiss = import_faiss()
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial.{os.getpid()}")
-    try:
-        faiss.write_index(index, str(partial))
-        os.replace(partial, path)
-    except (OSError, RuntimeError) as error:
-        partial.unlink(missing_ok=True)
-        raise StoreError(f"{path}: cannot write the index ({str(error).strip().splitlines()[-1]}); "
-                         "free disk space or check permissions, then rerun") from None
+    with atomic_file(path, "index") as partial:
+        try:
+            faiss.write_index(index, str(partial))
+        except RuntimeError as error:  # FAISS reports a failed write (a full disk) as RuntimeError
+            raise OSError(str(error).strip().splitlines()[-1]) from None
 
 
 def load_index(path: Path):
