@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import pyarrow as pa
 
 from genoembed import schema
-from genoembed.embedders.kmer import kmer_indices
+from genoembed.embedders.kmer import kmer_index_rows, kmer_indices
 from genoembed.errors import MissingExtraError
 from genoembed.seqio import encode_bases, reverse_complement
 
@@ -167,12 +168,45 @@ def match_strand(query: str | np.ndarray, target: str, k: int = STRAND_K) -> str
     ``-`` when fewer, ``.`` on a tie (e.g. no shared k-mer on either strand). ``query`` may be
     given as its :func:`kmer_counts` (a query checked against many hits is counted once)."""
     counts = kmer_counts(query, k) if isinstance(query, str) else query
-    target_counts = kmer_counts(target, k)
+    return str(match_strands(counts[None, :].astype(np.int32), np.zeros(1, dtype=np.int64), [target], k)[0])
+
+
+def kmer_count_rows(sequences: Sequence[str], k: int = STRAND_K) -> np.ndarray:
+    """(n, 4**k) int32: row i is :func:`kmer_counts` of ``sequences[i]``, counted for all rows of one
+    length at once (hit tiles mostly share one length), not sequence by sequence."""
+    size = 4**k
+    lengths = np.fromiter(map(len, sequences), dtype=np.int64, count=len(sequences))
+    cells = [np.empty(0, dtype=np.int64)]
+    for length in np.unique(lengths):
+        rows = np.flatnonzero(lengths == length)
+        codes = encode_bases("".join(sequences[row] for row in rows)).reshape(len(rows), int(length))
+        index, clean = kmer_index_rows(codes, k)
+        cells.append((index + (rows * size)[:, None])[clean])
+    counts = np.bincount(np.concatenate(cells), minlength=len(sequences) * size)
+    return counts.astype(np.int32).reshape(len(sequences), size)
+
+
+STRAND_BATCH = 256  # hits compared at a time, in buffers reused across batches (fresh arrays cost page faults)
+
+
+def match_strands(query_counts: np.ndarray, query_of_target: np.ndarray, targets: Sequence[str],
+                  k: int = STRAND_K) -> np.ndarray:
+    """:func:`match_strand` of every target against its query's k-mer counts (``query_counts[query_of_target[i]]``,
+    rows of :func:`kmer_count_rows`), in batches of :data:`STRAND_BATCH`; an array of ``+``, ``-`` and ``.``."""
     if k not in _RC_ORDER:
         _RC_ORDER[k] = reverse_complement_order(k)
-    forward = int(np.minimum(counts, target_counts).sum())
-    reverse = int(np.minimum(counts, target_counts[_RC_ORDER[k]]).sum())
-    return "+" if forward > reverse else "-" if reverse > forward else "."
+    strands = np.empty(len(targets), dtype="<U1")
+    query, reverse_target, shared = (np.empty((STRAND_BATCH, 4**k), dtype=np.int32) for _ in range(3))
+    for first in range(0, len(targets), STRAND_BATCH):
+        chosen = slice(first, first + STRAND_BATCH)
+        target_counts = kmer_count_rows(targets[chosen], k)
+        n = len(target_counts)
+        np.take(query_counts, query_of_target[chosen], axis=0, out=query[:n], mode="clip")  # clip: unbuffered
+        forward = np.minimum(query[:n], target_counts, out=shared[:n]).sum(axis=1)
+        np.take(target_counts, _RC_ORDER[k], axis=1, out=reverse_target[:n], mode="clip")
+        reverse = np.minimum(query[:n], reverse_target[:n], out=shared[:n]).sum(axis=1)
+        strands[chosen] = np.where(forward > reverse, "+", np.where(reverse > forward, "-", "."))
+    return strands
 
 
 _RC_ORDER: dict[int, np.ndarray] = {}

@@ -19,7 +19,6 @@ from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from genoembed.errors import InputError, StoreError
@@ -34,6 +33,8 @@ log = logging.getLogger(__name__)
 
 def remove(store: Store, genome: str, contigs: Sequence[str] = ()) -> dict:
     """Remove ``genome`` (or only its ``contigs``) from ``store``; returns what was removed."""
+    import pyarrow.compute as pc  # imported when used: genoembed imports this module at start-up
+
     with write_lock(store.root):
         manifest = read_manifest(store.root)
         entry = _check_request(store, manifest, genome, contigs)
@@ -91,6 +92,8 @@ def remove(store: Store, genome: str, contigs: Sequence[str] = ()) -> dict:
 def drop_stale_searches(store: Store, genome: str, contigs: Sequence[str] = ()) -> list[str]:
     """Delete saved searches with hits on what was removed: their tile ids no longer exist, so their
     rows (and the SQL views over them) would describe tiles the store does not hold."""
+    import pyarrow.compute as pc
+
     dropped = []
     for name, entry in store.searches().items():
         hits = pq.read_table(store.root / entry["path"], columns=["genome", "chrom"])

@@ -253,33 +253,45 @@ def search(store: Store, queries: list[Query | str], k: int = 10, nprobe: int | 
 
 def _hits(store: Store, queries: list[Query], vectors: np.ndarray, k: int, fetch: int, nprobe: int | None,
           ef_search: int | None, exclude_self: bool, genome: str | None, chrom: str | None) -> pa.Table:
-    """Search one snapshot of the store and turn (scores, ids) into hit rows."""
+    """Search one snapshot of the store and turn (scores, ids) into hit rows, column by column."""
     if genome is None and chrom is None:
         scores, ids = store.vector_index().search(vectors, fetch, nprobe, ef_search)
     else:
         scores, ids = filtered_search(store, vectors, fetch, genome=genome, chrom=chrom, nprobe=nprobe,
                                       ef_search=ef_search)
-    found = ids[ids >= 0]
-    tiles = store.tiles(np.unique(found))
-    by_id = {tile_id: row for row, tile_id in enumerate(tiles.column("tile_id").to_pylist())}
-    tile_rows = tiles.to_pylist()
-    rows = []
-    for query, query_scores, query_ids in zip(queries, scores, ids):
-        rank = 0
-        for score, tile_id in zip(query_scores, query_ids):
-            if tile_id < 0 or rank == k:
-                continue
-            tile = tile_rows[by_id[int(tile_id)]]
-            if exclude_self and query.chrom == tile["chrom"] and query.start < tile["end"] \
-                    and tile["start"] < query.end:
-                continue
-            rank += 1
-            rows.append({"query": query.name, "query_chrom": query.chrom, "query_start": query.start,
-                         "query_end": query.end, "query_strand": query.strand, "rank": rank,
-                         "tile_id": int(tile_id), "genome": tile["genome"], "chrom": tile["chrom"],
-                         "start": tile["start"], "end": tile["end"], "strand": tile["strand"],
-                         "score": float(score)})
-    return pa.Table.from_pylist(rows, schema=schema.HITS)
+    keep = ids >= 0
+    tile_ids, position = np.unique(ids[keep], return_inverse=True)
+    tiles = store.tiles(tile_ids)
+    tile_row = np.zeros(ids.shape, dtype=np.int64)  # each hit's row in ``tiles``
+    tile_row[keep] = position
+    if exclude_self:
+        keep &= ~_inside_own_region(queries, tiles, tile_row)
+    rank = np.cumsum(keep, axis=1)
+    keep &= rank <= k
+    query_rows, columns = np.nonzero(keep)
+    located = tiles.take(pa.array(tile_row[query_rows, columns]))
+    picked = pa.array(query_rows)
+    query_columns = [pa.array([getattr(query, attribute) for query in queries], schema.HITS.field(name).type)
+                     .take(picked) for attribute, name in _QUERY_COLUMNS]
+    return pa.table([*query_columns, pa.array(rank[query_rows, columns], pa.int32()),
+                     pa.array(ids[query_rows, columns], pa.int64()),
+                     *(located.column(name) for name in ("genome", "chrom", "start", "end", "strand")),
+                     pa.array(scores[query_rows, columns], pa.float32())], schema=schema.HITS)
+
+
+_QUERY_COLUMNS = (("name", "query"), ("chrom", "query_chrom"), ("start", "query_start"), ("end", "query_end"),
+                  ("strand", "query_strand"))
+
+
+def _inside_own_region(queries: list[Query], tiles: pa.Table, tile_row: np.ndarray) -> np.ndarray:
+    """(queries, hits) mask of hit tiles overlapping their query's own region (queries cut from the genome)."""
+    chrom = tiles.column("chrom").combine_chunks().to_numpy(zero_copy_only=False)[tile_row]
+    start = tiles.column("start").combine_chunks().to_numpy()[tile_row]
+    end = tiles.column("end").combine_chunks().to_numpy()[tile_row]
+    own_chrom = np.array([query.chrom for query in queries], dtype=object)[:, None]
+    own_start = np.array([query.start or 0 for query in queries])[:, None]
+    own_end = np.array([query.end or 0 for query in queries])[:, None]
+    return (chrom == own_chrom) & (own_start < end) & (start < own_end)
 
 
 class HitSequences:
@@ -301,31 +313,34 @@ def add_evidence(store: Store, queries: list[Query], hits: pa.Table, align: bool
     The query is aligned to the tile plus flanks of its own length, so a query overlapping the tile
     aligns whole; an alignment that does not touch the tile is not evidence for it (nulls). The
     strand comes from the alignment, else from k-mer counts of the query and the tile on each strand
-    (:func:`genoembed.evidence.match_strand`): tile orientation alone cannot tell it, because
-    default vectors are the same for a tile and its reverse complement.
+    (:func:`genoembed.evidence.match_strands`, all hits of a batch at once): tile orientation alone
+    cannot tell it, because default vectors are the same for a tile and its reverse complement.
     """
-    from genoembed.evidence import align as align_pair, alignment_columns, flanked, kmer_counts, match_strand
+    from genoembed.evidence import align as align_pair, alignment_columns, flanked, kmer_count_rows, match_strands
 
     if not align and not strand_invariant(embedder or store.embedder(), store.provenance["tiling"]["window"]):
         return hits  # strand-specific vectors: a tile matched on its own strand, the strand the store records
-    sequences = {query.name: query.sequence.upper() for query in queries}
-    counts = {name: kmer_counts(sequence) for name, sequence in sequences.items()}
-    regions, lengths = HitSequences(store), store.contig_lengths
+    regions = HitSequences(store)
+    located = zip(*(hits.column(name).to_pylist() for name in ("genome", "chrom", "start", "end")))
+    tiles = [regions.fetch(genome, chrom, start, end) for genome, chrom, start, end in located]
+    position = {query.name: number for number, query in enumerate(queries)}
+    query_of_hit = np.array([position[name] for name in hits.column("query").to_pylist()], dtype=np.int64)
+    strands = match_strands(kmer_count_rows([query.sequence for query in queries]), query_of_hit, tiles)
+    if not align:
+        return hits.set_column(hits.schema.get_field_index("strand"), schema.HITS.field("strand"), pa.array(strands))
+    lengths = store.contig_lengths
     database_length = sum(lengths.values())
     rows = []
-    for hit in hits.to_pylist():
-        query = sequences[hit["query"]]
-        alignment = None
-        if align:
-            start, end = flanked(hit["start"], hit["end"], lengths[hit["chrom"]], len(query))
-            alignment = align_pair(query, regions.fetch(hit["genome"], hit["chrom"], start, end), start)
-            if alignment and not (alignment.target_start < hit["end"] and hit["start"] < alignment.target_end):
-                alignment = None  # the query aligns next to the tile, not on it: no evidence for this hit
-            hit.update(alignment_columns(alignment, len(query), database_length))
-        hit["strand"] = alignment.strand if alignment else \
-            match_strand(counts[hit["query"]], regions.fetch(hit["genome"], hit["chrom"], hit["start"], hit["end"]))
+    for hit, query_number, strand in zip(hits.to_pylist(), query_of_hit, strands):
+        query = queries[query_number].sequence.upper()
+        start, end = flanked(hit["start"], hit["end"], lengths[hit["chrom"]], len(query))
+        alignment = align_pair(query, regions.fetch(hit["genome"], hit["chrom"], start, end), start)
+        if alignment and not (alignment.target_start < hit["end"] and hit["start"] < alignment.target_end):
+            alignment = None  # the query aligns next to the tile, not on it: no evidence for this hit
+        hit.update(alignment_columns(alignment, len(query), database_length))
+        hit["strand"] = alignment.strand if alignment else str(strand)
         rows.append(hit)
-    return pa.Table.from_pylist(rows, schema=schema.ALIGNED_HITS if align else schema.HITS)
+    return pa.Table.from_pylist(rows, schema=schema.ALIGNED_HITS)
 
 
 def filter_alignments(hits: pa.Table, min_identity: float | None = None,

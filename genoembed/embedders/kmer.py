@@ -10,19 +10,25 @@ import numpy as np
 from genoembed.seqio import encode_bases
 
 def kmer_indices(codes: np.ndarray, k: int) -> np.ndarray:
-    """Base-4 index of every k-mer that contains no ambiguous base.
+    """Base-4 index of every k-mer that contains no ambiguous base."""
+    index, clean = kmer_index_rows(codes[None, :], k)
+    return index[clean]
 
-    Built by k shifted adds over the whole sequence (a rolling base-4 number) and filtered by a running
-    count of ambiguous bases: several times faster than a (length x k) window matrix on 1 kb tiles.
+
+def kmer_index_rows(codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, length - k + 1) base-4 index of every k-mer of each row of base codes, and which hold no
+    ambiguous base (code >= 4).
+
+    Built by k shifted adds over whole rows (a rolling base-4 number) and checked by a running count of
+    ambiguous bases: several times faster than a (length x k) window matrix on 1 kb tiles.
     """
-    count = len(codes) - k + 1
-    if count <= 0:
-        return np.empty(0, dtype=np.int64)
-    index = np.zeros(count, dtype=np.int64)
-    for offset in range(k):
-        index = index * 4 + codes[offset:offset + count]
-    ambiguous = np.concatenate(([0], np.cumsum(codes >= 4)))
-    return index[ambiguous[k:k + count] == ambiguous[:count]]
+    count = max(codes.shape[1] - k + 1, 0)
+    index = np.zeros((len(codes), count), dtype=np.int64)
+    for offset in range(k if count else 0):
+        index = index * 4 + codes[:, offset:offset + count]
+    ambiguous = np.zeros((len(codes), codes.shape[1] + 1), dtype=np.int64)
+    np.cumsum(codes >= 4, axis=1, out=ambiguous[:, 1:])
+    return index, ambiguous[:, k:k + count] == ambiguous[:, :count]
 
 
 class KmerEmbedder:

@@ -370,6 +370,22 @@ def _model_max_tokens(config: dict, tokenizer_config: dict) -> int:
 
 
 def _load_table(directory: Path, model: _Model) -> np.ndarray:
+    """(vocab, dim) float32, read-only: :func:`_compute_table`, kept while the directory's files are unchanged
+    (checking a model and then building its embedder, as the registry does, reads the weights once)."""
+    key = (str(directory.resolve()), tuple(sorted((path.name, path.stat().st_size, path.stat().st_mtime_ns)
+                                                  for path in directory.iterdir() if path.is_file())))
+    if key not in _TABLES:
+        if len(_TABLES) >= 4:
+            _TABLES.pop(next(iter(_TABLES)))
+        _TABLES[key] = _compute_table(directory, model)
+        _TABLES[key].flags.writeable = False
+    return _TABLES[key]
+
+
+_TABLES: dict[tuple, np.ndarray] = {}
+
+
+def _compute_table(directory: Path, model: _Model) -> np.ndarray:
     """(vocab, dim) float32: LayerNorm of every token's embedding row, then the projection if the model has one.
 
     The LayerNorm is per token row (``emb_layer_norm_after`` on each hidden state), so it is applied once here
