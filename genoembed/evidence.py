@@ -31,9 +31,9 @@ import numpy as np
 import pyarrow as pa
 
 from genoembed import schema
-from genoembed.embedders.kmer import kmer_index_rows, kmer_indices
+from genoembed.embedders.kmer import kmer_index_rows
 from genoembed.errors import MissingExtraError
-from genoembed.seqio import encode_bases, reverse_complement
+from genoembed.seqio import codes_by_length, reverse_complement
 
 MATCH, MISMATCH = 1, -2
 GAP_EXISTENCE, GAP_EXTENSION = 2, 2  # BLAST convention: a gap of k bases costs existence + k * extension
@@ -152,64 +152,50 @@ def align(query: str, target: str, target_offset: int = 0) -> Alignment | None:
                      cigar="".join(f"{n}{op}" for n, op in operations))
 
 
-def kmer_counts(sequence: str, k: int = STRAND_K) -> np.ndarray:
-    """Counts of every k-mer (4**k, ambiguous k-mers skipped) of ``sequence`` as read."""
-    return np.bincount(kmer_indices(encode_bases(sequence), k), minlength=4**k)
+def match_strand(query: str, target: str, k: int = STRAND_K) -> str:
+    """``+`` when more of ``target``'s k-mers occur in ``query`` than of its reverse complement's,
+    ``-`` when fewer, ``.`` on a tie (e.g. no shared k-mer on either strand)."""
+    return str(match_strands(kmer_presence([query], k), np.zeros(1, dtype=np.int64), [target], k)[0])
 
 
-def reverse_complement_order(k: int = STRAND_K) -> np.ndarray:
-    """Index of each k-mer's reverse complement, so ``counts[order]`` counts the reverse strand."""
-    digits = (np.arange(4**k)[:, None] // 4 ** np.arange(k)) % 4  # least significant base first
-    return ((3 - digits) * 4 ** np.arange(k - 1, -1, -1)).sum(axis=1)
-
-
-def match_strand(query: str | np.ndarray, target: str, k: int = STRAND_K) -> str:
-    """``+`` when ``query`` shares more k-mers with ``target`` than with its reverse complement,
-    ``-`` when fewer, ``.`` on a tie (e.g. no shared k-mer on either strand). ``query`` may be
-    given as its :func:`kmer_counts` (a query checked against many hits is counted once)."""
-    counts = kmer_counts(query, k) if isinstance(query, str) else query
-    return str(match_strands(counts[None, :].astype(np.int32), np.zeros(1, dtype=np.int64), [target], k)[0])
-
-
-def kmer_count_rows(sequences: Sequence[str], k: int = STRAND_K) -> np.ndarray:
-    """(n, 4**k) int32: row i is :func:`kmer_counts` of ``sequences[i]``, counted for all rows of one
-    length at once (hit tiles mostly share one length), not sequence by sequence."""
-    size = 4**k
-    lengths = np.fromiter(map(len, sequences), dtype=np.int64, count=len(sequences))
-    cells = [np.empty(0, dtype=np.int64)]
-    for length in np.unique(lengths):
-        rows = np.flatnonzero(lengths == length)
-        codes = encode_bases("".join(sequences[row] for row in rows)).reshape(len(rows), int(length))
+def kmer_presence(sequences: Sequence[str], k: int = STRAND_K) -> np.ndarray:
+    """(n, 4**k) bool: which k-mers (without ambiguous bases) occur in each sequence as read."""
+    present = np.zeros((len(sequences), 4**k), dtype=bool)
+    for rows, codes in codes_by_length(sequences):
         index, clean = kmer_index_rows(codes, k)
-        cells.append((index + (rows * size)[:, None])[clean])
-    counts = np.bincount(np.concatenate(cells), minlength=len(sequences) * size)
-    return counts.astype(np.int32).reshape(len(sequences), size)
+        present.ravel()[(index + (rows * 4**k)[:, None])[clean]] = True
+    return present
 
 
-STRAND_BATCH = 256  # hits compared at a time, in buffers reused across batches (fresh arrays cost page faults)
+STRAND_ROWS = 2048  # targets of one length compared at a time: their (rows, length) index arrays stay small
 
 
-def match_strands(query_counts: np.ndarray, query_of_target: np.ndarray, targets: Sequence[str],
+def match_strands(query_presence: np.ndarray, query_of_target: np.ndarray, targets: Sequence[str],
                   k: int = STRAND_K) -> np.ndarray:
-    """:func:`match_strand` of every target against its query's k-mer counts (``query_counts[query_of_target[i]]``,
-    rows of :func:`kmer_count_rows`), in batches of :data:`STRAND_BATCH`; an array of ``+``, ``-`` and ``.``."""
-    if k not in _RC_ORDER:
-        _RC_ORDER[k] = reverse_complement_order(k)
-    strands = np.empty(len(targets), dtype="<U1")
-    query, reverse_target, shared = (np.empty((STRAND_BATCH, 4**k), dtype=np.int32) for _ in range(3))
-    for first in range(0, len(targets), STRAND_BATCH):
-        chosen = slice(first, first + STRAND_BATCH)
-        target_counts = kmer_count_rows(targets[chosen], k)
-        n = len(target_counts)
-        np.take(query_counts, query_of_target[chosen], axis=0, out=query[:n], mode="clip")  # clip: unbuffered
-        forward = np.minimum(query[:n], target_counts, out=shared[:n]).sum(axis=1)
-        np.take(target_counts, _RC_ORDER[k], axis=1, out=reverse_target[:n], mode="clip")
-        reverse = np.minimum(query[:n], reverse_target[:n], out=shared[:n]).sum(axis=1)
-        strands[chosen] = np.where(forward > reverse, "+", np.where(reverse > forward, "-", "."))
+    """:func:`match_strand` of every target against its query, given as a row of :func:`kmer_presence`
+    (``query_presence[query_of_target[i]]``); an array of ``+``, ``-`` and ``.``.
+
+    Counting target k-mers found in the query (not a multiset intersection) needs no k-mer count matrix
+    per target, only one lookup per target position: all hits of a search are checked in a few array passes.
+    """
+    flat = query_presence.ravel()
+    strands = np.full(len(targets), ".", dtype="<U1")
+    for rows, codes in codes_by_length(targets):
+        for first in range(0, len(rows), STRAND_ROWS):
+            chosen, block = rows[first:first + STRAND_ROWS], codes[first:first + STRAND_ROWS]
+            offset = (query_of_target[chosen] * 4**k)[:, None]
+            forward, reverse = (_found_kmers(flat, strand, offset, k)
+                                for strand in (block, np.where(block < 4, 3 - block, 4)[:, ::-1]))
+            strands[chosen] = np.where(forward > reverse, "+", np.where(reverse > forward, "-", "."))
     return strands
 
 
-_RC_ORDER: dict[int, np.ndarray] = {}
+def _found_kmers(flat_presence: np.ndarray, codes: np.ndarray, offset: np.ndarray, k: int) -> np.ndarray:
+    """Per row of ``codes``, how many of its k-mers are present in its query's row (at ``offset``)."""
+    index, clean = kmer_index_rows(codes, k)
+    index[~clean] = 0  # k-mers with an ambiguous base hold no valid index; they count for neither strand
+    index += offset.astype(index.dtype)
+    return np.count_nonzero(np.take(flat_presence, index) & clean, axis=1)
 
 
 def alignment_columns(alignment: Alignment | None, query_length: int, database_length: int) -> dict:

@@ -300,10 +300,33 @@ class HitSequences:
     def __init__(self, store: Store):
         self._store, self._opened = store, {}
 
+    def _genome(self, name: str):
+        if name not in self._opened:
+            self._opened[name] = self._store.genome(name)
+        return self._opened[name]
+
     def fetch(self, genome: str, chrom: str, start: int, end: int) -> str:
-        if genome not in self._opened:
-            self._opened[genome] = self._store.genome(genome)
-        return self._opened[genome].fetch(chrom, start, end).upper()
+        return self._genome(genome).fetch(chrom, start, end).upper()
+
+    def fetch_all(self, hits: pa.Table) -> list[str]:
+        """Every hit's sequence (upper case), in row order. A contig whose hits add up to a quarter of its
+        length or more is read once and sliced (a many-query search on a bacterial genome); otherwise each
+        hit is read on its own, so a search with few hits never reads a whole chromosome."""
+        located = list(zip(*(hits.column(name).to_pylist() for name in ("genome", "chrom", "start", "end"))))
+        by_contig: dict[tuple[str, str], list[int]] = {}
+        for row, (genome, chrom, _, _) in enumerate(located):
+            by_contig.setdefault((genome, chrom), []).append(row)
+        sequences = [""] * len(located)
+        for (genome, chrom), rows in by_contig.items():
+            length = self._genome(genome).contigs[chrom]
+            if 4 * sum(located[row][3] - located[row][2] for row in rows) >= length:
+                whole = self.fetch(genome, chrom, 0, length)
+                for row in rows:
+                    sequences[row] = whole[located[row][2]:located[row][3]]
+            else:
+                for row in rows:
+                    sequences[row] = self.fetch(*located[row])
+        return sequences
 
 
 def add_evidence(store: Store, queries: list[Query], hits: pa.Table, align: bool = False,
@@ -316,16 +339,15 @@ def add_evidence(store: Store, queries: list[Query], hits: pa.Table, align: bool
     (:func:`genoembed.evidence.match_strands`, all hits of a batch at once): tile orientation alone
     cannot tell it, because default vectors are the same for a tile and its reverse complement.
     """
-    from genoembed.evidence import align as align_pair, alignment_columns, flanked, kmer_count_rows, match_strands
+    from genoembed.evidence import align as align_pair, alignment_columns, flanked, kmer_presence, match_strands
 
     if not align and not strand_invariant(embedder or store.embedder(), store.provenance["tiling"]["window"]):
         return hits  # strand-specific vectors: a tile matched on its own strand, the strand the store records
     regions = HitSequences(store)
-    located = zip(*(hits.column(name).to_pylist() for name in ("genome", "chrom", "start", "end")))
-    tiles = [regions.fetch(genome, chrom, start, end) for genome, chrom, start, end in located]
+    tiles = regions.fetch_all(hits)
     position = {query.name: number for number, query in enumerate(queries)}
     query_of_hit = np.array([position[name] for name in hits.column("query").to_pylist()], dtype=np.int64)
-    strands = match_strands(kmer_count_rows([query.sequence for query in queries]), query_of_hit, tiles)
+    strands = match_strands(kmer_presence([query.sequence for query in queries]), query_of_hit, tiles)
     if not align:
         return hits.set_column(hits.schema.get_field_index("strand"), schema.HITS.field("strand"), pa.array(strands))
     lengths = store.contig_lengths

@@ -12,7 +12,7 @@ from __future__ import annotations
 import gzip
 import io
 from pathlib import Path
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -50,6 +50,22 @@ def encode_bases(sequence: str | bytes) -> np.ndarray:
     """uint8 codes A=0 C=1 G=2 T=3, other=4 (vectorised; case-insensitive)."""
     raw = sequence.encode("ascii", errors="replace") if isinstance(sequence, str) else sequence
     return BASE_CODES[np.frombuffer(raw, dtype=np.uint8)]
+
+
+def rows_by_length(sequences: Sequence[str]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(row indices, (rows, length) uint8 ASCII bytes) per distinct length of ``sequences``, so equal-length
+    sequences (tiles, reads) are processed as one 2-D array; a non-ASCII letter becomes ``?``."""
+    lengths = np.fromiter(map(len, sequences), dtype=np.int64, count=len(sequences))
+    for length in np.unique(lengths):
+        rows = np.flatnonzero(lengths == length)
+        data = "".join([sequences[row] for row in rows]).encode("ascii", errors="replace")
+        yield rows, np.frombuffer(data, dtype=np.uint8).reshape(len(rows), int(length))
+
+
+def codes_by_length(sequences: Sequence[str]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """:func:`rows_by_length` as :data:`BASE_CODES` (A=0 C=1 G=2 T=3, other=4)."""
+    for rows, block in rows_by_length(sequences):
+        yield rows, BASE_CODES[block]
 
 
 def is_gzip(path: str | Path) -> bool:

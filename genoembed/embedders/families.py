@@ -47,7 +47,7 @@ import numpy as np
 import torch
 
 from genoembed.errors import InputError, MissingExtraError, ModelError
-from genoembed.seqio import BASE_CODES
+from genoembed.seqio import BASE_CODES, rows_by_length
 
 log = logging.getLogger(__name__)
 
@@ -543,7 +543,7 @@ class OverlappingKmerAdapter(Adapter):
         table = np.array([self.vocab.get(t, unk) for t in kmers], dtype=np.int64)
         powers = 4 ** np.arange(k - 1, -1, -1, dtype=np.int64)
         groups = []
-        for rows, block in _blocks_by_length(pieces):
+        for rows, block in rows_by_length(pieces):
             if block.shape[1] < k:
                 groups.append((rows, np.zeros((len(rows), 0), dtype=np.int64)))
                 continue
@@ -563,7 +563,7 @@ class CharAdapter(Adapter):
         for token, index in self.vocab.items():
             if len(token) == 1 and ord(token) < 256:
                 lookup[ord(token)] = index
-        groups = [(rows, lookup[block]) for rows, block in _blocks_by_length(pieces)]
+        groups = [(rows, lookup[block]) for rows, block in rows_by_length(pieces)]
         if any((content < 0).any() for _, content in groups):
             raise ValueError("a character is not in the vocabulary and there is no unk token")
         return self._pack(groups, len(pieces))
@@ -636,12 +636,3 @@ def _pad_id(tokenizer) -> int:
 
 def _has_var_keyword(parameters) -> bool:
     return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
-
-
-def _blocks_by_length(pieces: Sequence[str]):
-    """Yield (row indices, 2-D uint8 array) groups of equal-length pieces."""
-    lengths = np.fromiter((len(p) for p in pieces), dtype=np.int64, count=len(pieces))
-    for length in np.unique(lengths):
-        rows = np.flatnonzero(lengths == length)
-        data = b"".join(pieces[i].encode("ascii") for i in rows)
-        yield rows, np.frombuffer(data, dtype=np.uint8).reshape(len(rows), int(length))

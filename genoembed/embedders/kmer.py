@@ -10,25 +10,29 @@ import numpy as np
 from genoembed.seqio import encode_bases
 
 def kmer_indices(codes: np.ndarray, k: int) -> np.ndarray:
-    """Base-4 index of every k-mer that contains no ambiguous base."""
+    """Base-4 index (int64) of every k-mer that contains no ambiguous base."""
     index, clean = kmer_index_rows(codes[None, :], k)
-    return index[clean]
+    return index[clean].astype(np.int64)
 
 
 def kmer_index_rows(codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """(rows, length - k + 1) base-4 index of every k-mer of each row of base codes, and which hold no
-    ambiguous base (code >= 4).
+    ambiguous base (code >= 4); the index of those that do is meaningless.
 
-    Built by k shifted adds over whole rows (a rolling base-4 number) and checked by a running count of
-    ambiguous bases: several times faster than a (length x k) window matrix on 1 kb tiles.
+    Built in place by k shifted adds over whole rows (a rolling base-4 number, int32 up to k = 15) and
+    checked by a running count of ambiguous bases: several times faster than a (length x k) window matrix.
     """
     count = max(codes.shape[1] - k + 1, 0)
-    index = np.zeros((len(codes), count), dtype=np.int64)
+    index = np.zeros((len(codes), count), dtype=np.int32 if k <= 15 else np.int64)
     for offset in range(k if count else 0):
-        index = index * 4 + codes[:, offset:offset + count]
-    ambiguous = np.zeros((len(codes), codes.shape[1] + 1), dtype=np.int64)
-    np.cumsum(codes >= 4, axis=1, out=ambiguous[:, 1:])
-    return index, ambiguous[:, k:k + count] == ambiguous[:, :count]
+        index *= 4
+        index += codes[:, offset:offset + count]
+    ambiguous = codes >= 4
+    if not ambiguous.any():
+        return index, np.ones(index.shape, dtype=bool)
+    running = np.zeros((len(codes), codes.shape[1] + 1), dtype=np.int32)
+    np.cumsum(ambiguous, axis=1, out=running[:, 1:])
+    return index, running[:, k:k + count] == running[:, :count]
 
 
 class KmerEmbedder:

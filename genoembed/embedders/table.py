@@ -50,7 +50,7 @@ from genoembed.embedders.fingerprint import (
     weight_files,
 )
 from genoembed.errors import InputError, ModelError
-from genoembed.seqio import BASE_CODES, reverse_complement
+from genoembed.seqio import codes_by_length, reverse_complement
 from genoembed.embedders.tokenize import (
     SINGLE_BASES,
     SPECIAL_TOKENS,
@@ -171,7 +171,7 @@ class TokenTableEmbedder:
         """(n, dim) float32: each sequence's weighted token counts times the table."""
         _check_sequences(sequences)
         out = np.empty((len(sequences), self.dim), dtype=np.float32)
-        for rows, codes in _blocks_by_length(sequences):
+        for rows, codes in codes_by_length(sequences):
             clean = (codes < 4).all(axis=1) & self._layout_applies(codes.shape[1])
             for block in _row_blocks(np.flatnonzero(clean)):
                 out[rows[block]] = self._project(self._clean_counts(codes[block]))
@@ -188,7 +188,7 @@ class TokenTableEmbedder:
         coordinates: ``bincount(ids, weights) @ table`` is :meth:`embed`'s vector. Lets `genoembed explain`
         split a cosine exactly over bases; one-chunk sequences only (else :class:`ModelError`)."""
         _check_sequences([sequence])
-        _, codes = next(_blocks_by_length([sequence]))
+        _, codes = next(codes_by_length([sequence]))
         length = codes.shape[1]
         if not self._frame_counts(codes)[1][0]:
             raise ModelError(f"{length} bases take more than one chunk of {self.max_tokens} tokens; "
@@ -450,15 +450,6 @@ def _check_sequences(sequences: Sequence[str]) -> None:
             raise InputError(f"sequence {i} is a {type(sequence).__name__}, expected str")
         if not sequence:
             raise InputError(f"sequence {i} has 0 bases; the {FAMILY} model needs at least 1")
-
-
-def _blocks_by_length(sequences: Sequence[str]):
-    """(row indices, (rows, length) uint8 base codes) per distinct length; non-ASCII letters are code 4 (N)."""
-    lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
-    for length in np.unique(lengths):
-        rows = np.flatnonzero(lengths == length)
-        data = b"".join(sequences[i].encode("ascii", errors="replace") for i in rows)
-        yield rows, BASE_CODES[np.frombuffer(data, dtype=np.uint8)].reshape(len(rows), int(length))
 
 
 def _frame_count(length: int, k: int, frames: int) -> int:
