@@ -17,6 +17,17 @@ The public API mirrors the CLI, verb for verb::
 Heavy parts (torch, transformers, FAISS, DuckDB) load only when a verb needs them.
 """
 
+import os
+
+# Idle worker threads of OpenMP (FAISS, torch) and OpenBLAS (numpy) sleep at once instead of spinning for
+# up to ~0.1 s after each parallel call. A search alternates FAISS, BLAS and single-threaded numpy, and
+# on a 2-core machine the spinning workers of one step took the cores from the next: a 1000-query CLI
+# search ran 0.9 s instead of 0.7 s (benchmarks/RESULTS.md, issue 20). Set before numpy, FAISS or torch
+# load; setdefault, so a user's own settings win.
+for _variable, _value in (("OMP_WAIT_POLICY", "PASSIVE"), ("OPENBLAS_THREAD_TIMEOUT", "4")):
+    os.environ.setdefault(_variable, _value)
+del _variable, _value
+
 from genoembed.version import VERSION as __version__  # noqa: E402
 
 from genoembed.annotate import add_annotations as annotate  # noqa: E402

@@ -26,6 +26,7 @@ import numpy as np
 import pyfaidx
 
 from genoembed.errors import InputError
+from genoembed.files import atomic_write_bytes
 from genoembed.seqio import GZIP_MAGIC, is_gzip, reverse_complement
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,28 @@ def file_checksum(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 22), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def remembered_checksum(path: Path) -> str:
+    """:func:`file_checksum`, remembered in the cache under the file's identity (path, device, inode, size,
+    modification time in ns), so reopening an unchanged multi-gigabyte genome for every search does not
+    re-read it (as make and rsync trust a file's size and mtime). Any change of the file re-reads it."""
+    info = path.stat()
+    identity = f"{path.resolve()}\0{info.st_dev}\0{info.st_ino}\0{info.st_size}\0{info.st_mtime_ns}"
+    memo = cache_dir() / "checksums" / hashlib.sha256(identity.encode()).hexdigest()
+    try:
+        remembered = memo.read_text()
+        if re.fullmatch(r"[0-9a-f]{64}", remembered):
+            return remembered
+    except OSError:
+        pass
+    checksum = file_checksum(path)
+    try:
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(memo, checksum.encode())
+    except OSError:
+        pass  # an unwritable cache only costs reading the file again next time
+    return checksum
 
 
 def genome_label(path: Path) -> str:
@@ -456,7 +479,7 @@ def open_genome(path: str | Path, name: str | None = None) -> Genome:
         raise InputError(f"{path}: FASTA file not found; check the path")
     if not os.access(path, os.R_OK):
         raise InputError(f"{path}: FASTA file is not readable; check its permissions")
-    checksum = file_checksum(path)
+    checksum = remembered_checksum(path)
     readable = path
     if is_gzip(path) and not _is_bgzf(path):
         readable = _decompress_to_cache(path, checksum)

@@ -218,7 +218,8 @@ def test_copy_newer_than_cached_index_reuses_it_without_warning(tmp_path, cache)
     future = (cache / "fai").stat().st_mtime + 3600
     os.utime(copy, (future, future))
     genome = open_genome(copy)  # warnings are errors under pytest: a RuntimeWarning would fail here
-    assert _files_under(cache) == indexes
+    assert {path for path in _files_under(cache) if path.parts[0] != "checksums"} == \
+        {path for path in indexes if path.parts[0] != "checksums"}  # no second index (the copy's checksum is remembered)
     assert _all_sequences(genome) == _records()
 
 
@@ -574,3 +575,26 @@ def test_quarter_gigabase_single_line_indexes_in_bounded_memory(tmp_path, cache)
     assert fetched == oracle[start - first * _PIECE:][:10_000].decode()
     assert genome.fetch("after", 0, 4) == "ACGT"
     path.unlink()
+
+
+def test_checksum_is_remembered_until_the_file_changes(tmp_path, fresh_cache, monkeypatch):
+    """Reopening an unchanged FASTA trusts the remembered sha256 (no re-read); any edit, a garbled memo
+    or an unwritable cache falls back to reading the file, and the checksum is always the file's own."""
+    fasta = tmp_path / "g.fa"
+    fasta.write_text(">c1\nACGTACGTAC\n")
+    first = open_genome(fasta).checksum
+    assert first == hashlib.sha256(fasta.read_bytes()).hexdigest()
+    real = genome_module.file_checksum
+    monkeypatch.setattr(genome_module, "file_checksum", lambda path: pytest.fail("re-read an unchanged file"))
+    assert open_genome(fasta).checksum == first
+    monkeypatch.setattr(genome_module, "file_checksum", real)
+    before = fasta.stat().st_mtime_ns
+    fasta.write_text(">c1\nACGTACGTAA\n")  # same size: the modification time tells it changed
+    os.utime(fasta, ns=(before + 10**6, before + 10**6))  # even where the clock is coarser than two writes
+    assert open_genome(fasta).checksum == hashlib.sha256(fasta.read_bytes()).hexdigest() != first
+    for memo in (fresh_cache / "checksums").iterdir():
+        memo.write_text("not a checksum")
+    assert open_genome(fasta).checksum == hashlib.sha256(fasta.read_bytes()).hexdigest()
+    shutil.rmtree(fresh_cache / "checksums")
+    (fresh_cache / "checksums").write_text("a file where the memo folder should be")
+    assert open_genome(fasta).checksum == hashlib.sha256(fasta.read_bytes()).hexdigest()
