@@ -92,8 +92,8 @@ ANNOTATION_COLUMNS = [f.name for f in ANNOTATION_FIELDS]
 # complement, ``.`` when the sequence cannot tell (no k-mer or alignment
 # evidence either way). It is decided from sequence, never from the tile's
 # orientation: with alignment evidence (``search(align=True)``) it is the strand
-# of the best local alignment, otherwise the strand whose k-mer counts the query
-# shares more of (``evidence.match_strand``). A default store tiles the forward
+# of the best local alignment, otherwise the strand on which more of the hit's
+# 6-mers occur in the query (``evidence.match_strands``). A default store tiles the forward
 # strand and its vectors do not depend on orientation, so the tile's own strand
 # says nothing about where a query matches.
 _LOCUS = ("genome", "chrom", "start", "end", "strand")
