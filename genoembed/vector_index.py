@@ -123,7 +123,8 @@ def train_index(store, spec: IndexSpec):
         return index
     _check_trainable(spec.factory, min(spec.train_size, store.num_tiles), store.num_tiles)
     training = prepare(store.sample_embeddings(spec.train_size, spec.seed)[1], spec.metric)
-    if gpu_available() and "HNSW" not in spec.factory and refine_stage(index) is None:  # neither clones to GPU
+    # HNSW has no GPU form; a refine stage stays on the CPU too (cloning IndexRefine to a GPU is untested here)
+    if gpu_available() and "HNSW" not in spec.factory and refine_stage(index) is None:
         gpu_index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
         gpu_index.train(training)
         return faiss.index_gpu_to_cpu(gpu_index)
