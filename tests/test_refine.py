@@ -35,11 +35,29 @@ def dense_store(fasta, out, factory):
                  index_spec=IndexSpec(factory=factory, recall_target=0.95))
 
 
+class Warnings(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
 @pytest.fixture(scope="module")
 def stores(genome, tmp_path_factory):
-    root = tmp_path_factory.mktemp("stores")
-    return {factory: dense_store(genome, root / str(number), factory)
-            for number, factory in enumerate([PQ, f"{PQ},Refine(SQfp16)"])}
+    """Both stores, and the warnings their builds logged (under ``"warnings"``)."""
+    root, warnings, logger = tmp_path_factory.mktemp("stores"), Warnings(), logging.getLogger("genoembed")
+    level = logger.level
+    logger.addHandler(warnings)
+    logger.setLevel(logging.WARNING)  # a CLI test run earlier with --quiet may have raised it
+    try:
+        built = {factory: dense_store(genome, root / str(number), factory)
+                 for number, factory in enumerate([PQ, f"{PQ},Refine(SQfp16)"])}
+    finally:
+        logger.removeHandler(warnings)
+        logger.setLevel(level)
+    return {**built, "warnings": warnings.messages}
 
 
 @pytest.fixture(scope="module")
@@ -67,10 +85,9 @@ def test_refine_reaches_the_target_where_pq_plateaus(stores, unseen):
     assert held_out_recall(refined, queries, exact) >= max(0.92, plain_best + 0.3)  # tuned defaults, unseen queries
 
 
-def test_plateau_warning_suggests_a_refine_stage(genome, tmp_path, caplog):
-    with caplog.at_level(logging.WARNING, logger="genoembed"):
-        dense_store(genome, tmp_path / "s", PQ)
-    assert f"--factory '{PQ},Refine(SQfp16)'" in caplog.text
+def test_plateau_warning_suggests_a_refine_stage(stores):
+    plateaus = [message for message in stores["warnings"] if "below the target" in message]
+    assert len(plateaus) == 1 and f"--factory '{PQ},Refine(SQfp16)'" in plateaus[0]  # the refined index is quiet
 
 
 def test_k_factor_is_the_default_and_can_be_overridden(stores, unseen):
@@ -101,3 +118,21 @@ def test_k_factor_is_the_default_and_can_be_overridden(stores, unseen):
 
 def tuned_settings(tuned: dict) -> dict:
     return {name: tuned[name] for name in ("nprobe", "k_factor")}
+
+
+def test_tuning_takes_the_cheapest_pair_that_reaches_the_target(stores):
+    """The pruned sweep (widest shortlist first) finds what trying every (nprobe, k_factor) pair finds."""
+    from genoembed.indexing import tuning_queries
+    from genoembed.vector_index import INDEX_FILE, K_FACTORS, bytes_read, exact_neighbours, load_index, search_index, \
+        tune_search
+
+    store = stores[f"{PQ},Refine(SQfp16)"]
+    index = load_index(store.root / INDEX_FILE)
+    queries, _ = tuning_queries(store, 500, seed=11)
+    exact = exact_neighbours(store.iter_embeddings(), queries, 10, "ip")
+    tuned = tune_search(index, "ip", queries, exact, 0.95)
+    reaching = [(bytes_read(index, 10, "nprobe", nprobe, k_factor), nprobe, k_factor)
+                for nprobe in (1, 2, 4, 8) for k_factor in K_FACTORS
+                if recall_at(search_index(index, queries, 10, "ip", nprobe=nprobe, k_factor=k_factor)[1], exact, 10)
+                >= 0.95]
+    assert min(reaching)[1:] == (tuned["nprobe"], tuned["k_factor"])
