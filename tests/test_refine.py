@@ -16,11 +16,13 @@ from typer.testing import CliRunner
 from genoembed.build import index
 from genoembed.cli import app
 from genoembed.embedders.kmer import KmerEmbedder
+from genoembed.indexing import tuning_queries
 from genoembed.search import search
 from genoembed.store import Store
 from genoembed.synthetic import random_genome, write_fasta
 from genoembed.tiles import TilingSpec
-from genoembed.vector_index import IndexSpec, prepare, recall_at
+from genoembed.vector_index import (INDEX_FILE, K_FACTORS, IndexSpec, bytes_read, exact_neighbours, load_index,
+                                    prepare, recall_at, search_index, tune_search)
 
 PQ = "IVF8,PQ16x6"  # 16 sub-quantizers of 64 codes (k-means on 39 * 64 of the ~5,000 tiles)
 
@@ -122,10 +124,6 @@ def tuned_settings(tuned: dict) -> dict:
 
 def test_tuning_takes_the_cheapest_pair_that_reaches_the_target(stores):
     """The pruned sweep (widest shortlist first) finds what trying every (nprobe, k_factor) pair finds."""
-    from genoembed.indexing import tuning_queries
-    from genoembed.vector_index import INDEX_FILE, K_FACTORS, bytes_read, exact_neighbours, load_index, search_index, \
-        tune_search
-
     store = stores[f"{PQ},Refine(SQfp16)"]
     index = load_index(store.root / INDEX_FILE)
     queries, _ = tuning_queries(store, 500, seed=11)
