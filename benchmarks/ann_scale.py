@@ -13,6 +13,10 @@ result id is a stored tile; an IVF-Flat index searched wide enough returns the b
     python benchmarks/ann_scale.py build --size small|medium|large [--work /tmp/ann-scale]
     python benchmarks/ann_scale.py queries --size ...
     python benchmarks/ann_scale.py bench --size ... --factory 'IVF1264,Flat' [--sharded N]
+    python benchmarks/ann_scale.py bench --size ... --factory 'IVF1342,PQ32np,Refine(SQfp16)'   # PQ re-ranked
+
+A refine stage's shortlist factor (k_factor) is tuned with nprobe at build time; the benchmark sweeps nprobe at
+the tuned k_factor, then k_factor at the tuned nprobe.
 """
 
 from __future__ import annotations
@@ -177,7 +181,7 @@ def overlap_recall(found: np.ndarray, exact: np.ndarray, tolerance: int) -> floa
 def search_report(root: Path, sharded: bool) -> dict:
     """Load the store's index fresh (RSS before/after), then recall, QPS and latency on the held-out queries."""
     from genoembed.store import Store
-    from genoembed.vector_index import ShardedIndex, recall_at
+    from genoembed.vector_index import K_FACTORS, ShardedIndex, recall_at, refine_stage
 
     data = np.load(root.parent / f"{root.name}-queries.npz")
     queries, exact = data["queries"], data["exact"]
@@ -199,6 +203,11 @@ def search_report(root: Path, sharded: bool) -> dict:
     if setting not in curve:
         _, found = index.search(queries, K, **{knob: setting})
         curve[setting] = round(recall_at(found, exact, K), 4)
+    k_factor_curve = {}
+    if refine_stage(probe) is not None:  # the shortlist factor at the tuned setting (tuned k_factor included)
+        for k_factor in sorted(K_FACTORS):
+            _, found = index.search(queries, K, **{knob: setting}, k_factor=k_factor)
+            k_factor_curve[k_factor] = round(recall_at(found, exact, K), 4)
     search = lambda batch: index.search(batch, K, **{knob: setting})
     search(queries[:10])
     started = time.perf_counter()
@@ -210,11 +219,12 @@ def search_report(root: Path, sharded: bool) -> dict:
         search(queries[row:row + 1])
         latencies.append(time.perf_counter() - started)
     tolerance = 500 // STRIDES[root.name]
-    _, fewest = index.search(queries, K, **{knob: values[0]})
+    _, fewest = index.search(queries, K, **{knob: values[0]}, k_factor=1)  # FAISS's defaults
     return {"knob": knob, "setting": setting, "recall_held_out": round(recall_at(found, exact, K), 4),
             "overlap_recall": overlap_recall(found, exact, tolerance),
             "overlap_recall_faiss_default": overlap_recall(fewest, exact, tolerance),
-            "recall_faiss_default": curve[values[0]], "held_out_curve": curve, "qps_batched": round(qps, 1),
+            "recall_faiss_default": round(recall_at(fewest, exact, K), 4), "held_out_curve": curve,
+            "k_factor": tuned.get("k_factor"), "k_factor_curve": k_factor_curve, "qps_batched": round(qps, 1),
             "latency_p50_ms": round(1e3 * float(np.median(latencies)), 2), "index_ram_gib": round(loaded, 3)}
 
 

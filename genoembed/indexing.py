@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shlex
 from pathlib import Path
 from typing import Callable
 
@@ -28,8 +29,8 @@ from genoembed.manifest import file_sha256
 from genoembed.store import Store, write_lock
 from genoembed.synthetic import mutate
 from genoembed.vector_index import (INDEX_FILE, SHARDED_INDEX_DIR, SHARDED_LAYOUT, IndexSpec, Metric, import_faiss, add_store_vectors, build_index,
-                                    exact_neighbours, load_index, save_index, train_index, tune_search,
-                                    with_tile_ids)
+                                    exact_neighbours, load_index, refine_stage, save_index, train_index,
+                                    tune_search, with_tile_ids)
 
 SHARD_DIR, LAYOUT = SHARDED_INDEX_DIR, SHARDED_LAYOUT
 log = logging.getLogger(__name__)
@@ -84,9 +85,10 @@ TUNING_SUBSTITUTIONS = 0.05
 
 
 def tune_store_index(store: Store, spec: IndexSpec, index, queries: int = 1000, k: int = 10) -> dict:
-    """Pick nprobe / efSearch so recall@10 against exact search reaches ``spec.recall_target`` on query-like
-    windows (:func:`tuning_queries`); warn when the factory cannot (the settings then are the cheapest near the best it reached).
-    The result records which queries it was tuned on (``"queries": "held_out"`` or ``"stored"``)."""
+    """Pick nprobe / efSearch (and k_factor for a refine stage) so recall@10 against exact search reaches
+    ``spec.recall_target`` on query-like windows (:func:`tuning_queries`); warn when the factory cannot (the
+    settings then are the cheapest near the best it reached). The result records which queries it was tuned
+    on (``"queries": "held_out"`` or ``"stored"``)."""
     if index.ntotal <= k:
         return {}
     sample, kind = tuning_queries(store, min(queries, store.num_tiles), spec.seed + 1)
@@ -94,10 +96,20 @@ def tune_store_index(store: Store, spec: IndexSpec, index, queries: int = 1000, 
     tuned = tune_search(index, spec.metric, sample, exact, spec.recall_target, k)
     if tuned and tuned[f"recall_at_{k}"] < spec.recall_target:
         log.warning("%s: index %r reaches recall@%d %.3f at most (tuned to %s, the cheapest near it), "
-                    "below the target %.2f; use more lists/links or a Flat index", store.root, spec.factory, k, tuned[f"recall_at_{k}"],
-                    {name: value for name, value in tuned.items() if name in ("nprobe", "ef_search")},
-                    spec.recall_target)
+                    "below the target %.2f; %s", store.root, spec.factory, k, tuned[f"recall_at_{k}"],
+                    {name: value for name, value in tuned.items() if name in ("nprobe", "ef_search", "k_factor")},
+                    spec.recall_target, plateau_advice(spec.factory, index))
     return {**tuned, "queries": kind} if tuned else tuned
+
+
+def plateau_advice(factory: str, index) -> str:
+    """What to change when ``factory`` cannot reach the recall target: compressed codes (PQ, SQ) that cannot
+    order near-identical tiles need a refine stage re-ranking their shortlist with finer vectors."""
+    if refine_stage(index) is not None:
+        return "use a finer refine stage (Refine(Flat)), more lists/links, or a Flat index"
+    if re.search(r"PQ\d|SQ\d", factory):
+        return f"re-rank its shortlist with finer vectors, e.g. --factory {shlex.quote(factory + ',Refine(SQfp16)')}"
+    return "use more lists/links or a Flat index"
 
 
 def tuning_queries(store: Store, count: int, seed: int) -> tuple[np.ndarray, str]:
@@ -193,6 +205,9 @@ def merge_ondisk(store: Store) -> Path:
     if not re.search(r"IVF\d+", layout["spec"]["factory"]):
         raise InputError(f"merge_ondisk needs an IVF layout, the shards are {layout['spec']['factory']!r}")
     index = faiss.read_index(str(root / "trained.faiss"))
+    if refine_stage(index) is not None:  # its vectors live outside the inverted lists, which hold part-local ids
+        raise InputError(f"merge_ondisk merges inverted lists only; {layout['spec']['factory']!r} has a refine "
+                         "stage: search the sharded layout (ShardedIndex) instead")
     ivfdata = store.root / "index" / "merged.ivfdata"
     faiss_merge_ondisk(index, [str(root / entry["path"]) for entry in layout["shards"]], str(ivfdata))
     target = store.root / "index" / "merged.faiss"

@@ -200,10 +200,11 @@ def search(store: Store, queries: list[Query | str], k: int = 10, nprobe: int | 
            ef_search: int | None = None, exclude_self: bool = False, save_as: str | None = None,
            embedder=None, trust_remote_code: bool = False, genome: str | None = None,
            chrom: str | None = None, align: bool = False, min_identity: float | None = None,
-           min_bit_score: float | None = None) -> pa.Table:
+           min_bit_score: float | None = None, k_factor: int | None = None) -> pa.Table:
     """Top-``k`` tiles per query as a ``schema.HITS`` table (rank 1 = best embedding score).
 
-    String queries are regions on the store's genomes (see :func:`query_source`). ``genome`` / ``chrom`` restrict hits
+    ``nprobe`` / ``ef_search`` / ``k_factor`` (shortlist factor of a refine stage) override the settings
+    tuned when the index was built. String queries are regions on the store's genomes (see :func:`query_source`). ``genome`` / ``chrom`` restrict hits
     to that subset of the store and still return ``k`` hits when the subset has them. ``save_as`` saves the hits
     in the store under that name (the SQL view ``hits_NAME``; ``last`` is the view ``hits``).
 
@@ -236,7 +237,8 @@ def search(store: Store, queries: list[Query | str], k: int = 10, nprobe: int | 
     fetch = min(k + extra, store.num_tiles)
     for attempt in range(SNAPSHOT_RETRIES):
         try:
-            hits = _hits(store, queries, vectors, k, fetch, nprobe, ef_search, exclude_self, genome, chrom)
+            hits = _hits(store, queries, vectors, k, fetch, {"nprobe": nprobe, "ef_search": ef_search, "k_factor": k_factor},
+                         exclude_self, genome, chrom)
             break
         except StoreError:
             # A writer removed files of this snapshot (e.g. `genoembed remove`): answer from the newest one
@@ -251,14 +253,14 @@ def search(store: Store, queries: list[Query | str], k: int = 10, nprobe: int | 
     return hits
 
 
-def _hits(store: Store, queries: list[Query], vectors: np.ndarray, k: int, fetch: int, nprobe: int | None,
-          ef_search: int | None, exclude_self: bool, genome: str | None, chrom: str | None) -> pa.Table:
-    """Search one snapshot of the store and turn (scores, ids) into hit rows, column by column."""
+def _hits(store: Store, queries: list[Query], vectors: np.ndarray, k: int, fetch: int, settings: dict,
+          exclude_self: bool, genome: str | None, chrom: str | None) -> pa.Table:
+    """Search one snapshot of the store (``settings``: nprobe, ef_search, k_factor) and turn (scores, ids) into
+    hit rows, column by column."""
     if genome is None and chrom is None:
-        scores, ids = store.vector_index().search(vectors, fetch, nprobe, ef_search)
+        scores, ids = store.vector_index().search(vectors, fetch, **settings)
     else:
-        scores, ids = filtered_search(store, vectors, fetch, genome=genome, chrom=chrom, nprobe=nprobe,
-                                      ef_search=ef_search)
+        scores, ids = filtered_search(store, vectors, fetch, genome=genome, chrom=chrom, **settings)
     keep = ids >= 0
     tile_ids, position = np.unique(ids[keep], return_inverse=True)
     tiles = store.tiles(tile_ids)
@@ -463,7 +465,7 @@ def subset_mask(store: Store, genome: str | None = None, chrom: str | None = Non
 def filtered_search(store: Store, vectors: np.ndarray, k: int, genome: str | None = None,
                     chrom: str | None = None, index=None, nprobe: int | None = None, ef_search: int | None = None,
                     factor: int = 4, mask: np.ndarray | None = None,
-                    stats: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+                    stats: dict | None = None, k_factor: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` (scores, ids) restricted to ``genome`` / ``chrom`` by over-fetching.
 
     Fetches ``k * factor`` neighbours from ``index`` (the store's own by default;
@@ -491,7 +493,7 @@ def filtered_search(store: Store, vectors: np.ndarray, k: int, genome: str | Non
     fetch, rounds = min(k * max(factor, 1), ntotal), 0
     while len(pending):
         rounds += 1
-        scores, ids = index.search(vectors[pending], fetch, nprobe, ef_search)
+        scores, ids = index.search(vectors[pending], fetch, nprobe, ef_search, k_factor)
         keep = (ids >= 0) & mask[np.clip(ids, 0, len(mask) - 1)] & (ids < len(mask))
         short = []
         for row, query in enumerate(pending):

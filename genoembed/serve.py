@@ -80,6 +80,7 @@ class SearchRequest(BaseModel):
     feature_types: list[str] | None = Field(None, description="Only join features of these types.")
     nprobe: int | None = Field(None, ge=1)
     ef_search: int | None = Field(None, ge=1)
+    k_factor: int | None = Field(None, ge=1, description="Shortlist factor of a refine stage.")
 
 
 class SqlRequest(BaseModel):
@@ -171,8 +172,8 @@ def run_search(served: ServedStore, request: SearchRequest) -> pa.Table:
     with served.lock:
         queries = collect_queries(snapshot, request)
         hits = search(snapshot.store, queries, k=request.k, nprobe=request.nprobe, ef_search=request.ef_search,
-                      exclude_self=request.exclude_self, embedder=served.embedder, genome=request.genome,
-                      chrom=request.chrom)
+                      k_factor=request.k_factor, exclude_self=request.exclude_self, embedder=served.embedder,
+                      genome=request.genome, chrom=request.chrom)
     if request.annotate and snapshot.store.manifest.get("annotations"):
         types = tuple(request.feature_types) if request.feature_types else None
         hits = annotate_hits(snapshot.store, hits, strand=request.strand_mode, types=types)

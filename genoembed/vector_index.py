@@ -38,7 +38,9 @@ class Metric(str, Enum):
 @dataclass(frozen=True)
 class IndexSpec:
     """The one knob is the FAISS factory string; ``recall_target`` is what an approximate index is tuned
-    to reach (recall@10 against exact search), by choosing nprobe (IVF) or efSearch (HNSW) at build time."""
+    to reach (recall@10 against exact search), by choosing nprobe (IVF) or efSearch (HNSW) at build time,
+    and the shortlist factor ``k_factor`` when the factory ends in a refine stage (``IVF1024,PQ32,Refine(SQfp16)``:
+    the PQ search returns ``k * k_factor`` candidates, re-ranked with the finer SQfp16 codes)."""
 
     factory: str = "Flat"
     metric: Metric = Metric.ip
@@ -121,7 +123,8 @@ def train_index(store, spec: IndexSpec):
         return index
     _check_trainable(spec.factory, min(spec.train_size, store.num_tiles), store.num_tiles)
     training = prepare(store.sample_embeddings(spec.train_size, spec.seed)[1], spec.metric)
-    if gpu_available() and "HNSW" not in spec.factory:
+    # HNSW has no GPU form; a refine stage stays on the CPU too (cloning IndexRefine to a GPU is untested here)
+    if gpu_available() and "HNSW" not in spec.factory and refine_stage(index) is None:
         gpu_index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
         gpu_index.train(training)
         return faiss.index_gpu_to_cpu(gpu_index)
@@ -130,11 +133,22 @@ def train_index(store, spec: IndexSpec):
 
 
 def with_tile_ids(index):
-    """``index``, able to store tile ids: IVF layouts take ids natively, others get an IndexIDMap2."""
+    """``index``, able to store tile ids: IVF layouts take ids natively, others get an IndexIDMap2 (so does
+    a refine stage over an IVF: it numbers its vectors 0..n-1 in both stages and has no add_with_ids)."""
     faiss = import_faiss()
-    if faiss.try_extract_index_ivf(index) is not None or isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2)):
+    if isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2)):
+        return index
+    if faiss.try_extract_index_ivf(index) is not None and refine_stage(index) is None:
         return index
     return faiss.IndexIDMap2(index)
+
+
+def refine_stage(index):
+    """The IndexRefine of ``index`` (its last factory stage, ``Refine(...)`` or ``RFlat``), or None."""
+    faiss = import_faiss()
+    if isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2)):
+        index = faiss.downcast_index(index.index)
+    return index if isinstance(index, faiss.IndexRefine) else None
 
 
 def add_store_vectors(index, store, metric: Metric | str, paths: list[Path] | None = None,
@@ -147,7 +161,8 @@ def add_store_vectors(index, store, metric: Metric | str, paths: list[Path] | No
 
 
 def remove_tile_ids(index, tile_ids: np.ndarray) -> bool:
-    """Drop ``tile_ids`` from ``index`` in place; False when its type cannot remove (HNSW): rebuild it."""
+    """Drop ``tile_ids`` from ``index`` in place; False when its type cannot remove (HNSW, a refine
+    stage): rebuild it."""
     faiss = import_faiss()
     before = index.ntotal
     try:
@@ -189,30 +204,31 @@ def load_index(path: Path):
                          "(a missing or mismatched index is rebuilt)") from None
 
 
-def set_search_params(index, nprobe: int | None = None, ef_search: int | None = None) -> None:
-    """Apply nprobe (IVF) / efSearch (HNSW) wherever they are meaningful in the index."""
+def set_search_params(index, nprobe: int | None = None, ef_search: int | None = None,
+                      k_factor: int | None = None) -> None:
+    """Apply nprobe (IVF) / efSearch (HNSW) / k_factor (refine stage) wherever they are meaningful in the index."""
     faiss = import_faiss()
     parameters = faiss.ParameterSpace()
-    for name, value in (("nprobe", nprobe), ("efSearch", ef_search)):
+    for name, value in (("nprobe", nprobe), ("efSearch", ef_search), ("k_factor_rf", k_factor)):
         if value is not None:
             # ParameterSpace raises when the index has no such knob (e.g. nprobe on Flat)
             with contextlib.suppress(RuntimeError):
                 parameters.set_index_parameter(index, name, value)
 
 
-def search_index(index, queries: np.ndarray, k: int, metric: Metric | str,
-                 nprobe: int | None = None, ef_search: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def search_index(index, queries: np.ndarray, k: int, metric: Metric | str, nprobe: int | None = None,
+                 ef_search: int | None = None, k_factor: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(scores, ids), each (n_queries, k); ids of -1 mean fewer than k results."""
     if queries.shape[1] != index.d:
         raise InputError(f"query vectors have dim {queries.shape[1]} but the index has dim {index.d}; "
                          "embed queries with the store's own model")
-    set_search_params(index, nprobe, ef_search)
+    set_search_params(index, nprobe, ef_search, k_factor)
     return index.search(prepare(queries, metric), k)
 
 
 class FaissIndex:
     """One FAISS index file behind the interface every store index has: ``search(vectors, k, nprobe,
-    ef_search) -> (scores, ids)`` on raw query vectors, ``ntotal``, ``d`` and ``metric``.
+    ef_search, k_factor) -> (scores, ids)`` on raw query vectors, ``ntotal``, ``d`` and ``metric``.
 
     ``defaults`` are the search settings tuned at build time (see :func:`tune_search`), used when a
     search names none."""
@@ -233,11 +249,12 @@ class FaissIndex:
     def d(self) -> int:
         return int(self.index.d)
 
-    def search(self, vectors: np.ndarray, k: int, nprobe: int | None = None,
-               ef_search: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, vectors: np.ndarray, k: int, nprobe: int | None = None, ef_search: int | None = None,
+               k_factor: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         nprobe = self.defaults.get("nprobe") if nprobe is None else nprobe
         ef_search = self.defaults.get("ef_search") if ef_search is None else ef_search
-        return search_index(self.index, vectors, k, self.metric, nprobe, ef_search)
+        k_factor = self.defaults.get("k_factor") if k_factor is None else k_factor
+        return search_index(self.index, vectors, k, self.metric, nprobe, ef_search, k_factor)
 
 
 class ShardedIndex:
@@ -252,6 +269,7 @@ class ShardedIndex:
         self.paths, self.metric, self.d = list(paths), Metric(metric), dim
         self.keep_loaded, self.mmap = keep_loaded, mmap
         self.nprobe: int | None = None  # used when a search names none
+        self.k_factor: int | None = None  # likewise, for parts with a refine stage
         self._loaded: dict[Path, object] = {}
         self.ntotal = sum(self._part(path).ntotal for path in self.paths) if keep_loaded else None
 
@@ -287,8 +305,8 @@ class ShardedIndex:
             self._loaded[path] = index
         return index
 
-    def search(self, vectors: np.ndarray, k: int, nprobe: int | None = None,
-               ef_search: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, vectors: np.ndarray, k: int, nprobe: int | None = None, ef_search: int | None = None,
+               k_factor: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(scores, ids) of the best ``k`` over every part."""
         faiss = import_faiss()
         queries = prepare(vectors, self.metric)
@@ -298,7 +316,8 @@ class ShardedIndex:
         heap = faiss.ResultHeap(len(queries), k, keep_max=self.metric is Metric.ip)
         for path in self.paths:
             part = self._part(path)
-            set_search_params(part, nprobe=nprobe if nprobe is not None else self.nprobe, ef_search=ef_search)
+            set_search_params(part, nprobe=nprobe if nprobe is not None else self.nprobe, ef_search=ef_search,
+                              k_factor=k_factor if k_factor is not None else self.k_factor)
             scores, ids = part.search(queries, k)
             heap.add_result(scores, ids)
         heap.finalize()
@@ -333,31 +352,88 @@ def recall_at(found: np.ndarray, exact: np.ndarray, k: int) -> float:
     return float(np.mean(hits) / k) if len(hits) else 1.0
 
 
-def tune_search(index, metric: Metric | str, queries: np.ndarray, exact: np.ndarray, target: float,
-                k: int = 10) -> dict:
-    """The cheapest nprobe (IVF) or efSearch (HNSW) whose recall@``k`` against ``exact`` reaches ``target``.
+# Shortlist factors tried for a refine stage, widest first: k = 10 re-ranks at most 640 candidates.
+K_FACTORS = (64, 32, 16, 8, 4, 2, 1)
 
-    Returns ``{"nprobe"|"ef_search": value, "recall_at_10": reached, "target": target}``; when no setting
-    reaches the target, the cheapest within :data:`PLATEAU` of the best recall (the caller warns). Exact
-    indexes return ``{}``.
-    """
+
+def first_stage(index):
+    """The index that finds candidates: beneath the tile-id map and the refine stage, if any."""
+    faiss = import_faiss()
+    refine = refine_stage(index)
+    if refine is not None:
+        return faiss.downcast_index(refine.base_index)
+    return faiss.downcast_index(index.index) if isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2)) else index
+
+
+def search_knob(index) -> tuple[str | None, list[int | None]]:
+    """The breadth knob of ``index`` and the settings to sweep: nprobe (IVF), efSearch (HNSW), else none."""
     faiss = import_faiss()
     ivf = faiss.try_extract_index_ivf(index)
-    inner = faiss.downcast_index(index.index) if isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2)) else index
     if ivf is not None:
-        knob, values = "nprobe", [1 << i for i in range(0, 31) if (1 << i) < ivf.nlist] + [int(ivf.nlist)]
-    elif isinstance(inner, faiss.IndexHNSW):
-        knob, values = "ef_search", [16 << i for i in range(0, 9)]
-    else:
+        return "nprobe", [1 << i for i in range(0, 31) if (1 << i) < ivf.nlist] + [int(ivf.nlist)]
+    if isinstance(first_stage(index), faiss.IndexHNSW):
+        return "ef_search", [16 << i for i in range(0, 9)]
+    return None, [None]
+
+
+def bytes_read(index, k: int, knob: str | None, value: int | None, k_factor: int | None) -> float:
+    """Codes a query reads at a setting, in bytes: the inverted lists probed (IVF) or at least efSearch
+    candidates (HNSW) times the code size, plus the ``k * k_factor`` shortlist times the refine code size.
+    Memory traffic is what these searches cost; unlike timings on a shared machine it is reproducible."""
+    faiss = import_faiss()
+    refine = refine_stage(index)
+    scanned = 0.0
+    if knob == "nprobe":
+        ivf = faiss.try_extract_index_ivf(index)
+        scanned = value * ivf.ntotal / ivf.nlist * ivf.code_size
+    elif knob == "ef_search":
+        scanned = value * faiss.downcast_index(first_stage(index).storage).sa_code_size()
+    if refine is not None:
+        scanned += k * k_factor * faiss.downcast_index(refine.refine_index).sa_code_size()
+    return scanned
+
+
+def tune_search(index, metric: Metric | str, queries: np.ndarray, exact: np.ndarray, target: float,
+                k: int = 10) -> dict:
+    """The cheapest nprobe (IVF) or efSearch (HNSW), and ``k_factor`` for a refine stage, whose recall@``k``
+    against ``exact`` reaches ``target``; cheapest = fewest :func:`bytes_read` per query.
+
+    The widest shortlist (:data:`K_FACTORS` [0]) is swept first, up to the setting that reaches the target;
+    narrower shortlists then start from there (they need at least as wide a search) and stop once they
+    would read more than the best pair so far. When nothing reaches the target, the aim is the best recall
+    reached less :data:`PLATEAU` (:func:`recall_aim`; the caller warns). Returns ``{"nprobe"|"ef_search": value, ["k_factor": f,]
+    "recall_at_10": reached, "target": target}``; exact indexes return ``{}``.
+    """
+    knob, values = search_knob(index)
+    k_factors = K_FACTORS if refine_stage(index) is not None else (None,)
+    if knob is None and k_factors == (None,):
         return {}
-    recalls: dict[int, float] = {}
+    recalls: dict[tuple, float] = {}
+
+    def measure(value, k_factor) -> float:
+        settings = {name: v for name, v in ((knob, value), ("k_factor", k_factor)) if name is not None}
+        _, found = search_index(index, queries, k, metric, **settings)
+        recalls[value, k_factor] = recall_at(found, exact, k)
+        return recalls[value, k_factor]
+
     for value in values:
-        _, found = search_index(index, queries, k, metric, **{knob: value})
-        recalls[value] = recall_at(found, exact, k)
-        if recalls[value] >= target:
+        if measure(value, k_factors[0]) >= target:
             break
-    value = value if recalls[value] >= target else cheapest_near_best(recalls)
-    return {knob: value, f"recall_at_{k}": round(recalls[value], 4), "target": target}
+    aim = recall_aim(max(recalls.values()), target)
+    cost = lambda pair: bytes_read(index, k, knob, *pair)
+    best = min((pair for pair, recall in recalls.items() if recall >= aim), key=cost)
+    start = values.index(best[0])
+    for k_factor in k_factors[1:]:
+        for position in range(start, len(values)):
+            if cost((values[position], k_factor)) >= cost(best):
+                break
+            if measure(values[position], k_factor) >= aim:
+                best, start = (values[position], k_factor), position
+                break
+    tuned = {knob: best[0]} if knob else {}
+    if best[1] is not None:
+        tuned["k_factor"] = best[1]
+    return {**tuned, f"recall_at_{k}": round(recalls[best], 4), "target": target}
 
 
 # Recall within this of the best a setting reached counts as the best: PQ layouts plateau far below a
@@ -365,7 +441,6 @@ def tune_search(index, metric: Metric | str, queries: np.ndarray, exact: np.ndar
 PLATEAU = 0.005
 
 
-def cheapest_near_best(recalls: dict[int, float]) -> int:
-    """The smallest setting whose recall is within :data:`PLATEAU` of the best reached."""
-    best = max(recalls.values())
-    return min(value for value, recall in recalls.items() if recall >= best - PLATEAU)
+def recall_aim(best: float, target: float) -> float:
+    """What tuning settles for: ``target``, or when the best recall reached falls short, that less :data:`PLATEAU`."""
+    return target if best >= target else best - PLATEAU

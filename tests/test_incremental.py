@@ -20,7 +20,7 @@ from genoembed.build import index
 from genoembed.remove import remove
 from genoembed.search import search
 from genoembed.sql import run_sql
-from genoembed.indexing import build_sharded
+from genoembed.indexing import build_sharded, merge_ondisk
 from genoembed.vector_index import ShardedIndex
 from genoembed.manifest import MANIFEST
 from genoembed.store import Store
@@ -30,6 +30,8 @@ from genoembed.vector_index import INDEX_FILE, IndexSpec, load_index, prepare, s
 from genoembed.verify import verify_store
 
 TILING = TilingSpec(window=300, stride=150, strands="both")
+REFINED = "IVF4,PQ4x2,Refine(Flat)"  # 2-bit PQ (156 training tiles) re-ranked with the stored float32 vectors
+REFINE_ALL = 64  # shortlist factor: k * 64 candidates is every tile of these stores
 EMBEDDER = KmerEmbedder(k=3, canonical=False)  # strand-specific: the stores tile both strands
 
 
@@ -55,7 +57,8 @@ def assert_index_matches_brute_force(store: Store, k: int = 7):
     normalised = prepare(vectors, "ip")
     queries = normalised[np.random.default_rng(0).choice(len(ids), 25, replace=False)]
     index = load_index(store.root / INDEX_FILE)
-    set_search_params(index, nprobe=4)  # every list of the IVF4 layouts used here: exact
+    # every list of the IVF4 layouts used here, and a refine stage re-ranking every candidate: exact
+    set_search_params(index, nprobe=4, k_factor=REFINE_ALL)
     scores, found = index.search(queries, k)
     expected = np.sort(queries @ normalised.T, axis=1)[:, ::-1][:, :k]
     np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-6)
@@ -72,12 +75,13 @@ def ivf_centroids(index) -> np.ndarray:
     return quantizer.reconstruct_n(0, quantizer.ntotal)
 
 
-def test_append_continues_ids_and_extends_the_index_without_retraining(tmp_path, fastas):
+@pytest.mark.parametrize("factory", ["IVF4,Flat", REFINED])
+def test_append_continues_ids_and_extends_the_index_without_retraining(tmp_path, fastas, factory):
     out = tmp_path / "s"
-    first = build(fastas[0], out, spec=IndexSpec("IVF4,Flat"))
+    first = build(fastas[0], out, spec=IndexSpec(factory))
     centroids = ivf_centroids(load_index(out / INDEX_FILE))
     before = first.num_tiles
-    store = build(fastas[1], out, append=True, spec=IndexSpec("IVF4,Flat"))
+    store = build(fastas[1], out, append=True, spec=IndexSpec(factory))
     assert list(store.genomes) == ["g0", "g1"]
     assert store.genomes["g1"]["first_tile_id"] == before
     ids, _ = stored(store)
@@ -89,9 +93,10 @@ def test_append_continues_ids_and_extends_the_index_without_retraining(tmp_path,
     assert grown.ntotal == store.num_tiles
     np.testing.assert_array_equal(ivf_centroids(grown), centroids)  # the same trained quantizer
     assert store.manifest["index"]["genomes"] == ["g0", "g1"]
+    assert_index_matches_brute_force(store)  # the appended vectors are found under their tile ids
     assert verify_store(store) == []
     # rerunning the append is a no-op, not a second copy
-    again = build(fastas[1], out, append=True, spec=IndexSpec("IVF4,Flat"))
+    again = build(fastas[1], out, append=True, spec=IndexSpec(factory))
     assert again.num_tiles == store.num_tiles
 
 
@@ -149,7 +154,7 @@ def test_interrupted_append_resumes(tmp_path, fastas, monkeypatch):
     assert verify_store(store) == []
 
 
-@pytest.mark.parametrize("factory", ["Flat", "IVF4,Flat", "HNSW16"])
+@pytest.mark.parametrize("factory", ["Flat", "IVF4,Flat", "HNSW16", REFINED])
 def test_removing_contigs_drops_rows_ids_and_index_entries(tmp_path, fastas, factory):
     out = tmp_path / "s"
     build(fastas[0], out, spec=IndexSpec(factory))
@@ -218,22 +223,26 @@ def test_crash_after_the_manifest_switch_leaves_a_store_that_rebuilds(tmp_path, 
     assert verify_store(store) == []
 
 
-def test_sharded_index_follows_appends_and_removals(tmp_path, fastas):
+@pytest.mark.parametrize("factory", ["IVF4,Flat", REFINED])
+def test_sharded_index_follows_appends_and_removals(tmp_path, fastas, factory):
     out = tmp_path / "s"
     store = build(fastas[0], out)
-    build_sharded(store, IndexSpec("IVF4,Flat"), shards_per_index=2)
+    build_sharded(store, IndexSpec(factory), shards_per_index=2)
     store = build(fastas[1], out, append=True)
     remove(store, "g0", ["a2"])
     store = Store.open(out)
     sharded = ShardedIndex.open(store)
     assert sharded.ntotal == store.num_tiles
     ids, vectors = stored(store)
-    sharded.nprobe = 4  # every list: exact
+    sharded.nprobe, sharded.k_factor = 4, REFINE_ALL  # every list, every candidate re-ranked: exact
     queries = prepare(vectors[:20], "ip")
     scores, found = sharded.search(queries, 5)
     exact_scores, _ = load_index(out / INDEX_FILE).search(queries, 5)
     np.testing.assert_allclose(scores, exact_scores, rtol=1e-5)  # ids may differ only among tied (+/-) tiles
     assert np.isin(found, ids).all()
+    if factory == REFINED:  # the refine stage's vectors are not in the inverted lists that merge_ondisk merges
+        with pytest.raises(InputError, match="refine stage"):
+            merge_ondisk(store)
 
 
 def test_region_queries_find_their_genome(tmp_path, fastas):

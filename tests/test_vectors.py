@@ -133,12 +133,19 @@ def test_tuning_queries_are_mutated_windows_of_the_store_or_stored_vectors(tmp_p
     assert "overestimates recall" in caplog.text
 
 
-def test_unreachable_target_takes_the_cheapest_setting_near_the_best_recall():
+def test_unreachable_target_takes_the_cheapest_setting_near_the_best_recall(chloroplast_store):
     """A PQ index that plateaus below the target is not tuned to a full scan for the last 0.1 %."""
-    from genoembed.vector_index import cheapest_near_best
+    from genoembed.vector_index import PLATEAU, recall_at, tune_search
 
-    assert cheapest_near_best({1: 0.62, 2: 0.65, 4: 0.667, 8: 0.670, 16: 0.671, 4243: 0.671}) == 4
-    assert cheapest_near_best({16: 0.5, 32: 0.9}) == 32
+    index = build_index(chloroplast_store, IndexSpec(factory="IVF7,PQ32x2"))
+    database = stored_matrix(chloroplast_store)
+    queries = database[::3] + np.random.default_rng(2).normal(0, 0.01, database[::3].shape).astype(np.float32)
+    _, exact = brute_force(database, queries, 10, "ip")
+    recalls = {n: recall_at(search_index(index, queries, 10, "ip", nprobe=n)[1], exact, 10) for n in (1, 2, 4, 7)}
+    tuned = tune_search(index, "ip", queries, exact, target=1.0)
+    assert max(recalls.values()) < 1.0
+    assert tuned["nprobe"] == min(n for n, recall in recalls.items() if recall >= max(recalls.values()) - PLATEAU)
+    assert tuned["nprobe"] < 7 and "k_factor" not in tuned
 
 
 def test_flat_index_records_no_tuning(chloroplast_store):

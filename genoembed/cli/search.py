@@ -54,6 +54,7 @@ def search(
     k: int = typer.Option(10, "-k", min=1, help="Tiles fetched per query (neighbours); with --loci they merge into at most k loci."),
     nprobe: Optional[int] = typer.Option(None, min=1, help="IVF lists to visit (IVF indexes)."),
     ef_search: Optional[int] = typer.Option(None, min=1, help="HNSW search breadth (HNSW indexes)."),
+    k_factor: Optional[int] = typer.Option(None, "--k-factor", min=1, help="Indexes with a refine stage (e.g. IVF1024,PQ32,Refine(SQfp16)): re-rank k * this many candidates of the compressed search with the finer vectors [default: tuned at build time]."),
     genome: Optional[str] = typer.Option(None, "--genome", help="Only return hits from this genome of the store."),
     query_genome: Optional[str] = typer.Option(None, "--query-genome", help="Genome of the store that --region/--bed coordinates refer to (needed only when several genomes share a contig name)."),
     chrom: Optional[str] = typer.Option(None, "--chrom", help="Only return hits on this contig."),
@@ -105,8 +106,9 @@ def search(
              else contextlib.nullcontext()) as saved:
         queries = _queries(opened, region, sequence, bed_path, fasta_path, vcf, sample, query_genome)
         for batch in _batches(queries, QUERY_BATCH):
-            hits = search_store(opened, batch, k=k, nprobe=nprobe, ef_search=ef_search, exclude_self=exclude_self,
-                                genome=genome, chrom=chrom, trust_remote_code=trust_remote_code, align=align,
+            hits = search_store(opened, batch, k=k, nprobe=nprobe, ef_search=ef_search, k_factor=k_factor,
+                                exclude_self=exclude_self, genome=genome, chrom=chrom,
+                                trust_remote_code=trust_remote_code, align=align,
                                 min_identity=min_identity, min_bit_score=min_score)
             if saved is not None:
                 saved.write(hits)
