@@ -3,8 +3,11 @@
 ``metric="ip"`` (default) L2-normalises stored and query vectors, so scores
 are cosine similarities; ``metric="l2"`` keeps raw vectors and scores are
 squared L2 distances. FAISS ids are ``tile_id`` (dense, added in order).
-GPU FAISS is used for building and searching when the installed faiss has it
-and a GPU is visible; the saved index is always a CPU index.
+GPU FAISS is used for training and searching when the installed faiss has it
+and a GPU is visible (``GENOEMBED_FAISS_GPU=0`` turns it off); the saved index
+is always a CPU index, and layouts without a GPU form (HNSW, refine stages)
+stay on the CPU. The PyPI ``faiss-cpu`` wheel genoembed depends on has no GPU
+support; see the README for installing a GPU build in its place.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import shlex
 from dataclasses import asdict, dataclass
 from enum import Enum
@@ -68,8 +72,34 @@ def import_faiss():
 
 
 def gpu_available() -> bool:
+    """True when the installed faiss has GPU support, a GPU is visible and ``GENOEMBED_FAISS_GPU`` is not 0."""
     faiss = import_faiss()
-    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+    return os.environ.get("GENOEMBED_FAISS_GPU", "1") != "0" and hasattr(faiss, "StandardGpuResources") \
+        and faiss.get_num_gpus() > 0
+
+
+def gpu_resources():
+    """One ``StandardGpuResources`` per process: each reserves scratch memory on the GPU."""
+    if not _GPU_RESOURCES:
+        _GPU_RESOURCES.append(import_faiss().StandardGpuResources())
+    return _GPU_RESOURCES[0]
+
+
+_GPU_RESOURCES: list = []
+# FAISS GPU search selects at most this many neighbours and probes at most this many lists per query.
+GPU_MAX_SELECT = 2048
+
+
+def on_search_device(index):
+    """A copy of ``index`` on the first GPU for searching, or None when there is no GPU or FAISS has no GPU
+    form of the layout (HNSW, refine stages: ``index_cpu_to_gpu`` raises; said once in the log)."""
+    if not gpu_available():
+        return None
+    try:
+        return import_faiss().index_cpu_to_gpu(gpu_resources(), 0, index)
+    except RuntimeError as error:
+        log.info("searching on the CPU: FAISS has no GPU form of this index (%s)", str(error).strip().splitlines()[-1])
+        return None
 
 
 def prepare(vectors: np.ndarray, metric: Metric | str) -> np.ndarray:
@@ -125,7 +155,7 @@ def train_index(store, spec: IndexSpec):
     training = prepare(store.sample_embeddings(spec.train_size, spec.seed)[1], spec.metric)
     # HNSW has no GPU form; a refine stage stays on the CPU too (cloning IndexRefine to a GPU is untested here)
     if gpu_available() and "HNSW" not in spec.factory and refine_stage(index) is None:
-        gpu_index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+        gpu_index = faiss.index_cpu_to_gpu(gpu_resources(), 0, index)
         gpu_index.train(training)
         return faiss.index_gpu_to_cpu(gpu_index)
     index.train(training)
@@ -208,7 +238,8 @@ def set_search_params(index, nprobe: int | None = None, ef_search: int | None = 
                       k_factor: int | None = None) -> None:
     """Apply nprobe (IVF) / efSearch (HNSW) / k_factor (refine stage) wherever they are meaningful in the index."""
     faiss = import_faiss()
-    parameters = faiss.ParameterSpace()
+    # GpuParameterSpace (GPU builds) sets GPU indexes' knobs and hands every other index to ParameterSpace
+    parameters = getattr(faiss, "GpuParameterSpace", faiss.ParameterSpace)()
     for name, value in (("nprobe", nprobe), ("efSearch", ef_search), ("k_factor_rf", k_factor)):
         if value is not None:
             # ParameterSpace raises when the index has no such knob (e.g. nprobe on Flat)
@@ -231,11 +262,13 @@ class FaissIndex:
     ef_search, k_factor) -> (scores, ids)`` on raw query vectors, ``ntotal``, ``d`` and ``metric``.
 
     ``defaults`` are the search settings tuned at build time (see :func:`tune_search`), used when a
-    search names none."""
+    search names none. Searches run on a GPU copy of the index when there is one (:func:`on_search_device`),
+    except those asking more than FAISS's GPU limits (:data:`GPU_MAX_SELECT` neighbours or lists)."""
 
     def __init__(self, index, metric: Metric | str, defaults: dict | None = None):
         self.index, self.metric = index, Metric(metric)
         self.defaults = dict(defaults or {})
+        self.gpu_index = on_search_device(index)
 
     @classmethod
     def load(cls, path: Path, metric: Metric | str, defaults: dict | None = None) -> "FaissIndex":
@@ -254,7 +287,9 @@ class FaissIndex:
         nprobe = self.defaults.get("nprobe") if nprobe is None else nprobe
         ef_search = self.defaults.get("ef_search") if ef_search is None else ef_search
         k_factor = self.defaults.get("k_factor") if k_factor is None else k_factor
-        return search_index(self.index, vectors, k, self.metric, nprobe, ef_search, k_factor)
+        within_gpu_limits = max(k, nprobe or 0) <= GPU_MAX_SELECT
+        index = self.gpu_index if self.gpu_index is not None and within_gpu_limits else self.index
+        return search_index(index, vectors, k, self.metric, nprobe, ef_search, k_factor)
 
 
 class ShardedIndex:

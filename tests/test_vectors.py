@@ -155,3 +155,95 @@ def test_flat_index_records_no_tuning(chloroplast_store):
 def test_recall_target_is_checked():
     with pytest.raises(InputError, match="recall_target"):
         IndexSpec(recall_target=1.5)
+
+
+class _FakeGpu:
+    """Stands in for FAISS's GPU calls on a machine without one: 'cloning to the GPU' is a CPU clone whose
+    searches are counted, and layouts listed in ``refuse`` raise as FAISS does for indexes without a GPU form."""
+
+    def __init__(self, monkeypatch, refuse: tuple[str, ...] = ()):
+        import faiss
+
+        from genoembed import vector_index
+
+        self.searched, self.refuse = 0, refuse
+        monkeypatch.setattr(vector_index, "gpu_available", lambda: True)
+        monkeypatch.setattr(vector_index, "gpu_resources", lambda: "resources")
+        monkeypatch.setattr(faiss, "index_cpu_to_gpu", self.clone, raising=False)
+
+    def clone(self, resources, device, index):
+        import faiss
+
+        assert (resources, device) == ("resources", 0)
+        if any(name in type(faiss.downcast_index(index.index)).__name__ for name in self.refuse):
+            raise RuntimeError("Error in ... index_cpu_to_gpu: This index type is not implemented on GPU.")
+        copy, fake = faiss.clone_index(index), self
+
+        class Counted:
+            d, ntotal = copy.d, copy.ntotal
+
+            def search(self, queries, k):
+                fake.searched += 1
+                return copy.search(queries, k)
+
+        return Counted()
+
+
+def test_searches_run_on_the_gpu_copy_when_faiss_has_a_gpu(chloroplast_store, monkeypatch, caplog):
+    """With a (faked) GPU, FaissIndex searches its GPU copy and answers as the CPU index does; k over FAISS's
+    GPU limit and layouts without a GPU form (HNSW) search on the CPU."""
+    from genoembed.vector_index import GPU_MAX_SELECT, FaissIndex
+
+    cpu = build_index(chloroplast_store, IndexSpec(factory="Flat"))
+    queries = stored_matrix(chloroplast_store)[::9]
+    expected = FaissIndex(cpu, "ip").search(queries, 10)
+    fake = _FakeGpu(monkeypatch, refuse=("HNSW",))
+    index = FaissIndex(cpu, "ip")
+    found = index.search(queries, 10)
+    assert fake.searched == 1
+    np.testing.assert_array_equal(found[1], expected[1])
+    index.search(queries, GPU_MAX_SELECT + 1)
+    assert fake.searched == 1  # beyond FAISS's GPU k-selection: the CPU index answered
+    with caplog.at_level("INFO", logger="genoembed.vector_index"):
+        hnsw = FaissIndex(build_index(chloroplast_store, IndexSpec(factory="HNSW16")), "ip")
+    assert hnsw.gpu_index is None and "no GPU form" in caplog.text
+    assert hnsw.search(queries, 10)[1].shape == (len(queries), 10) and fake.searched == 1
+
+
+def test_gpu_use_follows_faiss_build_devices_and_the_switch(monkeypatch):
+    """gpu_available: a faiss without GPU support, no visible GPU, or GENOEMBED_FAISS_GPU=0 mean the CPU."""
+    import faiss
+
+    from genoembed.vector_index import gpu_available
+
+    monkeypatch.delenv("GENOEMBED_FAISS_GPU", raising=False)
+    monkeypatch.setattr(faiss, "StandardGpuResources", object, raising=False)
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 1)
+    assert gpu_available()
+    monkeypatch.setenv("GENOEMBED_FAISS_GPU", "0")
+    assert not gpu_available()
+    monkeypatch.delenv("GENOEMBED_FAISS_GPU")
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 0)
+    assert not gpu_available()
+    monkeypatch.delattr(faiss, "StandardGpuResources")
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 1)
+    assert not gpu_available()
+
+
+@pytest.mark.gpu
+def test_gpu_search_equals_cpu_search(chloroplast_store):
+    """On a machine with a GPU build of FAISS and a GPU: Flat and IVF searches on the GPU return the CPU's
+    neighbours (IVF at the same nprobe), and the store's index is searched there."""
+    from genoembed.vector_index import FaissIndex, gpu_available
+
+    if not gpu_available():
+        pytest.skip("no GPU build of FAISS or no visible GPU")
+    queries = stored_matrix(chloroplast_store)[::7]
+    for factory in ("Flat", "IVF4,Flat"):
+        cpu = build_index(chloroplast_store, IndexSpec(factory=factory))
+        index = FaissIndex(cpu, "ip")
+        assert index.gpu_index is not None
+        _, on_gpu = index.search(queries, 10, nprobe=4)
+        _, on_cpu = search_index(cpu, queries, 10, "ip", nprobe=4)
+        recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(on_gpu, on_cpu)])
+        assert recall >= 0.99, (factory, recall)
