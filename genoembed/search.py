@@ -262,6 +262,8 @@ def _hits(store: Store, queries: list[Query], vectors: np.ndarray, k: int, fetch
     else:
         scores, ids = filtered_search(store, vectors, fetch, genome=genome, chrom=chrom, **settings)
     keep = ids >= 0
+    if not keep.any():  # e.g. an IVF search whose probed lists were empty
+        return schema.HITS.empty_table()
     tile_ids, position = np.unique(ids[keep], return_inverse=True)
     tiles = store.tiles(tile_ids)
     tile_row = np.zeros(ids.shape, dtype=np.int64)  # each hit's row in ``tiles``

@@ -134,3 +134,15 @@ def test_rna_genome_is_named_as_rna(tmp_path):
     with pytest.raises(InputError, match="looks like RNA"):
         index(tmp_path / "rna.fa", tmp_path / "store", embedder=KmerEmbedder(k=3))
     assert not (tmp_path / "store").exists()
+
+
+def test_a_search_that_finds_nothing_returns_no_rows(chloroplast_store, monkeypatch):
+    """An index answering only -1 ids (probed lists all empty) gives an empty hits table, also with
+    exclude_self, not an error."""
+    from genoembed import schema
+
+    index = chloroplast_store.vector_index()
+    monkeypatch.setattr(index, "search", lambda vectors, k, **settings: (
+        np.zeros((len(vectors), k), dtype=np.float32), np.full((len(vectors), k), -1, dtype=np.int64)))
+    hits = search(chloroplast_store, ["NC_000932.1:1001-2000"], k=5, exclude_self=True)
+    assert hits.num_rows == 0 and hits.schema.equals(schema.HITS)
