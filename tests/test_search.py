@@ -146,3 +146,19 @@ def test_a_search_that_finds_nothing_returns_no_rows(chloroplast_store, monkeypa
         np.zeros((len(vectors), k), dtype=np.float32), np.full((len(vectors), k), -1, dtype=np.int64)))
     hits = search(chloroplast_store, ["NC_000932.1:1001-2000"], k=5, exclude_self=True)
     assert hits.num_rows == 0 and hits.schema.equals(schema.HITS)
+
+
+def test_importing_genoembed_sets_thread_wait_defaults_but_keeps_the_users():
+    """Idle OpenMP/OpenBLAS workers sleep (set before numpy loads) unless the user chose otherwise."""
+    import os
+    import subprocess
+    import sys
+
+    show = "import genoembed, os; print(os.environ['OMP_WAIT_POLICY'], os.environ['OPENBLAS_THREAD_TIMEOUT'])"
+    environment = {name: value for name, value in os.environ.items()
+                   if name not in ("OMP_WAIT_POLICY", "OPENBLAS_THREAD_TIMEOUT")}
+    default = subprocess.run([sys.executable, "-c", show], env=environment, capture_output=True, text=True, check=True)
+    assert default.stdout.split() == ["PASSIVE", "4"]
+    chosen = subprocess.run([sys.executable, "-c", show], env={**environment, "OMP_WAIT_POLICY": "ACTIVE"},
+                            capture_output=True, text=True, check=True)
+    assert chosen.stdout.split() == ["ACTIVE", "4"]
