@@ -28,9 +28,9 @@ from genoembed.files import atomic_write_bytes
 from genoembed.manifest import file_sha256
 from genoembed.store import Store, write_lock
 from genoembed.synthetic import mutate
-from genoembed.vector_index import (INDEX_FILE, SHARDED_INDEX_DIR, SHARDED_LAYOUT, IndexSpec, Metric, import_faiss, add_store_vectors, build_index,
-                                    exact_neighbours, load_index, refine_stage, save_index, train_index,
-                                    tune_search, with_tile_ids)
+from genoembed.vector_index import (INDEX_FILE, SHARDED_INDEX_DIR, SHARDED_LAYOUT, IndexSpec, Metric, ShardedIndex,
+                                    add_store_vectors, build_index, exact_neighbours, import_faiss, load_index,
+                                    refine_stage, save_index, train_index, tune_search, with_tile_ids)
 
 SHARD_DIR, LAYOUT = SHARDED_INDEX_DIR, SHARDED_LAYOUT
 log = logging.getLogger(__name__)
@@ -84,16 +84,18 @@ def save_store_index(store: Store, spec: IndexSpec, index) -> dict:
 TUNING_SUBSTITUTIONS = 0.05
 
 
-def tune_store_index(store: Store, spec: IndexSpec, index, queries: int = 1000, k: int = 10) -> dict:
+def tune_store_index(store: Store, spec: IndexSpec, index, queries: int = 1000, k: int = 10,
+                     search=None) -> dict:
     """Pick nprobe / efSearch (and k_factor for a refine stage) so recall@10 against exact search reaches
     ``spec.recall_target`` on query-like windows (:func:`tuning_queries`); warn when the factory cannot (the
     settings then are the cheapest near the best it reached). The result records which queries it was tuned
-    on (``"queries": "held_out"`` or ``"stored"``)."""
-    if index.ntotal <= k:
+    on (``"queries": "held_out"`` or ``"stored"``). ``search`` answers for a sharded layout (``index`` is then
+    one of its parts; see :func:`genoembed.vector_index.tune_search`)."""
+    if store.num_tiles <= k:
         return {}
     sample, kind = tuning_queries(store, min(queries, store.num_tiles), spec.seed + 1)
     exact = exact_neighbours(store.iter_embeddings(), sample, k, spec.metric)
-    tuned = tune_search(index, spec.metric, sample, exact, spec.recall_target, k)
+    tuned = tune_search(index, spec.metric, sample, exact, spec.recall_target, k, search=search)
     if tuned and tuned[f"recall_at_{k}"] < spec.recall_target:
         log.warning("%s: index %r reaches recall@%d %.3f at most (tuned to %s, the cheapest near it), "
                     "below the target %.2f; %s", store.root, spec.factory, k, tuned[f"recall_at_{k}"],
@@ -156,7 +158,24 @@ def build_sharded(store: Store, spec: IndexSpec, shards_per_index: int = 1, temp
         save_index(template, store.root / SHARD_DIR / "trained.faiss")
         layout = {"spec": spec.describe(), "metric": spec.metric.value, "dim": store.dim,
                   "shards_per_index": shards_per_index, "shards": []}
-        return _add_parts(store, layout, template, store.shard_paths)
+        layout = _add_parts(store, layout, template, store.shard_paths)
+        return _tune_sharded(store, spec, layout)
+
+
+def _tune_sharded(store: Store, spec: IndexSpec, layout: dict) -> dict:
+    """Tune the layout's search settings as a single index's are (searching every part, memory-mapped, one
+    at a time) and record them in ``layout.json``, where :class:`ShardedIndex` reads its defaults. Appends
+    keep them: the quantizer, and so the settings' meaning, stays the template's."""
+    root = store.root / SHARD_DIR
+    if not layout["shards"]:
+        return layout
+    sharded = ShardedIndex.from_layout(root / LAYOUT, keep_loaded=False, mmap=True)
+    part = import_faiss().read_index(str(root / layout["shards"][0]["path"]))
+    tuned = tune_store_index(store, spec, part, search=sharded.search)
+    if tuned:
+        layout["search"] = tuned
+        atomic_write_bytes(root / LAYOUT, json.dumps(layout, indent=2).encode())
+    return layout
 
 
 def refresh_sharded(store: Store) -> dict | None:

@@ -303,7 +303,8 @@ class ShardedIndex:
                  mmap: bool = False):
         self.paths, self.metric, self.d = list(paths), Metric(metric), dim
         self.keep_loaded, self.mmap = keep_loaded, mmap
-        self.nprobe: int | None = None  # used when a search names none
+        self.nprobe: int | None = None  # used when a search names none (the layout's tuned settings)
+        self.ef_search: int | None = None  # likewise, for HNSW parts
         self.k_factor: int | None = None  # likewise, for parts with a refine stage
         self._loaded: dict[Path, object] = {}
         self.ntotal = sum(self._part(path).ntotal for path in self.paths) if keep_loaded else None
@@ -322,9 +323,13 @@ class ShardedIndex:
 
         try:
             layout = json.loads(layout_path.read_text())
-            return cls([layout_path.parent / entry["path"] for entry in layout["shards"]], layout["metric"],
-                       layout["dim"], **options)
-        except (OSError, ValueError, KeyError, TypeError) as error:
+            sharded = cls([layout_path.parent / entry["path"] for entry in layout["shards"]], layout["metric"],
+                          layout["dim"], **options)
+            tuned = layout.get("search") or {}
+            sharded.nprobe, sharded.ef_search, sharded.k_factor = (tuned.get(name) for name in
+                                                                   ("nprobe", "ef_search", "k_factor"))
+            return sharded
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
             raise StoreError(f"{layout_path}: unreadable sharded-index layout ({error}); rebuild it") from None
 
     def _part(self, path: Path):
@@ -351,7 +356,8 @@ class ShardedIndex:
         heap = faiss.ResultHeap(len(queries), k, keep_max=self.metric is Metric.ip)
         for path in self.paths:
             part = self._part(path)
-            set_search_params(part, nprobe=nprobe if nprobe is not None else self.nprobe, ef_search=ef_search,
+            set_search_params(part, nprobe=nprobe if nprobe is not None else self.nprobe,
+                              ef_search=ef_search if ef_search is not None else self.ef_search,
                               k_factor=k_factor if k_factor is not None else self.k_factor)
             scores, ids = part.search(queries, k)
             heap.add_result(scores, ids)
@@ -429,7 +435,7 @@ def bytes_read(index, k: int, knob: str | None, value: int | None, k_factor: int
 
 
 def tune_search(index, metric: Metric | str, queries: np.ndarray, exact: np.ndarray, target: float,
-                k: int = 10) -> dict:
+                k: int = 10, search: Callable | None = None) -> dict:
     """The cheapest nprobe (IVF) or efSearch (HNSW), and ``k_factor`` for a refine stage, whose recall@``k``
     against ``exact`` reaches ``target``; cheapest = fewest :func:`bytes_read` per query.
 
@@ -438,6 +444,9 @@ def tune_search(index, metric: Metric | str, queries: np.ndarray, exact: np.ndar
     would read more than the best pair so far. When nothing reaches the target, the aim is the best recall
     reached less :data:`PLATEAU` (:func:`recall_aim`; the caller warns). Returns ``{"nprobe"|"ef_search": value, ["k_factor": f,]
     "recall_at_10": reached, "target": target}``; exact indexes return ``{}``.
+
+    ``search(queries, k, **settings)`` answers instead of ``index`` when given (a :class:`ShardedIndex` whose
+    parts are all like ``index``, one of them: the knob and the bytes read are taken from it).
     """
     knob, values = search_knob(index)
     k_factors = K_FACTORS if refine_stage(index) is not None else (None,)
@@ -447,7 +456,7 @@ def tune_search(index, metric: Metric | str, queries: np.ndarray, exact: np.ndar
 
     def measure(value, k_factor) -> float:
         settings = {name: v for name, v in ((knob, value), ("k_factor", k_factor)) if name is not None}
-        _, found = search_index(index, queries, k, metric, **settings)
+        _, found = search(queries, k, **settings) if search else search_index(index, queries, k, metric, **settings)
         recalls[value, k_factor] = recall_at(found, exact, k)
         return recalls[value, k_factor]
 

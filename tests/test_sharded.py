@@ -133,3 +133,21 @@ def test_filtered_search_with_fewer_tiles_than_k_pads(store, queries):
 def test_unknown_subset_is_refused(store, queries):
     with pytest.raises(InputError, match="no tiles match genome='nope'"):
         filtered_search(store, queries, 3, genome="nope", index=build_index(store, IndexSpec("Flat")))
+
+
+def test_sharded_layout_is_tuned_to_the_recall_target_and_searched_with_it(store, matrix, queries):
+    """A sharded IVF layout gets the same build-time tuning as one index: the setting is recorded in
+    layout.json, opened as the default, reaches the target against brute force where FAISS's nprobe = 1
+    does not, and an explicit nprobe still wins."""
+    import json
+
+    from genoembed.vector_index import SHARDED_INDEX_DIR, SHARDED_LAYOUT
+
+    layout = build_sharded(store, IndexSpec("IVF16,Flat", train_size=2000, recall_target=0.95), shards_per_index=1)
+    recorded = json.loads((store.root / SHARDED_INDEX_DIR / SHARDED_LAYOUT).read_text())["search"]
+    assert recorded == layout["search"] and 1 < recorded["nprobe"] <= 16 and recorded["recall_at_10"] >= 0.95
+    sharded = ShardedIndex.open(store, keep_loaded=False)
+    assert sharded.nprobe == recorded["nprobe"]
+    _, truth = brute_force(matrix, queries, 10)
+    recall = lambda ids: np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, truth)])
+    assert recall(sharded.search(queries, 10)[1]) >= 0.9 > recall(sharded.search(queries, 10, nprobe=1)[1])
