@@ -161,13 +161,21 @@ def match_strand(query: str, target: str, k: int = STRAND_K) -> str:
 def kmer_presence(sequences: Sequence[str], k: int = STRAND_K) -> np.ndarray:
     """(n, 4**k) bool: which k-mers (without ambiguous bases) occur in each sequence as read."""
     present = np.zeros((len(sequences), 4**k), dtype=bool)
-    for rows, codes in codes_by_length(sequences):
+    for rows, codes in _blocks(sequences):
         index, clean = kmer_index_rows(codes, k)
         present.ravel()[(index + (rows * 4**k)[:, None])[clean]] = True
     return present
 
 
-STRAND_ROWS = 2048  # targets of one length compared at a time: their (rows, length) index arrays stay small
+STRAND_ELEMENTS = 2_000_000  # k-mer positions handled at a time: index arrays stay ~10 MB however long the sequences
+
+
+def _blocks(sequences: Sequence[str]):
+    """(row indices, base codes) of equal-length rows, at most :data:`STRAND_ELEMENTS` bases at a time."""
+    for rows, codes in codes_by_length(sequences):
+        step = max(1, STRAND_ELEMENTS // max(codes.shape[1], 1))
+        for first in range(0, len(rows), step):
+            yield rows[first:first + step], codes[first:first + step]
 
 
 def match_strands(query_presence: np.ndarray, query_of_target: np.ndarray, targets: Sequence[str],
@@ -180,19 +188,19 @@ def match_strands(query_presence: np.ndarray, query_of_target: np.ndarray, targe
     """
     flat = query_presence.ravel()
     strands = np.full(len(targets), ".", dtype="<U1")
-    for rows, codes in codes_by_length(targets):
-        for first in range(0, len(rows), STRAND_ROWS):
-            chosen, block = rows[first:first + STRAND_ROWS], codes[first:first + STRAND_ROWS]
-            offset = (query_of_target[chosen] * 4**k)[:, None]
-            forward, reverse = (_found_kmers(flat, strand, offset, k)
-                                for strand in (block, np.where(block < 4, 3 - block, 4)[:, ::-1]))
-            strands[chosen] = np.where(forward > reverse, "+", np.where(reverse > forward, "-", "."))
+    for chosen, block in _blocks(targets):
+        offset = (query_of_target[chosen].astype(np.int64) * 4**k)[:, None]
+        forward, reverse = (_found_kmers(flat, strand, offset, k)
+                            for strand in (block, np.where(block < 4, 3 - block, 4)[:, ::-1]))
+        strands[chosen] = np.where(forward > reverse, "+", np.where(reverse > forward, "-", "."))
     return strands
 
 
 def _found_kmers(flat_presence: np.ndarray, codes: np.ndarray, offset: np.ndarray, k: int) -> np.ndarray:
     """Per row of ``codes``, how many of its k-mers are present in its query's row (at ``offset``)."""
     index, clean = kmer_index_rows(codes, k)
+    if flat_presence.size > np.iinfo(index.dtype).max:  # many queries at once: offsets beyond int32
+        index = index.astype(np.int64)
     index[~clean] = 0  # k-mers with an ambiguous base hold no valid index; they count for neither strand
     index += offset.astype(index.dtype)
     return np.count_nonzero(np.take(flat_presence, index) & clean, axis=1)

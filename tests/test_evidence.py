@@ -236,15 +236,17 @@ def test_hints_are_quoted_commands():
     assert command("sql", "s", "SELECT 1") == "`genoembed sql s 'SELECT 1'`"
 
 
-def test_batched_strands_equal_a_pure_python_oracle():
-    """match_strands (all hits at once, rows grouped by length) against a per-pair count of the target's
-    6-mers (and its reverse complement's) that occur in the query, in plain Python: lengths vary, N and
-    lower case included, targets shorter than k, every query against several targets."""
-    from genoembed.evidence import STRAND_ROWS, kmer_presence, match_strands
+def test_batched_strands_equal_a_pure_python_oracle(monkeypatch):
+    """match_strands (all hits at once, rows grouped by length, in bounded blocks) against a per-pair count of
+    the target's 6-mers (and its reverse complement's) that occur in the query, in plain Python: lengths vary,
+    N and lower case included, targets shorter than k, every query against several targets."""
+    from genoembed import evidence
+    from genoembed.evidence import kmer_presence, match_strands
 
+    monkeypatch.setattr(evidence, "STRAND_ELEMENTS", 700)  # several blocks per length, one row for the longest
     rng = np.random.default_rng(5)
-    queries = ["".join(rng.choice(list("ACGTACGTNacgt"), rng.integers(3, 400))) for _ in range(40)]
-    query_of = rng.integers(0, len(queries), STRAND_ROWS + 77)
+    queries = ["".join(rng.choice(list("ACGTACGTNacgt"), rng.integers(3, 1200))) for _ in range(40)]
+    query_of = rng.integers(0, len(queries), 2125)
     targets = []
     for number in query_of:
         source = queries[number][int(rng.integers(0, 20)):] or "A"
