@@ -225,7 +225,7 @@ class Store:
 
     def info(self) -> dict:
         """Manifest summary with sizes on disk, for `genoembed info`."""
-        size = sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file())
+        size = sum(_size_if_present(path) for path in self.root.rglob("*"))
         building = sorted(set(self.manifest["genomes"]) - set(self.genomes))
         return {"path": str(self.root), "status": "building" if building else "complete", "tiles": self.num_tiles,
                 "dim": self.dim, "shards": len(self.shards), "bytes_on_disk": size,
@@ -444,3 +444,12 @@ class Store:
                 manifest.setdefault(section, {}).pop(name, None)
             else:
                 manifest.setdefault(section, {})[name] = entry
+
+
+def _size_if_present(path: Path) -> int:
+    """A file's size, 0 for folders and for files a writer replaced or removed while the store was walked
+    (temporary ``.partial`` files come and go under a running append)."""
+    try:
+        return path.stat().st_size if path.is_file() else 0
+    except FileNotFoundError:
+        return 0

@@ -171,3 +171,31 @@ def test_repeated_lookups_use_the_loci_cache_and_agree_with_parquet_reads(chloro
     with store.transaction():  # a commit: a new snapshot, the loci go
         pass
     assert store._loci is None
+
+
+def test_info_counts_sizes_while_a_writer_removes_files(tmp_path, monkeypatch):
+    """`info` walks the store; a temporary file removed between the walk and its stat (a writer committing)
+    is skipped, not an error."""
+    from pathlib import Path
+
+    from genoembed.build import index
+    from genoembed.embedders.kmer import KmerEmbedder
+    from genoembed.synthetic import random_genome, write_fasta
+    from genoembed.tiles import TilingSpec
+
+    fasta = write_fasta(tmp_path / "g.fa", random_genome({"c": 5000}, seed=3))
+    store = index(fasta, tmp_path / "s", embedder=KmerEmbedder(k=3), tiling=TilingSpec(window=500, stride=250))
+    vanishing = store.root / ".manifest.json.partial.999"
+    vanishing.write_text("{}")
+    real_stat, looked_at = Path.stat, []
+
+    def stat_after_removal(path, *args, **kwargs):
+        if path == vanishing:
+            looked_at.append(path)
+            if len(looked_at) == 2:  # seen as a file, then renamed away by the writer before its size is read
+                vanishing.unlink()
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "stat", stat_after_removal)
+    info = store.info()
+    assert info["bytes_on_disk"] > 0 and info["tiles"] == store.num_tiles
