@@ -165,19 +165,15 @@ class UniqueNames:
 
 class StoreGenomes:
     """The genomes of a store seen as one, for cutting region queries: ``contigs`` lists every
-    contig, and ``fetch`` reads from the genome holding it (opened, and checksummed, on first use)."""
+    contig, and ``fetch`` reads from the genome holding it (opened, and checksummed, once per store)."""
 
     def __init__(self, store: Store):
         self._store = store
-        self._opened: dict = {}
         self.path = store.root
         self.contigs = store.contig_lengths
 
     def fetch(self, chrom: str, start: int, end: int, strand: str = "+") -> str:
-        name = self._store.genome_of_contig(chrom)
-        if name not in self._opened:
-            self._opened[name] = self._store.genome(name)
-        return self._opened[name].fetch(chrom, start, end, strand)
+        return self._store.genome(self._store.genome_of_contig(chrom)).fetch(chrom, start, end, strand)
 
 
 def query_source(store: Store, genome: str | None = None):
@@ -299,18 +295,13 @@ def _inside_own_region(queries: list[Query], tiles: pa.Table, tile_row: np.ndarr
 
 
 class HitSequences:
-    """Sequences of hit regions, read from the store's genomes (each opened once, on first use)."""
+    """Sequences of hit regions, read from the store's genomes (``Store.genome`` opens each once)."""
 
     def __init__(self, store: Store):
-        self._store, self._opened = store, {}
-
-    def _genome(self, name: str):
-        if name not in self._opened:
-            self._opened[name] = self._store.genome(name)
-        return self._opened[name]
+        self._store = store
 
     def fetch(self, genome: str, chrom: str, start: int, end: int) -> str:
-        return self._genome(genome).fetch(chrom, start, end).upper()
+        return self._store.genome(genome).fetch(chrom, start, end).upper()
 
     def fetch_all(self, hits: pa.Table) -> list[str]:
         """Every hit's sequence (upper case), in row order. A contig whose hits add up to a quarter of its
@@ -322,7 +313,7 @@ class HitSequences:
             by_contig.setdefault((genome, chrom), []).append(row)
         sequences = [""] * len(located)
         for (genome, chrom), rows in by_contig.items():
-            length = self._genome(genome).contigs[chrom]
+            length = self._store.genome(genome).contigs[chrom]
             if 4 * sum(located[row][3] - located[row][2] for row in rows) >= length:
                 whole = self.fetch(genome, chrom, 0, length)
                 for row in rows:

@@ -13,6 +13,7 @@ support; see the README for installing a GPU build in its place.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -78,14 +79,12 @@ def gpu_available() -> bool:
         and faiss.get_num_gpus() > 0
 
 
+@functools.cache
 def gpu_resources():
     """One ``StandardGpuResources`` per process: each reserves scratch memory on the GPU."""
-    if not _GPU_RESOURCES:
-        _GPU_RESOURCES.append(import_faiss().StandardGpuResources())
-    return _GPU_RESOURCES[0]
+    return import_faiss().StandardGpuResources()
 
 
-_GPU_RESOURCES: list = []
 # FAISS GPU search selects at most this many neighbours and probes at most this many lists per query.
 GPU_MAX_SELECT = 2048
 

@@ -372,8 +372,8 @@ def _model_max_tokens(config: dict, tokenizer_config: dict) -> int:
 def _load_table(directory: Path, model: _Model) -> np.ndarray:
     """(vocab, dim) float32, read-only: :func:`_compute_table`, kept while the directory's files are unchanged
     (checking a model and then building its embedder, as the registry does, reads the weights once)."""
-    key = (str(directory.resolve()), tuple(sorted((path.name, path.stat().st_size, path.stat().st_mtime_ns)
-                                                  for path in directory.iterdir() if path.is_file())))
+    files = sorted((path.name, path.stat()) for path in directory.iterdir() if path.is_file())
+    key = (str(directory.resolve()), tuple((name, info.st_size, info.st_mtime_ns) for name, info in files))
     if key not in _TABLES:
         if len(_TABLES) >= 4:
             _TABLES.pop(next(iter(_TABLES)))
