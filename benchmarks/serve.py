@@ -51,7 +51,7 @@ def open_or_build(path: Path) -> Store:
 
 def regions(store: Store, count: int, seed: int) -> list[str]:
     """Seeded random 1 kb regions (1-based, as a user types them)."""
-    chrom, length = next(iter(store.contig_lengths.items()))
+    chrom, length = next(iter(next(iter(store.contig_lengths.values())).items()))
     starts = np.random.default_rng(seed).integers(0, length - 1000, size=count)
     return [f"{chrom}:{start + 1}-{start + 1000}" for start in starts]
 

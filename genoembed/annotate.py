@@ -1,4 +1,10 @@
-"""Add annotation files to a store (checked against the genome's contigs) and annotate hits."""
+"""Add annotation files to a store (checked against one genome's contigs) and annotate hits.
+
+An annotation set belongs to one genome of the store: contig names repeat across genomes (``chr1``,
+``contig_1``), so a file's features are keyed by (genome, chrom) like tiles and hits. Without
+``genome`` the set goes to the one genome holding every contig the file names; a file that fits
+several genomes, or none of a several-genome store, is refused with the candidates named.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +18,7 @@ import pyarrow.parquet as pq
 
 if TYPE_CHECKING:
     import duckdb
-from genoembed import features
+from genoembed import features, schema
 from genoembed.errors import InputError
 from genoembed.files import atomic_write_bytes
 from genoembed.manifest import file_sha256
@@ -29,24 +35,66 @@ def annotation_set_name(path: Path) -> str:
 
 
 def add_annotations(store: Store, path: str | Path, name: str | None = None, format: str | None = None,
-                    aliases: dict[str, str] | None = None, auto_alias: bool = False) -> dict:
-    """Parse, check contigs against the store's genomes, and save as ``annotations/NAME.parquet``."""
+                    aliases: dict[str, str] | None = None, auto_alias: bool = False,
+                    genome: str | None = None) -> dict:
+    """Parse, check contigs against ``genome`` (default: :func:`matching_genome`), and save as
+    ``annotations/NAME.parquet`` with a ``genome`` column.
+
+    NAME defaults to the file's name; when a set of another genome already has it (two strains'
+    ``genes.gff3``), ``NAME_GENOME``, so one genome's annotations never replace another's.
+    """
     path = Path(path)
     table = features.read_annotations(path, format=format, aliases=aliases)
-    lengths = store.contig_lengths
+    genome = genome if genome is not None else matching_genome(store, table, path, auto_alias)
+    if genome not in store.genomes:
+        raise InputError(f"{store.root}: no genome {genome!r} in the store; it holds {', '.join(store.genomes)}")
+    lengths = store.contig_lengths[genome]
     if auto_alias:
         table = features.apply_aliases(table, features.suggest_aliases(table, lengths))
     features.require_known_contigs(table, lengths, path)
-    name = name or annotation_set_name(path)
+    table = table.add_column(0, schema.ANNOTATIONS.field("genome"), pa.array([genome] * table.num_rows, pa.string()))
+    name = name or _default_name(store, path, genome)
     target = store.root / "annotations" / f"{name}.parquet"
     target.parent.mkdir(exist_ok=True)
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="zstd")
     atomic_write_bytes(target, sink.getvalue().to_pybytes())
-    entry = {"path": f"annotations/{name}.parquet", "source": str(path), "rows": table.num_rows,
+    entry = {"path": f"annotations/{name}.parquet", "genome": genome, "source": str(path), "rows": table.num_rows,
              "sha256": file_sha256(target), "added": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    previous = (store.manifest.get("annotations") or {}).get(name)
     store.record("annotations", name, entry)
+    if previous and previous["path"] != entry["path"]:  # a set `genoembed remove` rewrote under another name
+        (store.root / previous["path"]).unlink(missing_ok=True)
     return entry
+
+
+def matching_genome(store: Store, table: pa.Table, path: Path, auto_alias: bool = False) -> str:
+    """The one genome of the store holding every contig ``table`` names (after the suggested renames with
+    ``auto_alias``); a one-line InputError naming the candidates when several do, or when none of several
+    genomes does (a one-genome store returns its genome, so the contig report says what differs)."""
+    if len(store.genomes) == 1:
+        return next(iter(store.genomes))
+    names = set(table.column("chrom").unique().to_pylist())
+    fitting = []
+    for genome, lengths in store.contig_lengths.items():
+        renamed = {features.suggest_aliases(table, lengths).get(chrom, chrom) for chrom in names} \
+            if auto_alias else names
+        if renamed <= lengths.keys():
+            fitting.append(genome)
+    if len(fitting) == 1:
+        return fitting[0]
+    if fitting:
+        raise InputError(f"{path}: its contigs are in {len(fitting)} genomes of the store ({', '.join(fitting)}); "
+                         f"contig names repeat across genomes: name one with --genome")
+    example = sorted(names)[0] if names else "(none)"
+    raise InputError(f"{path}: no genome of the store holds all its contigs (e.g. {example!r}; genomes: "
+                     f"{', '.join(store.genomes)}); name one with --genome to see which contigs differ")
+
+
+def _default_name(store: Store, path: Path, genome: str) -> str:
+    name = annotation_set_name(path)
+    taken = (store.manifest.get("annotations") or {}).get(name)
+    return name if taken is None or taken.get("genome") == genome else re.sub(r"\W", "_", f"{name}_{genome}")
 
 
 def annotate_hits(store: Store, hits: pa.Table, strand: str = "ignore", types: tuple[str, ...] | None = None) \

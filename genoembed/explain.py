@@ -130,7 +130,8 @@ def resolve_hit(store: Store, query: Query, hit: int | str, embedder=None) -> Qu
         row = rows[rank - 1]
         region = f"{row['chrom']}:{row['start'] + 1}-{row['end']}:{row['strand']}"
         found = region_queries(query_source(store, row["genome"]), [region])[0]
-        return Query(f"rank{rank} {region}", found.sequence, found.chrom, found.start, found.end, found.strand)
+        return Query(f"rank{rank} {region}", found.sequence, found.chrom, found.start, found.end, found.strand,
+                     found.genome)
     return region_queries(query_source(store), [str(hit)])[0]
 
 

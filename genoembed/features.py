@@ -1,6 +1,6 @@
 """Read BED / GTF / GFF3 / GenBank features into one table, and reconcile contig names with a genome.
 
-Every reader returns a table with exactly :data:`genoembed.schema.ANNOTATIONS`,
+Every reader returns a table with exactly :data:`genoembed.schema.FEATURES` (a store adds ``genome``),
 in the 0-based half-open convention stated there: BED is already so; GTF,
 GFF3 and GenBank text are 1-based closed, so ``start - 1`` (Biopython has
 already converted GenBank locations). Multi-part features become one row
@@ -54,7 +54,7 @@ def detect_format(path: str | Path) -> str:
 
 
 def read_annotations(path: str | Path, format: str | None = None, aliases: dict[str, str] | None = None) -> pa.Table:
-    """Features of a BED, GTF, GFF3 or GenBank file (optionally gzipped) as an ``ANNOTATIONS`` table.
+    """Features of a BED, GTF, GFF3 or GenBank file (optionally gzipped) as a ``FEATURES`` table.
 
     ``aliases`` renames contigs (``{"chr1": "1"}``) after parsing.
     """
@@ -606,7 +606,7 @@ class _Feature:
 
 
 class _Rows:
-    """The features of one file, collected one at a time, then an ``ANNOTATIONS`` table."""
+    """The features of one file, collected one at a time, then a ``FEATURES`` table."""
 
     def __init__(self, path: Path):
         self.source = str(path)
@@ -627,7 +627,7 @@ class _Rows:
             "source": [self.source] * len(features), "attributes": [list(f.attributes.items()) for f in features],
             "parts": [None if f.parts is None else [{"start": s, "end": e, "strand": strand}
                                                     for s, e, strand in f.parts] for f in features]}
-        return pa.table(columns, schema=schema.ANNOTATIONS)
+        return pa.table(columns, schema=schema.FEATURES)
 
 
 def _open_text(path: Path) -> io.TextIOBase:

@@ -73,14 +73,15 @@ def bed(hits: pa.Table, higher_is_better: bool = True) -> str:
     return "\n".join(lines) + "\n"
 
 
-def paf(hits: pa.Table, contig_lengths: dict[str, int]) -> str:
-    """PAF text of aligned hits (no header)."""
+def paf(hits: pa.Table, contig_lengths: dict[str, dict[str, int]]) -> str:
+    """PAF text of aligned hits (no header); ``contig_lengths`` is genome -> {contig: length}
+    (:attr:`genoembed.store.Store.contig_lengths`): the target length is that of the hit's own genome."""
     _require_alignments(hits, "paf")
     lines = []
     for row in _aligned_rows(hits):
         lines.append("\t".join(str(value) for value in (
             row["query"], row["query_length"], row["query_aligned_start"], row["query_aligned_end"], row["strand"],
-            row["chrom"], contig_lengths[row["chrom"]], row["target_start"], row["target_end"], row["matches"],
+            row["chrom"], contig_lengths[row["genome"]][row["chrom"]], row["target_start"], row["target_end"], row["matches"],
             row["aligned_length"], 255, f"AS:i:{row['alignment_score']}", f"cg:Z:{row['cigar']}",
             f"es:f:{row['score']:.6g}")))
     return "\n".join(lines) + ("\n" if lines else "")

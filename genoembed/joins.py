@@ -1,9 +1,11 @@
 """Interval joins in DuckDB: overlap and nearest feature, fast at genome scale.
 
-Both take two named relations (tables or views) with ``chrom``, ``start``,
-``end``, ``strand`` columns in the 0-based half-open convention of
+Both take two named relations (tables or views) with ``genome``, ``chrom``,
+``start``, ``end``, ``strand`` columns in the 0-based half-open convention of
 :mod:`genoembed.schema`, and return every left column, every right column
-prefixed (``feature_`` by default) and one measure column.
+prefixed (``feature_`` by default) and one measure column. Rows meet only on
+the same ``(genome, chrom)``: contig names repeat across genomes (``chr1``,
+``contig_1``), so the name alone is no key; a null genome meets nothing.
 
 Parts: a right row with a non-null ``parts`` list (multi-part features, see
 schema.py) is matched by its parts only, each with its own strand; its span
@@ -24,7 +26,7 @@ zero-length records by 1 bp on each side instead, so it differs there only.)
 Why binned on the left start: the genome is cut into bins of ``B`` bp; a left
 row of length at most ``B`` goes to the one bin holding its start, and each
 right part is copied into every bin whose starts could reach it (starts in
-``(part.start - B, part.end)``). An equi-join on ``(chrom, bin)`` then yields
+``(part.start - B, part.end)``). An equi-join on ``(genome, chrom, bin)`` then yields
 each candidate pair exactly once, with no DISTINCT and no copy of the large
 left side. Left rows longer than ``B`` (rare: ``B`` is at least their typical
 length) are copied into every bin they touch and keep a pair only in the bin
@@ -87,12 +89,12 @@ def nearest_sql(left: str, right: str, strand: str = "ignore", bin_size: int | N
     left interval lies upstream of the feature on the strand of the part
     measured (left of a ``+`` or ``.`` part, right of a ``-`` part). Ties keep
     every tied feature (bedtools' default ``-t all``); all overlapping features
-    tie at 0. Left rows with no candidate on their chrom (and strand) appear
+    tie at 0. Left rows with no candidate on their genome and chrom (and strand) appear
     once with null feature columns and null distance.
 
     Strategy, with no row ids, anti-join or cross join: overlaps come from the
     binned overlap join. Separately one ASOF join gives each left row, from a
-    small table of the parts' distinct starts per chrom (and strand), the
+    small table of the parts' distinct starts per genome and chrom (and strand), the
     greatest part end among parts starting before its end (a running max) and
     the next part start at or after its end. The row overlaps something iff
     that running end exceeds its start; otherwise the running end is its
@@ -112,18 +114,20 @@ def nearest_sql(left: str, right: str, strand: str = "ignore", bin_size: int | N
     return f"""
 WITH {_common_ctes(left, right, bin_size)},
 _ge_starts AS (
-    SELECT chrom{part_key}, _ge_s AS start, max(_ge_e) AS max_end FROM _ge_rp
+    SELECT genome, chrom{part_key}, _ge_s AS start, max(_ge_e) AS max_end FROM _ge_rp
     {"WHERE _ge_strand IN ('+', '-')" if stranded else ""} GROUP BY ALL),
 _ge_runs AS (
-    SELECT chrom{part_key}, start,
-           max(max_end) OVER (PARTITION BY chrom{part_key} ORDER BY start ROWS UNBOUNDED PRECEDING) AS run_end,
-           lead(start) OVER (PARTITION BY chrom{part_key} ORDER BY start) AS next_start
+    SELECT genome, chrom{part_key}, start,
+           max(max_end) OVER (PARTITION BY genome, chrom{part_key} ORDER BY start ROWS UNBOUNDED PRECEDING)
+               AS run_end,
+           lead(start) OVER (PARTITION BY genome, chrom{part_key} ORDER BY start) AS next_start
     FROM _ge_starts
     UNION ALL
-    SELECT chrom{part_key}, -1, NULL, min(start) FROM _ge_starts GROUP BY ALL),
+    SELECT genome, chrom{part_key}, -1, NULL, min(start) FROM _ge_starts GROUP BY ALL),
 _ge_sides AS (
     SELECT l.*, {left_key}, u.start AS _ge_run, u.run_end AS _ge_up_end, u.next_start AS _ge_dn_start
-    FROM {left} l ASOF LEFT JOIN _ge_runs u ON l.chrom = u.chrom {match_run} AND l."end" > u.start),
+    FROM {left} l ASOF LEFT JOIN _ge_runs u
+        ON l.genome = u.genome AND l.chrom = u.chrom {match_run} AND l."end" > u.start),
 _ge_best AS (
     SELECT *, least(start - _ge_up_end, _ge_dn_start - "end") AS _ge_gap FROM _ge_sides
     WHERE _ge_run IS NOT NULL AND NOT coalesce(_ge_up_end > start, false))
@@ -131,12 +135,12 @@ _ge_best AS (
 UNION ALL BY NAME
 SELECT b.* EXCLUDE ({side_helpers}, _ge_gap), {features},
        CASE WHEN r._ge_strand = '-' THEN -(b._ge_gap + 1) ELSE b._ge_gap + 1 END AS distance
-FROM _ge_best b JOIN _ge_rp r ON r.chrom = b.chrom AND r._ge_e = b._ge_up_end {match_part}
+FROM _ge_best b JOIN _ge_rp r ON r.genome = b.genome AND r.chrom = b.chrom AND r._ge_e = b._ge_up_end {match_part}
 WHERE b.start - b._ge_up_end = b._ge_gap AND r._ge_s < b."end" AND {tie_check}
 UNION ALL BY NAME
 SELECT b.* EXCLUDE ({side_helpers}, _ge_gap), {features},
        CASE WHEN r._ge_strand = '-' THEN b._ge_gap + 1 ELSE -(b._ge_gap + 1) END AS distance
-FROM _ge_best b JOIN _ge_rp r ON r.chrom = b.chrom AND r._ge_s = b._ge_dn_start {match_part}
+FROM _ge_best b JOIN _ge_rp r ON r.genome = b.genome AND r.chrom = b.chrom AND r._ge_s = b._ge_dn_start {match_part}
 WHERE b._ge_dn_start - b."end" = b._ge_gap AND {tie_check}
 UNION ALL BY NAME
 SELECT * EXCLUDE ({side_helpers}) FROM _ge_sides WHERE _ge_run IS NULL"""
@@ -241,5 +245,5 @@ FROM (SELECT x.*, NULL::BIGINT AS _ge_first, x.start // s.size AS _ge_bin
       SELECT x.*, x.start // s.size AS _ge_first,
              unnest(generate_series(x.start // s.size, greatest(x."end" - 1, x.start) // s.size)) AS _ge_bin
       FROM {left} x, _ge_bin_size s WHERE x."end" - x.start > s.size) l
-JOIN _ge_rb r ON l.chrom = r.chrom AND l._ge_bin = r._ge_bin
+JOIN _ge_rb r ON l.genome = r.genome AND l.chrom = r.chrom AND l._ge_bin = r._ge_bin
 WHERE {overlap} AND (l._ge_first IS NULL OR greatest(l._ge_first, r._ge_first) = l._ge_bin)"""

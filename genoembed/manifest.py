@@ -16,7 +16,7 @@ from pathlib import Path
 from genoembed.errors import StoreError
 from genoembed.files import atomic_write_bytes
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 MANIFEST = "manifest.json"
 
 
@@ -73,8 +73,31 @@ def m001_single_genome(manifest: dict) -> dict:
     return manifest
 
 
+def m002_annotation_genomes(manifest: dict) -> dict:
+    """Format 2 -> 3: annotation sets belong to one genome (``genome``; contig names repeat across genomes).
+
+    Format-2 annotation files have no ``genome`` column and are not rewritten here: a reader takes no lock and
+    may not write (a read-only store must keep opening), and their sha256 stays what the manifest recorded.
+    Instead each entry is marked ``genome_in_file: false`` and the SQL ``annotations`` view supplies the
+    column (:func:`genoembed.sql.annotation_owners`). The genome is assigned when it is unambiguous: a store
+    holding one genome gives it to every set. A set of a several-genome store gets ``genome: null`` and the
+    genomes it could be on (``genome_candidates``); each row then belongs to the one candidate holding its
+    contig, and rows on a contig name several candidates share join nothing (re-add the file with
+    ``genoembed annotate --genome``). The first writer commits the migrated manifest, so a genome appended
+    later never claims these rows.
+    """
+    complete = [name for name, entry in manifest["genomes"].items() if entry.get("status") == "complete"]
+    for entry in (manifest.get("annotations") or {}).values():
+        if isinstance(entry, dict) and "genome" not in entry:
+            entry.update(genome=complete[0] if len(complete) == 1 else None, genome_in_file=False)
+            if len(complete) != 1:
+                entry["genome_candidates"] = complete
+    manifest["format_version"] = 3
+    return manifest
+
+
 # Named migrations, run in order: MIGRATIONS[n] turns a format-n manifest into format n + 1.
-MIGRATIONS = {1: m001_single_genome}
+MIGRATIONS = {1: m001_single_genome, 2: m002_annotation_genomes}
 
 
 def _is_int(value) -> bool:
@@ -145,6 +168,8 @@ def manifest_problems(manifest: dict) -> list[str]:
                 if expect(f"{section}.{name}", entry, dict, "an object") and \
                         expect(f"{section}.{name}.path", entry.get("path"), str, "a path"):
                     _check_store_path(entry["path"], f"{section}.{name}", problems)
+                if section == "annotations" and isinstance(entry, dict):
+                    _check_annotation_genome(entry, f"{section}.{name}", problems)
     index = manifest.get("index")
     if index is not None and expect("index", index, dict, "an object or null"):
         if expect("index.path", index.get("path"), str, "a path"):
@@ -156,6 +181,17 @@ def manifest_problems(manifest: dict) -> list[str]:
             for number, name in enumerate(index.get("genomes", [])):
                 expect(f"index.genomes[{number}]", name, str, "a genome name")
     return problems
+
+
+def _check_annotation_genome(entry: dict, where: str, problems: list[str]) -> None:
+    """An annotation set names its genome (null only for a format-2 set whose genome was ambiguous: its rows
+    may lie on several genomes, each row's ``genome`` says which)."""
+    genome = entry.get("genome")
+    if not (isinstance(genome, str) or (genome is None and "genome" in entry)):
+        problems.append(f"{where}.genome is {json.dumps(genome)[:40]}, expected a genome name")
+    candidates = entry.get("genome_candidates", [])
+    if not isinstance(candidates, list) or not all(isinstance(name, str) for name in candidates):
+        problems.append(f"{where}.genome_candidates is {json.dumps(candidates)[:40]}, expected a list of genome names")
 
 
 def _check_store_path(path: str, where: str, problems: list[str]) -> None:

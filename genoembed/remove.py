@@ -9,12 +9,15 @@ switched to "no index" and rebuilt after the switch. A crash at any point
 therefore leaves a consistent store (before the switch: the old one plus
 orphan files that `genoembed verify` names), at worst without an index, which
 the next `genoembed index` (or this command again) rebuilds. Removed tile ids
-are never reused.
+are never reused. The genome's annotation sets go with it (with ``contigs``: their rows on
+those contigs), switched in the same manifest write.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -22,8 +25,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from genoembed.errors import InputError, StoreError
+from genoembed.files import atomic_write_bytes
 from genoembed.indexing import build_store_index, index_file_matches, refresh_sharded
 from genoembed.manifest import file_sha256, read_manifest, write_manifest
+from genoembed.schema import ANNOTATIONS
 from genoembed.store import Store, write_lock
 from genoembed.store_writer import write_shard
 from genoembed.vector_index import INDEX_FILE, IndexSpec, load_index, remove_tile_ids, save_index
@@ -56,6 +61,7 @@ def remove(store: Store, genome: str, contigs: Sequence[str] = ()) -> dict:
             if rest.num_rows:
                 kept.append(_rewritten(store, manifest, shard, rest))
         manifest["shards"] = kept
+        replaced += _remove_annotations(store, manifest, genome, contigs)
         if contigs:
             entry["contig_lengths"] = {c: n for c, n in entry["contig_lengths"].items() if c not in contigs}
             entry["removed_contigs"] = entry.get("removed_contigs", []) + list(contigs)
@@ -125,6 +131,51 @@ def _check_request(store: Store, manifest: dict, genome: str, contigs: Sequence[
     if len(manifest["genomes"]) == 1 and (not contigs or set(contigs) >= set(entry["contig_lengths"])):
         raise InputError(f"{store.root}: that would remove everything the store holds; delete the directory instead")
     return entry
+
+
+def _remove_annotations(store: Store, manifest: dict, genome: str, contigs: Sequence[str]) -> list[Path]:
+    """Drop ``genome``'s annotation sets (or their rows on ``contigs``) from ``manifest``; the files to delete
+    once it is committed. A rewritten set gets a new file (named by its checksum), so readers of the old
+    snapshot keep reading the old one."""
+    import pyarrow.compute as pc
+
+    from genoembed.sql import annotation_owners
+
+    replaced = []
+    sets = manifest.get("annotations") or {}
+    for name, entry in list(sets.items()):
+        if entry.get("genome") not in (genome, None):
+            continue
+        path = store.root / entry["path"]
+        if entry.get("genome") == genome and not contigs:
+            del sets[name]
+            replaced.append(path)
+            continue
+        table = pq.read_table(path)
+        if entry.get("genome_in_file") is False:  # a format-2 file: its rows' genomes come from their contigs
+            owners = annotation_owners(store, entry)
+            table = table.add_column(0, ANNOTATIONS.field("genome"),
+                                     pa.array([owners.get(chrom) for chrom in table["chrom"].to_pylist()], pa.string()))
+        gone = pc.fill_null(pc.equal(table["genome"], genome), False)
+        if contigs:
+            gone = pc.and_(gone, pc.is_in(table["chrom"], value_set=pa.array(list(contigs), pa.string())))
+        if not pc.any(gone).as_py():
+            continue
+        rest = table.filter(pc.invert(gone))
+        replaced.append(path)
+        if not rest.num_rows:
+            del sets[name]
+            continue
+        sink = pa.BufferOutputStream()
+        pq.write_table(rest, sink, compression="zstd")
+        data = sink.getvalue().to_pybytes()
+        relative = f"annotations/{name}-{hashlib.sha256(data).hexdigest()[:12]}.parquet"
+        atomic_write_bytes(store.root / relative, data)
+        genomes = pc.unique(rest["genome"]).to_pylist()
+        sets[name] = {**{key: value for key, value in entry.items() if key not in ("genome_in_file", "genome_candidates")},
+                      "path": relative, "rows": rest.num_rows, "sha256": file_sha256(store.root / relative),
+                      "genome": genomes[0] if len(genomes) == 1 else None}
+    return replaced
 
 
 def _rewritten(store: Store, manifest: dict, shard: dict, rest: pa.Table) -> dict:

@@ -45,7 +45,11 @@ def embeddings_schema(dim: int, dtype: str = "float32") -> pa.Schema:
     return pa.schema(TILE_FIELDS + [pa.field(EMBEDDING, pa.list_(value_type, dim), nullable=False)])
 
 
-# Annotations: features from BED / GTF / GFF3 / GenBank, normalised; one row per feature.
+# Annotations: features from BED / GTF / GFF3 / GenBank, normalised; one row per feature. A file says
+# nothing about which of a store's genomes it describes (contig names such as ``chr1`` or ``contig_1``
+# repeat across assemblies), so the readers return ``FEATURES`` and a store keeps ``ANNOTATIONS``: the
+# same columns led by ``genome``, the store genome the set was added to (``genoembed annotate --genome``).
+# ``(genome, chrom)`` is the key of every interval, as in tiles and hits.
 #
 # Multi-part features (GenBank ``join``/``order``, GFF3 rows sharing one ID,
 # a GFF3/GTF transcript's exons, the CDS / UTR / codon rows of one GTF
@@ -65,7 +69,7 @@ def embeddings_schema(dim: int, dtype: str = "float32") -> pa.Schema:
 # as two rows, one each side of the origin (attribute ``origin_split``).
 PART = pa.struct([pa.field("start", pa.int64()), pa.field("end", pa.int64()), pa.field("strand", pa.string())])
 PARTS_SQL_TYPE = 'STRUCT(start BIGINT, "end" BIGINT, strand VARCHAR)[]'  # DuckDB spelling of ``parts``
-ANNOTATION_FIELDS = [
+FEATURE_FIELDS = [
     pa.field("chrom", pa.string(), nullable=False),
     pa.field("start", pa.int64(), nullable=False),
     pa.field("end", pa.int64(), nullable=False),
@@ -78,6 +82,8 @@ ANNOTATION_FIELDS = [
     pa.field("attributes", pa.map_(pa.string(), pa.string()), nullable=True),
     pa.field("parts", pa.list_(PART), nullable=True),
 ]
+FEATURES = pa.schema(FEATURE_FIELDS)
+ANNOTATION_FIELDS = [pa.field("genome", pa.string(), nullable=False), *FEATURE_FIELDS]
 ANNOTATIONS = pa.schema(ANNOTATION_FIELDS)
 ANNOTATION_COLUMNS = [f.name for f in ANNOTATION_FIELDS]
 

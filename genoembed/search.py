@@ -15,7 +15,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 
 import numpy as np
 import pyarrow as pa
@@ -37,7 +37,8 @@ _REGION = re.compile(r"^(?P<chrom>.+?)(?::(?P<start>\d[\d,]*)-(?P<end>\d[\d,]*))
 
 @dataclass(frozen=True)
 class Query:
-    """One query; genomic coordinates (0-based half-open) are set when it came from the genome."""
+    """One query; genomic coordinates (0-based half-open) and the store genome they are on are set when it came
+    from the store's genomes."""
 
     name: str
     sequence: str
@@ -45,6 +46,7 @@ class Query:
     start: int | None = None
     end: int | None = None
     strand: str | None = None
+    genome: str | None = None
 
 
 def check_sequence(sequence: str, where: str) -> str:
@@ -85,7 +87,8 @@ def region_queries(genome, regions: list[str]) -> list[Query]:
         if end > genome.contigs[chrom]:
             raise InputError(f"region {text!r}: ends at {end} but {chrom} has {genome.contigs[chrom]} bp; "
                              "clip the region to the contig")
-        queries.append(Query(text, genome.fetch(chrom, start, end, strand).upper(), chrom, start, end, strand))
+        queries.append(Query(text, genome.fetch(chrom, start, end, strand).upper(), chrom, start, end, strand,
+                             genome_holding(genome, chrom)))
     return queries
 
 
@@ -130,7 +133,8 @@ def _bed_lines(genome, lines: Iterable[str], where: str) -> Iterator[Query]:
             raise InputError(f"{where}:{number}: {chrom}:{start}-{end} is empty or outside the contig "
                              f"(length {genome.contigs[chrom]})")
         found = True
-        yield Query(name, genome.fetch(chrom, start, end, strand).upper(), chrom, start, end, strand)
+        yield Query(name, genome.fetch(chrom, start, end, strand).upper(), chrom, start, end, strand,
+                    genome_holding(genome, chrom))
     if not found:
         raise InputError(f"{where}: no regions found")
 
@@ -165,15 +169,46 @@ class UniqueNames:
 
 class StoreGenomes:
     """The genomes of a store seen as one, for cutting region queries: ``contigs`` lists every
-    contig, and ``fetch`` reads from the genome holding it (opened, and checksummed, once per store)."""
+    contig, and ``fetch`` reads from the genome holding it (opened, and checksummed, once per store).
+    A contig name held by several genomes is refused with the genomes to choose from (``--query-genome``)."""
 
     def __init__(self, store: Store):
         self._store = store
         self.path = store.root
-        self.contigs = store.contig_lengths
+        self.contigs = _StoreContigs(store)
+
+    def genome_of(self, chrom: str) -> str:
+        return self._store.genome_of_contig(chrom)
 
     def fetch(self, chrom: str, start: int, end: int, strand: str = "+") -> str:
-        return self._store.genome(self._store.genome_of_contig(chrom)).fetch(chrom, start, end, strand)
+        return self._store.genome(self.genome_of(chrom)).fetch(chrom, start, end, strand)
+
+
+class _StoreContigs(Mapping):
+    """Contig name -> length over all genomes of a store; looking up a name several genomes share raises the
+    store's one-line error naming them."""
+
+    def __init__(self, store: Store):
+        self._store = store
+        self._lengths = store.contig_lengths
+        self._names = list(dict.fromkeys(chrom for contigs in self._lengths.values() for chrom in contigs))
+
+    def __getitem__(self, chrom: str) -> int:
+        return self._lengths[self._store.genome_of_contig(chrom)][chrom]
+
+    def __contains__(self, chrom) -> bool:
+        return any(chrom in contigs for contigs in self._lengths.values())
+
+    def __iter__(self):
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
+def genome_holding(source, chrom: str) -> str | None:
+    """The store genome a region of ``source`` (a store genome, or :class:`StoreGenomes`) on ``chrom`` lies on."""
+    return source.genome_of(chrom) if isinstance(source, StoreGenomes) else getattr(source, "name", None)
 
 
 def query_source(store: Store, genome: str | None = None):
@@ -284,14 +319,18 @@ _QUERY_COLUMNS = (("name", "query"), ("chrom", "query_chrom"), ("start", "query_
 
 
 def _inside_own_region(queries: list[Query], tiles: pa.Table, tile_row: np.ndarray) -> np.ndarray:
-    """(queries, hits) mask of hit tiles overlapping their query's own region (queries cut from the genome)."""
+    """(queries, hits) mask of hit tiles overlapping their query's own region (queries cut from the genome):
+    same genome (when the query knows it: a Python caller may build one without), contig and overlap."""
+    genome = tiles.column("genome").combine_chunks().to_numpy(zero_copy_only=False)[tile_row]
+    own_genome = np.array([query.genome for query in queries], dtype=object)[:, None]
     chrom = tiles.column("chrom").combine_chunks().to_numpy(zero_copy_only=False)[tile_row]
     start = tiles.column("start").combine_chunks().to_numpy()[tile_row]
     end = tiles.column("end").combine_chunks().to_numpy()[tile_row]
     own_chrom = np.array([query.chrom for query in queries], dtype=object)[:, None]
     own_start = np.array([query.start or 0 for query in queries])[:, None]
     own_end = np.array([query.end or 0 for query in queries])[:, None]
-    return (chrom == own_chrom) & (own_start < end) & (start < own_end)
+    same_genome = (own_genome == None) | (genome == own_genome)  # noqa: E711 (elementwise)
+    return same_genome & (chrom == own_chrom) & (own_start < end) & (start < own_end)
 
 
 class HitSequences:
@@ -346,11 +385,11 @@ def add_evidence(store: Store, queries: list[Query], hits: pa.Table, align: bool
     if not align:
         return hits.set_column(hits.schema.get_field_index("strand"), schema.HITS.field("strand"), pa.array(strands))
     lengths = store.contig_lengths
-    database_length = sum(lengths.values())
+    database_length = sum(sum(contigs.values()) for contigs in lengths.values())
     rows = []
     for hit, query_number, strand in zip(hits.to_pylist(), query_of_hit, strands):
         query = queries[query_number].sequence.upper()
-        start, end = flanked(hit["start"], hit["end"], lengths[hit["chrom"]], len(query))
+        start, end = flanked(hit["start"], hit["end"], lengths[hit["genome"]][hit["chrom"]], len(query))
         alignment = align_pair(query, regions.fetch(hit["genome"], hit["chrom"], start, end), start)
         if alignment and not (alignment.target_start < hit["end"] and hit["start"] < alignment.target_end):
             alignment = None  # the query aligns next to the tile, not on it: no evidence for this hit

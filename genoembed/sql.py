@@ -21,7 +21,10 @@ Which files are exposed: only those the manifest names whose resolved path
 like ``../../etc/x`` or a symlink planted in ``searches/`` is refused.
 Annotation and search files are checked against their manifest ``sha256``
 when it has one; they are small next to the store and written by hand-run
-commands. Shards are not hashed on each call: that would read the whole store
+commands. A file's checksum is remembered under its identity (path, device,
+inode, size, modification time; :func:`genoembed.genome.remembered_checksum`),
+so a connection re-reads only files that changed since they were last hashed:
+a served store answers each search without re-hashing GENCODE's annotations. Shards are not hashed on each call: that would read the whole store
 (gigabytes) before every query, and a shard can only be swapped by someone
 who can also rewrite the manifest beside it. DuckDB reads every shard's
 Parquet footer when the views are made, so a damaged footer is still caught
@@ -47,7 +50,7 @@ if TYPE_CHECKING:
     import duckdb
 from genoembed import schema
 from genoembed.errors import InputError, StoreError, command
-from genoembed.manifest import file_sha256
+from genoembed.genome import remembered_checksum
 from genoembed.store import SNAPSHOT_RETRIES, Store
 
 DEFAULT_TIMEOUT = 60.0
@@ -61,11 +64,15 @@ _POLL_S = 0.1
 
 @dataclass(frozen=True)
 class StoreFiles:
-    """The checked, resolved files a connection may read: shards, annotation sets, saved searches by name."""
+    """The checked, resolved files a connection may read: shards, annotation sets, saved searches by name.
+
+    ``owners`` maps an annotation file written before annotations had a ``genome`` column to its
+    contig -> genome table (see :func:`annotation_owners`)."""
 
     shards: list[str]
     annotations: list[str]
     searches: dict[str, str]
+    owners: dict[str, dict[str, str]]
 
     @property
     def all(self) -> list[str]:
@@ -76,15 +83,30 @@ def store_files(store: Store) -> StoreFiles:
     """Every file the manifest names, resolved, contained in the store and (where it has a sha256) verified."""
     root = store.root.resolve()
     shards = [inside_store(root, shard["path"], "shard") for shard in store.shards]
-    annotations = [checked_file(root, "annotations", name, entry)
-                   for name, entry in store.manifest.get("annotations", {}).items()]
+    annotations, owners = [], {}
+    for name, entry in store.manifest.get("annotations", {}).items():
+        annotations.append(checked_file(root, "annotations", name, entry))
+        if entry.get("genome_in_file") is False:
+            owners[annotations[-1]] = annotation_owners(store, entry)
     searches = {}
     for name, entry in store.searches().items():
         if not _SEARCH_NAME.fullmatch(name):
             raise StoreError(f"{root}: saved search name {name!r} is not a plain identifier "
                              f"(it would become SQL); remove the entry, then run {command('verify', root)}")
         searches[name] = checked_file(root, "searches", name, entry)
-    return StoreFiles(shards, annotations, searches)
+    return StoreFiles(shards, annotations, searches, owners)
+
+
+def annotation_owners(store: Store, entry: dict) -> dict[str, str]:
+    """contig -> genome for the rows of an annotation file written before the ``genome`` column
+    (:func:`genoembed.manifest.m002_annotation_genomes`): the set's genome, or for a set of a several-genome
+    store, the one candidate holding the contig; names several candidates hold are left out (join nothing)."""
+    candidates = [entry["genome"]] if entry.get("genome") else entry.get("genome_candidates", [])
+    holders: dict[str, list[str]] = {}
+    for genome in candidates:
+        for chrom in store.contig_lengths.get(genome, {}):
+            holders.setdefault(chrom, []).append(genome)
+    return {chrom: genomes[0] for chrom, genomes in holders.items() if len(genomes) == 1}
 
 
 def inside_store(root: Path, listed: str, what: str) -> str:
@@ -101,7 +123,7 @@ def inside_store(root: Path, listed: str, what: str) -> str:
 def checked_file(root: Path, section: str, name: str, entry: dict) -> str:
     """:func:`inside_store`, then the file's sha256 against the manifest's when it records one."""
     path = inside_store(root, entry["path"], f"{section} {name!r}")
-    if "sha256" in entry and file_sha256(Path(path)) != entry["sha256"]:
+    if "sha256" in entry and remembered_checksum(Path(path)) != entry["sha256"]:
         raise StoreError(f"{root / entry['path']}: sha256 differs from the manifest ({section} {name!r} changed "
                          f"since it was written); run {command('verify', root)} and write it again")
     return path
@@ -109,11 +131,30 @@ def checked_file(root: Path, section: str, name: str, entry: dict) -> str:
 
 def _parquet_view(con, name: str, paths: list[str], columns: str = "*", empty: pa.Schema | None = None) -> None:
     if paths:
-        listed = ", ".join("'" + p.replace("'", "''") + "'" for p in paths)
-        con.execute(f"CREATE VIEW {name} AS SELECT {columns} FROM read_parquet([{listed}], union_by_name=true)")
+        con.execute(f"CREATE VIEW {name} AS SELECT {columns} FROM read_parquet([{_listed(paths)}], union_by_name=true)")
     else:
         con.register(f"_{name}_empty", empty.empty_table())
         con.execute(f"CREATE VIEW {name} AS SELECT * FROM _{name}_empty")
+
+
+def _annotations_view(con, files: StoreFiles) -> None:
+    """``annotations``: every set, keyed by (genome, chrom); files written before the ``genome`` column get it
+    from their contig -> genome table."""
+    current = [path for path in files.annotations if path not in files.owners]
+    selects = [f"SELECT * FROM read_parquet([{_listed(current)}], union_by_name=true)"] if current else []
+    for number, (path, owners) in enumerate(files.owners.items()):
+        con.register(f"_annotation_owners_{number}", pa.table({"chrom": pa.array(list(owners), pa.string()),
+                                                               "genome": pa.array(list(owners.values()), pa.string())}))
+        selects.append(f"SELECT o.genome, f.* FROM read_parquet([{_listed([path])}]) f "
+                       f"LEFT JOIN _annotation_owners_{number} o ON f.chrom = o.chrom")
+    if not selects:
+        con.register("_annotations_empty", schema.ANNOTATIONS.empty_table())
+        selects = ["SELECT * FROM _annotations_empty"]
+    con.execute(f"CREATE VIEW annotations AS {' UNION ALL BY NAME '.join(selects)}")
+
+
+def _listed(paths: list[str]) -> str:
+    return ", ".join("'" + p.replace("'", "''") + "'" for p in paths)
 
 
 def _feature_views(con, suffix: str) -> None:
@@ -129,7 +170,7 @@ def _create_views(con, files: StoreFiles) -> None:
     _parquet_view(con, "tiles", files.shards, f"* EXCLUDE ({schema.EMBEDDING})", empty=schema.TILES)
     _parquet_view(con, "embeddings", files.shards, f"tile_id, {schema.EMBEDDING}",
                   empty=pa.schema([schema.embeddings_schema(1).field(name) for name in ("tile_id", schema.EMBEDDING)]))
-    _parquet_view(con, "annotations", files.annotations, empty=schema.ANNOTATIONS)
+    _annotations_view(con, files)
     for name, path in files.searches.items():
         _parquet_view(con, f"hits_{name}", [path])
         _feature_views(con, f"_{name}")

@@ -210,9 +210,10 @@ class Store:
         return int(self.manifest["next_tile_id"])
 
     @property
-    def contig_lengths(self) -> dict[str, int]:
-        """Contig lengths of every genome in the store (for checking annotation contigs)."""
-        return {chrom: length for entry in self.genomes.values() for chrom, length in entry["contig_lengths"].items()}
+    def contig_lengths(self) -> dict[str, dict[str, int]]:
+        """genome -> {contig: length} for every complete genome: contig names repeat across genomes (``chr1``,
+        ``contig_1``), so a contig is known by (genome, chrom), never by its name alone."""
+        return {name: dict(entry["contig_lengths"]) for name, entry in self.genomes.items()}
 
     @property
     def shard_paths(self) -> list[Path]:
@@ -429,7 +430,7 @@ class Store:
         if len(holders) == 1:
             return holders[0]
         if not holders:
-            known = ", ".join(list(self.contig_lengths)[:5])
+            known = ", ".join(list(dict.fromkeys(c for contigs in self.contig_lengths.values() for c in contigs))[:5])
             raise InputError(f"{self.root}: no contig {chrom!r} in the store's genomes (known: {known}, ...)")
         raise InputError(f"{self.root}: contig {chrom!r} is in genomes {', '.join(holders)}; "
                          "name one with --query-genome")

@@ -18,6 +18,7 @@ filtered while reading; both give the same records.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -323,7 +324,7 @@ def haplotype_queries(store: Store, regions: list[str], vcf: str | Path, sample:
     for query in region_queries(source, regions):
         variants = sample_variants(vcf, sample, f"{query.chrom}:{query.start + 1}-{query.end}", source)
         _, altered = window_pair(source, variants, query.chrom, query.start, query.end, query.strand)
-        queries.append(Query(f"{query.name}|{sample}", altered, query.chrom, query.start, query.end, query.strand))
+        queries.append(dataclasses.replace(query, name=f"{query.name}|{sample}", sequence=altered))
     return queries
 
 

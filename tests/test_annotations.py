@@ -1,4 +1,4 @@
-"""Parsing BED/GTF/GFF3/GenBank into the ANNOTATIONS schema, and reconciling contig names."""
+"""Parsing BED/GTF/GFF3/GenBank into the FEATURES schema, and reconciling contig names."""
 
 from __future__ import annotations
 
@@ -36,8 +36,8 @@ def rows(table: pa.Table) -> list[dict]:
 
 
 def conforms(table: pa.Table, where: str) -> None:
-    assert table.schema.equals(schema.ANNOTATIONS)
-    assert schema.validate_table(table, schema.ANNOTATIONS, where) == []
+    assert table.schema.equals(schema.FEATURES)
+    assert schema.validate_table(table, schema.FEATURES, where) == []
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:
@@ -70,7 +70,7 @@ def test_gzip_read_transparently(tmp_path):
     path = tmp_path / "genes.gtf.gz"
     path.write_bytes(gzip.compress((HAND / "genes.gtf").read_bytes()))
     assert read_annotations(path).equals(read_annotations(HAND / "genes.gtf").set_column(
-        8, schema.ANNOTATIONS.field("source"), pa.array([str(path)] * 4)))
+        8, schema.FEATURES.field("source"), pa.array([str(path)] * 4)))
 
 
 def test_missing_file_is_input_error(tmp_path):

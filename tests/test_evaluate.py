@@ -186,10 +186,10 @@ def test_family_key_rule():
 def _annotations(rows):
     import pyarrow as pa
 
-    from genoembed.schema import ANNOTATIONS
+    from genoembed.schema import FEATURES
 
     defaults = {"strand": "+", "name": None, "feature_id": None, "parent": None, "source": "hand"}
-    return pa.Table.from_pylist([{**defaults, **row} for row in rows], schema=ANNOTATIONS)
+    return pa.Table.from_pylist([{**defaults, **row} for row in rows], schema=FEATURES)
 
 
 def test_gene_features_keep_exons_and_collapse_duplicates():

@@ -169,7 +169,7 @@ def test_removing_contigs_drops_rows_ids_and_index_entries(tmp_path, fastas, fac
     assert set(run_sql(store, "SELECT DISTINCT chrom FROM tiles")["chrom"].to_pylist()) == {"a1", "a2", "b2"}
     assert load_index(out / INDEX_FILE).ntotal == store.num_tiles
     assert store.genomes["g1"]["removed_contigs"] == ["b1", "b3"]
-    assert "b1" not in store.contig_lengths
+    assert "b1" not in store.contig_lengths["g1"] and "b2" in store.contig_lengths["g1"]
     with pytest.raises(StoreError, match=f"tile id {doomed[0]} is not in the store"):
         store.tiles(doomed[:1])
     assert verify_store(store) == []

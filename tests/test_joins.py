@@ -32,8 +32,13 @@ def strands_match(a: dict, b: dict, mode: str) -> bool:
     return (a["strand"] == b["strand"]) == (mode == "same")
 
 
+def same_contig(a: dict, b: dict) -> bool:
+    """(genome, chrom) is the key: contig names repeat across genomes."""
+    return (a["genome"], a["chrom"]) == (b["genome"], b["chrom"])
+
+
 def overlaps(a: dict, b: dict) -> bool:
-    return a["chrom"] == b["chrom"] and a["start"] < b["end"] and b["start"] < a["end"]
+    return same_contig(a, b) and a["start"] < b["end"] and b["start"] < a["end"]
 
 
 def signed_distance(a: dict, b: dict) -> int:
@@ -56,7 +61,7 @@ def nearest_oracle(left: list[dict], right: list[dict], mode: str) -> list[tuple
     result = []
     for a in left:
         candidates = [(signed_distance(a, b), b["id"]) for b in right
-                      if b["chrom"] == a["chrom"] and strands_match(a, b, mode)]
+                      if same_contig(a, b) and strands_match(a, b, mode)]
         if not candidates:
             result.append((a["id"], None, None))
             continue
@@ -76,7 +81,7 @@ def connect(left: list[dict], right: list[dict]) -> duckdb.DuckDBPyConnection:
     return con
 
 
-INTERVALS = pa.schema([("chrom", pa.string()), ("start", pa.int64()), ("end", pa.int64()), ("strand", pa.string()),
+INTERVALS = pa.schema([("genome", pa.string()), ("chrom", pa.string()), ("start", pa.int64()), ("end", pa.int64()), ("strand", pa.string()),
                        ("id", pa.int64())])
 
 
@@ -89,8 +94,13 @@ def got_nearest(con, **options) -> list[tuple]:
                   key=_order)
 
 
-def iv(i, chrom, start, end, strand="+"):
-    return {"chrom": chrom, "start": start, "end": end, "strand": strand, "id": i}
+def iv(i, chrom, start, end, strand="+", genome="g"):
+    return {"genome": genome, "chrom": chrom, "start": start, "end": end, "strand": strand, "id": i}
+
+
+def keyed(features: pa.Table, genome: str = "g") -> pa.Table:
+    """Features read from a file as a store keeps them: led by the genome they were added to."""
+    return features.add_column(0, schema.ANNOTATIONS.field("genome"), pa.array([genome] * features.num_rows))
 
 
 # ------------------------------------------------------------------ hand cases
@@ -141,11 +151,12 @@ def test_output_columns_and_view_use():
     con = connect(EDGE_LEFT, EDGE_RIGHT)
     table = overlap(con, "a", "b")
     # a relation without ``parts`` gets a null one: every feature is then one part
-    assert table.column_names == ["chrom", "start", "end", "strand", "id", "feature_chrom", "feature_start",
-                                  "feature_end", "feature_strand", "feature_id", "feature_parts", "overlap_bp"]
+    assert table.column_names == ["genome", "chrom", "start", "end", "strand", "id", "feature_genome", "feature_chrom",
+                                  "feature_start", "feature_end", "feature_strand", "feature_id", "feature_parts",
+                                  "overlap_bp"]
     assert table["feature_parts"].null_count == table.num_rows
-    assert nearest(con, "a", "b", prefix="b_").column_names[-8:] == [
-        "id", "b_chrom", "b_start", "b_end", "b_strand", "b_id", "b_parts", "distance"]
+    assert nearest(con, "a", "b", prefix="b_").column_names[-9:] == [
+        "id", "b_genome", "b_chrom", "b_start", "b_end", "b_strand", "b_id", "b_parts", "distance"]
     con.execute(f"CREATE VIEW pairs AS {overlap_sql('a', 'b')}")
     con.execute(f"CREATE VIEW near AS {nearest_sql('a', 'b')}")
     nested = f"WITH o AS ({overlap_sql('a', 'b')}), n AS ({nearest_sql('a', 'b')}) " \
@@ -174,12 +185,12 @@ def test_bad_options():
 # ------------------------------------------------------------------ real features vs tiles
 
 def chloroplast_case():
-    features = read_annotations(CHLOROPLAST_GB)
+    features = keyed(read_annotations(CHLOROPLAST_GB))
     length = 154_478
     tiles = [iv(i, "NC_000932.1", start, min(start + 1000, length), strand)
              for i, (start, strand) in enumerate((s, st_) for s in range(0, length, 500) for st_ in "+-")]
-    right = [{"chrom": r["chrom"], "start": r["start"], "end": r["end"], "strand": r["strand"], "id": n}
-             for n, r in enumerate(features.select(["chrom", "start", "end", "strand"]).to_pylist())]
+    right = [{**r, "id": n} for n, r in enumerate(features.select(["genome", "chrom", "start", "end", "strand"])
+                                                  .to_pylist())]
     return tiles, right, features
 
 
@@ -203,10 +214,12 @@ def test_annotation_table_columns_carried():
 
 # ------------------------------------------------------------------ random
 
+# two genomes sharing contig names, as assemblies do: rows meet only on the same (genome, chrom)
 interval = st.builds(
-    lambda chrom, start, length, strand: (chrom, start, start + length, strand),
+    lambda chrom, start, length, strand, genome: (chrom, start, start + length, strand, genome),
     st.sampled_from(["c1", "c2"]), st.integers(0, 300),
-    st.one_of(st.integers(0, 30), st.integers(0, 400), st.just(0)), st.sampled_from("+-."))
+    st.one_of(st.integers(0, 30), st.integers(0, 400), st.just(0)), st.sampled_from("+-."),
+    st.sampled_from(["g1", "g2"]))
 
 
 def numbered(items):
@@ -266,7 +279,8 @@ def parts_of(feature: dict) -> list[dict]:
     """A feature's parts, numbered from 1; a feature without ``parts`` is its span."""
     listed = feature.get("parts") or [{"start": feature["start"], "end": feature["end"],
                                        "strand": feature["strand"]}]
-    return [{**part, "chrom": feature["chrom"], "number": n} for n, part in enumerate(listed, 1)]
+    return [{**part, "genome": feature["genome"], "chrom": feature["chrom"], "number": n}
+            for n, part in enumerate(listed, 1)]
 
 
 def overlap_parts_oracle(left: list[dict], right: list[dict], mode: str) -> list[tuple]:
@@ -288,7 +302,7 @@ def nearest_parts_oracle(left: list[dict], right: list[dict], mode: str) -> list
         best_of = {}
         for b in right:
             measured = [(abs(signed_distance(a, p)), p["number"], signed_distance(a, p)) for p in parts_of(b)
-                        if p["chrom"] == a["chrom"] and strands_match(a, p, mode)]
+                        if same_contig(a, p) and strands_match(a, p, mode)]
             if measured:
                 best_of[b["id"]] = min(measured)
         if not best_of:
@@ -327,18 +341,18 @@ def test_parts_hand_cases():
 
 
 multi_part = st.builds(
-    lambda chrom, spans, strand, mixed: (chrom, spans, strand, mixed),
-    st.sampled_from(["c1", "c2"]), st.lists(st.tuples(st.integers(0, 300), st.integers(0, 60)), min_size=1,
+    lambda genome, chrom, spans, strand, mixed: (genome, chrom, spans, strand, mixed),
+    st.sampled_from(["g1", "g2"]), st.sampled_from(["c1", "c2"]), st.lists(st.tuples(st.integers(0, 300), st.integers(0, 60)), min_size=1,
                                             max_size=4),
     st.sampled_from("+-."), st.booleans())
 
 
 def numbered_features(items) -> list[dict]:
     features = []
-    for i, (chrom, spans, strand, mixed) in enumerate(items):
+    for i, (genome, chrom, spans, strand, mixed) in enumerate(items):
         parts = [part(s, s + n, "+-"[k % 2] if mixed else strand) for k, (s, n) in enumerate(spans)]
         start, end = min(p["start"] for p in parts), max(p["end"] for p in parts)
-        features.append({**iv(i, chrom, start, end, "." if mixed else strand),
+        features.append({**iv(i, chrom, start, end, "." if mixed else strand, genome),
                          "parts": parts if len(parts) > 1 else None})
     return features
 
@@ -356,8 +370,8 @@ def test_random_multi_part_features_match_oracle(left, right, bin_size, mode):
 def chloroplast_parts_case():
     """Tiles as in chloroplast_case, and the real GenBank features with their parts."""
     tiles, _, features = chloroplast_case()
-    right = [{**row, "id": n} for n, row in enumerate(features.select(["chrom", "start", "end", "strand", "parts"])
-                                                      .to_pylist())]
+    right = [{**row, "id": n} for n, row in enumerate(features.select(["genome", "chrom", "start", "end", "strand",
+                                                                       "parts"]).to_pylist())]
     return tiles, right, features
 
 
@@ -426,7 +440,7 @@ def test_gff3_and_gtf_multi_row_features_join_as_parts(tmp_path):
         for kind, start, end in [("transcript", 2001, 3000), ("exon", 2001, 2100), ("exon", 2901, 3000),
                                  ("CDS", 2051, 2100), ("CDS", 2901, 2950)]))
     con = duckdb.connect()
-    con.register("features", pa.concat_tables([read_annotations(gff3), read_annotations(gtf)]))
+    con.register("features", keyed(pa.concat_tables([read_annotations(gff3), read_annotations(gtf)])))
     hits = [iv(0, "c", 400, 600), iv(1, "c", 150, 950), iv(2, "c", 2500, 2600, "-"), iv(3, "c", 2000, 3000, "-")]
     con.register("hits", pa.Table.from_pylist(hits, schema=INTERVALS))
     got = sorted(con.sql(f"SELECT id, feature_type, overlap_bp FROM ({overlap_sql('hits', 'features')})").fetchall())
@@ -455,7 +469,7 @@ def test_old_annotation_files_without_parts_still_join(tmp_path):
     for files in ([OLD_STORE_ANNOTATIONS], [OLD_STORE_ANNOTATIONS, new_path]):
         con = duckdb.connect()
         listed = ", ".join(f"'{f}'" for f in files)
-        con.execute(f"CREATE VIEW annotations AS SELECT *, row_number() OVER () AS id "
+        con.execute(f"CREATE VIEW annotations AS SELECT *, 'g' AS genome, row_number() OVER () AS id "
                     f"FROM read_parquet([{listed}], union_by_name=true)")
         con.register("tiles", pa.Table.from_pylist(tiles, schema=INTERVALS))
         right = [{**r, "parts": r.get("parts")} for r in con.sql(

@@ -20,10 +20,11 @@ def annotate(
     format: Optional[str] = typer.Option(None, "--format", help="bed, gtf, gff3 or genbank (default: from the extension)."),
     alias: Optional[list[str]] = typer.Option(None, "--alias", help="Rename an annotation contig: FROM=TO (repeatable)."),
     auto_alias: bool = typer.Option(False, "--auto-alias", help="Apply the suggested contig renames (chr1->1, version suffixes)."),
+    genome: Optional[str] = typer.Option(None, "--genome", help="Genome of the store the features are on (default: the one genome holding every contig the file names; needed when contig names repeat across genomes)."),
 ):
-    """Parse features, check their contigs against the genome, and store them for joins and SQL."""
+    """Parse features, check their contigs against one genome of the store, and store them for joins and SQL."""
     from genoembed.annotate import add_annotations
 
     entry = add_annotations(Store.open(store), file, name=name, format=format,
-                            aliases=parse_alias_option(alias or []), auto_alias=auto_alias)
-    typer.echo(f"added {entry['rows']} features from {file} as {entry['path']}")
+                            aliases=parse_alias_option(alias or []), auto_alias=auto_alias, genome=genome)
+    typer.echo(f"added {entry['rows']} features from {file} to genome {entry['genome']} as {entry['path']}")

@@ -49,7 +49,7 @@ def explain(
         typer.echo(str(path), err=True)
 
 
-def _write_files(result, prefix: Path, contigs: dict[str, int], plot: bool) -> list[Path]:
+def _write_files(result, prefix: Path, contigs: dict[str, dict[str, int]], plot: bool) -> list[Path]:
     """bedGraph (and bigWig) tracks of both sequences, and the PNG; a missing matplotlib is one warning."""
     from genoembed.explain import plot_explanation, write_bedgraph, write_bigwig
 
@@ -57,7 +57,7 @@ def _write_files(result, prefix: Path, contigs: dict[str, int], plot: bool) -> l
     for role, item, values in (("query", result.query, result.query_contributions),
                                ("hit", result.hit, result.hit_contributions)):
         written.append(write_bedgraph(Path(f"{prefix}.{role}.bedgraph"), item, values))
-        written.append(write_bigwig(Path(f"{prefix}.{role}.bw"), item, values, contigs))
+        written.append(write_bigwig(Path(f"{prefix}.{role}.bw"), item, values, contigs.get(item.genome, {})))
     if plot:
         try:
             written.append(plot_explanation(result, Path(f"{prefix}.png")))
