@@ -154,7 +154,8 @@ def _remove_annotations(store: Store, manifest: dict, genome: str, contigs: Sequ
         table = pq.read_table(path)
         if entry.get("genome_in_file") is False:  # a format-2 file: its rows' genomes come from their contigs
             owners = annotation_owners(store, entry)
-            table = table.add_column(0, ANNOTATIONS.field("genome"),
+            # rows on a contig name several genomes share stay without one (null), as the SQL view shows them
+            table = table.add_column(0, ANNOTATIONS.field("genome").with_nullable(True),
                                      pa.array([owners.get(chrom) for chrom in table["chrom"].to_pylist()], pa.string()))
         gone = pc.fill_null(pc.equal(table["genome"], genome), False)
         if contigs:
