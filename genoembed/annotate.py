@@ -99,40 +99,32 @@ def _default_name(store: Store, path: Path, genome: str) -> str:
 
 def annotate_hits(store: Store, hits: pa.Table, strand: str = "ignore", types: tuple[str, ...] | None = None) \
         -> pa.Table:
-    """Hits plus the names of overlapping features and the nearest feature with signed distance."""
+    """Hits plus the names of overlapping features (``overlapping``) and one nearest feature (``nearest``,
+    ``nearest_type``, ``nearest_distance``: signed, 0 when overlapping), in the order given.
+
+    The store's annotations are indexed once per snapshot (and feature types), so a served store or a
+    many-batch CLI search pays for reading them once (:class:`genoembed.feature_index.FeatureIndex`).
+    """
+    from genoembed.feature_index import FeatureIndex
+
+    index = store.derived(("feature_index", types),
+                          lambda: FeatureIndex.from_table(annotation_intervals(store, types)))
+    columns = index.overlapping_and_nearest(hits, strand)
+    return pa.Table.from_arrays([*hits.columns, *columns.columns], names=[*hits.column_names, *columns.column_names])
+
+
+def annotation_intervals(store: Store, types: tuple[str, ...] | None = None) -> pa.Table:
+    """The columns of the store's ``annotations`` view a join needs (of ``types`` only, when given)."""
     import duckdb
 
-    from genoembed.joins import nearest_sql, overlap_sql
     from genoembed.sql import connect
 
     con: duckdb.DuckDBPyConnection = connect(store)
-    # rows come back in the order given (queries in input order), not sorted by query name
-    con.register("hits_in", hits.append_column("hit_order", pa.array(range(hits.num_rows), pa.int64())))
-    type_filter = ""
-    if types:
-        con.register("wanted_types", pa.table({"type": list(types)}))
-        type_filter = "WHERE type IN (SELECT type FROM wanted_types)"
-    con.execute(f"CREATE TEMP VIEW features_in AS SELECT * FROM annotations {type_filter}")
-    overlaps = overlap_sql("hits_in", "features_in", strand=strand)
-    nearest = nearest_sql("hits_in", "features_in", strand=strand)
-    query = f"""
-        WITH o AS ({overlaps}),
-             overlap_names AS (
-                 SELECT query, rank, string_agg(DISTINCT coalesce(feature_name, feature_type), ', '
-                                                ORDER BY coalesce(feature_name, feature_type)) AS overlapping
-                 FROM o GROUP BY query, rank),
-             n AS ({nearest}),
-             nearest_one AS (
-                 SELECT query, rank, arg_min(feature_name, abs(distance)) AS nearest,
-                        arg_min(feature_type, abs(distance)) AS nearest_type, min_by(distance, abs(distance)) AS distance
-                 FROM n GROUP BY query, rank)
-        SELECT h.* EXCLUDE (hit_order), overlap_names.overlapping, nearest_one.nearest, nearest_one.nearest_type,
-               nearest_one.distance AS nearest_distance
-        FROM hits_in h
-        LEFT JOIN overlap_names USING (query, rank)
-        LEFT JOIN nearest_one USING (query, rank)
-        ORDER BY h.hit_order"""
+    present = con.sql("SELECT * FROM annotations LIMIT 0").columns
+    wanted = [c for c in ("genome", "chrom", "start", "end", "strand", "type", "name", "parts") if c in present]
     try:
-        return con.sql(query).to_arrow_table()
+        return con.sql(f"SELECT {', '.join(f'{chr(34)}{c}{chr(34)}' for c in wanted)} FROM annotations"
+                       + (" WHERE type IN (SELECT unnest($types))" if types else ""),
+                       params={"types": list(types)} if types else None).to_arrow_table()
     except duckdb.Error as error:
-        raise InputError(f"annotating hits failed: {str(error).splitlines()[0]}") from None
+        raise InputError(f"reading the store's annotations failed: {str(error).splitlines()[0]}") from None

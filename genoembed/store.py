@@ -135,6 +135,7 @@ class Store:
         self._loci: pa.Table | None = None  # every tile's locus, kept once a store object answers repeatedly
         self._tile_lookups = 0
         self._genomes: dict[str, object] = {}  # opened (and checksummed) FASTA files, by genome name
+        self._derived: dict = {}  # what verbs compute once per snapshot (see derived)
 
     @classmethod
     def open(cls, path: str | Path, require_complete: bool = True) -> "Store":
@@ -434,6 +435,13 @@ class Store:
             raise InputError(f"{self.root}: no contig {chrom!r} in the store's genomes (known: {known}, ...)")
         raise InputError(f"{self.root}: contig {chrom!r} is in genomes {', '.join(holders)}; "
                          "name one with --query-genome")
+
+    def derived(self, key, make):
+        """``make()``, computed once per snapshot and kept under ``key`` (e.g. the annotations indexed for
+        a search's feature columns), so a served store pays for it once, not on every request."""
+        if key not in self._derived:
+            self._derived[key] = make()
+        return self._derived[key]
 
     # --- derived artefacts ------------------------------------------------------
     def record(self, section: str, name: str, entry: dict | None) -> None:

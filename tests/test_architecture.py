@@ -18,7 +18,7 @@ LAYERS = [
     ["schema", "resources", "seqio", "synthetic"],
     ["genome", "embedders.base", "embedders.tokenize", "embedders.fingerprint", "joins", "vector_index",
      "hit_formats"],
-    ["tiles", "features", "embedders.kmer", "embedders.pooling", "embedders.fused", "embedders.families",
+    ["tiles", "features", "feature_index", "embedders.kmer", "embedders.pooling", "embedders.fused", "embedders.families",
      "embedders.table", "embedders.translated"],
     ["embedders.hf", "embedders.protein", "evidence"],
     ["embedders"],

@@ -480,3 +480,43 @@ def test_old_annotation_files_without_parts_still_join(tmp_path):
         near = sorted(con.sql(f"SELECT id, feature_id, distance FROM ({nearest_sql('tiles', 'annotations')})"
                               ).fetchall(), key=_order)
         assert near == nearest_parts_oracle(tiles, right, "ignore")
+
+
+# ------------------------------------------------------------------ the in-memory index behind search's columns
+
+def index_matches_oracle(left: list[dict], right: list[dict], mode: str, bin_size: int | None) -> None:
+    """FeatureIndex: overlapping labels = the oracle's overlapping features; the nearest it names is one of the
+    oracle's tied nearest, at the oracle's distance (the first listed of them)."""
+    from genoembed.feature_index import FeatureIndex
+
+    features = pa.Table.from_pylist([{**f, "name": str(f["id"]), "type": "t", "parts": f.get("parts")} for f in right],
+                                    schema=pa.schema([*FEATURES, ("name", pa.string()), ("type", pa.string())]))
+    got = FeatureIndex.from_table(features, bin_size).overlapping_and_nearest(
+        pa.Table.from_pylist(left, schema=INTERVALS), strand=mode).to_pylist()
+    overlapping, nearest = {}, {}
+    for a, b, _ in overlap_parts_oracle(left, right, mode):
+        overlapping.setdefault(a, set()).add(str(b))
+    for a, b, d in nearest_parts_oracle(left, right, mode):
+        nearest.setdefault(a, []).append((None if b is None else str(b), d))
+    for row, answer in zip(left, got):
+        assert set((answer["overlapping"] or "").split(", ")) - {""} == overlapping.get(row["id"], set())
+        tied = nearest[row["id"]]
+        assert (answer["nearest"], answer["nearest_distance"]) in tied
+        assert answer["nearest"] is None or int(answer["nearest"]) == min(int(b) for b, _ in tied)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(left=st.lists(interval, max_size=20), right=st.lists(multi_part, max_size=12),
+       bin_size=st.sampled_from([None, 1, 7, 64]), mode=st.sampled_from(STRAND_MODES))
+def test_feature_index_matches_oracle(left, right, bin_size, mode):
+    index_matches_oracle(numbered(left), numbered_features(right), mode, bin_size)
+
+
+@pytest.mark.parametrize("mode", STRAND_MODES)
+def test_feature_index_on_chloroplast_and_edges(mode):
+    tiles, right, _ = chloroplast_parts_case()
+    index_matches_oracle(tiles, right, mode, None)
+    index_matches_oracle(EDGE_LEFT, [{**f, "parts": None} for f in EDGE_RIGHT], mode, 3)
+    test_parts = [{**iv(10, "c", 0, 60), "parts": [part(0, 10), part(50, 60)]},
+                  {**iv(11, "c", 20, 80, "."), "parts": [part(20, 25, "-"), part(70, 80)]}]
+    index_matches_oracle([iv(0, "c", 30, 40), iv(1, "c", 5, 55), iv(4, "c", 30, 45)], test_parts, mode, None)
