@@ -16,7 +16,7 @@ LAYERS = [
     ["errors", "version"],
     ["files"],
     ["schema", "resources", "seqio", "synthetic"],
-    ["genome", "embedders.base", "embedders.tokenize", "embedders.fingerprint", "joins", "vector_index",
+    ["genome", "embedders.base", "embedders.tokenize", "embedders.fingerprint", "embedders.model_dir", "joins", "vector_index",
      "hit_formats"],
     ["tiles", "features", "embedders.kmer", "embedders.pooling", "embedders.fused", "embedders.families",
      "embedders.table", "embedders.translated"],

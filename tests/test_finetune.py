@@ -150,7 +150,6 @@ def test_info_nce_prefers_matched_pairs_and_drops_excluded():
 
 
 def test_few_steps_write_a_model_the_embedder_loads_and_resume_continues(tiny_model, strains, tmp_path):
-    from genoembed.embedders.hf import PROJECTION_FILE as READ_BY_EMBEDDER
     from genoembed.embedders.hf import TransformersEmbedder
 
     a, b = strains
@@ -159,7 +158,6 @@ def test_few_steps_write_a_model_the_embedder_loads_and_resume_continues(tiny_mo
     assert finetune(config) == out
     for name in ("config.json", "model.safetensors", "vocab.txt", PROJECTION_FILE, "finetune.json"):
         assert (out / name).is_file(), name
-    assert PROJECTION_FILE == READ_BY_EMBEDDER
     report = json.loads((out / "finetune.json").read_text())
     assert report["training"]["steps"] == 4 and [h["step"] for h in report["history"]] == [2, 4]
     assert report["data"]["related_pairs"][0]["blocks"] >= 1

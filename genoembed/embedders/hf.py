@@ -68,6 +68,7 @@ import numpy as np
 import torch
 
 from genoembed.embedders import families as fam
+from genoembed.embedders import model_dir as md
 from genoembed.embedders import fused
 from genoembed.embedders.fingerprint import (
     directory_digest,
@@ -119,7 +120,7 @@ class TransformersEmbedder:
     max_tokens : tokens per forward input (special tokens included); default the
         model's limit. Longer sequences are cut into chunks, never truncated.
     trust_remote_code : allow the Python code shipped in the directory to run.
-    family : ``"auto"`` or a name from :data:`genoembed.embedders.families.FAMILIES`.
+    family : ``"auto"`` or a name from :data:`genoembed.embedders.model_dir.FAMILIES`.
     compile : run the model through ``torch.compile`` for the common batch shape (opt-in).
     fuse : ESM-family models run fused forward passes (:mod:`genoembed.embedders.fused`), and
         zero-layer ESM models (the shipped default) mean-pool straight from a per-token table
@@ -161,7 +162,6 @@ class TransformersEmbedder:
             raise InputError(f"unknown attention {attention!r}; use one of {', '.join(_ATTENTIONS)}")
         if not isinstance(layer, int) or isinstance(layer, bool):
             raise InputError(f"layer must be an integer (-1 = last), got {layer!r}")
-        rc_option = _rc_option(reverse_complement)
 
         self.model_path = str(model_path)
         self.directory = Path(model_path).expanduser()
@@ -175,10 +175,12 @@ class TransformersEmbedder:
         self._free_memory: int | None = None  # set by batch_size="auto" on CUDA
         self._config: dict = {}
 
-        config = fam.read_config(self.directory)
-        tokenizer_config = fam.read_tokenizer_config(self.directory)
-        vocab = fam.read_vocab(self.directory)
-        self.family = fam.detect_family(self.directory, config, tokenizer_config, vocab, family)
+        config = md.read_config(self.directory)
+        tokenizer_config = md.read_tokenizer_config(self.directory)
+        vocab = md.read_vocab(self.directory)
+        self.family = md.detect_family(self.directory, config, tokenizer_config, vocab, family)
+        self.reverse_complement = md.resolve_reverse_complement(reverse_complement, self.family)
+        self.frames = md.resolve_frames(frames, self.family)
         if self.family.custom_code and not trust_remote_code:
             raise ModelError(
                 f"{self.directory} contains custom code; rerun with --trust-remote-code if you trust it "
@@ -202,9 +204,8 @@ class TransformersEmbedder:
         self.projection = _load_projection(self.directory, config, self.device)  # None unless fine-tuned
         self.notes += self.adapter.notes
 
-        self.reverse_complement = (not self.family.rc_equivariant) if rc_option == "auto" else rc_option
-        self.frames = _resolve_frames(frames, self.family)
-        self.max_tokens = self._resolve_max_tokens(max_tokens, config, tokenizer)
+        self.max_tokens, note = md.resolve_max_tokens(max_tokens, config, getattr(tokenizer, "model_max_length", None))
+        self.notes += [note] if note else []
         self._max_content = self.max_tokens - self.adapter.n_special
         if self._max_content < max(1, self.adapter.step):
             raise InputError(
@@ -479,21 +480,6 @@ class TransformersEmbedder:
         return auto_batch_size(self._free_memory, tokens=width, config=self._config,
                                bytes_per_value=torch.finfo(self.dtype).bits // 8)
 
-    def _resolve_max_tokens(self, requested: int | None, config: dict, tokenizer) -> int:
-        limit, hard = fam.max_model_tokens(config, tokenizer)
-        if requested is None:
-            if limit is None:
-                limit = 4096
-                self.notes.append("the model states no maximum length; using 4096 tokens per chunk")
-            return int(limit)
-        if not isinstance(requested, int) or isinstance(requested, bool) or requested < 1:
-            raise InputError(f"max_tokens must be a positive integer, got {requested!r}")
-        if hard and limit is not None and requested > limit:
-            raise InputError(
-                f"max_tokens={requested} exceeds the model's {limit} positions; use at most {limit}"
-            )
-        return requested
-
 
 # ---------------------------------------------------------------------- loading
 
@@ -536,24 +522,6 @@ def _row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     b = np.asarray(b, dtype=np.float64)
     norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
     return (a * b).sum(axis=1) / np.maximum(norms, 1e-30)
-
-
-def _rc_option(value) -> bool | str:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in ("auto", "true", "false", "on", "off"):
-        lowered = value.lower()
-        return "auto" if lowered == "auto" else lowered in ("true", "on")
-    raise InputError(f"reverse_complement must be 'auto', true or false, got {value!r}")
-
-
-def _resolve_frames(frames: int | str, family: fam.Family) -> int:
-    """Reading frames per strand: k for non-overlapping k-mer tokens under "auto", else as given."""
-    if frames == "auto":
-        return family.k if family.tokens == "kmer" else 1
-    if not isinstance(frames, int) or isinstance(frames, bool) or frames < 1:
-        raise InputError(f"frames must be a positive integer or 'auto', got {frames!r}")
-    return frames
 
 
 def _resolve_device(device: str) -> torch.device:
@@ -615,7 +583,7 @@ def _load_tokenizer(directory: Path, trust_remote_code: bool):
         ) from None
 
 
-def _load_model(directory: Path, family: fam.Family, config: dict, trust_remote_code: bool,
+def _load_model(directory: Path, family: md.Family, config: dict, trust_remote_code: bool,
                 dtype: torch.dtype, attention_option: str = "auto"):
     """The base model (no MLM/LM head), its attention implementation; every weight must load."""
     import transformers
@@ -715,16 +683,13 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else ""
 
 
-PROJECTION_FILE = "genoembed_projection.safetensors"
-
-
 def _load_projection(directory: Path, config: dict, device: torch.device) -> torch.Tensor | None:
     """The (out, hidden) matrix of ``genoembed_projection.safetensors`` (written by ``genoembed finetune``).
 
     Applied to every pooled vector (mean of a linear map = linear map of the
     mean); its bytes are part of the fingerprint like every weight file.
     """
-    path = directory / PROJECTION_FILE
+    path = directory / md.PROJECTION_FILE
     if not path.is_file():
         return None
     from safetensors import SafetensorError

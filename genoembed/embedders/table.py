@@ -34,7 +34,6 @@ reproduce one tokenisation, so they stay side by side.
 from __future__ import annotations
 
 import functools
-import json
 import os
 from pathlib import Path
 from typing import NamedTuple, Sequence
@@ -42,6 +41,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 from safetensors import SafetensorError, safe_open
 
+from genoembed.embedders import model_dir as md
 from genoembed.embedders.fingerprint import (
     TOKENIZER_FILES,
     directory_digest,
@@ -63,7 +63,6 @@ from genoembed.embedders.tokenize import (
 FAMILY = "nucleotide-transformer"
 #: ``TransformersEmbedder`` options that cannot change a zero-layer model's float32 vectors on CPU.
 NEUTRAL_OPTIONS = frozenset({"batch_size", "threads", "fuse", "compile", "attention", "trust_remote_code"})
-PROJECTION_FILE = "genoembed_projection.safetensors"
 #: The options this embedder takes (the rest of ``TransformersEmbedder``'s are neutral or refused).
 TABLE_OPTIONS = ("pooling", "layer", "reverse_complement", "max_tokens", "family", "frames")
 _N_SPECIAL = 2  # EsmTokenizer: <cls> first, <eos> last
@@ -82,7 +81,11 @@ class _Model(NamedTuple):
     config: dict
     tokenizer_config: dict
     vocab: dict[str, int]
-    k: int
+    family: md.Family
+
+    @property
+    def k(self) -> int:
+        return self.family.k
 
 
 def supports(model_dir: str | os.PathLike, **options) -> bool:
@@ -266,10 +269,9 @@ def _read_model(directory: Path) -> _Model:
     """Config, tokenizer config, vocab and k of a directory the table path can serve, or _Unsupported."""
     if not (directory / "config.json").is_file():
         raise _Unsupported(f"no config.json in {directory}")
-    config = _read_json(directory / "config.json")
-    tokenizer_config = _read_json(directory / "tokenizer_config.json") if (
-        directory / "tokenizer_config.json").is_file() else {}
-    if config.get("auto_map") or tokenizer_config.get("auto_map"):
+    config = md.read_config(directory)
+    tokenizer_config = md.read_tokenizer_config(directory)
+    if md.needs_remote_code(config, tokenizer_config):
         raise _Unsupported("the model ships custom code")
     if config.get("model_type") != "esm":
         raise _Unsupported(f"model_type {config.get('model_type')!r}, not esm")
@@ -281,8 +283,11 @@ def _read_model(directory: Path) -> _Model:
     if config.get("token_dropout") or config.get("emb_layer_norm_before"):
         raise _Unsupported("token_dropout / emb_layer_norm_before rescale embeddings by context")
     _check_tokenizer_files(directory, tokenizer_config)
-    vocab = _read_vocab(directory / "vocab.txt")
-    return _Model(config, tokenizer_config, vocab, _vocab_k(vocab))
+    vocab = md.read_vocab(directory)
+    family = md.detect_family(directory, config, tokenizer_config, vocab)
+    if family.name != FAMILY or set(vocab) != set(kmer_vocab(family.k)):
+        raise _Unsupported("the vocabulary is not exactly the special tokens, all k-mers and A C G T N")
+    return _Model(config, tokenizer_config, vocab, family)
 
 
 def _check_tokenizer_files(directory: Path, tokenizer_config: dict) -> None:
@@ -301,33 +306,6 @@ def _check_tokenizer_files(directory: Path, tokenizer_config: dict) -> None:
         raise _Unsupported("the tokenizer lower-cases its input")
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise _Unsupported(f"cannot read {path.name} ({err})") from None
-    if not isinstance(value, dict):
-        raise _Unsupported(f"{path.name} holds no JSON object")
-    return value
-
-
-def _read_vocab(path: Path) -> dict[str, int]:
-    """Token -> id from vocab.txt, as ``families.read_vocab`` reads it."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as err:
-        raise _Unsupported(f"cannot read vocab.txt ({err})") from None
-    return {token.strip(): i for i, token in enumerate(lines) if token.strip()}
-
-
-def _vocab_k(vocab: dict[str, int]) -> int:
-    """k of a vocabulary holding exactly genoembed's k-mer tokens (any ids), else _Unsupported."""
-    k = max((len(token) for token in vocab if not token.strip("ACGT")), default=0)
-    if not 2 <= k <= 8 or set(vocab) != set(kmer_vocab(k)):
-        raise _Unsupported("the vocabulary is not exactly the special tokens, all k-mers and A C G T N")
-    return k
-
-
 def _resolve_options(model: _Model, pooling: str = "mean", layer: int = -1, reverse_complement: bool | str = "auto",
                      max_tokens: int | None = None, family: str = "auto",
                      frames: int | str = "auto") -> tuple[bool, int, int]:
@@ -338,35 +316,15 @@ def _resolve_options(model: _Model, pooling: str = "mean", layer: int = -1, reve
         raise _Unsupported(f"layer {layer!r} (the table path is the final, normed output: layer -1)")
     if family not in ("auto", FAMILY):
         raise _Unsupported(f"family {family!r}")
-    if frames == "auto":
-        frames = model.k
-    if not isinstance(frames, int) or isinstance(frames, bool) or frames < 1:
-        raise _Unsupported(f"frames {frames!r}")
-    rc = _rc_option(reverse_complement)
-    if max_tokens is None:
-        max_tokens = _model_max_tokens(model.config, model.tokenizer_config)
-    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens - _N_SPECIAL < model.k:
+    try:
+        rc = md.resolve_reverse_complement(reverse_complement, model.family)
+        frames = md.resolve_frames(frames, model.family)
+        max_tokens, _ = md.resolve_max_tokens(max_tokens, model.config, model.tokenizer_config.get("model_max_length"))
+    except InputError as err:
+        raise _Unsupported(str(err)) from None
+    if max_tokens - _N_SPECIAL < model.k:
         raise _Unsupported(f"max_tokens {max_tokens!r}")
     return rc, frames, max_tokens
-
-
-def _rc_option(value) -> bool:
-    """Reverse complement on unless turned off: ESM k-mer models are not RC-equivariant ("auto" = on)."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in ("auto", "true", "false", "on", "off"):
-        return value.lower() in ("auto", "true", "on")
-    raise _Unsupported(f"reverse_complement {value!r}")
-
-
-def _model_max_tokens(config: dict, tokenizer_config: dict) -> int:
-    """Tokens per input as ``families.max_model_tokens`` finds them for a rotary ESM model and its tokenizer."""
-    limits = [value for key in ("max_position_embeddings", "max_seq_len", "n_positions", "seq_len")
-              if isinstance(value := config.get(key), int) and value > 0]
-    model_max = tokenizer_config.get("model_max_length")
-    if isinstance(model_max, int) and 0 < model_max < 10_000_000:
-        limits.append(model_max)
-    return min(limits) if limits else 4096
 
 
 def _load_table(directory: Path, model: _Model) -> np.ndarray:
@@ -392,7 +350,7 @@ def _compute_table(directory: Path, model: _Model) -> np.ndarray:
     and the pooled vector stays linear in the token counts.
     """
     weights = weight_files(directory)
-    if [p.name for p in weights if p.name != PROJECTION_FILE] != [_WEIGHTS_FILE]:
+    if [p.name for p in weights if p.name != md.PROJECTION_FILE] != [_WEIGHTS_FILE]:
         raise ModelError(f"{directory}: the token-table embedder reads a single {_WEIGHTS_FILE} "
                          f"(found {', '.join(p.name for p in weights) or 'no weights'})")
     tensors = _read_tensors(directory / _WEIGHTS_FILE, ("embeddings.word_embeddings.weight",
@@ -405,10 +363,10 @@ def _compute_table(directory: Path, model: _Model) -> np.ndarray:
     eps = float(model.config.get("layer_norm_eps", 1e-12))
     centred = embedding - embedding.mean(axis=1, keepdims=True)
     table = centred / np.sqrt((centred**2).mean(axis=1, keepdims=True) + eps) * gamma + beta
-    if (directory / PROJECTION_FILE).is_file():
-        (projection,) = _read_tensors(directory / PROJECTION_FILE, ("weight",), prefixes=("",))
+    if (directory / md.PROJECTION_FILE).is_file():
+        (projection,) = _read_tensors(directory / md.PROJECTION_FILE, ("weight",), prefixes=("",))
         if projection.ndim != 2 or projection.shape[1] != table.shape[1]:
-            raise ModelError(f"{directory / PROJECTION_FILE} must hold a 'weight' matrix of shape "
+            raise ModelError(f"{directory / md.PROJECTION_FILE} must hold a 'weight' matrix of shape "
                              f"(out, {table.shape[1]}); found {projection.shape}")
         table = table @ projection.astype(np.float64).T
     return table.astype(np.float32)

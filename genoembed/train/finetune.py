@@ -80,11 +80,11 @@ import pyarrow as pa
 from genoembed.seqio import BASE_CODES, COMPLEMENT_BYTES, reverse_complement
 from genoembed.errors import InputError, ModelError
 from genoembed.train.pretrain import Contig, read_sequences
+from genoembed.embedders.model_dir import PROJECTION_FILE
 from genoembed.embedders.tokenize import SPECIAL_TOKENS, kmer_token_ids, write_kmer_tokenizer
 from genoembed.train.loop import (TrainingSchedule, adamw, pick_device, publish_files, resume_state, run_record,
                                 run_steps)
 
-PROJECTION_FILE = "genoembed_projection.safetensors"
 REPORT_FILE = "finetune.json"
 
 
@@ -470,7 +470,7 @@ def load_encoder(base_model: Path):
     """The base model's encoder (``AutoModel``, no MLM head) and its k-mer size, from a local directory."""
     from transformers import AutoConfig, AutoModel
 
-    from genoembed.embedders.families import read_vocab
+    from genoembed.embedders.model_dir import read_vocab
 
     base_model = Path(base_model)
     if not (base_model / "config.json").is_file():
