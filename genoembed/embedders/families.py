@@ -29,7 +29,7 @@ import torch
 
 from genoembed.embedders.model_dir import Family
 from genoembed.errors import InputError, MissingExtraError, ModelError
-from genoembed.seqio import BASE_CODES, rows_by_length
+from genoembed.seqio import BASE_CODES, kmer_index, rows_by_length
 
 log = logging.getLogger(__name__)
 
@@ -316,15 +316,9 @@ class OverlappingKmerAdapter(Adapter):
         unk = self.tokenizer.unk_token_id
         kmers = ["".join(p) for p in itertools.product("ACGT", repeat=k)]
         table = np.array([self.vocab.get(t, unk) for t in kmers], dtype=np.int64)
-        powers = 4 ** np.arange(k - 1, -1, -1, dtype=np.int64)
         groups = []
         for rows, block in rows_by_length(pieces):
-            if block.shape[1] < k:
-                groups.append((rows, np.zeros((len(rows), 0), dtype=np.int64)))
-                continue
-            windows = np.lib.stride_tricks.sliding_window_view(BASE_CODES[block], k, axis=1)
-            valid = (windows < 4).all(axis=2)
-            index = (np.minimum(windows, 3).astype(np.int64) * powers).sum(axis=2)
+            index, valid = kmer_index(BASE_CODES[block], k)  # (rows, 0) when shorter than k
             groups.append((rows, np.where(valid, table[index], unk)))
         return self._pack(groups, len(pieces))
 

@@ -50,7 +50,7 @@ from genoembed.embedders.fingerprint import (
     weight_files,
 )
 from genoembed.errors import InputError, ModelError
-from genoembed.seqio import codes_by_length, reverse_complement
+from genoembed.seqio import codes_by_length, kmer_index, reverse_complement, reverse_complement_codes
 from genoembed.embedders.tokenize import (
     SINGLE_BASES,
     SPECIAL_TOKENS,
@@ -196,7 +196,7 @@ class TokenTableEmbedder:
         if not self._frame_counts(codes)[1][0]:
             raise ModelError(f"{length} bases take more than one chunk of {self.max_tokens} tokens; "
                              f"explain sequences of at most {self._chunk_bases // self.frames} bases with this model")
-        strands = [codes, _reverse_complement_codes(codes)] if self.reverse_complement else [codes]
+        strands = [codes, reverse_complement_codes(codes)] if self.reverse_complement else [codes]
         used = _frame_count(length, self.k, self.frames)
         parts = []
         for reverse, strand in enumerate(strands):
@@ -221,7 +221,7 @@ class TokenTableEmbedder:
     def _clean_counts(self, codes: np.ndarray) -> np.ndarray:
         """(m, vocab) token weights of rows of A/C/G/T codes, all one length, each frame one chunk."""
         layout = _clean_layout(codes.shape[1], self.k, self.frames, self.reverse_complement)
-        index = _kmer_index(codes, self.k)
+        index, _ = kmer_index(codes, self.k)
         columns = [self._kmer_ids[index], self._base_ids[codes[:, layout.forward_tails]]]
         if self.reverse_complement:
             columns += [self._rc_kmer_ids[index], self._base_ids[3 - codes[:, layout.reverse_tails]]]
@@ -233,7 +233,7 @@ class TokenTableEmbedder:
     def _frame_counts(self, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(m, vocab) token weights of rows of base codes (N = 4), all one length, and which rows they are
         right for: those whose every frame tokenises within one chunk (the others need :meth:`_exact_counts`)."""
-        strands = [codes, _reverse_complement_codes(codes)] if self.reverse_complement else [codes]
+        strands = [codes, reverse_complement_codes(codes)] if self.reverse_complement else [codes]
         used = _frame_count(codes.shape[1], self.k, self.frames)
         one_chunk = np.full(len(codes), codes.shape[1] <= self._chunk_bases)
         row = np.arange(len(codes))[:, None]
@@ -459,11 +459,6 @@ def _clean_layout(length: int, k: int, frames: int, reverse_complement: bool) ->
     return _Layout(forward_tails, length - 1 - forward_tails, np.concatenate(weights))
 
 
-def _reverse_complement_codes(codes: np.ndarray) -> np.ndarray:
-    """Rows of base codes reverse-complemented (A<->T, C<->G, N stays N)."""
-    return np.where(codes < 4, 3 - codes, 4).astype(np.uint8)[:, ::-1]
-
-
 def _frame_tokens(codes: np.ndarray, k: int, frames: int, kmer_ids: np.ndarray, base_ids: np.ndarray):
     """Per frame ``f < frames``: ((m, length) token id at each position, (m, length) whether one starts there)
     for rows of base codes (N = 4) read from base ``f``, as :mod:`genoembed.embedders.tokenize` reads them.
@@ -479,7 +474,7 @@ def _frame_tokens(codes: np.ndarray, k: int, frames: int, kmer_ids: np.ndarray, 
     last_n = np.maximum.accumulate(np.where(is_n, position, np.int32(-1)), axis=1)
     next_n = np.minimum.accumulate(np.where(is_n, position, np.int32(length))[:, ::-1], axis=1)[:, ::-1]
     index = np.zeros((m, length), dtype=np.int32)  # k-mer index per start (junk where it spans an N or the end)
-    index[:, : max(0, length - k + 1)] = _kmer_index(np.minimum(codes, 3), k)
+    index[:, : max(0, length - k + 1)] = kmer_index(codes, k)[0]
     kmer_or_base = (kmer_ids[index], base_ids[codes])
     for frame in range(frames):
         start = np.maximum(last_n + 1, np.int32(frame))  # of the run holding each position, within the frame
@@ -494,16 +489,6 @@ def _row_blocks(rows: np.ndarray):
     """``rows`` in blocks of at most _ROWS_PER_BLOCK (bounds the (rows x vocab) count matrix)."""
     for start in range(0, len(rows), _ROWS_PER_BLOCK):
         yield rows[start : start + _ROWS_PER_BLOCK]
-
-
-def _kmer_index(codes: np.ndarray, k: int) -> np.ndarray:
-    """Base-4 index of the k-mer starting at every position of rows of A/C/G/T codes: (m, length - k + 1)."""
-    starts = max(0, codes.shape[1] - k + 1)
-    index = np.zeros((codes.shape[0], starts), dtype=np.int32)
-    for offset in range(k if starts else 0):
-        index <<= 2
-        index |= codes[:, offset : offset + starts]
-    return index
 
 
 @functools.lru_cache(maxsize=8)

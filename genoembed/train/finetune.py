@@ -77,7 +77,7 @@ from typing import Sequence
 import numpy as np
 import pyarrow as pa
 
-from genoembed.seqio import BASE_CODES, COMPLEMENT_BYTES, reverse_complement
+from genoembed.seqio import BASE_CODES, COMPLEMENT_BYTES, kmer_index, reverse_complement, reverse_complement_codes
 from genoembed.errors import InputError, ModelError
 from genoembed.train.pretrain import Contig, read_sequences
 from genoembed.embedders.model_dir import PROJECTION_FILE
@@ -155,16 +155,12 @@ def _kmer_codes(sequence: bytes | str | np.ndarray, k: int = PAIR_K, both_strand
         sequence = sequence.encode("ascii", errors="replace")
     raw = np.frombuffer(sequence, dtype=np.uint8) if isinstance(sequence, bytes) else sequence
     codes = BASE_CODES[raw]
-    strands = [codes] + ([np.where(codes < 4, 3 - codes, 4)[::-1]] if both_strands else [])
+    strands = [codes] + ([reverse_complement_codes(codes)] if both_strands else [])
     out = []
-    powers = 4 ** np.arange(k - 1, -1, -1, dtype=np.int64)
     for strand in strands:
-        if len(strand) < k:
-            continue
-        windows = np.lib.stride_tricks.sliding_window_view(strand, k)
-        valid = (windows < 4).all(axis=1)
-        out.append(windows[valid].astype(np.int64) @ powers)
-    return np.unique(np.concatenate(out)) if out else np.empty(0, dtype=np.int64)
+        index, clean = kmer_index(strand[None, :], k)
+        out.append(index[clean].astype(np.int64))
+    return np.unique(np.concatenate(out))
 
 
 def shared_kmer_fraction(a, b, k: int = PAIR_K) -> float:
@@ -517,15 +513,15 @@ def subword_init(encoder, k: int, sizes: Sequence[int], seed: int = 0) -> None:
     n_special = len(SPECIAL_TOKENS)
     rng = np.random.default_rng([seed, 7])
     kmers = ["".join(p) for p in itertools.product("ACGT", repeat=k)]
-    codes = np.array([[ "ACGT".index(c) for c in kmer] for kmer in kmers], dtype=np.int64)
+    codes = np.array([[ "ACGT".index(c) for c in kmer] for kmer in kmers], dtype=np.uint8)
     added = np.zeros((len(kmers), hidden))
     for m in sizes:
         if not 1 <= m <= k:
             raise InputError(f"subword size {m} must be within 1..{k}")
         table = rng.normal(size=(4**m, hidden))
-        powers = 4 ** np.arange(m - 1, -1, -1)
+        index, _ = kmer_index(codes, m)  # (k-mers, k - m + 1): the m-mer at each offset of each k-mer
         for j in range(k - m + 1):
-            added += table[codes[:, j : j + m] @ powers]
+            added += table[index[:, j]]
     with torch.no_grad():
         rows = weight[n_special : n_special + len(kmers)]
         scale = float(rows.norm(dim=1).mean()) / float(np.linalg.norm(added, axis=1).mean())
