@@ -34,6 +34,7 @@ LAYERS = [
     ["eval.run"],
     ["eval.families", "eval.protein"],
     ["eval"],
+    ["train.pairs", "train.surgery"],
     ["train.finetune", "train.protein"],
     ["train"],
     ["__init__"],
