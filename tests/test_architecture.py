@@ -19,7 +19,7 @@ LAYERS = [
     ["genome", "embedders.base", "embedders.tokenize", "embedders.fingerprint", "embedders.model_dir", "joins", "vector_index",
      "hit_formats"],
     ["tiles", "features", "embedders.kmer", "embedders.pooling", "embedders.fused", "embedders.families",
-     "embedders.table", "embedders.translated"],
+     "embedders.table", "embedders.translated", "embedders.loading"],
     ["embedders.hf", "embedders.protein", "evidence"],
     ["embedders"],
     ["manifest"],

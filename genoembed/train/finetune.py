@@ -430,7 +430,7 @@ def _write_output(config, model, k, state, genomes, pair_summary, pair_stats, n_
         "history": state["history"],
         **run_record(config, device),
     }
-    from genoembed.embedders.hf import quiet_transformers
+    from genoembed.embedders.loading import quiet_transformers
 
     with tempfile.TemporaryDirectory(prefix=".finetune-out-", dir=out) as tmp, quiet_transformers():
         tmp_dir = Path(tmp)

@@ -78,7 +78,7 @@ def load_encoder(base_model: Path):
     if vocab != {t: i for i, t in enumerate(kmer_vocab(k))}:
         raise ModelError(f"{base_model}: the vocabulary is not genoembed's {k}-mer vocabulary "
                          "(genoembed.embedders.tokenize.write_kmer_tokenizer); fine-tuning needs it")
-    from genoembed.embedders.hf import quiet_transformers
+    from genoembed.embedders.loading import quiet_transformers
 
     try:
         with quiet_transformers():
@@ -133,7 +133,7 @@ def keep_first_layers(encoder, n: int) -> None:
     """
     from transformers.models.esm.modeling_esm import EsmContactPredictionHead
 
-    from genoembed.embedders.hf import quiet_transformers
+    from genoembed.embedders.loading import quiet_transformers
 
     encoder.encoder.layer = encoder.encoder.layer[:n]
     encoder.config.num_hidden_layers = n
