@@ -26,7 +26,8 @@ from genoembed.train.pairs import (
     shared_kmer_fraction,
 )
 from genoembed.train.surgery import info_nce
-from genoembed.train.pretrain import PretrainConfig, build_model, read_sequences
+from genoembed.train.corpus import read_sequences
+from genoembed.train.pretrain import PretrainConfig, build_model
 from genoembed.synthetic import mutate, random_sequence, write_fasta
 from genoembed.embedders.tokenize import kmer_token_ids, kmer_vocab, write_kmer_tokenizer
 

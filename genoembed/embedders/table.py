@@ -25,10 +25,6 @@ out of the mean. Three paths, fastest first:
   with vectorised run bookkeeping (runs restart after every ``N``);
 - sequences whose frames overflow one chunk (longer than ``(max_tokens - 2) * k``
   bases, or N-heavy): planned piece by piece as ``TransformersEmbedder`` plans them.
-
-The file is long because those three paths, and ``token_weights`` (the same
-tokens listed with their positions, for `genoembed explain`), must all
-reproduce one tokenisation, so they stay side by side.
 """
 
 from __future__ import annotations

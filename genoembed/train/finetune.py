@@ -79,7 +79,7 @@ from genoembed.embedders.tokenize import kmer_token_ids, kmer_vocab, write_kmer_
 from genoembed.errors import InputError
 from genoembed.train.pairs import (PairSampler, RelatedPair, TrainingGenome, blocks_by_genome, frame_views,
                                    pair_alignments)
-from genoembed.train.pretrain import read_sequences
+from genoembed.train.corpus import read_sequences
 from genoembed.train.surgery import (contrastive_model, info_nce, keep_first_layers, load_encoder, subword_init,
                                      zero_residual_branches)
 from genoembed.train.loop import (TrainingSchedule, adamw, pick_device, publish_files, resume_state, run_record,

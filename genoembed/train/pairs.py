@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from genoembed.errors import InputError
 from genoembed.seqio import BASE_CODES, COMPLEMENT_BYTES, kmer_index, reverse_complement, reverse_complement_codes
-from genoembed.train.pretrain import Contig
+from genoembed.train.corpus import Contig
 
 
 @dataclass(frozen=True)
