@@ -192,12 +192,8 @@ def _register_xformers_attention() -> str:
     except ImportError:
         raise MissingExtraError("attention='xformers' needs xformers: install genoembed[gpu] "
                                 "(pip install xformers), or use attention 'auto'") from None
-    try:
-        from transformers import AttentionInterface
-        from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-    except ImportError:
-        raise ModelError("attention='xformers' needs transformers with pluggable attention (>= 4.53); "
-                         "upgrade transformers or use attention 'auto'") from None
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
     def xformers_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **_):
         # transformers passes (batch, heads, tokens, head_dim); xformers takes (batch, tokens, heads, head_dim).
