@@ -31,9 +31,8 @@ import numpy as np
 import pyarrow as pa
 
 from genoembed import schema
-from genoembed.embedders.kmer import kmer_index_rows
 from genoembed.errors import MissingExtraError
-from genoembed.seqio import codes_by_length, reverse_complement
+from genoembed.seqio import codes_by_length, kmer_index, reverse_complement, reverse_complement_codes
 
 MATCH, MISMATCH = 1, -2
 GAP_EXISTENCE, GAP_EXTENSION = 2, 2  # BLAST convention: a gap of k bases costs existence + k * extension
@@ -162,7 +161,7 @@ def kmer_presence(sequences: Sequence[str], k: int = STRAND_K) -> np.ndarray:
     """(n, 4**k) bool: which k-mers (without ambiguous bases) occur in each sequence as read."""
     present = np.zeros((len(sequences), 4**k), dtype=bool)
     for rows, codes in _blocks(sequences):
-        index, clean = kmer_index_rows(codes, k)
+        index, clean = kmer_index(codes, k)
         present.ravel()[(index + (rows * 4**k)[:, None])[clean]] = True
     return present
 
@@ -191,14 +190,14 @@ def match_strands(query_presence: np.ndarray, query_of_target: np.ndarray, targe
     for chosen, block in _blocks(targets):
         offset = (query_of_target[chosen].astype(np.int64) * 4**k)[:, None]
         forward, reverse = (_found_kmers(flat, strand, offset, k)
-                            for strand in (block, np.where(block < 4, 3 - block, 4)[:, ::-1]))
+                            for strand in (block, reverse_complement_codes(block)))
         strands[chosen] = np.where(forward > reverse, "+", np.where(reverse > forward, "-", "."))
     return strands
 
 
 def _found_kmers(flat_presence: np.ndarray, codes: np.ndarray, offset: np.ndarray, k: int) -> np.ndarray:
     """Per row of ``codes``, how many of its k-mers are present in its query's row (at ``offset``)."""
-    index, clean = kmer_index_rows(codes, k)
+    index, clean = kmer_index(codes, k)
     if flat_presence.size > np.iinfo(index.dtype).max:  # many queries at once: offsets beyond int32
         index = index.astype(np.int64)
     index[~clean] = 0  # k-mers with an ambiguous base hold no valid index; they count for neither strand

@@ -4,8 +4,9 @@ The driver plans tiles (the one place tile ids are assigned, so they are the
 same on every engine) and streams them into a temporary tile plan of Parquet
 files; Ray Data reads the plan and ``map_batches`` it through an actor pool,
 one actor per worker (per GPU), each loading the embedder once from its
-``describe()`` spec (never a pickled model); the driver receives embedded
-blocks and hands them back in tile_id order (a reorder buffer, or Ray Data's
+``describe()`` spec (never a pickled model; transformers models on the actor's
+GPU when it has one, :func:`worker_spec`); the driver receives embedded blocks
+and hands them back in tile_id order (a reorder buffer, or Ray Data's
 ``preserve_order``) to :func:`genoembed.engine.embed_genome`, which writes
 them exactly as it writes the local engine's, so a build interrupted on either
 engine resumes on either.
@@ -46,6 +47,15 @@ def ray_module():
 
 
 # --------------------------------------------------------------------------- workers
+
+
+def worker_spec(spec: dict, gpus_per_worker: float) -> dict:
+    """The record an actor rebuilds its embedder from. A transformers model on an actor that holds a GPU runs
+    there (the registry would otherwise pick the numpy token-table path for the default model and leave the GPU
+    idle); the record's dtype (float32 unless it says otherwise) keeps the vectors those the driver records."""
+    if gpus_per_worker and spec.get("kind") == "transformers":
+        return {**spec, "device": "cuda"}
+    return spec
 
 
 class EmbedActor:
@@ -183,7 +193,8 @@ class RayEngine:
         try:
             planned = write_plan(batches, scratch, file_rows=self.plan_file_rows)
             if planned:
-                yield from self._run_dataset(scratch, first_id, planned, embedder.describe())
+                yield from self._run_dataset(scratch, first_id, planned,
+                                             worker_spec(embedder.describe(), self.gpus_per_worker))
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 

@@ -52,6 +52,41 @@ def encode_bases(sequence: str | bytes) -> np.ndarray:
     return BASE_CODES[np.frombuffer(raw, dtype=np.uint8)]
 
 
+def reverse_complement_codes(codes: np.ndarray) -> np.ndarray:
+    """Base codes (last axis) reverse-complemented: A<->T, C<->G, every other code stays 4."""
+    return np.where(codes < 4, 3 - codes, 4).astype(np.uint8)[..., ::-1]
+
+
+def kmer_index(codes: np.ndarray, k: int, step: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """The one k-mer indexer: (rows, n) base-4 index (A=0 ... T=3, first base most significant) of the
+    k-mer starting at positions 0, step, 2 * step, ... of each row of base codes, and which of those k-mers
+    hold only A/C/G/T. A k-mer with another base (code 4) is indexed as if that base were T, so every index
+    is a valid row of a 4**k table; callers that must skip such k-mers use the mask.
+
+    Built by k shifted adds over whole rows (int32 up to k = 15, else int64) and checked by a running
+    count of ambiguous bases: several times faster than a (length x k) window matrix.
+    """
+    if codes.ndim != 2 or k < 1 or step < 1:
+        raise ValueError(f"kmer_index takes 2-D codes, k >= 1 and step >= 1 (got {codes.ndim}-D, {k}, {step})")
+    rows, length = codes.shape
+    count = max((length - k) // step + 1, 0)
+    index = np.zeros((rows, count), dtype=np.int32 if k <= 15 else np.int64)
+    if count == 0:
+        return index, np.zeros((rows, 0), dtype=bool)
+    span = (count - 1) * step + 1  # the start positions: [0, span) in steps of step
+    ambiguous = codes >= 4
+    several = bool(ambiguous.any())
+    source = np.minimum(codes, 3) if several else codes
+    for offset in range(k):
+        index <<= 2
+        index |= source[:, offset : offset + span : step]
+    if not several:
+        return index, np.ones(index.shape, dtype=bool)
+    running = np.zeros((rows, length + 1), dtype=np.int32)
+    np.cumsum(ambiguous, axis=1, out=running[:, 1:])
+    return index, running[:, k : k + span : step] == running[:, :span:step]
+
+
 def rows_by_length(sequences: Sequence[str]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(row indices, (rows, length) uint8 ASCII bytes) per distinct length of ``sequences``, so equal-length
     sequences (tiles, reads) are processed as one 2-D array; a non-ASCII letter becomes ``?``."""

@@ -41,6 +41,17 @@ def provenance_mismatch(stored: dict, requested: dict) -> list[str]:
     return [key for key in IDENTITY_KEYS if stored.get(key) != requested.get(key)]
 
 
+def embedder_difference(stored: dict, requested: dict) -> str:
+    """`` (dtype: 'bfloat16' stored, 'float32' now)``: the embedder record's fields that differ, or ''.
+    A record without ``dtype`` is of float32 vectors (a GPU build records bfloat16)."""
+    fields = [key for key in sorted(set(stored) | set(requested)) if stored.get(key) != requested.get(key)]
+    if not fields:
+        return ""
+    default = {"dtype": "float32"}
+    return " (" + "; ".join(f"{key}: {stored.get(key, default.get(key))!r} stored, "
+                            f"{requested.get(key, default.get(key))!r} now" for key in fields) + ")"
+
+
 def embeddings_to_arrow(embeddings: np.ndarray, dtype: str) -> pa.FixedSizeListArray:
     values = np.ascontiguousarray(embeddings, dtype=np.float16 if dtype == "float16" else np.float32)
     return pa.FixedSizeListArray.from_arrays(pa.array(values.ravel()), embeddings.shape[1])
@@ -99,10 +110,12 @@ class StoreWriter:
 
     def _join_existing(self) -> None:
         """Resume this genome, or (with ``append``) add it after the genomes already stored."""
-        differing = provenance_mismatch(self._manifest["provenance"], self.provenance)
+        stored = self._manifest["provenance"]
+        differing = provenance_mismatch(stored, self.provenance)
         if differing:
+            detail = embedder_difference(stored.get("embedder") or {}, self.provenance.get("embedder") or {})
             raise StoreError(f"{self.root}: existing store was built with a different "
-                             f"{', '.join(differing)}; use --overwrite or another output directory")
+                             f"{', '.join(differing)}{detail}; use --overwrite or another output directory")
         genomes, name = self._manifest["genomes"], self.genome["name"]
         stored = genomes.get(name)
         if stored is not None:

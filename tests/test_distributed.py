@@ -14,7 +14,7 @@ import pytest
 ray = pytest.importorskip("ray", reason="the ray engine needs the dist extra")
 
 from genoembed.embedders.kmer import KmerEmbedder  # noqa: E402
-from genoembed.errors import MissingExtraError  # noqa: E402
+from genoembed.errors import InputError, MissingExtraError  # noqa: E402
 from genoembed.build import index  # noqa: E402
 
 ENGINE_OPTIONS = {"num_workers", "preserve_order", "loader", "address", "gpus_per_worker", "max_retries"}
@@ -187,3 +187,19 @@ def test_appending_a_genome_on_ray_matches_the_local_engine(tmp_path):
     assert list(stores["ray"].genomes) == [CHLOROPLAST_FASTA.name.split(".")[0], PLASMID_FASTA.name.split(".")[0]]
     assert stores["ray"].manifest["genomes"] == stores["local"].manifest["genomes"]
     assert_same_store(stores["ray"], stores["local"])
+
+
+def test_gpu_actors_rebuild_transformers_models_on_the_gpu():
+    """A GPU actor's record asks for CUDA (the numpy table path would leave the GPU idle) and keeps the driver's
+    float32 precision; CPU actors and non-transformers embedders keep the record as it is."""
+    from genoembed.embedders import get_embedder, load_embedder
+    from genoembed.ray_engine import worker_spec
+
+    spec = get_embedder("default").describe()
+    assert worker_spec(spec, 0) == spec
+    assert worker_spec(KmerEmbedder(4).describe(), 1) == KmerEmbedder(4).describe()
+    on_gpu = worker_spec(spec, 0.5)
+    assert on_gpu == {**spec, "device": "cuda"}
+    if not __import__("torch").cuda.is_available():  # the registry hands the record to the torch embedder
+        with pytest.raises(InputError, match="device 'cuda' was requested but no CUDA GPU is available"):
+            load_embedder(on_gpu)

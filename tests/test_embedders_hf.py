@@ -18,12 +18,8 @@ import pytest
 import torch
 
 from genoembed.embedders import load_embedder
-from genoembed.embedders.families import (
-    FAMILIES,
-    CaduceusAdapter,
-    detect_family,
-    read_config,
-)
+from genoembed.embedders.families import CaduceusAdapter
+from genoembed.embedders.model_dir import FAMILIES, detect_family, read_config
 from genoembed.embedders.hf import TransformersEmbedder
 from genoembed.errors import InputError
 from genoembed.embedders.tokenize import chunk_spans

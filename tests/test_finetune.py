@@ -15,19 +15,19 @@ from typer.testing import CliRunner
 from genoembed.seqio import reverse_complement
 from genoembed.errors import InputError, ModelError
 from genoembed.eval import minimap2_available, read_coords
-from genoembed.train.finetune import (
-    frame_views,
-    PROJECTION_FILE,
-    FinetuneConfig,
+from genoembed.embedders.model_dir import PROJECTION_FILE
+from genoembed.train.finetune import FinetuneConfig, finetune
+from genoembed.train.pairs import (
     RelatedPair,
     false_negative_mask,
-    finetune,
-    info_nce,
+    frame_views,
     map_window,
     pair_alignments,
     shared_kmer_fraction,
 )
-from genoembed.train.pretrain import PretrainConfig, build_model, read_sequences
+from genoembed.train.surgery import info_nce
+from genoembed.train.corpus import read_sequences
+from genoembed.train.pretrain import PretrainConfig, build_model
 from genoembed.synthetic import mutate, random_sequence, write_fasta
 from genoembed.embedders.tokenize import kmer_token_ids, kmer_vocab, write_kmer_tokenizer
 
@@ -150,7 +150,6 @@ def test_info_nce_prefers_matched_pairs_and_drops_excluded():
 
 
 def test_few_steps_write_a_model_the_embedder_loads_and_resume_continues(tiny_model, strains, tmp_path):
-    from genoembed.embedders.hf import PROJECTION_FILE as READ_BY_EMBEDDER
     from genoembed.embedders.hf import TransformersEmbedder
 
     a, b = strains
@@ -159,7 +158,6 @@ def test_few_steps_write_a_model_the_embedder_loads_and_resume_continues(tiny_mo
     assert finetune(config) == out
     for name in ("config.json", "model.safetensors", "vocab.txt", PROJECTION_FILE, "finetune.json"):
         assert (out / name).is_file(), name
-    assert PROJECTION_FILE == READ_BY_EMBEDDER
     report = json.loads((out / "finetune.json").read_text())
     assert report["training"]["steps"] == 4 and [h["step"] for h in report["history"]] == [2, 4]
     assert report["data"]["related_pairs"][0]["blocks"] >= 1
@@ -267,7 +265,7 @@ def test_cli_runs_a_few_steps(tiny_model, strains, tmp_path):
 def test_subword_init_brings_tokens_that_share_subsequences_together(tiny_model):
     import torch
 
-    from genoembed.train.finetune import load_encoder, subword_init
+    from genoembed.train.surgery import load_encoder, subword_init
 
     encoder, k = load_encoder(tiny_model)
     before = encoder.get_input_embeddings().weight.detach().clone()
@@ -292,7 +290,7 @@ def test_zero_residual_start_is_the_mean_layer_normed_token_embedding(tiny_model
     """--reinitialize --zero-residual: fresh weights, and every layer adds nothing at step 0."""
     import torch
 
-    from genoembed.train.finetune import load_encoder, zero_residual_branches
+    from genoembed.train.surgery import load_encoder, zero_residual_branches
 
     encoder, _ = load_encoder(tiny_model)
     zero_residual_branches(encoder)
@@ -377,7 +375,7 @@ def test_shipped_default_is_the_retrieval_model_and_mlm_stays_reachable():
 def test_zero_layer_models_pool_from_a_token_table_exactly_as_the_stock_forward(tiny_model, tmp_path):
     """The embedder's token-table path (no hidden states materialised) gives the stock model's vectors."""
     from genoembed.embedders.hf import TransformersEmbedder
-    from genoembed.train.finetune import keep_first_layers, load_encoder
+    from genoembed.train.surgery import keep_first_layers, load_encoder
 
     encoder, _ = load_encoder(tiny_model)
     keep_first_layers(encoder, 0)

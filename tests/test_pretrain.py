@@ -13,15 +13,8 @@ from safetensors.numpy import load_file
 from typer.testing import CliRunner
 
 from genoembed.errors import InputError, ModelError
-from genoembed.train.pretrain import (
-    PretrainConfig,
-    WindowSampler,
-    evaluate_mlm,
-    load_corpus,
-    mask_tokens,
-    pretrain,
-    read_sequences,
-)
+from genoembed.train.corpus import WindowSampler, load_corpus, mask_tokens, read_sequences
+from genoembed.train.pretrain import PretrainConfig, evaluate_mlm, pretrain
 from genoembed.embedders.tokenize import SPECIAL_TOKENS, kmer_token_ids, kmer_vocab
 from genoembed.train.loop import learning_rate
 

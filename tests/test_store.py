@@ -92,7 +92,7 @@ def test_interrupted_build_resumes_to_identical_store(tmp_path):
 
 def test_rebuilding_with_another_model_is_refused_unless_overwrite(tmp_path):
     build(tmp_path / "s")
-    with pytest.raises(StoreError, match="different embedder; use --overwrite"):
+    with pytest.raises(StoreError, match=r"different embedder \(.*k: \d stored, 2 now.*\); use --overwrite"):
         build(tmp_path / "s", embedder=KmerEmbedder(k=2, canonical=False))
     store = build(tmp_path / "s", embedder=KmerEmbedder(k=2, canonical=False), overwrite=True)
     assert store.dim == 16

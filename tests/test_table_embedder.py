@@ -166,12 +166,16 @@ def test_fingerprint_changes_with_weights_and_settings(tiny_dir, tmp_path):
     assert TokenTableEmbedder(tiny_dir, reverse_complement=False).fingerprint != base
 
 
-def test_constants_copied_from_torch_importing_modules_stay_equal():
-    """fingerprint.py and table.py cannot import families.py / hf.py (they import torch)."""
-    from genoembed.embedders import families, fingerprint, hf, table
-
-    assert fingerprint.TOKENIZER_FILES == families.TOKENIZER_FILES
-    assert table.PROJECTION_FILE == hf.PROJECTION_FILE
+def test_both_embedders_keep_the_fingerprint_a_store_recorded(tmp_path):
+    """The default model's fingerprint, as both embedders compute it today, is the one a store built by an
+    earlier release recorded (tests/data/store_v2): the model-directory reading they share did not move it."""
+    recorded = json.loads((REPO / "tests" / "data" / "store_v2" / "manifest.json").read_text())
+    spec = recorded["provenance"]["embedder"]
+    assert Path(spec["model_path"]).name == DEFAULT.name
+    options = {key: spec[key] for key in ("pooling", "layer", "reverse_complement", "max_tokens", "frames")}
+    assert TokenTableEmbedder(DEFAULT).fingerprint == spec["fingerprint"]
+    assert TokenTableEmbedder(DEFAULT, **options).fingerprint == spec["fingerprint"]
+    assert _hf(DEFAULT).fingerprint == spec["fingerprint"]
 
 
 def test_embeds_without_importing_torch_or_transformers():

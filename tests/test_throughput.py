@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from genoembed.embedders import hf
-from genoembed.embedders.hf import TransformersEmbedder, auto_batch_size
+from genoembed.embedders.hf import TransformersEmbedder
+from genoembed.embedders.loading import XFORMERS_ATTENTION, auto_batch_size
 from genoembed.errors import InputError, MissingExtraError, ModelError
 from genoembed.synthetic import random_sequence
 
@@ -220,7 +221,38 @@ def test_xformers_attention_equals_sdpa(model_dir, fast, monkeypatch):
     monkeypatch.setitem(sys.modules, "xformers", package)
     monkeypatch.setitem(sys.modules, "xformers.ops", ops)
     embedder = TransformersEmbedder(model_dir, reverse_complement=False, frames=1, batch_size=8, attention="xformers")
-    assert embedder.attention == hf.XFORMERS_ATTENTION
+    assert embedder.attention == XFORMERS_ATTENTION
     rng = np.random.default_rng(2)
     sequences = tiles(8) + [random_sequence(int(n), seed=i) for i, n in enumerate(rng.integers(20, 300, 5))]
     np.testing.assert_allclose(embedder.embed(sequences), fast.embed(sequences), rtol=1e-4, atol=1e-5)
+
+
+def test_reduced_precision_is_recorded_so_a_store_never_mixes_precisions(model_dir, fast, tmp_path):
+    """bfloat16 vectors keep the fingerprint (queries in either precision find the same tiles) but their record
+    says bfloat16: appending float32 vectors to a bfloat16 store (a CPU run onto a GPU-built store) is refused,
+    naming the dtype; float32 records stay those of earlier releases."""
+    from genoembed.embedders import load_embedder
+    from genoembed.engine import LocalEngine, embed_genome
+    from genoembed.errors import StoreError
+    from genoembed.genome import open_genome
+    from genoembed.synthetic import write_fasta
+    from genoembed.tiles import TilingSpec
+
+    reduced = TransformersEmbedder(model_dir, reverse_complement=False, frames=1, batch_size=8, dtype="bfloat16")
+    assert reduced.describe()["dtype"] == "bfloat16" and "dtype" not in fast.describe()
+    rebuilt = load_embedder(reduced.describe())
+    assert rebuilt.dtype == torch.bfloat16 and rebuilt.fingerprint == reduced.fingerprint
+    assert load_embedder(fast.describe()).dtype == torch.float32
+
+    fasta = write_fasta(tmp_path / "g.fa", {"chr1": random_sequence(3000, seed=1)})
+    other = write_fasta(tmp_path / "h.fa", {"chr1": random_sequence(3000, seed=2)})
+    store, tiling = tmp_path / "store", TilingSpec(window=500, stride=500)
+
+    def build(embedder, path, append):
+        provenance = {"embedder": embedder.describe(), "tiling": tiling.describe(), "embedding_dtype": "float32"}
+        embed_genome(store, provenance=provenance, embedder=embedder, genome=open_genome(path), tiling=tiling,
+                     batch_rows=64, shard_rows=1000, overwrite=False, engine=LocalEngine(), append=append)
+
+    build(reduced, fasta, append=False)
+    with pytest.raises(StoreError, match=r"different embedder \(dtype: 'bfloat16' stored, 'float32' now\)"):
+        build(fast, other, append=True)

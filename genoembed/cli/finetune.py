@@ -11,7 +11,7 @@ from genoembed.cli.common import handle_errors, pick
 
 
 def _related_pairs(values: list[str]):
-    from genoembed.train.finetune import RelatedPair
+    from genoembed.train.pairs import RelatedPair
 
     pairs = []
     for value in values:

@@ -156,6 +156,7 @@ def load_embedder(spec: dict, trust_remote_code: bool = False) -> Embedder:
         options = {key: value for key, value in spec.items()
                    if key not in ("kind", "fingerprint", "dim", "model_id", "model_path")}
         options.setdefault("frames", 1)  # stores written before frames existed hold single-frame vectors
+        options.setdefault("dtype", "float32")  # a record without a dtype is of float32 vectors, on any device
         model_path = spec["model_path"]
         if not Path(model_path).is_dir():
             model_path = str(shipped_model_for(model_path) or model_path)

@@ -37,9 +37,10 @@ measures them against a stock transformers loop):
 
 - a batch without padding (fixed-length tiles) is run without an attention
   mask, so SDPA takes its fused kernel (flash on CUDA) and nothing is masked;
-- ``dtype``: ``auto`` is bfloat16 on CUDA and float32 on CPU; on CPU
-  ``bfloat16`` (fast where the CPU has AMX/AVX512-BF16) is opt-in and refused
-  unless the vectors of probe tiles keep cosine >= 0.999 to float32. (Dynamic
+- ``dtype``: ``auto`` is bfloat16 on CUDA and float32 on CPU (where ``bfloat16``,
+  fast with AMX/AVX512-BF16, is opt-in); reduced precision on either device is
+  refused unless the vectors of probe tiles keep cosine >= 0.999 to float32,
+  and ``describe()`` records it, so a store never mixes bfloat16 and float32 vectors. (Dynamic
   int8 quantisation of the Linear layers was measured and left out: on the
   default shape it gained 1.1-1.4x but fell to cosine 0.9990 on real tiles.)
 - ``compile=True``: ``torch.compile`` for the common batch shape (full batches
@@ -51,16 +52,14 @@ measures them against a stock transformers loop):
   ``attention="xformers"`` (the ``gpu`` extra) swaps in xformers'
   memory-efficient attention where the model supports pluggable attention.
 
-This file is long because the one transformers embedder carries the device, dtype, batching,
-chunking, frame and probe-checked fast paths (fused passes, token table, reduced precision) that
-must agree with each other; each path is a method beside the stock one it is checked against.
+Loading (device, dtype, tokenizer, model, attention backends, projection) is
+:mod:`genoembed.embedders.loading`; what a directory holds, :mod:`genoembed.embedders.model_dir`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Sequence
 
@@ -68,6 +67,19 @@ import numpy as np
 import torch
 
 from genoembed.embedders import families as fam
+from genoembed.embedders import model_dir as md
+from genoembed.embedders.loading import (
+    ATTENTIONS,
+    auto_batch_size,
+    first_line,
+    intra_op_threads,
+    load_model,
+    load_projection,
+    load_tokenizer,
+    resolve_device,
+    dtype_name,
+    resolve_dtype,
+)
 from genoembed.embedders import fused
 from genoembed.embedders.fingerprint import (
     directory_digest,
@@ -80,20 +92,13 @@ from genoembed.embedders.pooling import (
     combine_chunks,
     pool,
 )
-from genoembed.errors import InputError, MissingExtraError, ModelError
+from genoembed.errors import InputError, ModelError
 from genoembed.embedders.tokenize import chunk_spans
 from genoembed.seqio import reverse_complement
 
 log = logging.getLogger(__name__)
 
-_DTYPES = {
-    "float32": torch.float32, "fp32": torch.float32,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-    "float16": torch.float16, "fp16": torch.float16,
-}
-_LOAD_ERRORS = (OSError, ValueError, RuntimeError, KeyError, TypeError, AttributeError)
-_ATTENTIONS = ("auto", "sdpa", "eager", "xformers")
-#: Reduced precision on CPU (bfloat16, float16) must keep this cosine to float32 on probe tiles.
+#: Reduced precision (bfloat16, float16; CPU or CUDA) must keep this cosine to float32 on probe tiles.
 MIN_PROBE_COSINE = 0.999
 MIN_FUSED_COSINE = 0.99999  # float32: the fused passes differ from stock by rounding only
 _AUTO_BATCH_CPU = 64
@@ -114,12 +119,12 @@ class TransformersEmbedder:
     batch_size : pieces per forward pass, or ``"auto"`` (from free GPU memory on CUDA; 64 on CPU).
     device : ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
     dtype : ``"auto"`` (bfloat16 on CUDA, float32 on CPU) or ``float32`` / ``bfloat16`` / ``float16``.
-        Reduced precision on CPU is checked at load: probe tiles must keep cosine >= 0.999 to
+        Reduced precision is checked at load on any device: probe tiles must keep cosine >= 0.999 to
         float32, or it is refused.
     max_tokens : tokens per forward input (special tokens included); default the
         model's limit. Longer sequences are cut into chunks, never truncated.
     trust_remote_code : allow the Python code shipped in the directory to run.
-    family : ``"auto"`` or a name from :data:`genoembed.embedders.families.FAMILIES`.
+    family : ``"auto"`` or a name from :data:`genoembed.embedders.model_dir.FAMILIES`.
     compile : run the model through ``torch.compile`` for the common batch shape (opt-in).
     fuse : ESM-family models run fused forward passes (:mod:`genoembed.embedders.fused`), and
         zero-layer ESM models (the shipped default) mean-pool straight from a per-token table
@@ -157,11 +162,10 @@ class TransformersEmbedder:
             raise InputError(f"batch size must be a positive integer or 'auto', got {batch_size!r}")
         if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
             raise InputError(f"threads must be a positive integer (or None for torch's default), got {threads!r}")
-        if attention not in _ATTENTIONS:
-            raise InputError(f"unknown attention {attention!r}; use one of {', '.join(_ATTENTIONS)}")
+        if attention not in ATTENTIONS:
+            raise InputError(f"unknown attention {attention!r}; use one of {', '.join(ATTENTIONS)}")
         if not isinstance(layer, int) or isinstance(layer, bool):
             raise InputError(f"layer must be an integer (-1 = last), got {layer!r}")
-        rc_option = _rc_option(reverse_complement)
 
         self.model_path = str(model_path)
         self.directory = Path(model_path).expanduser()
@@ -175,10 +179,12 @@ class TransformersEmbedder:
         self._free_memory: int | None = None  # set by batch_size="auto" on CUDA
         self._config: dict = {}
 
-        config = fam.read_config(self.directory)
-        tokenizer_config = fam.read_tokenizer_config(self.directory)
-        vocab = fam.read_vocab(self.directory)
-        self.family = fam.detect_family(self.directory, config, tokenizer_config, vocab, family)
+        config = md.read_config(self.directory)
+        tokenizer_config = md.read_tokenizer_config(self.directory)
+        vocab = md.read_vocab(self.directory)
+        self.family = md.detect_family(self.directory, config, tokenizer_config, vocab, family)
+        self.reverse_complement = md.resolve_reverse_complement(reverse_complement, self.family)
+        self.frames = md.resolve_frames(frames, self.family)
         if self.family.custom_code and not trust_remote_code:
             raise ModelError(
                 f"{self.directory} contains custom code; rerun with --trust-remote-code if you trust it "
@@ -188,23 +194,20 @@ class TransformersEmbedder:
         fam.require_extra(self.family)
         files_digest = directory_digest(self.directory)
 
-        self.device = _resolve_device(device)
-        self.dtype = _resolve_dtype(dtype, self.device)
-        # Reduced precision on CPU is loaded in float32 first, checked against it on probes, then converted.
-        reduced_on_cpu = self.device.type == "cpu" and self.dtype != torch.float32
-        load_dtype = torch.float32 if reduced_on_cpu else self.dtype
-        tokenizer = _load_tokenizer(self.directory, trust_remote_code)
-        model, self.attention = _load_model(self.directory, self.family, config, trust_remote_code, load_dtype,
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        # Reduced precision (CPU or CUDA) is loaded in float32 first, checked against it on probes, then converted.
+        tokenizer = load_tokenizer(self.directory, trust_remote_code)
+        model, self.attention = load_model(self.directory, self.family, config, trust_remote_code, torch.float32,
                                             attention)
         model.to(self.device).eval().requires_grad_(False)
         self.model = model
         self.adapter = fam.make_adapter(self.family, tokenizer, model)
-        self.projection = _load_projection(self.directory, config, self.device)  # None unless fine-tuned
+        self.projection = load_projection(self.directory, config, self.device)  # None unless fine-tuned
         self.notes += self.adapter.notes
 
-        self.reverse_complement = (not self.family.rc_equivariant) if rc_option == "auto" else rc_option
-        self.frames = _resolve_frames(frames, self.family)
-        self.max_tokens = self._resolve_max_tokens(max_tokens, config, tokenizer)
+        self.max_tokens, note = md.resolve_max_tokens(max_tokens, config, getattr(tokenizer, "model_max_length", None))
+        self.notes += [note] if note else []
         self._max_content = self.max_tokens - self.adapter.n_special
         if self._max_content < max(1, self.adapter.step):
             raise InputError(
@@ -223,8 +226,8 @@ class TransformersEmbedder:
         self.dim = int(probe.shape[1])
         self.probe_cosine: float | None = None
         self.fused_forward = fuse and fused.can_fuse(self.model) and self._fuse_if_unchanged()
-        if reduced_on_cpu:
-            self._reduce_precision_on_cpu()
+        if self.dtype != torch.float32:
+            self._reduce_precision()
         self.token_table_lookup = fuse and self._use_token_table_if_unchanged()
         if compile:
             self._compiled = torch.compile(self.model, dynamic=False)
@@ -249,6 +252,9 @@ class TransformersEmbedder:
             "frames": self.frames,
             "fingerprint": self.fingerprint,
             "dim": self.dim,
+            # Vectors computed in reduced precision say so (float32 ones keep the record of earlier releases):
+            # a store's writers compare records, so bfloat16 and float32 vectors never share one store.
+            **({"dtype": dtype_name(self.dtype)} if self.dtype != torch.float32 else {}),
         }
 
     def embed(self, sequences: Sequence[str]) -> np.ndarray:
@@ -258,7 +264,7 @@ class TransformersEmbedder:
             return np.zeros((0, self.dim), dtype=np.float32)
         normalized = self._normalize_all(sequences)
         records, batch = self._plan(normalized)
-        with _intra_op_threads(self.threads):
+        with intra_op_threads(self.threads):
             vectors = self._embed_batch(batch)
         owners, strands, frames = records[:, 0], records[:, 1], records[:, 2]
         # Chunks weigh by the bases they cover within their frame; each frame of a strand weighs the same.
@@ -383,7 +389,7 @@ class TransformersEmbedder:
             hidden = self.adapter.forward(ids, None, self.layer, model=self._compiled)
         except Exception as err:  # noqa: BLE001 - torch.compile raises many kinds; eager stays correct
             self._compiled = None
-            note = f"torch.compile failed ({type(err).__name__}: {_first_line(err)}); running eagerly"
+            note = f"torch.compile failed ({type(err).__name__}: {first_line(err)}); running eagerly"
             self.notes.append(note)
             log.warning("%s: %s", self.directory, note)
             return self.adapter.forward(ids, attention, self.layer)
@@ -407,7 +413,7 @@ class TransformersEmbedder:
     def _fuse_if_unchanged(self) -> bool:
         """Switch to the fused forward passes if probe tiles keep their vectors; else stay stock."""
         cosine = self._probe_cosine(lambda: fused.fuse(self.model))
-        if cosine >= (MIN_FUSED_COSINE if self.dtype == torch.float32 else MIN_PROBE_COSINE):
+        if cosine >= MIN_FUSED_COSINE:  # both in float32: reduced precision is applied (and checked) after
             fused.drop_unfused_weights(self.model)
             return True
         fused.unfuse(self.model)
@@ -435,17 +441,18 @@ class TransformersEmbedder:
         self._warn(f"token-table look-up changed probe vectors (cosine {cosine:.6f}); running the model")
         return False
 
-    def _reduce_precision_on_cpu(self) -> None:
-        """Convert the float32 model to the requested dtype if probe tiles keep their vectors."""
+    def _reduce_precision(self) -> None:
+        """Convert the float32 model to the requested dtype if probe tiles keep their vectors (on CPU and on
+        CUDA alike: bfloat16 is CUDA's default, and a model whose vectors it moves must not pass unnoticed)."""
         cosine = self._probe_cosine(lambda: self.model.to(self.dtype))
-        name = str(self.dtype).removeprefix("torch.")
+        name, where = dtype_name(self.dtype), self.device.type.upper()
         self.probe_cosine = cosine
         if not cosine >= MIN_PROBE_COSINE:
             raise ModelError(
-                f"{name} on CPU changes this model's vectors too much (cosine {cosine:.5f} < "
+                f"{name} on {where} changes this model's vectors too much (cosine {cosine:.5f} < "
                 f"{MIN_PROBE_COSINE} to float32 on probe tiles); use dtype float32"
             )
-        self.notes.append(f"{name} on CPU: probe tiles keep cosine >= {cosine:.5f} to float32")
+        self.notes.append(f"{name} on {where}: probe tiles keep cosine >= {cosine:.5f} to float32")
 
     def _resolve_batch_size(self, requested: int | str, config: dict) -> int:
         if requested != "auto":
@@ -479,263 +486,9 @@ class TransformersEmbedder:
         return auto_batch_size(self._free_memory, tokens=width, config=self._config,
                                bytes_per_value=torch.finfo(self.dtype).bits // 8)
 
-    def _resolve_max_tokens(self, requested: int | None, config: dict, tokenizer) -> int:
-        limit, hard = fam.max_model_tokens(config, tokenizer)
-        if requested is None:
-            if limit is None:
-                limit = 4096
-                self.notes.append("the model states no maximum length; using 4096 tokens per chunk")
-            return int(limit)
-        if not isinstance(requested, int) or isinstance(requested, bool) or requested < 1:
-            raise InputError(f"max_tokens must be a positive integer, got {requested!r}")
-        if hard and limit is not None and requested > limit:
-            raise InputError(
-                f"max_tokens={requested} exceeds the model's {limit} positions; use at most {limit}"
-            )
-        return requested
-
-
-# ---------------------------------------------------------------------- loading
-
-
-def auto_batch_size(free_bytes: int, tokens: int, config: dict, bytes_per_value: int = 2,
-                    budget: float = 0.6, ceiling: int = 4096) -> int:
-    """Rows per forward pass that fit ``budget`` of ``free_bytes`` (a power of two, 1..ceiling).
-
-    Inference keeps about one layer's activations alive at a time: per row and
-    token the hidden state a few times over, the MLP's intermediate, and the
-    attention scores (``heads * tokens``) when the kernel materialises them.
-    """
-    hidden = int(config.get("hidden_size") or config.get("d_model") or 1024)
-    intermediate = int(config.get("intermediate_size") or 4 * hidden)
-    heads = int(config.get("num_attention_heads") or 16)
-    per_token = 8 * hidden + 2 * intermediate + heads * tokens
-    per_row = max(1, tokens * per_token * bytes_per_value)
-    rows = int(free_bytes * budget // per_row)
-    if rows < 1:
-        return 1
-    return int(min(ceiling, 2 ** int(np.log2(rows))))
-
-
-@contextmanager
-def _intra_op_threads(threads: int | None):
-    """torch's intra-op thread count set for the block (process-wide, restored after)."""
-    if threads is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
 
 def _row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
     norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
     return (a * b).sum(axis=1) / np.maximum(norms, 1e-30)
-
-
-def _rc_option(value) -> bool | str:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in ("auto", "true", "false", "on", "off"):
-        lowered = value.lower()
-        return "auto" if lowered == "auto" else lowered in ("true", "on")
-    raise InputError(f"reverse_complement must be 'auto', true or false, got {value!r}")
-
-
-def _resolve_frames(frames: int | str, family: fam.Family) -> int:
-    """Reading frames per strand: k for non-overlapping k-mer tokens under "auto", else as given."""
-    if frames == "auto":
-        return family.k if family.tokens == "kmer" else 1
-    if not isinstance(frames, int) or isinstance(frames, bool) or frames < 1:
-        raise InputError(f"frames must be a positive integer or 'auto', got {frames!r}")
-    return frames
-
-
-def _resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError:
-        raise InputError(f"unknown device {device!r}; use auto, cpu or cuda[:N]") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise InputError("device 'cuda' was requested but no CUDA GPU is available; use --device cpu")
-    return resolved
-
-
-def _resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if dtype not in _DTYPES:
-        raise InputError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16")
-    return _DTYPES[dtype]
-
-
-@contextmanager
-def quiet_transformers():
-    """Silence transformers' load reports and progress bars (genoembed checks loading itself), and torch's
-    note that a zero-layer ESM model's (unused) contact head is an empty matrix."""
-    import warnings
-
-    from transformers.utils import logging as hf_logging
-
-    level = hf_logging.get_verbosity()
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
-            yield
-    finally:
-        hf_logging.set_verbosity(level)
-        if bars:
-            hf_logging.enable_progress_bar()
-
-
-def _load_tokenizer(directory: Path, trust_remote_code: bool):
-    from transformers import AutoTokenizer
-
-    try:
-        with quiet_transformers():
-            return AutoTokenizer.from_pretrained(str(directory), local_files_only=True,
-                                                 trust_remote_code=trust_remote_code)
-    except ImportError as err:
-        raise MissingExtraError(f"the tokenizer code in {directory} needs a package that is not installed ({err}); "
-                                "install it and rerun") from None
-    except _LOAD_ERRORS as err:
-        raise ModelError(
-            f"cannot load the tokenizer in {directory} ({type(err).__name__}: {_first_line(err)}); "
-            "the directory needs the model's tokenizer files (vocab.txt or tokenizer.json and tokenizer_config.json)"
-        ) from None
-
-
-def _load_model(directory: Path, family: fam.Family, config: dict, trust_remote_code: bool,
-                dtype: torch.dtype, attention_option: str = "auto"):
-    """The base model (no MLM/LM head), its attention implementation; every weight must load."""
-    import transformers
-    from safetensors import SafetensorError
-
-    auto_map = config.get("auto_map") or {}
-    loader_name = "AutoModel"
-    if family.custom_code and "AutoModel" not in auto_map:
-        candidates = [name for name in ("AutoModelForMaskedLM", "AutoModelForCausalLM") if name in auto_map]
-        if not candidates:
-            raise ModelError(f"{directory}/config.json auto_map names no AutoModel or AutoModelForMaskedLM class")
-        loader_name = candidates[0]
-    loader = getattr(transformers, loader_name)
-    kwargs = {"local_files_only": True, "trust_remote_code": trust_remote_code, "dtype": dtype,
-              "output_loading_info": True}
-    if not family.custom_code and str(config.get("model_type")) in ("esm", "bert"):
-        kwargs["add_pooling_layer"] = False
-    attention = "sdpa" if attention_option == "auto" else attention_option
-    if attention == "xformers":
-        attention = _register_xformers_attention()
-    try:
-        with quiet_transformers():
-            try:
-                model, info = loader.from_pretrained(str(directory), attn_implementation=attention, **kwargs)
-            except ValueError as err:
-                if attention_option != "auto" and attention != "eager":
-                    raise ModelError(f"{directory}: this model does not support attention={attention_option!r} "
-                                     f"({_first_line(err)}); use attention 'auto'") from None
-                if "scaled_dot_product_attention" not in str(err) and "sdpa" not in str(err).lower():
-                    raise
-                attention = "eager"
-                log.info("%s: SDPA attention not supported by this model; using eager attention", directory)
-                model, info = loader.from_pretrained(str(directory), attn_implementation="eager", **kwargs)
-    except ImportError as err:
-        raise MissingExtraError(f"the model code in {directory} needs a package that is not installed ({err}); "
-                                "install it and rerun") from None
-    except (*_LOAD_ERRORS, SafetensorError) as err:
-        raise ModelError(
-            f"cannot load the model in {directory} ({type(err).__name__}: {_first_line(err)}); the weights may "
-            "be corrupt, incomplete or not match config.json: copy the model's files again"
-        ) from None
-    if loader_name != "AutoModel":
-        model = model.base_model
-    missing = sorted(k for k in info.get("missing_keys", ()) if not k.startswith(("lm_head", "pooler", "cls.")))
-    if missing:
-        raise ModelError(
-            f"{len(missing)} weights of the model are missing from {directory} (e.g. {missing[:3]}); "
-            "the weight files do not match config.json: copy the model's files again"
-        )
-    if family.custom_code:
-        attention = str(getattr(model.config, "_attn_implementation", None) or "custom")
-    return model, attention
-
-
-XFORMERS_ATTENTION = "genoembed_xformers"
-
-
-def _register_xformers_attention() -> str:
-    """Register xformers' memory-efficient attention with transformers; the name to load models with.
-
-    Imported lazily: the ``gpu`` extra is optional and detected at run time.
-    """
-    try:
-        from xformers.ops import memory_efficient_attention
-    except ImportError:
-        raise MissingExtraError("attention='xformers' needs xformers: install genoembed[gpu] "
-                                "(pip install xformers), or use attention 'auto'") from None
-    try:
-        from transformers import AttentionInterface
-        from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-    except ImportError:
-        raise ModelError("attention='xformers' needs transformers with pluggable attention (>= 4.53); "
-                         "upgrade transformers or use attention 'auto'") from None
-
-    def xformers_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **_):
-        # transformers passes (batch, heads, tokens, head_dim); xformers takes (batch, tokens, heads, head_dim).
-        bias = None
-        if attention_mask is not None:
-            if attention_mask.dtype == torch.bool:
-                bias = torch.zeros(attention_mask.shape, dtype=query.dtype, device=query.device)
-                bias = bias.masked_fill(~attention_mask, torch.finfo(query.dtype).min)
-            else:
-                bias = attention_mask.to(query.dtype)
-            bias = bias.expand(query.shape[0], query.shape[1], query.shape[2], key.shape[2])
-        out = memory_efficient_attention(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2),
-                                         attn_bias=bias, p=dropout if module.training else 0.0, scale=scaling)
-        return out, None
-
-    AttentionInterface.register(XFORMERS_ATTENTION, xformers_attention)
-    # Without a registered mask function transformers hands a custom attention no padding mask at all.
-    AttentionMaskInterface.register(XFORMERS_ATTENTION, sdpa_mask)
-    return XFORMERS_ATTENTION
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else ""
-
-
-PROJECTION_FILE = "genoembed_projection.safetensors"
-
-
-def _load_projection(directory: Path, config: dict, device: torch.device) -> torch.Tensor | None:
-    """The (out, hidden) matrix of ``genoembed_projection.safetensors`` (written by ``genoembed finetune``).
-
-    Applied to every pooled vector (mean of a linear map = linear map of the
-    mean); its bytes are part of the fingerprint like every weight file.
-    """
-    path = directory / PROJECTION_FILE
-    if not path.is_file():
-        return None
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        weight = load_file(str(path)).get("weight")
-    except (SafetensorError, OSError) as err:
-        raise ModelError(f"cannot read {path} ({_first_line(err)}); copy the model's files again") from None
-    hidden = config.get("hidden_size")
-    if weight is None or weight.ndim != 2 or (hidden is not None and weight.shape[1] != int(hidden)):
-        shape = None if weight is None else tuple(weight.shape)
-        raise ModelError(f"{path} must hold a 'weight' matrix of shape (out, {hidden}); found {shape}")
-    return weight.to(device=device, dtype=torch.float32)

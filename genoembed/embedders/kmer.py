@@ -7,32 +7,12 @@ from typing import Sequence
 
 import numpy as np
 
-from genoembed.seqio import encode_bases
+from genoembed.seqio import encode_bases, kmer_index, reverse_complement_codes
 
 def kmer_indices(codes: np.ndarray, k: int) -> np.ndarray:
-    """Base-4 index (int64) of every k-mer that contains no ambiguous base."""
-    index, clean = kmer_index_rows(codes[None, :], k)
+    """Base-4 index (int64) of every k-mer of a 1-D run of base codes that contains no ambiguous base."""
+    index, clean = kmer_index(codes[None, :], k)
     return index[clean].astype(np.int64)
-
-
-def kmer_index_rows(codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(rows, length - k + 1) base-4 index of every k-mer of each row of base codes, and which hold no
-    ambiguous base (code >= 4); the index of those that do is meaningless.
-
-    Built in place by k shifted adds over whole rows (a rolling base-4 number, int32 up to k = 15) and
-    checked by a running count of ambiguous bases: several times faster than a (length x k) window matrix.
-    """
-    count = max(codes.shape[1] - k + 1, 0)
-    index = np.zeros((len(codes), count), dtype=np.int32 if k <= 15 else np.int64)
-    for offset in range(k if count else 0):
-        index *= 4
-        index += codes[:, offset:offset + count]
-    ambiguous = codes >= 4
-    if not ambiguous.any():
-        return index, np.ones(index.shape, dtype=bool)
-    running = np.zeros((len(codes), codes.shape[1] + 1), dtype=np.int32)
-    np.cumsum(ambiguous, axis=1, out=running[:, 1:])
-    return index, running[:, k:k + count] == running[:, :count]
 
 
 class KmerEmbedder:
@@ -59,8 +39,7 @@ class KmerEmbedder:
             codes = encode_bases(sequence)
             out[row] = np.bincount(kmer_indices(codes, self.k), minlength=self.dim)
             if self.canonical:
-                reverse_complement = np.where(codes < 4, 3 - codes, 4)[::-1]
-                out[row] += np.bincount(kmer_indices(reverse_complement, self.k), minlength=self.dim)
+                out[row] += np.bincount(kmer_indices(reverse_complement_codes(codes), self.k), minlength=self.dim)
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         return out / np.maximum(norms, 1e-12)
 
@@ -71,10 +50,10 @@ class KmerEmbedder:
         codes = encode_bases(sequence)
         if len(codes) < self.k:
             return (np.empty(0, dtype=np.int64),) * 3 + (np.empty(0),)
-        starts = np.flatnonzero((np.lib.stride_tricks.sliding_window_view(codes, self.k) < 4).all(axis=1))
+        starts = np.flatnonzero(kmer_index(codes[None, :], self.k)[1][0])
         ids = [kmer_indices(codes, self.k)]
         if self.canonical:  # the reverse strand's k-mers, in the order of their forward starts
-            ids.append(kmer_indices(np.where(codes < 4, 3 - codes, 4)[::-1], self.k)[::-1])
+            ids.append(kmer_indices(reverse_complement_codes(codes), self.k)[::-1])
         ids = np.concatenate(ids)
         starts = np.tile(starts, len(ids) // max(len(starts), 1))
         return starts, np.full(len(ids), self.k), ids, np.ones(len(ids))

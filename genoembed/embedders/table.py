@@ -25,16 +25,11 @@ out of the mean. Three paths, fastest first:
   with vectorised run bookkeeping (runs restart after every ``N``);
 - sequences whose frames overflow one chunk (longer than ``(max_tokens - 2) * k``
   bases, or N-heavy): planned piece by piece as ``TransformersEmbedder`` plans them.
-
-The file is long because those three paths, and ``token_weights`` (the same
-tokens listed with their positions, for `genoembed explain`), must all
-reproduce one tokenisation, so they stay side by side.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import os
 from pathlib import Path
 from typing import NamedTuple, Sequence
@@ -42,6 +37,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 from safetensors import SafetensorError, safe_open
 
+from genoembed.embedders import model_dir as md
 from genoembed.embedders.fingerprint import (
     TOKENIZER_FILES,
     directory_digest,
@@ -50,7 +46,7 @@ from genoembed.embedders.fingerprint import (
     weight_files,
 )
 from genoembed.errors import InputError, ModelError
-from genoembed.seqio import codes_by_length, reverse_complement
+from genoembed.seqio import codes_by_length, kmer_index, reverse_complement, reverse_complement_codes
 from genoembed.embedders.tokenize import (
     SINGLE_BASES,
     SPECIAL_TOKENS,
@@ -63,7 +59,6 @@ from genoembed.embedders.tokenize import (
 FAMILY = "nucleotide-transformer"
 #: ``TransformersEmbedder`` options that cannot change a zero-layer model's float32 vectors on CPU.
 NEUTRAL_OPTIONS = frozenset({"batch_size", "threads", "fuse", "compile", "attention", "trust_remote_code"})
-PROJECTION_FILE = "genoembed_projection.safetensors"
 #: The options this embedder takes (the rest of ``TransformersEmbedder``'s are neutral or refused).
 TABLE_OPTIONS = ("pooling", "layer", "reverse_complement", "max_tokens", "family", "frames")
 _N_SPECIAL = 2  # EsmTokenizer: <cls> first, <eos> last
@@ -82,7 +77,11 @@ class _Model(NamedTuple):
     config: dict
     tokenizer_config: dict
     vocab: dict[str, int]
-    k: int
+    family: md.Family
+
+    @property
+    def k(self) -> int:
+        return self.family.k
 
 
 def supports(model_dir: str | os.PathLike, **options) -> bool:
@@ -193,7 +192,7 @@ class TokenTableEmbedder:
         if not self._frame_counts(codes)[1][0]:
             raise ModelError(f"{length} bases take more than one chunk of {self.max_tokens} tokens; "
                              f"explain sequences of at most {self._chunk_bases // self.frames} bases with this model")
-        strands = [codes, _reverse_complement_codes(codes)] if self.reverse_complement else [codes]
+        strands = [codes, reverse_complement_codes(codes)] if self.reverse_complement else [codes]
         used = _frame_count(length, self.k, self.frames)
         parts = []
         for reverse, strand in enumerate(strands):
@@ -218,7 +217,7 @@ class TokenTableEmbedder:
     def _clean_counts(self, codes: np.ndarray) -> np.ndarray:
         """(m, vocab) token weights of rows of A/C/G/T codes, all one length, each frame one chunk."""
         layout = _clean_layout(codes.shape[1], self.k, self.frames, self.reverse_complement)
-        index = _kmer_index(codes, self.k)
+        index, _ = kmer_index(codes, self.k)
         columns = [self._kmer_ids[index], self._base_ids[codes[:, layout.forward_tails]]]
         if self.reverse_complement:
             columns += [self._rc_kmer_ids[index], self._base_ids[3 - codes[:, layout.reverse_tails]]]
@@ -230,7 +229,7 @@ class TokenTableEmbedder:
     def _frame_counts(self, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(m, vocab) token weights of rows of base codes (N = 4), all one length, and which rows they are
         right for: those whose every frame tokenises within one chunk (the others need :meth:`_exact_counts`)."""
-        strands = [codes, _reverse_complement_codes(codes)] if self.reverse_complement else [codes]
+        strands = [codes, reverse_complement_codes(codes)] if self.reverse_complement else [codes]
         used = _frame_count(codes.shape[1], self.k, self.frames)
         one_chunk = np.full(len(codes), codes.shape[1] <= self._chunk_bases)
         row = np.arange(len(codes))[:, None]
@@ -266,10 +265,9 @@ def _read_model(directory: Path) -> _Model:
     """Config, tokenizer config, vocab and k of a directory the table path can serve, or _Unsupported."""
     if not (directory / "config.json").is_file():
         raise _Unsupported(f"no config.json in {directory}")
-    config = _read_json(directory / "config.json")
-    tokenizer_config = _read_json(directory / "tokenizer_config.json") if (
-        directory / "tokenizer_config.json").is_file() else {}
-    if config.get("auto_map") or tokenizer_config.get("auto_map"):
+    config = md.read_config(directory)
+    tokenizer_config = md.read_tokenizer_config(directory)
+    if md.needs_remote_code(config, tokenizer_config):
         raise _Unsupported("the model ships custom code")
     if config.get("model_type") != "esm":
         raise _Unsupported(f"model_type {config.get('model_type')!r}, not esm")
@@ -281,8 +279,11 @@ def _read_model(directory: Path) -> _Model:
     if config.get("token_dropout") or config.get("emb_layer_norm_before"):
         raise _Unsupported("token_dropout / emb_layer_norm_before rescale embeddings by context")
     _check_tokenizer_files(directory, tokenizer_config)
-    vocab = _read_vocab(directory / "vocab.txt")
-    return _Model(config, tokenizer_config, vocab, _vocab_k(vocab))
+    vocab = md.read_vocab(directory)
+    family = md.detect_family(directory, config, tokenizer_config, vocab)
+    if family.name != FAMILY or set(vocab) != set(kmer_vocab(family.k)):
+        raise _Unsupported("the vocabulary is not exactly the special tokens, all k-mers and A C G T N")
+    return _Model(config, tokenizer_config, vocab, family)
 
 
 def _check_tokenizer_files(directory: Path, tokenizer_config: dict) -> None:
@@ -301,33 +302,6 @@ def _check_tokenizer_files(directory: Path, tokenizer_config: dict) -> None:
         raise _Unsupported("the tokenizer lower-cases its input")
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise _Unsupported(f"cannot read {path.name} ({err})") from None
-    if not isinstance(value, dict):
-        raise _Unsupported(f"{path.name} holds no JSON object")
-    return value
-
-
-def _read_vocab(path: Path) -> dict[str, int]:
-    """Token -> id from vocab.txt, as ``families.read_vocab`` reads it."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as err:
-        raise _Unsupported(f"cannot read vocab.txt ({err})") from None
-    return {token.strip(): i for i, token in enumerate(lines) if token.strip()}
-
-
-def _vocab_k(vocab: dict[str, int]) -> int:
-    """k of a vocabulary holding exactly genoembed's k-mer tokens (any ids), else _Unsupported."""
-    k = max((len(token) for token in vocab if not token.strip("ACGT")), default=0)
-    if not 2 <= k <= 8 or set(vocab) != set(kmer_vocab(k)):
-        raise _Unsupported("the vocabulary is not exactly the special tokens, all k-mers and A C G T N")
-    return k
-
-
 def _resolve_options(model: _Model, pooling: str = "mean", layer: int = -1, reverse_complement: bool | str = "auto",
                      max_tokens: int | None = None, family: str = "auto",
                      frames: int | str = "auto") -> tuple[bool, int, int]:
@@ -338,35 +312,15 @@ def _resolve_options(model: _Model, pooling: str = "mean", layer: int = -1, reve
         raise _Unsupported(f"layer {layer!r} (the table path is the final, normed output: layer -1)")
     if family not in ("auto", FAMILY):
         raise _Unsupported(f"family {family!r}")
-    if frames == "auto":
-        frames = model.k
-    if not isinstance(frames, int) or isinstance(frames, bool) or frames < 1:
-        raise _Unsupported(f"frames {frames!r}")
-    rc = _rc_option(reverse_complement)
-    if max_tokens is None:
-        max_tokens = _model_max_tokens(model.config, model.tokenizer_config)
-    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens - _N_SPECIAL < model.k:
+    try:
+        rc = md.resolve_reverse_complement(reverse_complement, model.family)
+        frames = md.resolve_frames(frames, model.family)
+        max_tokens, _ = md.resolve_max_tokens(max_tokens, model.config, model.tokenizer_config.get("model_max_length"))
+    except InputError as err:
+        raise _Unsupported(str(err)) from None
+    if max_tokens - _N_SPECIAL < model.k:
         raise _Unsupported(f"max_tokens {max_tokens!r}")
     return rc, frames, max_tokens
-
-
-def _rc_option(value) -> bool:
-    """Reverse complement on unless turned off: ESM k-mer models are not RC-equivariant ("auto" = on)."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in ("auto", "true", "false", "on", "off"):
-        return value.lower() in ("auto", "true", "on")
-    raise _Unsupported(f"reverse_complement {value!r}")
-
-
-def _model_max_tokens(config: dict, tokenizer_config: dict) -> int:
-    """Tokens per input as ``families.max_model_tokens`` finds them for a rotary ESM model and its tokenizer."""
-    limits = [value for key in ("max_position_embeddings", "max_seq_len", "n_positions", "seq_len")
-              if isinstance(value := config.get(key), int) and value > 0]
-    model_max = tokenizer_config.get("model_max_length")
-    if isinstance(model_max, int) and 0 < model_max < 10_000_000:
-        limits.append(model_max)
-    return min(limits) if limits else 4096
 
 
 def _load_table(directory: Path, model: _Model) -> np.ndarray:
@@ -392,7 +346,7 @@ def _compute_table(directory: Path, model: _Model) -> np.ndarray:
     and the pooled vector stays linear in the token counts.
     """
     weights = weight_files(directory)
-    if [p.name for p in weights if p.name != PROJECTION_FILE] != [_WEIGHTS_FILE]:
+    if [p.name for p in weights if p.name != md.PROJECTION_FILE] != [_WEIGHTS_FILE]:
         raise ModelError(f"{directory}: the token-table embedder reads a single {_WEIGHTS_FILE} "
                          f"(found {', '.join(p.name for p in weights) or 'no weights'})")
     tensors = _read_tensors(directory / _WEIGHTS_FILE, ("embeddings.word_embeddings.weight",
@@ -405,10 +359,10 @@ def _compute_table(directory: Path, model: _Model) -> np.ndarray:
     eps = float(model.config.get("layer_norm_eps", 1e-12))
     centred = embedding - embedding.mean(axis=1, keepdims=True)
     table = centred / np.sqrt((centred**2).mean(axis=1, keepdims=True) + eps) * gamma + beta
-    if (directory / PROJECTION_FILE).is_file():
-        (projection,) = _read_tensors(directory / PROJECTION_FILE, ("weight",), prefixes=("",))
+    if (directory / md.PROJECTION_FILE).is_file():
+        (projection,) = _read_tensors(directory / md.PROJECTION_FILE, ("weight",), prefixes=("",))
         if projection.ndim != 2 or projection.shape[1] != table.shape[1]:
-            raise ModelError(f"{directory / PROJECTION_FILE} must hold a 'weight' matrix of shape "
+            raise ModelError(f"{directory / md.PROJECTION_FILE} must hold a 'weight' matrix of shape "
                              f"(out, {table.shape[1]}); found {projection.shape}")
         table = table @ projection.astype(np.float64).T
     return table.astype(np.float32)
@@ -501,11 +455,6 @@ def _clean_layout(length: int, k: int, frames: int, reverse_complement: bool) ->
     return _Layout(forward_tails, length - 1 - forward_tails, np.concatenate(weights))
 
 
-def _reverse_complement_codes(codes: np.ndarray) -> np.ndarray:
-    """Rows of base codes reverse-complemented (A<->T, C<->G, N stays N)."""
-    return np.where(codes < 4, 3 - codes, 4).astype(np.uint8)[:, ::-1]
-
-
 def _frame_tokens(codes: np.ndarray, k: int, frames: int, kmer_ids: np.ndarray, base_ids: np.ndarray):
     """Per frame ``f < frames``: ((m, length) token id at each position, (m, length) whether one starts there)
     for rows of base codes (N = 4) read from base ``f``, as :mod:`genoembed.embedders.tokenize` reads them.
@@ -521,7 +470,7 @@ def _frame_tokens(codes: np.ndarray, k: int, frames: int, kmer_ids: np.ndarray, 
     last_n = np.maximum.accumulate(np.where(is_n, position, np.int32(-1)), axis=1)
     next_n = np.minimum.accumulate(np.where(is_n, position, np.int32(length))[:, ::-1], axis=1)[:, ::-1]
     index = np.zeros((m, length), dtype=np.int32)  # k-mer index per start (junk where it spans an N or the end)
-    index[:, : max(0, length - k + 1)] = _kmer_index(np.minimum(codes, 3), k)
+    index[:, : max(0, length - k + 1)] = kmer_index(codes, k)[0]
     kmer_or_base = (kmer_ids[index], base_ids[codes])
     for frame in range(frames):
         start = np.maximum(last_n + 1, np.int32(frame))  # of the run holding each position, within the frame
@@ -536,16 +485,6 @@ def _row_blocks(rows: np.ndarray):
     """``rows`` in blocks of at most _ROWS_PER_BLOCK (bounds the (rows x vocab) count matrix)."""
     for start in range(0, len(rows), _ROWS_PER_BLOCK):
         yield rows[start : start + _ROWS_PER_BLOCK]
-
-
-def _kmer_index(codes: np.ndarray, k: int) -> np.ndarray:
-    """Base-4 index of the k-mer starting at every position of rows of A/C/G/T codes: (m, length - k + 1)."""
-    starts = max(0, codes.shape[1] - k + 1)
-    index = np.zeros((codes.shape[0], starts), dtype=np.int32)
-    for offset in range(k if starts else 0):
-        index <<= 2
-        index |= codes[:, offset : offset + starts]
-    return index
 
 
 @functools.lru_cache(maxsize=8)

@@ -33,7 +33,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from genoembed.errors import InputError
-from genoembed.seqio import BASE_CODES, NORMALIZED_BASES
+from genoembed.seqio import BASE_CODES, NORMALIZED_BASES, kmer_index
 
 SPECIAL_TOKENS = ("<unk>", "<pad>", "<mask>", "<cls>", "<eos>")
 SINGLE_BASES = ("A", "C", "G", "T", "N")
@@ -228,10 +228,7 @@ def _fast_ids(codes: np.ndarray, k: int, tables: _Tables, add_eos: bool) -> np.n
     n, length = codes.shape
     n_full = length // k
     full = n_full * k
-    index = np.zeros((n, n_full), dtype=np.int64)
-    for offset in range(k):  # k column passes, not a loop over k-mers
-        index <<= 2
-        index |= codes[:, offset:full:k]
+    index, _ = kmer_index(codes[:, :full], k, step=k)  # non-overlapping: a k-mer every k bases
     width = 1 + n_full + (length - full) + int(add_eos)
     out = np.empty((n, width), dtype=np.int64)
     out[:, 0] = tables.cls

@@ -57,48 +57,35 @@ Training shares :mod:`genoembed.train.loop` with pretraining (schedule over
 steps or minutes, atomic resumable checkpoints, progress bar) and
 :mod:`genoembed.train.pretrain`'s sequence reading.
 
-This file is long because contrastive fine-tuning keeps its pair sources (shifted, mutated,
-cross-strain aligned), frame views, projection head and validation retrieval together: they share one
-configuration and are only used here.
+Pairs come from :mod:`genoembed.train.pairs`, the model and its starting-point
+surgery from :mod:`genoembed.train.surgery`; this module holds the run: its
+configuration, the loop, validation and the output directory.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
-import pyarrow as pa
 
-from genoembed.seqio import BASE_CODES, COMPLEMENT_BYTES, reverse_complement
-from genoembed.errors import InputError, ModelError
-from genoembed.train.pretrain import Contig, read_sequences
-from genoembed.embedders.tokenize import SPECIAL_TOKENS, kmer_token_ids, write_kmer_tokenizer
+from genoembed.embedders.model_dir import PROJECTION_FILE
+from genoembed.embedders.tokenize import kmer_token_ids, kmer_vocab, write_kmer_tokenizer
+from genoembed.errors import InputError
+from genoembed.train.pairs import (PairSampler, RelatedPair, TrainingGenome, blocks_by_genome, frame_views,
+                                   pair_alignments)
+from genoembed.train.corpus import read_sequences
+from genoembed.train.surgery import (contrastive_model, info_nce, keep_first_layers, load_encoder, subword_init,
+                                     zero_residual_branches)
 from genoembed.train.loop import (TrainingSchedule, adamw, pick_device, publish_files, resume_state, run_record,
                                 run_steps)
 
-PROJECTION_FILE = "genoembed_projection.safetensors"
 REPORT_FILE = "finetune.json"
-
-
-@dataclass(frozen=True)
-class RelatedPair:
-    """Two genomes of related strains; homologous windows between them are positives.
-
-    ``coords``: a NUCmer ``show-coords`` table of ``query`` on ``reference``;
-    None = align with minimap2 when the run starts.
-    """
-
-    reference: Path
-    query: Path
-    coords: Path | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -143,441 +130,6 @@ class FinetuneConfig(TrainingSchedule):
     log_every: int = 10
 
 
-# --------------------------------------------------------------------------- k-mer helpers
-
-
-PAIR_K = 12
-
-
-def _kmer_codes(sequence: bytes | str | np.ndarray, k: int = PAIR_K, both_strands: bool = False) -> np.ndarray:
-    """Unique base-4 codes of the k-mers without N (and of the reverse complement's, with both_strands)."""
-    if isinstance(sequence, str):
-        sequence = sequence.encode("ascii", errors="replace")
-    raw = np.frombuffer(sequence, dtype=np.uint8) if isinstance(sequence, bytes) else sequence
-    codes = BASE_CODES[raw]
-    strands = [codes] + ([np.where(codes < 4, 3 - codes, 4)[::-1]] if both_strands else [])
-    out = []
-    powers = 4 ** np.arange(k - 1, -1, -1, dtype=np.int64)
-    for strand in strands:
-        if len(strand) < k:
-            continue
-        windows = np.lib.stride_tricks.sliding_window_view(strand, k)
-        valid = (windows < 4).all(axis=1)
-        out.append(windows[valid].astype(np.int64) @ powers)
-    return np.unique(np.concatenate(out)) if out else np.empty(0, dtype=np.int64)
-
-
-def shared_kmer_fraction(a, b, k: int = PAIR_K) -> float:
-    """Fraction of ``b``'s k-mers found in ``a`` on either strand (0 when ``b`` has none)."""
-    kb = _kmer_codes(b, k)
-    if kb.size == 0:
-        return 0.0
-    return float(np.isin(kb, _kmer_codes(a, k, both_strands=True), assume_unique=True).mean())
-
-
-def false_negative_mask(anchors: Sequence, threshold: float, k: int = PAIR_K) -> np.ndarray:
-    """(n, n) bool, True where anchors i != j share >= ``threshold`` of k-mers (either direction, either strand).
-
-    Such pairs (repeats, paralogs, overlapping windows) are left out of the
-    loss: the positive of one is also a positive of the other.
-    """
-    n = len(anchors)
-    fwd = [_kmer_codes(a, k) for a in anchors]
-    both = [_kmer_codes(a, k, both_strands=True) for a in anchors]
-    mask = np.zeros((n, n), dtype=bool)
-    for i in range(n):
-        for j in range(i + 1, n):
-            if fwd[i].size == 0 or fwd[j].size == 0:
-                continue
-            share = max(np.isin(fwd[j], both[i], assume_unique=True).mean(),
-                        np.isin(fwd[i], both[j], assume_unique=True).mean())
-            if share >= threshold:
-                mask[i, j] = mask[j, i] = True
-    return mask
-
-
-# --------------------------------------------------------------------------- pairs from alignments
-
-
-@dataclass(frozen=True)
-class TrainingGenome:
-    """A training genome: its contigs and where they are."""
-
-    name: str
-    path: Path
-    contigs: tuple[Contig, ...]
-
-    @property
-    def length(self) -> int:
-        return int(sum(len(c.bases) for c in self.contigs))
-
-
-def pair_alignments(pair: RelatedPair, min_length: int = 2000, preset: str = "asm20",
-                    threads: int = 2) -> pa.Table:
-    """Alignment blocks (``genoembed.eval.run.ALIGNMENTS``) of ``pair.query`` on ``pair.reference``.
-
-    From the NUCmer table when ``pair.coords`` is set, else minimap2 at build
-    time (primary and secondary blocks). Blocks shorter than ``min_length``
-    are dropped.
-    """
-    import pyarrow.compute as pc
-
-    from genoembed.eval import derive_truth_minimap2, read_coords
-
-    if pair.coords is not None:
-        table = read_coords(pair.coords)
-    else:
-        table = derive_truth_minimap2(pair.reference, pair.query, preset=preset, min_length=min_length,
-                                      threads=threads)
-    keep = pc.greater_equal(pc.subtract(table["ref_end"], table["ref_start"]), min_length)
-    return table.filter(keep)
-
-
-def map_window(ref_span: tuple[int, int], query_span: tuple[int, int], strand: str,
-               start: int, end: int) -> tuple[int, int]:
-    """Map ``[start, end)`` on the reference side of a block linearly onto its query side.
-
-    ``ref_span``/``query_span`` are the block's 0-based half-open spans;
-    ``strand`` '-' means the query runs backwards along the reference.
-    """
-    r0, r1 = ref_span
-    q0, q1 = query_span
-    if not (r0 <= start < end <= r1):
-        raise InputError(f"window {start}-{end} is not inside the block's reference span {r0}-{r1}")
-    scale = (q1 - q0) / max(r1 - r0, 1)
-    a, b = (start - r0) * scale, (end - r0) * scale
-    if strand == "+":
-        mapped = (q0 + a, q0 + b)
-    else:
-        mapped = (q1 - b, q1 - a)
-    return int(round(mapped[0])), int(round(mapped[1]))
-
-
-@dataclass(frozen=True)
-class _Blocks:
-    """Alignment blocks seen from one genome: this side's spans and the other genome's."""
-
-    this_contig: np.ndarray  # int index into the genome's contigs
-    this_start: np.ndarray
-    this_end: np.ndarray
-    other_genome: np.ndarray
-    other_contig: np.ndarray
-    other_start: np.ndarray
-    other_end: np.ndarray
-    strand: np.ndarray  # bool: True for '-'
-    identity: np.ndarray
-
-
-def _blocks_by_genome(genomes: list[TrainingGenome], pairs: Sequence[RelatedPair], tables: Sequence[pa.Table],
-                      window_bp: int) -> dict[int, _Blocks]:
-    """Index every pair's blocks from both sides, keeping blocks at least one window long."""
-    by_path = {g.path.resolve(): i for i, g in enumerate(genomes)}
-    contig_index = [{c.name: j for j, c in enumerate(g.contigs)} for g in genomes]
-    rows: dict[int, list[tuple]] = {}
-    for pair, table in zip(pairs, tables):
-        ref, qry = by_path[Path(pair.reference).resolve()], by_path[Path(pair.query).resolve()]
-        for r in table.to_pylist():
-            if r["ref_end"] - r["ref_start"] < window_bp or r["query_end"] - r["query_start"] < window_bp:
-                continue
-            rc, qc = contig_index[ref].get(r["ref_chrom"]), contig_index[qry].get(r["query_chrom"])
-            if rc is None or qc is None:
-                raise InputError(f"alignment of {pair.query} on {pair.reference} names contig "
-                                 f"{r['ref_chrom'] if rc is None else r['query_chrom']}, not in the FASTA files")
-            minus = r["strand"] == "-"
-            rows.setdefault(ref, []).append((rc, r["ref_start"], r["ref_end"], qry, qc, r["query_start"],
-                                             r["query_end"], minus, r["identity"]))
-            rows.setdefault(qry, []).append((qc, r["query_start"], r["query_end"], ref, rc, r["ref_start"],
-                                             r["ref_end"], minus, r["identity"]))
-    out = {}
-    for genome, items in rows.items():
-        cols = list(zip(*items))
-        out[genome] = _Blocks(*(np.asarray(c) for c in cols))
-    return out
-
-
-# --------------------------------------------------------------------------- batches
-
-
-@dataclass(frozen=True)
-class PairBatch:
-    anchors: list[str]
-    positives: list[str]
-    kinds: list[str]  # "strain" or "shift" per pair
-    exclude: np.ndarray  # (n, n) bool: off-diagonal pairs left out of the loss
-    genome: str
-
-
-def _window(contig: Contig, start: int, end: int, reverse: bool) -> str:
-    bases = contig.bases[start:end]
-    if reverse:
-        bases = COMPLEMENT_BYTES[bases[::-1]]
-    return bases.tobytes().decode("ascii")
-
-
-class PairSampler:
-    """Seeded batches of (anchor, positive) windows from one genome at a time."""
-
-    def __init__(self, genomes: list[TrainingGenome], blocks: dict[int, _Blocks], config: FinetuneConfig):
-        self.genomes = genomes
-        self.blocks = blocks
-        self.config = config
-        w = config.window_bp
-        self.usable = [[c for c in g.contigs if len(c.bases) >= w] for g in genomes]
-        lengths = np.array([sum(len(c.bases) - w + 1 for c in cs) for cs in self.usable], dtype=np.float64)
-        if not (lengths > 0).any():
-            raise InputError(f"no training sequence is as long as one window ({w} bp); lower --window-bp")
-        self.genome_weights = lengths / lengths.sum()
-        self.stats = {"strain": 0, "shift": 0, "strain_rejected": 0, "excluded_pairs": 0}
-
-    def sample(self, rng: np.random.Generator, n: int, substitution: tuple[float, float] | None = None,
-               cross_fraction: float | None = None) -> PairBatch:
-        from genoembed.synthetic import mutate
-
-        config = self.config
-        g = int(rng.choice(len(self.genomes), p=self.genome_weights))
-        genome = self.genomes[g]
-        blocks = self.blocks.get(g)
-        cross = config.cross_strain_fraction if cross_fraction is None else cross_fraction
-        taken: list[tuple[int, int]] = []  # (contig id, start) of anchors: never overlapping
-        anchors, positives, kinds = [], [], []
-        while len(anchors) < n:
-            pair = None
-            if blocks is not None and rng.random() < cross:
-                pair = self._strain_pair(rng, genome, blocks, taken)
-            kind = "strain"
-            if pair is None:
-                pair = self._shift_pair(rng, genome, taken)
-                kind = "shift"
-            if pair is None:
-                continue
-            anchor, positive, key = pair
-            taken.append(key)
-            lo, hi = substitution or ((0.0, config.max_substitution / 2) if kind == "strain"
-                                      else (0.0, config.max_substitution))
-            rate = float(rng.uniform(lo, hi))
-            indel = float(rng.uniform(0, config.max_indel)) if rng.random() < config.indel_probability else 0.0
-            positive = mutate(positive, rate, indel, seed=int(rng.integers(2**31)))
-            anchors.append(anchor)
-            positives.append(positive)
-            kinds.append(kind)
-            self.stats[kind] += 1
-        exclude = false_negative_mask(anchors, config.repeat_kmer_share)
-        self.stats["excluded_pairs"] += int(exclude.sum()) // 2
-        return PairBatch(anchors, positives, kinds, exclude, genome.name)
-
-    def _overlaps(self, taken, contig_id: int, start: int) -> bool:
-        w = self.config.window_bp
-        return any(c == contig_id and abs(s - start) < w for c, s in taken)
-
-    def _shift_pair(self, rng, genome: TrainingGenome, taken):
-        w = self.config.window_bp
-        contigs = self.usable[self.genomes.index(genome)]
-        sizes = np.array([len(c.bases) - w + 1 for c in contigs], dtype=np.float64)
-        ci = int(rng.choice(len(contigs), p=sizes / sizes.sum()))
-        contig = contigs[ci]
-        for _ in range(20):
-            start = int(rng.integers(0, len(contig.bases) - w + 1))
-            if not self._overlaps(taken, id(contig), start):
-                break
-        else:
-            return None
-        span = int(self.config.max_shift * w)
-        shift = int(rng.integers(-span, span + 1))
-        p_start = min(max(start + shift, 0), len(contig.bases) - w)
-        reverse = bool(rng.random() < 0.5)
-        flip = bool(rng.random() < self.config.strand_flip)
-        anchor = _window(contig, start, start + w, reverse)
-        positive = _window(contig, p_start, p_start + w, reverse != flip)
-        return anchor, positive, (id(contig), start)
-
-    def _strain_pair(self, rng, genome: TrainingGenome, blocks: _Blocks, taken):
-        w = self.config.window_bp
-        sizes = (blocks.this_end - blocks.this_start - w + 1).astype(np.float64)
-        b = int(rng.choice(len(sizes), p=sizes / sizes.sum()))
-        contig = genome.contigs[int(blocks.this_contig[b])]
-        start = int(rng.integers(blocks.this_start[b], blocks.this_end[b] - w + 1))
-        if self._overlaps(taken, id(contig), start):
-            return None
-        other = self.genomes[int(blocks.other_genome[b])].contigs[int(blocks.other_contig[b])]
-        q0, q1 = map_window((int(blocks.this_start[b]), int(blocks.this_end[b])),
-                            (int(blocks.other_start[b]), int(blocks.other_end[b])),
-                            "-" if blocks.strand[b] else "+", start, start + w)
-        centre = (q0 + q1) // 2 + int(rng.integers(-w // 4, w // 4 + 1))
-        p_start = min(max(centre - w // 2, 0), len(other.bases) - w)
-        if p_start < 0:
-            return None
-        minus = bool(blocks.strand[b])
-        anchor = _window(contig, start, start + w, False)
-        positive = _window(other, p_start, p_start + w, minus)  # in the anchor's orientation
-        if shared_kmer_fraction(anchor, positive) < self.config.min_pair_kmer_share:
-            self.stats["strain_rejected"] += 1
-            return None
-        reverse = bool(rng.random() < 0.5)
-        flip = bool(rng.random() < self.config.strand_flip)
-        anchor = _window(contig, start, start + w, reverse)
-        positive = _window(other, p_start, p_start + w, minus != (reverse != flip))
-        return anchor, positive, (id(contig), start)
-
-
-# --------------------------------------------------------------------------- model
-
-
-def _contrastive_model(encoder, projection_dim: int | None, temperature: float, learn_temperature: bool):
-    import torch
-
-    class ContrastiveEncoder(torch.nn.Module):
-        """Encoder + optional projection; ``embed`` is exactly the product's mean-pooled vector."""
-
-        def __init__(self):
-            super().__init__()
-            self.encoder = encoder
-            hidden = encoder.config.hidden_size
-            self.projection = (torch.nn.Linear(hidden, projection_dim, bias=False)
-                               if projection_dim is not None else None)
-            scale = torch.tensor(math.log(1.0 / temperature))
-            if learn_temperature:
-                self.logit_scale = torch.nn.Parameter(scale)
-            else:
-                self.register_buffer("logit_scale", scale)
-
-        def embed(self, input_ids, attention_mask, group: int = 1):
-            """L2-normalised mean of each run of ``group`` consecutive rows' pooled vectors (frames, strands)."""
-            hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-            content = ((input_ids >= len(SPECIAL_TOKENS)) & (attention_mask > 0)).unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * content).sum(1) / content.sum(1).clamp_min(1.0)
-            if self.projection is not None:
-                pooled = self.projection(pooled)
-            pooled = pooled.float().unflatten(0, (-1, group)).mean(1)
-            return torch.nn.functional.normalize(pooled, dim=-1)
-
-    return ContrastiveEncoder()
-
-
-def info_nce(a, b, logit_scale, exclude=None):
-    """Symmetric InfoNCE over in-batch negatives; ``exclude`` (n, n) bool drops off-diagonal pairs."""
-    import torch
-
-    scale = logit_scale.clamp(max=math.log(100.0)).exp()
-    logits = scale * a @ b.T
-    if exclude is not None:
-        logits = logits.masked_fill(exclude, float("-inf"))
-    target = torch.arange(len(a), device=a.device)
-    return 0.5 * (torch.nn.functional.cross_entropy(logits, target)
-                  + torch.nn.functional.cross_entropy(logits.T, target))
-
-
-def load_encoder(base_model: Path):
-    """The base model's encoder (``AutoModel``, no MLM head) and its k-mer size, from a local directory."""
-    from transformers import AutoConfig, AutoModel
-
-    from genoembed.embedders.families import read_vocab
-
-    base_model = Path(base_model)
-    if not (base_model / "config.json").is_file():
-        raise ModelError(f"{base_model}: no config.json; give a Hugging Face model directory as the base model")
-    config = AutoConfig.from_pretrained(str(base_model), local_files_only=True)
-    if config.model_type != "esm" or getattr(config, "auto_map", None):
-        raise ModelError(f"{base_model}: fine-tuning supports native ESM-family k-mer models (genoembed's "
-                         f"default); this one is model_type={config.model_type!r}")
-    vocab = read_vocab(base_model)
-    k = _vocab_k(vocab)
-    from genoembed.embedders.tokenize import kmer_vocab
-
-    if vocab != {t: i for i, t in enumerate(kmer_vocab(k))}:
-        raise ModelError(f"{base_model}: the vocabulary is not genoembed's {k}-mer vocabulary "
-                         "(genoembed.embedders.tokenize.write_kmer_tokenizer); fine-tuning needs it")
-    from genoembed.embedders.hf import quiet_transformers
-
-    try:
-        with quiet_transformers():
-            encoder, info = AutoModel.from_pretrained(str(base_model), local_files_only=True,
-                                                      add_pooling_layer=False, output_loading_info=True)
-    except (OSError, ValueError, RuntimeError) as err:
-        raise ModelError(f"cannot load {base_model}: {err}") from None
-    if info.get("missing_keys"):
-        raise ModelError(f"{base_model}: {len(info['missing_keys'])} encoder weights missing "
-                         f"(e.g. {sorted(info['missing_keys'])[:3]})")
-    return encoder, k
-
-
-def subword_init(encoder, k: int, sizes: Sequence[int], seed: int = 0) -> None:
-    """Add to each k-mer token's embedding the sum of random vectors of its overlapping sub-m-mers.
-
-    fastText-style: two tokens that share sub-sequences start close, so a
-    sequence read in another frame of non-overlapping k-mers (another set of
-    tokens) starts with a similar mean embedding. The added part has the
-    norm of the existing rows (in mean); the model stays a plain EsmModel.
-    """
-    import itertools
-
-    import torch
-
-    weight = encoder.get_input_embeddings().weight
-    hidden = weight.shape[1]
-    n_special = len(SPECIAL_TOKENS)
-    rng = np.random.default_rng([seed, 7])
-    kmers = ["".join(p) for p in itertools.product("ACGT", repeat=k)]
-    codes = np.array([[ "ACGT".index(c) for c in kmer] for kmer in kmers], dtype=np.int64)
-    added = np.zeros((len(kmers), hidden))
-    for m in sizes:
-        if not 1 <= m <= k:
-            raise InputError(f"subword size {m} must be within 1..{k}")
-        table = rng.normal(size=(4**m, hidden))
-        powers = 4 ** np.arange(m - 1, -1, -1)
-        for j in range(k - m + 1):
-            added += table[codes[:, j : j + m] @ powers]
-    with torch.no_grad():
-        rows = weight[n_special : n_special + len(kmers)]
-        scale = float(rows.norm(dim=1).mean()) / float(np.linalg.norm(added, axis=1).mean())
-        rows += torch.from_numpy(added * scale).to(rows.dtype)
-
-
-def keep_first_layers(encoder, n: int) -> None:
-    """Drop every transformer layer after the first ``n`` (config updated, so the saved model has n layers).
-
-    With ``n = 0`` the vector is the mean over all frames of the layer-normed
-    token embeddings: a learned embedding of the window's overlapping k-mer
-    spectrum, k forward passes of nothing but a table look-up.
-    """
-    from transformers.models.esm.modeling_esm import EsmContactPredictionHead
-
-    from genoembed.embedders.hf import quiet_transformers
-
-    encoder.encoder.layer = encoder.encoder.layer[:n]
-    encoder.config.num_hidden_layers = n
-    # The (unused) contact head reads every layer's attention maps: its size follows the layer count.
-    with quiet_transformers():  # n = 0: the contact head is an empty matrix
-        encoder.contact_head = EsmContactPredictionHead(n * encoder.config.num_attention_heads,
-                                                        eos_idx=encoder.config.eos_token_id)
-
-
-def zero_residual_branches(encoder) -> None:
-    """Zero each layer's attention-output and feed-forward-output projections.
-
-    Every layer then adds nothing to the residual stream, so the pooled vector
-    starts as the mean of the (layer-normed) token embeddings over all frames:
-    a projection of the window's overlapping k-mer spectrum, which already
-    retrieves about as well as 4-mer profiles with random embeddings.
-    Gradients still reach the zeroed weights (through the inputs they
-    multiply), so training grows the layers from there (ReZero-style start).
-    """
-    import torch
-
-    with torch.no_grad():
-        for layer in encoder.encoder.layer:
-            for projection in (layer.attention.output.dense, layer.output.dense):
-                projection.weight.zero_()
-                projection.bias.zero_()
-
-
-def _vocab_k(vocab) -> int:
-    tokens = vocab if isinstance(vocab, (list, tuple)) else list(vocab or ())
-    kmers = {len(t) for t in tokens if t and set(t) <= set("ACGT") and len(t) > 1}
-    if len(kmers) != 1:
-        raise ModelError("the base model's vocabulary is not a non-overlapping k-mer vocabulary")
-    return kmers.pop()
-
-
 # --------------------------------------------------------------------------- training
 
 
@@ -599,7 +151,7 @@ def finetune(config: FinetuneConfig) -> Path:
         say(f"pairs: aligning {Path(pair.query).name} on {Path(pair.reference).name}"
             + (f" (NUCmer table {Path(pair.coords).name})" if pair.coords else f" (minimap2 -x {config.minimap2_preset})"))
         tables.append(pair_alignments(pair, config.min_alignment_bp, config.minimap2_preset))
-    blocks = _blocks_by_genome(genomes, config.related, tables, config.window_bp)
+    blocks = blocks_by_genome(genomes, config.related, tables, config.window_bp)
     pair_summary = [{"reference": Path(p.reference).name, "query": Path(p.query).name,
                      "source": "NUCmer coords" if p.coords else f"minimap2 -x {config.minimap2_preset} -c",
                      "blocks": t.num_rows,
@@ -612,8 +164,6 @@ def finetune(config: FinetuneConfig) -> Path:
     sampler = PairSampler(genomes, blocks, config)
 
     encoder, k = load_encoder(config.base_model)
-    from genoembed.embedders.tokenize import kmer_vocab
-
     vocab = {t: i for i, t in enumerate(kmer_vocab(k))}
     torch.manual_seed(config.seed)
     if config.reinitialize:
@@ -629,7 +179,7 @@ def finetune(config: FinetuneConfig) -> Path:
         subword_init(encoder, k, config.subword_init, seed=config.seed)
         say(f"token embeddings: added sums of random {'/'.join(map(str, config.subword_init))}-mer vectors "
             "(subword initialisation)")
-    model = _contrastive_model(encoder, config.projection_dim, config.temperature,
+    model = contrastive_model(encoder, config.projection_dim, config.temperature,
                                not config.fixed_temperature).to(device)
     optimizer = adamw(model, config)
     rng = np.random.default_rng([config.seed, 0])
@@ -750,18 +300,6 @@ def _tokens(sequences: list[str], vocab, k: int, device):
     encoded = kmer_token_ids(sequences, vocab, k)
     return (torch.from_numpy(encoded["input_ids"]).to(device),
             torch.from_numpy(encoded["attention_mask"]).to(device))
-
-
-def frame_views(windows: Sequence[str], k: int, frames: int, rng: np.random.Generator | None = None,
-                both_strands: bool = False) -> list[str]:
-    """Each window read from ``frames`` offsets in 0..k-1 (random distinct ones with ``rng``, else the
-    first), consecutive per window (and per strand, forward first, with ``both_strands``)."""
-    out = []
-    for window in windows:
-        for text in (window, reverse_complement(window)) if both_strands else (window,):
-            offsets = rng.choice(k, size=frames, replace=False) if rng is not None else range(frames)
-            out += [text[int(f):] for f in offsets]
-    return out
 
 
 def _shape_signature(encoder_config, k: int, config: FinetuneConfig) -> dict:
@@ -892,7 +430,7 @@ def _write_output(config, model, k, state, genomes, pair_summary, pair_stats, n_
         "history": state["history"],
         **run_record(config, device),
     }
-    from genoembed.embedders.hf import quiet_transformers
+    from genoembed.embedders.loading import quiet_transformers
 
     with tempfile.TemporaryDirectory(prefix=".finetune-out-", dir=out) as tmp, quiet_transformers():
         tmp_dir = Path(tmp)
