@@ -50,6 +50,7 @@ def index(
     engine: str = "local",
     engine_options: dict | None = None,
     redundant_strands: bool = False,
+    circular: Iterable[str] = (),
 ) -> Store:
     """Build (or resume) a store at ``output`` from one genome; returns it opened.
 
@@ -57,6 +58,8 @@ def index(
     would be stored twice) unless ``redundant_strands`` (retrieval evaluation, which scores tile strands).
 
     ``fasta`` is a path or an already opened :class:`~genoembed.genome.Genome` (not re-read).
+    ``circular`` names contigs to tile round their origin, beside those the FASTA headers and the
+    ``annotations`` mark circular (:mod:`genoembed.topology`).
     ``append`` adds the genome to an existing store built with the same model and tiling;
     its tile ids follow the store's, and its vectors are added to the existing index.
     ``index_spec=None`` builds no FAISS index (e.g. before appending more genomes).
@@ -68,6 +71,7 @@ def index(
     chosen = make_engine(engine, {**(engine_options or {}), "batch_rows": batch_rows} if engine == "ray" else engine_options)
     output = Path(output)
     genome = fasta if isinstance(fasta, Genome) else open_genome(fasta, name=genome_name)
+    genome = with_topology([genome], circular, annotations)[0]
     embedder = embedder or get_embedder("default")
     if not redundant_strands:
         refuse_redundant_strands(embedder, tiling, output)
@@ -90,6 +94,23 @@ def index(
     return store
 
 
+def with_topology(genomes: list[Genome], circular: Iterable[str], annotations: Iterable[str | Path]) -> list[Genome]:
+    """The genomes with their circular contigs marked: those named in ``circular`` (each must be a contig of
+    some genome) and those an annotation file marks circular (GenBank LOCUS, GFF3 Is_circular), in every
+    genome holding a contig of that name."""
+    from genoembed.topology import annotation_circular
+
+    named = set(circular)
+    unknown = sorted(named - {chrom for genome in genomes for chrom in genome.contigs})
+    if unknown:
+        raise InputError(f"--circular {unknown[0]!r}: no genome being indexed has that contig; known: "
+                         f"{', '.join(list(genomes[0].contigs)[:5])}")
+    for path in annotations:
+        if Path(path).is_file():  # a missing file is reported when the annotations are added
+            named |= annotation_circular(path)
+    return [genome.with_circular(named & set(genome.contigs)) for genome in genomes]
+
+
 def refuse_redundant_strands(embedder: Embedder, tiling: TilingSpec, output: Path) -> None:
     """Refuse tiling both strands when the vectors cannot tell them apart: every locus would be stored
     twice with one vector, and every hit come back as a +/- pair (search reads the strand from sequence)."""
@@ -109,6 +130,7 @@ def build(recipe: Recipe, embedder: Embedder | None = None, overwrite: bool = Fa
     if recipe.genome_name and len(recipe.fastas) > 1:
         raise InputError("a genome name names a single genome; with several FASTA files each is named after its file")
     genomes = [open_genome(path, name=recipe.genome_name) for path in recipe.fastas]  # fail early, before the model
+    genomes = with_topology(genomes, recipe.circular, recipe.annotations)
     names = [genome.name for genome in genomes]
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:

@@ -154,6 +154,7 @@ def embed_genome(out: Path, *, provenance: dict, embedder: Embedder, genome, til
                              overwrite=overwrite, append=append)
         if writer.complete:
             return {"rows": 0}
+        writer.carry_sequence(genome)
         if writer.rows_done:
             log.warning("%s: resuming an interrupted build after %d stored tiles of %s",
                         out, writer.rows_done, genome.name)

@@ -178,15 +178,26 @@ def forward_track(query: Query, contributions: np.ndarray) -> tuple[str, int, np
     return chrom, start, contributions[::-1] if query.strand == "-" else contributions
 
 
-def bedgraph_lines(query: Query, contributions: np.ndarray) -> list[str]:
-    """bedGraph lines of the track, runs of equal values merged (``%.6g``)."""
+def forward_pieces(query: Query, contributions: np.ndarray,
+                   contigs: dict[str, int] | None = None) -> list[tuple[str, int, np.ndarray]]:
+    """:func:`forward_track` cut at the origin of a circular contig (a track through it continues from 0)."""
     chrom, start, values = forward_track(query, contributions)
-    text = [f"{v:.6g}" for v in values]
-    lines, run = [], 0
-    for i in range(1, len(text) + 1):
-        if i == len(text) or text[i] != text[run]:
-            lines.append(f"{chrom}\t{start + run}\t{start + i}\t{text[run]}")
-            run = i
+    length = (contigs or {}).get(chrom) if query.chrom is not None else None
+    if length is None or start + len(values) <= length:
+        return [(chrom, start, values)]
+    return [(chrom, start, values[:length - start]), (chrom, 0, values[length - start:])]
+
+
+def bedgraph_lines(query: Query, contributions: np.ndarray, contigs: dict[str, int] | None = None) -> list[str]:
+    """bedGraph lines of the track, runs of equal values merged (``%.6g``)."""
+    lines = []
+    for chrom, start, values in forward_pieces(query, contributions, contigs):
+        text = [f"{v:.6g}" for v in values]
+        run = 0
+        for i in range(1, len(text) + 1):
+            if i == len(text) or text[i] != text[run]:
+                lines.append(f"{chrom}\t{start + run}\t{start + i}\t{text[run]}")
+                run = i
     return lines
 
 
@@ -203,10 +214,12 @@ def _atomic_write(path: Path, write) -> Path:
     return path
 
 
-def write_bedgraph(path: str | Path, query: Query, contributions: np.ndarray) -> Path:
-    """The track as bedGraph on genome coordinates (sequence queries: on their own name, from 0)."""
+def write_bedgraph(path: str | Path, query: Query, contributions: np.ndarray,
+                   contigs: dict[str, int] | None = None) -> Path:
+    """The track as bedGraph on genome coordinates (sequence queries: on their own name, from 0); ``contigs``
+    (lengths) cuts a track through a circular contig's origin in two."""
     lines = [f'track type=bedGraph name="{query.name}" description="genoembed explain contributions"']
-    lines += bedgraph_lines(query, contributions)
+    lines += bedgraph_lines(query, contributions, contigs)
     return _atomic_write(Path(path), lambda temporary: Path(temporary).write_text("\n".join(lines) + "\n"))
 
 
@@ -218,11 +231,13 @@ def write_bigwig(path: str | Path, query: Query, contributions: np.ndarray, cont
         return None
     chrom, start, values = forward_track(query, contributions)
     sizes = dict(contigs) if query.chrom is not None else {chrom: start + len(values)}
+    pieces = sorted(forward_pieces(query, contributions, sizes), key=lambda piece: piece[1])
 
     def write(temporary: str) -> None:
         handle = pyBigWig.open(temporary, "w")
         handle.addHeader(list(sizes.items()))
-        handle.addEntries(chrom, start, values=values.astype(float).tolist(), span=1, step=1)
+        for chrom, first, part in pieces:
+            handle.addEntries(chrom, first, values=part.astype(float).tolist(), span=1, step=1)
         handle.close()
 
     return _atomic_write(Path(path), write)

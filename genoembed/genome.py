@@ -10,11 +10,13 @@ bgzip is read in place.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import logging
 import os
 import re
+import shutil
 import struct
 import time
 import zlib
@@ -26,8 +28,9 @@ import numpy as np
 import pyfaidx
 
 from genoembed.errors import InputError
-from genoembed.files import atomic_write_bytes
+from genoembed.files import atomic_file, atomic_write_bytes
 from genoembed.seqio import GZIP_MAGIC, is_gzip, reverse_complement
+from genoembed.topology import header_says_circular
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +139,7 @@ _LINE_BYTES = SEQUENCE_LETTERS + b"\r\n"  # '\r' only in '\r\n', checked separat
 _LONE_CR = re.compile(rb"\r[^\n]")
 _SCAN_CHUNK = 1 << 22  # bytes read at a time while indexing: memory is bounded by this, not by line length
 _MAX_HEADER = 1 << 20
-_INDEX_VERSION = 2  # in the cached index's name: indexes built before bytes were checked are not reused
+_INDEX_VERSION = 3  # in the cached index's name: v1 checked no bytes, v2 kept no header topology
 _REWRAP = "rewrap it, e.g. `seqkit seq -w 60 in.fa > out.fa`"
 
 
@@ -151,6 +154,7 @@ class FaiRow:
     line_bases: int = 0  # bases per full line
     line_bytes: int = 0  # bytes per full line, newline included
     short_line: int = 0  # the line that ended the record's full lines (shorter or blank), 0 while none
+    circular: bool = False  # the header marks the record circular (:func:`genoembed.topology.header_says_circular`)
 
     def fai_line(self) -> str:
         return f"{self.name}\t{self.length}\t{self.offset}\t{self.line_bases}\t{self.line_bytes}\n"
@@ -226,7 +230,8 @@ class _FastaScanner:
             raise InputError(f"{self.shown}: record name {name!r} on line {number} repeats line "
                              f"{self.names[name]}; record names must be unique, rename one")
         self.names[name] = number
-        self.record = FaiRow(name=name, line=number, offset=offset)
+        circular = len(words) > 1 and header_says_circular(words[1].decode("utf-8", "replace"))
+        self.record = FaiRow(name=name, line=number, offset=offset, circular=circular)
         self.header, self.lines, self.line_start = None, number, offset
 
     def _close_record(self) -> None:
@@ -361,13 +366,15 @@ def scan_fasta(chunks: Iterable[bytes], shown: Path) -> list[FaiRow]:
 
 @dataclass(frozen=True)
 class Genome:
-    """A FASTA genome with random access. Coordinates are 0-based half-open."""
+    """A FASTA genome with random access. Coordinates are 0-based half-open; on a ``circular`` contig an
+    interval may run through the origin (``end`` past the contig's length, see :mod:`genoembed.topology`)."""
 
     path: Path
     name: str
     checksum: str
     contigs: dict[str, int]
     _fasta: pyfaidx.Fasta = field(repr=False, compare=False)
+    circular: frozenset[str] = frozenset()
 
     def fetch(self, chrom: str, start: int, end: int, strand: str = "+") -> str:
         """Sequence of ``[start, end)`` on ``chrom``; reverse-complemented for strand ``-``."""
@@ -376,11 +383,53 @@ class Genome:
             raise InputError(f"{self.path}: unknown contig {chrom!r}; known: {_preview(self.contigs)}")
         if strand not in ("+", "-"):
             raise InputError(f"{self.path}: strand {strand!r} for {chrom}:{start}-{end} must be '+' or '-'")
-        if not 0 <= start < end <= length:
+        if chrom in self.circular and 0 <= start < length < end <= start + length:
+            sequence = self._fasta[chrom][start:length].seq + self._fasta[chrom][0:end - length].seq
+        elif not 0 <= start < end <= length:
+            across = f", or start < {length} < end <= start + {length} across the origin" \
+                if chrom in self.circular else ""
             raise InputError(f"{self.path}: region {chrom}:{start}-{end} is outside {chrom} (length {length}); "
-                             f"use 0 <= start < end <= {length}")
-        sequence = self._fasta[chrom][start:end].seq
+                             f"use 0 <= start < end <= {length}{across}")
+        else:
+            sequence = self._fasta[chrom][start:end].seq
         return reverse_complement(sequence) if strand == "-" else sequence
+
+    def with_circular(self, names) -> "Genome":
+        """This genome with ``names`` (contigs it holds) circular as well."""
+        unknown = sorted(set(names) - set(self.contigs))
+        if unknown:
+            raise InputError(f"{self.path}: --circular names contig {unknown[0]!r}, which is not in the FASTA; "
+                             f"known: {_preview(self.contigs)}")
+        return dataclasses.replace(self, circular=self.circular | frozenset(names))
+
+    def write_bgzf(self, target: Path) -> dict:
+        """Write this genome's FASTA text, byte for byte, as BGZF at ``target`` with its ``.fai`` and ``.gzi``
+        beside it (each renamed into place when complete, the FASTA last), so a store carries its own sequence.
+
+        Returns ``{"path", "sha256"}`` of the written file and ``content_sha256``, the sha256 of the FASTA text
+        (the recorded FASTA's own sha256 when that was plain text), which ``genoembed verify`` re-derives.
+        A bgzip input is copied as is; other input is compressed with Biopython's BGZF writer, which pyfaidx
+        reads like htslib's.
+        """
+        from Bio import bgzf
+
+        source = Path(self._fasta.filename)
+        compressed = source.name.lower().endswith((".gz", ".bgz"))  # pyfaidx's BGZF reader is chosen by name
+        digest = hashlib.sha256()
+        with atomic_file(target, "genome sequence") as partial:
+            if compressed:
+                shutil.copyfile(source, partial)
+                with gzip.open(source, "rb") as handle:
+                    for block in iter(lambda: handle.read(_SCAN_CHUNK), b""):
+                        digest.update(block)
+            else:
+                with open(source, "rb") as handle, bgzf.BgzfWriter(str(partial), "wb") as sink:
+                    for block in iter(lambda: handle.read(_SCAN_CHUNK), b""):
+                        digest.update(block)
+                        sink.write(block)
+            atomic_write_bytes(target.with_name(target.name + ".gzi"), _gzi_bytes(partial, target))
+            atomic_write_bytes(target.with_name(target.name + ".fai"), Path(self._fasta.faidx.indexname).read_bytes())
+        return {"sha256": file_checksum(target), "content_sha256": digest.hexdigest()}
 
     def describe(self) -> dict:
         return {"path": str(self.path), "name": self.name, "sha256": self.checksum,
@@ -411,10 +460,12 @@ def _named_for_pyfaidx(readable: Path, checksum: str, bgzf: bool) -> Path:
     return link
 
 
-def _write_index(readable: Path, bgzf: bool, shown: Path, fai: Path, gzi: Path) -> None:
-    """Validate and index in one streamed pass (plus, for bgzip, htslib's .gzi of block offsets)."""
+def _write_index(readable: Path, bgzf: bool, shown: Path, fai: Path, gzi: Path, circular: Path) -> None:
+    """Validate and index in one streamed pass (plus, for bgzip, htslib's .gzi of block offsets, and the
+    names of records whose header marks them circular, one a line)."""
     with (gzip.open(readable, "rb") if bgzf else open(readable, "rb")) as handle:
         rows = scan_fasta(iter(lambda: handle.read(_SCAN_CHUNK), b""), shown)
+    circular.write_text("".join(f"{row.name}\n" for row in rows if row.circular), encoding="utf-8")
     fai.write_text("".join(row.fai_line() for row in rows), encoding="utf-8")
     if bgzf:
         gzi.write_bytes(_gzi_bytes(readable, shown))
@@ -436,8 +487,9 @@ def _gzi_bytes(path: Path, shown: Path) -> bytes:
     return struct.pack("<Q", len(starts)) + b"".join(struct.pack("<QQ", c, u) for c, u, _ in starts)
 
 
-def _open_indexed(readable: Path, checksum: str, bgzf: bool, shown: Path) -> pyfaidx.Fasta:
-    """pyfaidx over ``readable`` with its .fai (and .gzi for bgzip) in the cache, keyed by content.
+def _open_indexed(readable: Path, checksum: str, bgzf: bool, shown: Path) -> tuple[pyfaidx.Fasta, frozenset[str]]:
+    """pyfaidx over ``readable`` with its .fai (and .gzi for bgzip) in the cache, keyed by content, and the
+    records whose header marks them circular.
 
     The index is ours (:func:`scan_fasta`), not pyfaidx's, which reads a line at a time and so
     holds a whole single-line chromosome in memory, and checks no bytes. A missing index is
@@ -449,23 +501,28 @@ def _open_indexed(readable: Path, checksum: str, bgzf: bool, shown: Path) -> pyf
     index_dir = cache_dir() / "fai"
     index_dir.mkdir(parents=True, exist_ok=True)
     stem = f"{checksum}.v{_INDEX_VERSION}"
-    fai, gzi = index_dir / f"{stem}.fai", index_dir / f"{stem}.gzi"
+    fai, gzi, circular = (index_dir / f"{stem}.{suffix}" for suffix in ("fai", "gzi", "circular"))
     readable = _named_for_pyfaidx(readable, checksum, bgzf)
-    if fai.exists() and (gzi.exists() or not bgzf):
+    if fai.exists() and circular.exists() and (gzi.exists() or not bgzf):
         stamp = max(time.time_ns(), readable.stat().st_mtime_ns)
         for index in (fai, gzi) if bgzf else (fai,):
             os.utime(index, ns=(stamp, stamp))
     else:
         suffix = f".{os.getpid()}.tmp"
-        tmp_fai, tmp_gzi = fai.with_name(fai.name + suffix), gzi.with_name(gzi.name + suffix)
+        partials = [path.with_name(path.name + suffix) for path in (fai, gzi, circular)]
         try:
-            _write_index(readable, bgzf, shown, tmp_fai, tmp_gzi)
+            _write_index(readable, bgzf, shown, *partials)
             if bgzf:
-                os.replace(tmp_gzi, gzi)
-            os.replace(tmp_fai, fai)
+                os.replace(partials[1], gzi)
+            os.replace(partials[2], circular)
+            os.replace(partials[0], fai)
         finally:
-            tmp_fai.unlink(missing_ok=True)
-            tmp_gzi.unlink(missing_ok=True)
+            for partial in partials:
+                partial.unlink(missing_ok=True)
+    return _pyfaidx(readable, fai, gzi), frozenset(circular.read_text(encoding="utf-8").split())
+
+
+def _pyfaidx(readable: Path, fai: Path, gzi: Path) -> pyfaidx.Fasta:
     return pyfaidx.Fasta(str(readable), indexname=str(fai), gzi_indexname=str(gzi), as_raw=False,
                          sequence_always_upper=False, rebuild=False)
 
@@ -486,7 +543,7 @@ def open_genome(path: str | Path, name: str | None = None) -> Genome:
     # bgzip is sniffed through its decompressed head; plain gzip through the cached copy
     _sniff_fasta(readable, path, compressed=is_gzip(readable))
     try:
-        fasta = _open_indexed(readable, checksum, bgzf=_is_bgzf(readable), shown=path)
+        fasta, circular = _open_indexed(readable, checksum, bgzf=_is_bgzf(readable), shown=path)
     except (EOFError, OSError, zlib.error, struct.error) as error:
         raise InputError(f"{path}: corrupt or truncated compressed FASTA ({error}); "
                          "re-download or re-compress the file") from None
@@ -496,4 +553,20 @@ def open_genome(path: str | Path, name: str | None = None) -> Genome:
     empty = [record for record, length in contigs.items() if length == 0]
     if empty:
         raise InputError(f"{path}: record {empty[0]!r} is empty ({len(empty)} empty records); remove empty records")
-    return Genome(path=path, name=name or genome_label(path), checksum=checksum, contigs=contigs, _fasta=fasta)
+    return Genome(path=path, name=name or genome_label(path), checksum=checksum, contigs=contigs, _fasta=fasta,
+                  circular=circular)
+
+
+def open_bgzf_copy(path: Path, name: str, checksum: str, circular=()) -> Genome:
+    """A genome from a copy :meth:`Genome.write_bgzf` wrote (its ``.fai`` and ``.gzi`` beside it), without
+    re-scanning it; ``checksum`` is the original FASTA's, kept as provenance."""
+    if not path.is_file():
+        raise InputError(f"{path}: the store's copy of genome {name!r} is missing; run `genoembed verify` on the "
+                         "store, then restore the FASTA and rebuild")
+    try:
+        fasta = _pyfaidx(path, path.with_name(path.name + ".fai"), path.with_name(path.name + ".gzi"))
+    except (OSError, ValueError, pyfaidx.FastaIndexingError) as error:
+        raise InputError(f"{path}: unreadable copy of genome {name!r} ({error}); run `genoembed verify` on the store") \
+            from None
+    contigs = {record: len(fasta[record]) for record in fasta.keys()}
+    return Genome(path=path, name=name, checksum=checksum, contigs=contigs, _fasta=fasta, circular=frozenset(circular))

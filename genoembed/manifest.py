@@ -16,7 +16,7 @@ from pathlib import Path
 from genoembed.errors import StoreError
 from genoembed.files import atomic_write_bytes
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 MANIFEST = "manifest.json"
 
 
@@ -96,8 +96,18 @@ def m002_annotation_genomes(manifest: dict) -> dict:
     return manifest
 
 
+def m003_topology(manifest: dict) -> dict:
+    """Format 3 -> 4: genomes record their circular contigs (none were known before) and may carry a copy of
+    their sequence (``sequence``; older stores have none and read their FASTA, see ``genoembed verify
+    --embed-sequences``)."""
+    for entry in manifest["genomes"].values():
+        entry.setdefault("circular", [])
+    manifest["format_version"] = 4
+    return manifest
+
+
 # Named migrations, run in order: MIGRATIONS[n] turns a format-n manifest into format n + 1.
-MIGRATIONS = {1: m001_single_genome, 2: m002_annotation_genomes}
+MIGRATIONS = {1: m001_single_genome, 2: m002_annotation_genomes, 3: m003_topology}
 
 
 def _is_int(value) -> bool:
@@ -147,6 +157,16 @@ def manifest_problems(manifest: dict) -> list[str]:
                 expect(f"genomes.{name}.sha256", entry.get("sha256"), str, "a checksum")
                 expect(f"genomes.{name}.name", entry.get("name"), str, "the genome's name")
                 expect(f"genomes.{name}.path", entry.get("path"), str, "the FASTA's path")
+                if expect(f"genomes.{name}.circular", entry.get("circular"), list, "a list of contig names"):
+                    for chrom in entry["circular"]:
+                        if not isinstance(chrom, str) or chrom not in entry.get("contig_lengths", {}):
+                            problems.append(f"genomes.{name}.circular names {json.dumps(chrom)[:40]}, not one of "
+                                            "the genome's contigs")
+                copy = entry.get("sequence")
+                if copy is not None and expect(f"genomes.{name}.sequence", copy, dict, "an object") and \
+                        expect(f"genomes.{name}.sequence.path", copy.get("path"), str, "a path"):
+                    _check_store_path(copy["path"], f"genomes.{name}.sequence", problems)
+                    expect(f"genomes.{name}.sequence.sha256", copy.get("sha256"), str, "a checksum")
     shards = manifest.get("shards")
     if expect("shards", shards, list, "a list"):
         for number, shard in enumerate(shards):

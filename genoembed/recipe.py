@@ -27,7 +27,7 @@ from genoembed.vector_index import IndexSpec
 # Keys of stores written before the registry: ``kind = "default" | "kmer" | "transformers"``, ``k``, ``path``.
 _LEGACY_MODEL_KEYS = {"kind", "k", "path"}
 _SECTIONS = {
-    "genome": {"fasta", "name"},
+    "genome": {"fasta", "name", "circular"},
     "tiling": {f.name for f in dataclasses.fields(TilingSpec)},
     "model": {"name", *EmbedderOptions.names(), *_LEGACY_MODEL_KEYS},
     "index": {f.name for f in dataclasses.fields(IndexSpec)},
@@ -43,6 +43,7 @@ class Recipe:
     fastas: tuple[Path, ...]
     output: Path
     genome_name: str | None = None
+    circular: tuple[str, ...] = ()  # contigs tiled round their origin (beyond those FASTA headers / annotations mark)
     tiling: TilingSpec = TilingSpec()
     model: str = "default"  # a name for :func:`genoembed.embedders.get_embedder`
     model_options: EmbedderOptions = EmbedderOptions()
@@ -71,6 +72,12 @@ def model_name(model: dict, base: Path | None) -> str:
     if kind == "default":
         return "default"
     raise InputError(f"[model] unknown kind {kind!r}; use name = 'default' | 'mlm' | 'kmer:K' | 'path/to/model'")
+
+
+def _names(value, where: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ValueError(f"{where} must be a list of contig names, e.g. circular = [\"plasmid1\"]")
+    return tuple(value)
 
 
 def load_recipe(path: str | Path) -> Recipe:
@@ -106,6 +113,7 @@ def load_recipe(path: str | Path) -> Recipe:
         return Recipe(
             fastas=tuple(resolve(f, base) for f in fastas),
             genome_name=data["genome"].get("name"),
+            circular=_names(data["genome"].get("circular", []), "[genome] circular"),
             output=resolve(output, base) if output else path.with_suffix(""),
             tiling=TilingSpec(**data.get("tiling", {})),
             model=model_name(model, base),

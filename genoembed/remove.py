@@ -65,8 +65,12 @@ def remove(store: Store, genome: str, contigs: Sequence[str] = ()) -> dict:
         if contigs:
             entry["contig_lengths"] = {c: n for c, n in entry["contig_lengths"].items() if c not in contigs}
             entry["removed_contigs"] = entry.get("removed_contigs", []) + list(contigs)
+            entry["circular"] = [chrom for chrom in entry.get("circular", []) if chrom not in contigs]
         else:
             del manifest["genomes"][genome]
+            copy = entry.get("sequence")
+            if copy:  # the genome's own sequence goes with it (deleted once the manifest no longer lists it)
+                replaced += [store.root / copy["path"], *(store.root / (copy["path"] + ext) for ext in (".fai", ".gzi"))]
         ids = np.concatenate(removed_ids) if removed_ids else np.empty(0, dtype=np.int64)
         # Readers take no lock and may open the store between any two steps: commit the new shards together
         # with an index that matches them, so no committed snapshot lacks an index. The index file is replaced
@@ -83,7 +87,7 @@ def remove(store: Store, genome: str, contigs: Sequence[str] = ()) -> dict:
             manifest["index"] = None  # rebuilt below, once the manifest lists the shards it is built from
         write_manifest(store.root, manifest)
         for path in replaced:
-            path.unlink()
+            path.unlink(missing_ok=True)
         store.refresh()
         if index_entry and not in_place:
             spec = IndexSpec(**index_entry["spec"])

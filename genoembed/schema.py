@@ -7,6 +7,12 @@ GTF and GenBank are 1-based closed and are converted on ingest; region strings
 ``chrom:start-end`` typed by users are 1-based closed like samtools and are
 converted when parsed). ``strand`` is ``"+"``, ``"-"`` or ``"."`` (unknown /
 not stranded).
+
+Circular contigs (the manifest lists them per genome: ``genomes.NAME.circular``) follow GFF3's
+convention: an interval through the origin of a contig of length ``L`` keeps ``start < L`` and has
+``end > L`` (``end <= start + L``), covering ``[start, L)`` then ``[0, end - L)``. Tiles, hits and
+annotations all use it, so a tile whose ``end`` passes its contig's length is one that wraps; on a
+linear contig ``end <= L`` always. Interval arithmetic around the origin: :mod:`genoembed.topology`.
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ from genoembed.vector_index import FaissIndex
 from genoembed.files import atomic_file, atomic_write_bytes
 from genoembed.manifest import file_sha256
 from genoembed.store import SNAPSHOT_RETRIES, Store
+from genoembed.topology import circular_overlaps, flanked_round
 
 _VALID_BASES = re.compile(r"^[ACGTNRYKMSWBDHV]+$", re.IGNORECASE)
 # Thousands separators are commas only (samtools style); "1_0" is not the number 10.
@@ -61,8 +62,12 @@ def check_sequence(sequence: str, where: str) -> str:
     return sequence
 
 
-def parse_region(text: str) -> tuple[str, int | None, int | None, str]:
-    """``chrom:start-end[:strand]`` (1-based closed, commas allowed) -> 0-based half-open."""
+def parse_region(text: str, across_origin: bool = False) -> tuple[str, int | None, int | None, str]:
+    """``chrom:start-end[:strand]`` (1-based closed, commas allowed) -> 0-based half-open.
+
+    ``across_origin`` lets ``start > end`` through (``plasmid:9001-200`` on a circular contig); such a region
+    comes back with ``end <= start``, for :func:`region_queries` to carry round the origin.
+    """
     match = _REGION.match(text.strip())
     if not match or not match.group("chrom"):
         raise InputError(f"region {text!r}: expected chrom:start-end (1-based, e.g. chr1:1001-2000)")
@@ -71,7 +76,7 @@ def parse_region(text: str) -> tuple[str, int | None, int | None, str]:
     if start is None:
         return match.group("chrom"), None, None, strand
     start, end = int(start.replace(",", "")), int(end.replace(",", ""))
-    if start < 1 or end < start:
+    if start < 1 or end < 1 or (end < start and not across_origin):
         raise InputError(f"region {text!r}: need 1 <= start <= end (1-based closed coordinates)")
     return match.group("chrom"), start - 1, end, strand
 
@@ -79,13 +84,19 @@ def parse_region(text: str) -> tuple[str, int | None, int | None, str]:
 def region_queries(genome, regions: list[str]) -> list[Query]:
     queries = []
     for text in regions:
-        chrom, start, end, strand = parse_region(text)
+        chrom, start, end, strand = parse_region(text, across_origin=True)
         if chrom not in genome.contigs:
             raise InputError(f"region {text!r}: contig {chrom!r} is not in {genome.path}; "
                              f"known: {', '.join(list(genome.contigs)[:5])}")
-        start, end = (0, genome.contigs[chrom]) if start is None else (start, end)
-        if end > genome.contigs[chrom]:
-            raise InputError(f"region {text!r}: ends at {end} but {chrom} has {genome.contigs[chrom]} bp; "
+        length, circular = genome.contigs[chrom], chrom in genome.circular
+        start, end = (0, length) if start is None else (start, end)
+        if end <= start:
+            if not circular:
+                raise InputError(f"region {text!r}: start is past end, which only a circular contig allows "
+                                 f"(across its origin) and {chrom} is linear; need 1 <= start <= end")
+            end += length
+        if start >= length or end > length and (not circular or end > start + length):
+            raise InputError(f"region {text!r}: ends at {end} but {chrom} has {length} bp; "
                              "clip the region to the contig")
         queries.append(Query(text, genome.fetch(chrom, start, end, strand).upper(), chrom, start, end, strand,
                              genome_holding(genome, chrom)))
@@ -176,6 +187,7 @@ class StoreGenomes:
         self._store = store
         self.path = store.root
         self.contigs = _StoreContigs(store)
+        self.circular = frozenset(chrom for entry in store.genomes.values() for chrom in entry.get("circular", ()))
 
     def genome_of(self, chrom: str) -> str:
         return self._store.genome_of_contig(chrom)
@@ -300,7 +312,7 @@ def _hits(store: Store, queries: list[Query], vectors: np.ndarray, k: int, fetch
     tile_row = np.zeros(ids.shape, dtype=np.int64)  # each hit's row in ``tiles``
     tile_row[keep] = position
     if exclude_self:
-        keep &= ~_inside_own_region(queries, tiles, tile_row)
+        keep &= ~_inside_own_region(store, queries, tiles, tile_row)
     rank = np.cumsum(keep, axis=1)
     keep &= rank <= k
     query_rows, columns = np.nonzero(keep)
@@ -318,19 +330,24 @@ _QUERY_COLUMNS = (("name", "query"), ("chrom", "query_chrom"), ("start", "query_
                   ("strand", "query_strand"))
 
 
-def _inside_own_region(queries: list[Query], tiles: pa.Table, tile_row: np.ndarray) -> np.ndarray:
+def _inside_own_region(store: Store, queries: list[Query], tiles: pa.Table, tile_row: np.ndarray) -> np.ndarray:
     """(queries, hits) mask of hit tiles overlapping their query's own region (queries cut from the genome):
-    same genome (when the query knows it: a Python caller may build one without), contig and overlap."""
-    genome = tiles.column("genome").combine_chunks().to_numpy(zero_copy_only=False)[tile_row]
+    same genome (when the query knows it: a Python caller may build one without), contig and overlap, round
+    the origin on circular contigs."""
+    genomes = tiles.column("genome").combine_chunks().to_numpy(zero_copy_only=False)
+    chroms = tiles.column("chrom").combine_chunks().to_numpy(zero_copy_only=False)
+    # each tile's circle length (a length no interval reaches on linear contigs, where nothing wraps)
+    circle = np.array([store.genomes[g]["contig_lengths"][c] if c in store.genomes[g].get("circular", ()) else 1 << 62
+                       for g, c in zip(genomes, chroms)], dtype=np.int64)[tile_row]
+    genome, chrom = genomes[tile_row], chroms[tile_row]
     own_genome = np.array([query.genome for query in queries], dtype=object)[:, None]
-    chrom = tiles.column("chrom").combine_chunks().to_numpy(zero_copy_only=False)[tile_row]
     start = tiles.column("start").combine_chunks().to_numpy()[tile_row]
     end = tiles.column("end").combine_chunks().to_numpy()[tile_row]
     own_chrom = np.array([query.chrom for query in queries], dtype=object)[:, None]
     own_start = np.array([query.start or 0 for query in queries])[:, None]
     own_end = np.array([query.end or 0 for query in queries])[:, None]
     same_genome = (own_genome == None) | (genome == own_genome)  # noqa: E711 (elementwise)
-    return same_genome & (chrom == own_chrom) & (own_start < end) & (start < own_end)
+    return same_genome & (chrom == own_chrom) & circular_overlaps(own_start, own_end, start, end, circle)
 
 
 class HitSequences:
@@ -356,7 +373,8 @@ class HitSequences:
             if 4 * sum(located[row][3] - located[row][2] for row in rows) >= length:
                 whole = self.fetch(genome, chrom, 0, length)
                 for row in rows:
-                    sequences[row] = whole[located[row][2]:located[row][3]]
+                    start, end = located[row][2:]
+                    sequences[row] = whole[start:end] + whole[:max(0, end - length)]  # through a circle's origin
             else:
                 for row in rows:
                     sequences[row] = self.fetch(*located[row])
@@ -384,14 +402,21 @@ def add_evidence(store: Store, queries: list[Query], hits: pa.Table, align: bool
     strands = match_strands(kmer_presence([query.sequence for query in queries]), query_of_hit, tiles)
     if not align:
         return hits.set_column(hits.schema.get_field_index("strand"), schema.HITS.field("strand"), pa.array(strands))
-    lengths = store.contig_lengths
-    database_length = sum(sum(contigs.values()) for contigs in lengths.values())
+    database_length = sum(sum(contigs.values()) for contigs in store.contig_lengths.values())
     rows = []
     for hit, query_number, strand in zip(hits.to_pylist(), query_of_hit, strands):
         query = queries[query_number].sequence.upper()
-        start, end = flanked(hit["start"], hit["end"], lengths[hit["genome"]][hit["chrom"]], len(query))
+        genome = store.genome(hit["genome"])
+        length = genome.contigs[hit["chrom"]]
+        circular = hit["chrom"] in genome.circular
+        start, end = (flanked_round(hit["start"], hit["end"], length, len(query)) if circular else
+                      flanked(hit["start"], hit["end"], length, len(query)))
         alignment = align_pair(query, regions.fetch(hit["genome"], hit["chrom"], start, end), start)
-        if alignment and not (alignment.target_start < hit["end"] and hit["start"] < alignment.target_end):
+        if alignment and circular and alignment.target_start >= length:  # back to the origin convention
+            alignment = dataclasses.replace(alignment, target_start=alignment.target_start - length,
+                                            target_end=alignment.target_end - length)
+        if alignment and not circular_overlaps(alignment.target_start, alignment.target_end, hit["start"],
+                                               hit["end"], length if circular else 1 << 62):
             alignment = None  # the query aligns next to the tile, not on it: no evidence for this hit
         hit.update(alignment_columns(alignment, len(query), database_length))
         hit["strand"] = alignment.strand if alignment else str(strand)

@@ -87,7 +87,7 @@ def write_lock(root: Path):
 
 
 # Where writers leave temporary files (saved searches are written without the lock and are not swept).
-_WRITER_FOLDERS = (".", "shards", "index", "index/shards", "annotations")
+_WRITER_FOLDERS = (".", "shards", "index", "index/shards", "annotations", "sequences")
 
 
 def _remove_partial_files(root: Path) -> None:
@@ -398,12 +398,13 @@ class Store:
         return embedder
 
     def genome(self, name: str | None = None):
-        """A genome of the store (the only one when ``name`` is None), checked against its recorded checksum.
+        """A genome of the store (the only one when ``name`` is None), with its circular contigs.
 
-        A FASTA recorded by a relative path (older stores) is looked for from the working directory,
-        then beside the store.
+        Read from the store's own copy of the sequence (``sequences/``, written at index time), so a copied
+        store needs no FASTA. Stores built before that read the recorded FASTA, checked against its
+        checksum; one recorded by a relative path is looked for from the working directory, then beside the store.
         """
-        from genoembed.genome import open_genome
+        from genoembed.genome import open_bgzf_copy
 
         if name is None:
             if len(self.genomes) != 1:
@@ -415,14 +416,31 @@ class Store:
         if name in self._genomes:
             return self._genomes[name]
         recorded = self.genomes[name]
+        circular = recorded.get("circular", ())
+        if recorded.get("sequence"):
+            genome = open_bgzf_copy(self.root / recorded["sequence"]["path"], recorded["name"], recorded["sha256"],
+                                    circular)
+        else:
+            genome = self.recorded_fasta(name).with_circular(circular)
+        self._genomes[name] = genome
+        return genome
+
+    def recorded_fasta(self, name: str):
+        """Genome ``name`` opened from the FASTA it was built from, checked against the recorded checksum."""
+        from genoembed.genome import open_genome
+
+        recorded = self.genomes[name]
         path = Path(recorded["path"])
         if not path.is_absolute() and not path.exists() and (self.root.parent / path).exists():
             path = self.root.parent / path
+        if not path.exists():
+            raise StoreError(f"{recorded['path']}: FASTA of genome {name!r} not found, and this store (built "
+                             "before stores carried their sequence) has no copy of it; restore the FASTA there and "
+                             f"run {command('verify', self.root, '--embed-sequences')} to copy it into the store")
         genome = open_genome(path, name=recorded["name"])
         if genome.checksum != recorded["sha256"]:
             raise StoreError(f"{recorded['path']}: FASTA changed since the store was built "
                              "(checksum differs); restore it or rebuild the store")
-        self._genomes[name] = genome
         return genome
 
     def genome_of_contig(self, chrom: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,8 +28,20 @@ from genoembed.store import IDENTITY_KEYS, PROVENANCE_KEY
 
 
 def genome_entry(genome) -> dict:
-    """What a store records of a genome: name, FASTA path and sha256, contig lengths."""
-    return {**genome.describe(), "contig_lengths": dict(genome.contigs)}
+    """What a store records of a genome: name, FASTA path and sha256, contig lengths, circular contigs."""
+    return {**genome.describe(), "contig_lengths": dict(genome.contigs), "circular": sorted(genome.circular)}
+
+
+SEQUENCES = "sequences"
+
+
+def write_store_sequence(root: Path, genome) -> dict:
+    """Copy ``genome``'s sequence into the store (``sequences/NAME.SHA.fa.gz``, BGZF with .fai and .gzi), so
+    a copied store answers without the FASTA; returns the manifest's ``sequence`` entry for the genome."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", genome.name)
+    path = f"{SEQUENCES}/{safe}.{genome.checksum[:12]}.fa.gz"
+    (root / SEQUENCES).mkdir(parents=True, exist_ok=True)
+    return {"path": path, **genome.write_bgzf(root / path)}
 
 
 def shard_provenance(provenance: dict, genome: dict) -> dict:
@@ -133,6 +146,15 @@ class StoreWriter:
                              "`genoembed index` to finish it before appending another")
         genomes[name] = {**self.genome, "first_tile_id": self._manifest["next_tile_id"], "status": "building"}
         self._manifest["status"] = "building"
+        write_manifest(self.root, self._manifest)
+
+    def carry_sequence(self, genome) -> None:
+        """Give the genome being written its in-store sequence copy (once; a resumed build keeps it)."""
+        entry = self._manifest["genomes"][self.genome["name"]]
+        copy = entry.get("sequence")
+        if copy and (self.root / copy["path"]).is_file():
+            return
+        entry["sequence"] = write_store_sequence(self.root, genome)
         write_manifest(self.root, self._manifest)
 
     @property

@@ -2,7 +2,11 @@
 
 Tiles start at 0, stride, 2*stride, ... and, when that grid does not reach
 the contig end, one last tile is flush with the end so every base of a contig
-at least ``window`` long is covered. Contigs shorter than the window yield no
+at least ``window`` long is covered. On a circular contig the grid goes on round
+the origin instead: tiles start at every ``stride`` below the contig's length, and
+those starting within ``window`` of its end run through the origin (``end`` past
+the length, the convention of :mod:`genoembed.schema`), so a read across the origin
+meets a tile like any other read. Contigs shorter than the window yield no
 tile (they are counted and reported). ``tile_id`` is the dense rank of a tile
 in plan order (contig order of the FASTA, or of ``TilingSpec.contigs`` when
 given, then start, then ``+`` before ``-``), so the same genome and spec always give the same ids.
@@ -80,12 +84,15 @@ class TilingSpec:
         return ("+", "-") if self.strands is Strands.both else (self.strands.value,)
 
 
-def tile_starts(length: int, window: int, stride: int) -> np.ndarray:
-    """Start positions covering ``[0, length)``; empty when the contig is shorter than the window."""
+def tile_starts(length: int, window: int, stride: int, circular: bool = False) -> np.ndarray:
+    """Start positions covering ``[0, length)`` (round the origin on a ``circular`` contig); empty when the
+    contig is shorter than the window."""
     if window <= 0 or stride <= 0:
         raise InputError(f"tiling: window={window} and stride={stride} must both be positive")
     if length < window:
         return np.empty(0, dtype=np.int64)
+    if circular:
+        return np.arange(0, length, stride, dtype=np.int64)
     starts = np.arange(0, length - window + 1, stride, dtype=np.int64)
     if starts[-1] + window < length:
         starts = np.append(starts, length - window)
@@ -125,7 +132,8 @@ def select_contigs(genome: Genome, spec: TilingSpec) -> list[str]:
 
 def count_tiles(genome: Genome, spec: TilingSpec) -> int:
     """Upper bound of tiles the plan yields (before N / soft-mask filtering), for progress bars."""
-    return sum(len(tile_starts(genome.contigs[c], spec.window, spec.stride)) for c in select_contigs(genome, spec)) \
+    return sum(len(tile_starts(genome.contigs[c], spec.window, spec.stride, c in genome.circular))
+               for c in select_contigs(genome, spec)) \
         * len(spec.strand_list)
 
 
@@ -154,11 +162,14 @@ def plan_tiles(genome: Genome, spec: TilingSpec, batch_rows: int = 2048,
     per_block = max(1, batch_rows // len(spec.strand_list))
     rows = {name: [] for name in schema.TILES_WITH_SEQUENCE.names}
     for chrom in contigs:
-        starts = tile_starts(genome.contigs[chrom], spec.window, spec.stride)
+        length = genome.contigs[chrom]
+        starts = tile_starts(length, spec.window, spec.stride, chrom in genome.circular)
         for first in range(0, len(starts), per_block):
             block_starts = starts[first:first + per_block]
             block_begin, block_end = int(block_starts[0]), int(block_starts[-1]) + spec.window
-            block = genome.fetch(chrom, block_begin, block_end)
+            block = genome.fetch(chrom, block_begin, min(block_end, length))
+            if block_end > length:  # tiles through the origin of a circular contig go on from its start
+                block += genome.fetch(chrom, 0, block_end - length)
             offsets = block_starts - block_begin
             gc, n_fraction, lower = _window_fractions(block.encode("ascii"), offsets, spec.window)
             keep = n_fraction <= spec.max_n_fraction

@@ -68,8 +68,58 @@ def verify_store(store: Store) -> list[str]:
                 problems.append(f"{entry['path']}: resolves outside the store ({section} {name!r})")
             elif "sha256" in entry and file_sha256(path) != entry["sha256"]:  # searches of 0.1 stores have none
                 problems.append(f"{entry['path']}: sha256 differs from the manifest")
+    problems += sequence_problems(store)
     problems += unfinished_work(store)
     return problems
+
+
+def sequence_problems(store: Store) -> list[str]:
+    """The store's copies of its genomes' sequences against the manifest: the file's sha256, and the sha256 of
+    the FASTA text inside it (the one the genome was tiled from)."""
+    import gzip
+    import hashlib
+
+    problems = []
+    for name, entry in store.manifest["genomes"].items():
+        copy = entry.get("sequence")
+        if not copy:
+            continue
+        path = store.root / copy["path"]
+        missing = [p for p in (path, path.with_name(path.name + ".fai"), path.with_name(path.name + ".gzi"))
+                   if not p.is_file()]
+        if missing:
+            problems.append(f"{missing[0].relative_to(store.root).as_posix()}: missing (sequence of genome {name!r})")
+            continue
+        if file_sha256(path) != copy["sha256"]:
+            problems.append(f"{copy['path']}: sha256 differs from the manifest (sequence of genome {name!r})")
+            continue
+        digest = hashlib.sha256()
+        with gzip.open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(block)
+        if digest.hexdigest() != copy.get("content_sha256"):
+            problems.append(f"{copy['path']}: its FASTA text differs from the one genome {name!r} was built from")
+    return problems
+
+
+def genomes_without_sequence(store: Store) -> list[str]:
+    """Genomes whose sequence the store does not carry (stores built before it did): they need their FASTA."""
+    return [name for name, entry in store.genomes.items() if not entry.get("sequence")]
+
+
+def embed_sequences(store: Store) -> list[str]:
+    """Copy the sequence of every genome that lacks one into the store, from its recorded FASTA (checked
+    against its sha256), so the store answers without it; returns the genomes copied."""
+    from genoembed.store_writer import write_store_sequence
+
+    missing = genomes_without_sequence(store)
+    if not missing:
+        return []
+    copies = {name: store.recorded_fasta(name) for name in missing}  # every FASTA found and checked before writing
+    with store.transaction() as manifest:
+        for name, genome in copies.items():
+            manifest["genomes"][name]["sequence"] = write_store_sequence(store.root, genome)
+    return missing
 
 
 def unfinished_work(store: Store) -> list[str]:
@@ -82,12 +132,16 @@ def unfinished_work(store: Store) -> list[str]:
     index_entry = store.manifest.get("index")
     if index_entry:
         listed.add(index_entry["path"])
-    for folder in ("shards", "annotations", "index", "searches"):
+    listed |= {entry["sequence"]["path"] + ext for entry in store.manifest["genomes"].values() if entry.get("sequence")
+               for ext in ("", ".fai", ".gzi")}
+    for folder in ("shards", "annotations", "index", "searches", "sequences"):
         for path in sorted((store.root / folder).glob("*")) if (store.root / folder).is_dir() else ():
             relative = path.relative_to(store.root).as_posix()
             if ".partial." in path.name:
                 problems.append(f"{relative}: partial file left by an interrupted write; delete it")
             elif folder in ("shards", "annotations") and path.suffix == ".parquet" and relative not in listed:
+                problems.append(f"{relative}: not in the manifest (orphan of an interrupted write); delete it")
+            elif folder == "sequences" and relative not in listed:
                 problems.append(f"{relative}: not in the manifest (orphan of an interrupted write); delete it")
             elif folder == "index" and path.suffix == ".faiss" and relative not in listed:
                 problems.append(f"{relative}: not the manifest's index (orphan); delete it")

@@ -17,6 +17,7 @@ LAYERS = [
     ["errors", "version"],
     ["files"],
     ["schema", "resources", "seqio", "synthetic"],
+    ["topology"],
     ["genome", "embedders.base", "embedders.tokenize", "embedders.fingerprint", "embedders.model_dir", "joins", "vector_index",
      "hit_formats"],
     ["tiles", "features", "feature_index", "embedders.kmer", "embedders.pooling", "embedders.fused", "embedders.families",

@@ -38,7 +38,8 @@ files = ["{CHLOROPLAST_GENBANK}"]
     result = invoke("index", recipe, "--json")
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout.strip().splitlines()[-1])
-    assert summary["tiles"] == 308 and summary["dim"] == 256
+    # the chloroplast is circular (GenBank LOCUS): 308 tiles along it + 1 through its origin
+    assert summary["tiles"] == 309 and summary["dim"] == 256
     assert summary["annotations"] == {"NC_000932": 258}
     return recipe.with_suffix("")
 
@@ -92,7 +93,7 @@ def test_sql_refuses_writes_and_leaves_store_intact(cli_store):
 def test_info_and_verify(cli_store):
     result = invoke("info", cli_store)
     assert result.exit_code == 0
-    assert "308" in result.stdout and "kmer-4" in result.stdout and "NC_000932 (258)" in result.stdout
+    assert "309" in result.stdout and "kmer-4" in result.stdout and "NC_000932 (258)" in result.stdout
     result = invoke("verify", cli_store)
     assert result.exit_code == 0 and "OK" in result.stdout
 

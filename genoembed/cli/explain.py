@@ -56,8 +56,9 @@ def _write_files(result, prefix: Path, contigs: dict[str, dict[str, int]], plot:
     written = []
     for role, item, values in (("query", result.query, result.query_contributions),
                                ("hit", result.hit, result.hit_contributions)):
-        written.append(write_bedgraph(Path(f"{prefix}.{role}.bedgraph"), item, values))
-        written.append(write_bigwig(Path(f"{prefix}.{role}.bw"), item, values, contigs.get(item.genome, {})))
+        lengths = contigs.get(item.genome, {})
+        written.append(write_bedgraph(Path(f"{prefix}.{role}.bedgraph"), item, values, lengths))
+        written.append(write_bigwig(Path(f"{prefix}.{role}.bw"), item, values, lengths))
     if plot:
         try:
             written.append(plot_explanation(result, Path(f"{prefix}.png")))

@@ -55,6 +55,7 @@ def index(
     max_n_fraction: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="Skip tiles with more than this fraction of N/ambiguous bases."),
     soft_mask: Optional[SoftMask] = typer.Option(None, help="Soft-masked (lowercase) bases: upper = embed as normal, keep = pass case to the model, skip = drop masked tiles."),
     contig: Optional[list[str]] = typer.Option(None, "--contig", help="Only tile this contig (repeat for several)."),
+    circular: Optional[list[str]] = typer.Option(None, "--circular", help="Contig to tile round its origin (a plasmid, a bacterial chromosome; repeat for several). FASTA headers with circular=true or [topology=circular], GenBank LOCUS ... circular and GFF3 Is_circular=true in --annotations mark them too."),
     factory: Optional[str] = typer.Option(None, help="FAISS index factory string: Flat, IVF256,PQ16, HNSW32, ...; a refine stage re-ranks a compressed search with finer vectors (IVF256,PQ16,Refine(SQfp16)). An IVF layout needs 39 training tiles per list (IVFn needs 39*n tiles, FAISS's rule), else it is refused with a factory that fits."),
     metric: Optional[Metric] = typer.Option(None, help="ip = cosine on normalised vectors; l2 = Euclidean."),
     recall_target: Optional[float] = typer.Option(None, "--recall-target", min=0.01, max=1.0, help="Approximate indexes (IVF, HNSW): tune nprobe/efSearch (and the refine stage's --k-factor) at build time until recall@10 against exact search reaches this [default: 0.95]; the setting is recorded and used by every search unless --nprobe/--ef-search/--k-factor is given."),
@@ -96,6 +97,7 @@ def index(
     plan = dataclasses.replace(
         plan, fastas=tuple(fasta) if fasta else plan.fastas, output=output or plan.output,
         genome_name=genome_name or (plan.genome_name if not fasta else None),
+        circular=plan.circular + tuple(circular or ()),
         model=model_name({"name": model}, None) if model else plan.model,
         model_options=plan.model_options.merged(options),
         tiling=dataclasses.replace(plan.tiling, **tiling_overrides),

@@ -1,0 +1,173 @@
+"""Circular contigs: topology from headers, annotations and --circular; tiles, reads, regions and
+alignments through the origin."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from genoembed.build import index
+from genoembed.cli import app
+from genoembed.errors import InputError
+from genoembed.genome import open_genome
+from genoembed.search import Query, region_queries, search
+from genoembed.synthetic import random_genome, write_fasta
+from genoembed.tiles import TilingSpec, plan_tiles, tile_starts
+from genoembed.topology import annotation_circular, circular_gap, circular_overlaps, header_says_circular
+
+from conftest import PLASMID_FASTA, PLASMID_GENBANK
+
+runner = CliRunner()
+PLASMID = "gi|45478711|ref|NC_005816.1|"
+LENGTH = 9609
+
+
+def test_headers_that_mark_a_record_circular():
+    assert header_says_circular("length=4641652 depth=1.00x circular=true")  # Unicycler, Trycycler
+    assert header_says_circular("[gcode=11] [topology=circular] [completeness=complete]")  # NCBI modifiers, Bakta
+    assert not header_says_circular("length=5000 circular=false")
+    assert not header_says_circular("Yersinia pestis plasmid pPCP1, complete sequence")
+    assert not header_says_circular("notcircular=true")
+
+
+def test_open_genome_reads_topology_from_headers(tmp_path):
+    path = write_fasta(tmp_path / "asm.fa", {"1 length=3000 depth=1.00x circular=true": "ACGT" * 750,
+                                             "2 length=4000 depth=1.00x": "ACGG" * 1000,
+                                             "p1 [topology=circular]": "ATTA" * 500})
+    genome = open_genome(path)
+    assert genome.circular == {"1", "p1"}
+    assert open_genome(path).circular == {"1", "p1"}  # from the cached index the second time
+
+
+def test_annotation_files_mark_contigs_circular(tmp_path):
+    assert annotation_circular(PLASMID_GENBANK) == {"NC_005816", "NC_005816.1"}
+    gff = tmp_path / "a.gff3"
+    gff.write_text("##gff-version 3\n##sequence-region p1 1 5000\n"
+                   "p1\tBakta\tregion\t1\t5000\t.\t+\t.\tID=p1;Is_circular=true\n"
+                   "c1\tBakta\tregion\t1\t9000\t.\t+\t.\tID=c1\n"
+                   "c2\tBakta\tregion\t1\t9000\t.\t+\t.\tID=c2;Is_circular=false\n")
+    assert annotation_circular(gff) == {"p1"}
+    bed = tmp_path / "a.bed"
+    bed.write_text("p1\t0\t10\n")
+    assert annotation_circular(bed) == set()
+
+
+def test_circular_tiles_go_round_the_origin():
+    assert tile_starts(2600, 1000, 500).tolist() == [0, 500, 1000, 1500, 1600]
+    assert tile_starts(2600, 1000, 500, circular=True).tolist() == [0, 500, 1000, 1500, 2000, 2500]
+    assert tile_starts(900, 1000, 500, circular=True).tolist() == []
+
+
+def test_wrapping_tiles_hold_the_sequence_across_the_origin():
+    genome = open_genome(PLASMID_FASTA).with_circular([PLASMID])
+    tiles = next(plan_tiles(genome, TilingSpec(window=1000, stride=500), batch_rows=100)).to_pylist()
+    assert [tile["start"] for tile in tiles] == list(range(0, LENGTH, 500))
+    last = tiles[-1]
+    assert (last["start"], last["end"]) == (9500, 10500)
+    plain = open_genome(PLASMID_FASTA)
+    assert last["sequence"] == (plain.fetch(PLASMID, 9500, LENGTH) + plain.fetch(PLASMID, 0, 891)).upper()
+    assert genome.fetch(PLASMID, 9500, 10500) == plain.fetch(PLASMID, 9500, LENGTH) + plain.fetch(PLASMID, 0, 891)
+    with pytest.raises(InputError, match="across the origin"):
+        genome.fetch(PLASMID, 9500, 9500 + LENGTH + 1)
+    with pytest.raises(InputError, match="outside"):
+        plain.fetch(PLASMID, 9500, 10500)
+
+
+def test_unknown_circular_name_is_refused(tmp_path):
+    with pytest.raises(InputError, match="--circular 'nope'"):
+        index(PLASMID_FASTA, tmp_path / "s", tiling=TilingSpec(window=1000, stride=500), circular=["nope"])
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.fixture(scope="module")
+def plasmid_stores(tmp_path_factory):
+    """The plasmid with the default model, once linear and once circular (1 kb tiles every 500 bp)."""
+    root = tmp_path_factory.mktemp("plasmid")
+    tiling = TilingSpec(window=1000, stride=500)
+    linear = index(PLASMID_FASTA, root / "linear", tiling=tiling)
+    circular = index(PLASMID_FASTA, root / "circular", tiling=tiling, circular=[PLASMID])
+    return linear, circular
+
+
+def test_a_read_across_the_origin_scores_like_an_interior_read(plasmid_stores):
+    linear, circular = plasmid_stores
+    genome = open_genome(PLASMID_FASTA)
+    # every read starts 250 bp into a tile of the grid, so each overlaps its best tile by 750 bp
+    across = Query("across", genome.fetch(PLASMID, 9250, LENGTH) + genome.fetch(PLASMID, 0, 641))
+    inside = [Query(f"inside{start}", genome.fetch(PLASMID, start, start + 1000)) for start in range(250, 8500, 500)]
+    best = {row["query"]: row for row in search(circular, [across, *inside], k=1).to_pylist()}
+    assert (best["across"]["start"], best["across"]["end"]) in ((9000, 10000), (9500, 10500))
+    interior = [best[query.name]["score"] for query in inside]
+    assert min(interior) <= best["across"]["score"] <= max(interior)
+    before = {row["query"]: row for row in search(linear, [across, *inside], k=1).to_pylist()}
+    assert before["across"]["score"] < min(interior)  # no tile spans the origin there
+    assert before["across"]["score"] < best["across"]["score"] - 0.05
+    assert [before[query.name]["score"] for query in inside] == pytest.approx(interior, abs=1e-5)
+
+
+def test_manifest_records_the_circular_contigs(plasmid_stores):
+    linear, circular = plasmid_stores
+    assert next(iter(circular.genomes.values()))["circular"] == [PLASMID]
+    assert next(iter(linear.genomes.values()))["circular"] == []
+    ends = [tile["end"] for tile in circular.tiles(np.arange(circular.num_tiles)).to_pylist()]
+    assert max(ends) == 10500 and circular.num_tiles == 20 and linear.num_tiles == 19
+
+
+def test_region_across_the_origin(plasmid_stores):
+    linear, circular = plasmid_stores
+    genome = open_genome(PLASMID_FASTA)
+    query = region_queries(circular.genome(), [f"{PLASMID}:9001-200"])[0]
+    assert (query.start, query.end) == (9000, LENGTH + 200)
+    assert query.sequence == (genome.fetch(PLASMID, 9000, LENGTH) + genome.fetch(PLASMID, 0, 200)).upper()
+    with pytest.raises(InputError, match="only a circular contig allows"):
+        region_queries(linear.genome(), [f"{PLASMID}:9001-200"])
+    hits = search(circular, [f"{PLASMID}:9001-200"], k=3, exclude_self=True).to_pylist()
+    for hit in hits:  # exclude_self drops every tile overlapping the query round the origin
+        assert bool(circular_overlaps(9000, LENGTH + 200, hit["start"], hit["end"], LENGTH)) is False
+
+
+def test_cli_region_across_the_origin_and_alignment(plasmid_stores):
+    pytest.importorskip("parasail", reason="the align extra is not installed")
+    _, circular = plasmid_stores
+    result = runner.invoke(app, ["search", str(circular.root), "--region", f"{PLASMID}:9301-700", "-k", "1",
+                                 "--tiles", "--align", "--format", "json", "--no-save"])
+    assert result.exit_code == 0, result.output
+    hit = json.loads(result.output.strip().splitlines()[0])
+    assert hit["identity"] == 1.0
+    assert (hit["target_start"], hit["target_end"]) == (9300, LENGTH + 700)
+
+
+def test_circle_arithmetic_against_a_base_set_oracle():
+    rng = np.random.default_rng(7)
+    for _ in range(300):
+        length = int(rng.integers(5, 40))
+        a_start, b_start = (int(x) for x in rng.integers(0, length, 2))
+        a_end = a_start + int(rng.integers(1, length + 1))
+        b_end = b_start + int(rng.integers(1, length + 1))
+        bases_a = {p % length for p in range(a_start, a_end)}
+        bases_b = {p % length for p in range(b_start, b_end)}
+        assert bool(circular_overlaps(a_start, a_end, b_start, b_end, length)) == bool(bases_a & bases_b)
+        gap = min(min((q - p) % length, (p - q) % length) for p in bases_a for q in bases_b)
+        expected = 0 if bases_a & bases_b else gap - 1  # bases strictly between the two
+        assert int(circular_gap(a_start, a_end, b_start, b_end, length)) == expected
+
+
+def test_recipe_circular_key(tmp_path):
+    fasta = write_fasta(tmp_path / "g.fa", random_genome({"chrom": 3000, "plasmid": 2100}, seed=1))
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(f'[genome]\nfasta = "{fasta}"\ncircular = ["plasmid"]\n[model]\nname = "kmer:4"\n'
+                      '[tiling]\nwindow = 1000\nstride = 500\n[index]\nfactory = "Flat"\n')
+    result = runner.invoke(app, ["index", str(recipe), "-q"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "r" / "manifest.json").read_text())
+    assert manifest["genomes"]["g"]["circular"] == ["plasmid"]
+    result = runner.invoke(app, ["index", "--fasta", str(fasta), "-o", str(tmp_path / "s"), "--model", "kmer:4",
+                                 "--window", "1000", "--stride", "500", "--circular", "plasmid", "--circular",
+                                 "chrom", "-q"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "s" / "manifest.json").read_text())["genomes"]["g"]["circular"] == ["chrom", "plasmid"]
+    shutil.rmtree(tmp_path / "s")
