@@ -29,6 +29,7 @@ from genoembed.vector_index import FaissIndex
 from genoembed.files import atomic_file, atomic_write_bytes
 from genoembed.manifest import file_sha256
 from genoembed.store import SNAPSHOT_RETRIES, Store
+from genoembed.tiles import tile_starts
 from genoembed.topology import circular_overlaps, flanked_round
 
 _VALID_BASES = re.compile(r"^[ACGTNRYKMSWBDHV]+$", re.IGNORECASE)
@@ -81,26 +82,77 @@ def parse_region(text: str, across_origin: bool = False) -> tuple[str, int | Non
     return match.group("chrom"), start - 1, end, strand
 
 
+# The longest query embedded as one sequence: embedding costs ~100 bytes a base (a 248 Mbp chromosome would
+# take ~25 GB). Longer queries are answered tile by tile (:func:`query_pieces`; the CLI does so), or refused.
+MAX_QUERY_BASES = 1_000_000
+
+
+def resolve_region(genome, text: str) -> tuple[str, int, int, str]:
+    """(chrom, start, end, strand) of a region string on ``genome`` (anything with ``contigs`` and ``circular``),
+    0-based half-open; a region across a circular contig's origin (``plasmid:9001-200``) ends past its length."""
+    chrom, start, end, strand = parse_region(text, across_origin=True)
+    if chrom not in genome.contigs:
+        raise InputError(f"region {text!r}: contig {chrom!r} is not in {genome.path}; "
+                         f"known: {', '.join(list(genome.contigs)[:5])}")
+    length, circular = genome.contigs[chrom], chrom in genome.circular
+    start, end = (0, length) if start is None else (start, end)
+    if end <= start:
+        if not circular:
+            raise InputError(f"region {text!r}: start is past end, which only a circular contig allows "
+                             f"(across its origin) and {chrom} is linear; need 1 <= start <= end")
+        end += length
+    if start >= length or end > length and (not circular or end > start + length):
+        raise InputError(f"region {text!r}: ends at {end} but {chrom} has {length} bp; "
+                         "clip the region to the contig")
+    return chrom, start, end, strand
+
+
 def region_queries(genome, regions: list[str]) -> list[Query]:
+    """One query per region string, each embedded whole (refused above :data:`MAX_QUERY_BASES`)."""
     queries = []
     for text in regions:
-        chrom, start, end, strand = parse_region(text, across_origin=True)
-        if chrom not in genome.contigs:
-            raise InputError(f"region {text!r}: contig {chrom!r} is not in {genome.path}; "
-                             f"known: {', '.join(list(genome.contigs)[:5])}")
-        length, circular = genome.contigs[chrom], chrom in genome.circular
-        start, end = (0, length) if start is None else (start, end)
-        if end <= start:
-            if not circular:
-                raise InputError(f"region {text!r}: start is past end, which only a circular contig allows "
-                                 f"(across its origin) and {chrom} is linear; need 1 <= start <= end")
-            end += length
-        if start >= length or end > length and (not circular or end > start + length):
-            raise InputError(f"region {text!r}: ends at {end} but {chrom} has {length} bp; "
-                             "clip the region to the contig")
+        chrom, start, end, strand = resolve_region(genome, text)
+        refuse_long(text, end - start)
         queries.append(Query(text, genome.fetch(chrom, start, end, strand).upper(), chrom, start, end, strand,
                              genome_holding(genome, chrom)))
     return queries
+
+
+def refuse_long(name: str, length: int) -> None:
+    if length > MAX_QUERY_BASES:
+        raise InputError(f"query {name!r} is {length:,} bp, longer than the {MAX_QUERY_BASES:,} bp embedded as one "
+                         "sequence (~100 bytes a base); `genoembed search` answers it tile by tile (the store's "
+                         "window and stride), or split it (`bedtools makewindows`) and search the windows with --bed")
+
+
+def iter_region_queries(genome, regions: list[str], window: int, stride: int) -> Iterator[Query]:
+    """:func:`region_queries`, but a region longer than :data:`MAX_QUERY_BASES` comes as its tiles
+    (:func:`query_pieces`), each read from the genome when it is needed: memory stays one tile a query."""
+    for text in regions:
+        chrom, start, end, strand = resolve_region(genome, text)
+        holder = genome_holding(genome, chrom)
+        if end - start <= MAX_QUERY_BASES:
+            yield Query(text, genome.fetch(chrom, start, end, strand).upper(), chrom, start, end, strand, holder)
+            continue
+        for offset in tile_starts(end - start, window, stride):
+            first, last = start + int(offset), start + int(offset) + window
+            yield Query(f"{text}:{offset + 1}-{offset + window}", genome.fetch(chrom, first, last, strand).upper(),
+                        chrom, first, last, strand, holder)
+
+
+def query_pieces(query: Query, window: int, stride: int) -> Iterator[Query]:
+    """``query`` itself, or, when longer than :data:`MAX_QUERY_BASES`, its tiles (``window`` bases every ``stride``,
+    the last flush with its end) named ``NAME:START-END`` (1-based offsets in the query), one at a time."""
+    if len(query.sequence) <= MAX_QUERY_BASES:
+        yield query
+        return
+    for offset in tile_starts(len(query.sequence), window, stride):
+        offset = int(offset)
+        genomic = {}
+        if query.chrom is not None:
+            first = query.start + offset if query.strand != "-" else query.end - offset - window
+            genomic = dict(chrom=query.chrom, start=first, end=first + window, strand=query.strand, genome=query.genome)
+        yield Query(f"{query.name}:{offset + 1}-{offset + window}", query.sequence[offset:offset + window], **genomic)
 
 
 def bed_queries(genome, path: str | Path) -> list[Query]:
@@ -264,6 +316,8 @@ def search(store: Store, queries: list[Query | str], k: int = 10, nprobe: int | 
         source = query_source(store)
         queries = [region_queries(source, [q])[0] if isinstance(q, str) else q for q in queries]
     queries = _unique_names(queries)
+    for query in queries:
+        refuse_long(query.name, len(query.sequence))
     if k < 1:
         raise InputError(f"k={k}: ask for at least one neighbour")
     if k > store.num_tiles:

@@ -36,7 +36,7 @@ from typing import Literal
 import pyarrow as pa
 from fastapi import Depends, FastAPI, Query as QueryParam, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException
 
@@ -47,7 +47,7 @@ from genoembed.search import (Query, bed_text_queries, check_sequence, fasta_tex
 from genoembed.sql import run_sql
 from genoembed.manifest import MANIFEST
 from genoembed.store import Store
-from genoembed.tracks import bedgraph, chrom_sizes, hits_bed, similarity, write_bigwig
+from genoembed.tracks import bedgraph_chunks, chrom_sizes, hits_bed, similarity, write_bigwig
 from genoembed.version import VERSION
 
 MAX_BODY = 1_000_000
@@ -405,7 +405,7 @@ def create_app(stores: dict[str, ServedStore], token: str | None = None) -> Fast
             return Response(hits_bed(run_search(entry, wanted), bed9=fmt == "bed9"), media_type=MEDIA[fmt])
         track, sizes = similarity_track(entry, wanted)
         if fmt == "bedgraph":
-            return Response(bedgraph(track), media_type=MEDIA[fmt])
+            return StreamingResponse(bedgraph_chunks(track), media_type=MEDIA[fmt])
         with tempfile.TemporaryDirectory(prefix="genoembed-track-") as scratch:
             data = write_bigwig(track, sizes, Path(scratch) / "track.bw").read_bytes()
         return Response(data, media_type=MEDIA[fmt],

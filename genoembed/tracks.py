@@ -11,8 +11,10 @@ best score of any tile starting there, which is the hit's score for rank 1.
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -70,7 +72,8 @@ def chrom_sizes(store: Store, genome: str | None = None) -> dict[str, int]:
 
 def similarity(store: Store, vector: np.ndarray, genome: str | None = None) -> pa.Table:
     """Best cosine of ``vector`` at each tile position (both strands) as non-overlapping intervals,
-    sorted by contig and start (``SIMILARITY`` columns)."""
+    sorted by contig (in the genome's order) and start (``SIMILARITY`` columns). Vectors stream from the
+    shards; the result is columnar (tens of bytes a tile), never a Python object per tile."""
     sizes = chrom_sizes(store, genome)
     query = np.asarray(vector, dtype=np.float32).reshape(-1)
     if query.shape[0] != store.dim:
@@ -88,23 +91,34 @@ def similarity(store: Store, vector: np.ndarray, genome: str | None = None) -> p
     if not pieces:
         return SIMILARITY.empty_table()
     best = pa.concat_tables(pieces).group_by(["chrom", "start"]).aggregate([("end", "max"), ("score", "max")])
-    best = best.sort_by([("chrom", "ascending"), ("start", "ascending")])
-    chrom = best["chrom"].to_pylist()
+    names = pa.array(list(sizes), pa.string())
+    order = pc.index_in(best["chrom"], value_set=names)  # contigs in the genome's order, as bigWig wants them
+    best = best.append_column("order", order).sort_by([("order", "ascending"), ("start", "ascending")])
+    contig = best["order"].to_numpy()
     start = best["start"].to_numpy().astype(np.int64)
     end = best["end_max"].to_numpy().astype(np.int64)
-    same_next = np.append(np.array(chrom[1:], dtype=object) == np.array(chrom[:-1], dtype=object), False)
+    same_next = np.append(contig[1:] == contig[:-1], False)
     next_start = np.append(start[1:], 0)
     end = np.where(same_next, np.minimum(end, next_start), end)
-    end = np.minimum(end, [sizes[c] for c in chrom])
-    return pa.table({"chrom": chrom, "start": start, "end": end,
+    end = np.minimum(end, np.array(list(sizes.values()), dtype=np.int64)[contig])  # tiles through a circle's origin
+    return pa.table({"chrom": best["chrom"], "start": start, "end": end,
                      "score": best["score_max"].cast(pa.float32())}, schema=SIMILARITY)
 
 
-def bedgraph(track: pa.Table, name: str = "genoembed similarity") -> str:
-    """A similarity track as bedGraph text (with a track line naming it)."""
-    lines = [f'track type=bedGraph name="{name}" viewLimits=0:1 autoScale=off']
-    lines += [f"{row['chrom']}\t{row['start']}\t{row['end']}\t{row['score']:.6g}" for row in track.to_pylist()]
-    return "\n".join(lines) + "\n"
+TRACK_BATCH = 65_536  # rows formatted or written at a time: a track of millions of tiles streams
+
+
+def bedgraph_chunks(track: pa.Table, name: str = "genoembed similarity") -> Iterator[str]:
+    """A similarity track as bedGraph text (a track line naming it, then the rows), ``TRACK_BATCH`` rows a chunk,
+    formatted by Arrow's CSV writer (no Python object per row)."""
+    import pyarrow.csv as csv
+
+    yield f'track type=bedGraph name="{name}" viewLimits=0:1 autoScale=off\n'
+    options = csv.WriteOptions(include_header=False, delimiter="\t", quoting_style="none")
+    for batch in track.to_batches(max_chunksize=TRACK_BATCH):
+        sink = io.BytesIO()
+        csv.write_csv(pa.Table.from_batches([batch]), sink, options)
+        yield sink.getvalue().decode()
 
 
 def write_bigwig(track: pa.Table, sizes: dict[str, int], path: str | Path) -> Path:
@@ -114,16 +128,14 @@ def write_bigwig(track: pa.Table, sizes: dict[str, int], path: str | Path) -> Pa
     except ImportError:
         raise MissingExtraError("bigWig tracks need pyBigWig: pip install 'genoembed[serve]'") from None
     path = Path(path)
-    order = {chrom: number for number, chrom in enumerate(sizes)}
-    rows = sorted(track.to_pylist(), key=lambda row: (order[row["chrom"]], row["start"]))
     writer = pyBigWig.open(str(path), "w")
     if writer is None:
         raise InputError(f"{path}: cannot write a bigWig file here; check the directory exists and is writable")
     try:
         writer.addHeader(list(sizes.items()))
-        if rows:
-            writer.addEntries([row["chrom"] for row in rows], [row["start"] for row in rows],
-                              ends=[row["end"] for row in rows], values=[float(row["score"]) for row in rows])
+        for batch in track.to_batches(max_chunksize=TRACK_BATCH):  # rows in the header's contig order
+            writer.addEntries(batch.column(0).to_pylist(), batch.column(1).to_pylist(),
+                              ends=batch.column(2).to_pylist(), values=batch.column(3).to_numpy().astype(float).tolist())
     finally:
         writer.close()
     return path

@@ -132,26 +132,36 @@ def search(
 
 
 def _queries(store: Store, regions, sequences, bed: Path | None, fasta: Path | None, vcf, sample, query_genome):
-    """Every query of the command line, in the order given, read lazily (a BED or FASTA of any size streams)."""
+    """Every query of the command line, in the order given, read lazily (a BED or FASTA of any size streams);
+    one longer than ``search.MAX_QUERY_BASES`` comes as its tiles (the store's window and stride), so a
+    whole-chromosome region costs the memory of one batch of tiles, not of the chromosome."""
     from genoembed.search import (Query, UniqueNames, check_sequence, iter_bed_queries, iter_fasta_queries,
-                                  query_source, region_queries)
+                                  iter_region_queries, query_pieces, query_source)
     from genoembed.variants import haplotype_queries
 
+    tiling = store.provenance["tiling"]
+    window, stride = tiling["window"], tiling["stride"]
     unique, given = UniqueNames(), False
+
+    def pieces(queries):
+        for query in queries:
+            yield from query_pieces(query, window, stride)
+
     if regions or bed:
         source = query_source(store, query_genome)
         if regions:
-            for query in region_queries(source, regions) if vcf is None else \
-                    haplotype_queries(store, regions, vcf, sample, query_genome):
+            for query in iter_region_queries(source, regions, window, stride) if vcf is None else \
+                    pieces(haplotype_queries(store, regions, vcf, sample, query_genome)):
                 given = True
                 yield unique(query)
-        for query in iter_bed_queries(source, bed) if bed else ():
+        for query in pieces(iter_bed_queries(source, bed)) if bed else ():
             given = True
             yield unique(query)
     for number, text in enumerate(sequences or [], 1):
         given = True
-        yield unique(Query(f"sequence{number}", check_sequence(text, f"--sequence #{number}")))
-    for query in iter_fasta_queries(fasta) if fasta else ():
+        yield from map(unique, query_pieces(Query(f"sequence{number}", check_sequence(text, f"--sequence #{number}")),
+                                            window, stride))
+    for query in pieces(iter_fasta_queries(fasta)) if fasta else ():
         given = True
         yield unique(query)
     if not given:

@@ -51,7 +51,7 @@ def track(
 ):
     """Write a genome-browser track of a search: its hits, or the query's similarity along the genome."""
     from genoembed.search import Query, check_sequence, query_source, region_queries, search as search_store
-    from genoembed.tracks import bedgraph, chrom_sizes, hits_bed, similarity, write_bigwig
+    from genoembed.tracks import bedgraph_chunks, chrom_sizes, hits_bed, similarity, write_bigwig
 
     configure_logging(quiet)
     refuse_inside_store(output, store)
@@ -72,8 +72,9 @@ def track(
         if fmt is TrackFormat.bigwig:
             write_bigwig(values, chrom_sizes(opened, genome), output)
             return
-        text = bedgraph(values, name=f"genoembed {queries[0].name}")
+        text = bedgraph_chunks(values, name=f"genoembed {queries[0].name}")
     try:
-        output.write_text(text)
+        with open(output, "w") as handle:
+            handle.writelines([text] if isinstance(text, str) else text)
     except OSError as error:
         raise InputError(f"--output {output}: cannot write ({error.strerror or error})") from None
