@@ -171,3 +171,24 @@ def test_recipe_circular_key(tmp_path):
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "s" / "manifest.json").read_text())["genomes"]["g"]["circular"] == ["chrom", "plasmid"]
     shutil.rmtree(tmp_path / "s")
+
+
+def test_format_2_manifest_migrates_to_linear_contigs_without_a_sequence_copy(plasmid_stores, tmp_path):
+    _, circular = plasmid_stores
+    old = tmp_path / "old"
+    shutil.copytree(circular.root, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    manifest["format_version"] = 2
+    for entry in manifest["genomes"].values():
+        del entry["circular"], entry["sequence"]
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    shutil.rmtree(old / "sequences")
+    from genoembed.store import Store
+
+    store = Store.open(old)
+    assert store.manifest["format_version"] == 3 and store.genomes["NC_005816"]["circular"] == []
+    assert store.genome().circular == frozenset() and store.genome().path == PLASMID_FASTA  # read from the FASTA
+    result = runner.invoke(app, ["info", str(old)])
+    assert result.exit_code == 0 and "no copy of its sequence in the store" in result.output
+    result = runner.invoke(app, ["info", str(circular.root)])
+    assert f"sequence in the store; circular: {PLASMID}" in result.output

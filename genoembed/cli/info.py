@@ -28,7 +28,10 @@ def info(
     lines = [
         f"store       {summary['path']} ({summary['status']}, {summary['bytes_on_disk'] / 1e6:.1f} MB)",
         *(f"genome      {g['name']} ({len(g['contig_lengths'])} contigs, {sum(g['contig_lengths'].values()):,} bp, "
-          f"{g['status']}, sha256 {g['sha256'][:12]}, from {g['path']})" for g in summary["genomes"].values()),
+          f"{g['status']}, sha256 {g['sha256'][:12]}, from {g['path']}"
+          f"{'; sequence in the store' if g.get('sequence') else '; no copy of its sequence in the store'}"
+          f"{'; circular: ' + ', '.join(g['circular']) if g.get('circular') else ''})"
+          for g in summary["genomes"].values()),
         f"tiles       {summary['tiles']:,} in {summary['shards']} shards; tiling {json.dumps(provenance['tiling'])}",
         f"model       {embedder.get('model_id')} ({embedder.get('kind')}, dim {summary['dim']}, fingerprint {embedder.get('fingerprint')})",
         f"index       {(index.get('spec') or {}).get('factory', 'none')} {index.get('metric', '')} ({index.get('ntotal', 0):,} vectors)",
