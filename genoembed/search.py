@@ -9,10 +9,13 @@ live in one space. Hits follow ``schema.HITS``; a search saved under a name
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import json
+import os
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Iterable, Iterator, Mapping
@@ -28,7 +31,8 @@ from genoembed.seqio import fasta_records, open_text, read_fasta
 from genoembed.vector_index import FaissIndex
 from genoembed.files import atomic_file, atomic_write_bytes
 from genoembed.manifest import file_sha256
-from genoembed.store import SNAPSHOT_RETRIES, Store
+from genoembed.names import check_identifier
+from genoembed.store import SNAPSHOT_RETRIES, Store, write_lock
 
 _VALID_BASES = re.compile(r"^[ACGTNRYKMSWBDHV]+$", re.IGNORECASE)
 # Thousands separators are commas only (samtools style); "1_0" is not the number 10.
@@ -257,7 +261,7 @@ def search(store: Store, queries: list[Query | str], k: int = 10, nprobe: int | 
     if k > store.num_tiles:
         raise InputError(f"k={k} is larger than the store ({store.num_tiles} tiles); use k <= {store.num_tiles}")
     if save_as is not None:
-        check_search_name(save_as)
+        check_identifier(save_as, "search")
     embedder = embedder or store.embedder(trust_remote_code=trust_remote_code)
     if embedder.dim != store.dim:
         raise InputError(f"query embedder has dim {embedder.dim} but the store has dim {store.dim}; "
@@ -412,32 +416,29 @@ def filter_alignments(hits: pa.Table, min_identity: float | None = None,
     return hits.filter(pc.fill_null(keep, False))
 
 
-def check_search_name(name: str) -> str:
-    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", name):
-        raise InputError(f"search name {name!r}: use letters, digits and _ (it becomes a SQL view name)")
-    return name
-
-
 def save_hits(store: Store, hits: pa.Table, name: str, details: dict) -> Path:
-    """Save hits as ``searches/NAME.parquet`` plus its sidecar ``searches/NAME.json`` (see :class:`HitsWriter`)."""
+    """Save hits as a version of ``searches/NAME`` plus its sidecar ``searches/NAME.json`` (see :class:`HitsWriter`)."""
     with HitsWriter(store, name, details) as writer:
         writer.write(hits)
     return writer.path
 
 
 class HitsWriter:
-    """Writes a saved search chunk by chunk: ``searches/NAME.parquet`` under a temporary name, then its sidecar
-    ``searches/NAME.json`` (rows, sha256, details), each renamed into place when complete.
+    """Writes a saved search chunk by chunk, as a new version ``searches/NAME.HASH.parquet`` (HASH: the first 16
+    hex digits of its sha256), then switches the sidecar ``searches/NAME.json`` (rows, sha256, details) to it.
 
-    No store lock is taken, so searches never wait for a writer; the sidecar is renamed last, so a reader never
-    pairs it with another search's hits. A failure leaves the previous search of that name as it was.
+    A version file never changes once named and the sidecar is replaced by rename, so a reader sees the old
+    pair or the new pair, never one's sidecar with the other's hits, nor a half-written file. No store lock is
+    taken, so searches never wait for a writer; versions no sidecar names are deleted by a later writer once
+    no reader that may hold them is left (:func:`genoembed.store.sweep_retired`), and this writer sweeps
+    when the lock happens to be free. A failure leaves the previous search of that name as it was.
     """
 
     def __init__(self, store: Store, name: str, details: dict):
-        self.directory = store.root / "searches"
-        self.name, self.details, self.rows = check_search_name(name), details, 0
-        self.path = self.directory / f"{name}.parquet"
-        self._file = atomic_file(self.path, "saved search")
+        self.store, self.directory = store, store.root / "searches"
+        self.name, self.details, self.rows = check_identifier(name, "search"), details, 0
+        self.path = self.directory / f"{name}.parquet"  # the version's name once its hash is known
+        self._partial = self.directory / f".{name}.parquet.partial.{os.getpid()}.{threading.get_ident()}"
         self._writer = None
 
     def __enter__(self) -> "HitsWriter":
@@ -446,7 +447,6 @@ class HitsWriter:
         except OSError as error:
             raise StoreError(f"{self.directory}: cannot save the search ({error.strerror or error}); "
                              "if the store is read-only, search with --no-save") from None
-        self._partial = self._file.__enter__()
         return self
 
     def write(self, hits: pa.Table) -> None:
@@ -460,16 +460,24 @@ class HitsWriter:
         self.rows += hits.num_rows
 
     def __exit__(self, kind, error, traceback) -> None:
-        if self._writer is None and kind is None:  # no query answered: the saved search holds no hits
-            self.write(schema.HITS.empty_table())
-        if self._writer is not None:
-            self._writer.close()
-        self._file.__exit__(kind, error, traceback)
-        if kind is not None:
-            return
-        entry = {"path": f"searches/{self.name}.parquet", "rows": self.rows, "sha256": file_sha256(self.path),
+        try:
+            if self._writer is None and kind is None:  # no query answered: the saved search holds no hits
+                self.write(schema.HITS.empty_table())
+            if self._writer is not None:
+                self._writer.close()
+            if kind is not None:
+                return
+            sha256 = file_sha256(self._partial)
+            self.path = self.directory / f"{self.name}.{sha256[:16]}.parquet"
+            with atomic_file(self.path, "saved search") as partial:
+                os.replace(self._partial, partial)  # fsynced and renamed into place as the version
+        finally:
+            self._partial.unlink(missing_ok=True)
+        entry = {"path": f"searches/{self.path.name}", "rows": self.rows, "sha256": sha256,
                  "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), **self.details}
         atomic_write_bytes(self.directory / f"{self.name}.json", json.dumps(entry, indent=2).encode())
+        with contextlib.suppress(StoreError), write_lock(self.store.root, wait=0):
+            pass  # taking the lock sweeps versions no reader needs; a busy store is swept by its writer
 
 
 def subset_mask(store: Store, genome: str | None = None, chrom: str | None = None) -> np.ndarray:

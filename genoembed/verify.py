@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 
 from genoembed import schema
 from genoembed.manifest import file_sha256
-from genoembed.store import PROVENANCE_KEY, Store
+from genoembed.store import PROVENANCE_KEY, Store, retired_files
 from genoembed.vector_index import load_index
 
 
@@ -82,6 +82,7 @@ def unfinished_work(store: Store) -> list[str]:
     index_entry = store.manifest.get("index")
     if index_entry:
         listed.add(index_entry["path"])
+    listed |= retired_files(store.root)  # left by a writer for deletion once older readers are done
     for folder in ("shards", "annotations", "index", "searches"):
         for path in sorted((store.root / folder).glob("*")) if (store.root / folder).is_dir() else ():
             relative = path.relative_to(store.root).as_posix()

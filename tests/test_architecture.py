@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "genoembed"
 # modules only where listed in SIDEWAYS, so the order inside a layer is still one way.
 LAYERS = [
     ["errors", "version"],
-    ["files"],
+    ["files", "names", "leases"],
     ["schema", "resources", "seqio", "synthetic"],
     ["genome", "embedders.base", "embedders.tokenize", "embedders.fingerprint", "embedders.model_dir", "joins", "vector_index",
      "hit_formats"],
