@@ -6,13 +6,16 @@ Layout of a store directory::
     shards/part-00000.parquet ...
     index/vectors.faiss    FAISS index (ids = tile_id)
     annotations/NAME.parquet
-    searches/NAME.parquet  saved search hits (``last`` = the CLI's most recent)
-    searches/NAME.json     each saved search's sidecar: rows, sha256, when and how it was made
+    searches/NAME.HASH.parquet  a saved search's hits (``last`` = the CLI's most recent), one file per version
+    searches/NAME.json     each saved search's sidecar: its version, rows, sha256, when and how it was made
+    .lock                  the writer lock (flock); .readers/ readers' leases; .retired.json files awaiting deletion
 
 Every file is written under a temporary name and renamed into place, and the
 manifest is replaced atomically after each shard, so readers (and a resumed
 run) only ever see complete shards. One writer at a time holds ``.lock``;
-readers take no lock: each reads the manifest once and keeps that snapshot.
+readers take no lock: each reads the manifest once and keeps that snapshot,
+and a file a writer takes out of the store is deleted only once no reader
+that may hold an older snapshot is left (:mod:`genoembed.leases`).
 Saved searches live in their own files (not the manifest), so a search never
 waits for, or fails because of, a writer.
 
