@@ -25,7 +25,8 @@ from genoembed.genome import Genome, open_genome
 from genoembed.indexing import update_store_index
 from genoembed.names import check_genome_name
 from genoembed.recipe import Recipe
-from genoembed.store import Store, store_holding
+from genoembed.store import Store
+from genoembed.writers import store_holding
 from genoembed.tiles import Strands, TilingSpec, count_tiles
 from genoembed.vector_index import IndexSpec
 

@@ -32,7 +32,8 @@ from genoembed.indexing import build_store_index, index_file_matches, refresh_sh
 from genoembed.manifest import file_sha256, read_manifest, write_manifest
 from genoembed.leases import now_ns
 from genoembed.schema import ANNOTATIONS
-from genoembed.store import Store, sweep_retired, write_lock
+from genoembed.store import Store
+from genoembed.writers import sweep_retired, write_lock
 from genoembed.store_writer import write_shard
 from genoembed.vector_index import INDEX_FILE, IndexSpec, load_index, remove_tile_ids, save_index
 

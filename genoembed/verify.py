@@ -10,7 +10,8 @@ import pyarrow.parquet as pq
 
 from genoembed import schema
 from genoembed.manifest import file_sha256
-from genoembed.store import PROVENANCE_KEY, Store, retired_files
+from genoembed.store import PROVENANCE_KEY, Store
+from genoembed.writers import retired_files
 from genoembed.vector_index import load_index
 
 

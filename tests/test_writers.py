@@ -71,7 +71,7 @@ def root(clean, tmp_path) -> Path:
 @pytest.fixture
 def bed(tmp_path) -> Path:
     path = tmp_path / "features.bed"
-    path.write_text("a1\t100\t900\tgeneA\t0\t+\nb1\t200\t700\tgeneB\t0\t-\n")
+    path.write_text("a1\t100\t900\tgeneA\t0\t+\na1\t1200\t1700\tgeneB\t0\t-\n")  # genome g0's contig
     return path
 
 

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from genoembed.errors import GenoembedError, InputError
-from genoembed.store import store_holding
+from genoembed.writers import store_holding
 
 console = Console(stderr=True)
 

@@ -79,7 +79,8 @@ def search(
     from genoembed.annotate import annotate_hits
     from genoembed.evidence import merge_loci
     from genoembed.names import check_identifier
-    from genoembed.search import HitsWriter, search as search_store
+    from genoembed.saved_searches import HitsWriter
+    from genoembed.search import search as search_store
 
     configure_logging(quiet)
     set_threads(threads)
