@@ -9,7 +9,6 @@ several genomes, or none of a several-genome store, is refused with the candidat
 from __future__ import annotations
 
 import datetime as dt
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,6 +21,7 @@ from genoembed import features, schema
 from genoembed.errors import InputError
 from genoembed.files import atomic_write_bytes
 from genoembed.manifest import file_sha256
+from genoembed.names import check_identifier, identifier_from
 from genoembed.store import Store
 
 
@@ -31,19 +31,23 @@ def annotation_set_name(path: Path) -> str:
     for suffix in (".gz", ".gb", ".gbk", ".genbank", ".gff3", ".gff", ".gtf", ".bed"):
         if stem.lower().endswith(suffix):
             stem = stem[: -len(suffix)]
-    return re.sub(r"\W", "_", stem) or "annotations"
+    return identifier_from(stem, "annotations")
 
 
 def add_annotations(store: Store, path: str | Path, name: str | None = None, format: str | None = None,
                     aliases: dict[str, str] | None = None, auto_alias: bool = False,
-                    genome: str | None = None) -> dict:
+                    genome: str | None = None, replace: bool = False) -> dict:
     """Parse, check contigs against ``genome`` (default: :func:`matching_genome`), and save as
     ``annotations/NAME.parquet`` with a ``genome`` column.
 
     NAME defaults to the file's name; when a set of another genome already has it (two strains'
-    ``genes.gff3``), ``NAME_GENOME``, so one genome's annotations never replace another's.
+    ``genes.gff3``), ``NAME_GENOME``, so one genome's annotations never replace another's. The file is
+    parsed before, and written only under, the writer lock; a set of that name is replaced only with
+    ``replace``.
     """
     path = Path(path)
+    if name is not None:
+        check_identifier(name, "annotation set")
     table = features.read_annotations(path, format=format, aliases=aliases)
     genome = genome if genome is not None else matching_genome(store, table, path, auto_alias)
     if genome not in store.genomes:
@@ -53,18 +57,22 @@ def add_annotations(store: Store, path: str | Path, name: str | None = None, for
         table = features.apply_aliases(table, features.suggest_aliases(table, lengths))
     features.require_known_contigs(table, lengths, path)
     table = table.add_column(0, schema.ANNOTATIONS.field("genome"), pa.array([genome] * table.num_rows, pa.string()))
-    name = name or _default_name(store, path, genome)
-    target = store.root / "annotations" / f"{name}.parquet"
-    target.parent.mkdir(exist_ok=True)
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="zstd")
-    atomic_write_bytes(target, sink.getvalue().to_pybytes())
-    entry = {"path": f"annotations/{name}.parquet", "genome": genome, "source": str(path), "rows": table.num_rows,
-             "sha256": file_sha256(target), "added": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
-    previous = (store.manifest.get("annotations") or {}).get(name)
-    store.record("annotations", name, entry)
-    if previous and previous["path"] != entry["path"]:  # a set `genoembed remove` rewrote under another name
-        (store.root / previous["path"]).unlink(missing_ok=True)
+    with store.transaction() as manifest:
+        name = name or _default_name(manifest, path, genome)
+        previous = (manifest.get("annotations") or {}).get(name)
+        if previous is not None and not replace:
+            raise InputError(f"{store.root}: annotation set {name!r} exists; pass --replace to replace it, "
+                             "or --name another")
+        target = store.root / "annotations" / f"{name}.parquet"
+        target.parent.mkdir(exist_ok=True)
+        atomic_write_bytes(target, sink.getvalue().to_pybytes())
+        entry = {"path": f"annotations/{name}.parquet", "genome": genome, "source": str(path),
+                 "rows": table.num_rows, "sha256": file_sha256(target),
+                 "added": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+        manifest.setdefault("annotations", {})[name] = entry
+    # a set `genoembed remove` rewrote under another name: its old file goes with the next sweep
     return entry
 
 
@@ -91,10 +99,10 @@ def matching_genome(store: Store, table: pa.Table, path: Path, auto_alias: bool 
                      f"{', '.join(store.genomes)}); name one with --genome to see which contigs differ")
 
 
-def _default_name(store: Store, path: Path, genome: str) -> str:
+def _default_name(manifest: dict, path: Path, genome: str) -> str:
     name = annotation_set_name(path)
-    taken = (store.manifest.get("annotations") or {}).get(name)
-    return name if taken is None or taken.get("genome") == genome else re.sub(r"\W", "_", f"{name}_{genome}")
+    taken = (manifest.get("annotations") or {}).get(name)
+    return name if taken is None or taken.get("genome") == genome else identifier_from(f"{name}_{genome}", name)
 
 
 def annotate_hits(store: Store, hits: pa.Table, strand: str = "ignore", types: tuple[str, ...] | None = None) \

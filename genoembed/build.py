@@ -23,8 +23,10 @@ from genoembed.engine import embed_genome, make_engine
 from genoembed.errors import InputError
 from genoembed.genome import Genome, open_genome
 from genoembed.indexing import update_store_index
+from genoembed.names import check_genome_name
 from genoembed.recipe import Recipe
 from genoembed.store import Store
+from genoembed.writers import store_holding
 from genoembed.tiles import Strands, TilingSpec, count_tiles
 from genoembed.vector_index import IndexSpec
 
@@ -72,11 +74,13 @@ def index(
     output = Path(output)
     genome = fasta if isinstance(fasta, Genome) else open_genome(fasta, name=genome_name)
     genome = with_topology([genome], circular, annotations)[0]
+    check_genome_name(genome.name)
     embedder = embedder or get_embedder("default")
     if not redundant_strands:
         refuse_redundant_strands(embedder, tiling, output)
     provenance = {"genoembed_version": __version__, "embedder": embedder.describe(),
                   "tiling": tiling.describe(), "embedding_dtype": embedding_dtype}
+    check_store_directory(output, [Path(genome.path), *map(Path, annotations)], overwrite)
     created = not output.exists()
     try:
         embed_genome(output, provenance=provenance, embedder=embedder, genome=genome, tiling=tiling,
@@ -89,8 +93,8 @@ def index(
     store = Store.open(output)
     if index_spec is not None:
         update_store_index(store, index_spec)
-    for path in annotations:
-        add_annotations(store, path, aliases=aliases, auto_alias=auto_alias)
+    for path in annotations:  # the recipe owns these sets: a rerun replaces them
+        add_annotations(store, path, aliases=aliases, auto_alias=auto_alias, replace=True)
     return store
 
 
@@ -109,6 +113,30 @@ def with_topology(genomes: list[Genome], circular: Iterable[str], annotations: I
         if Path(path).is_file():  # a missing file is reported when the annotations are added
             named |= annotation_circular(path)
     return [genome.with_circular(named & set(genome.contigs)) for genome in genomes]
+# What a directory may hold and still count as empty: what taking the writer lock or a lease leaves.
+_EMPTY_STORE_ENTRIES = {".lock", ".readers"}
+
+
+def check_store_directory(output: Path, inputs: list[Path], overwrite: bool) -> None:
+    """A store is written only into a missing or empty directory or an existing store, never inside another
+    store, and never over its own inputs: ``--overwrite`` deletes a store's shards and index, nothing else."""
+    target = output.resolve()
+    if target == Path(target.anchor) or target == Path.home().resolve():
+        raise InputError(f"--output {output}: the file-system root or home directory cannot be a store; "
+                         "name a new directory")
+    if target.exists() and not target.is_dir():
+        raise InputError(f"--output {output}: a file, not a directory; name a new directory for the store")
+    holder = store_holding(target)
+    if holder is not None and holder != target:
+        raise InputError(f"--output {output}: inside the store {holder}; a store is written outside any other")
+    if holder is None and target.is_dir() and set(entry.name for entry in target.iterdir()) - _EMPTY_STORE_ENTRIES:
+        raise InputError(f"--output {output}: the directory holds other files and is not a genoembed store; "
+                         "name a new or empty directory")
+    if holder is not None and overwrite:
+        inside = [path for path in inputs if path.resolve().is_relative_to(target)]
+        if inside:
+            raise InputError(f"{inside[0]}: an input inside the store that --overwrite would replace; "
+                             "move it out of the store first")
 
 
 def refuse_redundant_strands(embedder: Embedder, tiling: TilingSpec, output: Path) -> None:
@@ -131,6 +159,8 @@ def build(recipe: Recipe, embedder: Embedder | None = None, overwrite: bool = Fa
         raise InputError("a genome name names a single genome; with several FASTA files each is named after its file")
     genomes = [open_genome(path, name=recipe.genome_name) for path in recipe.fastas]  # fail early, before the model
     genomes = with_topology(genomes, recipe.circular, recipe.annotations)
+    for genome in genomes:
+        check_genome_name(genome.name)
     names = [genome.name for genome in genomes]
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:

@@ -25,7 +25,7 @@ import pyarrow as pa
 from genoembed import schema
 from genoembed.embedders import Embedder
 from genoembed.errors import InputError
-from genoembed.store import write_lock
+from genoembed.writers import write_lock
 from genoembed.store_writer import StoreWriter, genome_entry
 from genoembed.tiles import TilingSpec, plan_tiles
 

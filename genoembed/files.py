@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from pathlib import Path
 from typing import Iterator
 
@@ -17,7 +18,7 @@ from genoembed.errors import StoreError
 def atomic_file(path: Path, what: str = "file") -> Iterator[Path]:
     """A temporary name to write ``path`` under; on success it is fsynced and renamed into place, so readers
     see the old file or the new one, never a partial one. A failure removes it and says so in one line."""
-    partial = path.with_name(f".{path.name}.partial.{os.getpid()}")
+    partial = path.with_name(f".{path.name}.partial.{os.getpid()}.{threading.get_ident()}")  # one per writer
     try:
         yield partial
         with open(partial, "rb+") as handle:

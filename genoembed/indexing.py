@@ -26,7 +26,8 @@ import numpy as np
 from genoembed.errors import GenoembedError, InputError
 from genoembed.files import atomic_write_bytes
 from genoembed.manifest import file_sha256
-from genoembed.store import Store, write_lock
+from genoembed.store import Store
+from genoembed.writers import write_lock
 from genoembed.synthetic import mutate
 from genoembed.vector_index import (INDEX_FILE, SHARDED_INDEX_DIR, SHARDED_LAYOUT, IndexSpec, Metric, ShardedIndex,
                                     add_store_vectors, build_index, exact_neighbours, import_faiss, load_index,

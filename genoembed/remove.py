@@ -4,7 +4,9 @@ Shards holding removed rows are rewritten under new shard numbers and the
 removed ids are dropped from the index in place; one atomic manifest write then
 switches to the new shards and the new index together (readers, who take no
 lock, never see a snapshot without an index); only after that are the old
-files deleted. Index types that cannot remove in place (such as HNSW) are
+files deleted, and only once no reader that opened an older snapshot is left
+(a reader still holding one keeps them until a later writer's sweep:
+:mod:`genoembed.leases`). Index types that cannot remove in place (such as HNSW) are
 switched to "no index" and rebuilt after the switch. A crash at any point
 therefore leaves a consistent store (before the switch: the old one plus
 orphan files that `genoembed verify` names), at worst without an index, which
@@ -28,8 +30,10 @@ from genoembed.errors import InputError, StoreError
 from genoembed.files import atomic_write_bytes
 from genoembed.indexing import build_store_index, index_file_matches, refresh_sharded
 from genoembed.manifest import file_sha256, read_manifest, write_manifest
+from genoembed.leases import now_ns
 from genoembed.schema import ANNOTATIONS
-from genoembed.store import Store, write_lock
+from genoembed.store import Store
+from genoembed.writers import sweep_retired, write_lock
 from genoembed.store_writer import write_shard
 from genoembed.vector_index import INDEX_FILE, IndexSpec, load_index, remove_tile_ids, save_index
 
@@ -86,9 +90,10 @@ def remove(store: Store, genome: str, contigs: Sequence[str] = ()) -> dict:
         else:
             manifest["index"] = None  # rebuilt below, once the manifest lists the shards it is built from
         write_manifest(store.root, manifest)
-        for path in replaced:
-            path.unlink(missing_ok=True)
-        store.refresh()
+        committed = now_ns()
+        store.refresh()  # this process is done with the old snapshot: its lease moves past the commit
+        # readers of older snapshots may still read the old shards: deleted now if none is left, else later
+        sweep_retired(store.root, [path.relative_to(store.root).as_posix() for path in replaced], committed)
         if index_entry and not in_place:
             spec = IndexSpec(**index_entry["spec"])
             log.warning("%s: the %s index cannot remove vectors in place; rebuilding it", store.root, spec.factory)
@@ -114,7 +119,7 @@ def drop_stale_searches(store: Store, genome: str, contigs: Sequence[str] = ()) 
             (store.root / "searches" / f"{name}.json").unlink(missing_ok=True)
             if name in (store.manifest.get("searches") or {}):  # saved by genoembed 0.1, listed in the manifest
                 store.record("searches", name, None)
-            (store.root / entry["path"]).unlink(missing_ok=True)
+            # its file goes with the next sweep, once no reader may hold it
             dropped.append(name)
     if dropped:
         log.warning("%s: dropped saved searches with hits on the removed tiles: %s", store.root, ", ".join(dropped))

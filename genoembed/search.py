@@ -3,15 +3,13 @@
 Queries are embedded with the store's own embedder (same model files,
 pooling and settings, checked by fingerprint), so query and tile vectors
 live in one space. Hits follow ``schema.HITS``; a search saved under a name
-(``searches/NAME.parquet`` with its sidecar; the CLI saves ``last`` unless
+(``searches/NAME.HASH.parquet`` with its sidecar ``searches/NAME.json``; the CLI saves ``last`` unless
 ``--no-save``) becomes SQL views for `genoembed sql`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,15 +17,14 @@ from collections.abc import Iterable, Iterator, Mapping
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from genoembed import schema
 from genoembed.embedders.base import strand_invariant
 from genoembed.errors import InputError, StoreError, command
 from genoembed.seqio import fasta_records, open_text, read_fasta
 from genoembed.vector_index import FaissIndex
-from genoembed.files import atomic_file, atomic_write_bytes
-from genoembed.manifest import file_sha256
+from genoembed.names import check_identifier
+from genoembed.saved_searches import save_hits
 from genoembed.store import SNAPSHOT_RETRIES, Store
 from genoembed.tiles import tile_starts
 from genoembed.topology import circular_overlaps, flanked_round
@@ -323,7 +320,7 @@ def search(store: Store, queries: list[Query | str], k: int = 10, nprobe: int | 
     if k > store.num_tiles:
         raise InputError(f"k={k} is larger than the store ({store.num_tiles} tiles); use k <= {store.num_tiles}")
     if save_as is not None:
-        check_search_name(save_as)
+        check_identifier(save_as, "search")
     embedder = embedder or store.embedder(trust_remote_code=trust_remote_code)
     if embedder.dim != store.dim:
         raise InputError(f"query embedder has dim {embedder.dim} but the store has dim {store.dim}; "
@@ -489,66 +486,6 @@ def filter_alignments(hits: pa.Table, min_identity: float | None = None,
     if min_bit_score is not None:
         keep = pc.and_(keep, pc.greater_equal(hits["bit_score"], min_bit_score))
     return hits.filter(pc.fill_null(keep, False))
-
-
-def check_search_name(name: str) -> str:
-    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", name):
-        raise InputError(f"search name {name!r}: use letters, digits and _ (it becomes a SQL view name)")
-    return name
-
-
-def save_hits(store: Store, hits: pa.Table, name: str, details: dict) -> Path:
-    """Save hits as ``searches/NAME.parquet`` plus its sidecar ``searches/NAME.json`` (see :class:`HitsWriter`)."""
-    with HitsWriter(store, name, details) as writer:
-        writer.write(hits)
-    return writer.path
-
-
-class HitsWriter:
-    """Writes a saved search chunk by chunk: ``searches/NAME.parquet`` under a temporary name, then its sidecar
-    ``searches/NAME.json`` (rows, sha256, details), each renamed into place when complete.
-
-    No store lock is taken, so searches never wait for a writer; the sidecar is renamed last, so a reader never
-    pairs it with another search's hits. A failure leaves the previous search of that name as it was.
-    """
-
-    def __init__(self, store: Store, name: str, details: dict):
-        self.directory = store.root / "searches"
-        self.name, self.details, self.rows = check_search_name(name), details, 0
-        self.path = self.directory / f"{name}.parquet"
-        self._file = atomic_file(self.path, "saved search")
-        self._writer = None
-
-    def __enter__(self) -> "HitsWriter":
-        try:
-            self.directory.mkdir(exist_ok=True)
-        except OSError as error:
-            raise StoreError(f"{self.directory}: cannot save the search ({error.strerror or error}); "
-                             "if the store is read-only, search with --no-save") from None
-        self._partial = self._file.__enter__()
-        return self
-
-    def write(self, hits: pa.Table) -> None:
-        try:
-            if self._writer is None:
-                self._writer = pq.ParquetWriter(self._partial, hits.schema, compression="zstd")
-            self._writer.write_table(hits)
-        except OSError as error:
-            raise StoreError(f"{self.path}: cannot save the search ({error.strerror or error}); free disk space, "
-                             "or search with --no-save") from None
-        self.rows += hits.num_rows
-
-    def __exit__(self, kind, error, traceback) -> None:
-        if self._writer is None and kind is None:  # no query answered: the saved search holds no hits
-            self.write(schema.HITS.empty_table())
-        if self._writer is not None:
-            self._writer.close()
-        self._file.__exit__(kind, error, traceback)
-        if kind is not None:
-            return
-        entry = {"path": f"searches/{self.name}.parquet", "rows": self.rows, "sha256": file_sha256(self.path),
-                 "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), **self.details}
-        atomic_write_bytes(self.directory / f"{self.name}.json", json.dumps(entry, indent=2).encode())
 
 
 def subset_mask(store: Store, genome: str | None = None, chrom: str | None = None) -> np.ndarray:

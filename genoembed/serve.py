@@ -46,6 +46,7 @@ from genoembed.search import (Query, bed_text_queries, check_sequence, fasta_tex
                               region_queries, search)
 from genoembed.sql import run_sql
 from genoembed.manifest import MANIFEST
+from genoembed.names import check_word
 from genoembed.store import Store
 from genoembed.tracks import bedgraph_chunks, chrom_sizes, hits_bed, similarity, write_bigwig
 from genoembed.version import VERSION
@@ -137,8 +138,7 @@ def store_names(paths: list[str]) -> dict[str, Path]:
         name, sep, path = spec.partition("=")
         if not sep:
             name, path = Path(spec).resolve().name, spec
-        if not name or not name.replace("_", "").replace("-", "").replace(".", "").isalnum():
-            raise InputError(f"store {spec!r}: name it with letters, digits, '.', '-' or '_' (NAME=PATH)")
+        check_word(name, "store", "name it NAME=PATH")
         if name in named:
             raise InputError(f"two stores are named {name!r}; name them apart with NAME=PATH")
         named[name] = Path(path)

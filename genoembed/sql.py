@@ -6,15 +6,21 @@ Views: ``tiles`` (no vectors), ``embeddings`` (tile_id, embedding),
 overlapping features) and ``hit_nearest`` (nearest feature per hit, signed
 distance), and ``hit_features_NAME`` / ``hit_nearest_NAME`` for each saved
 search (joining ``hits_NAME`` with ``hit_features`` would pair one search's
-hits with another's features). Only SELECT/EXPLAIN statements run.
+hits with another's features). Only SELECT statements run (and EXPLAIN of one).
 
-The sandbox: the connection can read the store's own files and nothing else,
-and cannot write anywhere. DuckDB always allows its temp directory, which
-defaults to ``.tmp`` in the working directory, so anyone able to put a file
-or symlink there could have it read; each connection gets a private
-``tempfile.mkdtemp`` directory instead (mode 0700, outside the working
-directory, removed with the connection), so big queries can still spill to
-disk.
+The sandbox, by construction rather than by statement lists: DuckDB gets no
+file access at all (``enable_external_access = false`` with no allowed path,
+so ``COPY ... TO``, ``EXPORT``, ``ATTACH``, ``INSTALL`` and persistent secrets
+are refused whatever statement wraps them: ``EXPLAIN ANALYZE COPY`` once wrote
+over a shard when the store's files were DuckDB's allowed paths, which allow
+writing as well as reading). The views read Arrow datasets: pyarrow opens the
+store's files, for reading only, and DuckDB scans what it hands over. No
+Python variable is visible to a query (replacement scans off), settings are
+locked, and only a SELECT, or EXPLAIN (ANALYZE) of exactly one SELECT, runs.
+DuckDB always allows its temp directory, which defaults to ``.tmp`` in the
+working directory; each connection gets a private ``tempfile.mkdtemp``
+directory instead (mode 0700, outside the working directory, removed with the
+connection), so big queries can still spill to disk.
 
 Which files are exposed: only those the manifest names whose resolved path
 (after symlinks) lies inside the resolved store root, so a manifest entry
@@ -24,11 +30,13 @@ when it has one; they are small next to the store and written by hand-run
 commands. A file's checksum is remembered under its identity (path, device,
 inode, size, modification time; :func:`genoembed.genome.remembered_checksum`),
 so a connection re-reads only files that changed since they were last hashed:
-a served store answers each search without re-hashing GENCODE's annotations. Shards are not hashed on each call: that would read the whole store
+a served store answers each search without re-hashing GENCODE's annotations.
+A damaged saved search hides only its own views: a query naming them is
+refused with the reason, every other query runs. Shards are not hashed on each call: that would read the whole store
 (gigabytes) before every query, and a shard can only be swapped by someone
-who can also rewrite the manifest beside it. DuckDB reads every shard's
-Parquet footer when the views are made, so a damaged footer is still caught
-and named; damage inside a shard's pages is `genoembed verify`'s job.
+who can also rewrite the manifest beside it. Every shard's Parquet footer
+is read when the views are made, so a damaged footer is still caught and
+named; damage inside a shard's pages is `genoembed verify`'s job.
 """
 
 from __future__ import annotations
@@ -39,7 +47,7 @@ import tempfile
 import threading
 import time
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -54,8 +62,13 @@ from genoembed.genome import remembered_checksum
 from genoembed.store import SNAPSHOT_RETRIES, Store
 
 DEFAULT_TIMEOUT = 60.0
-_ALLOWED = ("SELECT", "EXPLAIN")  # statement types a store answers (DuckDB's StatementType names)
-_SEARCH_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# EXPLAIN's own words before the statement it explains (which EXPLAIN ANALYZE runs); anything else is refused.
+_EXPLAIN = re.compile(r"\s*EXPLAIN\s+(?:ANALY[SZ]E\s+|\([^()]*\)\s*)?", re.IGNORECASE)
+# Connection settings fixed before the views are made, then locked: no file access, no extension loading,
+# no persistent secrets, no Python objects found by name.
+_SANDBOX = {"python_enable_replacements": False,
+            "autoinstall_known_extensions": False, "autoload_known_extensions": False,
+            "allow_persistent_secrets": False, "allow_community_extensions": False}
 # DuckDB error lines worth keeping after the first: they name the fix.
 _HINTS = ("Did you mean", "Candidate bindings")
 # How often a waiting thread wakes to notice Ctrl-C, and to repeat an interrupt that came too early.
@@ -64,7 +77,8 @@ _POLL_S = 0.1
 
 @dataclass(frozen=True)
 class StoreFiles:
-    """The checked, resolved files a connection may read: shards, annotation sets, saved searches by name.
+    """The checked, resolved files a connection may read: shards, annotation sets, saved searches by name,
+    and the saved searches that cannot be read (name -> why).
 
     ``owners`` maps an annotation file written before annotations had a ``genome`` column to its
     contig -> genome table (see :func:`annotation_owners`)."""
@@ -73,6 +87,7 @@ class StoreFiles:
     annotations: list[str]
     searches: dict[str, str]
     owners: dict[str, dict[str, str]]
+    damaged: dict[str, str] = field(default_factory=dict)
 
     @property
     def all(self) -> list[str]:
@@ -88,13 +103,13 @@ def store_files(store: Store) -> StoreFiles:
         annotations.append(checked_file(root, "annotations", name, entry))
         if entry.get("genome_in_file") is False:
             owners[annotations[-1]] = annotation_owners(store, entry)
-    searches = {}
-    for name, entry in store.searches().items():
-        if not _SEARCH_NAME.fullmatch(name):
-            raise StoreError(f"{root}: saved search name {name!r} is not a plain identifier "
-                             f"(it would become SQL); remove the entry, then run {command('verify', root)}")
-        searches[name] = checked_file(root, "searches", name, entry)
-    return StoreFiles(shards, annotations, searches, owners)
+    searches, damaged = {}, {}
+    for name, entry in store.searches(damaged).items():
+        try:
+            searches[name] = checked_file(root, "searches", name, entry)
+        except StoreError as error:  # a damaged saved search hides its own views, nothing else
+            damaged[name] = str(error)
+    return StoreFiles(shards, annotations, searches, owners, damaged)
 
 
 def annotation_owners(store: Store, entry: dict) -> dict[str, str]:
@@ -130,31 +145,52 @@ def checked_file(root: Path, section: str, name: str, entry: dict) -> str:
 
 
 def _parquet_view(con, name: str, paths: list[str], columns: str = "*", empty: pa.Schema | None = None) -> None:
-    if paths:
-        con.execute(f"CREATE VIEW {name} AS SELECT {columns} FROM read_parquet([{_listed(paths)}], union_by_name=true)")
-    else:
-        con.register(f"_{name}_empty", empty.empty_table())
-        con.execute(f"CREATE VIEW {name} AS SELECT * FROM _{name}_empty")
+    """View ``name`` over the Parquet files ``paths`` (columns by name, missing ones null), read by pyarrow."""
+    con.register(f"_{name}_files", _dataset(paths) if paths else empty.empty_table())
+    con.execute(f"CREATE VIEW {name} AS SELECT {columns} FROM _{name}_files")
+
+
+def _dataset(paths: list[str]):
+    """The Parquet files as one Arrow dataset, opened by pyarrow for reading (DuckDB never opens a file)."""
+    import pyarrow.dataset as ds
+
+    return ds.dataset(paths, schema=_unified_schema(paths), format="parquet")
+
+
+def _unified_schema(paths: list[str]) -> pa.Schema:
+    """The files' schemas merged by column name (an older file lacking a column reads it as null)."""
+    schemas = []
+    for path in paths:
+        try:
+            schemas.append(pq.read_schema(path))
+        except (OSError, pa.ArrowException) as error:
+            raise StoreError(f"{path}: unreadable Parquet ({_message(error)}); "
+                             f"run `genoembed verify` on its store and rebuild or rewrite it") from None
+    try:
+        return pa.unify_schemas(schemas, promote_options="permissive")
+    except (pa.ArrowException, TypeError) as error:
+        raise StoreError(f"{paths[0]}: the store's files disagree on a column type ({_message(error)}); "
+                         "run `genoembed verify` on the store") from None
 
 
 def _annotations_view(con, files: StoreFiles) -> None:
     """``annotations``: every set, keyed by (genome, chrom); files written before the ``genome`` column get it
     from their contig -> genome table."""
     current = [path for path in files.annotations if path not in files.owners]
-    selects = [f"SELECT * FROM read_parquet([{_listed(current)}], union_by_name=true)"] if current else []
+    selects = []
+    if current:
+        con.register("_annotations_files", _dataset(current))
+        selects.append("SELECT * FROM _annotations_files")
     for number, (path, owners) in enumerate(files.owners.items()):
+        con.register(f"_annotation_file_{number}", _dataset([path]))
         con.register(f"_annotation_owners_{number}", pa.table({"chrom": pa.array(list(owners), pa.string()),
                                                                "genome": pa.array(list(owners.values()), pa.string())}))
-        selects.append(f"SELECT o.genome, f.* FROM read_parquet([{_listed([path])}]) f "
+        selects.append(f"SELECT o.genome, f.* FROM _annotation_file_{number} f "
                        f"LEFT JOIN _annotation_owners_{number} o ON f.chrom = o.chrom")
     if not selects:
         con.register("_annotations_empty", schema.ANNOTATIONS.empty_table())
         selects = ["SELECT * FROM _annotations_empty"]
     con.execute(f"CREATE VIEW annotations AS {' UNION ALL BY NAME '.join(selects)}")
-
-
-def _listed(paths: list[str]) -> str:
-    return ", ".join("'" + p.replace("'", "''") + "'" for p in paths)
 
 
 def _feature_views(con, suffix: str) -> None:
@@ -183,22 +219,55 @@ def connect(store: Store) -> duckdb.DuckDBPyConnection:
     """In-memory DuckDB with the store's views, locked to reading the store's checked files."""
     import duckdb  # here, not at the top: searches that join nothing never pay DuckDB's import
 
-    files = store_files(store)
+    return connect_files(store, store_files(store))
+
+
+def connect_files(store: Store, files: StoreFiles) -> duckdb.DuckDBPyConnection:
+    """:func:`connect` over files already checked."""
+    import duckdb
+
     temp = tempfile.mkdtemp(prefix="genoembed-sql-")
-    con = duckdb.connect(":memory:", config={"temp_directory": temp})
+    con = duckdb.connect(":memory:", config={"temp_directory": temp, **_SANDBOX})
+    con.execute("SET enable_external_access = false")  # after temp_directory, which it would refuse to set
     # callers (annotate, plot) keep the connection as long as they like: the directory goes with it
     weakref.finalize(con, shutil.rmtree, temp, ignore_errors=True)
     try:
         _create_views(con, files)
-    except duckdb.Error as error:
+    except (duckdb.Error, pa.ArrowException, OSError) as error:
         raise _unreadable(store, files, error) from None
-    con.execute("SET allowed_paths = $paths", {"paths": files.all})
-    con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")
     return con
 
 
-def _unreadable(store: Store, files: StoreFiles, error: duckdb.Error) -> StoreError:
+def check_statement(con: duckdb.DuckDBPyConnection, query: str, damaged: dict[str, str]) -> None:
+    """Refuse anything but one SELECT (or EXPLAIN of one), and a query naming a damaged search's views."""
+    import duckdb
+
+    try:
+        statements = con.extract_statements(query)
+    except duckdb.Error as error:
+        raise InputError(f"SQL: {_message(error)}") from None
+    if len(statements) != 1:
+        raise InputError(f"SQL: give exactly one statement (got {len(statements)})")
+    kind = statements[0].type.name
+    if kind == "EXPLAIN":  # EXPLAIN ANALYZE runs the statement it explains: judged by that one
+        explained = query[_EXPLAIN.match(query).end():] if _EXPLAIN.match(query) else ""
+        try:
+            inner = con.extract_statements(explained) if explained.strip() else []
+        except duckdb.Error:
+            inner = []
+        kind = inner[0].type.name if len(inner) == 1 else "EXPLAIN of something other than one SELECT"
+    if kind != "SELECT":
+        raise InputError(f"SQL: only SELECT queries are allowed on a store (got {kind}); "
+                         "the store is opened read-only")
+    for name, why in damaged.items():
+        views = ("hits", "hit_features", "hit_nearest") if name == "last" else ()
+        views += tuple(f"{view}_{name}" for view in ("hits", "hit_features", "hit_nearest"))
+        if re.search(rf"\b({'|'.join(views)})\b", query, re.IGNORECASE):
+            raise StoreError(f"saved search {name!r} cannot be read: {why}")
+
+
+def _unreadable(store: Store, files: StoreFiles, error: Exception) -> StoreError:
     """A one-line error naming the first file whose Parquet footer is unreadable (DuckDB's may not name it)."""
     for path in files.all:
         try:
@@ -223,7 +292,8 @@ def run_sql(store: Store, query: str, parameters: dict | list | None = None,
         raise InputError(f"SQL: timeout must be a positive number of seconds (or none), got {timeout!r}")
     for attempt in range(SNAPSHOT_RETRIES):
         try:
-            con = connect(store)
+            files = store_files(store)
+            con = connect_files(store, files)
         except StoreError:
             # A writer removed a file of this snapshot (`genoembed remove` rewrites shards and deletes the old
             # ones once the new manifest is committed): answer from the newest one, as search does. Retried
@@ -231,15 +301,7 @@ def run_sql(store: Store, query: str, parameters: dict | list | None = None,
             if attempt == SNAPSHOT_RETRIES - 1 or not store.moved_on():
                 raise
             continue
-        try:
-            statements = con.extract_statements(query)
-        except duckdb.Error as error:
-            raise InputError(f"SQL: {_message(error)}") from None
-        if len(statements) != 1:
-            raise InputError(f"SQL: give exactly one statement (got {len(statements)})")
-        if statements[0].type.name not in _ALLOWED:
-            raise InputError(f"SQL: only SELECT queries are allowed on a store (got {statements[0].type.name}); "
-                             "the store is opened read-only")
+        check_statement(con, query, files.damaged)
         try:
             return interruptible(con, lambda: con.sql(query, params=parameters).to_arrow_table(), timeout)
         except TimeoutError:

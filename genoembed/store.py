@@ -6,13 +6,16 @@ Layout of a store directory::
     shards/part-00000.parquet ...
     index/vectors.faiss    FAISS index (ids = tile_id)
     annotations/NAME.parquet
-    searches/NAME.parquet  saved search hits (``last`` = the CLI's most recent)
-    searches/NAME.json     each saved search's sidecar: rows, sha256, when and how it was made
+    searches/NAME.HASH.parquet  a saved search's hits (``last`` = the CLI's most recent), one file per version
+    searches/NAME.json     each saved search's sidecar: its version, rows, sha256, when and how it was made
+    .lock                  the writer lock (flock); .readers/ readers' leases; .retired.json files awaiting deletion
 
 Every file is written under a temporary name and renamed into place, and the
 manifest is replaced atomically after each shard, so readers (and a resumed
 run) only ever see complete shards. One writer at a time holds ``.lock``;
-readers take no lock: each reads the manifest once and keeps that snapshot.
+readers take no lock: each reads the manifest once and keeps that snapshot,
+and a file a writer takes out of the store is deleted only once no reader
+that may hold an older snapshot is left (:mod:`genoembed.leases`).
 Saved searches live in their own files (not the manifest), so a search never
 waits for, or fails because of, a writer.
 
@@ -25,8 +28,6 @@ first tile id. Appending a genome continues the ids; removing one leaves a gap
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 from pathlib import Path
 from typing import Iterator
 
@@ -36,7 +37,9 @@ import pyarrow.parquet as pq
 
 from genoembed import schema
 from genoembed.errors import InputError, StoreError, command
+from genoembed.leases import Lease
 from genoembed.manifest import read_manifest, write_manifest
+from genoembed.writers import saved_searches, write_lock
 
 PROVENANCE_KEY = b"genoembed.provenance"
 # Provenance keys that must agree for two runs to write into one store.
@@ -51,63 +54,6 @@ LOCI_CACHE_IDS = 256
 SNAPSHOT_RETRIES = 10
 
 
-@contextlib.contextmanager
-def write_lock(root: Path):
-    """Exclusive writer lock (re-entrant in one process); a lock left by a dead process is taken over."""
-    lock = root / ".lock"
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise StoreError(f"{root}: cannot create the store ({error.strerror or error}); check the path and "
-                         "its permissions") from None
-    if lock.exists() and lock.read_text().strip() == str(os.getpid()):
-        yield
-        return
-    for _attempt in range(2):
-        try:
-            descriptor = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            holder = lock.read_text().strip() or "0"
-            if holder.isdigit() and _pid_alive(int(holder)):
-                raise StoreError(f"{root}: store is being written by process {holder}; "
-                                 "wait for it to finish (two writers on one store are refused)") from None
-            lock.unlink(missing_ok=True)
-            continue
-        except OSError as error:
-            raise StoreError(f"{root}: cannot take the writer lock ({error.strerror or error}); a read-only "
-                             "store can be searched and queried, not written") from None
-        with os.fdopen(descriptor, "w") as handle:
-            handle.write(str(os.getpid()))
-        break
-    try:
-        _remove_partial_files(root)
-        yield
-    finally:
-        lock.unlink(missing_ok=True)
-
-
-# Where writers leave temporary files (saved searches are written without the lock and are not swept).
-_WRITER_FOLDERS = (".", "shards", "index", "index/shards", "annotations", "sequences")
-
-
-def _remove_partial_files(root: Path) -> None:
-    """Delete temporary files of writers that died mid-write (SIGKILL, power loss): whoever holds the lock
-    is the only writer, so any partial file under the writer folders is a dead writer's."""
-    for folder in _WRITER_FOLDERS:
-        for leftover in (root / folder).glob(".*.partial.*") if (root / folder).is_dir() else ():
-            leftover.unlink(missing_ok=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class Store:
     """A built store opened for reading at its last committed manifest (a snapshot).
 
@@ -118,9 +64,10 @@ class Store:
     genomes that are complete, and the vector index built over them.
     """
 
-    def __init__(self, root: Path, manifest: dict):
+    def __init__(self, root: Path, manifest: dict, lease: Lease | None = None):
         self.root = root
         self._embedders: dict[bool, object] = {}
+        self._lease = lease  # keeps files this snapshot lists from being deleted while the store object lives
         self.manifest = manifest
 
     @property
@@ -140,9 +87,10 @@ class Store:
     @classmethod
     def open(cls, path: str | Path, require_complete: bool = True) -> "Store":
         root = Path(path)
+        lease = Lease(root) if (root / "manifest.json").is_file() else None  # taken before the manifest is read
         for attempt in range(SNAPSHOT_RETRIES):
             manifest = read_manifest(root)
-            store = cls(root, manifest)
+            store = cls(root, manifest, lease)
             if require_complete and not store.genomes:
                 raise StoreError(f"{root}: store build is incomplete (no genome finished yet); "
                                  "rerun `genoembed index` with the same options to resume it")
@@ -157,7 +105,10 @@ class Store:
                                  "`genoembed index --overwrite`")
 
     def refresh(self) -> "Store":
-        """Move to the newest committed snapshot (after a writer appended or removed)."""
+        """Move to the newest committed snapshot (after a writer appended or removed); files only older
+        snapshots list may then be deleted (the caller is done with the old one)."""
+        if self._lease is not None:
+            self._lease.renew()
         manifest = read_manifest(self.root)
         if manifest != self._manifest:  # unchanged: keep the loaded index, loci and embedder
             self.manifest = manifest
@@ -235,22 +186,10 @@ class Store:
                 "searches": sorted(self.searches()), "provenance": self.provenance,
                 "genomes": self.genomes, "genomes_being_written": building}
 
-    def searches(self) -> dict[str, dict]:
-        """Saved searches: name -> entry (path, rows, sha256, ...), from their sidecar files and, for stores
-        written before sidecars, from the manifest."""
-        found = {name: entry for name, entry in (self.manifest.get("searches") or {}).items()}
-        directory = self.root / "searches"
-        for sidecar in sorted(directory.glob("*.json")) if directory.is_dir() else ():
-            try:
-                entry = json.loads(sidecar.read_bytes())
-            except (OSError, ValueError):
-                continue  # a sidecar being replaced or unreadable hides its search; `genoembed verify` reports it
-            own = f"searches/{sidecar.stem}.parquet"
-            if not isinstance(entry, dict) or entry.get("path") != own:
-                raise StoreError(f"{sidecar}: a saved search's sidecar must describe {own}, it names "
-                                 f"{entry.get('path') if isinstance(entry, dict) else entry!r}; delete the sidecar")
-            found[sidecar.stem] = entry
-        return found
+    def searches(self, damaged: dict[str, str] | None = None) -> dict[str, dict]:
+        """Saved searches: name -> entry (path, rows, sha256, ...); see :func:`genoembed.writers.saved_searches`
+        (a damaged one hides only itself, named in ``damaged``)."""
+        return saved_searches(self.root, self.manifest, damaged)
 
     # --- reading -------------------------------------------------------------
     def iter_batches(self, columns: list[str] | None = None, batch_rows: int = 8192,

@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 from genoembed import schema
 from genoembed.manifest import file_sha256
 from genoembed.store import PROVENANCE_KEY, Store
+from genoembed.writers import retired_files
 from genoembed.vector_index import load_index
 
 
@@ -134,6 +135,7 @@ def unfinished_work(store: Store) -> list[str]:
         listed.add(index_entry["path"])
     listed |= {entry["sequence"]["path"] + ext for entry in store.manifest["genomes"].values() if entry.get("sequence")
                for ext in ("", ".fai", ".gzi")}
+    listed |= retired_files(store.root)  # left by a writer for deletion once older readers are done
     for folder in ("shards", "annotations", "index", "searches", "sequences"):
         for path in sorted((store.root / folder).glob("*")) if (store.root / folder).is_dir() else ():
             relative = path.relative_to(store.root).as_posix()

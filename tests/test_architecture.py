@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "genoembed"
 # modules only where listed in SIDEWAYS, so the order inside a layer is still one way.
 LAYERS = [
     ["errors", "version"],
-    ["files"],
+    ["files", "names", "leases"],
     ["schema", "resources", "seqio", "synthetic"],
     ["topology"],
     ["genome", "embedders.base", "embedders.tokenize", "embedders.fingerprint", "embedders.model_dir", "joins", "vector_index",
@@ -25,8 +25,9 @@ LAYERS = [
     ["embedders.hf", "embedders.protein", "evidence"],
     ["embedders"],
     ["manifest"],
+    ["writers"],
     ["store"],
-    ["store_writer", "sql", "indexing"],
+    ["store_writer", "sql", "indexing", "saved_searches"],
     ["annotate", "search", "remove", "verify", "recipe", "plot", "tracks", "variants", "explain"],
     ["ray_engine"],
     ["engine"],

@@ -61,8 +61,16 @@ def edit_manifest(root: Path, section: str, name: str, **changes) -> None:
     (root / "manifest.json").write_text(json.dumps(manifest))
 
 
+def stored(root: Path, relative: str) -> str:
+    """Where the store keeps ``relative``: a saved search ``searches/NAME.parquet`` is the version its sidecar names."""
+    if relative.startswith("searches/"):
+        return json.loads((root / relative).with_suffix(".json").read_text())["path"]
+    return relative
+
+
 def outside_copy(root: Path, relative: str) -> Path:
     """A valid copy of one of the store's files, placed beside (outside) the store."""
+    relative = stored(root, relative)
     target = root.parent / f"outside-{Path(relative).name}"
     shutil.copy(root / relative, target)
     return target
@@ -102,25 +110,32 @@ def test_private_temp_directory_is_outside_cwd_and_removed_with_the_connection(r
 def test_manifest_path_outside_the_store_is_refused(root, section, name, relative, how):
     target = outside_copy(root, relative)
     edit_manifest(root, section, name, path=f"../{target.name}" if how == "dotdot" else str(target))
-    # the manifest's own check refuses an annotation path, a search's sidecar check a search path
+    # the manifest's own check refuses an annotation path (the whole store), a search's sidecar check a search
+    # path (that search only: the others still answer)
+    query = "SELECT count(*) FROM hits_a" if section == "searches" else "SELECT count(*) FROM annotations"
     with pytest.raises(StoreError, match=rf"{name}.*(points outside the store|must describe {relative})"):
-        run_sql(Store.open(root), "SELECT count(*) FROM annotations")
+        run_sql(Store.open(root), query)
+    if section == "searches":
+        assert run_sql(Store.open(root), "SELECT count(*) AS n FROM hits_b").to_pylist() == [{"n": 6}]
 
 
 @pytest.mark.parametrize("relative", ["searches/a.parquet", "annotations/NC_000932.parquet",
                                       "shards/part-00000.parquet"])
 def test_symlink_to_a_file_outside_the_store_is_refused(root, relative):
     target = outside_copy(root, relative)
+    relative = stored(root, relative)
     (root / relative).unlink()
     (root / relative).symlink_to(target)
+    # a saved search blocks only its own views; a shard or annotation set the whole store
+    query = "SELECT count(*) FROM hits_a" if relative.startswith("searches/") else "SELECT 1 AS one"
     with pytest.raises(StoreError, match=rf"{relative}.*outside the store"):
-        run_sql(Store.open(root), "SELECT 1 AS one")
+        run_sql(Store.open(root), query)
 
 
 def test_symlink_inside_the_store_is_fine(root):
     moved = root / "searches" / "moved.parquet"
-    (root / "searches" / "a.parquet").rename(moved)
-    (root / "searches" / "a.parquet").symlink_to(moved)
+    (root / stored(root, "searches/a.parquet")).rename(moved)
+    (root / stored(root, "searches/a.parquet")).symlink_to(moved)
     assert run_sql(Store.open(root), "SELECT count(*) AS n FROM hits_a").to_pylist() == [{"n": 6}]
 
 
@@ -134,20 +149,24 @@ def test_changed_annotation_file_fails_its_sha256(root):
 def test_search_sha256_is_checked_when_the_manifest_has_one(root):
     from genoembed.manifest import file_sha256
 
-    edit_manifest(root, "searches", "a", sha256=file_sha256(root / "searches" / "a.parquet"))
+    edit_manifest(root, "searches", "a", sha256=file_sha256(root / stored(root, "searches/a.parquet")))
     assert run_sql(Store.open(root), "SELECT count(*) AS n FROM hits_a").to_pylist() == [{"n": 6}]
     edit_manifest(root, "searches", "a", sha256="0" * 64)
-    with pytest.raises(StoreError, match=r"a.parquet: sha256 differs"):
+    with pytest.raises(StoreError, match=r"a\.[0-9a-f]{16}\.parquet: sha256 differs"):
         run_sql(Store.open(root), "SELECT count(*) AS n FROM hits_a")
 
 
-def test_search_name_that_is_not_an_identifier_is_refused(root):
+def test_search_name_that_is_not_an_identifier_never_becomes_sql(root):
     name = "x AS SELECT 1; SELECT 2 --"
-    shutil.copy(root / "searches" / "a.parquet", root / "searches" / f"{name}.parquet")
+    shutil.copy(root / stored(root, "searches/a.parquet"), root / "searches" / f"{name}.parquet")
     entry = json.loads((root / "searches" / "a.json").read_text())
     (root / "searches" / f"{name}.json").write_text(json.dumps({**entry, "path": f"searches/{name}.parquet"}))
-    with pytest.raises(StoreError, match="search name 'x AS SELECT 1"):
-        run_sql(Store.open(root), "SELECT 1 AS one")
+    damaged = {}
+    Store.open(root).searches(damaged)
+    assert "is not a plain identifier" in damaged[name]
+    # it hides itself only: the store and its other searches still answer, and no view runs its name
+    assert run_sql(Store.open(root), "SELECT 1 AS one").to_pylist() == [{"one": 1}]
+    assert run_sql(Store.open(root), "SELECT count(*) AS n FROM hits_a").to_pylist() == [{"n": 6}]
 
 
 # --- 3. per-search feature views --------------------------------------------------------
@@ -250,3 +269,73 @@ def test_shard_with_corrupt_footer_is_a_one_line_store_error(root):
         run_sql(Store.open(root), "SELECT count(*) FROM tiles")
     message = str(caught.value)
     assert "\n" not in message and "part-00002.parquet" in message and "genoembed verify" in message
+
+
+# --- 7. statements that write: refused by construction, whatever wraps them ---------------------------------
+
+def writing_statements(root: Path) -> list[str]:
+    """Every kind of DuckDB statement that writes a file or changes the sandbox, alone and wrapped in the
+    statements that run another one (EXPLAIN ANALYZE, PREPARE/EXECUTE, several in one string)."""
+    shard, manifest = root / "shards" / "part-00000.parquet", root / "manifest.json"
+    copy = f"COPY (SELECT 'owned' AS a) TO '{shard}' (FORMAT csv, USE_TMP_FILE false)"
+    export = f"EXPORT DATABASE '{root / 'shards'}'"
+    writes = [copy, f"COPY tiles TO '{manifest}' (FORMAT json)", export,
+              f"ATTACH '{root / 'shards' / 'x.db'}' AS x", f"ATTACH '{manifest}' AS m",
+              "INSTALL httpfs", "LOAD httpfs", "SET enable_external_access = true", "RESET enable_external_access",
+              f"SET allowed_paths = ['{root}']", f"SET allowed_directories = ['{root}']",
+              f"SET temp_directory = '{root / 'shards'}'", "PRAGMA enable_profiling = 'json'",
+              f"SET profiling_output = '{shard}'", "SET lock_configuration = false",
+              "CREATE PERSISTENT SECRET s (TYPE s3, KEY_ID 'a', SECRET 'b')", "CREATE TABLE t AS SELECT 1 AS a",
+              "CHECKPOINT", f"CALL pragma_version()"]
+    wrapped = [f"EXPLAIN ANALYZE {copy}", f"EXPLAIN ANALYZE {export}", f"EXPLAIN {copy}",
+               f"explain  analyse {copy}", f"EXPLAIN (ANALYZE) {copy}", f"EXPLAIN /* x */ ANALYZE {copy}",
+               f"EXPLAIN ANALYZE (SELECT 1); {copy}", f"PREPARE p AS {copy}", "EXECUTE p",
+               f"SELECT 1 AS one; {copy}", f"{copy}; SELECT 1 AS one", f"SELECT * FROM query('{copy.replace(chr(39), chr(39) * 2)}')",
+               f"WITH x AS (SELECT 1) {copy}"]
+    return writes + wrapped
+
+
+def snapshot_of(root: Path) -> dict[str, bytes]:
+    """Every file of the store (readers' leases aside: they are not the store's data), byte for byte."""
+    return {path.relative_to(root).as_posix(): path.read_bytes() for path in sorted(root.rglob("*"))
+            if path.is_file() and ".readers" not in path.parts}
+
+
+def test_no_statement_writes_from_python_cli_or_http(root):
+    from fastapi.testclient import TestClient
+    from typer.testing import CliRunner
+
+    from genoembed.cli import app
+    from genoembed.serve import ServedStore, create_app
+
+    before = snapshot_of(root)
+    client = TestClient(create_app({"s": ServedStore("s", root)}))
+    runner = CliRunner()
+    for statement in writing_statements(root):
+        with pytest.raises((InputError, StoreError)):
+            run_sql(Store.open(root), statement)
+        result = runner.invoke(app, ["sql", str(root), statement])
+        assert result.exit_code == 2 and "Traceback" not in result.output, (statement, result.output)
+        response = client.post("/sql", json={"query": statement})
+        assert response.status_code == 400, (statement, response.text)
+        assert snapshot_of(root) == before, statement
+    assert not list(root.parent.glob("*.db")) and not (root / "shards" / "x.db").exists()
+
+
+def test_the_connection_itself_cannot_touch_a_file(root):
+    """Below the statement check: the connection has no file access at all, so even a statement that got past
+    it could neither write the store nor read anything outside the views."""
+    import duckdb
+
+    before = snapshot_of(root)
+    con = connect(Store.open(root))
+    for statement in [s for s in writing_statements(root) if ";" not in s and "query(" not in s] + \
+            [f"SELECT * FROM read_parquet('{root / 'shards' / 'part-00000.parquet'}')",
+             f"SELECT * FROM read_text('{root / 'manifest.json'}')"]:
+        try:
+            con.execute(statement)
+        except duckdb.Error:
+            continue
+        assert statement.split()[0].upper() in {"CREATE", "CHECKPOINT", "CALL", "EXPLAIN", "PREPARE"}, statement
+    assert snapshot_of(root) == before
+    assert run_sql(Store.open(root), "SELECT count(*) AS n FROM tiles").column("n")[0].as_py() > 0

@@ -1,4 +1,8 @@
 import json
+import os
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -98,20 +102,52 @@ def test_rebuilding_with_another_model_is_refused_unless_overwrite(tmp_path):
     assert store.dim == 16
 
 
-def test_second_writer_is_refused(tmp_path):
-    store = build(tmp_path / "s")
-    (store.root / ".lock").write_text("1")  # pid 1 is always alive
-    with pytest.raises(StoreError, match="being written by process 1"):
-        with write_lock(store.root):
-            pass
+HOLD_LOCK = """
+import sys, time
+from pathlib import Path
+from genoembed.store import write_lock
+with write_lock(Path(sys.argv[1])):
+    print("held", flush=True)
+    sys.stdin.read() if sys.argv[2] == "wait" else None
+    if sys.argv[2] == "die":
+        import os, signal
+        os.kill(os.getpid(), signal.SIGKILL)
+"""
 
 
-def test_stale_lock_from_dead_process_is_taken_over(tmp_path):
+def hold_lock(root, mode: str) -> subprocess.Popen:
+    """A process that takes the writer lock and keeps it until its stdin closes ("wait"), or dies holding it."""
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(root), mode], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline() == "held\n"
+    return holder
+
+
+def test_second_writer_is_refused_naming_the_holder(tmp_path):
     store = build(tmp_path / "s")
-    (store.root / ".lock").write_text("999999999")
-    with write_lock(store.root):
+    holder = hold_lock(store.root, "wait")
+    try:
+        with pytest.raises(StoreError, match=f"being written by process {holder.pid};"):
+            with write_lock(store.root, wait=0.2):
+                pass
+    finally:
+        holder.communicate("")
+    with write_lock(store.root, wait=0):  # free again once the holder is done
         pass
-    assert not (store.root / ".lock").exists()
+
+
+def test_lock_of_a_killed_writer_is_free_whatever_its_pid_became(tmp_path):
+    """A SIGKILLed writer leaves .lock with its PID; the kernel released the lock itself, so the next writer
+    takes it at once, also when the recorded PID now belongs to a live process (here: this one, and pid 1)."""
+    store = build(tmp_path / "s")
+    holder = hold_lock(store.root, "die")
+    holder.communicate()
+    assert holder.returncode == -signal.SIGKILL
+    assert (store.root / ".lock").read_text() == str(holder.pid)
+    for recorded in (str(holder.pid), "1", str(os.getpid())):
+        (store.root / ".lock").write_text(recorded)
+        with write_lock(store.root, wait=0):
+            assert (store.root / ".lock").read_text() == str(os.getpid())
 
 
 def test_missing_shard_and_newer_format_are_reported(tmp_path):

@@ -16,15 +16,16 @@ from genoembed.store import Store
 def annotate(
     store: Path = typer.Argument(..., help="Store directory made by `genoembed index`."),
     file: Path = typer.Argument(..., help="Annotation file: BED (3-12 columns), GTF, GFF3 or GenBank (optionally .gz)."),
-    name: Optional[str] = typer.Option(None, help="Name of this feature set (default: from the file name)."),
+    name: Optional[str] = typer.Option(None, help="Name of this feature set: letters, digits and _ (default: from the file name)."),
     format: Optional[str] = typer.Option(None, "--format", help="bed, gtf, gff3 or genbank (default: from the extension)."),
     alias: Optional[list[str]] = typer.Option(None, "--alias", help="Rename an annotation contig: FROM=TO (repeatable)."),
     auto_alias: bool = typer.Option(False, "--auto-alias", help="Apply the suggested contig renames (chr1->1, version suffixes)."),
+    replace: bool = typer.Option(False, "--replace", help="Replace the feature set of that name if the store has one."),
     genome: Optional[str] = typer.Option(None, "--genome", help="Genome of the store the features are on (default: the one genome holding every contig the file names; needed when contig names repeat across genomes)."),
 ):
     """Parse features, check their contigs against one genome of the store, and store them for joins and SQL."""
     from genoembed.annotate import add_annotations
 
     entry = add_annotations(Store.open(store), file, name=name, format=format,
-                            aliases=parse_alias_option(alias or []), auto_alias=auto_alias, genome=genome)
+                            aliases=parse_alias_option(alias or []), auto_alias=auto_alias, genome=genome, replace=replace)
     typer.echo(f"added {entry['rows']} features from {file} to genome {entry['genome']} as {entry['path']}")

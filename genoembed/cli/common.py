@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from genoembed.errors import GenoembedError, InputError
+from genoembed.writers import store_holding
 
 console = Console(stderr=True)
 
@@ -55,13 +56,14 @@ def pick(value, old_value, name: str, old_name: str):
     return value if value is not None else old_value
 
 
-def refuse_inside_store(output: Path | None, store: Path) -> None:
-    """Outputs never go inside a store: a file there could replace its manifest, a shard or an index."""
-    if output is None:
-        return
-    target, root = output.resolve(), store.resolve()
-    if target == root or target.is_relative_to(root):
-        raise InputError(f"--output {output}: inside the store {store}; write results outside the store directory")
+def refuse_inside_store(*outputs: Path | None) -> None:
+    """Outputs never go inside a store, the one queried or any other (found by its manifest up the path,
+    through symlinks): a file there could replace its manifest, a shard or an index."""
+    for output in outputs:
+        store = store_holding(output.resolve()) if output is not None else None
+        if store is not None:
+            raise InputError(f"--output {output}: inside the store {store}; write results outside any store "
+                             "directory")
 
 
 def configure_logging(quiet: bool) -> None:
@@ -118,6 +120,7 @@ class StreamedOutput:
     def __init__(self, output: Path | None, fmt: OutputFormat = OutputFormat.tsv):
         if fmt is OutputFormat.parquet and output is None:
             raise typer.BadParameter("--format parquet needs --output FILE")
+        refuse_inside_store(output)
         self.output, self.fmt, self.chunks = output, fmt, 0
         self._partial = output.with_name(f".{output.name}.partial") if output is not None else None
         self._handle = self._parquet = None

@@ -32,7 +32,7 @@ def explain(
     from genoembed.store import Store
 
     configure_logging(quiet)
-    refuse_inside_store(output, store)
+    refuse_inside_store(output)
     opened = Store.open(store)
     embedder = opened.embedder()
     query = resolve_query(opened, region, sequence)

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from genoembed.cli.common import handle_errors, pick
+from genoembed.cli.common import handle_errors, pick, refuse_inside_store
 
 
 def _related_pairs(values: list[str]):
@@ -128,6 +128,7 @@ def finetune(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar on a terminal."),
 ) -> None:
     """Fine-tune a genomic LM with InfoNCE on homologous windows; write a Hugging Face directory."""
+    refuse_inside_store(output)
     from genoembed.errors import InputError
     from genoembed.train.finetune import FinetuneConfig, finetune as run_finetune
     from genoembed.resources import default_model_dir

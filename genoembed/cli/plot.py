@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from genoembed.cli.common import configure_logging, handle_errors, pick
+from genoembed.cli.common import configure_logging, handle_errors, pick, refuse_inside_store
 from genoembed.errors import InputError
 
 
@@ -47,6 +47,7 @@ def plot(
     out = pick(output, out, "--output", "--out")
     if out is None:
         raise typer.BadParameter("give --output FILE.png")
+    refuse_inside_store(out)
 
     configure_logging(quiet)
     if kind is PlotKind.embeddings:

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from genoembed.cli.common import handle_errors, pick
+from genoembed.cli.common import handle_errors, pick, refuse_inside_store
 
 
 @handle_errors
@@ -67,6 +67,7 @@ def pretrain(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar on a terminal."),
 ) -> None:
     """Pretrain a Nucleotide-Transformer-style 6-mer masked LM on genomes; write a Hugging Face directory."""
+    refuse_inside_store(output)
     from genoembed.train.pretrain import PretrainConfig, pretrain as run_pretrain
 
     config = PretrainConfig(

@@ -78,12 +78,14 @@ def search(
     loci by default) with alignment evidence and annotations."""
     from genoembed.annotate import annotate_hits
     from genoembed.evidence import merge_loci
-    from genoembed.search import HitsWriter, check_search_name, search as search_store
+    from genoembed.names import check_identifier
+    from genoembed.saved_searches import HitsWriter
+    from genoembed.search import search as search_store
 
     configure_logging(quiet)
     set_threads(threads)
-    refuse_inside_store(output, store)
-    check_search_name(name)
+    refuse_inside_store(output)
+    check_identifier(name, "search")
     if str(fasta) == "-" and str(bed) == "-":
         raise InputError("--fasta - and --bed - both read stdin; pipe one of them and give the other as a file")
     if align is False and format in ALIGNED_FORMATS:

@@ -24,7 +24,7 @@ def sql(
 ):
     """Run SQL on a store (DuckDB dialect); the store is opened read-only."""
 
-    refuse_inside_store(output, store)
+    refuse_inside_store(output)
     parameters = {}
     for item in param or []:
         key, sep, value = item.partition("=")

@@ -54,7 +54,7 @@ def track(
     from genoembed.tracks import bedgraph_chunks, chrom_sizes, hits_bed, similarity, write_bigwig
 
     configure_logging(quiet)
-    refuse_inside_store(output, store)
+    refuse_inside_store(output)
     fmt = track_format(output, format)
     opened = Store.open(store)
     queries = region_queries(query_source(opened, query_genome), region) if region else []

@@ -32,8 +32,7 @@ def variants(
     from genoembed.variants import annotate_vcf, read_variants, score_variants
 
     configure_logging(quiet)
-    refuse_inside_store(output, store)
-    refuse_inside_store(vcf_output, store)
+    refuse_inside_store(output, vcf_output)
     if strand not in ("+", "-"):
         raise typer.BadParameter("--strand must be + or -")
     opened = Store.open(store)

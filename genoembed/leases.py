@@ -1,0 +1,93 @@
+"""Reader leases: how a writer knows a file it took out of the store may still be read.
+
+Readers take no lock (they never wait for a writer), so a writer that commits a
+manifest without some files (``remove`` rewrites shards; a saved search is
+replaced) cannot know whether a reader opened the store a moment before and
+is about to read them. Each reader therefore holds a lease while it reads: a
+file ``.readers/PID.RANDOM.lease`` that it keeps ``flock``-ed and that holds
+the time (ns) it last read the manifest; the kernel drops the lock when the
+reader dies, so a dead reader's lease is recognised whatever its PID became.
+A file left out of the store at time T is deleted by a later writer only once
+no live lease started at or before T (LanceDB keeps old versions the same
+way); see :func:`genoembed.store.sweep_retired`.
+
+A store the user cannot write to gets no leases (and no writer either).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import secrets
+import time
+import weakref
+from pathlib import Path
+
+READERS = ".readers"
+_WIDTH = 20  # digits of a lease's start time, written in place in one pwrite
+_NAMING_NS = 60 * 10**9  # a lease file this young may be one a reader has created and not yet locked
+
+
+def now_ns() -> int:
+    """Wall-clock time in ns: leases and retirements of every process on the machine compare on it."""
+    return time.time_ns()
+
+
+class Lease:
+    """A reader's claim: files retired after :attr:`start` are kept while this object lives."""
+
+    def __init__(self, root: Path):
+        self.start = now_ns()
+        self._descriptor: int | None = None
+        folder = root / READERS
+        try:
+            folder.mkdir(exist_ok=True)
+            name = f"{os.getpid()}.{secrets.token_hex(8)}"
+            partial = folder / f".{name}.lease.partial"
+            descriptor = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        except OSError:
+            return  # a read-only store: nobody can remove files under us either
+        # locked before it gets its lease name, so a sweeper never takes a lease being made for a dead one
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        os.pwrite(descriptor, f"{self.start:0{_WIDTH}d}".encode(), 0)
+        path = folder / f"{name}.lease"
+        os.rename(partial, path)
+        self._descriptor = descriptor
+        weakref.finalize(self, _release, descriptor, path)
+
+    def renew(self) -> None:
+        """The reader is about to read the newest manifest: older snapshots are no longer its concern."""
+        self.start = now_ns()
+        if self._descriptor is not None:
+            os.pwrite(self._descriptor, f"{self.start:0{_WIDTH}d}".encode(), 0)
+
+
+def _release(descriptor: int, path: Path) -> None:
+    path.unlink(missing_ok=True)  # unlinked first, so no sweeper mistakes a closed lease for a dead one's
+    os.close(descriptor)
+
+
+def oldest_reader(root: Path) -> int | None:
+    """The earliest start of a live lease on the store (None: no reader); dead readers' leases are deleted."""
+    folder = root / READERS
+    oldest = None
+    for path in folder.glob("*lease*") if folder.is_dir() else ():  # and partial ones a crash left
+        try:
+            descriptor = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            continue  # released meanwhile
+        try:
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:  # held: a live reader (one still naming its lease counts too)
+                text = os.pread(descriptor, _WIDTH, 0).decode("ascii", "replace")
+                start = int(text) if text.isdigit() else 0  # unreadable: assume the oldest possible
+                oldest = start if oldest is None else min(oldest, start)
+                continue
+            if path.suffix == ".partial" and now_ns() - os.fstat(descriptor).st_mtime_ns < _NAMING_NS:
+                oldest = 0  # a lease being made (not locked yet): its reader may not have read anything yet
+                continue
+            path.unlink(missing_ok=True)  # lockable: its reader died (or released it and is unlinking it)
+        finally:
+            os.close(descriptor)
+    return oldest
