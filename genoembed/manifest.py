@@ -221,6 +221,14 @@ def _check_store_path(path: str, where: str, problems: list[str]) -> None:
         problems.append(f"{where}.path {path!r} points outside the store")
 
 
+def sequence_files(manifest: dict, genome: str | None = None) -> set[str]:
+    """Store paths of the genome sequences the manifest lists (each BGZF file with its .fai and .gzi), of one
+    genome or all: what readers may open, so what no sweep or orphan check may touch."""
+    entries = [manifest["genomes"][genome]] if genome is not None else manifest["genomes"].values()
+    return {entry["sequence"]["path"] + ext for entry in entries if entry.get("sequence")
+            for ext in ("", ".fai", ".gzi")}
+
+
 def write_manifest(root: Path, manifest: dict) -> None:
     """Commit ``manifest`` atomically (callers hold the writer lock)."""
     manifest["updated"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")

@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 from genoembed.errors import InputError, StoreError
 from genoembed.files import atomic_write_bytes
 from genoembed.indexing import build_store_index, index_file_matches, refresh_sharded
-from genoembed.manifest import file_sha256, read_manifest, write_manifest
+from genoembed.manifest import file_sha256, read_manifest, sequence_files, write_manifest
 from genoembed.leases import now_ns
 from genoembed.schema import ANNOTATIONS
 from genoembed.store import Store
@@ -71,10 +71,9 @@ def remove(store: Store, genome: str, contigs: Sequence[str] = ()) -> dict:
             entry["removed_contigs"] = entry.get("removed_contigs", []) + list(contigs)
             entry["circular"] = [chrom for chrom in entry.get("circular", []) if chrom not in contigs]
         else:
+            # the genome's own sequence goes with it (deleted once no reader of an older snapshot needs it)
+            replaced += [store.root / path for path in sorted(sequence_files(manifest, genome))]
             del manifest["genomes"][genome]
-            copy = entry.get("sequence")
-            if copy:  # the genome's own sequence goes with it (deleted once the manifest no longer lists it)
-                replaced += [store.root / copy["path"], *(store.root / (copy["path"] + ext) for ext in (".fai", ".gzi"))]
         ids = np.concatenate(removed_ids) if removed_ids else np.empty(0, dtype=np.int64)
         # Readers take no lock and may open the store between any two steps: commit the new shards together
         # with an index that matches them, so no committed snapshot lacks an index. The index file is replaced

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from genoembed import schema
-from genoembed.manifest import file_sha256
+from genoembed.manifest import file_sha256, sequence_files
 from genoembed.store import PROVENANCE_KEY, Store
 from genoembed.writers import retired_files
 from genoembed.vector_index import load_index
@@ -133,8 +133,7 @@ def unfinished_work(store: Store) -> list[str]:
     index_entry = store.manifest.get("index")
     if index_entry:
         listed.add(index_entry["path"])
-    listed |= {entry["sequence"]["path"] + ext for entry in store.manifest["genomes"].values() if entry.get("sequence")
-               for ext in ("", ".fai", ".gzi")}
+    listed |= sequence_files(store.manifest)
     listed |= retired_files(store.root)  # left by a writer for deletion once older readers are done
     for folder in ("shards", "annotations", "index", "searches", "sequences"):
         for path in sorted((store.root / folder).glob("*")) if (store.root / folder).is_dir() else ():

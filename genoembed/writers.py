@@ -22,7 +22,7 @@ from pathlib import Path
 from genoembed.errors import GenoembedError, StoreError
 from genoembed.files import atomic_write_bytes
 from genoembed.leases import now_ns, oldest_reader
-from genoembed.manifest import read_manifest
+from genoembed.manifest import read_manifest, sequence_files
 from genoembed.names import IDENTIFIER
 
 # How long a writer waits for another one (a saved search sweeping old files holds the lock for milliseconds;
@@ -105,7 +105,7 @@ def _remove_partial_files(root: Path) -> None:
 
 
 RETIRED = ".retired.json"  # files no committed manifest lists, and since when (ns): deleted when no reader is older
-_SWEPT = (("shards", "part-*.parquet"), ("annotations", "*.parquet"), ("searches", "*.parquet"))
+_SWEPT = (("shards", "part-*.parquet"), ("annotations", "*.parquet"), ("searches", "*.parquet"), ("sequences", "*"))
 
 
 def sweep_retired(root: Path, retired: list[str] = (), since: int | None = None) -> None:
@@ -124,6 +124,7 @@ def sweep_retired(root: Path, retired: list[str] = (), since: int | None = None)
     listed = {shard["path"] for shard in manifest["shards"]}
     listed |= {entry["path"] for entry in (manifest.get("annotations") or {}).values()}
     listed |= {entry["path"] for entry in (manifest.get("searches") or {}).values()}
+    listed |= sequence_files(manifest)
     damaged: dict[str, str] = {}
     listed |= {entry.get("path") for entry in saved_searches(root, manifest, damaged).values()}
     listed |= {f"searches/{path.name}" for path in (root / "searches").glob("*.parquet")
