@@ -18,6 +18,7 @@ from genoembed.search import Query, region_queries, search
 from genoembed.synthetic import random_genome, write_fasta
 from genoembed.tiles import TilingSpec, plan_tiles, tile_starts
 from genoembed.topology import annotation_circular, circular_gap, circular_overlaps, header_says_circular
+from genoembed.manifest import FORMAT_VERSION
 
 from conftest import PLASMID_FASTA, PLASMID_GENBANK
 
@@ -186,7 +187,7 @@ def test_format_2_manifest_migrates_to_linear_contigs_without_a_sequence_copy(pl
     from genoembed.store import Store
 
     store = Store.open(old)
-    assert store.manifest["format_version"] == 3 and store.genomes["NC_005816"]["circular"] == []
+    assert store.manifest["format_version"] == FORMAT_VERSION and store.genomes["NC_005816"]["circular"] == []
     assert store.genome().circular == frozenset() and store.genome().path == PLASMID_FASTA  # read from the FASTA
     result = runner.invoke(app, ["info", str(old)])
     assert result.exit_code == 0 and "no copy of its sequence in the store" in result.output

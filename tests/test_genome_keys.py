@@ -19,7 +19,7 @@ from genoembed.embedders.kmer import KmerEmbedder
 from genoembed.errors import InputError
 from genoembed.evidence import evalue
 from genoembed.hit_formats import paf
-from genoembed.manifest import MANIFEST
+from genoembed.manifest import FORMAT_VERSION, MANIFEST
 from genoembed.remove import remove
 from genoembed.search import region_queries, search
 from genoembed.sql import run_sql
@@ -186,7 +186,7 @@ def test_old_single_genome_store_gets_its_genome(tmp_path):
     shutil.copy(DATA / "NC_005816.fna", tmp_path / "NC_005816.fna")
     shutil.copytree(DATA / "store_v2", tmp_path / "store_v2")
     store = Store.open(tmp_path / "store_v2")
-    assert store.manifest["format_version"] == 3
+    assert store.manifest["format_version"] == FORMAT_VERSION
     assert store.manifest["annotations"]["NC_005816"]["genome"] == "NC_005816"
     rows = run_sql(store, "SELECT genome, count(*) AS n FROM annotations GROUP BY genome").to_pylist()
     assert rows == [{"genome": "NC_005816", "n": pq.read_metadata(DATA / "store_v2" / "annotations" /

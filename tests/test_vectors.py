@@ -1,3 +1,5 @@
+import shutil
+
 import numpy as np
 import pytest
 
@@ -128,6 +130,10 @@ def test_tuning_queries_are_mutated_windows_of_the_store_or_stored_vectors(tmp_p
     from genoembed.store import Store
 
     store = Store.open(store.root)  # a fresh snapshot: the one above keeps the genome it already opened
+    vectors, kind = tuning_queries(store, 50, seed=1)
+    assert kind == "held_out"  # the store carries its own sequence
+    shutil.rmtree(store.root / "sequences")
+    store = Store.open(store.root)
     vectors, kind = tuning_queries(store, 50, seed=1)
     assert kind == "stored" and vectors.shape == (50, store.dim)
     assert "overestimates recall" in caplog.text
