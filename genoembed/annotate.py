@@ -13,13 +13,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 if TYPE_CHECKING:
     import duckdb
-from genoembed import features, schema
+from genoembed import features
 from genoembed.errors import InputError
-from genoembed.files import atomic_write_bytes
+from genoembed.files import atomic_file
 from genoembed.manifest import file_sha256
 from genoembed.names import check_identifier, identifier_from
 from genoembed.store import Store
@@ -48,30 +47,33 @@ def add_annotations(store: Store, path: str | Path, name: str | None = None, for
     path = Path(path)
     if name is not None:
         check_identifier(name, "annotation set")
-    table = features.read_annotations(path, format=format, aliases=aliases)
-    genome = genome if genome is not None else matching_genome(store, table, path, auto_alias)
-    if genome not in store.genomes:
-        raise InputError(f"{store.root}: no genome {genome!r} in the store; it holds {', '.join(store.genomes)}")
-    lengths = store.contig_lengths[genome]
-    if auto_alias:
-        table = features.apply_aliases(table, features.suggest_aliases(table, lengths))
-    features.require_known_contigs(table, lengths, path)
-    table = table.add_column(0, schema.ANNOTATIONS.field("genome"), pa.array([genome] * table.num_rows, pa.string()))
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression="zstd")
-    with store.transaction() as manifest:
-        name = name or _default_name(manifest, path, genome)
-        previous = (manifest.get("annotations") or {}).get(name)
-        if previous is not None and not replace:
-            raise InputError(f"{store.root}: annotation set {name!r} exists; pass --replace to replace it, "
-                             "or --name another")
-        target = store.root / "annotations" / f"{name}.parquet"
-        target.parent.mkdir(exist_ok=True)
-        atomic_write_bytes(target, sink.getvalue().to_pybytes())
-        entry = {"path": f"annotations/{name}.parquet", "genome": genome, "source": str(path),
-                 "rows": table.num_rows, "sha256": file_sha256(target),
-                 "added": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
-        manifest.setdefault("annotations", {})[name] = entry
+    with features.opened_features(path, format) as parsed:  # held in DuckDB: GENCODE never sits in Arrow whole
+        extents = parsed.extents()
+        renames = dict(aliases or {})
+        named = features.apply_aliases(extents, renames)
+        genome = genome if genome is not None else matching_genome(store, named, path, auto_alias)
+        if genome not in store.genomes:
+            raise InputError(f"{store.root}: no genome {genome!r} in the store; it holds {', '.join(store.genomes)}")
+        lengths = store.contig_lengths[genome]
+        if auto_alias:
+            suggested = features.suggest_aliases(named, lengths)
+            renames = {chrom: suggested.get(renames.get(chrom, chrom), renames.get(chrom, chrom))
+                       for chrom in extents.column("chrom").unique().to_pylist()}
+        features.require_known_contigs(features.apply_aliases(extents, renames), lengths, path)
+        with store.transaction() as manifest:
+            name = name or _default_name(manifest, path, genome)
+            previous = (manifest.get("annotations") or {}).get(name)
+            if previous is not None and not replace:
+                raise InputError(f"{store.root}: annotation set {name!r} exists; pass --replace to replace it, "
+                                 "or --name another")
+            target = store.root / "annotations" / f"{name}.parquet"
+            target.parent.mkdir(exist_ok=True)
+            with atomic_file(target, "annotation set") as partial:
+                rows = parsed.write_parquet(partial, genome, renames)
+            entry = {"path": f"annotations/{name}.parquet", "genome": genome, "source": str(path), "rows": rows,
+                     "sha256": file_sha256(target),
+                     "added": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+            manifest.setdefault("annotations", {})[name] = entry
     # a set `genoembed remove` rewrote under another name: its old file goes with the next sweep
     return entry
 
