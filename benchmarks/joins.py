@@ -87,8 +87,9 @@ def run(size: str, repeats: int, workdir: Path) -> dict:
     hits = intervals(rng, SIZES[size], 1000, 1000)
     features = intervals(rng, FEATURES, 300, 3000)
     con = duckdb.connect()
-    con.register("hits", hits)
-    con.register("features", features)
+    # one genome: the joins key intervals by (genome, chrom); the BED files bedtools reads have no genome column
+    con.register("hits", hits.add_column(0, "genome", pa.array(["g"] * hits.num_rows)))
+    con.register("features", features.add_column(0, "genome", pa.array(["g"] * features.num_rows)))
 
     def duck(sql: str, table: str = "out"):
         return lambda: con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS {sql}").execute(

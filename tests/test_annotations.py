@@ -440,3 +440,18 @@ def test_parse_alias_option():
         parse_alias_option(["chr1"])
     with pytest.raises(InputError, match=r"^2 bad --alias values\n--alias '=1'.*\n--alias 'a=c': 'a' is already"):
         parse_alias_option(["=1", "a=b", "a=c"])
+
+
+def test_gtf_repeated_keys_in_every_shape_keep_their_order(tmp_path):
+    """The columnar reader's three ways to merge attributes (no repeats; repeats in one run, GENCODE's
+    tag "a"; tag "b"; anything else) give the line-by-line reading: first position, values comma-joined."""
+    path = write(tmp_path, "tags.gtf", "".join(f"c\tHAVANA\texon\t1\t10\t{score}\t+\t.\t{text}\n" for score, text in [
+        (".", 'gene_id "g"; transcript_id "t1"; tag "basic"; tag "CCDS"; level 2;'),
+        (".", 'gene_id "g"; transcript_id "t2"; tag "a"; level 2; tag "b"; note "x; y";'),
+        ("5", 'gene_id "g"; transcript_id "t3"; score "7"; tag "c"; tag "d"')]))
+    got = [list(row["attributes"]) for row in read_annotations(path).to_pylist()]
+    assert got == [
+        [("gene_id", "g"), ("transcript_id", "t1"), ("tag", "basic,CCDS"), ("level", "2"), ("gff_source", "HAVANA")],
+        [("gene_id", "g"), ("transcript_id", "t2"), ("tag", "a,b"), ("level", "2"), ("note", "x; y"),
+         ("gff_source", "HAVANA")],
+        [("gene_id", "g"), ("transcript_id", "t3"), ("score", "5"), ("tag", "c,d"), ("gff_source", "HAVANA")]]
