@@ -18,7 +18,7 @@ LAYERS = [
     ["files", "names", "leases"],
     ["schema", "resources", "seqio", "synthetic"],
     ["topology"],
-    ["genome", "embedders.base", "embedders.tokenize", "embedders.fingerprint", "embedders.model_dir", "joins", "vector_index",
+    ["genome", "gff", "embedders.base", "embedders.tokenize", "embedders.fingerprint", "embedders.model_dir", "joins", "vector_index",
      "hit_formats"],
     ["tiles", "features", "feature_index", "embedders.kmer", "embedders.pooling", "embedders.fused", "embedders.families",
      "embedders.table", "embedders.translated", "embedders.loading"],

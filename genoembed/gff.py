@@ -1,0 +1,493 @@
+"""GTF and GFF3 read by DuckDB, and the malformed-line report every annotation reader shares.
+
+GENCODE's 3.4 M lines took ~4 min and ~14 GB read line by line into Python objects. Here DuckDB's CSV reader
+splits the file into lines (``WITH ORDINALITY`` numbers them as the file does: empty and comment lines
+count), SQL parses columns and attributes, merges multi-row features and lists parts, spilling to a private
+temp directory under a memory limit (:data:`GFF_MEMORY_LIMIT`). Problems are found in SQL (which lines, how
+many); the first :data:`MAX_REPORTED` are described by the per-line checks (:func:`gff_columns`,
+:func:`gtf_attributes`, :func:`gff3_attributes`), so every message names ``file:line``, what is wrong and
+the fix. :class:`FeatureFile` holds a parsed file (of any format) for a store to check and write.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import weakref
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import unquote
+
+import pyarrow as pa
+
+from genoembed import schema
+from genoembed.errors import InputError
+
+MAX_REPORTED = 20
+_GFF_STRANDS = {"+": "+", "-": "-", ".": ".", "?": "."}
+_INTEGER = re.compile(r"-?[0-9]+")
+GTF_ATTRIBUTE = re.compile(r'\s*([^\s;"]+)\s+(?:"((?:[^"\\]|\\.)*)"|([^;\s"][^;\s]*))\s*(?:;|$)')
+
+
+def read_gtf(path: str | Path) -> pa.Table:
+    """GTF (GENCODE/Ensembl style): every row needs ``gene_id``; ids give feature_id and parent.
+
+    gene rows: feature_id = gene_id; transcript rows: transcript_id with parent
+    gene_id; other rows (exon, CDS, UTR...): exon_id if any, parent
+    transcript_id (gene_id when there is none). name = gene_name or gene_id.
+    A repeated attribute (``tag``) keeps every value, comma-joined.
+
+    Parts: a transcript's ``parts`` are its exons (each exon also stays a row
+    of its own: exons have their own ids); the rows of any other type (CDS,
+    UTR, start/stop codon) sharing one transcript_id are one feature, as a
+    GenBank CDS ``join`` is: one row, in the place of the first, its parts
+    in row order, attributes merged (see :func:`_gff_features`).
+    """
+    with FeatureFile(Path(path), "gtf") as reader:
+        return reader.table()
+
+
+def read_gff3(path: str | Path) -> pa.Table:
+    """GFF3: percent-decoded attributes; ID, Parent (raw, comma-joined if several), Name; stops at ##FASTA.
+
+    Parts: rows sharing one ID are one feature (the GFF3 way to write a CDS
+    split by introns): one row, in the place of the first, its parts in row
+    order, attributes merged (see :func:`_gff_features`). A feature that is
+    the Parent of ``exon`` rows (mRNA, tRNA...) has those exons as its parts;
+    gene rows (types ending in ``gene``) stay the one span the file gives.
+    A repeated tag keeps its last value.
+    """
+    with FeatureFile(Path(path), "gff3") as reader:
+        return reader.table()
+
+
+# DuckDB's share of a reader's memory; beyond it, it spills to its temp directory
+GFF_MEMORY_LIMIT = "1GB"
+_NO_DELIMITER = "\x01"  # a byte no GTF/GFF3 line holds: each line is one value
+
+
+@functools.cache
+def _gff_database():
+    """The process's DuckDB for reading GTF/GFF3 (memory limit, a private temp directory it spills to, removed
+    with it); each read takes a cursor, whose temp tables are its own and go when it closes."""
+    import shutil
+    import tempfile
+
+    import duckdb
+
+    temp = tempfile.mkdtemp(prefix="genoembed-gff-")
+    con = duckdb.connect(":memory:", config={"temp_directory": temp, "memory_limit": GFF_MEMORY_LIMIT,
+                                             "preserve_insertion_order": False})
+    weakref.finalize(con, shutil.rmtree, temp, ignore_errors=True)
+    return con
+
+
+class FeatureFile:
+    """One annotation file parsed into the temp view ``ge_out`` of a cursor of :func:`_gff_database` (GTF/GFF3
+    parsed there by SQL, into ``ge_features``; BED and GenBank parsed in Python and registered)."""
+
+    def __init__(self, path: Path, dialect: str, parsed: pa.Table | None = None):
+        self.path, self.dialect, self._parsed = path, dialect, parsed
+
+    def __enter__(self) -> "FeatureFile":
+        self.con = _gff_database().cursor()
+        try:
+            if self._parsed is None:
+                self._parse()
+                self.con.execute(f"CREATE TEMP VIEW ge_out AS SELECT line, {_FEATURE_SELECT} FROM ge_features")
+            else:  # BED and GenBank are read in Python; held here so a store writes every format one way
+                self.con.register("ge_parsed", self._parsed.append_column(
+                    "line", pa.array(range(self._parsed.num_rows), pa.int64())))
+                self.con.execute("CREATE TEMP VIEW ge_out AS SELECT * FROM ge_parsed")
+        except BaseException:
+            self.con.close()
+            raise
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.con.close()
+
+    def table(self) -> pa.Table:
+        """Every feature, in file order, as a ``FEATURES`` table."""
+        return self.con.sql(f"SELECT {', '.join(_quoted(schema.FEATURES.names))} FROM ge_out ORDER BY line") \
+            .to_arrow_table().cast(schema.FEATURES)
+
+    def extents(self) -> pa.Table:
+        """``chrom`` and ``end`` of every feature: what checking contigs needs (a few bytes a feature)."""
+        return self.con.sql('SELECT chrom, "end" FROM ge_out').to_arrow_table()
+
+    def write_parquet(self, target: Path, genome: str, aliases: dict[str, str]) -> int:
+        """Write the features as an ``ANNOTATIONS`` Parquet file (``genome``; contigs renamed by ``aliases``),
+        streamed in file order; returns the number of rows."""
+        self.con.register("ge_aliases", pa.table({"name": pa.array(list(aliases), pa.string()),
+                                                  "alias": pa.array(list(aliases.values()), pa.string())}))
+        columns = ", ".join("coalesce(a.alias, f.chrom) AS chrom" if name == "chrom" else f"f.{_quoted([name])[0]}"
+                            for name in schema.FEATURES.names)
+        listed = "'" + str(target).replace("'", "''") + "'"
+        self.con.execute(f"COPY (SELECT $genome AS genome, {columns} FROM ge_out f "
+                         f"LEFT JOIN ge_aliases a ON a.name = f.chrom ORDER BY f.line) "
+                         f"TO {listed} (FORMAT parquet, COMPRESSION zstd)", {"genome": genome})
+        return self.con.execute("SELECT count(*) FROM ge_out").fetchone()[0]
+
+    def _parse(self) -> None:
+        import duckdb
+
+        try:
+            with open(self.path, "rb") as handle:
+                gzipped = handle.read(2) == b"\x1f\x8b"
+        except OSError as error:
+            raise InputError(f"{self.path}: cannot open ({error.strerror or error}); check the path") from None
+        listed = "'" + str(self.path).replace("'", "''") + "'"
+        lines = (f"SELECT ordinality AS line, text FROM read_csv({listed}, columns={{'text': 'VARCHAR'}}, "
+                 f"delim='{_NO_DELIMITER}', quote='', escape='', header=false, auto_detect=false, "
+                 f"compression='{'gzip' if gzipped else 'none'}') WITH ORDINALITY")
+        try:
+            self.con.execute(_gff_rows_sql(lines, self.dialect))
+        except duckdb.Error as error:
+            raise self._unreadable(error) from None
+        self._report(*self.con.execute(
+            "SELECT count(*) FILTER (NOT ok), list(struct_pack(line, text) ORDER BY line) FILTER (NOT ok)[1:$n] "
+            "FROM ge_rows", {"n": MAX_REPORTED}).fetchone(), self._line_problem)
+        self.con.execute(_gff_keyed_sql(self.dialect))
+        self.con.execute(_gff_groups_sql())
+        self._report(*self.con.execute(
+            "SELECT count(*), list(c ORDER BY first_line)[1:$n] FROM ge_conflicts", {"n": MAX_REPORTED}).fetchone(),
+                     self._group_problem)
+        self.con.execute(_gff_features_sql(self.dialect, str(self.path)))
+
+    def _report(self, count: int, examples: list | None, describe: Callable) -> None:
+        if not count:
+            return
+        problems = Problems(self.path)
+        for example in examples or []:
+            describe(example, problems)
+        more = [f"... and {count - MAX_REPORTED} more"] if count > MAX_REPORTED else []
+        raise InputError("\n".join([f"{plural(count, 'malformed line')} in {self.path}"]
+                                    + problems.items[:MAX_REPORTED] + more))
+
+    def _line_problem(self, example: dict, problems: Problems) -> None:
+        """The problem of one line the SQL found malformed, as the line-by-line reader words it."""
+        number, line = example["line"], example["text"]
+        before = len(problems.items)
+        parsed = gff_columns(line, number, problems)
+        if parsed is not None:
+            if self.dialect == "gff3":
+                gff3_attributes(parsed[-1], number, problems)
+            elif (attributes := gtf_attributes(parsed[-1], number, problems)) is not None \
+                    and "gene_id" not in attributes:
+                problems.add(number, "no gene_id attribute", 'every GTF line needs gene_id "..."; (GFF3 files: use .gff3)')
+        if len(problems.items) == before:
+            problems.add(number, "cannot read this line", "check its columns and attributes")
+
+    def _group_problem(self, conflict: dict, problems: Problems) -> None:
+        group = (f"ID {conflict['group_id']!r}" if self.dialect == "gff3"
+                 else f"transcript {conflict['group_id']!r} {conflict['first_kind']} rows")
+        problems.add(conflict["other_line"], f"{group} are on {conflict['first_chrom']!r} as {conflict['first_kind']!r} "
+                                             f"(line {conflict['first_line']}) but this one on "
+                                             f"{conflict['other_chrom']!r} as {conflict['other_kind']!r}",
+                     "give the rows of one feature the same seqid and type, or give them different ids")
+
+    def _unreadable(self, error: Exception) -> InputError:
+        message = str(error)
+        line = re.search(r"Line: (\d+)", message)
+        if "unicode" in message.lower() and line:
+            return InputError(f"{self.path}:{line.group(1)}: not UTF-8 text; convert the file to UTF-8")
+        if "gzip" in message.lower() or "decompress" in message.lower():
+            return InputError(f"{self.path}: cannot read ({message.splitlines()[0]}); is the file truncated?")
+        return InputError(f"{self.path}: cannot read ({message.splitlines()[0]})")
+
+
+_FEATURE_SELECT = ('chrom, start, "end", strand, kind AS type, name, feature_id, parent, source, '
+                   'map(attr_k, attr_v) AS attributes, parts')
+
+
+def _quoted(names: list[str]) -> list[str]:
+    return [f'"{name}"' for name in names]
+_WHITESPACE = "' ' || chr(9) || chr(10) || chr(11) || chr(12) || chr(13)"  # str.strip()'s ASCII whitespace
+_STRIP = f"trim({{0}}, {_WHITESPACE})"
+# trim() walks the whole value (~250 MB/s): only values that start or end with whitespace are trimmed
+_EDGE_STRIP = ("CASE WHEN regexp_matches({0}, '^\\s|\\s$') OR contains({0}, chr(11)) THEN " + _STRIP + " ELSE {0} END")
+_GFF_INTEGER = "regexp_full_match({0}, '\\s*-?[0-9]+\\s*')"
+
+
+# A GTF attribute column written the usual way (``key "value"; key value;``, single spaces, no ``;``, ``\``,
+# space or quote inside a value): read with plain string functions; any other goes through GTF_ATTRIBUTE.
+_GTF_PLAIN = r'([^\s;"]+ ("[^"\\; ]*"|[^;\s"]+)(; |;$|$))*'
+
+
+def _gff_rows_sql(lines: str, dialect: str) -> str:
+    """``ge_rows``: every data line (number, text, ok) and, where ok, its fields and attribute keys/values
+    (repeated keys merged: GTF comma-joins them, GFF3 keeps the last; then source/score/phase as
+    ``gff_source``/``score``/``phase`` where set), exactly as :func:`gff_columns` and the attribute readers
+    read them.
+
+    Speed: a GTF attribute column of the usual shape (:data:`_GTF_PLAIN`, one DFA pass to check) is cut
+    into keys and values by string replacement and one split; only other lines go through the capturing
+    :data:`GTF_ATTRIBUTE` (DuckDB evaluates a CASE branch only on the rows that take it). Rows with a
+    repeated key, or a key named like a column (``score``), are merged by lambdas; the others are not."""
+    attributes = _EDGE_STRIP.format("f[9]")
+    if dialect == "gtf":
+        pattern = GTF_ATTRIBUTE.pattern.replace("'", "''")
+        plain = _GTF_PLAIN.replace("'", "''")
+        text = f"CASE WHEN {attributes} = '.' THEN '' ELSE {attributes} END"
+        items = f"""CASE WHEN a_text = '' THEN []::VARCHAR[]
+                         WHEN NOT contains(a_text, '\\') AND regexp_full_match(a_text, '{plain}')
+                         THEN string_split(replace(replace(a_text || ' ', '"', ''), '; ', ' '), ' ')[:-2] END"""
+        keys = f"""CASE WHEN a_items IS NOT NULL THEN list_slice(a_items, 1, len(a_items), 2)
+                        ELSE regexp_extract_all(a_text, '{pattern}', 1) END AS a_keys,
+                   CASE WHEN a_items IS NOT NULL THEN list_slice(a_items, 2, len(a_items), 2)
+                        ELSE list_transform(regexp_extract_all(a_text, '{pattern}', 3), lambda x, i: coalesce(
+                             x, regexp_extract_all(a_text, '{pattern}', 2)[i])) END AS a_values"""
+        attributes_ok = (f"(a_items IS NOT NULL OR len(array_to_string(regexp_extract_all(a_text, '{pattern}', 0), "
+                         "'')) = len(a_text)) AND list_contains(a_keys, 'gene_id')")
+        repeated = "array_to_string(list_filter(a_values, lambda y, j: a_keys[j] = a_keys[i]), ',')"
+        chrom, kind = "f[1]", "f[3]"
+        before_fasta = ""
+    else:
+        text = f"CASE WHEN {attributes} IN ('', '.') THEN '' ELSE {attributes} END"
+        items = f"list_filter(string_split(a_text, ';'), lambda x: {_STRIP.format('x')} <> '')"
+        tag = _STRIP.format("split_part(x, '=', 1)")
+        keys = (f"list_transform(a_items, lambda x: url_decode({tag})) AS a_keys, "
+                "list_transform(a_items, lambda x: url_decode(x[position('=' IN x) + 1:])) AS a_values")
+        attributes_ok = "coalesce(list_bool_and(list_transform(a_items, lambda x: contains(x, '='))), true)"
+        repeated = "list_filter(a_values, lambda y, j: a_keys[j] = a_keys[i])[-1]"
+        chrom, kind = "url_decode(f[1])", "url_decode(f[3])"
+        before_fasta = ("AND line < (SELECT coalesce(min(line), 9223372036854775807) FROM lines "
+                        "WHERE starts_with(text, '##FASTA') OR starts_with(text, '>'))")
+    integer = "TRY_CAST({0} AS BIGINT)".format
+    columns_ok = (f"len(f) = 9 AND {_GFF_INTEGER.format('f[4]')} AND {_GFF_INTEGER.format('f[5]')} "
+                  f"AND {integer(_STRIP.format('f[4]'))} BETWEEN 1 AND {integer(_STRIP.format('f[5]'))} "
+                  "AND f[7] IN ('+', '-', '.', '?')")
+    columns = {"gff_source": "f[2]", "score": "f[6]", "phase": "f[8]"}
+    override = " ".join(f"WHEN a_keys[i] = '{key}' AND {value} <> '.' THEN {value}" for key, value in columns.items())
+    added_keys = ", ".join(f"CASE WHEN {value} <> '.' AND NOT list_contains(a_keys, '{key}') THEN ['{key}'] "
+                           "ELSE []::VARCHAR[] END" for key, value in columns.items())
+    added_values = ", ".join(f"CASE WHEN {value} <> '.' AND NOT list_contains(a_keys, '{key}') THEN [{value}] "
+                             "ELSE []::VARCHAR[] END" for key, value in columns.items())
+    first = "list_filter(range(1, len(a_keys) + 1), lambda i: list_position(a_keys, a_keys[i]) = i)"
+    return f"""
+CREATE TEMP TABLE ge_rows AS
+WITH lines AS ({lines}),
+data AS (
+    SELECT line, text, string_split(text, chr(9)) AS f FROM lines
+    WHERE text IS NOT NULL AND NOT regexp_full_match(text, '[\\s\\x0b]*') AND NOT starts_with(text, '#')
+          {before_fasta}),
+checked AS (SELECT *, {columns_ok} AS columns_ok FROM data),
+read AS (SELECT *, CASE WHEN columns_ok THEN {text} END AS a_text FROM checked),
+itemised AS (SELECT *, {items} AS a_items FROM read),
+split AS (SELECT *, {keys} FROM itemised),
+shaped AS (
+    SELECT *, len(list_distinct(a_keys)) AS a_distinct,
+           (contains(a_text, 'gff_source') OR contains(a_text, 'score') OR contains(a_text, 'phase'))
+           AND list_has_any(a_keys, ['gff_source', 'score', 'phase']) AS a_named,
+           list_transform(range(1, len(a_keys) + 1), lambda i: i = 1 OR a_keys[i] <> a_keys[i - 1]) AS a_run_starts
+    FROM split),
+runs AS (
+    -- a key repeated in one run of rows (GENCODE's tag "basic"; tag "CCDS") merges by one join and one split
+    SELECT *, NOT a_named AND a_distinct < len(a_keys) AND NOT contains(a_text, chr(1))
+              AND len(list_filter(a_run_starts, lambda x: x)) = a_distinct AS a_in_runs
+    FROM shaped)
+SELECT line, CASE WHEN NOT coalesce(columns_ok AND {attributes_ok}, false) THEN text END AS text,
+       coalesce(columns_ok AND {attributes_ok}, false) AS ok,
+       {chrom} AS chrom, {kind} AS kind, {integer(_STRIP.format('f[4]'))} - 1 AS start,
+       {integer(_STRIP.format('f[5]'))} AS "end",
+       CASE f[7] WHEN '?' THEN '.' ELSE f[7] END AS strand,
+       list_concat(CASE WHEN NOT a_named AND a_distinct = len(a_keys) THEN a_keys
+                        WHEN a_in_runs THEN list_filter(a_keys, lambda x, i: a_run_starts[i])
+                        ELSE list_transform({first}, lambda i: a_keys[i]) END,
+                   {added_keys}) AS attr_k,
+       list_concat(CASE WHEN NOT a_named AND a_distinct = len(a_keys) THEN a_values
+                        WHEN a_in_runs THEN string_split(array_to_string(list_transform(a_values, lambda x, i:
+                             CASE WHEN a_run_starts[i] THEN chr(1) ELSE ',' END || x), '')[2:], chr(1))
+                        ELSE list_transform({first}, lambda i: CASE {override}
+                             WHEN list_contains(a_keys[i + 1:], a_keys[i]) THEN {repeated} ELSE a_values[i] END) END,
+                   {added_values}) AS attr_v
+FROM runs"""
+
+
+def _attribute(name: str) -> str:
+    return f"attr_v[list_position(attr_k, '{name}')]"
+
+
+def _gff_groups_sql() -> str:
+    """``ge_groups`` (rows of one multi-row feature: first row, count) and ``ge_conflicts`` (a group whose rows
+    disagree on seqid or type: its first disagreeing row)."""
+    return """
+CREATE TEMP TABLE ge_groups AS
+SELECT group_key, any_value(group_id) AS group_id, min(line) AS first_line, arg_min(chrom, line) AS first_chrom,
+       arg_min(kind, line) AS first_kind, count(*) AS rows
+FROM ge_keyed WHERE group_key IS NOT NULL GROUP BY group_key;
+CREATE TEMP TABLE ge_conflicts AS
+SELECT g.first_line, struct_pack(group_id := any_value(g.group_id), first_line := g.first_line,
+                                 first_chrom := any_value(g.first_chrom), first_kind := any_value(g.first_kind),
+                                 other_line := min(r.line), other_chrom := arg_min(r.chrom, r.line),
+                                 other_kind := arg_min(r.kind, r.line)) AS c
+FROM ge_keyed r JOIN ge_groups g USING (group_key)
+WHERE r.chrom <> g.first_chrom OR r.kind <> g.first_kind
+GROUP BY g.group_key, g.first_line"""
+
+
+def _gff_features_sql(dialect: str, source: str) -> str:
+    """``ge_features``: one row per feature (a multi-row feature in the place of its first row, with its parts
+    and merged attributes: a value every row has is kept, values that differ are comma-joined in part order,
+    '' where a row lacks the key), and exon parts for their parents."""
+    if dialect == "gtf":
+        exon_parents = f"[{_attribute('transcript_id')}]"
+        owner = "CASE WHEN kind = 'transcript' THEN feature_id END"
+    else:
+        exon_parents = "list_distinct(string_split(coalesce(parent, ''), ','))"
+        owner = "CASE WHEN NOT suffix(lower(kind), 'gene') THEN feature_id END"
+    return f"""
+CREATE TEMP TABLE ge_features AS
+WITH members AS (
+    SELECT k.*, g.first_line FROM ge_keyed k JOIN ge_groups g USING (group_key) WHERE g.rows > 1),
+entries AS (
+    SELECT first_line, line, unnest(attr_k) AS key, unnest(attr_v) AS value,
+           unnest(range(1, len(attr_k) + 1)) AS position FROM members),
+first_seen AS (SELECT first_line, key, min(line * 65536 + position) AS seen FROM entries GROUP BY ALL),
+every_value AS (
+    SELECT m.first_line, f.key, f.seen, m.line, coalesce(e.value, '') AS value
+    FROM members m JOIN first_seen f USING (first_line)
+    LEFT JOIN entries e ON e.first_line = m.first_line AND e.line = m.line AND e.key = f.key),
+per_key AS (
+    SELECT first_line, key, any_value(seen) AS seen,
+           CASE WHEN count(DISTINCT value) = 1 THEN any_value(value) ELSE string_agg(value, ',' ORDER BY line) END
+               AS value
+    FROM every_value GROUP BY first_line, key),
+merged_attributes AS (
+    SELECT first_line, list(key ORDER BY seen) AS attr_k, list(value ORDER BY seen) AS attr_v
+    FROM per_key GROUP BY first_line),
+joined AS (
+    SELECT first_line AS line, arg_min(chrom, line) AS chrom, min(start) AS start, max("end") AS "end",
+           CASE WHEN count(DISTINCT strand) = 1 THEN any_value(strand) ELSE '.' END AS strand,
+           arg_min(kind, line) AS kind, arg_min(name, line) AS name, arg_min(feature_id, line) AS feature_id,
+           arg_min(parent, line) AS parent,
+           list(struct_pack(start, "end", strand) ORDER BY line) AS parts
+    FROM members GROUP BY first_line),
+features AS (
+    SELECT line, chrom, start, "end", strand, kind, name, feature_id, parent, attr_k, attr_v,
+           NULL::{schema.PARTS_SQL_TYPE} AS parts
+    FROM ge_keyed k LEFT JOIN ge_groups g USING (group_key) WHERE coalesce(g.rows, 1) = 1
+    UNION ALL BY NAME
+    SELECT j.*, a.attr_k, a.attr_v FROM joined j JOIN merged_attributes a ON a.first_line = j.line),
+exons AS (
+    SELECT unnest({exon_parents}) AS owner, line, struct_pack(start, "end", strand) AS part
+    FROM features WHERE kind = 'exon'),
+exon_parts AS (
+    SELECT owner, list(part ORDER BY line) AS parts FROM exons
+    WHERE owner IS NOT NULL AND owner <> '' GROUP BY owner HAVING count(*) > 1)
+SELECT f.* EXCLUDE (parts),
+       CASE WHEN f.parts IS NULL AND f.kind <> 'exon' THEN e.parts ELSE f.parts END AS parts,
+       '{source.replace("'", "''")}' AS source
+FROM features f LEFT JOIN exon_parts e ON e.owner = ({owner.replace('kind', 'f.kind').replace('feature_id', 'f.feature_id')})"""
+
+
+def _gff_keyed_sql(dialect: str) -> str:
+    """``ge_keyed``: the good rows with name, feature_id, parent and the key of the multi-row feature they
+    belong to (GTF: transcript_id and type, for types other than gene/transcript/exon; GFF3: ID)."""
+    if dialect == "gtf":
+        gene, transcript = _attribute("gene_id"), _attribute("transcript_id")
+        fields = f"""CASE WHEN list_contains(attr_k, 'gene_name') THEN {_attribute('gene_name')} ELSE {gene} END AS name,
+       CASE kind WHEN 'gene' THEN {gene} WHEN 'transcript' THEN {transcript} ELSE {_attribute('exon_id')} END
+           AS feature_id,
+       CASE kind WHEN 'gene' THEN NULL WHEN 'transcript' THEN {gene} ELSE coalesce({transcript}, {gene}) END AS parent,
+       {transcript} AS group_id,
+       CASE WHEN {transcript} IS NOT NULL AND kind NOT IN ('gene', 'transcript', 'exon')
+            THEN {transcript} || chr(0) || kind END AS group_key"""
+    else:
+        identifier = _attribute("ID")
+        fields = f"""coalesce(nullif({_attribute('Name')}, ''), {_attribute('gene')}) AS name,
+       {identifier} AS feature_id, {_attribute('Parent')} AS parent, {identifier} AS group_id,
+       {identifier} AS group_key"""
+    return f"""
+CREATE TEMP TABLE ge_keyed AS
+SELECT line, chrom, start, "end", strand, kind, attr_k, attr_v,
+       {fields}
+FROM ge_rows WHERE ok"""
+
+
+def gff_columns(line: str, number: int, problems: Problems) -> tuple | None:
+    """The nine columns with coordinates made 0-based half-open; None for comments and bad lines."""
+    if not line.strip() or line.startswith("#"):
+        return None
+    fields = line.split("\t")
+    if len(fields) != 9:
+        return fail(problems, number, f"{len(fields)} tab-separated columns", "GTF/GFF3 lines have exactly 9") or None
+    start, end = integer(fields[3]), integer(fields[4])
+    if start is None or end is None:
+        return fail(problems, number, f"start/end {fields[3]!r}/{fields[4]!r} are not integers",
+                     "columns 4 and 5 are 1-based integer coordinates") or None
+    if start < 1 or start > end:
+        return fail(problems, number, f"start {start}, end {end}",
+                     "GTF/GFF3 coordinates are 1-based closed: 1 <= start <= end") or None
+    if fields[6] not in _GFF_STRANDS:
+        return fail(problems, number, f"strand {fields[6]!r}", "use +, -, . or ?") or None
+    return (fields[0], fields[1], fields[2], start - 1, end, fields[5], _GFF_STRANDS[fields[6]], fields[7],
+            fields[8])
+
+
+def gtf_attributes(text: str, number: int, problems: Problems) -> dict[str, str] | None:
+    """``key "value";`` pairs; a repeated key (``tag``) keeps every value, comma-joined."""
+    attributes: dict[str, str] = {}
+    text = text.strip()
+    position = 0 if text != "." else 1  # '.' is an empty column, as in GFF3
+    while position < len(text):
+        match = GTF_ATTRIBUTE.match(text, position)
+        if match is None:
+            return fail(problems, number, f"cannot read attributes at {text[position:position + 30]!r}",
+                         'write key "value"; pairs') or None
+        key, value = match.group(1), match.group(2) if match.group(2) is not None else match.group(3)
+        attributes[key] = f"{attributes[key]},{value}" if key in attributes else value
+        position = match.end()
+    return attributes
+
+
+def gff3_attributes(text: str, number: int, problems: Problems) -> dict[str, str] | None:
+    """``tag=value`` pairs split on ``;``, then percent-decoded (``%3B`` -> ``;``, ``%2C`` -> ``,``)."""
+    attributes: dict[str, str] = {}
+    if text.strip() in ("", "."):
+        return attributes
+    for item in text.strip().split(";"):
+        if not item.strip():
+            continue
+        if "=" not in item:
+            return fail(problems, number, f"attribute {item.strip()!r} has no '='",
+                         "GFF3 attributes are tag=value pairs separated by ';' (GTF files: use .gtf)") or None
+        tag, value = item.split("=", 1)
+        attributes[unquote(tag.strip())] = ",".join(unquote(part) for part in value.split(","))
+    return attributes
+
+
+class Problems:
+    """Malformed lines of one file, raised together with a one-line summary first."""
+
+    def __init__(self, path: Path):
+        self.path, self.items = path, []
+
+    def add(self, line: int, problem: str, fix: str) -> None:
+        self.items.append(f"{self.path}:{line}: {problem}; {fix}")
+
+    def add_record(self, record: int, problem: str, fix: str) -> None:
+        self.items.append(f"{self.path}: record {record}: {problem}; {fix}")
+
+    def raise_if_any(self) -> None:
+        if not self.items:
+            return
+        shown = self.items[:MAX_REPORTED]
+        more = [f"... and {len(self.items) - len(shown)} more"] if len(self.items) > len(shown) else []
+        raise InputError("\n".join([f"{plural(len(self.items), 'malformed line')} in {self.path}"] + shown + more))
+
+
+def fail(problems: Problems, line: int, problem: str, fix: str) -> bool:
+    problems.add(line, problem, fix)
+    return False
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def integer(text: str) -> int | None:
+    """ASCII digits with an optional '-', else None: int() would also take ``1_000``, ``+5`` or ``٣``."""
+    text = text.strip()
+    return int(text) if _INTEGER.fullmatch(text) else None
