@@ -153,7 +153,8 @@ class FeatureFile:
         self._report(*self.con.execute(
             "SELECT count(*), list(c ORDER BY first_line)[1:$n] FROM ge_conflicts", {"n": MAX_REPORTED}).fetchone(),
                      self._group_problem)
-        self.con.execute(_gff_features_sql(self.dialect, str(self.path)))
+        for statement in _gff_features_sql(self.dialect, str(self.path)):
+            self.con.execute(statement)
 
     def _report(self, count: int, examples: list | None, describe: Callable) -> None:
         if not count:
@@ -327,59 +328,73 @@ WHERE r.chrom <> g.first_chrom OR r.kind <> g.first_kind
 GROUP BY g.group_key, g.first_line"""
 
 
-def _gff_features_sql(dialect: str, source: str) -> str:
-    """``ge_features``: one row per feature (a multi-row feature in the place of its first row, with its parts
-    and merged attributes: a value every row has is kept, values that differ are comma-joined in part order,
-    '' where a row lacks the key), and exon parts for their parents."""
+def _gff_features_sql(dialect: str, source: str) -> list[str]:
+    """Statements that make ``ge_features``: one row per feature (a multi-row feature in the place of its
+    first row, with its parts and merged attributes: a value every row has is kept, values that differ are
+    comma-joined in part order, '' where a row lacks the key), and exon parts for their parents.
+
+    Each step is a temp table (DuckDB spills those), and the last one streams ``ge_keyed`` past small
+    tables: a step over every row and its attributes at once ran out of a 1 GB limit at GENCODE's size.
+    Groups whose rows list the same keys (GENCODE's CDS/UTR rows) merge per position; others key by key."""
     if dialect == "gtf":
         exon_parents = f"[{_attribute('transcript_id')}]"
-        owner = "CASE WHEN kind = 'transcript' THEN feature_id END"
+        owner = "CASE WHEN f.kind = 'transcript' THEN f.feature_id END"
     else:
         exon_parents = "list_distinct(string_split(coalesce(parent, ''), ','))"
-        owner = "CASE WHEN NOT suffix(lower(kind), 'gene') THEN feature_id END"
-    return f"""
-CREATE TEMP TABLE ge_features AS
-WITH members AS (
-    SELECT k.*, g.first_line FROM ge_keyed k JOIN ge_groups g USING (group_key) WHERE g.rows > 1),
-entries AS (
-    SELECT first_line, line, unnest(attr_k) AS key, unnest(attr_v) AS value,
-           unnest(range(1, len(attr_k) + 1)) AS position FROM members),
-first_seen AS (SELECT first_line, key, min(line * 65536 + position) AS seen FROM entries GROUP BY ALL),
-every_value AS (
-    SELECT m.first_line, f.key, f.seen, m.line, coalesce(e.value, '') AS value
-    FROM members m JOIN first_seen f USING (first_line)
-    LEFT JOIN entries e ON e.first_line = m.first_line AND e.line = m.line AND e.key = f.key),
-per_key AS (
-    SELECT first_line, key, any_value(seen) AS seen,
-           CASE WHEN count(DISTINCT value) = 1 THEN any_value(value) ELSE string_agg(value, ',' ORDER BY line) END
-               AS value
-    FROM every_value GROUP BY first_line, key),
-merged_attributes AS (
+        owner = "CASE WHEN NOT suffix(lower(f.kind), 'gene') THEN f.feature_id END"
+    return [
+        """CREATE TEMP TABLE ge_members AS
+SELECT k.*, g.first_line FROM ge_keyed k JOIN ge_groups g USING (group_key) WHERE g.rows > 1""",
+        """CREATE TEMP TABLE ge_joined AS
+SELECT first_line AS line, arg_min(chrom, line) AS chrom, min(start) AS start, max("end") AS "end",
+       CASE WHEN count(DISTINCT strand) = 1 THEN any_value(strand) ELSE '.' END AS strand,
+       arg_min(kind, line) AS kind, arg_min(name, line) AS name, arg_min(feature_id, line) AS feature_id,
+       arg_min(parent, line) AS parent, list(struct_pack(start, "end", strand) ORDER BY line) AS parts,
+       min(attr_k) = max(attr_k) AS same_keys, arg_min(attr_k, line) AS attr_k,
+       list(attr_v ORDER BY line) AS rows_v
+FROM ge_members GROUP BY first_line""",
+        """CREATE TEMP TABLE ge_merged AS
+SELECT * EXCLUDE (same_keys, rows_v, attr_k),
+       attr_k, list_transform(range(1, len(attr_k) + 1), lambda i: CASE
+           WHEN len(list_distinct(list_transform(rows_v, lambda r: r[i]))) = 1 THEN rows_v[1][i]
+           ELSE array_to_string(list_transform(rows_v, lambda r: r[i]), ',') END) AS attr_v
+FROM ge_joined WHERE same_keys
+UNION ALL BY NAME
+SELECT j.* EXCLUDE (same_keys, rows_v, attr_k), a.attr_k, a.attr_v
+FROM ge_joined j JOIN (
+    WITH entries AS (
+        SELECT first_line, line, unnest(attr_k) AS key, unnest(attr_v) AS value,
+               unnest(range(1, len(attr_k) + 1)) AS position
+        FROM ge_members WHERE first_line IN (SELECT line FROM ge_joined WHERE NOT same_keys)),
+    first_seen AS (SELECT first_line, key, min(line * 65536 + position) AS seen FROM entries GROUP BY ALL),
+    every_value AS (
+        SELECT m.first_line, f.key, f.seen, m.line, coalesce(e.value, '') AS value
+        FROM (SELECT DISTINCT first_line, line FROM entries) m JOIN first_seen f USING (first_line)
+        LEFT JOIN entries e ON e.first_line = m.first_line AND e.line = m.line AND e.key = f.key),
+    per_key AS (
+        SELECT first_line, key, any_value(seen) AS seen,
+               CASE WHEN count(DISTINCT value) = 1 THEN any_value(value)
+                    ELSE string_agg(value, ',' ORDER BY line) END AS value
+        FROM every_value GROUP BY first_line, key)
     SELECT first_line, list(key ORDER BY seen) AS attr_k, list(value ORDER BY seen) AS attr_v
-    FROM per_key GROUP BY first_line),
-joined AS (
-    SELECT first_line AS line, arg_min(chrom, line) AS chrom, min(start) AS start, max("end") AS "end",
-           CASE WHEN count(DISTINCT strand) = 1 THEN any_value(strand) ELSE '.' END AS strand,
-           arg_min(kind, line) AS kind, arg_min(name, line) AS name, arg_min(feature_id, line) AS feature_id,
-           arg_min(parent, line) AS parent,
-           list(struct_pack(start, "end", strand) ORDER BY line) AS parts
-    FROM members GROUP BY first_line),
-features AS (
-    SELECT line, chrom, start, "end", strand, kind, name, feature_id, parent, attr_k, attr_v,
-           NULL::{schema.PARTS_SQL_TYPE} AS parts
-    FROM ge_keyed k LEFT JOIN ge_groups g USING (group_key) WHERE coalesce(g.rows, 1) = 1
-    UNION ALL BY NAME
-    SELECT j.*, a.attr_k, a.attr_v FROM joined j JOIN merged_attributes a ON a.first_line = j.line),
-exons AS (
-    SELECT unnest({exon_parents}) AS owner, line, struct_pack(start, "end", strand) AS part
-    FROM features WHERE kind = 'exon'),
-exon_parts AS (
-    SELECT owner, list(part ORDER BY line) AS parts FROM exons
-    WHERE owner IS NOT NULL AND owner <> '' GROUP BY owner HAVING count(*) > 1)
-SELECT f.* EXCLUDE (parts),
-       CASE WHEN f.parts IS NULL AND f.kind <> 'exon' THEN e.parts ELSE f.parts END AS parts,
+    FROM per_key GROUP BY first_line) a ON a.first_line = j.line""",
+        f"""CREATE TEMP TABLE ge_exon_parts AS
+WITH exons AS (
+    SELECT unnest({exon_parents}) AS owner, line, struct_pack(start, "end", strand) AS part FROM (
+        SELECT k.line, k.start, k."end", k.strand, k.parent, k.attr_k, k.attr_v FROM ge_keyed k
+        LEFT JOIN ge_groups g USING (group_key) WHERE k.kind = 'exon' AND coalesce(g.rows, 1) = 1
+        UNION ALL
+        SELECT line, start, "end", strand, parent, attr_k, attr_v FROM ge_merged WHERE kind = 'exon'))
+SELECT owner, list(part ORDER BY line) AS parts FROM exons
+WHERE owner IS NOT NULL AND owner <> '' GROUP BY owner HAVING count(*) > 1""",
+        f"""CREATE TEMP TABLE ge_features AS
+SELECT f.* EXCLUDE (parts), CASE WHEN f.parts IS NULL AND f.kind <> 'exon' THEN e.parts ELSE f.parts END AS parts,
        '{source.replace("'", "''")}' AS source
-FROM features f LEFT JOIN exon_parts e ON e.owner = ({owner.replace('kind', 'f.kind').replace('feature_id', 'f.feature_id')})"""
+FROM (SELECT k.line, k.chrom, k.start, k."end", k.strand, k.kind, k.name, k.feature_id, k.parent, k.attr_k,
+             k.attr_v, NULL::{schema.PARTS_SQL_TYPE} AS parts
+      FROM ge_keyed k LEFT JOIN ge_groups g USING (group_key) WHERE coalesce(g.rows, 1) = 1
+      UNION ALL BY NAME SELECT * FROM ge_merged) f
+LEFT JOIN ge_exon_parts e ON e.owner = ({owner})"""]
 
 
 def _gff_keyed_sql(dialect: str) -> str:
