@@ -32,16 +32,14 @@ GTF_ATTRIBUTE = re.compile(r'\s*([^\s;"]+)\s+(?:"((?:[^"\\]|\\.)*)"|([^;\s"][^;\
 def read_gtf(path: str | Path) -> pa.Table:
     """GTF (GENCODE/Ensembl style): every row needs ``gene_id``; ids give feature_id and parent.
 
-    gene rows: feature_id = gene_id; transcript rows: transcript_id with parent
-    gene_id; other rows (exon, CDS, UTR...): exon_id if any, parent
-    transcript_id (gene_id when there is none). name = gene_name or gene_id.
-    A repeated attribute (``tag``) keeps every value, comma-joined.
+    gene rows: feature_id = gene_id; transcript rows: transcript_id with parent gene_id; other rows (exon,
+    CDS, UTR...): exon_id if any, parent transcript_id (gene_id when there is none). name = gene_name or
+    gene_id. A repeated attribute (``tag``) keeps every value, comma-joined.
 
-    Parts: a transcript's ``parts`` are its exons (each exon also stays a row
-    of its own: exons have their own ids); the rows of any other type (CDS,
-    UTR, start/stop codon) sharing one transcript_id are one feature, as a
-    GenBank CDS ``join`` is: one row, in the place of the first, its parts
-    in row order, attributes merged (see :func:`_gff_features`).
+    Parts: a transcript's ``parts`` are its exons (each exon also stays a row of its own: exons have their
+    own ids); the rows of any other type (CDS, UTR, start/stop codon) sharing one transcript_id are one
+    feature, as a GenBank CDS ``join`` is: one row, in the place of the first, its parts in row order,
+    attributes merged (see :func:`_gff_features_sql`).
     """
     with FeatureFile(Path(path), "gtf") as reader:
         return reader.table()
@@ -50,19 +48,16 @@ def read_gtf(path: str | Path) -> pa.Table:
 def read_gff3(path: str | Path) -> pa.Table:
     """GFF3: percent-decoded attributes; ID, Parent (raw, comma-joined if several), Name; stops at ##FASTA.
 
-    Parts: rows sharing one ID are one feature (the GFF3 way to write a CDS
-    split by introns): one row, in the place of the first, its parts in row
-    order, attributes merged (see :func:`_gff_features`). A feature that is
-    the Parent of ``exon`` rows (mRNA, tRNA...) has those exons as its parts;
-    gene rows (types ending in ``gene``) stay the one span the file gives.
-    A repeated tag keeps its last value.
+    Parts: rows sharing one ID are one feature (the GFF3 way to write a CDS split by introns): one row, in
+    the place of the first, its parts in row order, attributes merged (see :func:`_gff_features_sql`). A
+    feature that is the Parent of ``exon`` rows (mRNA, tRNA...) has those exons as its parts; gene rows
+    (types ending in ``gene``) stay the one span the file gives. A repeated tag keeps its last value.
     """
     with FeatureFile(Path(path), "gff3") as reader:
         return reader.table()
 
 
-# DuckDB's share of a reader's memory; beyond it, it spills to its temp directory
-GFF_MEMORY_LIMIT = "1GB"
+GFF_MEMORY_LIMIT = "1GB"  # DuckDB's share of a reader's memory; beyond it, it spills to its temp directory
 _NO_DELIMITER = "\x01"  # a byte no GTF/GFF3 line holds: each line is one value
 
 
@@ -217,15 +212,12 @@ _GTF_PLAIN = r'([^\s;"]+ ("[^"\\; ]*"|[^;\s"]+)(; |;$|$))*'
 
 
 def _gff_rows_sql(lines: str, dialect: str) -> str:
-    """``ge_rows``: every data line (number, text, ok) and, where ok, its fields and attribute keys/values
-    (repeated keys merged: GTF comma-joins them, GFF3 keeps the last; then source/score/phase as
-    ``gff_source``/``score``/``phase`` where set), exactly as :func:`gff_columns` and the attribute readers
-    read them.
-
-    Speed: a GTF attribute column of the usual shape (:data:`_GTF_PLAIN`, one DFA pass to check) is cut
-    into keys and values by string replacement and one split; only other lines go through the capturing
-    :data:`GTF_ATTRIBUTE` (DuckDB evaluates a CASE branch only on the rows that take it). Rows with a
-    repeated key, or a key named like a column (``score``), are merged by lambdas; the others are not."""
+    """``ge_rows``: every data line (number, text, ok) and, where ok, its fields and attributes (repeated keys
+    merged: GTF comma-joins, GFF3 keeps the last; then ``gff_source``/``score``/``phase`` where set), as
+    :func:`gff_columns` and the attribute readers read them. Speed: a GTF attribute column of the usual
+    shape (:data:`_GTF_PLAIN`, one DFA pass) is cut by string replacement and one split; only other lines
+    take the capturing :data:`GTF_ATTRIBUTE` (a CASE branch runs only on its rows), and only rows with a
+    repeated key, or a key named like a column, are merged by lambdas."""
     attributes = _EDGE_STRIP.format("f[9]")
     if dialect == "gtf":
         pattern = GTF_ATTRIBUTE.pattern.replace("'", "''")

@@ -35,8 +35,7 @@ def info(
         f"tiles       {summary['tiles']:,} in {summary['shards']} shards; tiling {json.dumps(provenance['tiling'])}",
         f"model       {embedder.get('model_id')} ({embedder.get('kind')}, dim {summary['dim']}, fingerprint {embedder.get('fingerprint')})",
         f"index       {(index.get('spec') or {}).get('factory', 'none')} {index.get('metric', '')} ({index.get('ntotal', 0):,} vectors)",
-        "annotations " + (", ".join(f"{n} ({e.get('genome') or 'several genomes'}, {e['rows']} features)"
-                                    for n, e in summary["annotations"].items()) or "none"),
+        "annotations " + (", ".join(f"{n} ({e['rows']})" for n, e in summary["annotations"].items()) or "none"),
         f"searches    {', '.join(summary['searches']) or 'none'}",
     ]
     typer.echo("\n".join(lines))
