@@ -167,10 +167,21 @@ def _unified_schema(paths: list[str]) -> pa.Schema:
             raise StoreError(f"{path}: unreadable Parquet ({_message(error)}); "
                              f"run `genoembed verify` on its store and rebuild or rewrite it") from None
     try:
-        return pa.unify_schemas(schemas, promote_options="permissive")
+        unified = pa.unify_schemas(schemas, promote_options="permissive")
     except (pa.ArrowException, TypeError) as error:
         raise StoreError(f"{paths[0]}: the store's files disagree on a column type ({_message(error)}); "
                          "run `genoembed verify` on the store") from None
+    return pa.schema([field.with_type(_scannable(field.type)) for field in unified])
+
+
+def _scannable(kind: pa.DataType) -> pa.DataType:
+    """The type pyarrow casts a column to as it scans, for DuckDB: float16 (which DuckDB cannot take from Arrow)
+    as float32, fixed-size lists as lists (``embedding`` stays FLOAT[], as DuckDB's own Parquet reader gives it)."""
+    if pa.types.is_float16(kind):
+        return pa.float32()
+    if pa.types.is_fixed_size_list(kind) or pa.types.is_list(kind):
+        return pa.list_(_scannable(kind.value_type))
+    return kind
 
 
 def _annotations_view(con, files: StoreFiles) -> None:

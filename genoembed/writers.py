@@ -137,12 +137,16 @@ def sweep_retired(root: Path, retired: list[str] = (), since: int | None = None)
             if relative in listed:
                 continue
             left = records.get(relative, since if relative in retired and since is not None else now)
-            if oldest is None or oldest > left:
-                path.unlink(missing_ok=True)
-            else:
-                kept[relative] = left
+            try:
+                if oldest is None or oldest > left:
+                    path.unlink(missing_ok=True)
+                    continue
+            except OSError:
+                pass  # cannot delete it now: a later sweep tries again
+            kept[relative] = left
     if kept != records:
-        atomic_write_bytes(root / RETIRED, json.dumps(kept, indent=1).encode())
+        with contextlib.suppress(StoreError):  # not recorded: those files are dated again when next seen
+            atomic_write_bytes(root / RETIRED, json.dumps(kept, indent=1).encode())
 
 
 def _read_retired(root: Path) -> dict[str, int]:
