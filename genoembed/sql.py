@@ -228,14 +228,12 @@ def _create_views(con, files: StoreFiles) -> None:
 
 def connect(store: Store) -> duckdb.DuckDBPyConnection:
     """In-memory DuckDB with the store's views, locked to reading the store's checked files."""
-    import duckdb  # here, not at the top: searches that join nothing never pay DuckDB's import
-
     return connect_files(store, store_files(store))
 
 
 def connect_files(store: Store, files: StoreFiles) -> duckdb.DuckDBPyConnection:
     """:func:`connect` over files already checked."""
-    import duckdb
+    import duckdb  # here, not at the top: searches that join nothing never pay DuckDB's import
 
     temp = tempfile.mkdtemp(prefix="genoembed-sql-")
     con = duckdb.connect(":memory:", config={"temp_directory": temp, **_SANDBOX})
@@ -246,6 +244,10 @@ def connect_files(store: Store, files: StoreFiles) -> duckdb.DuckDBPyConnection:
         _create_views(con, files)
     except (duckdb.Error, pa.ArrowException, OSError) as error:
         raise _unreadable(store, files, error) from None
+    except RuntimeError as error:  # Ctrl-C while the views are made: DuckDB reports an interrupted query
+        if "interrupted" in str(error).lower():
+            raise KeyboardInterrupt from None
+        raise
     con.execute("SET lock_configuration = true")
     return con
 
