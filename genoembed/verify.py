@@ -60,7 +60,10 @@ def verify_store(store: Store) -> list[str]:
         if set(index_entry.get("genomes", ())) != set(store.genomes):
             problems.append(f"{index_entry['path']}: index covers genomes {', '.join(index_entry.get('genomes', ()))}, "
                             f"store holds {', '.join(store.genomes)}; rerun `genoembed index` to update it")
-    for section, entries in (("annotations", store.manifest.get("annotations", {})), ("searches", store.searches())):
+    damaged: dict[str, str] = {}
+    searches = store.searches(damaged)
+    problems += [f"saved search {name!r}: {why}" for name, why in sorted(damaged.items())]
+    for section, entries in (("annotations", store.manifest.get("annotations", {})), ("searches", searches)):
         for name, entry in entries.items():
             path = store.root / entry["path"]
             if not path.is_file():

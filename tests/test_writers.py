@@ -386,6 +386,9 @@ def test_a_damaged_saved_search_blocks_only_itself(root):
                    "saved search 'last' cannot be read", "sha256 differs")
     (root / "searches" / "kept.json").write_text("{broken")
     assert runner.invoke(app, ["sql", str(root), "SELECT count(*) FROM tiles"]).exit_code == 0
+    problems = verify_store(Store.open(root))  # verify names both
+    assert any("kept.json: unreadable sidecar" in problem for problem in problems), problems
+    assert any(last["path"] in problem and "sha256 differs" in problem for problem in problems), problems
     # a new search of that name replaces the damaged one
     assert runner.invoke(app, ["search", str(root), "--region", "a1:301-600"]).exit_code == 0
     assert runner.invoke(app, ["sql", str(root), "SELECT count(*) FROM hits"]).exit_code == 0
