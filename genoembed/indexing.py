@@ -122,16 +122,17 @@ def needs_tuning(entry: dict, tiles: int) -> bool:
 
 
 def merge_plan(parts: list[dict], part_rows: int | None) -> list[tuple[int, int]]:
-    """Which newest parts to fold into one after a delta was added, as ``[first, last)`` slices applied in turn:
-    the two newest while the older holds at most :data:`MERGE_RATIO` times the newer's vectors (a binary
-    counter: parts grow geometrically, so n appends leave O(log n) parts) and the fold stays within
-    ``part_rows``. The base is folded too once the deltas have grown as large as it."""
-    sizes, plan = [part["ntotal"] for part in parts], []
-    while len(sizes) >= 2 and sizes[-2] <= MERGE_RATIO * sizes[-1] and \
-            (part_rows is None or sizes[-2] + sizes[-1] <= part_rows):
-        plan.append((len(sizes) - 2, len(sizes)))
-        sizes[-2:] = [sizes[-2] + sizes[-1]]
-    return plan
+    """Which newest parts to fold into one after a delta was added, as ``[first, last)`` slices: the two newest
+    while the older holds at most :data:`MERGE_RATIO` times the newer's vectors, repeated on the result (a binary
+    counter: parts grow geometrically, so n appends leave O(log n) parts and each vector is re-added O(log n)
+    times), as one fold of every part that cascade reaches, within ``part_rows``. The base is folded too once
+    the deltas have grown as large as it."""
+    sizes = [part["ntotal"] for part in parts]
+    first = len(sizes) - 1
+    while first >= 1 and sizes[first - 1] <= MERGE_RATIO * sum(sizes[first:]) and \
+            (part_rows is None or sum(sizes[first - 1:]) <= part_rows):
+        first -= 1
+    return [(first, len(sizes))] if first < len(sizes) - 1 else []
 
 
 def index_matches(store: Store, entry: dict | None) -> bool:
