@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = Path(os.environ.get("GENOEMBED_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 CHLOROPLAST = Path(__file__).resolve().parents[1] / "genoembed" / "data" / "demo" / "NC_000932.fa"
 
 

@@ -200,6 +200,18 @@ def manifest_problems(manifest: dict) -> list[str]:
         if expect("index.genomes", index.get("genomes", []), list, "a list of genome names"):
             for number, name in enumerate(index.get("genomes", [])):
                 expect(f"index.genomes[{number}]", name, str, "a genome name")
+        # index parts (base and appended deltas) and the trained index they are cloned from; absent before parts
+        if expect("index.parts", index.get("parts", []), list, "a list of index files"):
+            for number, part in enumerate(index.get("parts", [])):
+                where = f"index.parts[{number}]"
+                if expect(where, part, dict, "an object") and expect(f"{where}.path", part.get("path"), str, "a path"):
+                    _check_store_path(part["path"], where, problems)
+                    expect(f"{where}.sha256", part.get("sha256"), str, "a checksum")
+                    expect(f"{where}.ntotal", part.get("ntotal"), int, "an integer")
+        trained = index.get("trained", {"path": "index/trained.faiss"})
+        if expect("index.trained", trained, dict, "an object") and \
+                expect("index.trained.path", trained.get("path"), str, "a path"):
+            _check_store_path(trained["path"], "index.trained", problems)
     return problems
 
 
