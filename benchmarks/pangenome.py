@@ -185,6 +185,7 @@ def measure(workdir: Path, queries: int = 200, seed: int = 1) -> dict:
     _, chrom_found = filtered_search(store, vectors, 10, chrom_subset, stats=chrom_stats)
     _, chrom_exact = exact_search(subset_vectors(store, chrom_subset), vectors, 10, store.metric)
     chrom_latency = latencies(chrom="contig_1")
+    where_latency = latencies(where="gc > 0.5")
     selector_stats = {}
     _, through_selector = filtered_search(store, vectors, 10, chrom_subset, exact_below=0, stats=selector_stats)
     p = lambda values, q: round(1000 * float(np.percentile(values, q)), 2)
@@ -203,6 +204,7 @@ def measure(workdir: Path, queries: int = 200, seed: int = 1) -> dict:
                              "selector": {"hits_per_query": float((through_selector >= 0).sum(axis=1).mean()),
                                           "recall_at_10": round(recall_at(through_selector, chrom_exact, 10), 4),
                                           "queries_answered_exactly": selector_stats["exact_rows"]}},
+            "where_filter": {"where": "gc > 0.5", "ms_p50": p(where_latency, 50)},
             "search": store.manifest["index"].get("search")}
 
 
