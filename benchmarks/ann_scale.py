@@ -100,7 +100,7 @@ def make_queries(root: Path) -> None:
     """Embed the held-out queries and their exact top-10 over the stored vectors (streamed brute force)."""
     from genoembed.embedders import get_embedder
     from genoembed.store import Store
-    from genoembed.vector_index import exact_neighbours
+    from genoembed.recall import exact_neighbours
 
     store = Store.open(root)
     started = time.perf_counter()
@@ -178,7 +178,8 @@ def overlap_recall(found: np.ndarray, exact: np.ndarray, tolerance: int) -> floa
 def search_report(root: Path) -> dict:
     """Load the store's index fresh (RSS before/after), then recall, QPS and latency on the held-out queries."""
     from genoembed.store import Store
-    from genoembed.vector_index import K_FACTORS, recall_at, refine_stage
+    from genoembed.recall import K_FACTORS, recall_at
+    from genoembed.vector_index import refine_stage
 
     data = np.load(root.parent / f"{root.name}-queries.npz")
     queries, exact = data["queries"], data["exact"]

@@ -146,7 +146,8 @@ def measure(workdir: Path, queries: int = 200, seed: int = 1) -> dict:
     import genoembed
     from genoembed.store import Store
     from genoembed.subsets import filtered_search, resolve, tile_filter
-    from genoembed.vector_index import exact_search, index_parts, recall_at
+    from genoembed.recall import exact_search, recall_at
+    from genoembed.vector_index import index_parts
 
     store = Store.open(workdir / "store")
     rng = np.random.default_rng(seed)

@@ -35,9 +35,9 @@ from genoembed.manifest import file_sha256
 from genoembed.store import Store
 from genoembed.writers import write_lock
 from genoembed.synthetic import mutate
-from genoembed.vector_index import (INDEX_FILE, FaissIndex, IndexSpec, Metric, exact_neighbours, import_faiss,
-                                    index_parts, load_index, prepare, refine_stage, save_index, search_knob,
-                                    train_index, tune_search, with_tile_ids)
+from genoembed.recall import exact_neighbours, tune_search
+from genoembed.vector_index import (INDEX_FILE, FaissIndex, IndexSpec, Metric, import_faiss, index_parts, load_index,
+                                    prepare, refine_stage, save_index, search_knob, train_index, with_tile_ids)
 
 log = logging.getLogger(__name__)
 # Search settings are re-tuned on an append once the store holds this much more than when they were tuned

@@ -27,7 +27,8 @@ import pyarrow.parquet as pq
 from genoembed.errors import InputError, command
 from genoembed.sql import run_sql
 from genoembed.store import Store
-from genoembed.vector_index import TileSubset, exact_search, refine_stage, search_knob
+from genoembed.recall import exact_search
+from genoembed.vector_index import TileSubset, refine_stage, search_knob
 
 # At most this many tiles, an approximate index's subset is searched exactly. Reading them costs one Parquet
 # shard at most (65,536 rows is a shard's default size: ~64 MiB of float32 at 256-d, tens of ms) and the scan

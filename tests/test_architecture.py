@@ -20,7 +20,7 @@ LAYERS = [
     ["topology"],
     ["genome", "embedders.base", "embedders.tokenize", "embedders.fingerprint", "embedders.model_dir", "joins", "vector_index",
      "hit_formats"],
-    ["tiles", "features", "feature_index", "embedders.kmer", "embedders.pooling", "embedders.fused", "embedders.families",
+    ["tiles", "features", "feature_index", "recall", "embedders.kmer", "embedders.pooling", "embedders.fused", "embedders.families",
      "embedders.table", "embedders.translated", "embedders.loading"],
     ["embedders.hf", "embedders.protein", "evidence"],
     ["embedders"],

@@ -141,7 +141,7 @@ def test_tuning_queries_are_mutated_windows_of_the_store_or_stored_vectors(tmp_p
 
 def test_unreachable_target_takes_the_cheapest_setting_near_the_best_recall(chloroplast_store):
     """A PQ index that plateaus below the target is not tuned to a full scan for the last 0.1 %."""
-    from genoembed.vector_index import PLATEAU, recall_at, tune_search
+    from genoembed.recall import PLATEAU, recall_at, tune_search
 
     index = build_index(chloroplast_store, IndexSpec(factory="IVF7,PQ32x2"))
     database = stored_matrix(chloroplast_store)
