@@ -177,7 +177,7 @@ BAD = [
     ("post", "/search", {"json": {"regions": ["chr9:1-100"]}}, 400, "contig 'chr9'"),
     ("post", "/search", {"json": {"regions": [f"{CHROM}:0-10"]}}, 400, "1 <= start"),
     ("post", "/search", {"json": {"sequences": ["ACGT"], "store": "nope"}}, 404, "no store named"),
-    ("post", "/search", {"json": {"sequences": ["ACGT"], "genome": "nope"}}, 400, "no tiles match"),
+    ("post", "/search", {"json": {"sequences": ["ACGT"], "genome": "nope"}}, 400, "no genome 'nope' in the store"),
     ("post", "/search?format=xml", {"json": {"sequences": ["ACGT"]}}, 400, "format 'xml'"),
     ("post", "/search", {"json": {"sequences": ["ACGT"] * 10_001}}, 400, "at most 10000"),
     ("post", "/search", {"content": b"A" * (MAX_BODY + 1)}, 413, "over 1000000 bytes"),
