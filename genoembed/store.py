@@ -94,7 +94,8 @@ class Store:
             if require_complete and not store.genomes:
                 raise StoreError(f"{root}: store build is incomplete (no genome finished yet); "
                                  "rerun `genoembed index` with the same options to resume it")
-            missing = [s["path"] for s in store.shards if not (root / s["path"]).is_file()]
+            # os.path, not pathlib: a pangenome's store lists 10^3-10^4 shards, and this runs on every open
+            missing = [s["path"] for s in store.shards if not os.path.isfile(os.path.join(root, s["path"]))]
             if not missing:
                 return store
             # A writer (`genoembed remove`) may have committed a new manifest and deleted this one's old
