@@ -115,6 +115,19 @@ def compact(store: Store, retune_only: bool = False) -> dict:
         return entry
 
 
+def stored_spec(root: Path) -> IndexSpec | None:
+    """The IndexSpec of the index a store at ``root`` has (factory, metric, recall target, part size), or None: what
+    an append without index options keeps, instead of rebuilding the store's index as the default Flat."""
+    from genoembed.manifest import MANIFEST, read_manifest
+
+    if not (root / MANIFEST).is_file():
+        return None
+    entry = read_manifest(root).get("index")
+    if not entry:
+        return None
+    return IndexSpec(**entry["spec"], recall_target=_target(entry), part_rows=entry.get("part_rows"))
+
+
 def needs_tuning(entry: dict, tiles: int) -> bool:
     """True when the index's search settings were tuned (an approximate index) on a store that has since grown
     by more than :data:`RETUNE_GROWTH`."""

@@ -164,3 +164,21 @@ def test_parts_stay_logarithmic_and_folding_work_amortised():
     assert total == 1010 and most <= 2 * math.log2(total)
     assert re_added <= total * math.log2(total)
     assert merge_plan([{"ntotal": 30}, {"ntotal": 20}], part_rows=40) == []
+
+
+def test_cli_append_without_index_options_keeps_the_stores_index(tmp_path):
+    """`genoembed index --append` with no --factory adds a part to the store's IVF index (it used to rebuild the
+    whole index as the default Flat)."""
+    out = tmp_path / "s"
+    runner = CliRunner()
+    first = runner.invoke(app, ["index", "--fasta", str(fasta(tmp_path, "a", 60_000, seed=1)), "-o", str(out),
+                                "--model", "kmer:3", "--window", "200", "--stride", "100", "--factory", "IVF8,Flat",
+                                "-q"])
+    assert first.exit_code == 0, first.output
+    before = index_files(out)
+    again = runner.invoke(app, ["index", "--fasta", str(fasta(tmp_path, "b", 3_000, seed=2)), "-o", str(out),
+                                "--model", "kmer:3", "--window", "200", "--stride", "100", "--append", "-q"])
+    assert again.exit_code == 0, again.output
+    store = Store.open(out)
+    assert store.manifest["index"]["spec"]["factory"] == "IVF8,Flat" and len(index_parts(store.manifest["index"])) == 2
+    assert all(index_files(out)[name] == stat for name, stat in before.items())

@@ -109,6 +109,10 @@ def index(
         auto_alias=auto_alias or plan.auto_alias, shard_rows=shard_rows or plan.shard_rows,
         batch_rows=batch_rows or plan.batch_rows,
         embedding_dtype=embedding_dtype.value if embedding_dtype else plan.embedding_dtype)
+    if append and recipe is None and not index_overrides:  # keep the store's own index (IVF stays IVF)
+        from genoembed.indexing import stored_spec
+
+        plan = dataclasses.replace(plan, index=stored_spec(plan.output) or plan.index)
     started = time.perf_counter()
     with Progress(TextColumn("[bold]embedding {task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("tiles"), TimeRemainingColumn(), console=console, transient=True,
