@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 from pathlib import Path
 
 from genoembed.errors import StoreError
@@ -32,7 +33,9 @@ def read_manifest(root: Path) -> dict:
     if not manifest_path.is_file():
         raise StoreError(f"{root}: not a genoembed store (no {MANIFEST}); build one with `genoembed index`")
     try:
-        manifest = json.loads(manifest_path.read_bytes())
+        with open(manifest_path, "rb") as handle:
+            stamp, data = _stamp(os.fstat(handle.fileno())), handle.read()
+        manifest = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise StoreError(f"{manifest_path}: corrupt manifest ({error}); rebuild the store") from None
     except OSError as error:
@@ -53,7 +56,7 @@ def read_manifest(root: Path) -> dict:
     except (KeyError, TypeError, AttributeError) as error:
         raise StoreError(f"{manifest_path}: corrupt format-{version} manifest (cannot upgrade it: missing or "
                          f"malformed {error}); rebuild the store") from None
-    problems = manifest_problems(manifest)
+    problems = [] if _WRITTEN.get(str(manifest_path)) == stamp else manifest_problems(manifest)
     if problems:
         raise StoreError(f"{manifest_path}: corrupt manifest ({'; '.join(problems[:5])}"
                          f"{f'; and {len(problems) - 5} more' if len(problems) > 5 else ''}); rebuild the store")
@@ -247,3 +250,13 @@ def write_manifest(root: Path, manifest: dict) -> None:
     commits per append); `genoembed info` is the readable view."""
     manifest["updated"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     atomic_write_bytes(root / MANIFEST, json.dumps(manifest, separators=(",", ":")).encode())
+    _WRITTEN[str(root / MANIFEST)] = _stamp(os.stat(root / MANIFEST))
+
+
+# Manifests this process committed (path -> file identity): reading one back skips the field checks, which cost
+# 0.06 s per read at 1,000 genomes and ran four times per append. Any other file at that path is checked.
+_WRITTEN: dict[str, tuple] = {}
+
+
+def _stamp(stat: os.stat_result) -> tuple:
+    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
