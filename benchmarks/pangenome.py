@@ -181,8 +181,10 @@ def measure(workdir: Path, queries: int = 200, seed: int = 1) -> dict:
     variants = {"unfiltered": {}, "genome": {"genome": target}, "chrom": {"chrom": "contig_1"},
                 "where": {"where": "gc > 0.5"}}
     seconds = {name: [] for name in variants}
-    for query in windows:  # the variants in turn, query by query: load on a shared machine hits them alike
+    for number, query in enumerate(windows):  # the variants in turn, query by query: load hits them alike
         for name, options in variants.items():
+            if name == "where" and number >= 20:  # a SQL connection per search: 20 say enough
+                continue
             began = time.perf_counter()
             genoembed.search(store, [query], k=10, **options)
             seconds[name].append(time.perf_counter() - began)
@@ -216,7 +218,7 @@ def measure(workdir: Path, queries: int = 200, seed: int = 1) -> dict:
                              "selector": {"hits_per_query": float((through_selector >= 0).sum(axis=1).mean()),
                                           "recall_at_10": round(recall_at(through_selector, chrom_exact, 10), 4),
                                           "queries_answered_exactly": selector_stats["exact_rows"]}},
-            "where_filter": {"where": "gc > 0.5", "ms_p50": p(where_latency, 50)},
+            "where_filter": {"where": "gc > 0.5", "queries": len(where_latency), "ms_p50": p(where_latency, 50)},
             "search": store.manifest["index"].get("search")}
 
 
