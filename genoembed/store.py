@@ -28,6 +28,7 @@ first tile id. Appending a genome continues the ids; removing one leaves a gap
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 from typing import Iterator
 
