@@ -33,11 +33,13 @@ import numpy as np
 from genoembed.errors import GenoembedError, InputError
 from genoembed.manifest import file_sha256
 from genoembed.store import Store
-from genoembed.writers import write_lock
+from genoembed.leases import now_ns
+from genoembed.writers import sweep_retired, write_lock
 from genoembed.synthetic import mutate
 from genoembed.recall import exact_neighbours, tune_search
-from genoembed.vector_index import (INDEX_FILE, FaissIndex, IndexSpec, Metric, import_faiss, index_parts, load_index,
-                                    prepare, refine_stage, save_index, search_knob, train_index, with_tile_ids)
+from genoembed.vector_index import (INDEX_FILE, FaissIndex, IndexSpec, Metric, import_faiss, index_files, index_parts,
+                                    load_index, prepare, refine_stage, save_index, search_knob, train_index,
+                                    with_tile_ids)
 
 log = logging.getLogger(__name__)
 # Search settings are re-tuned on an append once the store holds this much more than when they were tuned
@@ -246,17 +248,11 @@ def _open(store: Store, entry: dict) -> FaissIndex:
 
 
 def _commit(store: Store, entry: dict) -> None:
-    """Record ``entry`` in the manifest, then delete index files it no longer lists (written by this writer's
-    predecessors: snapshots that listed them are older than this commit)."""
+    """Record ``entry`` in the manifest; index files it no longer lists (folded parts, a replaced base) are retired:
+    deleted once no reader of an older snapshot is left (:func:`genoembed.writers.sweep_retired`)."""
+    before = index_files(store.manifest.get("index"))
     store.record("index", "index", entry)
-    delete_unlisted_parts(store.root, entry)
-
-
-def delete_unlisted_parts(root: Path, entry: dict | None) -> None:
-    listed = {part["path"] for part in index_parts(entry)} | ({entry["trained"]["path"]} if entry and entry.get("trained") else set())
-    for path in (root / "index").glob("*.faiss") if (root / "index").is_dir() else ():
-        if f"index/{path.name}" not in listed:
-            path.unlink(missing_ok=True)
+    sweep_retired(store.root, sorted(before - index_files(entry)), now_ns())
 
 
 # Tuning queries differ from the stored tiles as a related strain's sequence would: 5 % substitutions.

@@ -289,6 +289,12 @@ def index_parts(entry: dict | None) -> list[dict]:
                                    "tile_ids": [0, entry["ntotal"]]}]
 
 
+def index_files(entry: dict | None) -> set[str]:
+    """Every file an index entry lists: its parts and the trained index they are cloned from."""
+    trained = (entry or {}).get("trained")
+    return {part["path"] for part in index_parts(entry)} | ({trained["path"]} if trained else set())
+
+
 def search_parameters(index, selector, nprobe: int | None, ef_search: int | None, k_factor: int | None,
                       keep: list) -> object:
     """FAISS ``SearchParameters`` for ``index`` that restrict it to ``selector`` (on tile ids) at the given breadth

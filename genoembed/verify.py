@@ -12,7 +12,7 @@ from genoembed import schema
 from genoembed.manifest import file_sha256, sequence_files
 from genoembed.store import PROVENANCE_KEY, Store
 from genoembed.writers import retired_files
-from genoembed.vector_index import index_parts, load_index
+from genoembed.vector_index import index_files, index_parts, load_index
 
 
 def verify_store(store: Store) -> list[str]:
@@ -134,9 +134,7 @@ def unfinished_work(store: Store) -> list[str]:
     listed = {shard["path"] for shard in store.manifest["shards"]}
     listed |= {entry["path"] for entry in (store.manifest.get("annotations") or {}).values()}
     index_entry = store.manifest.get("index")
-    listed |= {part["path"] for part in index_parts(index_entry)}
-    if index_entry and index_entry.get("trained"):
-        listed.add(index_entry["trained"]["path"])
+    listed |= index_files(index_entry)
     listed |= sequence_files(store.manifest)
     listed |= retired_files(store.root)  # left by a writer for deletion once older readers are done
     for folder in ("shards", "annotations", "index", "searches", "sequences"):
