@@ -13,18 +13,18 @@ import dataclasses
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
 
 from genoembed import schema
 from genoembed.embedders.base import strand_invariant
-from genoembed.errors import InputError, StoreError, command
+from genoembed.errors import InputError, StoreError
 from genoembed.seqio import fasta_records, open_text, read_fasta
-from genoembed.vector_index import FaissIndex
 from genoembed.names import check_identifier
 from genoembed.saved_searches import save_hits
+from genoembed.subsets import TileFilter, filtered_search, resolve, tile_filter
 from genoembed.store import SNAPSHOT_RETRIES, Store
 from genoembed.tiles import tile_starts
 from genoembed.topology import circular_overlaps, flanked_round
@@ -291,13 +291,15 @@ def _unique_names(queries: list[Query]) -> list[Query]:
 def search(store: Store, queries: list[Query | str], k: int = 10, nprobe: int | None = None,
            ef_search: int | None = None, exclude_self: bool = False, save_as: str | None = None,
            embedder=None, trust_remote_code: bool = False, genome: str | None = None,
-           chrom: str | None = None, align: bool = False, min_identity: float | None = None,
-           min_bit_score: float | None = None, k_factor: int | None = None) -> pa.Table:
+           chrom: str | Sequence[str] | None = None, align: bool = False, min_identity: float | None = None,
+           min_bit_score: float | None = None, k_factor: int | None = None, where: str | None = None) -> pa.Table:
     """Top-``k`` tiles per query as a ``schema.HITS`` table (rank 1 = best embedding score).
 
     ``nprobe`` / ``ef_search`` / ``k_factor`` (shortlist factor of a refine stage) override the settings
-    tuned when the index was built. String queries are regions on the store's genomes (see :func:`query_source`). ``genome`` / ``chrom`` restrict hits
-    to that subset of the store and still return ``k`` hits when the subset has them. ``save_as`` saves the hits
+    tuned when the index was built. String queries are regions on the store's genomes (see :func:`query_source`).
+    ``genome``, ``chrom`` (one contig or several) and ``where`` (a SQL condition on the ``tiles`` view, e.g.
+    ``gc > 0.5``) restrict hits to that subset of the store, searched inside FAISS, and still return ``k`` hits
+    when the subset has them (:mod:`genoembed.subsets`). ``save_as`` saves the hits
     in the store under that name (the SQL view ``hits_NAME``; ``last`` is the view ``hits``).
 
     Every hit's ``strand`` is the strand the query matches, read from sequence (see ``schema``).
@@ -332,7 +334,7 @@ def search(store: Store, queries: list[Query | str], k: int = 10, nprobe: int | 
     for attempt in range(SNAPSHOT_RETRIES):
         try:
             hits = _hits(store, queries, vectors, k, fetch, {"nprobe": nprobe, "ef_search": ef_search, "k_factor": k_factor},
-                         exclude_self, genome, chrom)
+                         exclude_self, tile_filter(genome, chrom, where))
             break
         except StoreError:
             # A writer removed files of this snapshot (e.g. `genoembed remove`): answer from the newest one
@@ -348,13 +350,13 @@ def search(store: Store, queries: list[Query | str], k: int = 10, nprobe: int | 
 
 
 def _hits(store: Store, queries: list[Query], vectors: np.ndarray, k: int, fetch: int, settings: dict,
-          exclude_self: bool, genome: str | None, chrom: str | None) -> pa.Table:
-    """Search one snapshot of the store (``settings``: nprobe, ef_search, k_factor) and turn (scores, ids) into
-    hit rows, column by column."""
-    if genome is None and chrom is None:
-        scores, ids = store.vector_index().search(vectors, fetch, **settings)
+          exclude_self: bool, wanted: TileFilter) -> pa.Table:
+    """Search one snapshot of the store (``settings``: nprobe, ef_search, k_factor; ``wanted``: the subset hits
+    come from) and turn (scores, ids) into hit rows, column by column."""
+    if wanted:
+        scores, ids = filtered_search(store, vectors, fetch, resolve(store, wanted), settings=settings)
     else:
-        scores, ids = filtered_search(store, vectors, fetch, genome=genome, chrom=chrom, **settings)
+        scores, ids = store.vector_index().search(vectors, fetch, **settings)
     keep = ids >= 0
     if not keep.any():  # e.g. an IVF search whose probed lists were empty
         return schema.HITS.empty_table()
@@ -486,74 +488,3 @@ def filter_alignments(hits: pa.Table, min_identity: float | None = None,
     if min_bit_score is not None:
         keep = pc.and_(keep, pc.greater_equal(hits["bit_score"], min_bit_score))
     return hits.filter(pc.fill_null(keep, False))
-
-
-def subset_mask(store: Store, genome: str | None = None, chrom: str | None = None) -> np.ndarray:
-    """Boolean array over tile ids: True where the tile is in ``genome`` / ``chrom``."""
-    import duckdb
-
-    clauses, parameters = [], {"paths": [str(p) for p in store.shard_paths]}
-    for name, value in (("genome", genome), ("chrom", chrom)):
-        if value is not None:
-            clauses.append(f"{name} = ${name}")
-            parameters[name] = value
-    mask = np.zeros(store.id_limit, dtype=bool)
-    if not clauses:
-        mask[:] = True
-        return mask
-    ids = duckdb.connect().sql(f"SELECT tile_id FROM read_parquet($paths) WHERE {' AND '.join(clauses)}",
-                               params=parameters).fetchnumpy()["tile_id"]
-    if not len(ids):
-        names = command("sql", store.root, "SELECT DISTINCT genome, chrom FROM tiles")
-        raise InputError(f"{store.root}: no tiles match genome={genome!r} chrom={chrom!r}; check the names with {names}")
-    mask[ids] = True
-    return mask
-
-
-def filtered_search(store: Store, vectors: np.ndarray, k: int, genome: str | None = None,
-                    chrom: str | None = None, index=None, nprobe: int | None = None, ef_search: int | None = None,
-                    factor: int = 4, mask: np.ndarray | None = None,
-                    stats: dict | None = None, k_factor: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``k`` (scores, ids) restricted to ``genome`` / ``chrom`` by over-fetching.
-
-    Fetches ``k * factor`` neighbours from ``index`` (the store's own by default;
-    :class:`~genoembed.vector_index.FaissIndex` or :class:`~genoembed.vector_index.ShardedIndex`),
-    keeps the tiles in the subset and multiplies ``factor`` by 4 for the
-    queries still short of ``k`` until they have ``k`` or the whole index was
-    fetched. ids are -1 only where the subset holds fewer than ``k`` tiles
-    reachable in the index. ``mask`` (from :func:`subset_mask`) skips the
-    lookup when searching one subset repeatedly; ``stats`` receives the rounds
-    and the largest fetch.
-    """
-    if k < 1:
-        raise InputError(f"k={k}: ask for at least one neighbour")
-    index = store.vector_index() if index is None else index
-    if not hasattr(index, "metric"):  # a bare FAISS index: give it the store index's interface
-        index = FaissIndex(index, store.metric)
-    mask = subset_mask(store, genome, chrom) if mask is None else mask
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    if vectors.shape[1] != index.d:
-        raise InputError(f"query vectors have dim {vectors.shape[1]} but the index has dim {index.d}")
-    ntotal = int(index.ntotal) if index.ntotal is not None else len(mask)
-    out_scores = np.full((len(vectors), k), np.nan, dtype=np.float32)
-    out_ids = np.full((len(vectors), k), -1, dtype=np.int64)
-    pending = np.arange(len(vectors))
-    fetch, rounds = min(k * max(factor, 1), ntotal), 0
-    while len(pending):
-        rounds += 1
-        scores, ids = index.search(vectors[pending], fetch, nprobe, ef_search, k_factor)
-        keep = (ids >= 0) & mask[np.clip(ids, 0, len(mask) - 1)] & (ids < len(mask))
-        short = []
-        for row, query in enumerate(pending):
-            chosen = np.flatnonzero(keep[row])[:k]
-            out_ids[query, :len(chosen)] = ids[row, chosen]
-            out_scores[query, :len(chosen)] = scores[row, chosen]
-            exhausted = fetch >= ntotal or (ids[row] < 0).any()
-            if len(chosen) < k and not exhausted:
-                short.append(query)
-        pending = np.asarray(short, dtype=np.int64)
-        if len(pending):
-            fetch = min(fetch * 4, ntotal)
-    if stats is not None:
-        stats.update(rounds=rounds, max_fetch=fetch)
-    return out_scores, out_ids

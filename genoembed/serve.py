@@ -73,7 +73,9 @@ class SearchRequest(BaseModel):
     fasta: str | None = Field(None, description="FASTA text: one query per record.")
     k: int = Field(10, ge=1, le=MAX_K, description="Neighbours per query.")
     genome: str | None = Field(None, description="Only hits from this genome.")
-    chrom: str | None = Field(None, description="Only hits on this contig.")
+    chrom: str | list[str] | None = Field(None, description="Only hits on this contig (or any of these contigs).")
+    where: str | None = Field(None, description="Only hits on tiles where this SQL condition on the tiles view holds "
+                                                "(read-only, e.g. \"gc > 0.5\").")
     query_genome: str | None = Field(None, description="Genome that region/BED coordinates refer to.")
     exclude_self: bool = Field(False, description="Drop hits overlapping the query's own region.")
     annotate: bool = Field(True, description="Add overlapping and nearest features.")
@@ -173,7 +175,7 @@ def run_search(served: ServedStore, request: SearchRequest) -> pa.Table:
         queries = collect_queries(snapshot, request)
         hits = search(snapshot.store, queries, k=request.k, nprobe=request.nprobe, ef_search=request.ef_search,
                       k_factor=request.k_factor, exclude_self=request.exclude_self, embedder=served.embedder,
-                      genome=request.genome, chrom=request.chrom)
+                      genome=request.genome, chrom=request.chrom, where=request.where)
     if request.annotate and snapshot.store.manifest.get("annotations"):
         types = tuple(request.feature_types) if request.feature_types else None
         hits = annotate_hits(snapshot.store, hits, strand=request.strand_mode, types=types)
@@ -296,7 +298,7 @@ async def raw_body(request: Request) -> bytes:
 def search_request(request: Request, body: bytes, base: SearchRequest | None = None) -> SearchRequest:
     """Options from the query string, overridden by a JSON body; a text body is FASTA (starts with '>') or BED."""
     fields = {key: value for key, value in request.query_params.items() if key != "format"}
-    for key in ("regions", "sequences", "feature_types"):
+    for key in ("regions", "sequences", "feature_types", "chrom"):
         if key in fields:
             fields[key] = request.query_params.getlist(key)
     text = body.decode("utf-8", errors="replace").strip()

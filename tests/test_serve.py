@@ -177,7 +177,7 @@ BAD = [
     ("post", "/search", {"json": {"regions": ["chr9:1-100"]}}, 400, "contig 'chr9'"),
     ("post", "/search", {"json": {"regions": [f"{CHROM}:0-10"]}}, 400, "1 <= start"),
     ("post", "/search", {"json": {"sequences": ["ACGT"], "store": "nope"}}, 404, "no store named"),
-    ("post", "/search", {"json": {"sequences": ["ACGT"], "genome": "nope"}}, 400, "no tiles match"),
+    ("post", "/search", {"json": {"sequences": ["ACGT"], "genome": "nope"}}, 400, "no genome 'nope' in the store"),
     ("post", "/search?format=xml", {"json": {"sequences": ["ACGT"]}}, 400, "format 'xml'"),
     ("post", "/search", {"json": {"sequences": ["ACGT"] * 10_001}}, 400, "at most 10000"),
     ("post", "/search", {"content": b"A" * (MAX_BODY + 1)}, 413, "over 1000000 bytes"),
@@ -385,3 +385,17 @@ def test_track_scores_are_cosines_of_stored_vectors(chloro):
     assert track.column("score").to_numpy().max() == pytest.approx(cosines.max(), abs=1e-6)
     ends, starts = track.column("end").to_numpy(), track.column("start").to_numpy()
     assert (ends[:-1] <= starts[1:]).all() and (ends > starts).all()
+
+
+def test_search_filters_by_chrom_list_and_where(client, chloro):
+    """POST takes chrom as one name or a list and a SQL condition on tiles; GET takes repeated chrom= too."""
+    sequence = query_sequence(chloro)
+    body = {"sequences": [sequence], "k": 5, "chrom": [CHROM], "where": "gc > 0.35 AND start > 50000",
+            "annotate": False}
+    reply = client.post("/search", json=body)
+    assert reply.status_code == 200, reply.text
+    same_hits(reply.json()["rows"], expected_hits(chloro, [Query("sequence1", sequence)], 5, chrom=[CHROM],
+                                                  where="gc > 0.35 AND start > 50000"))
+    assert all(row["start"] > 50000 for row in reply.json()["rows"])
+    bad = client.post("/search", json={"sequences": [sequence], "where": "nope > 1"})
+    assert bad.status_code == 400 and bad.json()["error"].startswith("SQL:")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from genoembed.cli.annotate import annotate
+from genoembed.cli.compact import compact
 from genoembed.cli.eval import eval_command
 from genoembed.cli.explain import explain
 from genoembed.cli.finetune import finetune
@@ -52,6 +53,7 @@ app.command("annotate")(annotate)
 app.command("info")(info)
 app.command("verify")(verify)
 app.command("remove")(remove)
+app.command("compact")(compact)
 app.command("eval")(eval_command)
 app.command("plot")(plot)
 app.command("pretrain")(pretrain)

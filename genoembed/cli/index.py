@@ -36,7 +36,7 @@ def index(
     recipe: Optional[Path] = typer.Argument(None, help="Index recipe (TOML, e.g. indexes/demo.toml); options below override it."),
     fasta: Optional[list[Path]] = typer.Option(None, "--fasta", help="Genome FASTA (plain, gzip or bgzip); repeat to put several genomes in one store."),
     genome_name: Optional[str] = typer.Option(None, "--genome-name", help="Name of the genome in the store (default: the FASTA file name without extensions; one --fasta only)."),
-    append: bool = typer.Option(False, "--append", help="Add the genome(s) to an existing store built with the same model and tiling (its index is extended, not rebuilt)."),
+    append: bool = typer.Option(False, "--append", help="Add the genome(s) to an existing store built with the same model and tiling: their vectors go into a new index part (nothing indexed is rewritten; `genoembed compact` folds parts into one)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Store directory (default: recipe path without .toml)."),
     out: Optional[Path] = typer.Option(None, "--out", hidden=True, help="Old spelling of --output."),
     model: Optional[str] = typer.Option(None, "--model", help="'default' (shipped retrieval model), 'mlm' (shipped masked-LM model), 'kmer[:K]', or a local Hugging Face model directory."),
@@ -58,6 +58,7 @@ def index(
     circular: Optional[list[str]] = typer.Option(None, "--circular", help="Contig to tile round its origin (a plasmid, a bacterial chromosome; repeat for several). FASTA headers with circular=true or [topology=circular], GenBank LOCUS ... circular and GFF3 Is_circular=true in --annotations mark them too."),
     factory: Optional[str] = typer.Option(None, help="FAISS index factory string: Flat, IVF256,PQ16, HNSW32, ...; a refine stage re-ranks a compressed search with finer vectors (IVF256,PQ16,Refine(SQfp16)). An IVF layout needs 39 training tiles per list (IVFn needs 39*n tiles, FAISS's rule), else it is refused with a factory that fits."),
     metric: Optional[Metric] = typer.Option(None, help="ip = cosine on normalised vectors; l2 = Euclidean."),
+    part_rows: Optional[int] = typer.Option(None, "--part-rows", min=1, help="At most this many vectors per index file: a store bigger than RAM is indexed in parts, each built on its own and opened memory-mapped (searches read only the pages they touch) [default: one file]."),
     recall_target: Optional[float] = typer.Option(None, "--recall-target", min=0.01, max=1.0, help="Approximate indexes (IVF, HNSW): tune nprobe/efSearch (and the refine stage's --k-factor) at build time until recall@10 against exact search reaches this [default: 0.95]; the setting is recorded and used by every search unless --nprobe/--ef-search/--k-factor is given."),
     annotations: Optional[list[Path]] = typer.Option(None, "--annotations", "-a", help="BED/GTF/GFF3/GenBank file to add (repeatable)."),
     alias: Optional[list[str]] = typer.Option(None, "--alias", help="Rename an annotation contig: FROM=TO (repeatable)."),
@@ -88,7 +89,8 @@ def index(
     tiling_overrides = {name: value for name, value in dict(
         window=window, stride=stride, strands=strands, max_n_fraction=max_n_fraction, soft_mask=soft_mask,
         contigs=tuple(contig) if contig else None).items() if value is not None}
-    index_overrides = {name: value for name, value in dict(factory=factory, metric=metric, recall_target=recall_target).items()
+    index_overrides = {name: value for name, value in dict(factory=factory, metric=metric, recall_target=recall_target,
+                                                           part_rows=part_rows).items()
                        if value is not None}
     options = EmbedderOptions(pooling=pooling.value if pooling else None, layer=layer,
                               reverse_complement=reverse_complement, frames=frames, batch_size=batch_size,
@@ -107,6 +109,10 @@ def index(
         auto_alias=auto_alias or plan.auto_alias, shard_rows=shard_rows or plan.shard_rows,
         batch_rows=batch_rows or plan.batch_rows,
         embedding_dtype=embedding_dtype.value if embedding_dtype else plan.embedding_dtype)
+    if append and recipe is None and not index_overrides:  # keep the store's own index (IVF stays IVF)
+        from genoembed.indexing import stored_spec
+
+        plan = dataclasses.replace(plan, index=stored_spec(plan.output) or plan.index)
     started = time.perf_counter()
     with Progress(TextColumn("[bold]embedding {task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("tiles"), TimeRemainingColumn(), console=console, transient=True,

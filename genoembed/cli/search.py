@@ -57,7 +57,8 @@ def search(
     k_factor: Optional[int] = typer.Option(None, "--k-factor", min=1, help="Indexes with a refine stage (e.g. IVF1024,PQ32,Refine(SQfp16)): re-rank k * this many candidates of the compressed search with the finer vectors [default: tuned at build time]."),
     genome: Optional[str] = typer.Option(None, "--genome", help="Only return hits from this genome of the store."),
     query_genome: Optional[str] = typer.Option(None, "--query-genome", help="Genome of the store that --region/--bed coordinates refer to (needed only when several genomes share a contig name)."),
-    chrom: Optional[str] = typer.Option(None, "--chrom", help="Only return hits on this contig."),
+    chrom: Optional[list[str]] = typer.Option(None, "--chrom", help="Only return hits on this contig (repeatable: any of them)."),
+    where: Optional[str] = typer.Option(None, "--where", help="Only return hits on tiles where this SQL condition on the tiles view holds, e.g. \"gc > 0.5\" or a subquery on annotations (read-only, like `genoembed sql`); with --genome/--chrom all must hold."),
     exclude_self: bool = typer.Option(False, "--exclude-self", help="Drop hits overlapping the query's own region."),
     align: Optional[bool] = typer.Option(None, "--align/--no-align", help="Locally align each query to its hit tile plus flanks (Smith-Waterman, BLASTN scoring) and add identity, coverage, exact coordinates, strand, bit score and E-value (default: on for --format blast6/paf, else off; needs the align extra)."),
     min_identity: Optional[float] = typer.Option(None, "--min-identity", min=0.0, max=1.0, help="Drop hits whose alignment identity (matches / alignment columns, 0-1) is lower (needs --align)."),
@@ -109,7 +110,7 @@ def search(
         queries = _queries(opened, region, sequence, bed_path, fasta_path, vcf, sample, query_genome)
         for batch in _batches(queries, QUERY_BATCH):
             hits = search_store(opened, batch, k=k, nprobe=nprobe, ef_search=ef_search, k_factor=k_factor,
-                                exclude_self=exclude_self, genome=genome, chrom=chrom,
+                                exclude_self=exclude_self, genome=genome, chrom=chrom, where=where,
                                 trust_remote_code=trust_remote_code, align=align,
                                 min_identity=min_identity, min_bit_score=min_score)
             if saved is not None:
