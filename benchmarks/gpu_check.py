@@ -16,14 +16,15 @@ Sections (each timed, each recorded even when it fails or is skipped, with the r
 ``--dry-run`` runs the same code on the CPU with tiny shapes (the suite runs it: tests/test_gpu_check.py);
 sections that need CUDA or a package that is missing are recorded as skipped.
 
-On a lent GPU machine (no network; its image has torch, transformers, pyarrow, numpy, typer, rich but not
-duckdb, pyfaidx, biopython or faiss), the missing wheels travel with the working tree (64 MiB at most)::
+On a lent GPU machine (no network; its image has torch, transformers, pyarrow, numpy, typer and rich), the
+packages it lacks travel as wheels with the working tree (64 MiB a call; the tree is ~26 MB): pyfaidx (30 kB,
+which ``import genoembed`` needs), faiss-cpu (19 MB) and xformers (3.3 MB, needs torch >= 2.10)::
 
     echo /.whl/ >> .git/info/exclude
     pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \\
-        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \\
-        -d .whl duckdb pyfaidx biopython faiss-cpu
-    # on the machine (carry .whl):
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux2014_x86_64 \\
+        -d .whl pyfaidx faiss-cpu xformers
+    # on the machine, carrying .whl:
     python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && \\
         PYTHONPATH=/tmp/site:. python3 benchmarks/gpu_check.py --output $OUT/gpu_check.json
 
