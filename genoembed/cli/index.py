@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from genoembed.cli.common import OutputFormat, console, configure_logging, handle_errors, pick, set_threads
 from genoembed.embedders import EmbedderOptions, Pooling
@@ -107,9 +106,11 @@ def index(
         auto_alias=auto_alias or plan.auto_alias, shard_rows=shard_rows or plan.shard_rows,
         batch_rows=batch_rows or plan.batch_rows,
         embedding_dtype=embedding_dtype.value if embedding_dtype else plan.embedding_dtype)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
     started = time.perf_counter()
     with Progress(TextColumn("[bold]embedding {task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("tiles"), TimeRemainingColumn(), console=console, transient=True,
+                  TextColumn("tiles"), TimeRemainingColumn(), console=console(), transient=True,
                   disable=quiet or as_json) as bar:
         from genoembed.build import build
 
