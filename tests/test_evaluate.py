@@ -1,4 +1,4 @@
-"""Ground truth, metrics and the evaluation run (genoembed/evaluate.py, cli/eval.py)."""
+"""Ground truth, metrics and the evaluation run (genoembed/eval/, cli/eval.py)."""
 
 from __future__ import annotations
 

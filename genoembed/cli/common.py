@@ -14,13 +14,18 @@ from pathlib import Path
 
 import pyarrow as pa
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from genoembed.errors import GenoembedError, InputError
 from genoembed.writers import store_holding
 
-console = Console(stderr=True)
+
+@functools.cache
+def console():
+    """rich's Console on stderr, made on first use: importing rich costs tens of milliseconds, and most runs
+    (TSV, JSON, Parquet output) print nothing through it."""
+    from rich.console import Console
+
+    return Console(stderr=True)
 
 
 class OutputFormat(str, Enum):
@@ -91,6 +96,9 @@ def emit_table(table: pa.Table, fmt: OutputFormat, output: Path | None = None, t
 
 def print_table(table: pa.Table, title: str | None, max_rows: int = 200, more: int = 0) -> None:
     """A screen table of the first ``max_rows`` rows (``more`` rows not shown are counted too)."""
+    from rich.console import Console
+    from rich.table import Table
+
     rows = table.to_pylist()
     pretty = Table(title=title, show_lines=False)
     for name in table.column_names:

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from genoembed.cli.common import OutputFormat, console, configure_logging, handle_errors, pick, set_threads
 from genoembed.embedders import EmbedderOptions, Pooling
@@ -113,9 +112,12 @@ def index(
         from genoembed.indexing import stored_spec
 
         plan = dataclasses.replace(plan, index=stored_spec(plan.output) or plan.index)
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
     started = time.perf_counter()
     with Progress(TextColumn("[bold]embedding {task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("tiles"), TimeRemainingColumn(), console=console, transient=True,
+                  TextColumn("tiles"), TimeRemainingColumn(), console=console(), transient=True,
                   disable=quiet or as_json) as bar:
         from genoembed.build import build
 

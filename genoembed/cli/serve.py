@@ -48,6 +48,6 @@ def serve(
         raise MissingExtraError(f"genoembed serve needs {error.name}: pip install 'genoembed[serve]'") from None
     opened = open_stores(stores, trust_remote_code=trust_remote_code)
     shown = f"[{host}]" if ":" in host else host
-    console.print(f"genoembed: serving {', '.join(opened)} at http://{shown}:{port}/ (API docs at /docs)")
+    console().print(f"genoembed: serving {', '.join(opened)} at http://{shown}:{port}/ (API docs at /docs)")
     uvicorn.run(create_app(opened, token), host=host, port=port, log_level="warning" if quiet else "info",
                 access_log=not quiet)
