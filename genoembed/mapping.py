@@ -1,0 +1,92 @@
+"""Which way a query is answered, by its length against the store's window.
+
+* longer than the window: cut into tiles like the store and chained into mapped blocks (:mod:`genoembed.chain`);
+* shorter than ``SHORT_FRACTION`` of the window: placed by shared minimizers (:mod:`genoembed.seeds`), because
+  one vector of a read a fraction of the window long is close to nothing in the store;
+* otherwise: one vector, nearest tiles (:func:`genoembed.search.search`), as always.
+
+:func:`answer` runs all three and returns (hits, blocks): hits of tile and seed queries in ``schema.HITS``
+(``schema.ALIGNED_HITS`` with ``align``), blocks of mapped queries in :data:`genoembed.chain.BLOCKS`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from genoembed.chain import BLOCKS, ChainSettings, map_queries
+from genoembed.search import Query, add_evidence, filter_alignments, search
+from genoembed.seeds import place_queries
+from genoembed.store import Store
+
+SHORT_FRACTION = 0.5
+ROUTES = ("tiles", "seeds", "chain")
+
+
+def route(query: Query, window: int) -> str:
+    """``chain`` for queries longer than the window, ``seeds`` for those under half of it, else ``tiles``."""
+    length = len(query.sequence)
+    if length > window:
+        return "chain"
+    return "seeds" if length < SHORT_FRACTION * window else "tiles"
+
+
+def answer(store: Store, queries: list[Query], k: int = 10, exclude_self: bool = False, genome: str | None = None,
+           chrom: str | None = None, align: bool = False, min_identity: float | None = None,
+           min_bit_score: float | None = None, search_settings: dict | None = None, embedder=None,
+           trust_remote_code: bool = False, chain_settings: ChainSettings = ChainSettings()) -> tuple[pa.Table, pa.Table]:
+    """(hits of tile and seed queries, mapped blocks of long queries); ``k`` results per query either way."""
+    window = store.provenance["tiling"]["window"]
+    routed = {name: [query for query in queries if route(query, window) == name] for name in ROUTES}
+    settings = search_settings or {}
+    pieces = []
+    if routed["tiles"]:
+        pieces.append(search(store, routed["tiles"], k=k, exclude_self=exclude_self, genome=genome, chrom=chrom,
+                             align=align, min_identity=min_identity, min_bit_score=min_bit_score, embedder=embedder,
+                             trust_remote_code=trust_remote_code, **settings))
+    if routed["seeds"]:
+        placed = place_queries(store, routed["seeds"], k + 8)
+        placed = _ranked(_restricted(placed, routed["seeds"], exclude_self, genome, chrom), k)
+        if align:
+            placed = add_evidence(store, routed["seeds"], placed, align=True)
+            if min_identity is not None or min_bit_score is not None:
+                placed = filter_alignments(placed, min_identity, min_bit_score)
+        pieces.append(placed)
+    blocks = BLOCKS.empty_table()
+    if routed["chain"]:
+        blocks = map_queries(store, routed["chain"], k + 8, chain_settings, settings, genome, chrom,
+                             embedder or store.embedder(trust_remote_code=trust_remote_code))
+        blocks = _ranked(_restricted(blocks, routed["chain"], exclude_self, None, None), k)
+    hits = pa.concat_tables(pieces, promote_options="default") if pieces else None
+    return hits, blocks
+
+
+def _restricted(table: pa.Table, queries: list[Query], exclude_self: bool, genome: str | None,
+                chrom: str | None) -> pa.Table:
+    """Rows in the ``genome`` / ``chrom`` subset and, with ``exclude_self``, off their query's own region."""
+    keep = np.ones(table.num_rows, dtype=bool)
+    if genome is not None:
+        keep &= np.asarray(table.column("genome").to_pylist(), dtype=object) == genome
+    if chrom is not None:
+        keep &= np.asarray(table.column("chrom").to_pylist(), dtype=object) == chrom
+    if exclude_self:
+        own = {query.name: query for query in queries if query.chrom is not None}
+        for row, (name, hit_chrom, start, end) in enumerate(zip(*(table.column(c).to_pylist()
+                                                                  for c in ("query", "chrom", "start", "end")))):
+            query = own.get(name)
+            if query is not None and query.chrom == hit_chrom and query.start < end and start < query.end:
+                keep[row] = False
+    return table.filter(pa.array(keep))
+
+
+def _ranked(table: pa.Table, k: int) -> pa.Table:
+    """Ranks 1..n again per query after filtering, keeping the first ``k``."""
+    if not table.num_rows:
+        return table
+    names = table.column("query").to_pylist()
+    rank = np.ones(len(names), dtype=np.int32)
+    for row in range(1, len(names)):
+        rank[row] = rank[row - 1] + 1 if names[row] == names[row - 1] else 1
+    table = table.set_column(table.schema.get_field_index("rank"), table.schema.field("rank"), pa.array(rank))
+    return table.filter(pc.less_equal(table["rank"], k))
