@@ -15,6 +15,7 @@ import typer
 from genoembed.cli.common import (OutputFormat, StreamedOutput, configure_logging, handle_errors, print_table,
                                   refuse_inside_store, set_threads, standard_input_file)
 from genoembed.errors import InputError
+from genoembed.schema import ALIGNED_HITS, HITS
 from genoembed.store import Store
 from genoembed.version import VERSION
 
@@ -62,6 +63,7 @@ def search(
     align: Optional[bool] = typer.Option(None, "--align/--no-align", help="Locally align each query to its hit tile plus flanks (Smith-Waterman, BLASTN scoring) and add identity, coverage, exact coordinates, strand, bit score and E-value (default: on for --format blast6/paf, else off; needs the align extra)."),
     min_identity: Optional[float] = typer.Option(None, "--min-identity", min=0.0, max=1.0, help="Drop hits whose alignment identity (matches / alignment columns, 0-1) is lower (needs --align)."),
     min_score: Optional[float] = typer.Option(None, "--min-score", min=0.0, help="Drop hits whose alignment bit score is lower (needs --align)."),
+    mapped: bool = typer.Option(True, "--map/--no-map", help="Queries longer than the store's window are cut into tiles like the store and collinear tile hits chained into mapped blocks (query and target spans, query coverage, best and mean tile score); queries under half a window are placed by shared minimizers. --no-map embeds every query whole."),
     loci: bool = typer.Option(True, "--loci/--tiles", help="Show loci (overlapping or touching tile hits of a query on one contig and strand merged, best tile's score) or every tile hit; saved searches always keep tile hits."),
     annotate: bool = typer.Option(True, "--annotate/--no-annotate", help="Add overlapping and nearest features of the store's annotations (table, tsv, json, parquet)."),
     strand_mode: StrandMode = typer.Option(StrandMode.ignore, "--strand-mode", help="Feature strand vs hit strand for the annotation join."),
@@ -78,6 +80,7 @@ def search(
     loci by default) with alignment evidence and annotations."""
     from genoembed.annotate import annotate_hits
     from genoembed.evidence import merge_loci
+    from genoembed.mapping import answer
     from genoembed.names import check_identifier
     from genoembed.saved_searches import HitsWriter
     from genoembed.search import search as search_store
@@ -107,18 +110,35 @@ def search(
             (HitsWriter(opened, name, {"k": k, "exclude_self": exclude_self}) if save
              else contextlib.nullcontext()) as saved:
         queries = _queries(opened, region, sequence, bed_path, fasta_path, vcf, sample, query_genome)
+        columns = None  # the first chunk's columns: later chunks follow them (one TSV header, one Parquet schema)
         for batch in _batches(queries, QUERY_BATCH):
-            hits = search_store(opened, batch, k=k, nprobe=nprobe, ef_search=ef_search, k_factor=k_factor,
-                                exclude_self=exclude_self, genome=genome, chrom=chrom,
-                                trust_remote_code=trust_remote_code, align=align,
-                                min_identity=min_identity, min_bit_score=min_score)
+            settings = {"nprobe": nprobe, "ef_search": ef_search, "k_factor": k_factor}
+            common = {"k": k, "exclude_self": exclude_self, "genome": genome, "chrom": chrom,
+                      "trust_remote_code": trust_remote_code, "align": align, "min_identity": min_identity,
+                      "min_bit_score": min_score}
+            if mapped:
+                hits, blocks = answer(opened, batch, search_settings=settings, **common)
+            else:
+                hits, blocks = search_store(opened, batch, **settings, **common), None
             if saved is not None:
-                saved.write(hits)
-            if loci:
+                for table in (hits, blocks):
+                    if table is not None and (table.num_rows or table is hits):
+                        target = ALIGNED_HITS if align else HITS
+                        saved.write(_conformed(table, target.names).cast(target))
+            if hits is not None and loci:
                 hits = merge_loci(hits, higher_is_better=higher_is_better)
             if format in TEXT_FORMATS:
-                out.text(_formatted(hits, format, opened, higher_is_better), header_lines=TEXT_FORMATS[format])
+                if hits is not None:
+                    out.text(_formatted(hits, format, opened, higher_is_better), header_lines=TEXT_FORMATS[format])
+                if blocks is not None and blocks.num_rows:
+                    out.text(_formatted_blocks(blocks, format, opened, higher_is_better),
+                             header_lines=TEXT_FORMATS[format])
                 continue
+            hits = _with_blocks(hits, blocks)
+            if hits is None:
+                continue
+            columns = columns or hits.column_names
+            hits = _conformed(hits, columns)
             if annotating:
                 hits = annotate_hits(opened, hits, strand=strand_mode.value,
                                      types=tuple(feature_type) if feature_type else None)
@@ -191,6 +211,36 @@ def _formatted(hits: pa.Table, format: HitFormat, store: Store, higher_is_better
     return hit_formats.paf(hits, store.contig_lengths)
 
 
+def _formatted_blocks(blocks: pa.Table, format: HitFormat, store: Store, higher_is_better: bool) -> str:
+    """Mapped blocks in a text format: PAF as minimap2 writes it without ``-c``, BED like hits; blast6 needs
+    base-level alignments, which blocks do not carry (their queries are left out, with a warning)."""
+    from genoembed import hit_formats
+    from genoembed.chain import blocks_paf
+
+    if format is HitFormat.paf:
+        return blocks_paf(blocks, store.contig_lengths)
+    if format is HitFormat.bed:
+        return hit_formats.bed(blocks, higher_is_better)
+    names = sorted(set(blocks.column("query").to_pylist()))
+    logging.getLogger("genoembed").warning(
+        "%d queries longer than the window were mapped as blocks, which blast6 cannot show: %s; use --format paf",
+        len(names), ", ".join(names[:3]) + (" ..." if len(names) > 3 else ""))
+    return ""
+
+
+def _with_blocks(hits: pa.Table | None, blocks: pa.Table | None) -> pa.Table | None:
+    """Hits and mapped blocks as one table (columns of both; a block's row leaves hit-only columns empty)."""
+    tables = [table for table in (hits, blocks) if table is not None and (table.num_rows or table is hits)]
+    return pa.concat_tables(tables, promote_options="default") if tables else None
+
+
+def _conformed(table: pa.Table, columns: list[str]) -> pa.Table:
+    """``table`` with exactly ``columns`` (missing ones null, others dropped), so every chunk of one output
+    shares the first chunk's header."""
+    arrays = [table.column(name) if name in table.column_names else pa.nulls(table.num_rows) for name in columns]
+    return pa.table(arrays, names=columns)
+
+
 def _writable(root: Path) -> bool:
     searches = root / "searches"
     return os.access(searches if searches.is_dir() else root, os.W_OK)
@@ -205,6 +255,10 @@ def compact_hits(hits: pa.Table) -> pa.Table:
                "score": hit["score"]}
         if "tiles" in hit:
             row["tiles"] = hit["tiles"]
+        if hit.get("query_block_start") is not None:  # a mapped block of a long query
+            row["query span"] = f"{hit['query_block_start'] + 1}-{hit['query_block_end']}"
+            row["query cover"] = f"{100 * hit['query_coverage']:.0f}%"
+            row["mean score"] = hit["mean_score"]
         if "identity" in hit:
             aligned = hit["identity"] is not None
             row["identity"] = f"{100 * hit['identity']:.1f}%" if aligned else ""
