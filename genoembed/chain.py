@@ -238,6 +238,37 @@ def _union_length(starts: np.ndarray, ends: np.ndarray) -> int:
     return int(covered)
 
 
+ALIGN_CELLS = 40_000_000  # query x target bases aligned per block at most (parasail's traceback holds them all)
+
+
+def align_blocks(store: Store, queries: list[Query], blocks: pa.Table) -> pa.Table:
+    """``blocks`` with ``schema.ALIGNMENT_FIELDS`` from a local alignment of the whole query to the block's target
+    span plus flanks of the query's unplaced ends; blocks over :data:`ALIGN_CELLS` stay unaligned (nulls)."""
+    from genoembed.evidence import align, alignment_columns, flanked
+
+    by_name = {query.name: query.sequence for query in queries}
+    lengths = store.contig_lengths
+    database = sum(lengths.values())
+    window = store.provenance["tiling"]["window"]
+    regions = HitSequences(store)
+    rows = []
+    for block in blocks.to_pylist():
+        query = by_name[block["query"]]
+        flank = max(block["query_block_start"], len(query) - block["query_block_end"]) + window  # ends: a tile's play
+        start, end = flanked(block["start"], block["end"], lengths[block["chrom"]], flank)
+        alignment = None
+        if len(query) * (end - start) <= ALIGN_CELLS:
+            alignment = align(query, regions.fetch(block["genome"], block["chrom"], start, end), start)
+        columns = alignment_columns(alignment, len(query), database)
+        if alignment is not None and alignment.strand != block["strand"]:
+            columns = alignment_columns(None, len(query), database)  # the other strand aligns better: no evidence
+        if columns["query_coverage"] is None:
+            del columns["query_coverage"]  # unaligned: the block's own coverage (by its tiles) stands
+        rows.append({**block, **columns})
+    fields = list(blocks.schema) + [field for field in schema.ALIGNMENT_FIELDS if field.name not in blocks.schema.names]
+    return pa.Table.from_pylist(rows, schema=pa.schema(fields))
+
+
 def blocks_paf(blocks: pa.Table, contig_lengths: dict[str, int]) -> str:
     """PAF text of mapped blocks, as minimap2 writes mappings without base-level alignment (no ``-c``):
     column 10 is the query bases inside the block's anchors (minimap2: bases in its seeds), column 11 the

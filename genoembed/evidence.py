@@ -261,7 +261,9 @@ def merge_loci(hits: pa.Table, higher_is_better: bool = True) -> pa.Table:
     loci = hits.take(pa.array(order[firsts]))
     columns = {"end": pa.array(np.maximum.reduceat(end[order], firsts), hits.schema.field("end").type),
                "score": hits.column("score").take(pa.array(best)),
-               "tile_id": hits.column("tile_id").take(pa.array(best))}
+               "tile_id": hits.column("tile_id").take(pa.array(best)),
+               **({"score_evalue": hits.column("score_evalue").take(pa.array(best))}
+                  if "score_evalue" in hits.column_names else {})}
     if "alignment_score" in hits.column_names:
         aligned = hits.column("alignment_score").fill_null(0).to_numpy().astype(np.float64)
         best_alignment = pa.array(first_best(aligned))

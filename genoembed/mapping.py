@@ -15,9 +15,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from genoembed.chain import BLOCKS, ChainSettings, map_queries
+from genoembed.chain import BLOCKS, ChainSettings, align_blocks, map_queries, query_tile_starts
 from genoembed.search import Query, add_evidence, filter_alignments, search
 from genoembed.seeds import place_queries
+from genoembed.significance import add_evalues, significant
 from genoembed.store import Store
 
 SHORT_FRACTION = 0.5
@@ -35,16 +36,21 @@ def route(query: Query, window: int) -> str:
 def answer(store: Store, queries: list[Query], k: int = 10, exclude_self: bool = False, genome: str | None = None,
            chrom: str | None = None, align: bool = False, min_identity: float | None = None,
            min_bit_score: float | None = None, search_settings: dict | None = None, embedder=None,
-           trust_remote_code: bool = False, chain_settings: ChainSettings = ChainSettings()) -> tuple[pa.Table, pa.Table]:
-    """(hits of tile and seed queries, mapped blocks of long queries); ``k`` results per query either way."""
-    window = store.provenance["tiling"]["window"]
+           trust_remote_code: bool = False, chain_settings: ChainSettings = ChainSettings(),
+           evalue: float | None = None, min_score: float | None = None) -> tuple[pa.Table, pa.Table]:
+    """(hits of tile and seed queries, mapped blocks of long queries); ``k`` results per query either way, fewer
+    where ``evalue`` / ``min_score`` drop some (see :func:`genoembed.significance.significant`). A block's
+    ``score_evalue`` is its best tile's, times the query's tiles searched (each was a chance to score that well)."""
+    window, stride = store.provenance["tiling"]["window"], store.provenance["tiling"]["stride"]
+    embedder = embedder or store.embedder(trust_remote_code=trust_remote_code)
+    higher_is_better = store.metric == "ip"
     routed = {name: [query for query in queries if route(query, window) == name] for name in ROUTES}
     settings = search_settings or {}
     pieces = []
     if routed["tiles"]:
         pieces.append(search(store, routed["tiles"], k=k, exclude_self=exclude_self, genome=genome, chrom=chrom,
                              align=align, min_identity=min_identity, min_bit_score=min_bit_score, embedder=embedder,
-                             trust_remote_code=trust_remote_code, **settings))
+                             trust_remote_code=trust_remote_code, evalue=evalue, min_score=min_score, **settings))
     if routed["seeds"]:
         placed = place_queries(store, routed["seeds"], k + 8)
         placed = _ranked(_restricted(placed, routed["seeds"], exclude_self, genome, chrom), k)
@@ -52,12 +58,24 @@ def answer(store: Store, queries: list[Query], k: int = 10, exclude_self: bool =
             placed = add_evidence(store, routed["seeds"], placed, align=True)
             if min_identity is not None or min_bit_score is not None:
                 placed = filter_alignments(placed, min_identity, min_bit_score)
+        if evalue is not None:
+            placed = placed.append_column(pa.field("score_evalue", pa.float64()), pa.nulls(placed.num_rows, pa.float64()))
+            placed = significant(placed, evalue)  # the alignment's E-value, where there is one
         pieces.append(placed)
     blocks = BLOCKS.empty_table()
     if routed["chain"]:
-        blocks = map_queries(store, routed["chain"], k + 8, chain_settings, settings, genome, chrom,
-                             embedder or store.embedder(trust_remote_code=trust_remote_code))
-        blocks = _ranked(_restricted(blocks, routed["chain"], exclude_self, None, None), k)
+        blocks = map_queries(store, routed["chain"], k + 8, chain_settings, settings, genome, chrom, embedder)
+        blocks = _restricted(blocks, routed["chain"], exclude_self, None, None)
+        if align:
+            blocks = align_blocks(store, routed["chain"], blocks)
+            if min_identity is not None or min_bit_score is not None:
+                blocks = filter_alignments(blocks, min_identity, min_bit_score)
+        if evalue is not None or min_score is not None:
+            tiles = {query.name: len(query_tile_starts(len(query.sequence), window, stride)) for query in routed["chain"]}
+            blocks = add_evalues(store, routed["chain"], blocks, embedder, settings,
+                                 lengths={name: window for name in tiles}, multiplier=tiles)
+            blocks = significant(blocks, evalue, min_score, higher_is_better)
+        blocks = _ranked(blocks, k)
     hits = pa.concat_tables(pieces, promote_options="default") if pieces else None
     return hits, blocks
 

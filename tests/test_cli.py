@@ -61,9 +61,12 @@ def test_search_by_region_shows_annotated_hits(cli_store):
 
 def test_search_by_sequence_pretty_table(cli_store):
     sequence = CHLOROPLAST_FASTA.read_text().splitlines()[100][:60] * 10
-    result = invoke("search", cli_store, "--sequence", sequence, "-k", "2")
+    result = invoke("search", cli_store, "--sequence", sequence, "-k", "2", "--evalue", "1000")
     assert result.exit_code == 0, result.output
     assert "top 2 hits" in result.stdout and "sequence1" in result.stdout
+    # a 60-mer repeated ten times has no homolog here: at the default E-value cut-off (10) nothing is shown
+    result = invoke("search", cli_store, "--sequence", sequence, "-k", "2")
+    assert result.exit_code == 0 and "no hit with E-value <= 10" in result.stdout
 
 
 def test_sql_joins_hits_with_features(cli_store):

@@ -193,7 +193,7 @@ def test_blast6_bed_and_paf_read_without_genoembed(annotated, tmp_path):
         sorted_bed = subprocess.run(["bedtools", "sort", "-i", str(bed_file)], capture_output=True, text=True, check=True)
         assert len(sorted_bed.stdout.splitlines()) == len(bed)
 
-    result = invoke("search", annotated, *regions, "-k", "6", "--format", "paf", "--tiles", "--no-save")
+    result = invoke("search", annotated, *regions, "-k", "6", "--format", "paf", "--tiles", "--no-map", "--no-save")
     assert result.exit_code == 0, result.output
     paf = data_lines(result.stdout)
     assert len(paf) == 12 and all(len(row) >= 12 and row[4] in "+-" for row in paf)

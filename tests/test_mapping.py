@@ -81,8 +81,12 @@ def test_long_contig_paf_reads_like_minimap2(mg1655_store, tmp_path):
         mine, minimap = ours[name], theirs[name]
         assert len(mine) >= 12 and mine[1] == minimap[1] and mine[4] == minimap[4] and mine[5] == minimap[5]
         assert mine[6] == minimap[6]  # target length
-        assert abs(int(mine[7]) - int(minimap[7])) <= 500 and abs(int(mine[8]) - int(minimap[8])) <= 500
-        assert "tp:A:P" in mine
+        # --format paf aligns blocks (parasail): base-exact ends like minimap2 -c; a block too long to align
+        # (seq33: 42 kb against 15 kb plus flanks) keeps its tile-grid ends, as minimap2 without -c
+        aligned = any(field.startswith("cg:Z:") for field in mine)
+        slack = 20 if aligned else 500
+        assert abs(int(mine[7]) - int(minimap[7])) <= slack and abs(int(mine[8]) - int(minimap[8])) <= slack
+        assert aligned == (name != "seq33") and (aligned or "tp:A:P" in mine)
 
 
 def _reads(length: int, count: int, seed: int) -> tuple[str, list[tuple[int, str]]]:

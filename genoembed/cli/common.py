@@ -75,7 +75,7 @@ def _cell(value) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
-        return f"{value:.4f}"
+        return f"{value:.3g}" if value != 0 and abs(value) < 1e-3 else f"{value:.4f}"  # E-values, not 0.0000
     return str(value)
 
 

@@ -62,7 +62,9 @@ def search(
     exclude_self: bool = typer.Option(False, "--exclude-self", help="Drop hits overlapping the query's own region."),
     align: Optional[bool] = typer.Option(None, "--align/--no-align", help="Locally align each query to its hit tile plus flanks (Smith-Waterman, BLASTN scoring) and add identity, coverage, exact coordinates, strand, bit score and E-value (default: on for --format blast6/paf, else off; needs the align extra)."),
     min_identity: Optional[float] = typer.Option(None, "--min-identity", min=0.0, max=1.0, help="Drop hits whose alignment identity (matches / alignment columns, 0-1) is lower (needs --align)."),
-    min_score: Optional[float] = typer.Option(None, "--min-score", min=0.0, help="Drop hits whose alignment bit score is lower (needs --align)."),
+    min_bits: Optional[float] = typer.Option(None, "--min-bits", min=0.0, help="Drop hits whose alignment bit score is lower (needs --align)."),
+    evalue: float = typer.Option(10.0, "--evalue", "-e", min=0.0, help="Drop hits whose E-value is higher: the alignment's with --align, else the embedding score's under the store's null (random sequences of the query's length and GC searched once per store and cached). 10 like BLAST: a query with no homolog keeps about 10 hits at most."),
+    min_score: Optional[float] = typer.Option(None, "--min-score", help="Drop hits whose embedding score is lower (cosine; for l2 stores, a squared distance above it)."),
     mapped: bool = typer.Option(True, "--map/--no-map", help="Queries longer than the store's window are cut into tiles like the store and collinear tile hits chained into mapped blocks (query and target spans, query coverage, best and mean tile score); queries under half a window are placed by shared minimizers. --no-map embeds every query whole."),
     loci: bool = typer.Option(True, "--loci/--tiles", help="Show loci (overlapping or touching tile hits of a query on one contig and strand merged, best tile's score) or every tile hit; saved searches always keep tile hits."),
     annotate: bool = typer.Option(True, "--annotate/--no-annotate", help="Add overlapping and nearest features of the store's annotations (table, tsv, json, parquet)."),
@@ -115,7 +117,7 @@ def search(
             settings = {"nprobe": nprobe, "ef_search": ef_search, "k_factor": k_factor}
             common = {"k": k, "exclude_self": exclude_self, "genome": genome, "chrom": chrom,
                       "trust_remote_code": trust_remote_code, "align": align, "min_identity": min_identity,
-                      "min_bit_score": min_score}
+                      "min_bit_score": min_bits, "evalue": evalue, "min_score": min_score}
             if mapped:
                 hits, blocks = answer(opened, batch, search_settings=settings, **common)
             else:
@@ -148,7 +150,10 @@ def search(
                 hidden += max(0, hits.num_rows - max(room, 0))
             else:
                 out.table(hits)
-    if screen:
+    if screen and not any(table.num_rows for table in shown):
+        typer.echo(f"no hit with E-value <= {evalue:g}{f' and score >= {min_score:g}' if min_score is not None else ''}"
+                   " (--evalue and --min-score widen the search)")
+    elif screen:
         print_table(pa.concat_tables(shown, promote_options="default"), f"{'loci of the ' if loci else ''}top {k} hits",
                     SCREEN_ROWS, more=hidden)
 
@@ -215,17 +220,25 @@ def _formatted_blocks(blocks: pa.Table, format: HitFormat, store: Store, higher_
     """Mapped blocks in a text format: PAF as minimap2 writes it without ``-c``, BED like hits; blast6 needs
     base-level alignments, which blocks do not carry (their queries are left out, with a warning)."""
     from genoembed import hit_formats
-    from genoembed.chain import blocks_paf
+    from genoembed.chain import ALIGN_CELLS, blocks_paf
 
-    if format is HitFormat.paf:
-        return blocks_paf(blocks, store.contig_lengths)
     if format is HitFormat.bed:
         return hit_formats.bed(blocks, higher_is_better)
-    names = sorted(set(blocks.column("query").to_pylist()))
+    import pyarrow.compute as pc
+
+    aligned = pc.is_valid(blocks["alignment_score"]) if "alignment_score" in blocks.column_names \
+        else pa.array([False] * blocks.num_rows)
+    text = _formatted(blocks.filter(aligned), format, store, higher_is_better)
+    rest = blocks.filter(pc.invert(aligned))
+    if format is HitFormat.paf:
+        return text + blocks_paf(rest, store.contig_lengths)
+    if not rest.num_rows:
+        return text
+    names = sorted(set(rest.column("query").to_pylist()))
     logging.getLogger("genoembed").warning(
-        "%d queries longer than the window were mapped as blocks, which blast6 cannot show: %s; use --format paf",
-        len(names), ", ".join(names[:3]) + (" ..." if len(names) > 3 else ""))
-    return ""
+        "%d queries were mapped as blocks too long to align (query x target > %d bases), which blast6 cannot "
+        "show: %s; use --format paf", len(names), ALIGN_CELLS, ", ".join(names[:3]) + (" ..." if len(names) > 3 else ""))
+    return text
 
 
 def _with_blocks(hits: pa.Table | None, blocks: pa.Table | None) -> pa.Table | None:
