@@ -121,13 +121,28 @@ def resolve_query(store: Store, region: str | None = None, sequence: str | None 
 
 
 def resolve_hit(store: Store, query: Query, hit: int | str, embedder=None) -> Query:
-    """The hit: rank ``hit`` of the query's search (an int, or digits), or a region ``chrom:start-end``."""
+    """The hit: rank ``hit`` of the query's search as `genoembed search` shows it (loci, ranked; a region query's
+    own region left out like ``--exclude-self``), or a region ``chrom:start-end``. A locus is explained by its
+    best tile."""
+    from genoembed.evidence import merge_loci
+
     if isinstance(hit, int) or str(hit).isdigit():
         rank = int(hit)
         if rank < 1:
             raise InputError(f"--hit {hit}: ranks start at 1")
-        rows = search(store, [query], k=rank, embedder=embedder).to_pylist()
-        row = rows[rank - 1]
+        fetch, loci = 4 * rank, []
+        while True:
+            fetch = min(fetch, store.num_tiles)
+            tiles = search(store, [query], k=fetch, embedder=embedder, exclude_self=query.chrom is not None)
+            loci = merge_loci(tiles, higher_is_better=store.metric == "ip").to_pylist()
+            if len(loci) >= rank or fetch == store.num_tiles:
+                break
+            fetch *= 4
+        if len(loci) < rank:
+            raise InputError(f"--hit {hit}: the query has {len(loci)} hits (loci) in this store")
+        locus = loci[rank - 1]
+        best = store.tiles([locus["tile_id"]]).to_pylist()[0]
+        row = {**best, "strand": locus["strand"]}
         region = f"{row['chrom']}:{row['start'] + 1}-{row['end']}:{row['strand']}"
         found = region_queries(query_source(store, row["genome"]), [region])[0]
         return Query(f"rank{rank} {region}", found.sequence, found.chrom, found.start, found.end, found.strand,
