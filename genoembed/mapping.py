@@ -16,12 +16,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from genoembed.chain import BLOCKS, ChainSettings, align_blocks, map_queries, query_tile_starts
+from genoembed.evidence import merge_loci
 from genoembed.search import Query, add_evidence, filter_alignments, search
 from genoembed.seeds import place_queries
 from genoembed.significance import add_evalues, significant
 from genoembed.store import Store
 
 SHORT_FRACTION = 0.5
+LOCI_FETCH = 4  # tiles fetched per locus asked for: neighbouring tiles of one locus merge
 ROUTES = ("tiles", "seeds", "chain")
 
 
@@ -37,10 +39,12 @@ def answer(store: Store, queries: list[Query], k: int = 10, exclude_self: bool =
            chrom: str | None = None, align: bool = False, min_identity: float | None = None,
            min_bit_score: float | None = None, search_settings: dict | None = None, embedder=None,
            trust_remote_code: bool = False, chain_settings: ChainSettings = ChainSettings(),
-           evalue: float | None = None, min_score: float | None = None) -> tuple[pa.Table, pa.Table]:
+           evalue: float | None = None, min_score: float | None = None, loci: bool = False) -> tuple[pa.Table, pa.Table]:
     """(hits of tile and seed queries, mapped blocks of long queries); ``k`` results per query either way, fewer
     where ``evalue`` / ``min_score`` drop some (see :func:`genoembed.significance.significant`). A block's
-    ``score_evalue`` is its best tile's, times the query's tiles searched (each was a chance to score that well)."""
+    ``score_evalue`` is its best tile's, times the query's tiles searched (each was a chance to score that well).
+    With ``loci``, hits are loci (:func:`genoembed.evidence.merge_loci`) and ``k`` counts loci: up to
+    ``LOCI_FETCH * k`` tiles are fetched to fill them."""
     window, stride = store.provenance["tiling"]["window"], store.provenance["tiling"]["stride"]
     embedder = embedder or store.embedder(trust_remote_code=trust_remote_code)
     higher_is_better = store.metric == "ip"
@@ -48,7 +52,8 @@ def answer(store: Store, queries: list[Query], k: int = 10, exclude_self: bool =
     settings = search_settings or {}
     pieces = []
     if routed["tiles"]:
-        pieces.append(search(store, routed["tiles"], k=k, exclude_self=exclude_self, genome=genome, chrom=chrom,
+        fetch = min(LOCI_FETCH * k, store.num_tiles) if loci else k
+        pieces.append(search(store, routed["tiles"], k=fetch, exclude_self=exclude_self, genome=genome, chrom=chrom,
                              align=align, min_identity=min_identity, min_bit_score=min_bit_score, embedder=embedder,
                              trust_remote_code=trust_remote_code, evalue=evalue, min_score=min_score, **settings))
     if routed["seeds"]:
@@ -77,6 +82,9 @@ def answer(store: Store, queries: list[Query], k: int = 10, exclude_self: bool =
             blocks = significant(blocks, evalue, min_score, higher_is_better)
         blocks = _ranked(blocks, k)
     hits = pa.concat_tables(pieces, promote_options="default") if pieces else None
+    if hits is not None and loci:
+        hits = merge_loci(hits, higher_is_better=higher_is_better)
+        hits = hits.filter(pc.less_equal(hits["rank"], k))
     return hits, blocks
 
 

@@ -52,7 +52,7 @@ def search(
     bed: Optional[Path] = typer.Option(None, "--bed", help="BED file of query regions on the store's genome (- reads stdin)."),
     vcf: Optional[Path] = typer.Option(None, "--vcf", help="Apply --sample's variants from this VCF to the --region queries (its first haplotype: the allele listed first in GT)."),
     sample: Optional[str] = typer.Option(None, "--sample", help="Sample of --vcf whose haplotype is applied."),
-    k: int = typer.Option(10, "-k", min=1, help="Tiles fetched per query (neighbours); with --loci they merge into at most k loci."),
+    k: int = typer.Option(10, "-k", min=1, help="Results reported per query: loci (default), tiles with --tiles, mapped blocks for queries longer than the window; fewer when --evalue / --min-score drop some."),
     nprobe: Optional[int] = typer.Option(None, min=1, help="IVF lists to visit (IVF indexes)."),
     ef_search: Optional[int] = typer.Option(None, min=1, help="HNSW search breadth (HNSW indexes)."),
     k_factor: Optional[int] = typer.Option(None, "--k-factor", min=1, help="Indexes with a refine stage (e.g. IVF1024,PQ32,Refine(SQfp16)): re-rank k * this many candidates of the compressed search with the finer vectors [default: tuned at build time]."),
@@ -66,7 +66,7 @@ def search(
     evalue: float = typer.Option(10.0, "--evalue", "-e", min=0.0, help="Drop hits whose E-value is higher: the alignment's with --align, else the embedding score's under the store's null (random sequences of the query's length and GC searched once per store and cached). 10 like BLAST: a query with no homolog keeps about 10 hits at most."),
     min_score: Optional[float] = typer.Option(None, "--min-score", help="Drop hits whose embedding score is lower (cosine; for l2 stores, a squared distance above it)."),
     mapped: bool = typer.Option(True, "--map/--no-map", help="Queries longer than the store's window are cut into tiles like the store and collinear tile hits chained into mapped blocks (query and target spans, query coverage, best and mean tile score); queries under half a window are placed by shared minimizers. --no-map embeds every query whole."),
-    loci: bool = typer.Option(True, "--loci/--tiles", help="Show loci (overlapping or touching tile hits of a query on one contig and strand merged, best tile's score) or every tile hit; saved searches always keep tile hits."),
+    loci: bool = typer.Option(True, "--loci/--tiles", help="Show loci (overlapping or touching tile hits of a query on one contig and strand merged, best tile's score) or every tile hit; the search is saved as shown, so SQL ranks are the ranks on screen."),
     annotate: bool = typer.Option(True, "--annotate/--no-annotate", help="Add overlapping and nearest features of the store's annotations (table, tsv, json, parquet)."),
     strand_mode: StrandMode = typer.Option(StrandMode.ignore, "--strand-mode", help="Feature strand vs hit strand for the annotation join."),
     feature_type: Optional[list[str]] = typer.Option(None, "--feature-type", help="Only join features of this type, e.g. gene, CDS (repeatable)."),
@@ -119,16 +119,15 @@ def search(
                       "trust_remote_code": trust_remote_code, "align": align, "min_identity": min_identity,
                       "min_bit_score": min_bits, "evalue": evalue, "min_score": min_score}
             if mapped:
-                hits, blocks = answer(opened, batch, search_settings=settings, **common)
+                hits, blocks = answer(opened, batch, search_settings=settings, loci=loci, **common)
             else:
                 hits, blocks = search_store(opened, batch, **settings, **common), None
-            if saved is not None:
+                hits = merge_loci(hits, higher_is_better=higher_is_better) if loci else hits
+            if saved is not None:  # what is shown, so ranks agree between the screen and SQL
                 for table in (hits, blocks):
                     if table is not None and (table.num_rows or table is hits):
                         target = ALIGNED_HITS if align else HITS
                         saved.write(_conformed(table, target.names).cast(target))
-            if hits is not None and loci:
-                hits = merge_loci(hits, higher_is_better=higher_is_better)
             if format in TEXT_FORMATS:
                 if hits is not None:
                     out.text(_formatted(hits, format, opened, higher_is_better), header_lines=TEXT_FORMATS[format])
