@@ -91,7 +91,7 @@ def map_queries(store: Store, queries: list[Query], k: int = 10, settings: Chain
     rows = []
     for number, query in enumerate(queries):
         mine = {name: values[anchors["query"] == number] for name, values in anchors.items()}
-        blocks = chain_blocks(mine, max_drift, max_gap, settings.bandwidth, window)
+        blocks = chain_blocks(mine, max_drift, max_gap, settings.bandwidth, window, limit=k)
         for rank, block in enumerate(blocks[:k], 1):
             block.update(query=query.name, query_length=len(query.sequence), rank=rank,
                          query_coverage=block.pop("covered") / len(query.sequence))
@@ -136,8 +136,8 @@ def find_anchors(store: Store, queries: list[Query], window: int, stride: int, n
 
 
 def chain_blocks(anchors: dict[str, np.ndarray], max_drift: int, max_gap: int, bandwidth: int,
-                 window: int) -> list[dict]:
-    """Chains of one query's anchors, best first, as block dicts (no query columns yet)."""
+                 window: int, limit: int | None = None) -> list[dict]:
+    """Chains of one query's anchors, best first, as block dicts (no query columns yet); the best ``limit``."""
     keep = anchors["strand"] != "."  # no sequence evidence for either strand: not an anchor
     groups: dict[tuple, np.ndarray] = {}
     for row in np.flatnonzero(keep):
@@ -150,7 +150,7 @@ def chain_blocks(anchors: dict[str, np.ndarray], max_drift: int, max_gap: int, b
         for members, total in _chain_group(anchors, rows, strand, max_drift, max_gap, bandwidth, window):
             chains.append((total, genome, chrom, strand, members))
     chains.sort(key=lambda chain: -chain[0])
-    chains = _distinct(chains, anchors)
+    chains = _distinct(chains, anchors, None if limit is None else max(limit, 2))
     best = chains[0][0] if chains else 0.0
     second = chains[1][0] if len(chains) > 1 else 0.0
     blocks = []
@@ -212,11 +212,13 @@ def _chain_group(anchors: dict[str, np.ndarray], rows: np.ndarray, strand: str, 
     return chains
 
 
-def _distinct(chains: list[tuple], anchors: dict[str, np.ndarray]) -> list[tuple]:
-    """Chains (best first) minus those lying mostly (over half their target span) inside a better chain on the
-    same contig and strand: the leftover neighbours of one placement (a tile's overlapping neighbour tiles)."""
+def _distinct(chains: list[tuple], anchors: dict[str, np.ndarray], limit: int | None) -> list[tuple]:
+    """The first ``limit`` chains (best first) that do not lie mostly (over half their target span) inside a better
+    chain on the same contig and strand: the leftover neighbours of one placement (a tile's overlapping neighbours)."""
     kept, spans = [], []
     for chain in chains:
+        if limit is not None and len(kept) == limit:
+            break
         _, genome, chrom, strand, members = chain
         start, end = int(anchors["start"][members].min()), int(anchors["end"][members].max())
         inside = max((min(end, e) - max(start, s) for g, c, d, s, e in spans if (g, c, d) == (genome, chrom, strand)),

@@ -30,15 +30,17 @@ class HitFormat(str, Enum):
     table = "table"
     tsv = "tsv"
     json = "json"
+    jsonl = "jsonl"
     parquet = "parquet"
     blast6 = "blast6"
+    blast7 = "blast7"
     bed = "bed"
     paf = "paf"
 
 
-ALIGNED_FORMATS = (HitFormat.blast6, HitFormat.paf)
+ALIGNED_FORMATS = (HitFormat.blast6, HitFormat.blast7, HitFormat.paf)
 # Formats other tools read, written as text, with the number of header lines each chunk starts with.
-TEXT_FORMATS = {HitFormat.blast6: 2, HitFormat.bed: 1, HitFormat.paf: 0}
+TEXT_FORMATS = {HitFormat.blast6: 0, HitFormat.blast7: 2, HitFormat.bed: 0, HitFormat.paf: 0}
 QUERY_BATCH = 2048  # queries searched (and their results written) at a time: memory is bounded by this
 SCREEN_ROWS = 200
 
@@ -72,7 +74,7 @@ def search(
     feature_type: Optional[list[str]] = typer.Option(None, "--feature-type", help="Only join features of this type, e.g. gene, CDS (repeatable)."),
     name: str = typer.Option("last", "--name", help="Save the hits under this name (SQL view hits_NAME; 'last' is the view hits)."),
     save: bool = typer.Option(True, "--save/--no-save", help="Save the hits in the store for `genoembed sql` (skipped, with a warning, when the store is read-only)."),
-    format: HitFormat = typer.Option(HitFormat.table, "--format", "-f", help="table/tsv/json/parquet, or formats other tools read: blast6 (BLAST -outfmt 6, with # comment lines), bed (BED6, 0-1000 score), paf (minimap2 PAF)."),
+    format: HitFormat = typer.Option(HitFormat.table, "--format", "-f", help="table/tsv, json (one JSON array), jsonl (a JSON object per line), parquet, or formats other tools read: blast6 (BLAST -outfmt 6), blast7 (the same with outfmt 7's # comment lines), bed (BED6: name query#rank, score 0-1000, no header), paf (minimap2 PAF)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write results to this file instead of stdout (never inside the store)."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for embedding queries (torch) and the vector search (FAISS OpenMP); default: the libraries' own."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the store's model directory to run its own Python code (needed again for custom-code models)."),
@@ -208,10 +210,11 @@ def _batches(items, size: int):
 def _formatted(hits: pa.Table, format: HitFormat, store: Store, higher_is_better: bool) -> str:
     from genoembed import hit_formats
 
-    if format is HitFormat.blast6:
-        return hit_formats.blast6(hits, title=f"genoembed {VERSION} search of {store.root}")
+    if format in (HitFormat.blast6, HitFormat.blast7):
+        return hit_formats.blast6(hits, title=f"genoembed {VERSION} search of {store.root}",
+                                  comments=format is HitFormat.blast7)
     if format is HitFormat.bed:
-        return hit_formats.bed(hits, higher_is_better)
+        return hit_formats.bed(hits, higher_is_better, header=False, ranked_names=True)
     return hit_formats.paf(hits, store.contig_lengths)
 
 
@@ -222,7 +225,7 @@ def _formatted_blocks(blocks: pa.Table, format: HitFormat, store: Store, higher_
     from genoembed.chain import ALIGN_CELLS, blocks_paf
 
     if format is HitFormat.bed:
-        return hit_formats.bed(blocks, higher_is_better)
+        return hit_formats.bed(blocks, higher_is_better, header=False, ranked_names=True)
     import pyarrow.compute as pc
 
     aligned = pc.is_valid(blocks["alignment_score"]) if "alignment_score" in blocks.column_names \
