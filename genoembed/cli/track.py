@@ -20,12 +20,12 @@ class TrackFormat(str, Enum):
     bigwig = "bigwig"
 
 
-SUFFIXES = {".bed": TrackFormat.bed, ".bedgraph": TrackFormat.bedgraph, ".bg": TrackFormat.bedgraph,
+SUFFIXES = {".bed": TrackFormat.bed, ".bed9": TrackFormat.bed9, ".bedgraph": TrackFormat.bedgraph, ".bg": TrackFormat.bedgraph,
             ".bw": TrackFormat.bigwig, ".bigwig": TrackFormat.bigwig}
 
 
 def track_format(output: Path, given: TrackFormat | None) -> TrackFormat:
-    """--format, else the output's suffix (.bed, .bedGraph/.bg, .bw/.bigWig)."""
+    """--format, else the output's suffix (.bed, .bed9, .bedGraph/.bg, .bw/.bigWig)."""
     if given is not None:
         return given
     found = SUFFIXES.get(output.suffix.lower())

@@ -1,0 +1,77 @@
+"""Answers read the same everywhere: k and rank, formats that follow their specs, info's --format, .bed9 tracks."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from genoembed.cli import app
+
+runner = CliRunner()
+CHROM = "NC_000932.1"
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def _tsv(text: str) -> list[dict]:
+    return list(csv.DictReader(io.StringIO(text), delimiter="\t"))
+
+
+def test_k_counts_loci_and_sql_ranks_are_the_screen_ranks(chloroplast_store):
+    root = chloroplast_store.root
+    result = invoke("search", root, "--region", f"{CHROM}:90001-91000", "--exclude-self", "-k", "5", "-f", "tsv",
+                    "--no-annotate", "--evalue", "1e9")
+    assert result.exit_code == 0, result.output
+    shown = _tsv(result.stdout)
+    assert [int(row["rank"]) for row in shown] == [1, 2, 3, 4, 5]  # five loci, not five tiles merged into fewer
+    saved = invoke("sql", root, "SELECT rank, chrom, start, \"end\", strand FROM hits ORDER BY rank", "-f", "tsv")
+    assert saved.exit_code == 0, saved.output
+    assert [(r["rank"], r["start"], r["end"], r["strand"]) for r in _tsv(saved.stdout)] == \
+        [(r["rank"], r["start"], r["end"], r["strand"]) for r in shown]
+    tiles = _tsv(invoke("search", root, "--region", f"{CHROM}:90001-91000", "--exclude-self", "-k", "5", "-f", "tsv",
+                        "--no-annotate", "--tiles", "--evalue", "1e9").stdout)
+    assert len(tiles) == 5 and "tiles" not in tiles[0]
+
+
+def test_small_evalues_print_in_scientific_notation(chloroplast_store):
+    result = invoke("search", chloroplast_store.root, "--region", f"{CHROM}:90001-91000", "-k", "1", "-f", "tsv",
+                    "--no-annotate", "--no-save")
+    value = _tsv(result.stdout)[0]["score_evalue"]
+    assert "e-" in value and float(value) > 0  # 3.45e-07, not 0.0000
+
+
+def test_info_honours_format(chloroplast_store):
+    root = chloroplast_store.root
+    rows = _tsv(invoke("info", root, "-f", "tsv").stdout)
+    fields = {row["field"]: row["value"] for row in rows}
+    assert fields["tiles"] == str(chloroplast_store.num_tiles) and fields["provenance.tiling.window"] == "1000"
+    line = invoke("info", root, "-f", "jsonl").stdout
+    assert len(line.strip().splitlines()) == 1 and json.loads(line)["tiles"] == chloroplast_store.num_tiles
+    refused = invoke("info", root, "-f", "parquet")
+    assert refused.exit_code == 2 and "use --format json or tsv" in refused.output
+
+
+def test_track_takes_bed9_from_the_suffix(chloroplast_store, tmp_path):
+    out = tmp_path / "hits.bed9"
+    result = invoke("track", chloroplast_store.root, "-r", f"{CHROM}:90001-91000", "-o", out)
+    assert result.exit_code == 0, result.output
+    rows = [line.split("\t") for line in out.read_text().splitlines() if not line.startswith(("track", "#"))]
+    assert rows and all(len(row) == 9 for row in rows)
+
+
+@pytest.mark.parametrize("fmt", ["json", "jsonl"])
+def test_json_is_a_document_and_jsonl_lines_across_chunks(chloroplast_store, tmp_path, fmt, monkeypatch):
+    import sys
+
+    monkeypatch.setattr(sys.modules["genoembed.cli.search"], "QUERY_BATCH", 1)  # two chunks of output
+    result = invoke("search", chloroplast_store.root, "-r", f"{CHROM}:1-1000", "-r", f"{CHROM}:5001-6000", "-k", "2",
+                    "--tiles", "-f", fmt, "--no-annotate", "--no-save", "--evalue", "1e9")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout) if fmt == "json" else [json.loads(line) for line in result.stdout.splitlines()]
+    assert [row["rank"] for row in rows] == [1, 2, 1, 2]
