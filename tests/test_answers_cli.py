@@ -75,3 +75,15 @@ def test_json_is_a_document_and_jsonl_lines_across_chunks(chloroplast_store, tmp
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout) if fmt == "json" else [json.loads(line) for line in result.stdout.splitlines()]
     assert [row["rank"] for row in rows] == [1, 2, 1, 2]
+
+
+def test_gene_finder_gff3_features_are_named_by_their_id(tmp_path):
+    from genoembed.features import read_gff3
+
+    gff = tmp_path / "prodigal.gff3"
+    gff.write_text("##gff-version 3\n"
+                   f"{CHROM}\tProdigal_v2.6.3\tCDS\t101\t400\t30.1\t+\t0\tID=1_1;partial=00;start_type=ATG\n"
+                   f"{CHROM}\tx\tCDS\t501\t900\t.\t-\t0\tID=cds2;locus_tag=ATCG0001\n"
+                   f"{CHROM}\tx\tgene\t1001\t1900\t.\t+\t.\tID=gene3;gene=psbA;Name=psbA-named\n")
+    names = read_gff3(gff).column("name").to_pylist()
+    assert names == ["1_1", "ATCG0001", "psbA-named"]
