@@ -87,3 +87,32 @@ def test_gene_finder_gff3_features_are_named_by_their_id(tmp_path):
                    f"{CHROM}\tx\tgene\t1001\t1900\t.\t+\t.\tID=gene3;gene=psbA;Name=psbA-named\n")
     names = read_gff3(gff).column("name").to_pylist()
     assert names == ["1_1", "ATCG0001", "psbA-named"]
+
+
+def test_search_aliases_query_contigs_like_annotate(chloroplast_store, tmp_path):
+    bed = tmp_path / "peaks.bed"
+    bed.write_text("chrC\t90000\t91000\tpeak\t0\t+\n")
+    plain = invoke("search", chloroplast_store.root, "--bed", bed, "--no-save")
+    assert plain.exit_code == 2 and "contig 'chrC'" in plain.output
+    named = _tsv(invoke("search", chloroplast_store.root, "--bed", bed, "--alias", f"chrC={CHROM}", "-f", "tsv",
+                        "--no-annotate", "--no-save", "--exclude-self", "-k", "2", "--evalue", "1e9").stdout)
+    assert named and all(row["query_chrom"] == CHROM and not (int(row["start"]) < 91000 and 90000 < int(row["end"]))
+                         for row in named)  # the store's name, so --exclude-self knew the query's own region
+    auto = _tsv(invoke("search", chloroplast_store.root, "-r", "NC_000932:90001-91000", "--auto-alias", "-f", "tsv",
+                       "--no-annotate", "--no-save", "-k", "1", "--tiles").stdout)
+    assert auto[0]["query_chrom"] == CHROM and auto[0]["start"] == "90000"
+
+
+def test_feature_type_that_matches_nothing_says_so(tmp_path):
+    from genoembed.build import index
+    from genoembed.embedders.kmer import KmerEmbedder
+    from genoembed.tiles import TilingSpec
+
+    from conftest import CHLOROPLAST_FASTA, CHLOROPLAST_GENBANK
+
+    store = index(CHLOROPLAST_FASTA, tmp_path / "s", embedder=KmerEmbedder(k=4), tiling=TilingSpec(strands="+"),
+                  annotations=[CHLOROPLAST_GENBANK])
+    result = invoke("search", store.root, "-r", f"{CHROM}:90001-91000", "--feature-type", "exon_typo", "--no-save")
+    assert result.exit_code == 2 and "matches no feature" in result.output and "gene" in result.output
+    bare = invoke("search", tmp_path / "s", "-r", f"{CHROM}:90001-91000", "--feature-type", "gene", "--no-save")
+    assert bare.exit_code == 0

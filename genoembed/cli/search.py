@@ -15,6 +15,7 @@ import typer
 from genoembed.cli.common import (OutputFormat, StreamedOutput, configure_logging, handle_errors, print_table,
                                   refuse_inside_store, set_threads, standard_input_file)
 from genoembed.errors import InputError
+from genoembed.features import parse_alias_option
 from genoembed.schema import ALIGNED_HITS, HITS
 from genoembed.store import Store
 from genoembed.version import VERSION
@@ -61,6 +62,8 @@ def search(
     genome: Optional[str] = typer.Option(None, "--genome", help="Only return hits from this genome of the store."),
     query_genome: Optional[str] = typer.Option(None, "--query-genome", help="Genome of the store that --region/--bed coordinates refer to (needed only when several genomes share a contig name)."),
     chrom: Optional[str] = typer.Option(None, "--chrom", help="Only return hits on this contig."),
+    alias: Optional[list[str]] = typer.Option(None, "--alias", help="A --region/--bed contig name that the store names otherwise: FROM=TO (repeatable), as `annotate --alias`."),
+    auto_alias: bool = typer.Option(False, "--auto-alias", help="Read --region/--bed contig names the store lacks as the one store contig they match once normalised (chr1 -> 1, version suffixes), as `annotate --auto-alias`."),
     exclude_self: bool = typer.Option(False, "--exclude-self", help="Drop hits overlapping the query's own region."),
     align: Optional[bool] = typer.Option(None, "--align/--no-align", help="Locally align each query to its hit tile plus flanks (Smith-Waterman, BLASTN scoring) and add identity, coverage, exact coordinates, strand, bit score and E-value (default: on for --format blast6/paf, else off; needs the align extra)."),
     min_identity: Optional[float] = typer.Option(None, "--min-identity", min=0.0, max=1.0, help="Drop hits whose alignment identity (matches / alignment columns, 0-1) is lower (needs --align)."),
@@ -106,6 +109,14 @@ def search(
         save = False
     higher_is_better = opened.metric == "ip"
     annotating = annotate and bool(opened.manifest.get("annotations")) and format not in TEXT_FORMATS
+    if feature_type:
+        from genoembed.annotate import check_feature_types
+
+        found = check_feature_types(opened, tuple(feature_type))
+        missing = [kind for kind in feature_type if kind not in found]
+        if missing:
+            logging.getLogger("genoembed").warning("--feature-type %s matches no feature of %s", ", ".join(missing),
+                                                   opened.root)
     screen = format is HitFormat.table and output is None
     shown, hidden = [], 0
     with standard_input_file(bed, ".bed") as bed_path, standard_input_file(fasta, ".fa") as fasta_path, \
@@ -113,7 +124,8 @@ def search(
                            else OutputFormat(format.value)) as out, \
             (HitsWriter(opened, name, {"k": k, "exclude_self": exclude_self}) if save
              else contextlib.nullcontext()) as saved:
-        queries = _queries(opened, region, sequence, bed_path, fasta_path, vcf, sample, query_genome)
+        queries = _queries(opened, region, sequence, bed_path, fasta_path, vcf, sample, query_genome,
+                           parse_alias_option(alias or []), auto_alias)
         columns = None  # the first chunk's columns: later chunks follow them (one TSV header, one Parquet schema)
         for batch in _batches(queries, QUERY_BATCH):
             settings = {"nprobe": nprobe, "ef_search": ef_search, "k_factor": k_factor}
@@ -159,10 +171,12 @@ def search(
                     SCREEN_ROWS, more=hidden)
 
 
-def _queries(store: Store, regions, sequences, bed: Path | None, fasta: Path | None, vcf, sample, query_genome):
+def _queries(store: Store, regions, sequences, bed: Path | None, fasta: Path | None, vcf, sample, query_genome,
+             aliases: dict[str, str] | None = None, auto_alias: bool = False):
     """Every query of the command line, in the order given, read lazily (a BED or FASTA of any size streams);
     one longer than ``search.MAX_QUERY_BASES`` comes as its tiles (the store's window and stride), so a
     whole-chromosome region costs the memory of one batch of tiles, not of the chromosome."""
+    from genoembed.query_aliases import AliasedSource
     from genoembed.search import (Query, UniqueNames, check_sequence, iter_bed_queries, iter_fasta_queries,
                                   iter_region_queries, query_pieces, query_source)
     from genoembed.variants import haplotype_queries
@@ -176,15 +190,15 @@ def _queries(store: Store, regions, sequences, bed: Path | None, fasta: Path | N
             yield from query_pieces(query, window, stride)
 
     if regions or bed:
-        source = query_source(store, query_genome)
+        source = AliasedSource(query_source(store, query_genome), aliases or {}, auto_alias)
         if regions:
             for query in iter_region_queries(source, regions, window, stride) if vcf is None else \
                     pieces(haplotype_queries(store, regions, vcf, sample, query_genome)):
                 given = True
-                yield unique(query)
+                yield unique(source.renamed(query))
         for query in pieces(iter_bed_queries(source, bed)) if bed else ():
             given = True
-            yield unique(query)
+            yield unique(source.renamed(query))
     for number, text in enumerate(sequences or [], 1):
         given = True
         yield from map(unique, query_pieces(Query(f"sequence{number}", check_sequence(text, f"--sequence #{number}")),
