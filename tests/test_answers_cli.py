@@ -116,3 +116,59 @@ def test_feature_type_that_matches_nothing_says_so(tmp_path):
     assert result.exit_code == 2 and "matches no feature" in result.output and "gene" in result.output
     bare = invoke("search", tmp_path / "s", "-r", f"{CHROM}:90001-91000", "--feature-type", "gene", "--no-save")
     assert bare.exit_code == 0
+
+
+def test_search_progress_on_request_after_two_seconds(chloroplast_store, monkeypatch):
+    import itertools
+    import sys
+    import time
+
+    ticks = itertools.count(0, 3)  # every clock reading 3 s after the last: each batch "takes" over 2 s
+    monkeypatch.setattr(time, "monotonic", lambda: float(next(ticks)))
+    monkeypatch.setattr(sys.modules["genoembed.cli.search"], "QUERY_BATCH", 1)
+    args = ["search", chloroplast_store.root, "-r", f"{CHROM}:1-1000", "-r", f"{CHROM}:5001-6000", "-r",
+            f"{CHROM}:9001-10000", "--no-save", "-f", "tsv"]
+    shown = invoke(*args, "--progress")
+    assert shown.exit_code == 0, shown.output
+    assert "searched 1 queries" in shown.stderr and "searched 3 queries" in shown.stderr
+    assert "searched" not in invoke(*args).stderr  # not a terminal, not asked: silent
+    assert "searched" not in invoke(*args, "--progress", "--quiet").stderr
+
+
+def test_rerunning_index_says_up_to_date_and_the_same_fasta_is_not_appended_twice(tmp_path):
+    from conftest import PLASMID_FASTA
+
+    out = tmp_path / "s"
+    options = ["--output", out, "--model", "kmer:3", "--window", "500", "--stride", "250", "--strands", "+"]
+    assert invoke("index", "--fasta", PLASMID_FASTA, *options).exit_code == 0
+    again = invoke("index", "--fasta", PLASMID_FASTA, *options)
+    assert again.exit_code == 0 and "already indexed (same sha256): up to date" in again.stderr
+    renamed = tmp_path / "other_name.fna"
+    renamed.write_bytes(PLASMID_FASTA.read_bytes())
+    copy = invoke("index", "--fasta", renamed, *options, "--append")
+    assert copy.exit_code == 2 and "already present (same sha256) as genome 'NC_005816'" in copy.output
+    import genoembed
+
+    with _captured_log() as records:
+        genoembed.index(PLASMID_FASTA, out, embedder=genoembed.get_embedder("kmer:3"),
+                        tiling=genoembed.TilingSpec(window=500, stride=250, strands="+"))
+    assert any("up to date" in record.getMessage() for record in records)
+
+
+def _captured_log():
+    import contextlib
+    import logging
+
+    @contextlib.contextmanager
+    def capture():
+        records = []
+        handler = logging.Handler()
+        handler.emit = records.append
+        logger = logging.getLogger("genoembed")
+        logger.addHandler(handler)
+        try:
+            yield records
+        finally:
+            logger.removeHandler(handler)
+
+    return capture()

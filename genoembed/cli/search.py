@@ -43,6 +43,7 @@ ALIGNED_FORMATS = (HitFormat.blast6, HitFormat.blast7, HitFormat.paf)
 # Formats other tools read, written as text, with the number of header lines each chunk starts with.
 TEXT_FORMATS = {HitFormat.blast6: 0, HitFormat.blast7: 2, HitFormat.bed: 0, HitFormat.paf: 0}
 QUERY_BATCH = 2048  # queries searched (and their results written) at a time: memory is bounded by this
+ALIGN_BATCH = 256  # with --align a batch takes seconds: smaller batches stream results and progress sooner
 SCREEN_ROWS = 200
 
 
@@ -81,6 +82,7 @@ def search(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write results to this file instead of stdout (never inside the store)."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for embedding queries (torch) and the vector search (FAISS OpenMP); default: the libraries' own."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the store's model directory to run its own Python code (needed again for custom-code models)."),
+    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Report queries searched on stderr once a search takes over 2 s [default: when stderr is a terminal]."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No warnings."),
 ):
     """Find the tiles most similar to each query, say on which strand each matches, and show them (merged into
@@ -127,7 +129,9 @@ def search(
         queries = _queries(opened, region, sequence, bed_path, fasta_path, vcf, sample, query_genome,
                            parse_alias_option(alias or []), auto_alias)
         columns = None  # the first chunk's columns: later chunks follow them (one TSV header, one Parquet schema)
-        for batch in _batches(queries, QUERY_BATCH):
+        report = Progress(progress, quiet)
+        for batch in _batches(queries, ALIGN_BATCH if align else QUERY_BATCH):
+            report(len(batch))
             settings = {"nprobe": nprobe, "ef_search": ef_search, "k_factor": k_factor}
             common = {"k": k, "exclude_self": exclude_self, "genome": genome, "chrom": chrom,
                       "trust_remote_code": trust_remote_code, "align": align, "min_identity": min_identity,
@@ -163,12 +167,40 @@ def search(
                 hidden += max(0, hits.num_rows - max(room, 0))
             else:
                 out.table(hits)
+        report.done()
     if screen and not any(table.num_rows for table in shown):
         typer.echo(f"no hit with E-value <= {evalue:g}{f' and score >= {min_score:g}' if min_score is not None else ''}"
                    " (--evalue and --min-score widen the search)")
     elif screen:
         print_table(pa.concat_tables(shown, promote_options="default"), f"{'loci of the ' if loci else ''}top {k} hits",
                     SCREEN_ROWS, more=hidden)
+
+
+class Progress:
+    """"searched N queries (T s)" on stderr, from the first batch that starts after 2 s: on a terminal (one line
+    rewritten) or when asked (--progress, one line per batch); never with --no-progress or --quiet."""
+
+    def __init__(self, wanted: bool | None, quiet: bool):
+        import sys
+        import time
+
+        self._clock = time.monotonic
+        self._tty = sys.stderr.isatty()
+        self._on = not quiet and (wanted if wanted is not None else self._tty)
+        self._start, self._searched, self._shown = self._clock(), 0, False
+
+    def __call__(self, batch: int) -> None:
+        elapsed = self._clock() - self._start
+        if self._on and self._searched and elapsed > 2:
+            typer.echo(f"{chr(13) if self._tty else ''}searched {self._searched:,} queries ({elapsed:.0f} s)",
+                       err=True, nl=not self._tty)
+            self._shown = True
+        self._searched += batch
+
+    def done(self) -> None:
+        if self._shown:
+            typer.echo(f"{chr(13) if self._tty else ''}searched {self._searched:,} queries "
+                       f"({self._clock() - self._start:.0f} s)", err=True)
 
 
 def _queries(store: Store, regions, sequences, bed: Path | None, fasta: Path | None, vcf, sample, query_genome,
