@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 
 from genoembed import schema
-from genoembed.errors import MissingExtraError
+from genoembed.errors import missing_extra
 from genoembed.seqio import codes_by_length, kmer_index, reverse_complement, reverse_complement_codes
 
 MATCH, MISMATCH = 1, -2
@@ -76,7 +76,7 @@ def _parasail():
     try:
         import parasail
     except ImportError:
-        raise MissingExtraError("alignment evidence needs parasail: pip install 'genoembed[align]'") from None
+        raise missing_extra("alignment evidence (--align, blast6, paf)", "align", "parasail") from None
     return parasail
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from genoembed.errors import InputError, MissingExtraError
+from genoembed.errors import InputError, missing_extra
 from genoembed.search import Query, check_sequence, query_source, region_queries, search
 from genoembed.seqio import encode_bases, reverse_complement
 from genoembed.store import Store
@@ -278,7 +278,7 @@ def plot_explanation(explanation: Explanation, path: str | Path, k: int = 8) -> 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise MissingExtraError("the explain PNG needs matplotlib; pip install 'genoembed[plot]'") from None
+        raise missing_extra("the explain PNG", "plot", "matplotlib") from None
     figure, axes = plt.subplots(2, 1, figsize=(11, 5), constrained_layout=True)
     pairs = ((explanation.query, explanation.hit, explanation.query_contributions),
              (explanation.hit, explanation.query, explanation.hit_contributions))

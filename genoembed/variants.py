@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from genoembed.errors import InputError, MissingExtraError
+from genoembed.errors import InputError, missing_extra
 from genoembed.search import Query, parse_region, query_source, region_queries
 from genoembed.seqio import reverse_complement
 from genoembed.store import Store
@@ -68,7 +68,7 @@ def _pysam():
     try:
         import pysam
     except ImportError:
-        raise MissingExtraError("reading VCFs needs pysam; pip install 'genoembed[variants]'") from None
+        raise missing_extra("reading VCFs (variants, search --vcf)", "variants", "pysam") from None
     return pysam
 
 

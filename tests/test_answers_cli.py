@@ -172,3 +172,21 @@ def _captured_log():
             logger.removeHandler(handler)
 
     return capture()
+
+
+def test_extras_are_named_by_one_helper_and_help_keeps_brackets():
+    import tomllib
+    from pathlib import Path
+
+    from genoembed.errors import MissingExtraError, missing_extra
+
+    error = missing_extra("alignment evidence", "align", "parasail")
+    assert isinstance(error, MissingExtraError)
+    assert "pip install 'genoembed[align]'" in str(error) and "'genoembed[all]'" in str(error)
+    extras = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    named = set(extras["all"][0].split("[")[1].rstrip("]").split(","))
+    assert named == set(extras) - {"all", "test", "gpu"}  # every feature extra, nothing else
+    index_help = " ".join(invoke("index", "--help").output.split())  # wrapped lines joined
+    assert "pip install 'genoembed[dist]'" in index_help  # Rich markup ate "[dist]" before
+    assert "[default: 1000" in index_help and "[default: 500" in index_help and "aa:K" in index_help
+    assert "protein" in index_help
