@@ -217,7 +217,7 @@ def calibration_block(store: Store, reference_fasta: Path, size: dict, work: Pat
                                            "1e-3", "-outfmt", "6 qseqid", "-task", "blastn"], capture_output=True,
                                           text=True, check=True).stdout.split())
         queries = [Query(f"q{i}", s) for i, s in enumerate(sequences) if f"q{i}" not in homologs]
-        hits = search(store, queries, k=50, evalue=1e12)
+        hits, _ = answer(store, queries, k=50, evalue=1e12, by_length=False)
         evalues = hits.column("score_evalue").to_numpy()
         observed = {str(e): round(float((evalues <= e).sum() / len(queries)), 4) for e in (0.001, 0.01, 0.1, 1, 10)}
         emit({"block": "calibration", "set": name, "length": length, "queries": len(queries),
@@ -244,7 +244,7 @@ def cost_block(store: Store, work: Path) -> None:
     timings = {}
     for label, evalue in (("without_evalue", None), ("with_evalue", 10.0)):
         started = time.perf_counter()
-        search(store, queries, k=10, evalue=evalue)
+        answer(store, queries, k=10, evalue=evalue)
         timings[label] = round(time.perf_counter() - started, 3)
     emit({"block": "cost", "store_tiles": store.num_tiles, "seed_index_build_s": round(seeds, 2),
           "null_bin_first_s": round(first, 3), "null_bin_cached_s": round(cached, 4), "null_queries": NULL_QUERIES,

@@ -250,14 +250,14 @@ def align_blocks(store: Store, queries: list[Query], blocks: pa.Table) -> pa.Tab
 
     by_name = {query.name: query.sequence for query in queries}
     lengths = store.contig_lengths
-    database = sum(lengths.values())
+    database = sum(sum(contigs.values()) for contigs in lengths.values())
     window = store.provenance["tiling"]["window"]
     regions = HitSequences(store)
     rows = []
     for block in blocks.to_pylist():
         query = by_name[block["query"]]
         flank = max(block["query_block_start"], len(query) - block["query_block_end"]) + window  # ends: a tile's play
-        start, end = flanked(block["start"], block["end"], lengths[block["chrom"]], flank)
+        start, end = flanked(block["start"], block["end"], lengths[block["genome"]][block["chrom"]], flank)
         alignment = None
         if len(query) * (end - start) <= ALIGN_CELLS:
             alignment = align(query, regions.fetch(block["genome"], block["chrom"], start, end), start)
@@ -271,7 +271,7 @@ def align_blocks(store: Store, queries: list[Query], blocks: pa.Table) -> pa.Tab
     return pa.Table.from_pylist(rows, schema=pa.schema(fields))
 
 
-def blocks_paf(blocks: pa.Table, contig_lengths: dict[str, int]) -> str:
+def blocks_paf(blocks: pa.Table, contig_lengths: dict[str, dict[str, int]]) -> str:
     """PAF text of mapped blocks, as minimap2 writes mappings without base-level alignment (no ``-c``):
     column 10 is the query bases inside the block's anchors (minimap2: bases in its seeds), column 11 the
     block's length on the target, mapq as minimap2 derives it from the second-best chain. Tags:
@@ -281,7 +281,7 @@ def blocks_paf(blocks: pa.Table, contig_lengths: dict[str, int]) -> str:
     for row in blocks.to_pylist():
         lines.append("\t".join(str(value) for value in (
             row["query"], row["query_length"], row["query_block_start"], row["query_block_end"], row["strand"],
-            row["chrom"], contig_lengths[row["chrom"]], row["start"], row["end"],
+            row["chrom"], contig_lengths[row["genome"]][row["chrom"]], row["start"], row["end"],
             int(round(row["query_coverage"] * row["query_length"])), row["end"] - row["start"], row["mapq"],
             f"tp:A:{'P' if row['rank'] == 1 else 'S'}", f"cm:i:{row['tiles']}",
             f"s1:i:{int(round(100 * row['chain_score']))}", f"es:f:{row['score']:.4g}",

@@ -206,8 +206,7 @@ def read_gtf(path: str | Path) -> pa.Table:
 
 
 def read_gff3(path: str | Path) -> pa.Table:
-    """GFF3: percent-decoded attributes; ID, Parent (raw, comma-joined if several), name (Name, else gene, locus_tag,
-    ID, as IGV labels features); stops at ##FASTA.
+    """GFF3: percent-decoded attributes; ID, Parent (raw, comma-joined if several), name (IGV's: Name/gene/locus_tag/ID).
 
     Parts: rows sharing one ID are one feature (the GFF3 way to write a CDS
     split by introns): one row, in the place of the first, its parts in row
@@ -227,7 +226,6 @@ def read_gff3(path: str | Path) -> pa.Table:
         attributes = _gff3_attributes(text, number, problems)
         if attributes is None:
             continue
-        # IGV's order: gene finders (Prodigal, pyrodigal) write only ID=, which then names the feature
         name = next((attributes[key] for key in ("Name", "gene", "locus_tag", "ID") if attributes.get(key)), None)
         feature_id = attributes.get("ID")
         rows.add(unquote(chrom), start, end, strand, unquote(kind), name, feature_id,

@@ -39,23 +39,30 @@ def answer(store: Store, queries: list[Query], k: int = 10, exclude_self: bool =
            chrom: str | None = None, align: bool = False, min_identity: float | None = None,
            min_bit_score: float | None = None, search_settings: dict | None = None, embedder=None,
            trust_remote_code: bool = False, chain_settings: ChainSettings = ChainSettings(),
-           evalue: float | None = None, min_score: float | None = None, loci: bool = False) -> tuple[pa.Table, pa.Table]:
+           evalue: float | None = None, min_score: float | None = None, loci: bool = False,
+           by_length: bool = True) -> tuple[pa.Table, pa.Table]:
     """(hits of tile and seed queries, mapped blocks of long queries); ``k`` results per query either way, fewer
     where ``evalue`` / ``min_score`` drop some (see :func:`genoembed.significance.significant`). A block's
     ``score_evalue`` is its best tile's, times the query's tiles searched (each was a chance to score that well).
     With ``loci``, hits are loci (:func:`genoembed.evidence.merge_loci`) and ``k`` counts loci: up to
-    ``LOCI_FETCH * k`` tiles are fetched to fill them."""
+    ``LOCI_FETCH * k`` tiles are fetched to fill them. ``by_length=False`` embeds every query whole (no
+    mapping, no seeds)."""
     window, stride = store.provenance["tiling"]["window"], store.provenance["tiling"]["stride"]
     embedder = embedder or store.embedder(trust_remote_code=trust_remote_code)
     higher_is_better = store.metric == "ip"
-    routed = {name: [query for query in queries if route(query, window) == name] for name in ROUTES}
+    routed = {name: [query for query in queries if (route(query, window) if by_length else "tiles") == name]
+              for name in ROUTES}
     settings = search_settings or {}
     pieces = []
     if routed["tiles"]:
         fetch = min(LOCI_FETCH * k, store.num_tiles) if loci else k
-        pieces.append(search(store, routed["tiles"], k=fetch, exclude_self=exclude_self, genome=genome, chrom=chrom,
-                             align=align, min_identity=min_identity, min_bit_score=min_bit_score, embedder=embedder,
-                             trust_remote_code=trust_remote_code, evalue=evalue, min_score=min_score, **settings))
+        found = search(store, routed["tiles"], k=fetch, exclude_self=exclude_self, genome=genome, chrom=chrom,
+                       align=align, min_identity=min_identity, min_bit_score=min_bit_score, embedder=embedder,
+                       trust_remote_code=trust_remote_code, **settings)
+        if evalue is not None or min_score is not None:
+            found = significant(add_evalues(store, routed["tiles"], found, embedder, settings), evalue, min_score,
+                                higher_is_better)
+        pieces.append(found)
     if routed["seeds"]:
         placed = place_queries(store, routed["seeds"], k + 8)
         placed = _ranked(_restricted(placed, routed["seeds"], exclude_self, genome, chrom), k)

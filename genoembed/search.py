@@ -292,8 +292,7 @@ def search(store: Store, queries: list[Query | str], k: int = 10, nprobe: int | 
            ef_search: int | None = None, exclude_self: bool = False, save_as: str | None = None,
            embedder=None, trust_remote_code: bool = False, genome: str | None = None,
            chrom: str | None = None, align: bool = False, min_identity: float | None = None,
-           min_bit_score: float | None = None, k_factor: int | None = None, evalue: float | None = None,
-           min_score: float | None = None) -> pa.Table:
+           min_bit_score: float | None = None, k_factor: int | None = None) -> pa.Table:
     """Top-``k`` tiles per query as a ``schema.HITS`` table (rank 1 = best embedding score).
 
     ``nprobe`` / ``ef_search`` / ``k_factor`` (shortlist factor of a refine stage) override the settings
@@ -305,9 +304,6 @@ def search(store: Store, queries: list[Query | str], k: int = 10, nprobe: int | 
     ``align`` adds ``schema.ALIGNMENT_FIELDS`` from a local alignment of each query to its hit tile
     plus flanks of the query's length (needs the ``align`` extra); ``min_identity`` and
     ``min_bit_score`` then drop hits whose alignment falls short (ranks keep their embedding order).
-    ``evalue`` adds ``score_evalue`` (the embedding score's E-value under the store's null,
-    :mod:`genoembed.significance`) and drops hits above it (the alignment's E-value decides for aligned hits);
-    ``min_score`` drops hits whose embedding score falls short.
     """
     if not queries:
         raise InputError("no queries given")
@@ -346,12 +342,6 @@ def search(store: Store, queries: list[Query | str], k: int = 10, nprobe: int | 
     hits = add_evidence(store, queries, hits, align=align, embedder=embedder)
     if min_identity is not None or min_bit_score is not None:
         hits = filter_alignments(hits, min_identity, min_bit_score)
-    if evalue is not None or min_score is not None:
-        from genoembed.significance import add_evalues, significant
-
-        hits = significant(add_evalues(store, queries, hits, embedder, {"nprobe": nprobe, "ef_search": ef_search,
-                                                                        "k_factor": k_factor}),
-                           evalue, min_score, store.metric == "ip")
     if save_as:
         save_hits(store, hits, save_as, {"queries": len(queries), "k": k, "exclude_self": exclude_self})
     return hits

@@ -23,10 +23,9 @@ import numpy as np
 import pyarrow as pa
 
 from genoembed import schema
-from genoembed.embedders.kmer import kmer_index_rows
 from genoembed.errors import InputError
 from genoembed.files import atomic_file
-from genoembed.seqio import encode_bases
+from genoembed.seqio import encode_bases, kmer_index, reverse_complement_codes
 from genoembed.store import Store
 
 K, W = 15, 10
@@ -57,8 +56,8 @@ def minimizers(sequence: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     codes = encode_bases(sequence)
     if len(codes) < K:
         return np.empty(0, np.uint64), np.empty(0, np.int64), np.empty(0, np.int8)
-    forward, clean = kmer_index_rows(codes[None, :], K)
-    reverse, _ = kmer_index_rows(np.where(codes < 4, 3 - codes, 4)[::-1][None, :], K)
+    forward, clean = kmer_index(codes[None, :], K)
+    reverse, _ = kmer_index(reverse_complement_codes(codes[None, :]), K)
     forward, reverse, clean = forward[0].astype(np.int64), reverse[0][::-1].astype(np.int64), clean[0]
     canonical = np.minimum(forward, reverse)
     hashed = _hash(canonical)
@@ -83,7 +82,7 @@ class SeedIndex:
     @classmethod
     def of_store(cls, store: Store) -> "SeedIndex":
         """The store's minimizer index, built once and cached under ``cache/`` keyed by its genomes' checksums."""
-        total = sum(store.contig_lengths.values())
+        total = sum(sum(contigs.values()) for contigs in store.contig_lengths.values())
         if total > MAX_INDEXED_BASES:
             raise InputError(f"{store.root}: {total:,} bp is too large for the in-memory seed index of short queries "
                              f"(at most {MAX_INDEXED_BASES:,} bp); align reads with minimap2, or index the store with "
@@ -172,6 +171,6 @@ def place_queries(store: Store, queries: list, k: int) -> pa.Table:
             rows.append({"query": query.name, "query_chrom": query.chrom, "query_start": query.start,
                          "query_end": query.end, "query_strand": query.strand, "rank": rank, "tile_id": -1,
                          "genome": place["genome"], "chrom": place["chrom"], "start": max(0, place["start"]),
-                         "end": min(lengths[place["chrom"]], place["end"]), "strand": place["strand"],
+                         "end": min(lengths[place["genome"]][place["chrom"]], place["end"]), "strand": place["strand"],
                          "score": place["score"]})
     return pa.Table.from_pylist(rows, schema=schema.HITS)

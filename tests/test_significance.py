@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 
 from conftest import DATA, PLASMID_FASTA
 from genoembed.cli import app
-from genoembed.search import Query, search
+from genoembed.mapping import answer
+from genoembed.search import Query
 from genoembed.seqio import read_fasta
 from genoembed.significance import NULL_QUERIES, Null, add_evalues, gc_bin, length_bin
 
@@ -40,7 +41,7 @@ def _no_homolog_queries(count: int, length: int, seed: int) -> list[Query]:
 
 def test_evalues_are_calibrated_on_queries_without_homolog(store):
     queries = _no_homolog_queries(150, 1000, seed=11)
-    hits = search(store, queries, k=50, evalue=1e12)
+    hits, _ = answer(store, queries, k=50, evalue=1e12, by_length=False)
     evalues = hits.column("score_evalue").to_numpy()
     for threshold in (1.0, 10.0):  # hits at or below E per query with no homolog: E itself
         assert 0.5 * threshold <= (evalues <= threshold).sum() / len(queries) <= 2 * threshold
@@ -54,7 +55,7 @@ def test_true_homologs_are_significant_and_the_null_is_cached(store):
     for position in rng.choice(1000, size=50, replace=False):  # 5 % substitutions
         mutated[position] = "ACGT"[("ACGT".index(mutated[position]) + 1) % 4]
     query = Query("homolog", "".join(mutated))
-    hits = search(store, [query], k=3, evalue=10)
+    hits, _ = answer(store, [query], k=3, evalue=10)
     assert hits.column("start").to_pylist()[0] in (29500, 30000, 30500)
     assert hits.column("score_evalue").to_pylist()[0] < 1e-3
     cached = sorted((store.root / "cache").glob("null-*.npy"))

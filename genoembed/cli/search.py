@@ -88,11 +88,9 @@ def search(
     """Find the tiles most similar to each query, say on which strand each matches, and show them (merged into
     loci by default) with alignment evidence and annotations."""
     from genoembed.annotate import annotate_hits
-    from genoembed.evidence import merge_loci
     from genoembed.mapping import answer
     from genoembed.names import check_identifier
     from genoembed.saved_searches import HitsWriter
-    from genoembed.search import search as search_store
 
     configure_logging(quiet)
     set_threads(threads)
@@ -136,11 +134,7 @@ def search(
             common = {"k": k, "exclude_self": exclude_self, "genome": genome, "chrom": chrom,
                       "trust_remote_code": trust_remote_code, "align": align, "min_identity": min_identity,
                       "min_bit_score": min_bits, "evalue": evalue, "min_score": min_score}
-            if mapped:
-                hits, blocks = answer(opened, batch, search_settings=settings, loci=loci, **common)
-            else:
-                hits, blocks = search_store(opened, batch, **settings, **common), None
-                hits = merge_loci(hits, higher_is_better=higher_is_better) if loci else hits
+            hits, blocks = answer(opened, batch, search_settings=settings, loci=loci, by_length=mapped, **common)
             if saved is not None:  # what is shown, so ranks agree between the screen and SQL
                 for table in (hits, blocks):
                     if table is not None and (table.num_rows or table is hits):
