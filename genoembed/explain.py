@@ -19,14 +19,13 @@ values need not sum to the cosine.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from genoembed.errors import InputError, missing_extra
+from genoembed.files import atomic_file
 from genoembed.search import Query, check_sequence, query_source, region_queries, search
 from genoembed.seqio import encode_bases, reverse_complement
 from genoembed.store import Store
@@ -217,15 +216,10 @@ def bedgraph_lines(query: Query, contributions: np.ndarray, contigs: dict[str, i
 
 
 def _atomic_write(path: Path, write) -> Path:
-    """Call ``write(temporary_path)`` then rename over ``path``: no partial file on failure."""
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(descriptor)
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    """Call ``write(temporary_path)`` then rename over ``path``: no partial file on failure; the file gets the
+    umask's mode like any other output (a private temporary file kept 0600)."""
+    with atomic_file(path, "explain output") as temporary:
+        write(str(temporary))
     return path
 
 

@@ -190,3 +190,18 @@ def test_extras_are_named_by_one_helper_and_help_keeps_brackets():
     assert "pip install 'genoembed[dist]'" in index_help  # Rich markup ate "[dist]" before
     assert "[default: 1000" in index_help and "[default: 500" in index_help and "aa:K" in index_help
     assert "protein" in index_help
+
+
+def test_explain_and_variant_outputs_honour_the_umask(chloroplast_store, tmp_path):
+    import os
+    import stat
+
+    previous = os.umask(0o022)
+    try:
+        result = invoke("explain", chloroplast_store.root, "-r", f"{CHROM}:20001-21000", "--hit", "1", "-o",
+                        tmp_path / "why", "--no-plot")
+        assert result.exit_code == 0, result.output
+        written = sorted(tmp_path.glob("why.*"))
+        assert written and all(stat.S_IMODE(path.stat().st_mode) == 0o644 for path in written)  # was 0600
+    finally:
+        os.umask(previous)
