@@ -44,6 +44,7 @@ from genoembed.annotate import annotate_hits
 from genoembed.errors import GenoembedError, InputError, StoreError
 from genoembed.search import (Query, bed_text_queries, check_sequence, fasta_text_queries, query_source,
                               region_queries, search)
+from genoembed.significance import add_evalues, significant
 from genoembed.sql import run_sql
 from genoembed.manifest import MANIFEST
 from genoembed.names import check_word
@@ -82,6 +83,10 @@ class SearchRequest(BaseModel):
     nprobe: int | None = Field(None, ge=1)
     ef_search: int | None = Field(None, ge=1)
     k_factor: int | None = Field(None, ge=1, description="Shortlist factor of a refine stage.")
+    evalue: float | None = Field(None, ge=0, description="Drop hits whose embedding-score E-value (score_evalue, "
+                                 "under the store's null) is higher, like search --evalue (10 there; none here, so "
+                                 "clients that ask for k rows keep getting them unless they ask).")
+    min_score: float | None = Field(None, description="Drop hits whose embedding score is lower.")
 
 
 class SqlRequest(BaseModel):
@@ -174,6 +179,10 @@ def run_search(served: ServedStore, request: SearchRequest) -> pa.Table:
         hits = search(snapshot.store, queries, k=request.k, nprobe=request.nprobe, ef_search=request.ef_search,
                       k_factor=request.k_factor, exclude_self=request.exclude_self, embedder=served.embedder,
                       genome=request.genome, chrom=request.chrom)
+        if request.evalue is not None or request.min_score is not None:
+            settings = {"nprobe": request.nprobe, "ef_search": request.ef_search, "k_factor": request.k_factor}
+            hits = significant(add_evalues(snapshot.store, queries, hits, served.embedder, settings), request.evalue,
+                               request.min_score, snapshot.store.metric == "ip")
     if request.annotate and snapshot.store.manifest.get("annotations"):
         types = tuple(request.feature_types) if request.feature_types else None
         hits = annotate_hits(snapshot.store, hits, strand=request.strand_mode, types=types)

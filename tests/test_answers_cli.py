@@ -205,3 +205,21 @@ def test_explain_and_variant_outputs_honour_the_umask(chloroplast_store, tmp_pat
         assert written and all(stat.S_IMODE(path.stat().st_mode) == 0o644 for path in written)  # was 0600
     finally:
         os.umask(previous)
+
+
+def test_api_takes_evalue_and_min_score(chloroplast_store):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from genoembed.serve import ServedStore, create_app
+
+    client = TestClient(create_app({"chloro": ServedStore("chloro", chloroplast_store.root)}))
+    region = f"{CHROM}:90001-91000"
+    every = client.post("/search", json={"regions": [region], "k": 10, "exclude_self": True, "annotate": False})
+    assert every.status_code == 200, every.text
+    assert len(every.json()["rows"]) == 10  # no cut-off unless asked: clients asking for k rows get k
+    strict = client.post("/search", json={"regions": [region], "k": 10, "exclude_self": True, "annotate": False,
+                                          "evalue": 1e-3}).json()["rows"]
+    assert 0 < len(strict) < 10 and all(row["score_evalue"] <= 1e-3 for row in strict)  # the ycf2 copy stays
+    high = client.post("/search", json={"regions": [region], "k": 10, "annotate": False, "min_score": 0.99}).json()
+    assert high["rows"] and all(row["score"] >= 0.99 for row in high["rows"])
