@@ -57,7 +57,7 @@ MAX_K = 1000
 MAX_QUERIES = 10_000
 MAX_SQL_TIMEOUT = 300.0
 STATIC = Path(__file__).parent / "serve_static"
-OPEN_PATHS = {"/healthz", "/", "/docs", "/openapi.json", "/docs/oauth2-redirect"}
+OPEN_PATHS = {"/healthz", "/", "/docs", "/redoc", "/openapi.json"}
 MEDIA = {"json": "application/json", "tsv": "text/tab-separated-values", "bed": "text/x-bed", "bed9": "text/x-bed",
          "bedgraph": "text/x-bedgraph", "bigwig": "application/octet-stream"}
 log = logging.getLogger("genoembed")
@@ -325,7 +325,7 @@ def search_request(request: Request, body: bytes, base: SearchRequest | None = N
 def create_app(stores: dict[str, ServedStore], token: str | None = None) -> FastAPI:
     """The API over already opened stores; ``token`` (when given) guards every data endpoint."""
     app = FastAPI(title="genoembed", summary="Similarity search over genome embedding stores.",
-                  version=VERSION)
+                  version=VERSION, docs_url=None, redoc_url=None)  # Swagger/ReDoc load from a CDN: docs.html
     app.add_middleware(Guard, token=token)
 
     def served(name: str | None) -> ServedStore:
@@ -365,6 +365,11 @@ def create_app(stores: dict[str, ServedStore], token: str | None = None) -> Fast
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
         return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    @app.get("/docs", include_in_schema=False)
+    @app.get("/redoc", include_in_schema=False)
+    def docs() -> FileResponse:
+        return FileResponse(STATIC / "docs.html", media_type="text/html")
 
     @app.get("/stores", summary="Names of the served stores with their size.")
     def list_stores() -> list[dict]:

@@ -164,3 +164,21 @@ def test_an_error_clears_the_previous_answer(page):
     assert "error" in status.get_attribute("class") and "chr9" in status.text
     assert not page.find_element(By.ID, "hits").is_displayed()
     assert not page.find_elements(By.CSS_SELECTOR, "#track") and not page.find_elements(By.CSS_SELECTOR, "#legend span")
+
+
+def test_api_docs_render_offline_from_openapi(page, url):
+    """/docs and /redoc list every endpoint from /openapi.json with no script from elsewhere (Swagger's CDN)."""
+    import urllib.request
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    for path in ("/docs", "/redoc"):
+        html = urllib.request.urlopen(url + path).read().decode()
+        assert "<script src=" not in html and "http://" not in html and "https://" not in html  # nothing fetched
+    page.get(url + "/docs")
+    WebDriverWait(page, 20).until(lambda b: b.find_elements(By.CSS_SELECTOR, "section.endpoint"))
+    ids = {section.get_attribute("id") for section in page.find_elements(By.CSS_SELECTOR, "section.endpoint")}
+    assert {"post-/search", "post-/sql", "get-/track", "get-/stores", "get-/healthz"} <= ids
+    search = page.find_element(By.ID, "post-/search").text
+    assert "evalue" in search and "exclude_self" in search
