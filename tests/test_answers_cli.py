@@ -223,3 +223,25 @@ def test_api_takes_evalue_and_min_score(chloroplast_store):
     assert 0 < len(strict) < 10 and all(row["score_evalue"] <= 1e-3 for row in strict)  # the ycf2 copy stays
     high = client.post("/search", json={"regions": [region], "k": 10, "annotate": False, "min_score": 0.99}).json()
     assert high["rows"] and all(row["score"] >= 0.99 for row in high["rows"])
+
+
+def test_annotations_and_hit_views_share_column_names(tmp_path):
+    from genoembed.build import index
+    from genoembed.embedders.kmer import KmerEmbedder
+    from genoembed.sql import run_sql
+    from genoembed.tiles import TilingSpec
+
+    from conftest import CHLOROPLAST_FASTA, CHLOROPLAST_GENBANK
+
+    store = index(CHLOROPLAST_FASTA, tmp_path / "s", embedder=KmerEmbedder(k=4), tiling=TilingSpec(strands="+"),
+                  annotations=[CHLOROPLAST_GENBANK])
+    assert invoke("search", store.root, "-r", f"{CHROM}:1-1000", "-k", "2", "-f", "tsv").exit_code == 0
+    names = ("feature_type", "feature_name", "feature_id")
+    for view in ("annotations", "hit_features", "hit_nearest"):
+        assert set(names) <= set(run_sql(store, f"SELECT * FROM {view} LIMIT 1").column_names), view
+    old = run_sql(store, "SELECT type, name, feature_id FROM annotations WHERE name = 'psbA' AND type = 'gene'")
+    new = run_sql(store, "SELECT feature_type, feature_name, feature_id FROM annotations WHERE feature_name = 'psbA' "
+                         "AND feature_type = 'gene'")
+    assert old.num_rows == 1 and old.to_pylist()[0]["feature_id"] == new.to_pylist()[0]["feature_id"]
+    joined = run_sql(store, "SELECT f.feature_id, f.feature_feature_id FROM hit_features f")
+    assert joined.num_rows and joined.column(0).to_pylist() == joined.column(1).to_pylist()  # old name kept
