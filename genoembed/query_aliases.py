@@ -32,8 +32,14 @@ class _AliasedContigs(Mapping):
                 for contig in self._contigs:
                     self._by_key.setdefault(normalise_contig(contig), []).append(contig)
             matches = self._by_key.get(normalise_contig(name), [])
-            return matches[0] if len(matches) == 1 else None
+            if len(matches) == 1:
+                self._aliases[name] = matches[0]
+                return matches[0]
         return None
+
+    def aliases(self) -> dict[str, str]:
+        """The aliases given and those suggested so far, to the contig each stands for."""
+        return dict(self._aliases)
 
     def __getitem__(self, name: str) -> int:
         target = self.target(name)
@@ -61,6 +67,15 @@ class AliasedSource:
 
     def fetch(self, chrom: str, start: int, end: int, strand: str = "+") -> str:
         return self._source.fetch(self.contigs.target(chrom) or chrom, start, end, strand)
+
+    @property
+    def circular(self) -> frozenset[str]:
+        """The source's circular contigs and the aliases standing for them."""
+        given = frozenset(getattr(self._source, "circular", ()))
+        return given | {alias for alias, target in self.contigs.aliases().items() if target in given}
+
+    def __getattr__(self, name: str):  # anything else is the source's
+        return getattr(self._source, name)
 
     def renamed(self, query):
         """``query`` with its contig named as the store names it."""
