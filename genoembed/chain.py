@@ -32,26 +32,7 @@ from genoembed.search import HitSequences, Query, filtered_search
 from genoembed.store import Store
 from genoembed.tiles import tile_starts
 
-BLOCK_FIELDS = [
-    pa.field("query", pa.string(), nullable=False),
-    pa.field("query_length", pa.int64(), nullable=False),
-    pa.field("query_block_start", pa.int64(), nullable=False),
-    pa.field("query_block_end", pa.int64(), nullable=False),
-    pa.field("rank", pa.int32(), nullable=False),
-    pa.field("tile_id", pa.int64(), nullable=False),  # the block's best tile
-    pa.field("genome", pa.string(), nullable=False),
-    pa.field("chrom", pa.string(), nullable=False),
-    pa.field("start", pa.int64(), nullable=False),
-    pa.field("end", pa.int64(), nullable=False),
-    pa.field("strand", pa.string(), nullable=False),
-    pa.field("score", pa.float32(), nullable=False),  # best anchor's embedding score
-    pa.field("mean_score", pa.float32(), nullable=False),
-    pa.field("tiles", pa.int32(), nullable=False),  # anchors chained
-    pa.field("query_coverage", pa.float64(), nullable=False),  # fraction of the query inside the block's anchors
-    pa.field("chain_score", pa.float64(), nullable=False),
-    pa.field("mapq", pa.int32(), nullable=False),  # minimap2-style: 60 * (1 - second best / best chain), 0 if secondary
-]
-BLOCKS = pa.schema(BLOCK_FIELDS)
+BLOCKS = schema.BLOCKS  # columns of a mapped block: see schema
 
 
 @dataclass(frozen=True)
