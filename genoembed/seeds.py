@@ -25,7 +25,7 @@ import pyarrow as pa
 from genoembed import schema
 from genoembed.errors import InputError
 from genoembed.files import atomic_file
-from genoembed.seqio import encode_bases, kmer_index, reverse_complement_codes
+from genoembed.seqio import codes_by_length, encode_bases, kmer_index, reverse_complement_codes
 from genoembed.store import Store
 
 K, W = 15, 10
@@ -53,23 +53,30 @@ def _hash(values: np.ndarray) -> np.ndarray:
 def minimizers(sequence: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(hash, position, strand) of the canonical (K, W) minimizers of ``sequence``; strand is +1 when the
     forward k-mer is the canonical one, -1 when its reverse complement is."""
-    codes = encode_bases(sequence)
-    if len(codes) < K:
-        return np.empty(0, np.uint64), np.empty(0, np.int64), np.empty(0, np.int8)
-    forward, clean = kmer_index(codes[None, :], K)
-    reverse, _ = kmer_index(reverse_complement_codes(codes[None, :]), K)
-    forward, reverse, clean = forward[0].astype(np.int64), reverse[0][::-1].astype(np.int64), clean[0]
-    canonical = np.minimum(forward, reverse)
-    hashed = _hash(canonical)
+    _, hashed, position, strand = minimizers_of_rows(encode_bases(sequence)[None, :])
+    return hashed, position, strand
+
+
+def minimizers_of_rows(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(row, hash, position, strand) of the minimizers of every row of equal-length base codes at once, by
+    row then position; k-mers with an ambiguous base and palindromes (no strand) are never minimizers."""
+    empty = np.empty(0, np.int64)
+    if codes.shape[1] < K:
+        return empty, np.empty(0, np.uint64), empty, np.empty(0, np.int8)
+    forward, clean = kmer_index(codes, K)
+    reverse = kmer_index(reverse_complement_codes(codes), K)[0][:, ::-1]
+    forward, reverse = forward.astype(np.int64), reverse.astype(np.int64)
+    hashed = _hash(np.minimum(forward, reverse))
     hashed[~clean] = np.uint64(_MASK)
-    if len(hashed) >= W:
-        windows = np.lib.stride_tricks.sliding_window_view(hashed, W)
-        positions = np.unique(np.argmin(windows, axis=1) + np.arange(len(windows)))
-    else:
-        positions = np.array([int(np.argmin(hashed))])
-    positions = positions[clean[positions] & (forward[positions] != reverse[positions])]  # palindromes: no strand
-    strand = np.where(forward[positions] < reverse[positions], 1, -1).astype(np.int8)
-    return hashed[positions], positions.astype(np.int64), strand
+    width = min(W, hashed.shape[1])
+    windows = np.lib.stride_tricks.sliding_window_view(hashed, width, axis=1)
+    chosen = np.zeros(hashed.shape, dtype=bool)
+    rows = np.arange(len(hashed))[:, None]
+    chosen[rows, np.argmin(windows, axis=2) + np.arange(windows.shape[1])] = True
+    chosen &= clean & (forward != reverse)
+    row, position = np.nonzero(chosen)
+    strand = np.where(forward[row, position] < reverse[row, position], 1, -1).astype(np.int8)
+    return row, hashed[row, position], position.astype(np.int64), strand
 
 
 class SeedIndex:
@@ -123,41 +130,57 @@ class SeedIndex:
         except Exception as error:  # a read-only store only costs building the index again next time
             log.debug("seed cache not written to %s: %s", path, error)
 
-    def place(self, sequence: str, k: int) -> list[dict]:
-        """Up to ``k`` placements of ``sequence``: genome, chrom, start, end (0-based half-open, clipped to
-        the contig), strand, score (fraction of the read's minimizers voting for it), votes."""
-        hashed, query_position, query_strand = minimizers(sequence.upper())
-        if not len(hashed):
-            return []
+    def place(self, sequences: list[str], k: int) -> list[list[dict]]:
+        """Up to ``k`` placements of each sequence: genome, chrom, start, end (0-based half-open, not yet clipped
+        to the contig), strand, score (fraction of the sequence's minimizers voting for it), votes. Sequences of
+        one length are handled as one array (a batch of reads costs a few array passes, not one per read)."""
+        places: list[list[dict]] = [[] for _ in sequences]
+        for rows, codes in codes_by_length([sequence.upper() for sequence in sequences]):
+            read, hashed, position, strand = minimizers_of_rows(codes)
+            if len(hashed):
+                self._vote(rows[read], hashed, position, strand, codes.shape[1], k, places)
+        return places
+
+    def _vote(self, read, hashed, query_position, query_strand, length: int, k: int, places: list) -> None:
+        """Each minimizer match votes for a diagonal of its read; a read's votes within ``BAND`` of each other on
+        one contig and strand are one placement; the ``k`` with most distinct minimizers are kept per read."""
         first = np.searchsorted(self.hashes, hashed, side="left")
-        last = np.searchsorted(self.hashes, hashed, side="right")
-        counts = last - first
+        counts = np.searchsorted(self.hashes, hashed, side="right") - first
         usable = (counts > 0) & (counts <= MAX_OCCURRENCES)
         if not usable.any():
-            return []
+            return
         seed = np.repeat(np.flatnonzero(usable), counts[usable])
-        target = np.concatenate([np.arange(a, b) for a, b in zip(first[usable], last[usable])])
+        offsets = np.arange(len(seed)) - np.repeat(np.cumsum(counts[usable]) - counts[usable], counts[usable])
+        target = np.repeat(first[usable], counts[usable]) + offsets  # every occurrence of every usable minimizer
         same = query_strand[seed] == self.strand[target]
         # diagonal: where the read's first base (+) or last base (-) lands on the contig
         diagonal = np.where(same, self.position[target] - query_position[seed],
                             self.position[target] + query_position[seed] + K)
-        contig = self.contig[target].astype(np.int64)
-        order = np.lexsort((diagonal, ~same, contig))
-        contig, same, diagonal, seed = contig[order], same[order], diagonal[order], seed[order]
+        contig, owner = self.contig[target].astype(np.int64), read[seed]
+        order = np.lexsort((diagonal, ~same, contig, owner))
+        contig, same, diagonal, seed, owner = (values[order] for values in (contig, same, diagonal, seed, owner))
         new = np.ones(len(order), dtype=bool)
-        new[1:] = (contig[1:] != contig[:-1]) | (same[1:] != same[:-1]) | (np.diff(diagonal) > BAND)
+        new[1:] = (owner[1:] != owner[:-1]) | (contig[1:] != contig[:-1]) | (same[1:] != same[:-1]) | \
+            (np.diff(diagonal) > BAND)
         group = np.cumsum(new) - 1
-        votes = np.array([len(np.unique(seed[group == g])) for g in range(group[-1] + 1)])
-        places = []
-        for g in np.argsort(-votes, kind="stable")[:k]:
-            members = group == g
-            genome, chrom = self.contigs[contig[members][0]]
-            centre = int(np.median(diagonal[members]))
-            start, end = (centre, centre + len(sequence)) if same[members][0] else (centre - len(sequence), centre)
-            places.append({"genome": genome, "chrom": chrom, "start": start, "end": end,
-                           "strand": "+" if same[members][0] else "-", "score": votes[g] / len(hashed),
-                           "votes": int(votes[g])})
-        return places
+        votes = np.bincount(np.unique(group * len(hashed) + seed) // len(hashed))  # a minimizer votes once
+        firsts = np.flatnonzero(new)
+        ends = np.append(firsts[1:], len(group))
+        minimizer_count = np.bincount(read)
+        ranked = np.lexsort((np.arange(len(firsts)), -votes, owner[firsts]))
+        taken = {}
+        for g in ranked:
+            reader = int(owner[firsts[g]])
+            if taken.get(reader, 0) == k:
+                continue
+            taken[reader] = taken.get(reader, 0) + 1
+            genome, chrom = self.contigs[contig[firsts[g]]]
+            centre = int(np.median(diagonal[firsts[g]:ends[g]]))
+            forward = bool(same[firsts[g]])
+            start, end = (centre, centre + length) if forward else (centre - length, centre)
+            places[reader].append({"genome": genome, "chrom": chrom, "start": start, "end": end,
+                                   "strand": "+" if forward else "-", "votes": int(votes[g]),
+                                   "score": votes[g] / minimizer_count[reader]})
 
 
 def place_queries(store: Store, queries: list, k: int) -> pa.Table:
@@ -166,8 +189,8 @@ def place_queries(store: Store, queries: list, k: int) -> pa.Table:
     index = SeedIndex.of_store(store)
     lengths = store.contig_lengths
     rows = []
-    for query in queries:
-        for rank, place in enumerate(index.place(query.sequence, k), 1):
+    for query, found in zip(queries, index.place([query.sequence for query in queries], k)):
+        for rank, place in enumerate(found, 1):
             rows.append({"query": query.name, "query_chrom": query.chrom, "query_start": query.start,
                          "query_end": query.end, "query_strand": query.strand, "rank": rank, "tile_id": -1,
                          "genome": place["genome"], "chrom": place["chrom"], "start": max(0, place["start"]),
