@@ -58,7 +58,7 @@ MAX_QUERIES = 10_000
 MAX_SQL_TIMEOUT = 300.0
 STATIC = Path(__file__).parent / "serve_static"
 OPEN_PATHS = {"/healthz", "/", "/docs", "/redoc", "/openapi.json"}
-MEDIA = {"json": "application/json", "tsv": "text/tab-separated-values", "bed": "text/x-bed", "bed9": "text/x-bed",
+MEDIA = {"json": "application/json", "jsonl": "application/jsonl", "tsv": "text/tab-separated-values", "bed": "text/x-bed", "bed9": "text/x-bed",
          "bedgraph": "text/x-bedgraph", "bigwig": "application/octet-stream"}
 log = logging.getLogger("genoembed")
 
@@ -222,8 +222,12 @@ def tsv_cell(value) -> str:
 
 
 def table_response(table: pa.Table, fmt: str, extra: dict | None = None) -> Response:
-    """A result table as JSON (``{"columns", "rows", ...}``) or TSV (header row, empty cells for nulls)."""
+    """A result table as JSON (one document: ``{"columns", "rows", ...}``), JSON lines (a row a line, as the CLI's
+    ``-f jsonl``) or TSV (header row, empty cells for nulls)."""
     rows = table.to_pylist()
+    if fmt == "jsonl":
+        return Response("".join(json.dumps({key: clean(value) for key, value in row.items()}, default=str) + "\n"
+                                for row in rows), media_type=MEDIA["jsonl"])
     if fmt == "tsv":
         lines = ["\t".join(table.column_names)] + ["\t".join(tsv_cell(v) for v in row.values()) for row in rows]
         return Response("".join(line + "\n" for line in lines), media_type=MEDIA["tsv"])
@@ -392,10 +396,11 @@ def create_app(stores: dict[str, ServedStore], token: str | None = None) -> Fast
     @app.post("/search", summary="Nearest tiles to regions, sequences, BED or FASTA, with their features.",
               openapi_extra=search_body)
     def search_endpoint(request: Request, body: bytes = Depends(raw_body),
-                        format: str | None = QueryParam(None, description="json, tsv, bed or bed9 "
-                                                        "(else from the Accept header)")) -> Response:
+                        format: str | None = QueryParam(None, description="json (one document), jsonl (a row a "
+                                                        "line), tsv, bed or bed9 (else from the Accept header)")) \
+            -> Response:
         wanted = search_request(request, body)
-        fmt = pick_format(request, format, ("json", "tsv", "bed", "bed9"))
+        fmt = pick_format(request, format, ("json", "jsonl", "tsv", "bed", "bed9"))
         hits = run_search(served(wanted.store), wanted)
         if fmt in ("bed", "bed9"):
             return Response(hits_bed(hits, bed9=fmt == "bed9"), media_type=MEDIA[fmt])
@@ -403,8 +408,8 @@ def create_app(stores: dict[str, ServedStore], token: str | None = None) -> Fast
 
     @app.post("/sql", summary="One read-only SELECT over a store (the `genoembed sql` sandbox).")
     def sql_endpoint(wanted: SqlRequest, request: Request,
-                     format: str | None = QueryParam(None, description="json or tsv")) -> Response:
-        fmt = pick_format(request, format, ("json", "tsv"))
+                     format: str | None = QueryParam(None, description="json (one document), jsonl (a row a line) or tsv")) -> Response:
+        fmt = pick_format(request, format, ("json", "jsonl", "tsv"))
         table = run_sql(served(wanted.store).snapshot().store, wanted.query, wanted.parameters, wanted.timeout)
         return table_response(table, fmt)
 

@@ -245,3 +245,19 @@ def test_annotations_and_hit_views_share_column_names(tmp_path):
     assert old.num_rows == 1 and old.to_pylist()[0]["feature_id"] == new.to_pylist()[0]["feature_id"]
     joined = run_sql(store, "SELECT f.feature_id, f.feature_feature_id FROM hit_features f")
     assert joined.num_rows and joined.column(0).to_pylist() == joined.column(1).to_pylist()  # old name kept
+
+
+def test_api_json_is_one_document_and_jsonl_lines(chloroplast_store):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from genoembed.serve import ServedStore, create_app
+
+    client = TestClient(create_app({"chloro": ServedStore("chloro", chloroplast_store.root)}))
+    body = {"regions": [f"{CHROM}:1-1000", f"{CHROM}:5001-6000"], "k": 2, "annotate": False}
+    document = client.post("/search?format=json", json=body)
+    lines = client.post("/search?format=jsonl", json=body)
+    assert lines.status_code == 200 and lines.headers["content-type"].startswith("application/jsonl")
+    assert [json.loads(line) for line in lines.text.splitlines()] == document.json()["rows"]
+    sql = client.post("/sql?format=jsonl", json={"query": "SELECT 1 AS one UNION ALL SELECT 2"})
+    assert [json.loads(line)["one"] for line in sql.text.splitlines()] == [1, 2]
