@@ -44,9 +44,9 @@ from genoembed.annotate import annotate_hits
 from genoembed.errors import GenoembedError, InputError, StoreError
 from genoembed.search import (Query, bed_text_queries, check_sequence, fasta_text_queries, query_source,
                               region_queries, search)
-from genoembed.significance import add_evalues, significant
 from genoembed.sql import run_sql
 from genoembed.manifest import MANIFEST
+from genoembed.mapping import answer
 from genoembed.names import check_word
 from genoembed.store import Store
 from genoembed.tracks import bedgraph_chunks, chrom_sizes, hits_bed, similarity, write_bigwig
@@ -72,7 +72,9 @@ class SearchRequest(BaseModel):
     sequences: list[str] = Field([], description="DNA sequences.")
     bed: str | None = Field(None, description="BED text: one query per line.")
     fasta: str | None = Field(None, description="FASTA text: one query per record.")
-    k: int = Field(10, ge=1, le=MAX_K, description="Neighbours per query.")
+    k: int = Field(10, ge=1, le=MAX_K, description="Results per query: loci, or tiles with loci=false.")
+    loci: bool = Field(True, description="Merge overlapping or touching tile hits into loci, ranked, as "
+                                         "`genoembed search` shows them (false: every tile hit).")
     genome: str | None = Field(None, description="Only hits from this genome.")
     chrom: str | None = Field(None, description="Only hits on this contig.")
     query_genome: str | None = Field(None, description="Genome that region/BED coordinates refer to.")
@@ -176,13 +178,10 @@ def run_search(served: ServedStore, request: SearchRequest) -> pa.Table:
     snapshot = served.snapshot()
     with served.lock:
         queries = collect_queries(snapshot, request)
-        hits = search(snapshot.store, queries, k=request.k, nprobe=request.nprobe, ef_search=request.ef_search,
-                      k_factor=request.k_factor, exclude_self=request.exclude_self, embedder=served.embedder,
-                      genome=request.genome, chrom=request.chrom)
-        if request.evalue is not None or request.min_score is not None:
-            settings = {"nprobe": request.nprobe, "ef_search": request.ef_search, "k_factor": request.k_factor}
-            hits = significant(add_evalues(snapshot.store, queries, hits, served.embedder, settings), request.evalue,
-                               request.min_score, snapshot.store.metric == "ip")
+        settings = {"nprobe": request.nprobe, "ef_search": request.ef_search, "k_factor": request.k_factor}
+        hits, _ = answer(snapshot.store, queries, k=request.k, exclude_self=request.exclude_self, genome=request.genome,
+                         chrom=request.chrom, search_settings=settings, embedder=served.embedder, evalue=request.evalue,
+                         min_score=request.min_score, loci=request.loci, by_length=False)
     if request.annotate and snapshot.store.manifest.get("annotations"):
         types = tuple(request.feature_types) if request.feature_types else None
         hits = annotate_hits(snapshot.store, hits, strand=request.strand_mode, types=types)

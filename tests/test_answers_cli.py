@@ -261,3 +261,22 @@ def test_api_json_is_one_document_and_jsonl_lines(chloroplast_store):
     assert [json.loads(line) for line in lines.text.splitlines()] == document.json()["rows"]
     sql = client.post("/sql?format=jsonl", json={"query": "SELECT 1 AS one UNION ALL SELECT 2"})
     assert [json.loads(line)["one"] for line in sql.text.splitlines()] == [1, 2]
+
+
+def test_track_api_and_screen_rank_the_same_loci(chloroplast_store, tmp_path):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from genoembed.serve import ServedStore, create_app
+
+    region = f"{CHROM}:90001-91000"
+    screen = _tsv(invoke("search", chloroplast_store.root, "-r", region, "-k", "4", "--exclude-self", "-f", "tsv",
+                         "--no-annotate", "--no-save", "--evalue", "1e9").stdout)
+    want = [(row["rank"], row["start"], row["end"]) for row in screen]
+    out = tmp_path / "hits.bed"
+    assert invoke("track", chloroplast_store.root, "-r", region, "-k", "4", "--exclude-self", "-o", out).exit_code == 0
+    track = [line.split("\t") for line in out.read_text().splitlines() if not line.startswith(("track", "#"))]
+    assert sorted((f[3].split("#")[1], f[1], f[2]) for f in track) == sorted(want)
+    client = TestClient(create_app({"chloro": ServedStore("chloro", chloroplast_store.root)}))
+    rows = client.post("/search", json={"regions": [region], "k": 4, "exclude_self": True, "annotate": False}).json()
+    assert [(str(r["rank"]), str(r["start"]), str(r["end"])) for r in rows["rows"]] == want
