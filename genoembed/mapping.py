@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from genoembed.chain import BLOCKS, ChainSettings, align_blocks, map_queries, query_tile_starts
+from genoembed.errors import InputError
 from genoembed.evidence import merge_loci
 from genoembed.search import Query, add_evidence, filter_alignments, search
 from genoembed.seeds import place_queries
@@ -47,6 +48,8 @@ def answer(store: Store, queries: list[Query], k: int = 10, exclude_self: bool =
     With ``loci``, hits are loci (:func:`genoembed.evidence.merge_loci`) and ``k`` counts loci: up to
     ``LOCI_FETCH * k`` tiles are fetched to fill them. ``by_length=False`` embeds every query whole (no
     mapping, no seeds)."""
+    if not store.num_tiles:
+        raise InputError(f"{store.root}: the store holds no tiles (every genome removed?); nothing to search")
     window, stride = store.provenance["tiling"]["window"], store.provenance["tiling"]["stride"]
     embedder = embedder or store.embedder(trust_remote_code=trust_remote_code)
     higher_is_better = store.metric == "ip"

@@ -72,7 +72,7 @@ def search(
     evalue: float = typer.Option(10.0, "--evalue", "-e", min=0.0, help="Drop hits whose E-value is higher: the alignment's with --align, else the embedding score's under the store's null (random sequences of the query's length and GC searched once per store and cached). 10 like BLAST: a query with no homolog keeps about 10 hits at most."),
     min_score: Optional[float] = typer.Option(None, "--min-score", help="Drop hits whose embedding score is lower (cosine; for l2 stores, a squared distance above it)."),
     mapped: bool = typer.Option(True, "--map/--no-map", help="Queries longer than the store's window are cut into tiles like the store and collinear tile hits chained into mapped blocks (query and target spans, query coverage, best and mean tile score); queries under half a window are placed by shared minimizers. --no-map embeds every query whole."),
-    loci: bool = typer.Option(True, "--loci/--tiles", help="Show loci (overlapping or touching tile hits of a query on one contig and strand merged, best tile's score) or every tile hit; the search is saved as shown, so SQL ranks are the ranks on screen."),
+    loci: bool = typer.Option(True, "--loci/--tiles", help="Show loci (overlapping or touching tile hits of a query on one contig and strand merged, best tile's score) or every tile hit of each query's one vector (no mapping); the search is saved as shown, so SQL ranks are the ranks on screen."),
     annotate: bool = typer.Option(True, "--annotate/--no-annotate", help="Add overlapping and nearest features of the store's annotations (table, tsv, json, parquet)."),
     strand_mode: StrandMode = typer.Option(StrandMode.ignore, "--strand-mode", help="Feature strand vs hit strand for the annotation join."),
     feature_type: Optional[list[str]] = typer.Option(None, "--feature-type", help="Only join features of this type, e.g. gene, CDS (repeatable)."),
@@ -134,7 +134,8 @@ def search(
             common = {"k": k, "exclude_self": exclude_self, "genome": genome, "chrom": chrom,
                       "trust_remote_code": trust_remote_code, "align": align, "min_identity": min_identity,
                       "min_bit_score": min_bits, "evalue": evalue, "min_score": min_score}
-            hits, blocks = answer(opened, batch, search_settings=settings, loci=loci, by_length=mapped, **common)
+            hits, blocks = answer(opened, batch, search_settings=settings, loci=loci, by_length=mapped and loci,
+                                  **common)
             if saved is not None:  # what is shown, so ranks agree between the screen and SQL
                 for table in (hits, blocks):
                     if table is not None and (table.num_rows or table is hits):
