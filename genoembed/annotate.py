@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 if TYPE_CHECKING:
     import duckdb
 from genoembed import features, schema
-from genoembed.errors import InputError
+from genoembed.errors import InputError, command
 from genoembed.files import atomic_write_bytes
 from genoembed.manifest import file_sha256
 from genoembed.names import check_identifier, identifier_from
@@ -103,6 +103,22 @@ def _default_name(manifest: dict, path: Path, genome: str) -> str:
     name = annotation_set_name(path)
     taken = (manifest.get("annotations") or {}).get(name)
     return name if taken is None or taken.get("genome") == genome else identifier_from(f"{name}_{genome}", name)
+
+
+def check_feature_types(store: Store, types: tuple[str, ...]) -> list[str]:
+    """The ``types`` the store's annotations hold; an error when none of them is there (it would join nothing),
+    naming the types that are."""
+    from genoembed.sql import connect
+
+    if not store.manifest.get("annotations"):
+        raise InputError(f"--feature-type {', '.join(types)}: {store.root} has no annotations; add some with "
+                         f"{command('annotate', store.root, 'genes.gff3')}")
+    present = [row[0] for row in connect(store).execute("SELECT DISTINCT type FROM annotations ORDER BY 1").fetchall()]
+    found = [kind for kind in types if kind in present]
+    if not found:
+        raise InputError(f"--feature-type {', '.join(types)} matches no feature of {store.root}; its types: "
+                         f"{', '.join(present[:20])}")
+    return found
 
 
 def annotate_hits(store: Store, hits: pa.Table, strand: str = "ignore", types: tuple[str, ...] | None = None) \

@@ -206,7 +206,7 @@ def read_gtf(path: str | Path) -> pa.Table:
 
 
 def read_gff3(path: str | Path) -> pa.Table:
-    """GFF3: percent-decoded attributes; ID, Parent (raw, comma-joined if several), Name; stops at ##FASTA.
+    """GFF3: percent-decoded attributes; ID, Parent (raw, comma-joined if several), name (IGV's: Name/gene/locus_tag/ID).
 
     Parts: rows sharing one ID are one feature (the GFF3 way to write a CDS
     split by introns): one row, in the place of the first, its parts in row
@@ -226,7 +226,7 @@ def read_gff3(path: str | Path) -> pa.Table:
         attributes = _gff3_attributes(text, number, problems)
         if attributes is None:
             continue
-        name = attributes.get("Name") or attributes.get("gene")
+        name = next((attributes[key] for key in ("Name", "gene", "locus_tag", "ID") if attributes.get(key)), None)
         feature_id = attributes.get("ID")
         rows.add(unquote(chrom), start, end, strand, unquote(kind), name, feature_id,
                  attributes.get("Parent"), _with_columns(attributes, source, score, phase), line=number,

@@ -201,15 +201,18 @@ def _annotations_view(con, files: StoreFiles) -> None:
     if not selects:
         con.register("_annotations_empty", schema.ANNOTATIONS.empty_table())
         selects = ["SELECT * FROM _annotations_empty"]
-    con.execute(f"CREATE VIEW annotations AS {' UNION ALL BY NAME '.join(selects)}")
+    con.execute(f"CREATE VIEW _feature_rows AS {' UNION ALL BY NAME '.join(selects)}")
+    # one set of names across views: hit_features' feature_type / feature_name here too (type, name kept)
+    con.execute("CREATE VIEW annotations AS SELECT *, type AS feature_type, name AS feature_name FROM _feature_rows")
 
 
 def _feature_views(con, suffix: str) -> None:
     """``hit_features{suffix}`` and ``hit_nearest{suffix}`` over ``hits{suffix}``."""
     from genoembed.joins import nearest_sql, overlap_sql
 
-    con.execute(f"CREATE VIEW hit_features{suffix} AS {overlap_sql(f'hits{suffix}', 'annotations', strand='ignore')}")
-    con.execute(f"CREATE VIEW hit_nearest{suffix} AS {nearest_sql(f'hits{suffix}', 'annotations', strand='ignore')}")
+    for view, join in (("features", overlap_sql), ("nearest", nearest_sql)):  # feature_id as annotations names it
+        con.execute(f"CREATE VIEW hit_{view}{suffix} AS SELECT *, feature_feature_id AS feature_id FROM "
+                    f"({join(f'hits{suffix}', '_feature_rows', strand='ignore')})")
 
 
 def _create_views(con, files: StoreFiles) -> None:

@@ -135,7 +135,7 @@ def test_cli_region_across_the_origin_and_alignment(plasmid_stores):
     pytest.importorskip("parasail", reason="the align extra is not installed")
     _, circular = plasmid_stores
     result = runner.invoke(app, ["search", str(circular.root), "--region", f"{PLASMID}:9301-700", "-k", "1",
-                                 "--tiles", "--align", "--format", "json", "--no-save"])
+                                 "--tiles", "--align", "--format", "jsonl", "--no-save"])
     assert result.exit_code == 0, result.output
     hit = json.loads(result.output.strip().splitlines()[0])
     assert hit["identity"] == 1.0

@@ -58,7 +58,7 @@ def test_copied_store_aligns_and_explains_from_the_cli(travelled, tmp_path):
     pytest.importorskip("parasail", reason="the align extra is not installed")
     store, _ = travelled
     result = runner.invoke(app, ["search", str(store.root), "--region", REGION, "-k", "2", "--align",
-                                 "--format", "json", "--no-save"])
+                                 "--format", "jsonl", "--no-save"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output.splitlines()[0])["identity"] == 1.0
     result = runner.invoke(app, ["explain", str(store.root), "-r", REGION, "--hit", "2", "-o", str(tmp_path / "why"),

@@ -19,6 +19,7 @@ from typer.testing import CliRunner  # noqa: E402
 from genoembed.build import index  # noqa: E402
 from genoembed.cli import app as cli  # noqa: E402
 from genoembed.embedders.kmer import KmerEmbedder  # noqa: E402
+from genoembed.mapping import answer  # noqa: E402
 from genoembed.search import Query, search  # noqa: E402
 from genoembed.serve import MAX_BODY, ServedStore, create_app  # noqa: E402
 from genoembed.synthetic import random_genome, write_fasta  # noqa: E402
@@ -85,8 +86,11 @@ def query_sequence(store, start=30_000, end=31_000) -> str:
     return store.genome().fetch(CHROM, start, end).upper()
 
 
-def expected_hits(store, queries, k, **options) -> list[dict]:
-    return search(store, queries, k=k, embedder=KmerEmbedder(k=4), **options).to_pylist()
+def expected_hits(store, queries, k, loci=True, **options) -> list[dict]:
+    """The library's answer: loci ranked as `genoembed search` shows them, or every tile hit."""
+    if not loci:
+        return search(store, queries, k=k, embedder=KmerEmbedder(k=4), **options).to_pylist()
+    return answer(store, queries, k=k, embedder=KmerEmbedder(k=4), loci=True, by_length=False, **options)[0].to_pylist()
 
 
 def same_hits(got: list[dict], want: list[dict]) -> None:
@@ -214,7 +218,7 @@ def test_bigwig_values_equal_search_scores(client, chloro, tmp_path):
     result = runner.invoke(cli, ["track", str(chloro.root), "-s", sequence, "-o", str(tmp_path / "cli.bw")])
     assert result.exit_code == 0, result.output
     # every tile's score from an exhaustive search; a position's value is its best strand
-    every = expected_hits(chloro, [Query("q", sequence)], chloro.num_tiles)
+    every = expected_hits(chloro, [Query("q", sequence)], chloro.num_tiles, loci=False)
     best: dict[tuple[str, int], float] = {}
     for hit in every:
         best[hit["chrom"], hit["start"]] = max(best.get((hit["chrom"], hit["start"]), -1.0), hit["score"])
@@ -289,7 +293,7 @@ def test_append_while_serving_never_breaks_a_request(tmp_path):
             replies.append(client.post("/search", json={"sequences": [probe], "k": 3}))
             replies.append(client.get("/stores/pan"))
         writer.join()
-        after = client.post("/search", json={"regions": ["b_1:2001-2500"], "k": 1}).json()["rows"]
+        after = client.post("/search", json={"regions": ["b_1:2001-2500"], "k": 1, "loci": False}).json()["rows"]
         tiles = client.get("/stores").json()[0]["tiles"]
     assert failures == [] and during >= 3, f"only {during} requests ran during the append"
     assert [r.status_code for r in replies if r.status_code != 200] == []

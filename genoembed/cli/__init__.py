@@ -28,6 +28,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts are plain text: "pip install 'genoembed[align]'" keeps its [align]
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 

@@ -16,6 +16,7 @@ from genoembed.embedders import EmbedderOptions, Pooling
 from genoembed.errors import InputError
 from genoembed.features import parse_alias_option
 from genoembed.recipe import Recipe, load_recipe, model_name
+from genoembed.tiles import TilingSpec
 from genoembed.tiles import SoftMask, Strands
 from genoembed.vector_index import Metric
 
@@ -38,7 +39,7 @@ def index(
     append: bool = typer.Option(False, "--append", help="Add the genome(s) to an existing store built with the same model and tiling: their vectors go into a new index part (nothing indexed is rewritten; `genoembed compact` folds parts into one)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Store directory (default: recipe path without .toml)."),
     out: Optional[Path] = typer.Option(None, "--out", hidden=True, help="Old spelling of --output."),
-    model: Optional[str] = typer.Option(None, "--model", help="'default' (shipped retrieval model), 'mlm' (shipped masked-LM model), 'kmer[:K]', or a local Hugging Face model directory."),
+    model: Optional[str] = typer.Option(None, "--model", help="'default' (shipped retrieval model), 'mlm' (shipped masked-LM model), 'kmer[:K]' (k-mer profile), 'aa:K' / 'aa:K:orf' (six-frame amino-acid k-mers), 'protein' (shipped protein-homolog model, 16x slower), or a local Hugging Face model directory [default: default]."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow a model directory's own Python code to run (DNABERT-2, HyenaDNA, Caduceus, NT-v2)."),
     pooling: Optional[Pooling] = typer.Option(None, help="How token vectors become one tile vector (transformer models)."),
     layer: Optional[int] = typer.Option(None, help="Hidden layer to pool (-1 = last; transformer models)."),
@@ -48,8 +49,8 @@ def index(
     device: Optional[str] = typer.Option(None, help="auto (cuda when available), cpu, cuda or cuda:N."),
     dtype: Optional[str] = typer.Option(None, help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16 or float16; reduced precision is refused if it moves vectors (cosine < 0.999)."),
     compile_model: bool = typer.Option(False, "--compile", help="torch.compile the model (pays on long runs; ~1 min to compile)."),
-    window: Optional[int] = typer.Option(None, min=1, help="Tile length in bases."),
-    stride: Optional[int] = typer.Option(None, min=1, help="Distance between tile starts in bases."),
+    window: Optional[int] = typer.Option(None, min=1, help=f"Tile length in bases [default: {TilingSpec().window}, or the recipe's]."),
+    stride: Optional[int] = typer.Option(None, min=1, help=f"Distance between tile starts in bases [default: {TilingSpec().stride}, or the recipe's]."),
     strands: Optional[Strands] = typer.Option(None, help="Tile the forward strand (+), reverse (-) or both."),
     max_n_fraction: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="Skip tiles with more than this fraction of N/ambiguous bases."),
     soft_mask: Optional[SoftMask] = typer.Option(None, help="Soft-masked (lowercase) bases: upper = embed as normal, keep = pass case to the model, skip = drop masked tiles."),
