@@ -302,3 +302,17 @@ def test_wrapped_overlap_and_nearest_against_a_base_set_oracle(plasmid_stores, t
             assert (key[0], key[1], row["nearest"], abs(row["nearest_distance"])) in expected_nearest
     finally:
         circular.record("annotations", "random", None)
+
+
+def test_explain_tracks_across_the_origin_are_cut_there(plasmid_stores, tmp_path):
+    _, circular = plasmid_stores
+    result = runner.invoke(app, ["explain", str(circular.root), "-r", f"{PLASMID}:9301-700", "--hit", "1",
+                                 "-o", str(tmp_path / "why"), "-f", "tsv", "--no-plot"])
+    assert result.exit_code == 0, result.output
+    rows = [line.split("\t") for line in (tmp_path / "why.query.bedgraph").read_text().splitlines()[1:]]
+    spans = [(int(start), int(end)) for _, start, end, _ in rows]
+    assert spans[0][0] == 9300 and max(end for _, end in spans) == LENGTH and any(start == 0 for start, _ in spans)
+    assert sum(end - start for start, end in spans) == LENGTH - 9300 + 700
+    pyBigWig = pytest.importorskip("pyBigWig")
+    with pyBigWig.open(str(tmp_path / "why.query.bw")) as track:
+        assert track.header()["nBasesCovered"] == LENGTH - 9300 + 700
