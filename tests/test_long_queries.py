@@ -23,7 +23,7 @@ LIMIT = 20_000
 
 @pytest.fixture
 def small_limit(monkeypatch):
-    monkeypatch.setattr(sys.modules["genoembed.search"], "MAX_QUERY_BASES", LIMIT)
+    monkeypatch.setattr(sys.modules["genoembed.regions"], "MAX_QUERY_BASES", LIMIT)
 
 
 def test_library_refuses_a_query_longer_than_the_limit(chloroplast_store, small_limit):

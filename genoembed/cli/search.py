@@ -202,7 +202,7 @@ class Progress:
 def _queries(store: Store, regions, sequences, bed: Path | None, fasta: Path | None, vcf, sample, query_genome,
              aliases: dict[str, str] | None = None, auto_alias: bool = False):
     """Every query of the command line, in the order given, read lazily (a BED or FASTA of any size streams);
-    one longer than ``search.MAX_QUERY_BASES`` comes as its tiles (the store's window and stride), so a
+    one longer than ``regions.MAX_QUERY_BASES`` comes as its tiles (the store's window and stride), so a
     whole-chromosome region costs the memory of one batch of tiles, not of the chromosome."""
     from genoembed.query_aliases import AliasedSource
     from genoembed.search import (Query, UniqueNames, check_sequence, iter_bed_queries, iter_fasta_queries,
