@@ -227,7 +227,7 @@ def test_gff3_feature_across_the_origin_accepted_on_circular_refused_on_linear(p
         row = run_sql(circular, "SELECT start, \"end\" FROM annotations WHERE feature_id = 'ori'").to_pylist()
         assert row == [{"start": 9400, "end": LENGTH + 300}]
         result = runner.invoke(app, ["search", str(circular.root), "--sequence", circular.genome().fetch(
-            PLASMID, 0, 1000), "-k", "1", "--tiles", "-f", "json", "--no-save"])  # the tile at 0 meets ori's 2nd part
+            PLASMID, 0, 1000), "-k", "1", "--tiles", "-f", "jsonl", "--no-save"])  # the tile at 0 meets ori's 2nd part
         assert result.exit_code == 0, result.output
         hit = json.loads(result.output.splitlines()[0])
         assert hit["start"] == 0 and "ori" in hit["overlapping"].split(", ")
