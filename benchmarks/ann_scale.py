@@ -12,7 +12,7 @@ result id is a stored tile; an IVF-Flat index searched wide enough returns the b
 
     python benchmarks/ann_scale.py build --size small|medium|large [--work /tmp/ann-scale]
     python benchmarks/ann_scale.py queries --size ...
-    python benchmarks/ann_scale.py bench --size ... --factory 'IVF1264,Flat' [--sharded N]
+    python benchmarks/ann_scale.py bench --size ... --factory 'IVF1264,Flat' [--part-rows N]
     python benchmarks/ann_scale.py bench --size ... --factory 'IVF1342,PQ32np,Refine(SQfp16)'   # PQ re-ranked
 
 A refine stage's shortlist factor (k_factor) is tuned with nprobe at build time; the benchmark sweeps nprobe at
@@ -100,7 +100,7 @@ def make_queries(root: Path) -> None:
     """Embed the held-out queries and their exact top-10 over the stored vectors (streamed brute force)."""
     from genoembed.embedders import get_embedder
     from genoembed.store import Store
-    from genoembed.vector_index import exact_neighbours
+    from genoembed.recall import exact_neighbours
 
     store = Store.open(root)
     started = time.perf_counter()
@@ -131,25 +131,22 @@ def timed_tuning(timings: dict):
     indexing.tune_store_index = wrapper
 
 
-def build_and_tune(root: Path, factory: str, train_size: int, sharded: int) -> dict:
+def build_and_tune(root: Path, factory: str, train_size: int, part_rows: int) -> dict:
     """Build the store's index through genoembed.indexing (tuning included); what it recorded and took."""
     from genoembed import indexing
     from genoembed.store import Store
     from genoembed.vector_index import IndexSpec
 
     store = Store.open(root)
-    spec = IndexSpec(factory=factory, train_size=min(train_size, store.num_tiles), recall_target=0.95)
+    spec = IndexSpec(factory=factory, train_size=min(train_size, store.num_tiles), recall_target=0.95,
+                     part_rows=part_rows or None)
     timings: dict = {}
     timed_tuning(timings)
     started = time.perf_counter()
-    if sharded:
-        layout = indexing.build_sharded(store, spec, shards_per_index=sharded)
-        entry = {"search": {}, "parts": len(layout["shards"])}
-    else:
-        entry = indexing.build_store_index(store, spec)
+    entry = indexing.build_store_index(store, spec)
     total = time.perf_counter() - started
     return {"build_s": round(total - timings.get("tune_s", 0.0), 1), "tune_s": round(timings.get("tune_s", 0.0), 1),
-            "tuned": entry.get("search", {}), "parts": entry.get("parts"), "train_size": spec.train_size,
+            "tuned": entry.get("search", {}), "parts": len(entry["parts"]), "train_size": spec.train_size,
             "peak_rss_build_gib": round(peak_rss_gib(), 2)}
 
 
@@ -178,20 +175,21 @@ def overlap_recall(found: np.ndarray, exact: np.ndarray, tolerance: int) -> floa
     return round(float(np.mean(near)), 4)
 
 
-def search_report(root: Path, sharded: bool) -> dict:
+def search_report(root: Path) -> dict:
     """Load the store's index fresh (RSS before/after), then recall, QPS and latency on the held-out queries."""
     from genoembed.store import Store
-    from genoembed.vector_index import K_FACTORS, ShardedIndex, recall_at, refine_stage
+    from genoembed.recall import K_FACTORS, recall_at
+    from genoembed.vector_index import refine_stage
 
     data = np.load(root.parent / f"{root.name}-queries.npz")
     queries, exact = data["queries"], data["exact"]
     store = Store.open(root)
     before = rss_gib()
-    index = ShardedIndex.open(store) if sharded else store.vector_index()
+    index = store.vector_index()  # every part, memory-mapped
     loaded = rss_gib() - before
-    probe = index._part(index.paths[0]) if sharded else index.index
+    probe = index.parts[0]
     knob, values = knob_values(probe)
-    tuned = {} if sharded else {name: value for name, value in index.defaults.items()}
+    tuned = {name: value for name, value in index.defaults.items()}
     curve = {}
     for value in values:
         _, found = index.search(queries, K, **{knob: value})
@@ -228,12 +226,11 @@ def search_report(root: Path, sharded: bool) -> dict:
             "latency_p50_ms": round(1e3 * float(np.median(latencies)), 2), "index_ram_gib": round(loaded, 3)}
 
 
-def index_disk_bytes(root: Path, sharded: bool) -> int:
-    from genoembed.vector_index import INDEX_FILE, SHARDED_INDEX_DIR
+def index_disk_bytes(root: Path) -> int:
+    from genoembed.store import Store
+    from genoembed.vector_index import index_parts
 
-    if sharded:
-        return sum(p.stat().st_size for p in (root / SHARDED_INDEX_DIR).glob("part-*.faiss"))
-    return (root / INDEX_FILE).stat().st_size
+    return sum((root / part["path"]).stat().st_size for part in index_parts(Store.open(root).manifest["index"]))
 
 
 def main() -> None:
@@ -241,7 +238,7 @@ def main() -> None:
     parser.add_argument("stage", choices=["build", "queries", "bench", "search"])
     parser.add_argument("--factory", default="Flat")
     parser.add_argument("--train-size", type=int, default=100_000)
-    parser.add_argument("--sharded", type=int, default=0, help="Parquet shards per index part (0: one index)")
+    parser.add_argument("--part-rows", type=int, default=0, help="vectors per index part (0: one index file)")
     parser.add_argument("--size", choices=sorted(STRIDES), required=True)
     parser.add_argument("--work", type=Path, default=Path("/tmp/ann-scale"))
     arguments = parser.parse_args()
@@ -251,23 +248,23 @@ def main() -> None:
     elif arguments.stage == "queries":
         make_queries(root)
     elif arguments.stage == "search":  # a fresh process, so RSS counts only the loaded index
-        print(json.dumps(search_report(root, bool(arguments.sharded))))
+        print(json.dumps(search_report(root)))
     else:
         import subprocess
         import sys
 
-        built = build_and_tune(root, arguments.factory, arguments.train_size, arguments.sharded)
+        built = build_and_tune(root, arguments.factory, arguments.train_size, arguments.part_rows)
         searched = subprocess.run([sys.executable, __file__, "search", "--size", arguments.size, "--work",
-                                   str(arguments.work), "--sharded", str(arguments.sharded)],
+                                   str(arguments.work)],
                                   check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
         from genoembed.store import Store
 
         tiles = Store.open(root).num_tiles
-        disk = index_disk_bytes(root, bool(arguments.sharded))
+        disk = index_disk_bytes(root)
         report = json.loads(searched)
         if arguments.factory.endswith(",Flat"):  # no quantisation: wide enough, it must be the exact search
             assert max(report["held_out_curve"].values()) >= 0.99, report["held_out_curve"]
-        emit(bench="ann", size=arguments.size, tiles=tiles, factory=arguments.factory, sharded=arguments.sharded,
+        emit(bench="ann", size=arguments.size, tiles=tiles, factory=arguments.factory, part_rows=arguments.part_rows,
              **built, **report, index_disk_mib=round(disk / 2 ** 20, 1), disk_bytes_per_tile=round(disk / tiles, 1),
              ram_bytes_per_tile=round(report["index_ram_gib"] * 2 ** 30 / tiles, 1))
 

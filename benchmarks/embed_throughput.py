@@ -25,7 +25,7 @@ achieved TFLOP/s (2 x non-embedding params x tokens + attention 4 x L x t x h
 per token), the ratio to stock, GPU idle % (CUDA: 1 - model time by CUDA
 events / wall time), peak RSS and GPU memory during the path, and hg38
 (3.1 Gbp of non-overlapping single-strand tiles) extrapolated. Then the
-memory check: ``genoembed.pipeline.index`` on a 5 and a 25 Mbp synthetic
+memory check: ``genoembed.build.index`` on a 5 and a 25 Mbp synthetic
 genome, one subprocess each, peak RSS of each.
 
     python benchmarks/embed_throughput.py --device cpu --size s

@@ -1,11 +1,13 @@
-"""Binned DuckDB overlap / nearest vs bedtools intersect / closest on seeded synthetic intervals.
+"""Binned DuckDB overlap / nearest vs bedtools intersect / closest on seeded synthetic intervals, like for like.
 
 Hits: N intervals of 1 kb (both strands); features: 5*10^4 intervals of 0.3-3 kb
-(stranded), over 4 contigs of 25 Mb. The rows of the last timed run are
-checked against bedtools (when installed): the same (hit, feature, overlap
-bp) and (hit, feature, distance) rows, compared in DuckDB after timing;
-without bedtools only the overlap count is checked, by an exact numpy
-counting oracle. Prints one JSON line per size.
+(stranded), over 4 contigs of 25 Mb. Both tools write the same 13 columns (hit,
+feature, overlap bp or distance) to a TSV file on disk, and only that is timed.
+bedtools runs on one thread; DuckDB is timed on 1 thread and on 2 (``SET
+threads``), and the ratios of both are printed. The files of the last timed
+runs are then compared row for row (when bedtools is installed); without
+bedtools only the overlap count is checked, by an exact numpy counting oracle.
+Prints one JSON line per size.
 
     .venv/bin/python benchmarks/joins.py small medium      # large = 10^7 hits
 """
@@ -42,7 +44,8 @@ def intervals(rng: np.random.Generator, n: int, low: int, high: int) -> pa.Table
     start = rng.integers(0, CONTIG_LENGTH - high, n)
     order = np.lexsort((start, chrom))
     names = np.array([f"chr{c + 1}" for c in range(CONTIGS)])
-    return pa.table({"chrom": names[chrom[order]], "start": start[order], "end": (start + length)[order],
+    return pa.table({"genome": np.full(n, "g"), "chrom": names[chrom[order]], "start": start[order],
+                     "end": (start + length)[order],
                      "name": np.arange(n), "score": np.zeros(n, dtype=np.int64),
                      "strand": np.array(["+", "-"])[rng.integers(0, 2, n)]})
 
@@ -59,88 +62,103 @@ def counting_oracle(hits: pa.Table, features: pa.Table) -> int:
     return total
 
 
-def same_rows(con: duckdb.DuckDBPyConnection, size: str, join: str, bedtools_out: Path, table: str, measure: str,
-              column: int) -> None:
-    """Exit unless bedtools' (hit, feature, measure) rows equal DuckDB's, as multisets (EXCEPT ALL both ways)."""
-    theirs = (f"SELECT column03 AS hit, column09 AS feature, column{column:02d} AS measure FROM read_csv('{bedtools_out}', "
-              "delim='\t', header=false, all_varchar=true)")
-    ours = f"SELECT CAST(name AS VARCHAR), CAST(feature_name AS VARCHAR), CAST({measure} AS VARCHAR) FROM {table}"
-    differ = con.execute(f"SELECT (SELECT count(*) FROM ({theirs} EXCEPT ALL {ours})) + "
-                         f"(SELECT count(*) FROM ({ours} EXCEPT ALL {theirs}))").fetchall()[0][0]
+#: BED6 columns of an interval table (every interval has one genome here: joins key on (genome, chrom)).
+BED6 = 'chrom, start, "end", name, score, strand'
+#: The columns both tools write, in bedtools' order: the hit (-a), the feature (-b), then the measure.
+COLUMNS = ('chrom, start, "end", name, score, strand, feature_chrom, feature_start, feature_end, feature_name, '
+           'feature_score, feature_strand')
+
+
+def same_rows(con: duckdb.DuckDBPyConnection, size: str, join: str, bedtools_out: Path, duckdb_out: Path) -> int:
+    """The rows of both output files (all 13 columns, as text); exit unless they are equal as multisets
+    (EXCEPT ALL both ways). Returns the row count."""
+    def read(path: Path) -> str:
+        return f"SELECT * FROM read_csv('{path}', delim='\t', header=false, all_varchar=true)"
+
+    theirs, ours = read(bedtools_out), read(duckdb_out)
+    rows, = con.execute(f"SELECT count(*) FROM ({ours})").fetchone()
+    differ, = con.execute(f"SELECT (SELECT count(*) FROM ({theirs} EXCEPT ALL {ours})) + "
+                          f"(SELECT count(*) FROM ({ours} EXCEPT ALL {theirs}))").fetchone()
     if differ:
-        raise SystemExit(f"{size}: {differ} {join} rows differ from bedtools")
+        raise SystemExit(f"{size}: {differ} {join} rows differ between bedtools and DuckDB")
+    return rows
 
 
-def timed(function, repeats: int) -> tuple[float, object]:
-    """Best wall time of ``repeats`` runs after one warm-up, and the last result."""
-    result = function()
+def timed(function, repeats: int) -> float:
+    """Best wall time of ``repeats`` runs after one warm-up."""
+    function()
     best = float("inf")
     for _ in range(repeats):
         began = time.perf_counter()
-        result = function()
+        function()
         best = min(best, time.perf_counter() - began)
-    return best, result
+    return best
 
 
 def run(size: str, repeats: int, workdir: Path) -> dict:
+    """Both tools write the same rows to a TSV file on disk, timed the same way (the write included, nothing
+    after it): bedtools on its one thread, DuckDB on 1 thread and on 2."""
     rng = np.random.default_rng(20240601)
     hits = intervals(rng, SIZES[size], 1000, 1000)
     features = intervals(rng, FEATURES, 300, 3000)
     con = duckdb.connect()
-    # one genome: the joins key intervals by (genome, chrom); the BED files bedtools reads have no genome column
-    con.register("hits", hits.add_column(0, "genome", pa.array(["g"] * hits.num_rows)))
-    con.register("features", features.add_column(0, "genome", pa.array(["g"] * features.num_rows)))
+    con.register("hits", hits)
+    con.register("features", features)
+    joins = {"overlap": (overlap_sql("hits", "features"), "overlap_bp"),
+             "nearest": (nearest_sql("hits", "features"), "distance")}
 
-    def duck(sql: str, table: str = "out"):
-        return lambda: con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS {sql}").execute(
-            f"SELECT count(*) FROM {table}").fetchall()[0][0]
+    def duck(join: str, out: Path):
+        sql, measure = joins[join]
+        copy = (f"COPY (SELECT {COLUMNS}, {measure} FROM ({sql})) TO '{out}' "
+                "(FORMAT csv, DELIMITER '\t', HEADER false)")
+        return lambda: con.execute(copy)
 
-    overlap_s, overlap_rows = timed(duck(overlap_sql("hits", "features"), "overlap_out"), repeats)
-    nearest_s, nearest_rows = timed(duck(nearest_sql("hits", "features"), "nearest_out"), repeats)
     record = {"benchmark": "joins", "size": size, "hits": hits.num_rows, "features": features.num_rows,
-              "bin_size": bin_size(con, "hits", "features"), "overlap_rows": overlap_rows, "nearest_rows": nearest_rows,
-              "duckdb_overlap_s": round(overlap_s, 3), "duckdb_nearest_s": round(nearest_s, 3),
-              "duckdb_threads": con.execute("SELECT current_setting('threads')").fetchall()[0][0],
+              "bin_size": bin_size(con, "hits", "features"), "output": "TSV file on disk, both tools",
               "duckdb": duckdb.__version__}
+    for threads in (1, 2):
+        con.execute(f"SET threads = {threads}")
+        for join in joins:
+            record[f"duckdb_{join}_{threads}t_s"] = round(timed(duck(join, workdir / f"duckdb_{join}.tsv"), repeats), 3)
     if shutil.which("bedtools"):
         a, b = workdir / f"{size}_hits.bed", workdir / "features.bed"
         for table, path in ((hits, a), (features, b)):
             con.register("to_write", table)
-            con.execute(f"COPY to_write TO '{path}' (FORMAT csv, DELIMITER '\t', HEADER false)")
+            con.execute(f"COPY (SELECT {BED6} FROM to_write) TO '{path}' (FORMAT csv, DELIMITER '\t', HEADER false)")
+
         def tool(out: Path, *args: str):
             def call():
                 with open(out, "w") as sink:
                     subprocess.run(["bedtools", *args], stdout=sink, check=True)
-                with open(out, "rb") as lines:
-                    return sum(1 for _ in lines)
             return call
 
-        intersect, closest = workdir / "intersect.txt", workdir / "closest.txt"
-        intersect_s, intersect_rows = timed(tool(intersect, "intersect", "-a", str(a), "-b", str(b), "-wo",
-                                                 "-sorted"), repeats)
-        closest_s, closest_rows = timed(tool(closest, "closest", "-a", str(a), "-b", str(b), "-D", "b", "-t", "all"),
-                                        repeats)
-        if (intersect_rows, closest_rows) != (overlap_rows, nearest_rows):
-            raise SystemExit(f"{size}: rows differ from bedtools: overlap {overlap_rows} vs {intersect_rows}, "
-                             f"nearest {nearest_rows} vs {closest_rows}")
-        same_rows(con, size, "overlap", intersect, "overlap_out", "overlap_bp", 12)
-        same_rows(con, size, "nearest", closest, "nearest_out", "distance", 12)
-        record.update(bedtools_intersect_s=round(intersect_s, 3), bedtools_closest_s=round(closest_s, 3),
-                      bedtools=subprocess.run(["bedtools", "--version"], capture_output=True,
+        commands = {"overlap": ("intersect", "-a", str(a), "-b", str(b), "-wo", "-sorted"),
+                    "nearest": ("closest", "-a", str(a), "-b", str(b), "-D", "b", "-t", "all")}
+        for join, command in commands.items():
+            out = workdir / f"bedtools_{join}.tsv"
+            seconds = timed(tool(out, *command), repeats)
+            record[f"bedtools_{command[0]}_1t_s"] = round(seconds, 3)
+            record[f"{join}_rows"] = same_rows(con, size, join, out, workdir / f"duckdb_{join}.tsv")
+            for threads in (1, 2):
+                record[f"{join}_ratio_{threads}t"] = round(seconds / record[f"duckdb_{join}_{threads}t_s"], 2)
+        record.update(bedtools=subprocess.run(["bedtools", "--version"], capture_output=True,
                                               text=True).stdout.split()[-1],
-                      checked_against="bedtools")
+                      checked_against="bedtools (all 13 columns of every row)")
     else:
+        overlap_rows, = con.execute(f"SELECT count(*) FROM read_csv('{workdir / 'duckdb_overlap.tsv'}', "
+                                    "delim='\t', header=false)").fetchone()
         expected = counting_oracle(hits, features)
         if expected != overlap_rows:
             raise SystemExit(f"{size}: overlap rows {overlap_rows} but the counting oracle says {expected}")
-        record["checked_against"] = "counting oracle (overlap only)"
+        record.update(overlap_rows=overlap_rows, checked_against="counting oracle (overlap only)")
     if size == "small":
-        range_join = ('SELECT h.*, f.name AS feature_name FROM hits h JOIN features f ON h.chrom = f.chrom '
+        range_join = ('SELECT count(*) FROM hits h JOIN features f ON h.chrom = f.chrom '
                       'AND h.start < f."end" AND f.start < h."end"')
-        record["duckdb_range_join_s"], rows = timed(duck(range_join), 1)
-        record["duckdb_range_join_s"] = round(record["duckdb_range_join_s"], 3)
-        if rows != overlap_rows:
-            raise SystemExit(f"range join gave {rows} rows, binned join {overlap_rows}")
+        con.execute("SET threads = 2")
+        record["duckdb_range_join_2t_s"] = round(timed(lambda: con.execute(range_join).fetchone(), 1), 3)
+        rows, = con.execute(range_join).fetchone()
+        if rows != record["overlap_rows"]:
+            raise SystemExit(f"range join gave {rows} rows, binned join {record['overlap_rows']}")
     return record
 
 

@@ -1,10 +1,10 @@
-"""Scale-out benchmark: embedding throughput vs workers (local vs ray engine), sharded vs single
-index (recall@10, QPS), and filtered search (over-fetch vs per-genome sub-index).
+"""Scale-out benchmark: embedding throughput vs workers (local vs ray engine), one index vs the same index
+in parts (recall@10, QPS), and filtered search inside FAISS (selector vs exact search of the subset).
 
 Sizes: small = chloroplast (154 kbp, both strands, 616 tiles) for throughput, two H. pylori
 genomes for the index part; medium = E. coli 536 (4.9 Mbp) / all five H. pylori (8 Mbp).
-Correctness is checked before anything is timed (ray rows == local rows; sharded Flat ==
-single Flat; filtered results == brute force). One JSON line per config.
+Correctness is checked (ray rows == local rows; parts answer as one index; filtered recall against exact
+search of the subset). One JSON line per config.
 
     python benchmarks/scale.py --size small [--part embed|index|filter|all]
 """
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = Path(os.environ.get("GENOEMBED_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 CHLOROPLAST = Path(__file__).resolve().parents[1] / "genoembed" / "data" / "demo" / "NC_000932.fa"
 
 
@@ -170,11 +170,9 @@ def recall(ids, truth):
 
 
 def bench_index(size: str, work: Path, repeats: int) -> None:
-    import faiss
-
-    from genoembed.indexing import build_sharded
-    from genoembed.vector_index import ShardedIndex
-    from genoembed.vector_index import train_index
+    """One index against the same index in parts (``IndexSpec.part_rows``: what a store bigger than RAM uses,
+    each part memory-mapped) for Flat and IVF; parts cloned from one trained index answer as one index."""
+    from genoembed.indexing import build_store_index
     from genoembed.vector_index import IndexSpec, build_index, prepare
 
     store, queries = genome_store(size, work)
@@ -183,75 +181,46 @@ def bench_index(size: str, work: Path, repeats: int) -> None:
     (_, truth), exact_s = timed_search(lambda: exact.search(x, 10), repeats)
     emit(bench="index", size=size, layout="single Flat (exact)", tiles=store.num_tiles, dim=store.dim,
          recall_at_10=1.0, qps=round(len(x) / exact_s))
-    build_sharded(store, IndexSpec("Flat"), shards_per_index=4)
-    flat_shards = ShardedIndex.open(store)
-    (_, ids), seconds = timed_search(lambda: flat_shards.search(x, 10), repeats)
-    if recall(ids, truth) < 0.999:
-        raise SystemExit("sharded Flat differs from the single Flat index")
-    emit(bench="index", size=size, layout=f"sharded Flat x{len(flat_shards.paths)}", recall_at_10=recall(ids, truth),
-         qps=round(len(x) / seconds))
     lists = 64 if size == "small" else 128
-    for factory in (f"IVF{lists},Flat", f"IVF{lists},SQ8"):
-        spec = IndexSpec(factory, train_size=20_000)
-        start = time.perf_counter()
-        template = train_index(store, spec)
-        train_s = time.perf_counter() - start
-        single = faiss.clone_index(template)
-        for _, vectors in store.iter_embeddings():
-            single.add(prepare(vectors, "ip"))
-        start = time.perf_counter()
-        layout = build_sharded(store, spec, shards_per_index=4, template=template)
-        shard_build_s = time.perf_counter() - start
-        sharded = ShardedIndex.open(store)
-        for nprobe in (4, 16):
-            single.nprobe = sharded.nprobe = nprobe
-            (_, single_ids), single_s = timed_search(lambda: single.search(x, 10), repeats)
-            (_, shard_ids), shard_s = timed_search(lambda: sharded.search(x, 10), repeats)
-            emit(bench="index", size=size, layout=f"single {factory}", nprobe=nprobe,
-                 recall_at_10=round(recall(single_ids, truth), 4), qps=round(len(x) / single_s),
-                 train_s=round(train_s, 2))
-            emit(bench="index", size=size, layout=f"sharded {factory} x{len(layout['shards'])}", nprobe=nprobe,
-                 recall_at_10=round(recall(shard_ids, truth), 4), qps=round(len(x) / shard_s),
-                 same_ids_as_single=bool(np.mean([set(a) == set(b) for a, b in zip(shard_ids, single_ids)]) == 1),
-                 build_s=round(shard_build_s, 2))
-    bench_filter(store, x, exact, repeats, size)
+    part_rows = -(-store.num_tiles // 4)
+    for factory in ("Flat", f"IVF{lists},Flat", f"IVF{lists},SQ8"):
+        found = {}
+        for parts in (None, part_rows):
+            start = time.perf_counter()
+            build_store_index(store, IndexSpec(factory, train_size=20_000, part_rows=parts))
+            build_s = time.perf_counter() - start
+            index = store.refresh().vector_index()
+            for nprobe in (4, 16) if factory != "Flat" else (None,):
+                (_, ids), seconds = timed_search(lambda: index.search(x, 10, nprobe=nprobe), repeats)
+                found[parts, nprobe] = ids
+                emit(bench="index", size=size, layout=f"{factory} in {len(index.parts)} part(s)", nprobe=nprobe,
+                     recall_at_10=round(recall(ids, truth), 4), qps=round(len(x) / seconds), build_s=round(build_s, 2),
+                     same_ids_as_one_part=bool(np.mean([set(a) == set(b) for a, b in
+                                                        zip(ids, found[None, nprobe])]) == 1))
+    bench_filter(store, x, repeats, size)
 
 
-def bench_filter(store, x, exact, repeats: int, size: str) -> None:
-    import faiss
+def bench_filter(store, x, repeats: int, size: str) -> None:
+    """Filtered search inside FAISS (the store's last index: IVF-SQ8 in parts) against exact search of the subset."""
+    from genoembed.subsets import filtered_search, resolve, subset_vectors, tile_filter
+    from genoembed.recall import exact_search
+    from genoembed.vector_index import TileSubset
 
-    from genoembed.search import filtered_search, subset_mask
-
-    tiles = store.tiles(np.arange(store.num_tiles))
-    genomes = tiles.column("genome").to_numpy(zero_copy_only=False)
-    for genome in sorted(set(genomes)):
-        mask = subset_mask(store, genome=genome)
-        subset_ids = np.flatnonzero(mask)
-        vectors = np.concatenate([v for _, v in store.iter_embeddings()])[subset_ids]
-        sub = faiss.IndexIDMap2(faiss.IndexFlatIP(store.dim))
-        sub.add_with_ids(np.ascontiguousarray(vectors / np.linalg.norm(vectors, axis=1, keepdims=True)), subset_ids)
-        stats = {}
-        (_, over_ids), over_s = timed_search(
-            lambda: filtered_search(store, x, 10, index=exact, mask=mask, stats=stats), repeats)
-        (_, sub_ids), sub_s = timed_search(lambda: sub.search(x, 10), repeats)
-        (_, lookup_ids), lookup_s = timed_search(lambda: filtered_search(store, x, 10, genome=genome, index=exact),
-                                                 1)
-        if not (over_ids == sub_ids).all() or not mask[over_ids].all():
-            raise SystemExit(f"filtered search for {genome} differs from the per-genome index")
-        emit(bench="filter", size=size, genome=genome, subset_fraction=round(float(mask.mean()), 3),
-             overfetch_qps=round(len(x) / over_s), overfetch_rounds=stats["rounds"], overfetch_max_fetch=stats["max_fetch"],
-             overfetch_with_subset_lookup_qps=round(len(x) / lookup_s), subindex_qps=round(len(x) / sub_s),
-             results_equal=True)
-    # a rare subset: one small window of contigs is not available (complete genomes); emulate with 1 % of tiles
     rng = np.random.default_rng(0)
-    mask = np.zeros(store.num_tiles, dtype=bool)
+    mask = np.zeros(store.id_limit, dtype=bool)
     mask[rng.choice(store.num_tiles, store.num_tiles // 100, replace=False)] = True
-    stats = {}
-    (_, ids), seconds = timed_search(lambda: filtered_search(store, x, 10, index=exact, mask=mask, stats=stats),
-                                     repeats)
-    emit(bench="filter", size=size, genome="random 1% of tiles", subset_fraction=0.01,
-         overfetch_qps=round(len(x) / seconds), overfetch_rounds=stats["rounds"],
-         overfetch_max_fetch=stats["max_fetch"], all_k_found=bool((ids >= 0).all()))
+    subsets = {genome: resolve(store, tile_filter(genome)) for genome in store.genomes}
+    subsets["random 1% of tiles"] = TileSubset(int(mask.sum()), mask=mask)
+    for name, subset in subsets.items():
+        _, truth = exact_search(subset_vectors(store, subset), x, 10, store.metric)
+        for exact_below in (0, None):
+            stats = {}
+            options = {} if exact_below is None else {"exact_below": exact_below}
+            (_, ids), seconds = timed_search(lambda: filtered_search(store, x, 10, subset, stats=stats, **options),
+                                             repeats)
+            emit(bench="filter", size=size, subset=name, subset_fraction=round(subset.size / store.num_tiles, 3),
+                 method=stats["method"], qps=round(len(x) / seconds), recall_at_10=round(recall(ids, truth), 4),
+                 all_k_found=bool((ids >= 0).all()))
 
 
 def main() -> None:

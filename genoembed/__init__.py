@@ -6,7 +6,8 @@ The public API mirrors the CLI, verb for verb::
 
     store = genoembed.build(genoembed.load_recipe("indexes/demo.toml"))       # genoembed index RECIPE
     store = genoembed.index("genome.fa", "stores/g", tiling=genoembed.TilingSpec(window=1000, stride=500))
-    hits = genoembed.search(store, ["chr1:10001-11000"], k=10)              # genoembed search
+    hits = genoembed.search(store, ["chr1:10001-11000"], k=10)              # nearest tiles
+    hits, blocks = genoembed.answer(store, queries, k=10, evalue=10)        # genoembed search: mapped, E-values
     table = genoembed.sql(store, "SELECT * FROM tiles LIMIT 5")             # genoembed sql
     genoembed.annotate(store, "genes.gff3")                                  # genoembed annotate
     genoembed.remove(store, genome="strainA")                                # genoembed remove
@@ -36,6 +37,7 @@ from genoembed.embedders import Embedder, EmbedderOptions, get_embedder, registe
 from genoembed.explain import explain  # noqa: E402
 from genoembed.errors import GenoembedError, InputError, ModelError, StoreError  # noqa: E402
 from genoembed.recipe import Recipe, load_recipe  # noqa: E402
+from genoembed.mapping import answer  # noqa: E402
 from genoembed.remove import remove  # noqa: E402
 from genoembed.search import Query, search  # noqa: E402
 from genoembed.sql import run_sql as sql  # noqa: E402
@@ -45,7 +47,7 @@ from genoembed.variants import annotate_vcf, haplotype_queries, read_variants, s
 from genoembed.vector_index import IndexSpec  # noqa: E402
 from genoembed.verify import verify_store as verify  # noqa: E402
 
-__all__ = ["__version__", "build", "index", "search", "sql", "annotate", "remove", "verify", "Store", "Recipe",
+__all__ = ["__version__", "build", "index", "search", "answer", "sql", "annotate", "remove", "verify", "Store", "Recipe",
            "load_recipe", "TilingSpec", "IndexSpec", "Query", "Embedder", "EmbedderOptions", "get_embedder",
            "register_embedder", "read_variants", "score_variants", "annotate_vcf", "haplotype_queries",
            "explain", "GenoembedError", "InputError", "ModelError", "StoreError"]

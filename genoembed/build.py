@@ -11,6 +11,7 @@ is added to its FAISS index without a rebuild.
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 from typing import Callable, Iterable
@@ -20,7 +21,7 @@ from genoembed.annotate import add_annotations
 from genoembed.embedders import Embedder, get_embedder
 from genoembed.embedders.base import strand_invariant
 from genoembed.engine import embed_genome, make_engine
-from genoembed.errors import InputError
+from genoembed.errors import GenoembedError, InputError, command
 from genoembed.genome import Genome, open_genome
 from genoembed.indexing import update_store_index
 from genoembed.names import check_genome_name
@@ -30,6 +31,7 @@ from genoembed.writers import store_holding
 from genoembed.tiles import Strands, TilingSpec, count_tiles
 from genoembed.vector_index import IndexSpec
 
+log = logging.getLogger("genoembed")
 Progress = Callable[[str, int, int], None]
 
 
@@ -81,6 +83,7 @@ def index(
     provenance = {"genoembed_version": __version__, "embedder": embedder.describe(),
                   "tiling": tiling.describe(), "embedding_dtype": embedding_dtype}
     check_store_directory(output, [Path(genome.path), *map(Path, annotations)], overwrite)
+    check_already_indexed(output, genome, append, overwrite)
     created = not output.exists()
     try:
         embed_genome(output, provenance=provenance, embedder=embedder, genome=genome, tiling=tiling,
@@ -137,6 +140,28 @@ def check_store_directory(output: Path, inputs: list[Path], overwrite: bool) -> 
         if inside:
             raise InputError(f"{inside[0]}: an input inside the store that --overwrite would replace; "
                              "move it out of the store first")
+
+
+def check_already_indexed(output: Path, genome: Genome, append: bool, overwrite: bool) -> None:
+    """Say what a rerun does instead of doing it silently: appending a FASTA the store already holds (same
+    sha256, under any name) is refused; re-indexing a genome the store holds complete says "up to date", and
+    names the store's other genomes, which the returned store also holds."""
+    if overwrite or not (output / "manifest.json").is_file():
+        return
+    try:
+        held = Store.open(output, require_complete=False).manifest.get("genomes", {})
+    except GenoembedError:
+        return  # a damaged store: embed_genome reports it
+    same = [name for name, entry in held.items() if entry.get("sha256") == genome.checksum]
+    if append and same and same[0] != genome.name:
+        raise InputError(f"{output}: {genome.path} is already present (same sha256) as genome {same[0]!r}; "
+                         "nothing appended (to replace it, remove it first: "
+                         f"{command('remove', output, '--genome', same[0])})")
+    entry = held.get(genome.name)
+    if entry and entry.get("sha256") == genome.checksum and entry.get("status") == "complete":
+        others = sorted(name for name in held if name != genome.name)
+        log.warning("%s: genome %r is already indexed (same sha256): up to date%s", output, genome.name,
+                    f"; the store also holds {', '.join(others)}" if others else "")
 
 
 def refuse_redundant_strands(embedder: Embedder, tiling: TilingSpec, output: Path) -> None:

@@ -26,3 +26,10 @@ class ModelError(GenoembedError):
 
 class MissingExtraError(GenoembedError):
     """An optional dependency is not installed; the message names the extra."""
+
+
+def missing_extra(what: str, extra: str, package: str) -> MissingExtraError:
+    """The one wording of a missing optional dependency: what needs which package, and the extra that brings it
+    (``genoembed[all]`` brings every extra at once)."""
+    return MissingExtraError(f"{what} needs {package}: pip install 'genoembed[{extra}]' "
+                             "(or 'genoembed[all]' for every optional feature)")

@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 
 from genoembed import schema
-from genoembed.errors import MissingExtraError
+from genoembed.errors import missing_extra
 from genoembed.seqio import codes_by_length, kmer_index, reverse_complement, reverse_complement_codes
 
 MATCH, MISMATCH = 1, -2
@@ -76,7 +76,7 @@ def _parasail():
     try:
         import parasail
     except ImportError:
-        raise MissingExtraError("alignment evidence needs parasail: pip install 'genoembed[align]'") from None
+        raise missing_extra("alignment evidence (--align, blast6, paf)", "align", "parasail") from None
     return parasail
 
 
@@ -261,7 +261,9 @@ def merge_loci(hits: pa.Table, higher_is_better: bool = True) -> pa.Table:
     loci = hits.take(pa.array(order[firsts]))
     columns = {"end": pa.array(np.maximum.reduceat(end[order], firsts), hits.schema.field("end").type),
                "score": hits.column("score").take(pa.array(best)),
-               "tile_id": hits.column("tile_id").take(pa.array(best))}
+               "tile_id": hits.column("tile_id").take(pa.array(best)),
+               **({"score_evalue": hits.column("score_evalue").take(pa.array(best))}
+                  if "score_evalue" in hits.column_names else {})}
     if "alignment_score" in hits.column_names:
         aligned = hits.column("alignment_score").fill_null(0).to_numpy().astype(np.float64)
         best_alignment = pa.array(first_best(aligned))

@@ -19,14 +19,13 @@ values need not sum to the cosine.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from genoembed.errors import InputError, MissingExtraError
+from genoembed.errors import InputError, missing_extra
+from genoembed.files import atomic_file
 from genoembed.search import Query, check_sequence, query_source, region_queries, search
 from genoembed.seqio import encode_bases, reverse_complement
 from genoembed.store import Store
@@ -121,13 +120,28 @@ def resolve_query(store: Store, region: str | None = None, sequence: str | None 
 
 
 def resolve_hit(store: Store, query: Query, hit: int | str, embedder=None) -> Query:
-    """The hit: rank ``hit`` of the query's search (an int, or digits), or a region ``chrom:start-end``."""
+    """The hit: rank ``hit`` of the query's search as `genoembed search` shows it (loci, ranked; a region query's
+    own region left out like ``--exclude-self``), or a region ``chrom:start-end``. A locus is explained by its
+    best tile."""
+    from genoembed.evidence import merge_loci
+
     if isinstance(hit, int) or str(hit).isdigit():
         rank = int(hit)
         if rank < 1:
             raise InputError(f"--hit {hit}: ranks start at 1")
-        rows = search(store, [query], k=rank, embedder=embedder).to_pylist()
-        row = rows[rank - 1]
+        fetch, loci = 4 * rank, []
+        while True:
+            fetch = min(fetch, store.num_tiles)
+            tiles = search(store, [query], k=fetch, embedder=embedder, exclude_self=query.chrom is not None)
+            loci = merge_loci(tiles, higher_is_better=store.metric == "ip").to_pylist()
+            if len(loci) >= rank or fetch == store.num_tiles:
+                break
+            fetch *= 4
+        if len(loci) < rank:
+            raise InputError(f"--hit {hit}: the query has {len(loci)} hits (loci) in this store")
+        locus = loci[rank - 1]
+        best = store.tiles([locus["tile_id"]]).to_pylist()[0]
+        row = {**best, "strand": locus["strand"]}
         region = f"{row['chrom']}:{row['start'] + 1}-{row['end']}:{row['strand']}"
         found = region_queries(query_source(store, row["genome"]), [region])[0]
         return Query(f"rank{rank} {region}", found.sequence, found.chrom, found.start, found.end, found.strand,
@@ -202,15 +216,10 @@ def bedgraph_lines(query: Query, contributions: np.ndarray, contigs: dict[str, i
 
 
 def _atomic_write(path: Path, write) -> Path:
-    """Call ``write(temporary_path)`` then rename over ``path``: no partial file on failure."""
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(descriptor)
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    """Call ``write(temporary_path)`` then rename over ``path``: no partial file on failure; the file gets the
+    umask's mode like any other output (a private temporary file kept 0600)."""
+    with atomic_file(path, "explain output") as temporary:
+        write(str(temporary))
     return path
 
 
@@ -263,7 +272,7 @@ def plot_explanation(explanation: Explanation, path: str | Path, k: int = 8) -> 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise MissingExtraError("the explain PNG needs matplotlib; pip install 'genoembed[plot]'") from None
+        raise missing_extra("the explain PNG", "plot", "matplotlib") from None
     figure, axes = plt.subplots(2, 1, figsize=(11, 5), constrained_layout=True)
     pairs = ((explanation.query, explanation.hit, explanation.query_contributions),
              (explanation.hit, explanation.query, explanation.hit_contributions))

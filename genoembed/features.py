@@ -268,8 +268,8 @@ class ContigReport:
             rows = sum(item[1] for item in self.beyond_end)
             chrom, _, end, length = self.beyond_end[0]
             lines.append(f"annotations {self.source}: {plural(rows, 'feature')} extend past the end of their contig "
-                         f"(e.g. {chrom!r} has a feature ending at {end:,} but is {length:,} bp); "
-                         "check that the annotations are for this genome assembly")
+                         f"(e.g. {chrom!r} has a feature ending at {end:,} but is {length:,} bp); only a circular contig's "
+                         "may, across its origin (index it with --circular), else check the annotations' assembly")
         return lines
 
 

@@ -49,10 +49,10 @@ def _evalue_text(value: float) -> str:
     return "0.0" if value < 1e-180 else f"{value:.3g}"
 
 
-def blast6(hits: pa.Table, title: str = "genoembed search") -> str:
-    """BLAST outfmt 6 text (with two ``#`` lines first) of aligned hits."""
+def blast6(hits: pa.Table, title: str = "genoembed search", comments: bool = True) -> str:
+    """BLAST outfmt 6 text of aligned hits; with ``comments``, two ``#`` lines first (outfmt 7's header)."""
     _require_alignments(hits, "blast6")
-    lines = [f"# {title}", f"# Fields: {BLAST6_FIELDS}"]
+    lines = [f"# {title}", f"# Fields: {BLAST6_FIELDS}"] if comments else []
     for row in _aligned_rows(hits):
         subject = (row["target_start"] + 1, row["target_end"])
         if row["strand"] == "-":
@@ -61,16 +61,18 @@ def blast6(hits: pa.Table, title: str = "genoembed search") -> str:
             row["query"], row["chrom"], f"{100 * row['identity']:.3f}", row["aligned_length"], row["mismatches"],
             row["gap_opens"], row["query_aligned_start"] + 1, row["query_aligned_end"], *subject,
             _evalue_text(row["evalue"]), f"{row['bit_score']:.1f}")))
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + ("\n" if lines else "")
 
 
-def bed(hits: pa.Table, higher_is_better: bool = True) -> str:
-    """BED6 text (one ``#`` header line) of hits or loci."""
-    lines = [BED_HEADER]
-    lines += ["\t".join(str(value) for value in (row["chrom"], row["start"], row["end"], row["query"],
+def bed(hits: pa.Table, higher_is_better: bool = True, header: bool = True, ranked_names: bool = False) -> str:
+    """BED6 text of hits or loci; ``header``: one ``#`` line naming the columns first; ``ranked_names``: each row
+    named ``query#rank`` (as the server's BED), else by its query."""
+    lines = [BED_HEADER] if header else []
+    lines += ["\t".join(str(value) for value in (row["chrom"], row["start"], row["end"],
+                                                 f"{row['query']}#{row['rank']}" if ranked_names else row["query"],
                                                  bed_score(row["score"], higher_is_better), row["strand"]))
               for row in hits.to_pylist()]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + ("\n" if lines else "")
 
 
 def paf(hits: pa.Table, contig_lengths: dict[str, dict[str, int]]) -> str:

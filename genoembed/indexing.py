@@ -1,20 +1,27 @@
-"""Building the store's FAISS index: one index over every shard, or a sharded layout, kept in step with the shards.
+"""Building the store's FAISS index, kept in step with the shards: parts, deltas per append, tuning, compaction.
 
-:func:`update_store_index` is what a build calls last: it adds genomes appended
-since the index was built (no retraining: the trained quantizer is kept), or
-rebuilds when there is none, its spec changed, or the file does not match the
-manifest. Sharded layouts (one index per group of Parquet shards, all cloned
-from one trained template, under ``index/shards/`` with ``layout.json``) serve
-stores bigger than one machine's RAM; searching them one after another with a
-running top-k merge returns what one big index would, and for IVF layouts they
-can be merged into one index with on-disk inverted lists
-(``faiss.contrib.ondisk.merge_ondisk``). Scale is composed from plain FAISS
-pieces, not a second implementation.
+The index is a list of FAISS files (*parts*, listed in the manifest's ``index`` entry), all cloned from one
+trained index (``trained`` in the entry) and searched together with a running top-k merge
+(:class:`genoembed.vector_index.FaissIndex`):
+
+* a build writes the base: one part, or parts of at most ``IndexSpec.part_rows`` vectors each (a store bigger
+  than RAM; parts are opened memory-mapped, so a search reads only the pages it touches);
+* :func:`update_store_index` (the last step of an append) adds the new genomes as a new *delta* part built
+  from their shards alone: nothing already indexed is read, rewritten or hashed. Deltas are folded together
+  like a binary counter (:func:`merge_plan`), so a store appended to n times holds O(log n) parts and the
+  vectors re-added by folding cost O(log n) per vector over the store's life;
+* search settings are re-tuned only when the store holds :data:`RETUNE_GROWTH` more tiles than when they were
+  last tuned (or on :func:`compact`); exact (Flat) indexes are never tuned;
+* :func:`compact` folds every part back into one index, retrained and re-tuned: what a clean build makes.
+
+Every file is written under a name no committed manifest has listed (``next_part`` counts them), then the
+manifest is committed, then files no longer listed are deleted: a reader of any snapshot sees only complete
+parts of that snapshot (one that opened a manifest whose files were since deleted gets a StoreError, and
+search retries on the newest snapshot).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import shlex
@@ -24,84 +31,253 @@ from typing import Callable
 import numpy as np
 
 from genoembed.errors import GenoembedError, InputError
-from genoembed.files import atomic_write_bytes
 from genoembed.manifest import file_sha256
 from genoembed.store import Store
-from genoembed.writers import write_lock
+from genoembed.leases import now_ns
+from genoembed.writers import sweep_retired, write_lock
 from genoembed.synthetic import mutate
-from genoembed.vector_index import (INDEX_FILE, SHARDED_INDEX_DIR, SHARDED_LAYOUT, IndexSpec, Metric, ShardedIndex,
-                                    add_store_vectors, build_index, exact_neighbours, import_faiss, load_index,
-                                    refine_stage, save_index, train_index, tune_search, with_tile_ids)
+from genoembed.recall import exact_neighbours, tune_search
+from genoembed.vector_index import (INDEX_FILE, FaissIndex, IndexSpec, Metric, import_faiss, index_files, index_parts,
+                                    load_index, prepare, refine_stage, save_index, search_knob, train_index,
+                                    with_tile_ids)
 
-SHARD_DIR, LAYOUT = SHARDED_INDEX_DIR, SHARDED_LAYOUT
 log = logging.getLogger(__name__)
+# Search settings are re-tuned on an append once the store holds this much more than when they were tuned
+# (here 50 %): tuning runs an exact search over the whole store, so re-tuning at every append made n appends
+# cost O(n^2); at a fixed growth factor the tuning work over the store's life is O(final size).
+RETUNE_GROWTH = 0.5
+# Two newest parts are folded into one when the older holds at most this many times the newer's vectors.
+MERGE_RATIO = 2
 
 
-def build_store_index(store: Store, spec: IndexSpec, progress: Callable[[int], None] | None = None) -> dict:
-    """(Re)build the store's FAISS index from all its shards and record it in the manifest."""
+def build_store_index(store: Store, spec: IndexSpec, progress: Callable[[int], None] | None = None,
+                      first_part: int | None = None) -> dict:
+    """(Re)build the store's FAISS index from all its shards (trained anew, tuned) and record it in the manifest.
+    Its files are numbered from the current index's next part (``first_part`` when the manifest lists none)."""
     with write_lock(store.root):
-        built = build_index(store, spec, progress=progress)
-        return save_store_index(store, spec, built)
-
-
-def index_file_matches(store: Store, entry: dict | None) -> bool:
-    """True when the manifest records an index and the file on disk is that index (sha256)."""
-    path = store.root / INDEX_FILE
-    return bool(entry) and path.is_file() and file_sha256(path) == entry["sha256"]
+        store.refresh()
+        template = train_index(store, spec)
+        current = store.manifest.get("index") or {}
+        entry = {"spec": spec.describe(), "metric": spec.metric.value, "dim": store.dim, "parts": [],
+                 "next_part": current.get("next_part", first_part or 0), "part_rows": spec.part_rows}
+        for low, high in _groups(store.shards, spec.part_rows, store.id_limit):
+            entry["parts"].append(_write_part(store, entry, template, low, high, spec.metric, progress))
+        _save_template(store, entry, template)
+        entry = _summarised(store, entry)
+        tuned = tune_store_index(store, spec, _open(store, entry))
+        if tuned:
+            entry.update(search=tuned, tuned_tiles=store.num_tiles)
+        _commit(store, entry)
+        return entry
 
 
 def update_store_index(store: Store, spec: IndexSpec) -> dict:
-    """Bring the index up to date: add genomes appended since it was built (no retraining), or
-    rebuild when there is none, its spec differs, or its file does not match the manifest."""
+    """Bring the index up to date: add genomes appended since it was built as a new part (no retraining, no
+    rewrite of what is indexed), or rebuild when there is none, its spec differs, or a part is not the file the
+    manifest records."""
     with write_lock(store.root):
+        store.refresh()
         current = store.manifest.get("index") or {}
-        if current.get("spec") != spec.describe() or not index_file_matches(store, current):
+        if current.get("spec") != spec.describe() or not index_matches(store, current):
             return build_store_index(store, spec)
         missing = [name for name in store.genomes if name not in current.get("genomes", ())]
         if not missing:
             return current
-        index = load_index(store.root / INDEX_FILE)
-        add_store_vectors(index, store, spec.metric,
-                          paths=[store.root / s["path"] for s in store.manifest["shards"] if s["genome"] in missing])
-        entry = save_store_index(store, spec, index)
-        refresh_sharded(store)
+        entry = {**current, "parts": list(index_parts(current))}
+        template = _template(store, entry)
+        new = [shard for shard in store.shards if shard["genome"] in missing]
+        for low, high in _groups(new, spec.part_rows, store.id_limit):
+            entry["parts"].append(_write_part(store, entry, template, low, high, spec.metric))
+        for first, last in merge_plan(entry["parts"], spec.part_rows):
+            low, high = entry["parts"][first]["tile_ids"][0], entry["parts"][last - 1]["tile_ids"][1]
+            entry["parts"][first:last] = [_write_part(store, entry, template, low, high, spec.metric)]
+        entry = _summarised(store, entry)
+        if needs_tuning(entry, store.num_tiles):
+            tuned = tune_store_index(store, spec, _open(store, entry))
+            entry.update(search=tuned, tuned_tiles=store.num_tiles)
+        _commit(store, entry)
         return entry
 
 
-def save_store_index(store: Store, spec: IndexSpec, index) -> dict:
-    """Write the index, tune its search settings to ``spec.recall_target`` and record both in the manifest."""
-    path = store.root / INDEX_FILE
-    save_index(index, path)
-    entry = {"path": INDEX_FILE, "spec": spec.describe(), "metric": spec.metric.value, "ntotal": int(index.ntotal),
-             "dim": int(index.d), "sha256": file_sha256(path), "genomes": list(store.genomes)}
-    tuned = tune_store_index(store, spec, index)
-    if tuned:
-        entry["search"] = tuned
+def compact(store: Store, retune_only: bool = False) -> dict:
+    """Fold every part of the store's index into one, retrained on the whole store and re-tuned (what a clean
+    build makes); ``retune_only`` re-tunes the search settings of the index as it is."""
+    current = store.manifest.get("index")
+    if not current:
+        raise InputError(f"{store.root}: the store has no vector index; rerun `genoembed index` to build it")
+    spec = IndexSpec(**current["spec"], recall_target=_target(current), part_rows=current.get("part_rows"))
+    if not retune_only:
+        return build_store_index(store, spec)
+    with write_lock(store.root):
+        store.refresh()
+        entry = dict(store.manifest["index"])
+        tuned = tune_store_index(store, spec, _open(store, entry))
+        entry.update(search=tuned, tuned_tiles=store.num_tiles)
+        _commit(store, entry)
+        return entry
+
+
+def stored_spec(root: Path) -> IndexSpec | None:
+    """The IndexSpec of the index a store at ``root`` has (factory, metric, recall target, part size), or None: what
+    an append without index options keeps, instead of rebuilding the store's index as the default Flat."""
+    from genoembed.manifest import MANIFEST, read_manifest
+
+    if not (root / MANIFEST).is_file():
+        return None
+    entry = read_manifest(root).get("index")
+    if not entry:
+        return None
+    return IndexSpec(**entry["spec"], recall_target=_target(entry), part_rows=entry.get("part_rows"))
+
+
+def needs_tuning(entry: dict, tiles: int) -> bool:
+    """True when the index's search settings were tuned (an approximate index) on a store that has since grown
+    by more than :data:`RETUNE_GROWTH`."""
+    return bool(entry.get("search")) and tiles > (1 + RETUNE_GROWTH) * entry.get("tuned_tiles", 0)
+
+
+def merge_plan(parts: list[dict], part_rows: int | None) -> list[tuple[int, int]]:
+    """Which newest parts to fold into one after a delta was added, as ``[first, last)`` slices: the two newest
+    while the older holds at most :data:`MERGE_RATIO` times the newer's vectors, repeated on the result (a binary
+    counter: parts grow geometrically, so n appends leave O(log n) parts and each vector is re-added O(log n)
+    times), as one fold of every part that cascade reaches, within ``part_rows``. The base is folded too once
+    the deltas have grown as large as it."""
+    sizes = [part["ntotal"] for part in parts]
+    first = len(sizes) - 1
+    while first >= 1 and sizes[first - 1] <= MERGE_RATIO * sum(sizes[first:]) and \
+            (part_rows is None or sum(sizes[first - 1:]) <= part_rows):
+        first -= 1
+    return [(first, len(sizes))] if first < len(sizes) - 1 else []
+
+
+def index_matches(store: Store, entry: dict | None) -> bool:
+    """True when the manifest records an index and every part on disk is the file it records (by size, which a
+    write under a temporary name and rename never leaves half-changed; by sha256 for entries without sizes:
+    hashing a whole index on every append made appends cost the store's size)."""
+    if not entry:
+        return False
+    for part in index_parts(entry):
+        path = store.root / part["path"]
+        if not path.is_file():
+            return False
+        if path.stat().st_size != part["bytes"] if "bytes" in part else file_sha256(path) != part["sha256"]:
+            return False
+    return True
+
+
+def _target(entry: dict) -> float:
+    """The recall target the index was tuned to (recorded with the tuning), else the default."""
+    return float((entry.get("search") or {}).get("target") or IndexSpec().recall_target)
+
+
+def _part_path(number: int, kind: str = "vectors") -> str:
+    """The file of part ``number``: the first part of a store is ``index/vectors.faiss`` (what stores built before
+    parts hold), later ones are numbered, never reused."""
+    return INDEX_FILE if number == 0 and kind == "vectors" else f"index/{kind}-{number:05d}.faiss"
+
+
+def _groups(shards: list[dict], part_rows: int | None, id_limit: int) -> list[tuple[int, int]]:
+    """Tile-id ranges ``[low, high)`` of whole ``shards``, in id order, holding at most ``part_rows`` tiles each (a
+    shard bigger than that is a part of its own; one range when ``part_rows`` is None); the last reaches
+    ``id_limit``."""
+    groups, size = [], 0
+    for shard in sorted(shards, key=lambda shard: shard["first_tile_id"]):
+        if not groups or part_rows is not None and size + shard["rows"] > part_rows:
+            groups.append([shard["first_tile_id"], shard["first_tile_id"]])
+            size = 0
+        groups[-1][1] = shard["last_tile_id"] + 1
+        size += shard["rows"]
+    if groups:
+        groups[-1][1] = id_limit
+    return [tuple(group) for group in groups] or [(0, id_limit)]
+
+
+def _write_part(store: Store, entry: dict, template, low: int, high: int, metric: Metric | str,
+                progress: Callable[[int], None] | None = None) -> dict:
+    """A new part holding the vectors of tile ids ``[low, high)``, under the next unused name; its manifest entry.
+    Parts cover consecutive id ranges (a delta: the ids an append gave), so folding parts is re-indexing their
+    ranges' shards."""
+    index = with_tile_ids(import_faiss().clone_index(template))
+    paths = [store.root / shard["path"] for shard in store.shards
+             if shard["first_tile_id"] < high and shard["last_tile_id"] >= low]
+    for ids, vectors in store.iter_embeddings(paths=paths):
+        inside = (ids >= low) & (ids < high)
+        index.add_with_ids(prepare(vectors[inside], metric), ids[inside])
+        if progress:
+            progress(int(inside.sum()))
+    path = _part_path(entry["next_part"])
+    entry["next_part"] += 1
+    save_index(index, store.root / path)
+    return {"path": path, "ntotal": int(index.ntotal), "bytes": (store.root / path).stat().st_size,
+            "sha256": file_sha256(store.root / path), "tile_ids": [int(low), int(high)]}
+
+
+def _template(store: Store, entry: dict):
+    """The trained, empty index every part is cloned from; an index built before parts recorded none, so it
+    is made once from the first part (read, emptied, saved) and recorded."""
+    trained = entry.get("trained")
+    if trained and (store.root / trained["path"]).is_file():
+        return load_index(store.root / trained["path"])
+    faiss = import_faiss()
+    first = load_index(store.root / index_parts(entry)[0]["path"])
+    inner = faiss.downcast_index(first.index) if isinstance(first, (faiss.IndexIDMap, faiss.IndexIDMap2)) else first
+    template = faiss.clone_index(inner)
+    template.reset()
+    entry.setdefault("next_part", 1)
+    _save_template(store, entry, template)
+    return template
+
+
+def _save_template(store: Store, entry: dict, template) -> None:
+    path = _part_path(entry["next_part"], "trained")
+    entry["next_part"] += 1
+    save_index(template, store.root / path)
+    entry["trained"] = {"path": path, "sha256": file_sha256(store.root / path)}
+
+
+def _summarised(store: Store, entry: dict) -> dict:
+    """``entry`` with the totals readers and older tools use: ``path``/``sha256`` of the first part, ``ntotal``,
+    ``genomes``."""
+    parts = entry["parts"]
+    return {**entry, "path": parts[0]["path"], "sha256": parts[0]["sha256"],
+            "ntotal": sum(part["ntotal"] for part in parts), "genomes": list(store.genomes)}
+
+
+def _open(store: Store, entry: dict) -> FaissIndex:
+    return FaissIndex.load([store.root / part["path"] for part in entry["parts"]], entry["metric"])
+
+
+def _commit(store: Store, entry: dict) -> None:
+    """Record ``entry`` in the manifest; index files it no longer lists (folded parts, a replaced base) are retired:
+    deleted once no reader of an older snapshot is left (:func:`genoembed.writers.sweep_retired`)."""
+    before = index_files(store.manifest.get("index"))
     store.record("index", "index", entry)
-    return entry
+    sweep_retired(store.root, sorted(before - index_files(entry)), now_ns())
 
 
 # Tuning queries differ from the stored tiles as a related strain's sequence would: 5 % substitutions.
 TUNING_SUBSTITUTIONS = 0.05
 
 
-def tune_store_index(store: Store, spec: IndexSpec, index, queries: int = 1000, k: int = 10,
-                     search=None) -> dict:
+def tune_store_index(store: Store, spec: IndexSpec, index, queries: int = 1000, k: int = 10) -> dict:
     """Pick nprobe / efSearch (and k_factor for a refine stage) so recall@10 against exact search reaches
     ``spec.recall_target`` on query-like windows (:func:`tuning_queries`); warn when the factory cannot (the
     settings then are the cheapest near the best it reached). The result records which queries it was tuned
-    on (``"queries": "held_out"`` or ``"stored"``). ``search`` answers for a sharded layout (``index`` is then
-    one of its parts; see :func:`genoembed.vector_index.tune_search`)."""
-    if store.num_tiles <= k:
+    on (``"queries": "held_out"`` or ``"stored"``). ``index`` is a FAISS index or a :class:`FaissIndex` of
+    several parts (searched together; the knob and the bytes read are taken from its first part).
+    Exact indexes have nothing to tune: ``{}`` without embedding a query or scanning the store."""
+    part = index.parts[0] if isinstance(index, FaissIndex) else index
+    if store.num_tiles <= k or (search_knob(part)[0] is None and refine_stage(part) is None):
         return {}
     sample, kind = tuning_queries(store, min(queries, store.num_tiles), spec.seed + 1)
     exact = exact_neighbours(store.iter_embeddings(), sample, k, spec.metric)
-    tuned = tune_search(index, spec.metric, sample, exact, spec.recall_target, k, search=search)
+    search = index.search if isinstance(index, FaissIndex) else None
+    tuned = tune_search(part, spec.metric, sample, exact, spec.recall_target, k, search=search)
     if tuned and tuned[f"recall_at_{k}"] < spec.recall_target:
         log.warning("%s: index %r reaches recall@%d %.3f at most (tuned to %s, the cheapest near it), "
                     "below the target %.2f; %s", store.root, spec.factory, k, tuned[f"recall_at_{k}"],
                     {name: value for name, value in tuned.items() if name in ("nprobe", "ef_search", "k_factor")},
-                    spec.recall_target, plateau_advice(spec.factory, index))
+                    spec.recall_target, plateau_advice(spec.factory, part))
     return {**tuned, "queries": kind} if tuned else tuned
 
 
@@ -147,91 +323,3 @@ def mutated_windows(store: Store, count: int, seed: int) -> list[str]:
         windows.append(mutate(genome.fetch(name, start, start + window), TUNING_SUBSTITUTIONS,
                               seed=int(rng.integers(2 ** 31))))
     return windows
-
-
-def build_sharded(store: Store, spec: IndexSpec, shards_per_index: int = 1, template=None) -> dict:
-    """Build one index per ``shards_per_index`` Parquet shards from one trained template; returns the layout."""
-    if shards_per_index < 1:
-        raise InputError(f"shards_per_index={shards_per_index}: must be >= 1")
-    template = template if template is not None else train_index(store, spec)
-    with write_lock(store.root):
-        (store.root / SHARD_DIR).mkdir(parents=True, exist_ok=True)
-        save_index(template, store.root / SHARD_DIR / "trained.faiss")
-        layout = {"spec": spec.describe(), "metric": spec.metric.value, "dim": store.dim,
-                  "shards_per_index": shards_per_index, "shards": []}
-        layout = _add_parts(store, layout, template, store.shard_paths)
-        return _tune_sharded(store, spec, layout)
-
-
-def _tune_sharded(store: Store, spec: IndexSpec, layout: dict) -> dict:
-    """Tune the layout's search settings as a single index's are (searching every part, memory-mapped, one
-    at a time) and record them in ``layout.json``, where :class:`ShardedIndex` reads its defaults. Appends
-    keep them: the quantizer, and so the settings' meaning, stays the template's."""
-    root = store.root / SHARD_DIR
-    if not layout["shards"]:
-        return layout
-    sharded = ShardedIndex.from_layout(root / LAYOUT, keep_loaded=False, mmap=True)
-    part = import_faiss().read_index(str(root / layout["shards"][0]["path"]))
-    tuned = tune_store_index(store, spec, part, search=sharded.search)
-    if tuned:
-        layout["search"] = tuned
-        atomic_write_bytes(root / LAYOUT, json.dumps(layout, indent=2).encode())
-    return layout
-
-
-def refresh_sharded(store: Store) -> dict | None:
-    """Bring a sharded index (if the store has one) in line with its Parquet shards after an append
-    or a removal: parts over unchanged shards are kept, the rest rebuilt from the trained template."""
-    root = store.root / SHARD_DIR
-    if not (root / LAYOUT).is_file():
-        return None
-    layout = json.loads((root / LAYOUT).read_text())
-    current = {path.name for path in store.shard_paths}
-    layout["shards"] = [entry for entry in layout["shards"] if set(entry["parquet"]) <= current]
-    covered = {name for entry in layout["shards"] for name in entry["parquet"]}
-    with write_lock(store.root):
-        template = import_faiss().read_index(str(root / "trained.faiss"))
-        return _add_parts(store, layout, template, [p for p in store.shard_paths if p.name not in covered])
-
-
-def _add_parts(store: Store, layout: dict, template, paths: list[Path]) -> dict:
-    """Index ``paths`` in groups of ``shards_per_index`` as new parts of ``layout``; write the layout."""
-    faiss, root, per_index = import_faiss(), store.root / SHARD_DIR, layout["shards_per_index"]
-    metric = Metric(layout["metric"])
-    number = 1 + max((int(re.search(r"(\d+)", entry["path"]).group(1)) for entry in layout["shards"]), default=-1)
-    for first in range(0, len(paths), per_index):
-        index = with_tile_ids(faiss.clone_index(template))
-        add_store_vectors(index, store, metric, paths=paths[first:first + per_index])
-        target = root / f"part-{number:05d}.faiss"
-        save_index(index, target)
-        layout["shards"].append({"path": target.name, "ntotal": int(index.ntotal), "sha256": file_sha256(target),
-                                 "parquet": [p.name for p in paths[first:first + per_index]]})
-        number += 1
-    layout["ntotal"] = sum(entry["ntotal"] for entry in layout["shards"])
-    atomic_write_bytes(root / LAYOUT, json.dumps(layout, indent=2).encode())
-    for stale in root.glob("part-*.faiss"):
-        if stale.name not in {entry["path"] for entry in layout["shards"]}:
-            stale.unlink()
-    return layout
-
-
-def merge_ondisk(store: Store) -> Path:
-    """Merge the IVF shard indexes into one index whose inverted lists live in ``index/merged.ivfdata``."""
-    faiss = import_faiss()
-    from faiss.contrib.ondisk import merge_ondisk as faiss_merge_ondisk
-
-    root = store.root / SHARD_DIR
-    layout = json.loads((root / LAYOUT).read_text())
-    if not re.search(r"IVF\d+", layout["spec"]["factory"]):
-        raise InputError(f"merge_ondisk needs an IVF layout, the shards are {layout['spec']['factory']!r}")
-    index = faiss.read_index(str(root / "trained.faiss"))
-    if refine_stage(index) is not None:  # its vectors live outside the inverted lists, which hold part-local ids
-        raise InputError(f"merge_ondisk merges inverted lists only; {layout['spec']['factory']!r} has a refine "
-                         "stage: search the sharded layout (ShardedIndex) instead")
-    ivfdata = store.root / "index" / "merged.ivfdata"
-    faiss_merge_ondisk(index, [str(root / entry["path"]) for entry in layout["shards"]], str(ivfdata))
-    target = store.root / "index" / "merged.faiss"
-    save_index(index, target)
-    return target
-
-

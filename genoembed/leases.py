@@ -11,7 +11,11 @@ A file left out of the store at time T is deleted by a later writer only once
 no live lease started at or before T (LanceDB keeps old versions the same
 way); see :func:`genoembed.store.sweep_retired`.
 
-A store the user cannot write to gets no leases (and no writer either).
+A store object (:class:`genoembed.store.Store`) holds a lease from before it
+reads its manifest until it is dropped; ``refresh()`` moves it on. So a
+process that keeps an old store object open (a Python session) keeps that
+snapshot's files on disk until it lets go. A store the user cannot write to
+gets no leases (and no writer either).
 """
 
 from __future__ import annotations
@@ -40,18 +44,21 @@ class Lease:
         self.start = now_ns()
         self._descriptor: int | None = None
         folder = root / READERS
+        name = f"{os.getpid()}.{secrets.token_hex(8)}"
+        partial, path = folder / f".{name}.lease.partial", folder / f"{name}.lease"
         try:
             folder.mkdir(exist_ok=True)
-            name = f"{os.getpid()}.{secrets.token_hex(8)}"
-            partial = folder / f".{name}.lease.partial"
             descriptor = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
         except OSError:
             return  # a read-only store: nobody can remove files under us either
-        # locked before it gets its lease name, so a sweeper never takes a lease being made for a dead one
-        fcntl.flock(descriptor, fcntl.LOCK_EX)
-        os.pwrite(descriptor, f"{self.start:0{_WIDTH}d}".encode(), 0)
-        path = folder / f"{name}.lease"
-        os.rename(partial, path)
+        try:
+            # locked before it gets its lease name, so a sweeper never takes a lease being made for a dead one
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+            os.pwrite(descriptor, f"{self.start:0{_WIDTH}d}".encode(), 0)
+            os.rename(partial, path)
+        except OSError:
+            _release(descriptor, partial)
+            return
         self._descriptor = descriptor
         weakref.finalize(self, _release, descriptor, path)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 from pathlib import Path
 
 from genoembed.errors import StoreError
@@ -32,7 +33,9 @@ def read_manifest(root: Path) -> dict:
     if not manifest_path.is_file():
         raise StoreError(f"{root}: not a genoembed store (no {MANIFEST}); build one with `genoembed index`")
     try:
-        manifest = json.loads(manifest_path.read_bytes())
+        with open(manifest_path, "rb") as handle:
+            stamp, data = _stamp(os.fstat(handle.fileno())), handle.read()
+        manifest = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise StoreError(f"{manifest_path}: corrupt manifest ({error}); rebuild the store") from None
     except OSError as error:
@@ -53,7 +56,7 @@ def read_manifest(root: Path) -> dict:
     except (KeyError, TypeError, AttributeError) as error:
         raise StoreError(f"{manifest_path}: corrupt format-{version} manifest (cannot upgrade it: missing or "
                          f"malformed {error}); rebuild the store") from None
-    problems = manifest_problems(manifest)
+    problems = [] if _WRITTEN.get(str(manifest_path)) == stamp else manifest_problems(manifest)
     if problems:
         raise StoreError(f"{manifest_path}: corrupt manifest ({'; '.join(problems[:5])}"
                          f"{f'; and {len(problems) - 5} more' if len(problems) > 5 else ''}); rebuild the store")
@@ -200,6 +203,18 @@ def manifest_problems(manifest: dict) -> list[str]:
         if expect("index.genomes", index.get("genomes", []), list, "a list of genome names"):
             for number, name in enumerate(index.get("genomes", [])):
                 expect(f"index.genomes[{number}]", name, str, "a genome name")
+        # index parts (base and appended deltas) and the trained index they are cloned from; absent before parts
+        if expect("index.parts", index.get("parts", []), list, "a list of index files"):
+            for number, part in enumerate(index.get("parts", [])):
+                where = f"index.parts[{number}]"
+                if expect(where, part, dict, "an object") and expect(f"{where}.path", part.get("path"), str, "a path"):
+                    _check_store_path(part["path"], where, problems)
+                    expect(f"{where}.sha256", part.get("sha256"), str, "a checksum")
+                    expect(f"{where}.ntotal", part.get("ntotal"), int, "an integer")
+        trained = index.get("trained", {"path": "index/trained.faiss"})
+        if expect("index.trained", trained, dict, "an object") and \
+                expect("index.trained.path", trained.get("path"), str, "a path"):
+            _check_store_path(trained["path"], "index.trained", problems)
     return problems
 
 
@@ -216,8 +231,8 @@ def _check_annotation_genome(entry: dict, where: str, problems: list[str]) -> No
 
 def _check_store_path(path: str, where: str, problems: list[str]) -> None:
     """Paths in a manifest are relative and stay inside the store (no absolute path, no ``..``)."""
-    parts = Path(path).parts
-    if not parts or Path(path).is_absolute() or ".." in parts:
+    parts = [part for part in path.split("/") if part not in ("", ".")]  # str ops: a pangenome lists 10^4 paths
+    if not parts or path.startswith("/") or ".." in parts:
         problems.append(f"{where}.path {path!r} points outside the store")
 
 
@@ -230,6 +245,18 @@ def sequence_files(manifest: dict, genome: str | None = None) -> set[str]:
 
 
 def write_manifest(root: Path, manifest: dict) -> None:
-    """Commit ``manifest`` atomically (callers hold the writer lock)."""
+    """Commit ``manifest`` atomically (callers hold the writer lock). Written compact: ``indent`` makes ``json``
+    fall back to its pure-Python encoder, 0.28 s per commit for a 1,000-genome pangenome's manifest (several
+    commits per append); `genoembed info` is the readable view."""
     manifest["updated"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    atomic_write_bytes(root / MANIFEST, json.dumps(manifest, indent=2).encode())
+    atomic_write_bytes(root / MANIFEST, json.dumps(manifest, separators=(",", ":")).encode())
+    _WRITTEN[str(root / MANIFEST)] = _stamp(os.stat(root / MANIFEST))
+
+
+# Manifests this process committed (path -> file identity): reading one back skips the field checks, which cost
+# 0.06 s per read at 1,000 genomes and ran four times per append. Any other file at that path is checked.
+_WRITTEN: dict[str, tuple] = {}
+
+
+def _stamp(stat: os.stat_result) -> tuple:
+    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns

@@ -14,7 +14,7 @@ from typing import Iterable
 import numpy as np
 import pyarrow as pa
 
-from genoembed.errors import InputError, MissingExtraError
+from genoembed.errors import InputError, missing_extra
 
 COLOR_BY = ("gc", "type", "genome")
 
@@ -23,7 +23,7 @@ def _pyplot():
     try:
         import matplotlib
     except ImportError:
-        raise MissingExtraError("plotting needs matplotlib: pip install 'genoembed[plot]'") from None
+        raise missing_extra("plotting", "plot", "matplotlib") from None
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 

@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 
 from genoembed import schema
 from genoembed.embedders import Embedder, load_embedder
-from genoembed.errors import InputError, MissingExtraError, ModelError, StoreError
+from genoembed.errors import InputError, ModelError, StoreError, missing_extra
 
 log = logging.getLogger(__name__)
 PLAN_DIR = ".plan"
@@ -42,7 +42,7 @@ def ray_module():
         import ray
         import ray.data  # noqa: F401  (the [data] part of the extra)
     except ImportError:
-        raise MissingExtraError("the ray engine needs Ray Data: pip install 'genoembed[dist]'") from None
+        raise missing_extra("the ray engine", "dist", "Ray Data") from None
     return ray
 
 

@@ -10,13 +10,9 @@ fill (:class:`~genoembed.tiles.TilingSpec`, :class:`~genoembed.embedders.Embedde
 from __future__ import annotations
 
 import dataclasses
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10: tomli is the same parser (tomllib is tomli, vendored in 3.11)
-    import tomli as tomllib
 
 from genoembed.embedders import EmbedderOptions
 from genoembed.errors import InputError

@@ -28,14 +28,14 @@ import pyarrow.parquet as pq
 
 from genoembed.errors import InputError, StoreError
 from genoembed.files import atomic_write_bytes
-from genoembed.indexing import build_store_index, index_file_matches, refresh_sharded
+from genoembed.indexing import build_store_index, index_matches
 from genoembed.manifest import file_sha256, read_manifest, sequence_files, write_manifest
 from genoembed.leases import now_ns
 from genoembed.schema import ANNOTATIONS
 from genoembed.store import Store
 from genoembed.writers import sweep_retired, write_lock
 from genoembed.store_writer import write_shard
-from genoembed.vector_index import INDEX_FILE, IndexSpec, load_index, remove_tile_ids, save_index
+from genoembed.vector_index import IndexSpec, index_parts, load_index, remove_tile_ids, save_index
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,8 @@ def remove(store: Store, genome: str, contigs: Sequence[str] = ()) -> dict:
     with write_lock(store.root):
         manifest = read_manifest(store.root)
         entry = _check_request(store, manifest, genome, contigs)
-        old_index = load_index(store.root / INDEX_FILE) if index_file_matches(store, manifest.get("index")) else None
+        parts = [load_index(store.root / part["path"]) for part in index_parts(manifest.get("index"))] \
+            if index_matches(store, manifest.get("index")) else None
         kept, removed_ids, replaced = [], [], []
         for shard in manifest["shards"]:
             if shard["genome"] != genome:
@@ -79,14 +80,8 @@ def remove(store: Store, genome: str, contigs: Sequence[str] = ()) -> dict:
         # with an index that matches them, so no committed snapshot lacks an index. The index file is replaced
         # first; a reader of the old snapshot that loads it just misses the removed tiles.
         index_entry = manifest.get("index")
-        in_place = bool(index_entry) and old_index is not None and remove_tile_ids(old_index, ids)
-        if in_place:
-            save_index(old_index, store.root / INDEX_FILE)
-            manifest["index"] = {**index_entry, "ntotal": int(old_index.ntotal),
-                                 "sha256": file_sha256(store.root / INDEX_FILE),
-                                 "genomes": [name for name, genome_entry in manifest["genomes"].items()
-                                             if genome_entry.get("status") == "complete"]}
-        else:
+        in_place = bool(index_entry) and parts is not None and _removed_in_place(store, manifest, parts, ids)
+        if not in_place:
             manifest["index"] = None  # rebuilt below, once the manifest lists the shards it is built from
         write_manifest(store.root, manifest)
         committed = now_ns()
@@ -94,13 +89,38 @@ def remove(store: Store, genome: str, contigs: Sequence[str] = ()) -> dict:
         # readers of older snapshots may still read the old shards: deleted now if none is left, else later
         sweep_retired(store.root, [path.relative_to(store.root).as_posix() for path in replaced], committed)
         if index_entry and not in_place:
-            spec = IndexSpec(**index_entry["spec"])
+            spec = IndexSpec(**index_entry["spec"], part_rows=index_entry.get("part_rows"))
             log.warning("%s: the %s index cannot remove vectors in place; rebuilding it", store.root, spec.factory)
-            build_store_index(store, spec)
-        refresh_sharded(store)
+            build_store_index(store, spec, first_part=index_entry.get("next_part", 1))
         dropped = drop_stale_searches(store, genome, contigs)
     return {"genome": genome, "contigs": list(contigs), "tiles_removed": int(len(ids)),
             "shards_rewritten": len(replaced), "tiles_left": store.num_tiles, "searches_dropped": dropped}
+
+
+def _removed_in_place(store: Store, manifest: dict, parts: list, ids: np.ndarray) -> bool:
+    """Drop ``ids`` from every index part in place (same file names) and record the parts in ``manifest``;
+    False when a part's type cannot remove (HNSW, a refine stage): the index is then rebuilt."""
+    removed = []
+    for index in parts:
+        count = remove_tile_ids(index, ids)
+        if count is None:
+            return False
+        removed.append(count)
+    if sum(removed) != len(ids):
+        raise StoreError(f"{store.root}: the index held {sum(removed)} of the {len(ids)} tile ids to remove; "
+                         "rebuild it with `genoembed compact`")
+    entry = manifest["index"]
+    listed = []
+    for part, index, count in zip(index_parts(entry), parts, removed):
+        if count:
+            save_index(index, store.root / part["path"])
+            part = {**part, "ntotal": int(index.ntotal), "bytes": (store.root / part["path"]).stat().st_size,
+                    "sha256": file_sha256(store.root / part["path"])}
+        listed.append(part)
+    complete = [name for name, genome_entry in manifest["genomes"].items() if genome_entry.get("status") == "complete"]
+    manifest["index"] = {**entry, "parts": listed, "path": listed[0]["path"], "sha256": listed[0]["sha256"],
+                         "ntotal": sum(part["ntotal"] for part in listed), "genomes": complete}
+    return True
 
 
 def drop_stale_searches(store: Store, genome: str, contigs: Sequence[str] = ()) -> list[str]:

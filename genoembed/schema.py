@@ -147,6 +147,23 @@ ALIGNMENT_FIELDS = [
 ALIGNED_HITS = pa.schema(HIT_FIELDS + ALIGNMENT_FIELDS)
 ALIGNMENT_COLUMNS = [f.name for f in ALIGNMENT_FIELDS]
 
+# Mapped blocks (``chain.map_queries``): a query longer than the window, cut into tiles like the store, whose
+# collinear tile hits are chained. ``start``/``end`` span the block on the target (its tiles' union, so as exact as
+# the tile grid), ``query_block_*`` on the query; ``score`` is the best tile's, ``tile_id`` that tile; ``tiles``
+# counts the chained tile hits; ``query_coverage`` is the fraction of the query inside them; ``mapq`` is
+# minimap2's reading of the chain scores (60 * (1 - second best / best) for rank 1, else 0).
+_BLOCK_INT = {"query_length": pa.int64(), "query_block_start": pa.int64(), "query_block_end": pa.int64()}
+BLOCK_FIELDS = [
+    HITS.field("query"), *(pa.field(name, kind, nullable=False) for name, kind in _BLOCK_INT.items()),
+    *(HITS.field(name) for name in ("rank", "tile_id", *_LOCUS, "score")),
+    pa.field("mean_score", pa.float32(), nullable=False),
+    pa.field("tiles", pa.int32(), nullable=False),
+    pa.field("query_coverage", pa.float64(), nullable=False),
+    pa.field("chain_score", pa.float64(), nullable=False),
+    pa.field("mapq", pa.int32(), nullable=False),
+]
+BLOCKS = pa.schema(BLOCK_FIELDS)
+
 
 def validate_table(table: pa.Table, expected: pa.Schema, where: str) -> list[str]:
     """Every way ``table`` differs from ``expected``, each naming ``where``; empty when valid."""

@@ -11,101 +11,28 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
 
 from genoembed import schema
 from genoembed.embedders.base import strand_invariant
-from genoembed.errors import InputError, StoreError, command
+from genoembed.errors import InputError, StoreError
 from genoembed.seqio import fasta_records, open_text, read_fasta
-from genoembed.vector_index import FaissIndex
 from genoembed.names import check_identifier
 from genoembed.saved_searches import save_hits
+from genoembed.subsets import TileFilter, filtered_search, resolve, tile_filter
 from genoembed.store import SNAPSHOT_RETRIES, Store
+from genoembed.regions import (MAX_QUERY_BASES, Query, check_sequence, parse_region,  # noqa: F401 (this API)
+                               query_pieces, refuse_long, resolve_region, too_long)
 from genoembed.tiles import tile_starts
 from genoembed.topology import circular_overlaps, flanked_round
 
-_VALID_BASES = re.compile(r"^[ACGTNRYKMSWBDHV]+$", re.IGNORECASE)
-# Thousands separators are commas only (samtools style); "1_0" is not the number 10.
-_REGION = re.compile(r"^(?P<chrom>.+?)(?::(?P<start>\d[\d,]*)-(?P<end>\d[\d,]*))?(?::(?P<strand>[+-]))?$")
-
-
-@dataclass(frozen=True)
-class Query:
-    """One query; genomic coordinates (0-based half-open) and the store genome they are on are set when it came
-    from the store's genomes."""
-
-    name: str
-    sequence: str
-    chrom: str | None = None
-    start: int | None = None
-    end: int | None = None
-    strand: str | None = None
-    genome: str | None = None
-
-
-def check_sequence(sequence: str, where: str) -> str:
-    sequence = "".join(sequence.split())
-    if not sequence:
-        raise InputError(f"{where}: empty sequence")
-    if not _VALID_BASES.match(sequence):
-        bad = sorted({c for c in sequence if not _VALID_BASES.match(c)})
-        hint = " (RNA? replace U with T)" if "U" in bad or "u" in bad else ""
-        raise InputError(f"{where}: sequence has characters other than DNA bases/IUPAC codes: "
-                         f"{''.join(bad)[:20]!r}{hint}")
-    return sequence
-
-
-def parse_region(text: str, across_origin: bool = False) -> tuple[str, int | None, int | None, str]:
-    """``chrom:start-end[:strand]`` (1-based closed, commas allowed) -> 0-based half-open.
-
-    ``across_origin`` lets ``start > end`` through (``plasmid:9001-200`` on a circular contig); such a region
-    comes back with ``end <= start``, for :func:`region_queries` to carry round the origin.
-    """
-    match = _REGION.match(text.strip())
-    if not match or not match.group("chrom"):
-        raise InputError(f"region {text!r}: expected chrom:start-end (1-based, e.g. chr1:1001-2000)")
-    start, end = match.group("start"), match.group("end")
-    strand = match.group("strand") or "+"
-    if start is None:
-        return match.group("chrom"), None, None, strand
-    start, end = int(start.replace(",", "")), int(end.replace(",", ""))
-    if start < 1 or end < 1 or (end < start and not across_origin):
-        raise InputError(f"region {text!r}: need 1 <= start <= end (1-based closed coordinates)")
-    return match.group("chrom"), start - 1, end, strand
-
-
-# The longest query embedded as one sequence: embedding costs ~100 bytes a base (a 248 Mbp chromosome would
-# take ~25 GB). Longer queries are answered tile by tile (:func:`query_pieces`; the CLI does so), or refused.
-MAX_QUERY_BASES = 1_000_000
-
-
-def resolve_region(genome, text: str) -> tuple[str, int, int, str]:
-    """(chrom, start, end, strand) of a region string on ``genome`` (anything with ``contigs`` and ``circular``),
-    0-based half-open; a region across a circular contig's origin (``plasmid:9001-200``) ends past its length."""
-    chrom, start, end, strand = parse_region(text, across_origin=True)
-    if chrom not in genome.contigs:
-        raise InputError(f"region {text!r}: contig {chrom!r} is not in {genome.path}; "
-                         f"known: {', '.join(list(genome.contigs)[:5])}")
-    length, circular = genome.contigs[chrom], chrom in genome.circular
-    start, end = (0, length) if start is None else (start, end)
-    if end <= start:
-        if not circular:
-            raise InputError(f"region {text!r}: start is past end, which only a circular contig allows "
-                             f"(across its origin) and {chrom} is linear; need 1 <= start <= end")
-        end += length
-    if start >= length or end > length and (not circular or end > start + length):
-        raise InputError(f"region {text!r}: ends at {end} but {chrom} has {length} bp; "
-                         "clip the region to the contig")
-    return chrom, start, end, strand
-
 
 def region_queries(genome, regions: list[str]) -> list[Query]:
-    """One query per region string, each embedded whole (refused above :data:`MAX_QUERY_BASES`)."""
+    """One query per region string, each embedded whole (refused above :data:`genoembed.regions.MAX_QUERY_BASES`)."""
     queries = []
     for text in regions:
         chrom, start, end, strand = resolve_region(genome, text)
@@ -115,41 +42,19 @@ def region_queries(genome, regions: list[str]) -> list[Query]:
     return queries
 
 
-def refuse_long(name: str, length: int) -> None:
-    if length > MAX_QUERY_BASES:
-        raise InputError(f"query {name!r} is {length:,} bp, longer than the {MAX_QUERY_BASES:,} bp embedded as one "
-                         "sequence (~100 bytes a base); `genoembed search` answers it tile by tile (the store's "
-                         "window and stride), or split it (`bedtools makewindows`) and search the windows with --bed")
-
-
 def iter_region_queries(genome, regions: list[str], window: int, stride: int) -> Iterator[Query]:
-    """:func:`region_queries`, but a region longer than :data:`MAX_QUERY_BASES` comes as its tiles
+    """:func:`region_queries`, but a region longer than :data:`genoembed.regions.MAX_QUERY_BASES` comes as its tiles
     (:func:`query_pieces`), each read from the genome when it is needed: memory stays one tile a query."""
     for text in regions:
         chrom, start, end, strand = resolve_region(genome, text)
         holder = genome_holding(genome, chrom)
-        if end - start <= MAX_QUERY_BASES:
+        if not too_long(end - start):
             yield Query(text, genome.fetch(chrom, start, end, strand).upper(), chrom, start, end, strand, holder)
             continue
         for offset in tile_starts(end - start, window, stride):
             first, last = start + int(offset), start + int(offset) + window
             yield Query(f"{text}:{offset + 1}-{offset + window}", genome.fetch(chrom, first, last, strand).upper(),
                         chrom, first, last, strand, holder)
-
-
-def query_pieces(query: Query, window: int, stride: int) -> Iterator[Query]:
-    """``query`` itself, or, when longer than :data:`MAX_QUERY_BASES`, its tiles (``window`` bases every ``stride``,
-    the last flush with its end) named ``NAME:START-END`` (1-based offsets in the query), one at a time."""
-    if len(query.sequence) <= MAX_QUERY_BASES:
-        yield query
-        return
-    for offset in tile_starts(len(query.sequence), window, stride):
-        offset = int(offset)
-        genomic = {}
-        if query.chrom is not None:
-            first = query.start + offset if query.strand != "-" else query.end - offset - window
-            genomic = dict(chrom=query.chrom, start=first, end=first + window, strand=query.strand, genome=query.genome)
-        yield Query(f"{query.name}:{offset + 1}-{offset + window}", query.sequence[offset:offset + window], **genomic)
 
 
 def bed_queries(genome, path: str | Path) -> list[Query]:
@@ -291,13 +196,15 @@ def _unique_names(queries: list[Query]) -> list[Query]:
 def search(store: Store, queries: list[Query | str], k: int = 10, nprobe: int | None = None,
            ef_search: int | None = None, exclude_self: bool = False, save_as: str | None = None,
            embedder=None, trust_remote_code: bool = False, genome: str | None = None,
-           chrom: str | None = None, align: bool = False, min_identity: float | None = None,
-           min_bit_score: float | None = None, k_factor: int | None = None) -> pa.Table:
+           chrom: str | Sequence[str] | None = None, align: bool = False, min_identity: float | None = None,
+           min_bit_score: float | None = None, k_factor: int | None = None, where: str | None = None) -> pa.Table:
     """Top-``k`` tiles per query as a ``schema.HITS`` table (rank 1 = best embedding score).
 
     ``nprobe`` / ``ef_search`` / ``k_factor`` (shortlist factor of a refine stage) override the settings
-    tuned when the index was built. String queries are regions on the store's genomes (see :func:`query_source`). ``genome`` / ``chrom`` restrict hits
-    to that subset of the store and still return ``k`` hits when the subset has them. ``save_as`` saves the hits
+    tuned when the index was built. String queries are regions on the store's genomes (see :func:`query_source`).
+    ``genome``, ``chrom`` (one contig or several) and ``where`` (a SQL condition on the ``tiles`` view, e.g.
+    ``gc > 0.5``) restrict hits to that subset of the store, searched inside FAISS, and still return ``k`` hits
+    when the subset has them (:mod:`genoembed.subsets`). ``save_as`` saves the hits
     in the store under that name (the SQL view ``hits_NAME``; ``last`` is the view ``hits``).
 
     Every hit's ``strand`` is the strand the query matches, read from sequence (see ``schema``).
@@ -332,7 +239,7 @@ def search(store: Store, queries: list[Query | str], k: int = 10, nprobe: int | 
     for attempt in range(SNAPSHOT_RETRIES):
         try:
             hits = _hits(store, queries, vectors, k, fetch, {"nprobe": nprobe, "ef_search": ef_search, "k_factor": k_factor},
-                         exclude_self, genome, chrom)
+                         exclude_self, tile_filter(genome, chrom, where))
             break
         except StoreError:
             # A writer removed files of this snapshot (e.g. `genoembed remove`): answer from the newest one
@@ -348,13 +255,13 @@ def search(store: Store, queries: list[Query | str], k: int = 10, nprobe: int | 
 
 
 def _hits(store: Store, queries: list[Query], vectors: np.ndarray, k: int, fetch: int, settings: dict,
-          exclude_self: bool, genome: str | None, chrom: str | None) -> pa.Table:
-    """Search one snapshot of the store (``settings``: nprobe, ef_search, k_factor) and turn (scores, ids) into
-    hit rows, column by column."""
-    if genome is None and chrom is None:
-        scores, ids = store.vector_index().search(vectors, fetch, **settings)
+          exclude_self: bool, wanted: TileFilter) -> pa.Table:
+    """Search one snapshot of the store (``settings``: nprobe, ef_search, k_factor; ``wanted``: the subset hits
+    come from) and turn (scores, ids) into hit rows, column by column."""
+    if wanted:
+        scores, ids = filtered_search(store, vectors, fetch, resolve(store, wanted), settings=settings)
     else:
-        scores, ids = filtered_search(store, vectors, fetch, genome=genome, chrom=chrom, **settings)
+        scores, ids = store.vector_index().search(vectors, fetch, **settings)
     keep = ids >= 0
     if not keep.any():  # e.g. an IVF search whose probed lists were empty
         return schema.HITS.empty_table()
@@ -486,74 +393,3 @@ def filter_alignments(hits: pa.Table, min_identity: float | None = None,
     if min_bit_score is not None:
         keep = pc.and_(keep, pc.greater_equal(hits["bit_score"], min_bit_score))
     return hits.filter(pc.fill_null(keep, False))
-
-
-def subset_mask(store: Store, genome: str | None = None, chrom: str | None = None) -> np.ndarray:
-    """Boolean array over tile ids: True where the tile is in ``genome`` / ``chrom``."""
-    import duckdb
-
-    clauses, parameters = [], {"paths": [str(p) for p in store.shard_paths]}
-    for name, value in (("genome", genome), ("chrom", chrom)):
-        if value is not None:
-            clauses.append(f"{name} = ${name}")
-            parameters[name] = value
-    mask = np.zeros(store.id_limit, dtype=bool)
-    if not clauses:
-        mask[:] = True
-        return mask
-    ids = duckdb.connect().sql(f"SELECT tile_id FROM read_parquet($paths) WHERE {' AND '.join(clauses)}",
-                               params=parameters).fetchnumpy()["tile_id"]
-    if not len(ids):
-        names = command("sql", store.root, "SELECT DISTINCT genome, chrom FROM tiles")
-        raise InputError(f"{store.root}: no tiles match genome={genome!r} chrom={chrom!r}; check the names with {names}")
-    mask[ids] = True
-    return mask
-
-
-def filtered_search(store: Store, vectors: np.ndarray, k: int, genome: str | None = None,
-                    chrom: str | None = None, index=None, nprobe: int | None = None, ef_search: int | None = None,
-                    factor: int = 4, mask: np.ndarray | None = None,
-                    stats: dict | None = None, k_factor: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``k`` (scores, ids) restricted to ``genome`` / ``chrom`` by over-fetching.
-
-    Fetches ``k * factor`` neighbours from ``index`` (the store's own by default;
-    :class:`~genoembed.vector_index.FaissIndex` or :class:`~genoembed.vector_index.ShardedIndex`),
-    keeps the tiles in the subset and multiplies ``factor`` by 4 for the
-    queries still short of ``k`` until they have ``k`` or the whole index was
-    fetched. ids are -1 only where the subset holds fewer than ``k`` tiles
-    reachable in the index. ``mask`` (from :func:`subset_mask`) skips the
-    lookup when searching one subset repeatedly; ``stats`` receives the rounds
-    and the largest fetch.
-    """
-    if k < 1:
-        raise InputError(f"k={k}: ask for at least one neighbour")
-    index = store.vector_index() if index is None else index
-    if not hasattr(index, "metric"):  # a bare FAISS index: give it the store index's interface
-        index = FaissIndex(index, store.metric)
-    mask = subset_mask(store, genome, chrom) if mask is None else mask
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    if vectors.shape[1] != index.d:
-        raise InputError(f"query vectors have dim {vectors.shape[1]} but the index has dim {index.d}")
-    ntotal = int(index.ntotal) if index.ntotal is not None else len(mask)
-    out_scores = np.full((len(vectors), k), np.nan, dtype=np.float32)
-    out_ids = np.full((len(vectors), k), -1, dtype=np.int64)
-    pending = np.arange(len(vectors))
-    fetch, rounds = min(k * max(factor, 1), ntotal), 0
-    while len(pending):
-        rounds += 1
-        scores, ids = index.search(vectors[pending], fetch, nprobe, ef_search, k_factor)
-        keep = (ids >= 0) & mask[np.clip(ids, 0, len(mask) - 1)] & (ids < len(mask))
-        short = []
-        for row, query in enumerate(pending):
-            chosen = np.flatnonzero(keep[row])[:k]
-            out_ids[query, :len(chosen)] = ids[row, chosen]
-            out_scores[query, :len(chosen)] = scores[row, chosen]
-            exhausted = fetch >= ntotal or (ids[row] < 0).any()
-            if len(chosen) < k and not exhausted:
-                short.append(query)
-        pending = np.asarray(short, dtype=np.int64)
-        if len(pending):
-            fetch = min(fetch * 4, ntotal)
-    if stats is not None:
-        stats.update(rounds=rounds, max_fetch=fetch)
-    return out_scores, out_ids

@@ -46,6 +46,7 @@ from genoembed.search import (Query, bed_text_queries, check_sequence, fasta_tex
                               region_queries, search)
 from genoembed.sql import run_sql
 from genoembed.manifest import MANIFEST
+from genoembed.mapping import answer
 from genoembed.names import check_word
 from genoembed.store import Store
 from genoembed.tracks import bedgraph_chunks, chrom_sizes, hits_bed, similarity, write_bigwig
@@ -56,8 +57,8 @@ MAX_K = 1000
 MAX_QUERIES = 10_000
 MAX_SQL_TIMEOUT = 300.0
 STATIC = Path(__file__).parent / "serve_static"
-OPEN_PATHS = {"/healthz", "/", "/docs", "/openapi.json", "/docs/oauth2-redirect"}
-MEDIA = {"json": "application/json", "tsv": "text/tab-separated-values", "bed": "text/x-bed", "bed9": "text/x-bed",
+OPEN_PATHS = {"/healthz", "/", "/docs", "/redoc", "/openapi.json"}
+MEDIA = {"json": "application/json", "jsonl": "application/jsonl", "tsv": "text/tab-separated-values", "bed": "text/x-bed", "bed9": "text/x-bed",
          "bedgraph": "text/x-bedgraph", "bigwig": "application/octet-stream"}
 log = logging.getLogger("genoembed")
 
@@ -71,9 +72,13 @@ class SearchRequest(BaseModel):
     sequences: list[str] = Field([], description="DNA sequences.")
     bed: str | None = Field(None, description="BED text: one query per line.")
     fasta: str | None = Field(None, description="FASTA text: one query per record.")
-    k: int = Field(10, ge=1, le=MAX_K, description="Neighbours per query.")
+    k: int = Field(10, ge=1, le=MAX_K, description="Results per query: loci, or tiles with loci=false.")
+    loci: bool = Field(True, description="Merge overlapping or touching tile hits into loci, ranked, as "
+                                         "`genoembed search` shows them (false: every tile hit).")
     genome: str | None = Field(None, description="Only hits from this genome.")
-    chrom: str | None = Field(None, description="Only hits on this contig.")
+    chrom: str | list[str] | None = Field(None, description="Only hits on this contig (or any of these contigs).")
+    where: str | None = Field(None, description="Only hits on tiles where this SQL condition on the tiles view holds "
+                                                "(read-only, e.g. \"gc > 0.5\").")
     query_genome: str | None = Field(None, description="Genome that region/BED coordinates refer to.")
     exclude_self: bool = Field(False, description="Drop hits overlapping the query's own region.")
     annotate: bool = Field(True, description="Add overlapping and nearest features.")
@@ -82,6 +87,10 @@ class SearchRequest(BaseModel):
     nprobe: int | None = Field(None, ge=1)
     ef_search: int | None = Field(None, ge=1)
     k_factor: int | None = Field(None, ge=1, description="Shortlist factor of a refine stage.")
+    evalue: float | None = Field(None, ge=0, description="Drop hits whose embedding-score E-value (score_evalue, "
+                                 "under the store's null) is higher, like search --evalue (10 there; none here, so "
+                                 "clients that ask for k rows keep getting them unless they ask).")
+    min_score: float | None = Field(None, description="Drop hits whose embedding score is lower.")
 
 
 class SqlRequest(BaseModel):
@@ -171,9 +180,10 @@ def run_search(served: ServedStore, request: SearchRequest) -> pa.Table:
     snapshot = served.snapshot()
     with served.lock:
         queries = collect_queries(snapshot, request)
-        hits = search(snapshot.store, queries, k=request.k, nprobe=request.nprobe, ef_search=request.ef_search,
-                      k_factor=request.k_factor, exclude_self=request.exclude_self, embedder=served.embedder,
-                      genome=request.genome, chrom=request.chrom)
+        settings = {"nprobe": request.nprobe, "ef_search": request.ef_search, "k_factor": request.k_factor}
+        hits, _ = answer(snapshot.store, queries, k=request.k, exclude_self=request.exclude_self, genome=request.genome,
+                         chrom=request.chrom, where=request.where, search_settings=settings, embedder=served.embedder, evalue=request.evalue,
+                         min_score=request.min_score, loci=request.loci, by_length=False)
     if request.annotate and snapshot.store.manifest.get("annotations"):
         types = tuple(request.feature_types) if request.feature_types else None
         hits = annotate_hits(snapshot.store, hits, strand=request.strand_mode, types=types)
@@ -213,8 +223,12 @@ def tsv_cell(value) -> str:
 
 
 def table_response(table: pa.Table, fmt: str, extra: dict | None = None) -> Response:
-    """A result table as JSON (``{"columns", "rows", ...}``) or TSV (header row, empty cells for nulls)."""
+    """A result table as JSON (one document: ``{"columns", "rows", ...}``), JSON lines (a row a line, as the CLI's
+    ``-f jsonl``) or TSV (header row, empty cells for nulls)."""
     rows = table.to_pylist()
+    if fmt == "jsonl":
+        return Response("".join(json.dumps({key: clean(value) for key, value in row.items()}, default=str) + "\n"
+                                for row in rows), media_type=MEDIA["jsonl"])
     if fmt == "tsv":
         lines = ["\t".join(table.column_names)] + ["\t".join(tsv_cell(v) for v in row.values()) for row in rows]
         return Response("".join(line + "\n" for line in lines), media_type=MEDIA["tsv"])
@@ -296,7 +310,7 @@ async def raw_body(request: Request) -> bytes:
 def search_request(request: Request, body: bytes, base: SearchRequest | None = None) -> SearchRequest:
     """Options from the query string, overridden by a JSON body; a text body is FASTA (starts with '>') or BED."""
     fields = {key: value for key, value in request.query_params.items() if key != "format"}
-    for key in ("regions", "sequences", "feature_types"):
+    for key in ("regions", "sequences", "feature_types", "chrom"):
         if key in fields:
             fields[key] = request.query_params.getlist(key)
     text = body.decode("utf-8", errors="replace").strip()
@@ -316,7 +330,7 @@ def search_request(request: Request, body: bytes, base: SearchRequest | None = N
 def create_app(stores: dict[str, ServedStore], token: str | None = None) -> FastAPI:
     """The API over already opened stores; ``token`` (when given) guards every data endpoint."""
     app = FastAPI(title="genoembed", summary="Similarity search over genome embedding stores.",
-                  version=VERSION)
+                  version=VERSION, docs_url=None, redoc_url=None)  # Swagger/ReDoc load from a CDN: docs.html
     app.add_middleware(Guard, token=token)
 
     def served(name: str | None) -> ServedStore:
@@ -357,6 +371,11 @@ def create_app(stores: dict[str, ServedStore], token: str | None = None) -> Fast
     def page() -> FileResponse:
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
+    @app.get("/docs", include_in_schema=False)
+    @app.get("/redoc", include_in_schema=False)
+    def docs() -> FileResponse:
+        return FileResponse(STATIC / "docs.html", media_type="text/html")
+
     @app.get("/stores", summary="Names of the served stores with their size.")
     def list_stores() -> list[dict]:
         out = []
@@ -378,10 +397,11 @@ def create_app(stores: dict[str, ServedStore], token: str | None = None) -> Fast
     @app.post("/search", summary="Nearest tiles to regions, sequences, BED or FASTA, with their features.",
               openapi_extra=search_body)
     def search_endpoint(request: Request, body: bytes = Depends(raw_body),
-                        format: str | None = QueryParam(None, description="json, tsv, bed or bed9 "
-                                                        "(else from the Accept header)")) -> Response:
+                        format: str | None = QueryParam(None, description="json (one document), jsonl (a row a "
+                                                        "line), tsv, bed or bed9 (else from the Accept header)")) \
+            -> Response:
         wanted = search_request(request, body)
-        fmt = pick_format(request, format, ("json", "tsv", "bed", "bed9"))
+        fmt = pick_format(request, format, ("json", "jsonl", "tsv", "bed", "bed9"))
         hits = run_search(served(wanted.store), wanted)
         if fmt in ("bed", "bed9"):
             return Response(hits_bed(hits, bed9=fmt == "bed9"), media_type=MEDIA[fmt])
@@ -389,8 +409,8 @@ def create_app(stores: dict[str, ServedStore], token: str | None = None) -> Fast
 
     @app.post("/sql", summary="One read-only SELECT over a store (the `genoembed sql` sandbox).")
     def sql_endpoint(wanted: SqlRequest, request: Request,
-                     format: str | None = QueryParam(None, description="json or tsv")) -> Response:
-        fmt = pick_format(request, format, ("json", "tsv"))
+                     format: str | None = QueryParam(None, description="json (one document), jsonl (a row a line) or tsv")) -> Response:
+        fmt = pick_format(request, format, ("json", "jsonl", "tsv"))
         table = run_sql(served(wanted.store).snapshot().store, wanted.query, wanted.parameters, wanted.timeout)
         return table_response(table, fmt)
 

@@ -167,10 +167,21 @@ def _unified_schema(paths: list[str]) -> pa.Schema:
             raise StoreError(f"{path}: unreadable Parquet ({_message(error)}); "
                              f"run `genoembed verify` on its store and rebuild or rewrite it") from None
     try:
-        return pa.unify_schemas(schemas, promote_options="permissive")
+        unified = pa.unify_schemas(schemas, promote_options="permissive")
     except (pa.ArrowException, TypeError) as error:
         raise StoreError(f"{paths[0]}: the store's files disagree on a column type ({_message(error)}); "
                          "run `genoembed verify` on the store") from None
+    return pa.schema([field.with_type(_scannable(field.type)) for field in unified])
+
+
+def _scannable(kind: pa.DataType) -> pa.DataType:
+    """The type pyarrow casts a column to as it scans, for DuckDB: float16 (which DuckDB cannot take from Arrow)
+    as float32, fixed-size lists as lists (``embedding`` stays FLOAT[], as DuckDB's own Parquet reader gives it)."""
+    if pa.types.is_float16(kind):
+        return pa.float32()
+    if pa.types.is_fixed_size_list(kind) or pa.types.is_list(kind):
+        return pa.list_(_scannable(kind.value_type))
+    return kind
 
 
 def _annotations_view(con, files: StoreFiles) -> None:
@@ -190,23 +201,70 @@ def _annotations_view(con, files: StoreFiles) -> None:
     if not selects:
         con.register("_annotations_empty", schema.ANNOTATIONS.empty_table())
         selects = ["SELECT * FROM _annotations_empty"]
-    con.execute(f"CREATE VIEW annotations AS {' UNION ALL BY NAME '.join(selects)}")
+    con.execute(f"CREATE VIEW _feature_rows AS {' UNION ALL BY NAME '.join(selects)}")
+    # one set of names across views: hit_features' feature_type / feature_name here too (type, name kept)
+    con.execute("CREATE VIEW annotations AS SELECT *, type AS feature_type, name AS feature_name FROM _feature_rows")
 
 
 def _feature_views(con, suffix: str) -> None:
     """``hit_features{suffix}`` and ``hit_nearest{suffix}`` over ``hits{suffix}``."""
     from genoembed.joins import nearest_sql, overlap_sql
 
-    con.execute(f"CREATE VIEW hit_features{suffix} AS {overlap_sql(f'hits{suffix}', 'annotations', strand='ignore')}")
-    con.execute(f"CREATE VIEW hit_nearest{suffix} AS {nearest_sql(f'hits{suffix}', 'annotations', strand='ignore')}")
+    hits = f"hits{suffix}"
+    for view, join in (("features", overlap_sql), ("nearest", nearest_sql)):  # feature_id as annotations names it
+        con.execute(f"CREATE VIEW hit_{view}{suffix} AS SELECT *, feature_feature_id AS feature_id FROM "
+                    f"({join(hits, JOINED_ANNOTATIONS, strand='ignore')})")
 
 
-def _create_views(con, files: StoreFiles) -> None:
+# The annotations as the joins see them. On a circular contig of length L every feature is matched through its
+# parts, each cut at the origin and given three times, one turn apart: at -L, 0 and +L for the SQL joins
+# (JOINED_ANNOTATIONS), at 0, +L and +2L for the numpy index of search's feature columns, which takes no negative
+# coordinate and meets intervals moved one turn ahead (AHEAD_ANNOTATIONS). Joins compare intervals on a line; with
+# the copies a hit through the origin (end past L) meets the features after it, and the nearest feature is the
+# nearest either way round (each interval lies within [0, 2L), so a copy one turn away on each side is all that
+# can be nearer). The feature's own start/end are kept (GFF3's convention); its parts column shows the copies.
+JOINED_ANNOTATIONS, AHEAD_ANNOTATIONS = "_ge_annotations", "_ge_annotations_ahead"
+
+
+def _joined_annotations(con, circles: dict[tuple[str, str], int]) -> None:
+    if not circles:
+        for view in (JOINED_ANNOTATIONS, AHEAD_ANNOTATIONS):
+            con.execute(f"CREATE VIEW {view} AS SELECT * FROM annotations")
+        return
+    con.register("_ge_circles", pa.table({"genome": [genome for genome, _ in circles],
+                                          "chrom": [chrom for _, chrom in circles],
+                                          "_ge_circle": list(circles.values())}))
+
+    def part(start: str, end: str) -> str:
+        return f"{{'start': {start}, 'end': {end}, 'strand': p.strand}}"
+
+    end, length = 'p."end"', "_ge_circle"
+    cut = (f"CASE WHEN {end} > {length} THEN [{part('p.start', length)}, {part('0::BIGINT', f'{end} - {length}')}] "
+           f"ELSE [{part('p.start', end)}] END")
+    for view, turns in ((JOINED_ANNOTATIONS, (-1, 0, 1)), (AHEAD_ANNOTATIONS, (0, 1, 2))):
+        copies = ", ".join(f"list_transform(_ge_cut, lambda p: {part(f'p.start + {turn} * {length}', f'{end} + {turn} * {length}')})"
+                           for turn in turns)
+        con.execute(f"""CREATE VIEW {view} AS
+WITH with_parts AS (
+    SELECT * FROM annotations
+    UNION ALL BY NAME SELECT * FROM (SELECT NULL::{schema.PARTS_SQL_TYPE} AS parts) WHERE false),
+cut AS (
+    SELECT a.*, c.{length}, flatten(list_transform(
+        coalesce(a.parts, [{{'start': a.start, 'end': a."end", 'strand': a.strand}}]), lambda p: {cut})) AS _ge_cut
+    FROM with_parts a JOIN _ge_circles c USING (genome, chrom))
+SELECT * EXCLUDE ({length}, _ge_cut) REPLACE (list_concat({copies})::{schema.PARTS_SQL_TYPE} AS parts) FROM cut
+UNION ALL BY NAME
+SELECT * FROM with_parts a WHERE NOT EXISTS (
+    SELECT 1 FROM _ge_circles c WHERE c.genome IS NOT DISTINCT FROM a.genome AND c.chrom = a.chrom)""")
+
+
+def _create_views(con, files: StoreFiles, circles: dict[tuple[str, str], int]) -> None:
     # a store whose shards are all gone (every genome's tiles removed) still has empty views, not an error
     _parquet_view(con, "tiles", files.shards, f"* EXCLUDE ({schema.EMBEDDING})", empty=schema.TILES)
     _parquet_view(con, "embeddings", files.shards, f"tile_id, {schema.EMBEDDING}",
                   empty=pa.schema([schema.embeddings_schema(1).field(name) for name in ("tile_id", schema.EMBEDDING)]))
     _annotations_view(con, files)
+    _joined_annotations(con, circles)
     for name, path in files.searches.items():
         _parquet_view(con, f"hits_{name}", [path])
         _feature_views(con, f"_{name}")
@@ -217,14 +275,12 @@ def _create_views(con, files: StoreFiles) -> None:
 
 def connect(store: Store) -> duckdb.DuckDBPyConnection:
     """In-memory DuckDB with the store's views, locked to reading the store's checked files."""
-    import duckdb  # here, not at the top: searches that join nothing never pay DuckDB's import
-
     return connect_files(store, store_files(store))
 
 
 def connect_files(store: Store, files: StoreFiles) -> duckdb.DuckDBPyConnection:
     """:func:`connect` over files already checked."""
-    import duckdb
+    import duckdb  # here, not at the top: searches that join nothing never pay DuckDB's import
 
     temp = tempfile.mkdtemp(prefix="genoembed-sql-")
     con = duckdb.connect(":memory:", config={"temp_directory": temp, **_SANDBOX})
@@ -232,9 +288,14 @@ def connect_files(store: Store, files: StoreFiles) -> duckdb.DuckDBPyConnection:
     # callers (annotate, plot) keep the connection as long as they like: the directory goes with it
     weakref.finalize(con, shutil.rmtree, temp, ignore_errors=True)
     try:
-        _create_views(con, files)
+        _create_views(con, files, {(name, chrom): entry["contig_lengths"][chrom] for name, entry in store.genomes.items()
+                                   for chrom in entry.get("circular", ()) if chrom in entry["contig_lengths"]})
     except (duckdb.Error, pa.ArrowException, OSError) as error:
         raise _unreadable(store, files, error) from None
+    except RuntimeError as error:  # Ctrl-C while the views are made: DuckDB reports an interrupted query
+        if "interrupted" in str(error).lower():
+            raise KeyboardInterrupt from None
+        raise
     con.execute("SET lock_configuration = true")
     return con
 

@@ -4,7 +4,7 @@ Layout of a store directory::
 
     manifest.json          shards, row counts, sha256s, provenance, index, annotations
     shards/part-00000.parquet ...
-    index/vectors.faiss    FAISS index (ids = tile_id)
+    index/vectors.faiss    FAISS index (ids = tile_id); later parts (appends) index/vectors-NNNNN.faiss
     annotations/NAME.parquet
     searches/NAME.HASH.parquet  a saved search's hits (``last`` = the CLI's most recent), one file per version
     searches/NAME.json     each saved search's sidecar: its version, rows, sha256, when and how it was made
@@ -28,6 +28,7 @@ first tile id. Appending a genome continues the ids; removing one leaves a gap
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 from typing import Iterator
 
@@ -94,7 +95,8 @@ class Store:
             if require_complete and not store.genomes:
                 raise StoreError(f"{root}: store build is incomplete (no genome finished yet); "
                                  "rerun `genoembed index` with the same options to resume it")
-            missing = [s["path"] for s in store.shards if not (root / s["path"]).is_file()]
+            # os.path, not pathlib: a pangenome's store lists 10^3-10^4 shards, and this runs on every open
+            missing = [s["path"] for s in store.shards if not os.path.isfile(os.path.join(root, s["path"]))]
             if not missing:
                 return store
             # A writer (`genoembed remove`) may have committed a new manifest and deleted this one's old
@@ -301,20 +303,16 @@ class Store:
                              f"{command('verify', self.root)} and rebuild the store") from None
 
     def vector_index(self):
-        """The store's FAISS index (one file, or the sharded layout when there is no single index), loaded once."""
+        """The store's FAISS index (every part the manifest lists, memory-mapped), opened once per snapshot."""
         if self._vector_index is None:
-            from genoembed.vector_index import SHARDED_INDEX_DIR, SHARDED_LAYOUT, FaissIndex, ShardedIndex
+            from genoembed.vector_index import FaissIndex, index_parts
 
             entry = self.manifest.get("index")
-            sharded = self.root / SHARDED_INDEX_DIR / SHARDED_LAYOUT
-            if entry:
-                self._vector_index = FaissIndex.load(self.root / entry["path"], entry.get("metric", "ip"),
-                                                     entry.get("search"))
-            elif sharded.is_file():
-                self._vector_index = ShardedIndex.from_layout(sharded)
-            else:
+            if not entry:
                 raise StoreError(f"{self.root}: the store has no vector index (a removal or build was interrupted); "
                                  "rerun `genoembed index` with the store's recipe or options to rebuild it")
+            self._vector_index = FaissIndex.load([self.root / part["path"] for part in index_parts(entry)],
+                                                 entry.get("metric", "ip"), entry.get("search"))
         return self._vector_index
 
     def embedder(self, trust_remote_code: bool = False):

@@ -80,3 +80,17 @@ def flanked_round(start: int, end: int, length: int, flank: int) -> tuple[int, i
     span = min(end - start + 2 * flank, length)
     first = (start - (span - (end - start)) // 2) % length
     return first, first + span
+
+
+def covering_arc(starts, ends, length: int) -> tuple[int, int]:
+    """The shortest interval (origin convention) covering parts ``[starts[i], ends[i])`` of a circle: the arc
+    left when the widest gap between consecutive parts, the one across the origin included, is taken out.
+    So a feature given as rows on both sides of the origin spans the origin, not the whole molecule."""
+    order = np.argsort(starts, kind="stable")
+    starts, ends = np.asarray(starts)[order] % length, np.asarray(ends)[order]
+    reach = np.maximum.accumulate(ends)
+    gaps = np.append(starts[1:] - reach[:-1], starts[0] + length - reach[-1])  # after part i, round to the first
+    widest = int(np.argmax(gaps))
+    if widest == len(starts) - 1 or gaps[widest] <= 0:
+        return int(starts[0]), int(reach[-1])
+    return int(starts[widest + 1]), int(reach[widest]) + length

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from genoembed import schema
-from genoembed.errors import InputError, MissingExtraError
+from genoembed.errors import InputError, missing_extra
 from genoembed.store import Store
 
 SIMILARITY = pa.schema([("chrom", pa.string()), ("start", pa.int64()), ("end", pa.int64()),
@@ -126,7 +126,7 @@ def write_bigwig(track: pa.Table, sizes: dict[str, int], path: str | Path) -> Pa
     try:
         import pyBigWig
     except ImportError:
-        raise MissingExtraError("bigWig tracks need pyBigWig: pip install 'genoembed[serve]'") from None
+        raise missing_extra("bigWig tracks", "serve", "pyBigWig") from None
     path = Path(path)
     writer = pyBigWig.open(str(path), "w")
     if writer is None:

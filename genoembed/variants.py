@@ -20,16 +20,15 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
-from genoembed.errors import InputError, MissingExtraError
+from genoembed.errors import InputError, missing_extra
+from genoembed.files import atomic_file, atomic_write_bytes
 from genoembed.search import Query, parse_region, query_source, region_queries
 from genoembed.seqio import reverse_complement
 from genoembed.store import Store
@@ -68,7 +67,7 @@ def _pysam():
     try:
         import pysam
     except ImportError:
-        raise MissingExtraError("reading VCFs needs pysam; pip install 'genoembed[variants]'") from None
+        raise missing_extra("reading VCFs (variants, search --vcf)", "variants", "pysam") from None
     return pysam
 
 
@@ -268,18 +267,12 @@ def annotate_vcf(vcf: str | Path, output: str | Path, results: pa.Table, region:
             if name in header.info:
                 raise InputError(f"{path}: already has INFO/{name}; annotate the original VCF")
             header.info.add(name, number, kind, description)
-        descriptor, temporary = tempfile.mkstemp(prefix=f".{output.name}.", dir=output.parent or ".")
-        os.close(descriptor)
-        try:
-            with _pysam().VariantFile(temporary, "wz" if output.suffix == ".gz" else "w", header=header) as out:
+        with atomic_file(output, "annotated VCF") as temporary:  # mode from the umask, no partial file left
+            with _pysam().VariantFile(str(temporary), "wz" if output.suffix == ".gz" else "w", header=header) as out:
                 for record in _records(handle, path, region):
                     record.translate(out.header)
                     _annotate_record(record, by_allele)
                     out.write(record)
-            os.replace(temporary, output)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
     return output
 
 
@@ -372,8 +365,5 @@ def write_vcf(path: str | Path, variants: list[Variant], contigs: dict[str, int]
     order = {name: number for number, name in enumerate(contigs)}
     for v in sorted(variants, key=lambda v: (order.get(v.chrom, len(order)), v.pos, v.alt)):
         lines.append(f"{v.chrom}\t{v.pos + 1}\t{v.id or '.'}\t{v.ref}\t{v.alt}\t.\tPASS\t.")
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(descriptor, "w") as handle:
-        handle.write("\n".join(lines) + "\n")
-    os.replace(temporary, path)
+    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
     return path

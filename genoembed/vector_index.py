@@ -30,9 +30,6 @@ from genoembed.files import atomic_file
 
 log = logging.getLogger(__name__)
 INDEX_FILE = "index/vectors.faiss"
-# Where a store keeps a sharded index: one FAISS file per group of Parquet shards, and their layout.
-SHARDED_INDEX_DIR = "index/shards"
-SHARDED_LAYOUT = "layout.json"
 
 
 class Metric(str, Enum):
@@ -45,24 +42,30 @@ class IndexSpec:
     """The one knob is the FAISS factory string; ``recall_target`` is what an approximate index is tuned
     to reach (recall@10 against exact search), by choosing nprobe (IVF) or efSearch (HNSW) at build time,
     and the shortlist factor ``k_factor`` when the factory ends in a refine stage (``IVF1024,PQ32,Refine(SQfp16)``:
-    the PQ search returns ``k * k_factor`` candidates, re-ranked with the finer SQfp16 codes)."""
+    the PQ search returns ``k * k_factor`` candidates, re-ranked with the finer SQfp16 codes).
+    ``part_rows`` caps the vectors of one index file (a store bigger than RAM is indexed in parts, each
+    written and opened memory-mapped on its own); None: one file."""
 
     factory: str = "Flat"
     metric: Metric = Metric.ip
     train_size: int = 100_000
     seed: int = 0
     recall_target: float = 0.95
+    part_rows: int | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "metric", Metric(self.metric))
         if not 0 < self.recall_target <= 1:
             raise InputError(f"recall_target={self.recall_target}: give a recall between 0 and 1, e.g. 0.95")
+        if self.part_rows is not None and self.part_rows < 1:
+            raise InputError(f"part_rows={self.part_rows}: give at least 1 vector per index part (or none: one file)")
 
     def describe(self) -> dict:
-        """What identifies the built index (the tuning target is not part of it: it only picks search settings)."""
+        """What identifies the built index (the tuning target only picks search settings, and parts answer as
+        one index: neither is part of it)."""
         described = asdict(self)
         described["metric"] = self.metric.value
-        del described["recall_target"]
+        del described["recall_target"], described["part_rows"]
         return described
 
 
@@ -189,18 +192,14 @@ def add_store_vectors(index, store, metric: Metric | str, paths: list[Path] | No
             progress(len(ids))
 
 
-def remove_tile_ids(index, tile_ids: np.ndarray) -> bool:
-    """Drop ``tile_ids`` from ``index`` in place; False when its type cannot remove (HNSW, a refine
-    stage): rebuild it."""
+def remove_tile_ids(index, tile_ids: np.ndarray) -> int | None:
+    """Drop ``tile_ids`` (those it holds) from ``index`` in place; how many it held, or None when its type cannot
+    remove (HNSW, a refine stage): rebuild it."""
     faiss = import_faiss()
-    before = index.ntotal
     try:
-        removed = index.remove_ids(faiss.IDSelectorBatch(np.asarray(tile_ids, dtype=np.int64)))
+        return int(index.remove_ids(faiss.IDSelectorBatch(np.asarray(tile_ids, dtype=np.int64))))
     except RuntimeError:
-        return False
-    if removed != len(tile_ids) or index.ntotal != before - len(tile_ids):
-        raise StoreError(f"index held {removed} of the {len(tile_ids)} tile ids to remove; rebuild the index")
-    return True
+        return None
 
 
 def build_index(store, spec: IndexSpec, progress: Callable[[int], None] | None = None):
@@ -222,15 +221,8 @@ def save_index(index, path: Path) -> None:
 
 
 def load_index(path: Path):
-    faiss = import_faiss()
-    if not path.is_file():
-        raise StoreError(f"{path}: no vector index; build it with `genoembed index` (or Store.build_index)")
-    try:
-        return faiss.read_index(str(path))
-    except RuntimeError as error:
-        raise StoreError(f"{path}: unreadable FAISS index ({str(error).strip().splitlines()[-1]}); "
-                         "rebuild it by rerunning `genoembed index` with the store's recipe or options "
-                         "(a missing or mismatched index is rebuilt)") from None
+    """One FAISS file read into memory (to add to or remove from it); searches use :func:`open_part`."""
+    return open_part(path, mmap=False)
 
 
 def set_search_params(index, nprobe: int | None = None, ef_search: int | None = None,
@@ -256,144 +248,221 @@ def search_index(index, queries: np.ndarray, k: int, metric: Metric | str, nprob
     return index.search(prepare(queries, metric), k)
 
 
-class FaissIndex:
-    """One FAISS index file behind the interface every store index has: ``search(vectors, k, nprobe,
-    ef_search, k_factor) -> (scores, ids)`` on raw query vectors, ``ntotal``, ``d`` and ``metric``.
+class TileSubset:
+    """The tile ids a filtered search may return: a range ``[low, high)`` (a genome's ids are contiguous) or a
+    boolean mask over tile ids (contigs, SQL-chosen tiles); ``size`` = how many stored tiles it holds.
 
-    ``defaults`` are the search settings tuned at build time (see :func:`tune_search`), used when a
-    search names none. Searches run on a GPU copy of the index when there is one (:func:`on_search_device`),
-    except those asking more than FAISS's GPU limits (:data:`GPU_MAX_SELECT` neighbours or lists)."""
+    :meth:`selector` is the FAISS ``IDSelector`` of it (``IDSelectorRange``, or ``IDSelectorBitmap`` over the
+    packed mask); the object keeps the bitmap alive for as long as FAISS may read it."""
+
+    def __init__(self, size: int, low: int | None = None, high: int | None = None, mask: np.ndarray | None = None):
+        if mask is None and (low is None or high is None):
+            raise ValueError("a subset is a range (low, high) or a mask")
+        self.size, self.low, self.high, self.mask = int(size), low, high, mask
+        self._selector = None
+
+    def contains(self, ids: np.ndarray) -> np.ndarray:
+        ids = np.asarray(ids, dtype=np.int64)
+        if self.mask is None:
+            return (ids >= self.low) & (ids < self.high)
+        inside = (ids >= 0) & (ids < len(self.mask))
+        inside[inside] = self.mask[ids[inside]]
+        return inside
+
+    def selector(self):
+        if self._selector is None:
+            faiss = import_faiss()
+            if self.mask is None:
+                self._selector = faiss.IDSelectorRange(int(self.low), int(self.high))
+            else:
+                self._bitmap = np.packbits(self.mask, bitorder="little")  # bit i of byte i >> 3 is id i, as FAISS reads it
+                self._selector = faiss.IDSelectorBitmap(len(self._bitmap), faiss.swig_ptr(self._bitmap))
+        return self._selector
+
+
+def index_parts(entry: dict | None) -> list[dict]:
+    """The parts (path, ntotal, sha256, ...) a manifest's index entry lists; an entry written before indexes had
+    parts is its one file."""
+    if not entry:
+        return []
+    return entry.get("parts") or [{"path": entry["path"], "ntotal": entry["ntotal"], "sha256": entry["sha256"],
+                                   "tile_ids": [0, entry["ntotal"]]}]
+
+
+def index_files(entry: dict | None) -> set[str]:
+    """Every file an index entry lists: its parts and the trained index they are cloned from."""
+    trained = (entry or {}).get("trained")
+    return {part["path"] for part in index_parts(entry)} | ({trained["path"]} if trained else set())
+
+
+def search_parameters(index, selector, nprobe: int | None, ef_search: int | None, k_factor: int | None,
+                      keep: list) -> object:
+    """FAISS ``SearchParameters`` for ``index`` that restrict it to ``selector`` (on tile ids) at the given breadth
+    (None: the index's own setting), built down the index's stages; ``keep`` collects every object FAISS holds
+    only as a pointer, so Python does not free it during the search.
+
+    An IndexIDMap(2) translates a top-level selector from tile ids to its positions itself; a refine stage below
+    it passes only its base's parameters on, so the base gets the selector translated here
+    (``IDSelectorTranslated`` over the map's ids)."""
+    faiss = import_faiss()
+    index = faiss.downcast_index(index)
+    if isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2)):
+        inner = faiss.downcast_index(index.index)
+        if isinstance(inner, faiss.IndexRefine):
+            translated = faiss.IDSelectorTranslated(index.id_map, selector)
+            keep.append(translated)
+            return search_parameters(inner, translated, nprobe, ef_search, k_factor, keep)
+        return search_parameters(inner, selector, nprobe, ef_search, k_factor, keep)
+    if isinstance(index, faiss.IndexRefine):
+        params = faiss.IndexRefineSearchParameters()
+        params.k_factor = float(k_factor if k_factor is not None else index.k_factor)
+        params.base_index_params = search_parameters(index.base_index, selector, nprobe, ef_search, None, keep)
+    elif isinstance(index, faiss.IndexPreTransform):
+        params = faiss.SearchParametersPreTransform()
+        params.index_params = search_parameters(index.index, selector, nprobe, ef_search, k_factor, keep)
+    elif isinstance(index, faiss.IndexIVF):
+        params = faiss.SearchParametersIVF()
+        params.nprobe = int(nprobe if nprobe is not None else index.nprobe)
+    elif isinstance(index, faiss.IndexHNSW):
+        params = faiss.SearchParametersHNSW()
+        params.efSearch = int(ef_search if ef_search is not None else index.hnsw.efSearch)
+    else:
+        params = faiss.SearchParameters()
+    if not isinstance(index, (faiss.IndexRefine, faiss.IndexPreTransform)):
+        params.sel = selector
+    keep.append(params)
+    return params
+
+
+def current_breadth(index, knob: str) -> int:
+    """The nprobe / efSearch ``index`` searches with when none is given."""
+    faiss = import_faiss()
+    if knob == "nprobe":
+        return int(faiss.extract_index_ivf(index).nprobe)
+    return int(faiss.downcast_index(first_stage(index)).hnsw.efSearch)
+
+
+def mmap_flags() -> int:
+    """FAISS read flags that map a file instead of reading it, read-only. ``IO_FLAG_MMAP_IFC`` maps the whole file
+    (flat codes of Flat, HNSW storage and refine stages, and IVF lists: 2-18 MB resident for 200 MB indexes
+    of each kind, FAISS 1.15); adding ``IO_FLAG_MMAP`` makes IVF files fail to open."""
+    faiss = import_faiss()
+    return faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY
+
+
+def open_part(path: Path, mmap: bool = True):
+    """One FAISS file, memory-mapped by default (:func:`mmap_flags`: inverted lists and flat codes stay on disk
+    and in the page cache, so an index bigger than RAM opens and only the pages a search touches are read)."""
+    faiss = import_faiss()
+    if not path.is_file():
+        raise StoreError(f"{path}: no vector index; build it with `genoembed index` (or Store.build_index)")
+    try:
+        return faiss.read_index(str(path), mmap_flags() if mmap else 0)
+    except RuntimeError as error:
+        raise StoreError(f"{path}: unreadable FAISS index ({str(error).strip().splitlines()[-1]}); "
+                         "rebuild it by rerunning `genoembed index` with the store's recipe or options "
+                         "(a missing or mismatched index is rebuilt)") from None
+
+
+class FaissIndex:
+    """The store's vector index: one or more FAISS parts (the base, parts of a base too big for one file, one
+    delta per append), all cloned from one trained index, searched in turn with a running top-k merge, behind
+    ``search(vectors, k, nprobe, ef_search, k_factor, subset=None) -> (scores, ids)`` on raw query vectors,
+    ``ntotal``, ``d`` and ``metric``. Parts share the trained quantizer, so the merged answer of Flat and IVF
+    parts is what one index holding every vector would return.
+
+    ``defaults`` are the search settings tuned at build time (:func:`genoembed.recall.tune_search`), used when a
+    search names none. Unfiltered searches run on a GPU copy of each part when there is one
+    (:func:`on_search_device`), except those asking more than FAISS's GPU limits (:data:`GPU_MAX_SELECT`
+    neighbours or lists); filtered ones (``subset``, see :meth:`search`) run on the CPU, where FAISS has
+    ID selectors."""
 
     def __init__(self, index, metric: Metric | str, defaults: dict | None = None):
-        self.index, self.metric = index, Metric(metric)
+        self.parts = list(index) if isinstance(index, (list, tuple)) else [index]
+        self.metric = Metric(metric)
         self.defaults = dict(defaults or {})
-        self.gpu_index = on_search_device(index)
+        self.gpu_parts = [on_search_device(part) for part in self.parts]
 
     @classmethod
-    def load(cls, path: Path, metric: Metric | str, defaults: dict | None = None) -> "FaissIndex":
-        return cls(load_index(path), metric, defaults)
+    def load(cls, paths: Path | list[Path], metric: Metric | str, defaults: dict | None = None,
+             mmap: bool = True) -> "FaissIndex":
+        paths = [paths] if isinstance(paths, Path) else list(paths)
+        return cls([open_part(path, mmap) for path in paths], metric, defaults)
+
+    @property
+    def index(self):  # the first part: the only one of a store built in one go and not appended to since
+        return self.parts[0]
+
+    @property
+    def gpu_index(self):
+        return self.gpu_parts[0]
 
     @property
     def ntotal(self) -> int:
-        return int(self.index.ntotal)
+        return sum(int(part.ntotal) for part in self.parts)
 
     @property
     def d(self) -> int:
-        return int(self.index.d)
+        return int(self.parts[0].d)
 
     def search(self, vectors: np.ndarray, k: int, nprobe: int | None = None, ef_search: int | None = None,
-               k_factor: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        nprobe = self.defaults.get("nprobe") if nprobe is None else nprobe
-        ef_search = self.defaults.get("ef_search") if ef_search is None else ef_search
-        k_factor = self.defaults.get("k_factor") if k_factor is None else k_factor
-        within_gpu_limits = max(k, nprobe or 0) <= GPU_MAX_SELECT
-        index = self.gpu_index if self.gpu_index is not None and within_gpu_limits else self.index
-        return search_index(index, vectors, k, self.metric, nprobe, ef_search, k_factor)
+               k_factor: int | None = None, subset: TileSubset | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, ids), each (n_queries, k); ids of -1 mean fewer than ``k`` results.
 
+        With ``subset``, every part searches only its tiles through a FAISS ID selector (no over-fetching), at
+        the breadth (nprobe, efSearch) given or tuned divided by the subset's share of the store, so it examines
+        about as many of the subset's vectors as an unfiltered search examines of the store's (a random 10 %
+        subset: 10x nprobe); queries still short of ``k`` hits are searched again at twice the breadth
+        until they have ``k`` or the breadth reaches every vector (nprobe = nlist, efSearch = ntotal): a subset holding
+        ``k`` tiles returns ``k`` hits with any layout (an HNSW graph the filter cuts apart may still fall
+        short; :func:`genoembed.subsets.filtered_search` then searches those queries exactly)."""
+        given = {"nprobe": nprobe, "ef_search": ef_search, "k_factor": k_factor}
+        settings = {name: self.defaults.get(name) if value is None else value for name, value in given.items()}
+        if subset is not None:
+            return self._filtered(vectors, k, settings, subset)
+        within_gpu_limits = max(k, settings["nprobe"] or 0) <= GPU_MAX_SELECT
+        found = []
+        for part, gpu_part in zip(self.parts, self.gpu_parts):
+            part = gpu_part if gpu_part is not None and within_gpu_limits else part
+            found.append(search_index(part, vectors, k, self.metric, **settings))
+        return self._merged(found, len(vectors), k)
 
-class ShardedIndex:
-    """Shard indexes searched in turn with a running top-k merge; ``mmap`` keeps RAM to one shard's lists.
+    def _merged(self, found: list[tuple[np.ndarray, np.ndarray]], rows: int, k: int):
+        if len(found) == 1:
+            return found[0]
+        heap = import_faiss().ResultHeap(rows, k, keep_max=self.metric is Metric.ip)
+        for scores, ids in found:
+            heap.add_result(np.ascontiguousarray(scores, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64))
+        heap.finalize()
+        return heap.D, heap.I
 
-    Every part is cloned from one trained template, so the merged top-k equals what one big
-    index would return (see :mod:`genoembed.indexing`, which builds the layout).
-    """
-
-    def __init__(self, paths: list[Path], metric: Metric | str, dim: int, keep_loaded: bool = True,
-                 mmap: bool = False):
-        self.paths, self.metric, self.d = list(paths), Metric(metric), dim
-        self.keep_loaded, self.mmap = keep_loaded, mmap
-        self.nprobe: int | None = None  # used when a search names none (the layout's tuned settings)
-        self.ef_search: int | None = None  # likewise, for HNSW parts
-        self.k_factor: int | None = None  # likewise, for parts with a refine stage
-        self._loaded: dict[Path, object] = {}
-        self.ntotal = sum(self._part(path).ntotal for path in self.paths) if keep_loaded else None
-
-    @classmethod
-    def open(cls, store, **options) -> "ShardedIndex":
-        """The sharded index of a store (anything with a ``root``)."""
-        layout = Path(store.root) / SHARDED_INDEX_DIR / SHARDED_LAYOUT
-        if not layout.is_file():
-            raise StoreError(f"{store.root}: no sharded index; build one with genoembed.indexing.build_sharded")
-        return cls.from_layout(layout, **options)
-
-    @classmethod
-    def from_layout(cls, layout_path: Path, **options) -> "ShardedIndex":
-        import json
-
-        try:
-            layout = json.loads(layout_path.read_text())
-            sharded = cls([layout_path.parent / entry["path"] for entry in layout["shards"]], layout["metric"],
-                          layout["dim"], **options)
-            tuned = layout.get("search") or {}
-            sharded.nprobe, sharded.ef_search, sharded.k_factor = (tuned.get(name) for name in
-                                                                   ("nprobe", "ef_search", "k_factor"))
-            return sharded
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
-            raise StoreError(f"{layout_path}: unreadable sharded-index layout ({error}); rebuild it") from None
-
-    def _part(self, path: Path):
-        if path in self._loaded:
-            return self._loaded[path]
-        faiss = import_faiss()
-        try:
-            index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP if self.mmap else 0)
-        except RuntimeError as error:
-            raise StoreError(f"{path}: unreadable FAISS index part ({str(error).strip().splitlines()[-1]}); "
-                             "rebuild the sharded index") from None
-        if self.keep_loaded:
-            self._loaded[path] = index
-        return index
-
-    def search(self, vectors: np.ndarray, k: int, nprobe: int | None = None, ef_search: int | None = None,
-               k_factor: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, ids) of the best ``k`` over every part."""
-        faiss = import_faiss()
+    def _filtered(self, vectors: np.ndarray, k: int, settings: dict, subset: TileSubset):
         queries = prepare(vectors, self.metric)
         if queries.shape[1] != self.d:
             raise InputError(f"query vectors have dim {queries.shape[1]} but the index has dim {self.d}; "
                              "embed queries with the store's own model")
-        heap = faiss.ResultHeap(len(queries), k, keep_max=self.metric is Metric.ip)
-        for path in self.paths:
-            part = self._part(path)
-            set_search_params(part, nprobe=nprobe if nprobe is not None else self.nprobe,
-                              ef_search=ef_search if ef_search is not None else self.ef_search,
-                              k_factor=k_factor if k_factor is not None else self.k_factor)
-            scores, ids = part.search(queries, k)
-            heap.add_result(scores, ids)
-        heap.finalize()
-        return heap.D, heap.I
-
-
-def exact_neighbours(blocks, queries: np.ndarray, k: int, metric: Metric | str) -> np.ndarray:
-    """Ids of the exact top-``k`` of each query over ``(ids, vectors)`` blocks, streamed with a running merge."""
-    faiss = import_faiss()
-    metric = Metric(metric)
-    queries = prepare(queries, metric)
-    heap = faiss.ResultHeap(len(queries), k, keep_max=metric is Metric.ip)
-    for ids, vectors in blocks:
-        vectors = prepare(vectors, metric)
-        flat = faiss.IndexFlatIP(vectors.shape[1]) if metric is Metric.ip else faiss.IndexFlatL2(vectors.shape[1])
-        flat.add(vectors)
-        scores, local = flat.search(queries, min(k, len(vectors)))
-        found = np.where(local >= 0, ids[np.maximum(local, 0)], -1)
-        if scores.shape[1] < k:  # a block smaller than k: pad so every block adds k columns
-            pad = k - scores.shape[1]
-            worst = -np.inf if metric is Metric.ip else np.inf
-            scores = np.hstack([scores, np.full((len(queries), pad), worst, dtype=np.float32)])
-            found = np.hstack([found, np.full((len(queries), pad), -1, dtype=np.int64)])
-        heap.add_result(np.ascontiguousarray(scores, dtype=np.float32), np.ascontiguousarray(found, dtype=np.int64))
-    heap.finalize()
-    return heap.I
-
-
-def recall_at(found: np.ndarray, exact: np.ndarray, k: int) -> float:
-    """Mean share of each query's exact top-``k`` that the search returned in its top-``k``."""
-    hits = [len(set(row[:k]) & set(truth[:k]) - {-1}) for row, truth in zip(found, exact)]
-    return float(np.mean(hits) / k) if len(hits) else 1.0
-
-
-# Shortlist factors tried for a refine stage, widest first: k = 10 re-ranks at most 640 candidates.
-K_FACTORS = (64, 32, 16, 8, 4, 2, 1)
+        knob, values = search_knob(self.parts[0])  # the widest search: nprobe = nlist, efSearch = every vector
+        limit = values[-1] if knob == "nprobe" else max(self.ntotal, 16)
+        breadth = {name: value for name, value in settings.items() if name != "k_factor"}
+        if knob is not None:
+            share = min(1.0, max(subset.size, 1) / max(self.ntotal, 1))
+            breadth[knob] = min(limit, math.ceil((breadth[knob] or current_breadth(self.parts[0], knob)) / share))
+        scores = np.full((len(queries), k), -np.inf if self.metric is Metric.ip else np.inf, dtype=np.float32)
+        ids = np.full((len(queries), k), -1, dtype=np.int64)
+        pending = np.arange(len(queries))
+        while len(pending):
+            keep, found = [], []
+            for part in self.parts:
+                params = search_parameters(part, subset.selector(), breadth["nprobe"], breadth["ef_search"],
+                                           settings["k_factor"], keep)
+                found.append(part.search(queries[pending], k, params=params))
+            scores[pending], ids[pending] = self._merged(found, len(pending), k)
+            short = (ids[pending] < 0).any(axis=1)
+            if knob is None or breadth[knob] >= limit or not short.any():
+                break
+            pending = pending[short]
+            breadth[knob] = min(limit, 2 * breadth[knob])
+        return scores, ids
 
 
 def first_stage(index):
@@ -414,76 +483,3 @@ def search_knob(index) -> tuple[str | None, list[int | None]]:
     if isinstance(first_stage(index), faiss.IndexHNSW):
         return "ef_search", [16 << i for i in range(0, 9)]
     return None, [None]
-
-
-def bytes_read(index, k: int, knob: str | None, value: int | None, k_factor: int | None) -> float:
-    """Codes a query reads at a setting, in bytes: the inverted lists probed (IVF) or at least efSearch
-    candidates (HNSW) times the code size, plus the ``k * k_factor`` shortlist times the refine code size.
-    Memory traffic is what these searches cost; unlike timings on a shared machine it is reproducible."""
-    faiss = import_faiss()
-    refine = refine_stage(index)
-    scanned = 0.0
-    if knob == "nprobe":
-        ivf = faiss.try_extract_index_ivf(index)
-        scanned = value * ivf.ntotal / ivf.nlist * ivf.code_size
-    elif knob == "ef_search":
-        scanned = value * faiss.downcast_index(first_stage(index).storage).sa_code_size()
-    if refine is not None:
-        scanned += k * k_factor * faiss.downcast_index(refine.refine_index).sa_code_size()
-    return scanned
-
-
-def tune_search(index, metric: Metric | str, queries: np.ndarray, exact: np.ndarray, target: float,
-                k: int = 10, search: Callable | None = None) -> dict:
-    """The cheapest nprobe (IVF) or efSearch (HNSW), and ``k_factor`` for a refine stage, whose recall@``k``
-    against ``exact`` reaches ``target``; cheapest = fewest :func:`bytes_read` per query.
-
-    The widest shortlist (:data:`K_FACTORS` [0]) is swept first, up to the setting that reaches the target;
-    narrower shortlists then start from there (they need at least as wide a search) and stop once they
-    would read more than the best pair so far. When nothing reaches the target, the aim is the best recall
-    reached less :data:`PLATEAU` (:func:`recall_aim`; the caller warns). Returns ``{"nprobe"|"ef_search": value, ["k_factor": f,]
-    "recall_at_10": reached, "target": target}``; exact indexes return ``{}``.
-
-    ``search(queries, k, **settings)`` answers instead of ``index`` when given (a :class:`ShardedIndex` whose
-    parts are all like ``index``, one of them: the knob and the bytes read are taken from it).
-    """
-    knob, values = search_knob(index)
-    k_factors = K_FACTORS if refine_stage(index) is not None else (None,)
-    if knob is None and k_factors == (None,):
-        return {}
-    recalls: dict[tuple, float] = {}
-
-    def measure(value, k_factor) -> float:
-        settings = {name: v for name, v in ((knob, value), ("k_factor", k_factor)) if name is not None}
-        _, found = search(queries, k, **settings) if search else search_index(index, queries, k, metric, **settings)
-        recalls[value, k_factor] = recall_at(found, exact, k)
-        return recalls[value, k_factor]
-
-    for value in values:
-        if measure(value, k_factors[0]) >= target:
-            break
-    aim = recall_aim(max(recalls.values()), target)
-    cost = lambda pair: bytes_read(index, k, knob, *pair)
-    best = min((pair for pair, recall in recalls.items() if recall >= aim), key=cost)
-    start = values.index(best[0])
-    for k_factor in k_factors[1:]:
-        for position in range(start, len(values)):
-            if cost((values[position], k_factor)) >= cost(best):
-                break
-            if measure(values[position], k_factor) >= aim:
-                best, start = (values[position], k_factor), position
-                break
-    tuned = {knob: best[0]} if knob else {}
-    if best[1] is not None:
-        tuned["k_factor"] = best[1]
-    return {**tuned, f"recall_at_{k}": round(recalls[best], 4), "target": target}
-
-
-# Recall within this of the best a setting reached counts as the best: PQ layouts plateau far below a
-# high target, and the widest search (a full scan at nprobe = nlist) costs ~100x for the last 0.1 %.
-PLATEAU = 0.005
-
-
-def recall_aim(best: float, target: float) -> float:
-    """What tuning settles for: ``target``, or when the best recall reached falls short, that less :data:`PLATEAU`."""
-    return target if best >= target else best - PLATEAU

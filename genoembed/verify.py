@@ -12,7 +12,7 @@ from genoembed import schema
 from genoembed.manifest import file_sha256, sequence_files
 from genoembed.store import PROVENANCE_KEY, Store
 from genoembed.writers import retired_files
-from genoembed.vector_index import load_index
+from genoembed.vector_index import index_files, index_parts, load_index
 
 
 def verify_store(store: Store) -> list[str]:
@@ -46,21 +46,27 @@ def verify_store(store: Store) -> list[str]:
         problems.append(f"manifest: next_tile_id {store.id_limit} is not past the largest tile id {previous_id}")
     index_entry = store.manifest.get("index")
     if index_entry:
-        path = store.root / index_entry["path"]
-        if not path.is_file():
-            problems.append(f"{index_entry['path']}: missing")
-        elif file_sha256(path) != index_entry["sha256"]:
-            problems.append(f"{index_entry['path']}: sha256 differs from the manifest")
-        else:
-            index = load_index(path)
-            if index.d != store.dim:
-                problems.append(f"{index_entry['path']}: index dim {index.d} != embedding dim {store.dim}")
-            if index.ntotal != store.num_tiles:
-                problems.append(f"{index_entry['path']}: index holds {index.ntotal} vectors, store {store.num_tiles}")
+        held = 0
+        for part in index_parts(index_entry):
+            path = store.root / part["path"]
+            if not path.is_file():
+                problems.append(f"{part['path']}: missing")
+            elif file_sha256(path) != part["sha256"]:
+                problems.append(f"{part['path']}: sha256 differs from the manifest")
+            else:
+                index = load_index(path)
+                held += index.ntotal
+                if index.d != store.dim:
+                    problems.append(f"{part['path']}: index dim {index.d} != embedding dim {store.dim}")
+        if held and held != store.num_tiles:
+            problems.append(f"{index_entry['path']}: index holds {held} vectors, store {store.num_tiles}")
         if set(index_entry.get("genomes", ())) != set(store.genomes):
             problems.append(f"{index_entry['path']}: index covers genomes {', '.join(index_entry.get('genomes', ()))}, "
                             f"store holds {', '.join(store.genomes)}; rerun `genoembed index` to update it")
-    for section, entries in (("annotations", store.manifest.get("annotations", {})), ("searches", store.searches())):
+    damaged: dict[str, str] = {}
+    searches = store.searches(damaged)
+    problems += [f"saved search {name!r}: {why}" for name, why in sorted(damaged.items())]
+    for section, entries in (("annotations", store.manifest.get("annotations", {})), ("searches", searches)):
         for name, entry in entries.items():
             path = store.root / entry["path"]
             if not path.is_file():
@@ -131,8 +137,7 @@ def unfinished_work(store: Store) -> list[str]:
     listed = {shard["path"] for shard in store.manifest["shards"]}
     listed |= {entry["path"] for entry in (store.manifest.get("annotations") or {}).values()}
     index_entry = store.manifest.get("index")
-    if index_entry:
-        listed.add(index_entry["path"])
+    listed |= index_files(index_entry)
     listed |= sequence_files(store.manifest)
     listed |= retired_files(store.root)  # left by a writer for deletion once older readers are done
     for folder in ("shards", "annotations", "index", "searches", "sequences"):

@@ -24,6 +24,7 @@ from genoembed.files import atomic_write_bytes
 from genoembed.leases import now_ns, oldest_reader
 from genoembed.manifest import read_manifest, sequence_files
 from genoembed.names import IDENTIFIER
+from genoembed.vector_index import index_files
 
 # How long a writer waits for another one (a saved search sweeping old files holds the lock for milliseconds;
 # a writer that holds it longer is reported, not waited for).
@@ -105,7 +106,8 @@ def _remove_partial_files(root: Path) -> None:
 
 
 RETIRED = ".retired.json"  # files no committed manifest lists, and since when (ns): deleted when no reader is older
-_SWEPT = (("shards", "part-*.parquet"), ("annotations", "*.parquet"), ("searches", "*.parquet"), ("sequences", "*"))
+_SWEPT = (("shards", "part-*.parquet"), ("annotations", "*.parquet"), ("searches", "*.parquet"), ("sequences", "*"),
+          ("index", "*.faiss"))
 
 
 def sweep_retired(root: Path, retired: list[str] = (), since: int | None = None) -> None:
@@ -125,6 +127,7 @@ def sweep_retired(root: Path, retired: list[str] = (), since: int | None = None)
     listed |= {entry["path"] for entry in (manifest.get("annotations") or {}).values()}
     listed |= {entry["path"] for entry in (manifest.get("searches") or {}).values()}
     listed |= sequence_files(manifest)
+    listed |= index_files(manifest.get("index"))
     damaged: dict[str, str] = {}
     listed |= {entry.get("path") for entry in saved_searches(root, manifest, damaged).values()}
     listed |= {f"searches/{path.name}" for path in (root / "searches").glob("*.parquet")
@@ -137,12 +140,16 @@ def sweep_retired(root: Path, retired: list[str] = (), since: int | None = None)
             if relative in listed:
                 continue
             left = records.get(relative, since if relative in retired and since is not None else now)
-            if oldest is None or oldest > left:
-                path.unlink(missing_ok=True)
-            else:
-                kept[relative] = left
+            try:
+                if oldest is None or oldest > left:
+                    path.unlink(missing_ok=True)
+                    continue
+            except OSError:
+                pass  # cannot delete it now: a later sweep tries again
+            kept[relative] = left
     if kept != records:
-        atomic_write_bytes(root / RETIRED, json.dumps(kept, indent=1).encode())
+        with contextlib.suppress(StoreError):  # not recorded: those files are dated again when next seen
+            atomic_write_bytes(root / RETIRED, json.dumps(kept, indent=1).encode())
 
 
 def _read_retired(root: Path) -> dict[str, int]:

@@ -17,18 +17,22 @@ LAYERS = [
     ["errors", "version"],
     ["files", "names", "leases"],
     ["schema", "resources", "seqio", "synthetic"],
-    ["topology"],
+    ["topology", "gff_sql"],
+    ["fasta_scan"],
     ["genome", "gff", "embedders.base", "embedders.tokenize", "embedders.fingerprint", "embedders.model_dir", "joins", "vector_index",
      "hit_formats"],
-    ["tiles", "features", "feature_index", "embedders.kmer", "embedders.pooling", "embedders.fused", "embedders.families",
+    ["tiles", "features", "feature_index", "recall", "embedders.kmer", "embedders.pooling", "embedders.fused", "embedders.families",
      "embedders.table", "embedders.translated", "embedders.loading"],
-    ["embedders.hf", "embedders.protein", "evidence"],
+    ["embedders.hf", "embedders.protein", "evidence", "regions"],
     ["embedders"],
     ["manifest"],
     ["writers"],
     ["store"],
-    ["store_writer", "sql", "indexing", "saved_searches"],
-    ["annotate", "search", "remove", "verify", "recipe", "plot", "tracks", "variants", "explain"],
+    ["store_writer", "sql", "indexing", "saved_searches", "subsets", "seeds", "significance"],
+    ["annotate", "search", "remove", "verify", "recipe", "plot", "tracks", "variants", "explain",
+     "query_aliases"],
+    ["chain"],
+    ["mapping"],
     ["ray_engine"],
     ["engine"],
     ["build"],
@@ -43,7 +47,7 @@ LAYERS = [
     ["__init__"],
     ["serve"],
     ["cli.common"],
-    ["cli.annotate", "cli.eval", "cli.finetune", "cli.index", "cli.info", "cli.plot", "cli.pretrain",
+    ["cli.annotate", "cli.compact", "cli.eval", "cli.finetune", "cli.index", "cli.info", "cli.plot", "cli.pretrain",
      "cli.remove", "cli.search", "cli.serve", "cli.sql", "cli.track", "cli.verify", "cli.variants", "cli.explain"],
     ["cli"],
     ["__main__"],
@@ -51,7 +55,7 @@ LAYERS = [
 # Same-layer imports that are allowed (each one way only).
 SIDEWAYS = {("remove", "indexing"), ("annotate", "sql"), ("plot", "sql"), ("verify", "sql"),
             ("remove", "store_writer"), ("features", "tiles"),
-            ("variants", "search"), ("explain", "search")}
+            ("variants", "search"), ("explain", "search"), ("subsets", "sql")}
 # Most lines a module may have, unless tests/file_budget.json lists it (with a maximum that only goes down).
 MAX_LINES = 500
 BUDGET_FILE = Path(__file__).resolve().parent / "file_budget.json"

@@ -173,6 +173,10 @@ REGRESSIONS = {
     "index.sha256 missing": lambda m: m["index"].pop("sha256"),
     "index.genomes a number": lambda m: m["index"].update(genomes=-1),
     "index.genomes holds null": lambda m: m["index"]["genomes"].__setitem__(0, None),
+    "index.parts a number": lambda m: m["index"].update(parts=3),
+    "index.parts[0] outside the store": lambda m: m["index"]["parts"][0].update(path="../../etc/passwd"),
+    "index.parts[0].ntotal a string": lambda m: m["index"]["parts"][0].update(ntotal="x"),
+    "index.trained null": lambda m: m["index"].update(trained=None),
     "annotations null": lambda m: m.update(annotations=None),
     "annotations a list": lambda m: m.update(annotations=[]),
 }

@@ -135,7 +135,7 @@ def test_cli_region_across_the_origin_and_alignment(plasmid_stores):
     pytest.importorskip("parasail", reason="the align extra is not installed")
     _, circular = plasmid_stores
     result = runner.invoke(app, ["search", str(circular.root), "--region", f"{PLASMID}:9301-700", "-k", "1",
-                                 "--tiles", "--align", "--format", "json", "--no-save"])
+                                 "--tiles", "--align", "--format", "jsonl", "--no-save"])
     assert result.exit_code == 0, result.output
     hit = json.loads(result.output.strip().splitlines()[0])
     assert hit["identity"] == 1.0
@@ -193,3 +193,126 @@ def test_format_2_manifest_migrates_to_linear_contigs_without_a_sequence_copy(pl
     assert result.exit_code == 0 and "no copy of its sequence in the store" in result.output
     result = runner.invoke(app, ["info", str(circular.root)])
     assert f"sequence in the store; circular: {PLASMID}" in result.output
+
+
+def _gff3(path, features, length, region=True):
+    lines = ["##gff-version 3", f"##sequence-region {PLASMID} 1 {length}"]
+    if region:
+        lines.append(f"{PLASMID}\ttest\tregion\t1\t{length}\t.\t+\t.\tID=r1;Is_circular=true")
+    lines += [f"{PLASMID}\ttest\tgene\t{start + 1}\t{end}\t.\t{strand}\t.\tID={name};Name={name}"
+              for name, start, end, strand in features]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_gff3_feature_across_the_origin_accepted_on_circular_refused_on_linear(plasmid_stores, tmp_path):
+    from genoembed.annotate import add_annotations
+
+    linear, circular = plasmid_stores
+    gff = _gff3(tmp_path / "origin.gff3", [("ori", 9400, LENGTH + 300, "+")], LENGTH)
+    with pytest.raises(InputError) as refused:
+        add_annotations(linear, gff, name="origin")
+    assert "\n" not in str(refused.value)
+    assert (f"1 feature extend past the end of their contig (e.g. {PLASMID!r} has a feature ending at "
+            f"{LENGTH + 300:,} but is {LENGTH:,} bp); only a circular contig's may, across its origin (index it with "
+            "--circular)") in str(refused.value)
+    assert "origin" not in linear.manifest.get("annotations", {})
+    too_far = _gff3(tmp_path / "far.gff3", [("far", 9400, 9400 + LENGTH + 1, "+")], LENGTH)
+    with pytest.raises(InputError, match="1 feature extend past the end"):  # more than once round
+        add_annotations(circular, too_far, name="far")
+    try:
+        add_annotations(circular, gff, name="origin")
+        from genoembed.sql import run_sql
+
+        row = run_sql(circular, "SELECT start, \"end\" FROM annotations WHERE feature_id = 'ori'").to_pylist()
+        assert row == [{"start": 9400, "end": LENGTH + 300}]
+        result = runner.invoke(app, ["search", str(circular.root), "--sequence", circular.genome().fetch(
+            PLASMID, 0, 1000), "-k", "1", "--tiles", "-f", "jsonl", "--no-save"])  # the tile at 0 meets ori's 2nd part
+        assert result.exit_code == 0, result.output
+        hit = json.loads(result.output.splitlines()[0])
+        assert hit["start"] == 0 and "ori" in hit["overlapping"].split(", ")
+    finally:
+        circular.record("annotations", "origin", None)
+
+
+def test_features_split_at_the_origin_span_it_not_the_molecule(plasmid_stores, tmp_path):
+    from genoembed.annotate import add_annotations
+    from genoembed.sql import run_sql
+
+    _, circular = plasmid_stores
+    gff = tmp_path / "split.gff3"
+    gff.write_text("##gff-version 3\n"
+                   f"{PLASMID}\ttest\tCDS\t9001\t{LENGTH}\t.\t+\t0\tID=cds1\n"
+                   f"{PLASMID}\ttest\tCDS\t1\t200\t.\t+\t0\tID=cds1\n")
+    try:
+        add_annotations(circular, gff, name="split")
+        row = run_sql(circular, "SELECT start, \"end\" FROM annotations WHERE feature_id = 'cds1'").to_pylist()
+        assert row == [{"start": 9000, "end": LENGTH + 200}]
+    finally:
+        circular.record("annotations", "split", None)
+
+
+def test_wrapped_overlap_and_nearest_against_a_base_set_oracle(plasmid_stores, tmp_path):
+    from genoembed.annotate import add_annotations
+    from genoembed.sql import run_sql
+
+    _, circular = plasmid_stores
+    rng = np.random.default_rng(11)
+    features = []
+    for number in range(25):
+        start = int(rng.integers(0, LENGTH))
+        features.append((f"f{number}", start, start + int(rng.integers(20, 1500)), "+-"[number % 2]))
+    features.append(("ori", LENGTH - 100, LENGTH + 100, "+"))
+    gff = _gff3(tmp_path / "random.gff3", features, LENGTH, region=False)
+    regions = [f"{PLASMID}:{int(s) + 1}-{(int(s) + 1000) % LENGTH or LENGTH}" for s in rng.integers(0, LENGTH, 12)]
+    try:
+        add_annotations(circular, gff, name="random")
+        search(circular, regions, k=4, save_as="wrapped")
+        hits = run_sql(circular, "SELECT query, rank, start, \"end\" FROM hits_wrapped").to_pylist()
+        assert any(hit["end"] > LENGTH for hit in hits)  # some hits run through the origin
+        overlaps = {(r["query"], r["rank"], r["feature_feature_id"]): int(r["overlap_bp"]) for r in run_sql(
+            circular, "SELECT query, rank, feature_feature_id, overlap_bp FROM hit_features_wrapped").to_pylist()}
+        nearest = {(r["query"], r["rank"], r["feature_feature_id"], abs(r["distance"])) for r in run_sql(
+            circular, "SELECT query, rank, feature_feature_id, distance FROM hit_nearest_wrapped").to_pylist()}
+
+        def bases(start, end):
+            return {position % LENGTH for position in range(start, end)}
+
+        expected_overlaps, expected_nearest = {}, set()
+        for hit in hits:
+            covered = bases(hit["start"], hit["end"])
+            distances = {}
+            for name, start, end, _ in features:
+                shared = len(covered & bases(start, end))
+                if shared:
+                    expected_overlaps[hit["query"], hit["rank"], name] = shared
+                distances[name] = 0 if shared else int(circular_gap(hit["start"], hit["end"], start, end, LENGTH)) + 1
+            best = min(distances.values())
+            expected_nearest |= {(hit["query"], hit["rank"], name, best) for name, d in distances.items() if d == best}
+        assert overlaps == expected_overlaps
+        assert nearest == expected_nearest
+        # search's feature columns (a numpy index, not these SQL views) follow the same rules
+        from genoembed.annotate import annotate_hits
+
+        tiles = run_sql(circular, "SELECT * FROM hits_wrapped")
+        for row in annotate_hits(circular, tiles).to_pylist():
+            key = (row["query"], row["rank"])
+            shared = sorted(name for (*hit, name) in expected_overlaps if tuple(hit) == key)
+            assert (row["overlapping"] or "") == ", ".join(shared)
+            assert (key[0], key[1], row["nearest"], abs(row["nearest_distance"])) in expected_nearest
+    finally:
+        circular.record("annotations", "random", None)
+
+
+def test_explain_tracks_across_the_origin_are_cut_there(plasmid_stores, tmp_path):
+    _, circular = plasmid_stores
+    result = runner.invoke(app, ["explain", str(circular.root), "-r", f"{PLASMID}:9301-700", "--hit", "1",
+                                 "-o", str(tmp_path / "why"), "-f", "tsv", "--no-plot"])
+    assert result.exit_code == 0, result.output
+    rows = [line.split("\t") for line in (tmp_path / "why.query.bedgraph").read_text().splitlines()[1:]]
+    spans = [(int(start), int(end)) for _, start, end, _ in rows]
+    assert spans[0][0] == 9300 and max(end for _, end in spans) == LENGTH and any(start == 0 for start, _ in spans)
+    assert sum(end - start for start, end in spans) == LENGTH - 9300 + 700
+    pyBigWig = pytest.importorskip("pyBigWig")
+    with pyBigWig.open(str(tmp_path / "why.query.bw")) as track:
+        assert track.header()["nBasesCovered"] == LENGTH - 9300 + 700

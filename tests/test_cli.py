@@ -52,7 +52,9 @@ def test_index_writes_store_beside_recipe(cli_store):
 def test_search_by_region_shows_annotated_hits(cli_store):
     result = invoke("search", cli_store, "--region", "NC_000932.1:1-1000", "-k", "3", "--tiles", "--format", "json")
     assert result.exit_code == 0, result.output
-    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    rows = json.loads(result.stdout)  # one JSON document; jsonl gives the same rows a line each
+    lines = invoke("search", cli_store, "--region", "NC_000932.1:1-1000", "-k", "3", "--tiles", "--format", "jsonl")
+    assert [json.loads(line) for line in lines.stdout.splitlines()] == rows
     assert [r["rank"] for r in rows] == [1, 2, 3]
     assert rows[0]["start"] == 0 and rows[0]["score"] == pytest.approx(1.0, abs=1e-5)
     # the first kb of the chloroplast holds psbA (complement(383..1444)) and trnH
@@ -61,9 +63,12 @@ def test_search_by_region_shows_annotated_hits(cli_store):
 
 def test_search_by_sequence_pretty_table(cli_store):
     sequence = CHLOROPLAST_FASTA.read_text().splitlines()[100][:60] * 10
-    result = invoke("search", cli_store, "--sequence", sequence, "-k", "2")
+    result = invoke("search", cli_store, "--sequence", sequence, "-k", "2", "--evalue", "1000")
     assert result.exit_code == 0, result.output
     assert "top 2 hits" in result.stdout and "sequence1" in result.stdout
+    # a 60-mer repeated ten times has no homolog here: at the default E-value cut-off (10) nothing is shown
+    result = invoke("search", cli_store, "--sequence", sequence, "-k", "2")
+    assert result.exit_code == 0 and "no hit with E-value <= 10" in result.stdout
 
 
 def test_sql_joins_hits_with_features(cli_store):

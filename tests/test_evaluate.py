@@ -1,4 +1,4 @@
-"""Ground truth, metrics and the evaluation run (genoembed/evaluate.py, cli/eval.py)."""
+"""Ground truth, metrics and the evaluation run (genoembed/eval/, cli/eval.py)."""
 
 from __future__ import annotations
 
@@ -362,7 +362,7 @@ def test_eval_cli_writes_json_and_summary(plasmid_contigs, tmp_path):
     result = CliRunner().invoke(_eval_app(), [
         "eval", str(PLASMID_FASTA), str(contigs), "--coords", str(coords), "--model", "kmer:3", "--tile", "300",
         "--queries", "8", "-k", "1", "-k", "5", "--no-minimap2", "--index", "Flat", "--index", "IVF3,Flat",
-        "--nprobe", "1", "--nprobe", "3", "--format", "json", "--output", str(out), "--summary", str(summary),
+        "--nprobe", "1", "--nprobe", "3", "--format", "jsonl", "--output", str(out), "--summary", str(summary),
         "--quiet"])
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in out.read_text().splitlines()]

@@ -173,10 +173,13 @@ def data_lines(text: str) -> list[list[str]]:
 
 def test_blast6_bed_and_paf_read_without_genoembed(annotated, tmp_path):
     regions = ["-r", f"{CONTIG}:{RRN23[0][0] + 1}-{RRN23[0][1]}", "-r", f"{CONTIG}:{RRN16[0][0] + 1}-{RRN16[0][1]}"]
-    result = invoke("search", annotated, *regions, "-k", "6", "--format", "blast6", "--no-save")
+    result = invoke("search", annotated, *regions, "-k", "6", "--format", "blast7", "--no-save")
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines()[1].startswith("# Fields: query acc.ver, subject acc.ver, % identity")
     rows = data_lines(result.stdout)
+    plain = invoke("search", annotated, *regions, "-k", "6", "--format", "blast6", "--no-save")
+    assert plain.exit_code == 0 and not any(line.startswith("#") for line in plain.stdout.splitlines())
+    assert list(csv.reader(io.StringIO(plain.stdout), delimiter="\t")) == rows  # outfmt 6: no comment lines
     assert all(len(row) == 12 for row in rows)
     assert [row[0] for row in rows][0].endswith(f"{RRN23[0][0] + 1}-{RRN23[0][1]}")  # input order, not sorted
     minus = [row for row in rows if int(row[8]) > int(row[9])]  # BLAST: sstart > send on the minus strand
@@ -186,14 +189,16 @@ def test_blast6_bed_and_paf_read_without_genoembed(annotated, tmp_path):
     bed_file = tmp_path / "hits.bed"
     result = invoke("search", annotated, *regions, "-k", "6", "--format", "bed", "-o", bed_file, "--no-save")
     assert result.exit_code == 0, result.output
+    assert not bed_file.read_text().startswith("#")  # BED has no header line
     bed = data_lines(bed_file.read_text())
     assert all(len(row) == 6 and 0 <= int(row[4]) <= 1000 and row[5] in "+-" for row in bed)
+    assert len({row[3] for row in bed}) == len(bed) and all("#" in row[3] for row in bed)  # query#rank names
     assert {row[5] for row in bed} == {"+", "-"}
     if shutil.which("bedtools"):
         sorted_bed = subprocess.run(["bedtools", "sort", "-i", str(bed_file)], capture_output=True, text=True, check=True)
         assert len(sorted_bed.stdout.splitlines()) == len(bed)
 
-    result = invoke("search", annotated, *regions, "-k", "6", "--format", "paf", "--tiles", "--no-save")
+    result = invoke("search", annotated, *regions, "-k", "6", "--format", "paf", "--tiles", "--no-map", "--no-save")
     assert result.exit_code == 0, result.output
     paf = data_lines(result.stdout)
     assert len(paf) == 12 and all(len(row) >= 12 and row[4] in "+-" for row in paf)
@@ -208,7 +213,7 @@ def test_filters_stdin_and_json(annotated):
     result = invoke("search", annotated, "--fasta", "-", "-k", "5", "--align", "--min-identity", "0.99",
                     "--format", "json", "--no-save", input=fasta)
     assert result.exit_code == 0, result.output
-    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    rows = json.loads(result.stdout)
     assert rows and all(row["identity"] >= 0.99 and row["query"] == "copy" for row in rows)
     assert rows[0]["target_start"] == 30_000 and rows[0]["strand"] == "+"
     result = invoke("search", annotated, "--bed", "-", "--format", "tsv", "--tiles", "--no-save",

@@ -62,10 +62,17 @@ def test_hit_by_rank_is_the_search_hit_and_by_region(chloroplast_store):
     query = query_source(chloroplast_store)
     from genoembed.search import region_queries, search
 
+    from genoembed.evidence import merge_loci
+
     first = region_queries(query, [f"{CHROM}:30001-31000"])[0]
-    row = search(chloroplast_store, [first], k=2).to_pylist()[1]
-    hit = resolve_hit(chloroplast_store, first, 2)
-    assert (hit.chrom, hit.start, hit.end, hit.strand) == (row["chrom"], row["start"], row["end"], row["strand"])
+    # rank as `genoembed search` shows it: loci, the query's own region left out (--exclude-self)
+    loci = merge_loci(search(chloroplast_store, [first], k=20, exclude_self=True)).to_pylist()
+    for rank in (1, 2):
+        hit = resolve_hit(chloroplast_store, first, rank)
+        best = chloroplast_store.tiles([loci[rank - 1]["tile_id"]]).to_pylist()[0]
+        assert (hit.chrom, hit.start, hit.end, hit.strand) == (best["chrom"], best["start"], best["end"],
+                                                               loci[rank - 1]["strand"])
+        assert not (hit.start < first.end and first.start < hit.end)  # never the query against itself
     assert resolve_hit(chloroplast_store, first, f"{CHROM}:1-500").sequence == query.fetch(CHROM, 0, 500).upper()
 
 

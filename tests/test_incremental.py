@@ -20,13 +20,11 @@ from genoembed.build import index
 from genoembed.remove import remove
 from genoembed.search import search
 from genoembed.sql import run_sql
-from genoembed.indexing import build_sharded, merge_ondisk
-from genoembed.vector_index import ShardedIndex
 from genoembed.manifest import MANIFEST
 from genoembed.store import Store
 from genoembed.synthetic import random_genome, write_fasta
 from genoembed.tiles import TilingSpec
-from genoembed.vector_index import INDEX_FILE, IndexSpec, load_index, prepare, set_search_params
+from genoembed.vector_index import IndexSpec, index_parts, load_index, prepare
 from genoembed.verify import verify_store
 
 TILING = TilingSpec(window=300, stride=150, strands="both")
@@ -56,10 +54,8 @@ def assert_index_matches_brute_force(store: Store, k: int = 7):
     ids, vectors = stored(store)
     normalised = prepare(vectors, "ip")
     queries = normalised[np.random.default_rng(0).choice(len(ids), 25, replace=False)]
-    index = load_index(store.root / INDEX_FILE)
     # every list of the IVF4 layouts used here, and a refine stage re-ranking every candidate: exact
-    set_search_params(index, nprobe=4, k_factor=REFINE_ALL)
-    scores, found = index.search(queries, k)
+    scores, found = store.vector_index().search(queries, k, nprobe=4, k_factor=REFINE_ALL)
     expected = np.sort(queries @ normalised.T, axis=1)[:, ::-1][:, :k]
     np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-6)
     assert np.isin(found, ids).all()
@@ -79,7 +75,7 @@ def ivf_centroids(index) -> np.ndarray:
 def test_append_continues_ids_and_extends_the_index_without_retraining(tmp_path, fastas, factory):
     out = tmp_path / "s"
     first = build(fastas[0], out, spec=IndexSpec(factory))
-    centroids = ivf_centroids(load_index(out / INDEX_FILE))
+    centroids = ivf_centroids(load_index(out / first.manifest["index"]["path"]))
     before = first.num_tiles
     store = build(fastas[1], out, append=True, spec=IndexSpec(factory))
     assert list(store.genomes) == ["g0", "g1"]
@@ -89,9 +85,12 @@ def test_append_continues_ids_and_extends_the_index_without_retraining(tmp_path,
     tiles = store.tiles(np.array([0, before]))
     assert tiles["genome"].to_pylist() == ["g0", "g1"]
     assert tiles["chrom"].to_pylist() == ["a1", "b1"]
-    grown = load_index(out / INDEX_FILE)
-    assert grown.ntotal == store.num_tiles
-    np.testing.assert_array_equal(ivf_centroids(grown), centroids)  # the same trained quantizer
+    parts = [load_index(out / part["path"]) for part in index_parts(store.manifest["index"])]
+    # g1's delta part was folded with g0's (about as many tiles: merge_plan), from the same trained index
+    assert [part["tile_ids"] for part in index_parts(store.manifest["index"])] == [[0, store.num_tiles]]
+    assert sum(part.ntotal for part in parts) == store.num_tiles
+    for part in parts:
+        np.testing.assert_array_equal(ivf_centroids(part), centroids)  # the same trained quantizer
     assert store.manifest["index"]["genomes"] == ["g0", "g1"]
     assert_index_matches_brute_force(store)  # the appended vectors are found under their tile ids
     assert verify_store(store) == []
@@ -167,7 +166,7 @@ def test_removing_contigs_drops_rows_ids_and_index_entries(tmp_path, fastas, fac
     ids, _ = stored(store)
     np.testing.assert_array_equal(ids, np.setdiff1d(before_ids, doomed))  # the others keep their ids
     assert set(run_sql(store, "SELECT DISTINCT chrom FROM tiles")["chrom"].to_pylist()) == {"a1", "a2", "b2"}
-    assert load_index(out / INDEX_FILE).ntotal == store.num_tiles
+    assert store.vector_index().ntotal == store.num_tiles
     assert store.genomes["g1"]["removed_contigs"] == ["b1", "b3"]
     assert "b1" not in store.contig_lengths["g1"] and "b2" in store.contig_lengths["g1"]
     with pytest.raises(StoreError, match=f"tile id {doomed[0]} is not in the store"):
@@ -204,11 +203,11 @@ def test_crash_after_the_manifest_switch_leaves_a_store_that_rebuilds(tmp_path, 
     build(fastas[0], out)
     store = build(fastas[1], out, append=True)
 
-    def crash(*_args):
+    def crash(*_args, **_options):
         raise KeyboardInterrupt
 
     # an index that cannot remove in place is dropped at the switch and rebuilt after it: crash there
-    monkeypatch.setattr(sys.modules["genoembed.remove"], "remove_tile_ids", lambda *_args: False)
+    monkeypatch.setattr(sys.modules["genoembed.remove"], "remove_tile_ids", lambda *_args: None)
     monkeypatch.setattr(sys.modules["genoembed.remove"], "build_store_index", crash)
     with pytest.raises(KeyboardInterrupt):
         remove(store, "g1", ["b2"])
@@ -216,33 +215,34 @@ def test_crash_after_the_manifest_switch_leaves_a_store_that_rebuilds(tmp_path, 
     assert store.manifest["index"] is None
     assert "b2" not in run_sql(store, "SELECT DISTINCT chrom FROM tiles")["chrom"].to_pylist()
     assert sorted(p.name for p in (out / "shards").glob("*.parquet")) == sorted(p.name for p in store.shard_paths)
-    # the data verifies; only the index of the old snapshot is left over, and verify names it
-    assert verify_store(store) == ["index/vectors.faiss: not the manifest's index (orphan); delete it"]
+    # the data verifies; index files of the old snapshot are swept (no older reader left) or named as orphans
+    problems = verify_store(store)
+    assert all(problem.startswith("index/") and problem.endswith(".faiss: not the manifest's index "
+                                                                                "(orphan); delete it") for problem in problems)
     store = build(fastas[1], out, append=True)  # the same command again rebuilds the index
     assert_index_matches_brute_force(store)
     assert verify_store(store) == []
 
 
-@pytest.mark.parametrize("factory", ["IVF4,Flat", REFINED])
-def test_sharded_index_follows_appends_and_removals(tmp_path, fastas, factory):
+@pytest.mark.parametrize("factory", ["Flat", "IVF4,Flat", REFINED])
+def test_an_index_in_parts_follows_appends_and_removals(tmp_path, fastas, factory):
+    """A base built in parts of at most part_rows vectors (a store bigger than RAM), then an appended genome's
+    delta part and a removal: every part is opened memory-mapped and the parts answer as one exact index."""
     out = tmp_path / "s"
-    store = build(fastas[0], out)
-    build_sharded(store, IndexSpec(factory), shards_per_index=2)
-    store = build(fastas[1], out, append=True)
+    spec = IndexSpec(factory, part_rows=40)
+    store = build(fastas[0], out, spec=spec)
+    assert len(index_parts(store.manifest["index"])) == -(-store.num_tiles // 40) > 1  # one per 40-row shard
+    store = build(fastas[1], out, append=True, spec=spec)
+    store = build(fastas[2], out, append=True, spec=spec)
+    parts = index_parts(store.manifest["index"])
+    assert all(part["ntotal"] <= 40 for part in parts)  # deltas are folded only within part_rows
+    assert [part["tile_ids"][1] for part in parts[:-1]] == [part["tile_ids"][0] for part in parts[1:]]
+    assert_index_matches_brute_force(store)
     remove(store, "g0", ["a2"])
     store = Store.open(out)
-    sharded = ShardedIndex.open(store)
-    assert sharded.ntotal == store.num_tiles
-    ids, vectors = stored(store)
-    sharded.nprobe, sharded.k_factor = 4, REFINE_ALL  # every list, every candidate re-ranked: exact
-    queries = prepare(vectors[:20], "ip")
-    scores, found = sharded.search(queries, 5)
-    exact_scores, _ = load_index(out / INDEX_FILE).search(queries, 5)
-    np.testing.assert_allclose(scores, exact_scores, rtol=1e-5)  # ids may differ only among tied (+/-) tiles
-    assert np.isin(found, ids).all()
-    if factory == REFINED:  # the refine stage's vectors are not in the inverted lists that merge_ondisk merges
-        with pytest.raises(InputError, match="refine stage"):
-            merge_ondisk(store)
+    assert store.vector_index().ntotal == store.num_tiles
+    assert_index_matches_brute_force(store)
+    assert verify_store(store) == []
 
 
 def test_region_queries_find_their_genome(tmp_path, fastas):

@@ -23,7 +23,7 @@ LIMIT = 20_000
 
 @pytest.fixture
 def small_limit(monkeypatch):
-    monkeypatch.setattr(sys.modules["genoembed.search"], "MAX_QUERY_BASES", LIMIT)
+    monkeypatch.setattr(sys.modules["genoembed.regions"], "MAX_QUERY_BASES", LIMIT)
 
 
 def test_library_refuses_a_query_longer_than_the_limit(chloroplast_store, small_limit):
@@ -50,6 +50,7 @@ def test_whole_contig_region_is_answered_tile_by_tile_in_bounded_batches(chlorop
 
     monkeypatch.setattr(Genome, "fetch", recording_fetch)
     monkeypatch.setattr(search_module, "search", recording_search)
+    monkeypatch.setattr(sys.modules["genoembed.mapping"], "search", recording_search)  # the CLI's way in
     monkeypatch.setattr(sys.modules["genoembed.cli.search"], "QUERY_BATCH", 16)
     output = tmp_path / "hits.tsv"
     result = runner.invoke(app, ["search", str(chloroplast_store.root), "--region", CHROM, "-k", "2", "--tiles",

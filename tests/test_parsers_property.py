@@ -259,7 +259,7 @@ def gff3_feature(draw) -> tuple[str, dict]:
     line = "\t".join([gff3_escape(chrom), source, gff3_escape(kind), str(start), str(end), score, strand, phase,
                       text + last if text else "."])
     model = {"chrom": chrom, "start": start - 1, "end": end, "strand": "." if strand == "?" else strand,
-             "kind": kind, "name": attributes.get("Name") or attributes.get("gene"), "feature_id": attributes.get("ID"),
+             "kind": kind, "name": next((attributes[key] for key in ("Name", "gene", "locus_tag", "ID") if attributes.get(key)), None), "feature_id": attributes.get("ID"),
              "parent": attributes.get("Parent"), "attributes": {**attributes, **columns}}
     return line, model
 

@@ -21,8 +21,8 @@ from genoembed.search import search
 from genoembed.store import Store
 from genoembed.synthetic import random_genome, write_fasta
 from genoembed.tiles import TilingSpec
-from genoembed.vector_index import (INDEX_FILE, K_FACTORS, IndexSpec, bytes_read, exact_neighbours, load_index,
-                                    prepare, recall_at, search_index, tune_search)
+from genoembed.recall import K_FACTORS, bytes_read, exact_neighbours, recall_at, tune_search
+from genoembed.vector_index import INDEX_FILE, IndexSpec, load_index, prepare, search_index
 
 PQ = "IVF8,PQ16x6"  # 16 sub-quantizers of 64 codes (k-means on 39 * 64 of the ~5,000 tiles)
 

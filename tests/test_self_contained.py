@@ -58,7 +58,7 @@ def test_copied_store_aligns_and_explains_from_the_cli(travelled, tmp_path):
     pytest.importorskip("parasail", reason="the align extra is not installed")
     store, _ = travelled
     result = runner.invoke(app, ["search", str(store.root), "--region", REGION, "-k", "2", "--align",
-                                 "--format", "json", "--no-save"])
+                                 "--format", "jsonl", "--no-save"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output.splitlines()[0])["identity"] == 1.0
     result = runner.invoke(app, ["explain", str(store.root), "-r", REGION, "--hit", "2", "-o", str(tmp_path / "why"),
@@ -131,3 +131,37 @@ def test_remove_takes_the_genome_sequence_with_it(tmp_path):
     assert not any(entry.get("sequence", {}).get("path", "").startswith("sequences/x.")
                    for entry in Store.open(store.root).manifest["genomes"].values())
     assert verify_store(Store.open(store.root)) == []
+
+
+def test_a_copy_whose_sequence_looks_newer_than_its_index_opens_quietly(travelled):
+    import os
+    import time
+    import warnings
+
+    store, _ = travelled
+    copy = store.root / store.genomes[next(iter(store.genomes))]["sequence"]["path"]
+    later = time.time() + 100
+    os.utime(copy, (later, later))  # a copy tool may write the FASTA after its .fai / .gzi
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert Store.open(store.root).genome().fetch(CHROM, 0, 10) == store.genome().fetch(CHROM, 0, 10)
+
+
+@pytest.mark.parametrize("compression", [None, "gzip"])
+def test_store_copy_reads_right_across_every_bgzf_block_boundary(tmp_path, compression):
+    """Reads starting at, just before and just after each block boundary of the store's copy equal the
+    FASTA's (pyfaidx cannot seek exactly 65,536 bytes into a block: the copy keeps blocks below that)."""
+    from genoembed.genome import BGZF_BLOCK, open_genome
+
+    records = random_genome({"a": 300_000, "b": 70_000}, seed=9)
+    fasta = write_fasta(tmp_path / "g.fa", records, compression=compression)
+    store = index(fasta, tmp_path / "s", embedder=KmerEmbedder(k=3), tiling=TilingSpec(window=5000, stride=5000))
+    copy = store.genome()
+    assert copy.path.parent.name == "sequences"
+    offset = len(">a\n")  # FASTA text offset of base 0 of 'a'; 60 bases and a newline per line
+    for boundary in range(BGZF_BLOCK, 300_000 * 61 // 60, BGZF_BLOCK):
+        base = (boundary - offset) * 60 // 61
+        for start in range(max(0, base - 62), min(base + 62, 300_000 - 100)):
+            assert copy.fetch("a", start, start + 100) == records["a"][start:start + 100]
+    assert copy.fetch("b", 69_000, 70_000) == records["b"][69_000:]
+    assert open_genome(fasta).fetch("a", 0, 10) == copy.fetch("a", 0, 10)

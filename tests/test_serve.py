@@ -19,6 +19,7 @@ from typer.testing import CliRunner  # noqa: E402
 from genoembed.build import index  # noqa: E402
 from genoembed.cli import app as cli  # noqa: E402
 from genoembed.embedders.kmer import KmerEmbedder  # noqa: E402
+from genoembed.mapping import answer  # noqa: E402
 from genoembed.search import Query, search  # noqa: E402
 from genoembed.serve import MAX_BODY, ServedStore, create_app  # noqa: E402
 from genoembed.synthetic import random_genome, write_fasta  # noqa: E402
@@ -85,8 +86,11 @@ def query_sequence(store, start=30_000, end=31_000) -> str:
     return store.genome().fetch(CHROM, start, end).upper()
 
 
-def expected_hits(store, queries, k, **options) -> list[dict]:
-    return search(store, queries, k=k, embedder=KmerEmbedder(k=4), **options).to_pylist()
+def expected_hits(store, queries, k, loci=True, **options) -> list[dict]:
+    """The library's answer: loci ranked as `genoembed search` shows them, or every tile hit."""
+    if not loci:
+        return search(store, queries, k=k, embedder=KmerEmbedder(k=4), **options).to_pylist()
+    return answer(store, queries, k=k, embedder=KmerEmbedder(k=4), loci=True, by_length=False, **options)[0].to_pylist()
 
 
 def same_hits(got: list[dict], want: list[dict]) -> None:
@@ -177,7 +181,7 @@ BAD = [
     ("post", "/search", {"json": {"regions": ["chr9:1-100"]}}, 400, "contig 'chr9'"),
     ("post", "/search", {"json": {"regions": [f"{CHROM}:0-10"]}}, 400, "1 <= start"),
     ("post", "/search", {"json": {"sequences": ["ACGT"], "store": "nope"}}, 404, "no store named"),
-    ("post", "/search", {"json": {"sequences": ["ACGT"], "genome": "nope"}}, 400, "no tiles match"),
+    ("post", "/search", {"json": {"sequences": ["ACGT"], "genome": "nope"}}, 400, "no genome 'nope' in the store"),
     ("post", "/search?format=xml", {"json": {"sequences": ["ACGT"]}}, 400, "format 'xml'"),
     ("post", "/search", {"json": {"sequences": ["ACGT"] * 10_001}}, 400, "at most 10000"),
     ("post", "/search", {"content": b"A" * (MAX_BODY + 1)}, 413, "over 1000000 bytes"),
@@ -214,7 +218,7 @@ def test_bigwig_values_equal_search_scores(client, chloro, tmp_path):
     result = runner.invoke(cli, ["track", str(chloro.root), "-s", sequence, "-o", str(tmp_path / "cli.bw")])
     assert result.exit_code == 0, result.output
     # every tile's score from an exhaustive search; a position's value is its best strand
-    every = expected_hits(chloro, [Query("q", sequence)], chloro.num_tiles)
+    every = expected_hits(chloro, [Query("q", sequence)], chloro.num_tiles, loci=False)
     best: dict[tuple[str, int], float] = {}
     for hit in every:
         best[hit["chrom"], hit["start"]] = max(best.get((hit["chrom"], hit["start"]), -1.0), hit["score"])
@@ -289,7 +293,7 @@ def test_append_while_serving_never_breaks_a_request(tmp_path):
             replies.append(client.post("/search", json={"sequences": [probe], "k": 3}))
             replies.append(client.get("/stores/pan"))
         writer.join()
-        after = client.post("/search", json={"regions": ["b_1:2001-2500"], "k": 1}).json()["rows"]
+        after = client.post("/search", json={"regions": ["b_1:2001-2500"], "k": 1, "loci": False}).json()["rows"]
         tiles = client.get("/stores").json()[0]["tiles"]
     assert failures == [] and during >= 3, f"only {during} requests ran during the append"
     assert [r.status_code for r in replies if r.status_code != 200] == []
@@ -385,3 +389,17 @@ def test_track_scores_are_cosines_of_stored_vectors(chloro):
     assert track.column("score").to_numpy().max() == pytest.approx(cosines.max(), abs=1e-6)
     ends, starts = track.column("end").to_numpy(), track.column("start").to_numpy()
     assert (ends[:-1] <= starts[1:]).all() and (ends > starts).all()
+
+
+def test_search_filters_by_chrom_list_and_where(client, chloro):
+    """POST takes chrom as one name or a list and a SQL condition on tiles; GET takes repeated chrom= too."""
+    sequence = query_sequence(chloro)
+    body = {"sequences": [sequence], "k": 5, "chrom": [CHROM], "where": "gc > 0.35 AND start > 50000",
+            "annotate": False}
+    reply = client.post("/search", json=body)
+    assert reply.status_code == 200, reply.text
+    same_hits(reply.json()["rows"], expected_hits(chloro, [Query("sequence1", sequence)], 5, chrom=[CHROM],
+                                                  where="gc > 0.35 AND start > 50000"))
+    assert all(row["start"] > 50000 for row in reply.json()["rows"])
+    bad = client.post("/search", json={"sequences": [sequence], "where": "nope > 1"})
+    assert bad.status_code == 400 and bad.json()["error"].startswith("SQL:")

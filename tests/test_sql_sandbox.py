@@ -339,3 +339,22 @@ def test_the_connection_itself_cannot_touch_a_file(root):
         assert statement.split()[0].upper() in {"CREATE", "CHECKPOINT", "CALL", "EXPLAIN", "PREPARE"}, statement
     assert snapshot_of(root) == before
     assert run_sql(Store.open(root), "SELECT count(*) AS n FROM tiles").column("n")[0].as_py() > 0
+
+
+def test_float16_embeddings_read_as_float_lists(tmp_path):
+    """Views scan Arrow: a float16 store's vectors come out as FLOAT[] (as DuckDB's Parquet reader gave them),
+    equal to the stored values."""
+    import numpy as np
+
+    from genoembed.build import index
+    from genoembed.embedders.kmer import KmerEmbedder
+    from genoembed.tiles import TilingSpec
+
+    from conftest import PLASMID_FASTA
+
+    store = index(PLASMID_FASTA, tmp_path / "s", embedder=KmerEmbedder(k=3), tiling=TilingSpec(strands="+"),
+                  embedding_dtype="float16")
+    rows = run_sql(store, "SELECT typeof(embedding) AS t, embedding FROM embeddings ORDER BY tile_id").to_pylist()
+    stored = np.concatenate([vectors for _, vectors in store.iter_embeddings()])
+    assert {row["t"] for row in rows} == {"FLOAT[]"}
+    np.testing.assert_array_equal(np.array([row["embedding"] for row in rows], dtype=np.float32), stored)

@@ -5,7 +5,7 @@ import pytest
 
 from genoembed.errors import InputError
 from genoembed.indexing import build_store_index
-from genoembed.vector_index import INDEX_FILE, IndexSpec, build_index, load_index, prepare, search_index
+from genoembed.vector_index import IndexSpec, build_index, load_index, prepare, search_index
 
 
 def stored_matrix(store):
@@ -71,7 +71,7 @@ def test_invalid_factory_and_too_many_lists(chloroplast_store):
 
 
 def test_query_dim_mismatch(chloroplast_store):
-    index = load_index(chloroplast_store.root / INDEX_FILE)
+    index = load_index(chloroplast_store.root / chloroplast_store.refresh().manifest["index"]["path"])
     with pytest.raises(InputError, match="dim 8 but the index has dim 256"):
         search_index(index, np.zeros((1, 8), dtype=np.float32), 5, "ip")
 
@@ -79,7 +79,7 @@ def test_query_dim_mismatch(chloroplast_store):
 def test_index_is_recorded_and_reloaded(chloroplast_store, tmp_path):
     entry = build_store_index(chloroplast_store, IndexSpec(factory="Flat"))
     assert entry["ntotal"] == chloroplast_store.num_tiles
-    assert load_index(chloroplast_store.root / INDEX_FILE).ntotal == chloroplast_store.num_tiles
+    assert load_index(chloroplast_store.root / entry["path"]).ntotal == chloroplast_store.num_tiles
 
 
 @pytest.mark.parametrize("factory, knob", [("IVF32,Flat", "nprobe"), ("HNSW8", "ef_search")])
@@ -141,7 +141,7 @@ def test_tuning_queries_are_mutated_windows_of_the_store_or_stored_vectors(tmp_p
 
 def test_unreachable_target_takes_the_cheapest_setting_near_the_best_recall(chloroplast_store):
     """A PQ index that plateaus below the target is not tuned to a full scan for the last 0.1 %."""
-    from genoembed.vector_index import PLATEAU, recall_at, tune_search
+    from genoembed.recall import PLATEAU, recall_at, tune_search
 
     index = build_index(chloroplast_store, IndexSpec(factory="IVF7,PQ32x2"))
     database = stored_matrix(chloroplast_store)

@@ -287,6 +287,20 @@ def test_a_reader_of_the_old_snapshot_survives_remove(root):
     assert verify_store(Store.open(root)) == []
 
 
+def test_a_killed_readers_lease_keeps_nothing(root):
+    """A reader SIGKILLed with the store open leaves its lease file, but the kernel dropped its lock: the next
+    remove deletes the old shards at once and the dead lease with them."""
+    reader = subprocess.Popen([sys.executable, "-c", "import os, signal, sys\nfrom genoembed.store import Store\n"
+                               "store = Store.open(sys.argv[1])\nprint('open', flush=True)\n"
+                               "os.kill(os.getpid(), signal.SIGKILL)", str(root)], stdout=subprocess.PIPE, text=True)
+    assert reader.stdout.readline() == "open\n"
+    reader.communicate()
+    assert list((root / ".readers").glob("*.lease"))
+    remove(Store.open(root), "g1", contigs=["b1"])
+    assert set((root / "shards").glob("part-*.parquet")) == set(Store.open(root).shard_paths)
+    assert not [lease for lease in (root / ".readers").glob("*.lease") if lease.name.startswith(f"{reader.pid}.")]
+
+
 def test_genome_filtered_searches_and_tracks_keep_answering_while_a_writer_removes(root, fastas, tmp_path):
     """Finding 7 under load: readers keep a snapshot for a while (as a server request or a track does) while a
     writer appends and removes a genome; no reader call fails."""
@@ -372,6 +386,9 @@ def test_a_damaged_saved_search_blocks_only_itself(root):
                    "saved search 'last' cannot be read", "sha256 differs")
     (root / "searches" / "kept.json").write_text("{broken")
     assert runner.invoke(app, ["sql", str(root), "SELECT count(*) FROM tiles"]).exit_code == 0
+    problems = verify_store(Store.open(root))  # verify names both
+    assert any("kept.json: unreadable sidecar" in problem for problem in problems), problems
+    assert any(last["path"] in problem and "sha256 differs" in problem for problem in problems), problems
     # a new search of that name replaces the damaged one
     assert runner.invoke(app, ["search", str(root), "--region", "a1:301-600"]).exit_code == 0
     assert runner.invoke(app, ["sql", str(root), "SELECT count(*) FROM hits"]).exit_code == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from genoembed.cli.annotate import annotate
+from genoembed.cli.compact import compact
 from genoembed.cli.eval import eval_command
 from genoembed.cli.explain import explain
 from genoembed.cli.finetune import finetune
@@ -27,6 +28,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts are plain text: "pip install 'genoembed[align]'" keeps its [align]
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -52,6 +54,7 @@ app.command("annotate")(annotate)
 app.command("info")(info)
 app.command("verify")(verify)
 app.command("remove")(remove)
+app.command("compact")(compact)
 app.command("eval")(eval_command)
 app.command("plot")(plot)
 app.command("pretrain")(pretrain)

@@ -14,19 +14,25 @@ from pathlib import Path
 
 import pyarrow as pa
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from genoembed.errors import GenoembedError, InputError
 from genoembed.writers import store_holding
 
-console = Console(stderr=True)
+
+@functools.cache
+def console():
+    """rich's Console on stderr, made on first use: importing rich costs tens of milliseconds, and most runs
+    (TSV, JSON, Parquet output) print nothing through it."""
+    from rich.console import Console
+
+    return Console(stderr=True)
 
 
 class OutputFormat(str, Enum):
     table = "table"
     tsv = "tsv"
     json = "json"
+    jsonl = "jsonl"
     parquet = "parquet"
 
 
@@ -75,7 +81,7 @@ def _cell(value) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
-        return f"{value:.4f}"
+        return f"{value:.3g}" if value != 0 and abs(value) < 1e-3 else f"{value:.4f}"  # E-values, not 0.0000
     return str(value)
 
 
@@ -91,6 +97,9 @@ def emit_table(table: pa.Table, fmt: OutputFormat, output: Path | None = None, t
 
 def print_table(table: pa.Table, title: str | None, max_rows: int = 200, more: int = 0) -> None:
     """A screen table of the first ``max_rows`` rows (``more`` rows not shown are counted too)."""
+    from rich.console import Console
+    from rich.table import Table
+
     rows = table.to_pylist()
     pretty = Table(title=title, show_lines=False)
     for name in table.column_names:
@@ -104,13 +113,22 @@ def print_table(table: pa.Table, title: str | None, max_rows: int = 200, more: i
 
 
 def table_text(table: pa.Table, fmt: OutputFormat, header: bool = True) -> str:
-    """TSV (with a header line when ``header``) or JSON lines of a table."""
+    """TSV (with a header line when ``header``), JSON lines (``jsonl``) or one JSON array (``json``) of a table."""
     rows = table.to_pylist()
-    if fmt is OutputFormat.json:
+    if fmt is OutputFormat.jsonl:
         return "".join(json.dumps(row, default=str) + "\n" for row in rows)
+    if fmt is OutputFormat.json:
+        return json_rows(rows, first=True) + "\n]\n"
     lines = ["\t".join(table.column_names)] if header else []
     lines += ["\t".join(_cell(row[name]) for name in table.column_names) for row in rows]
     return "\n".join(lines) + "\n" if lines else ""
+
+
+def json_rows(rows: list[dict], first: bool) -> str:
+    """Rows as elements of a JSON array: the opening bracket when ``first``, else a separating comma."""
+    if not rows:
+        return "[" if first else ""
+    return ("[\n" if first else ",\n") + ",\n".join(json.dumps(row, default=str) for row in rows)
 
 
 class StreamedOutput:
@@ -124,6 +142,7 @@ class StreamedOutput:
         self.output, self.fmt, self.chunks = output, fmt, 0
         self._partial = output.with_name(f".{output.name}.partial") if output is not None else None
         self._handle = self._parquet = None
+        self._json_rows = 0
 
     def __enter__(self) -> "StreamedOutput":
         if self._partial is not None and self.fmt is not OutputFormat.parquet:
@@ -152,9 +171,17 @@ class StreamedOutput:
                 self._parquet.write_table(table.cast(self._parquet.schema))
             self.chunks += 1
             return
+        if self.fmt is OutputFormat.json:  # one JSON document over every chunk: closed in __exit__
+            rows = table.to_pylist()
+            if rows:
+                self.text(json_rows(rows, first=not self._json_rows))
+                self._json_rows += len(rows)
+            return
         self.text(table_text(table, self.fmt, header=not self.chunks))
 
     def __exit__(self, kind, error, traceback) -> None:
+        if kind is None and self.fmt is OutputFormat.json:
+            self.text("\n]\n" if self._json_rows else "[]\n")
         for closable in (self._handle, self._parquet):
             if closable is not None:
                 closable.close()

@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from genoembed.cli.common import OutputFormat, console, configure_logging, handle_errors, pick, set_threads
 from genoembed.embedders import EmbedderOptions, Pooling
 from genoembed.errors import InputError
 from genoembed.features import parse_alias_option
 from genoembed.recipe import Recipe, load_recipe, model_name
+from genoembed.tiles import TilingSpec
 from genoembed.tiles import SoftMask, Strands
 from genoembed.vector_index import Metric
 
@@ -36,10 +36,10 @@ def index(
     recipe: Optional[Path] = typer.Argument(None, help="Index recipe (TOML, e.g. indexes/demo.toml); options below override it."),
     fasta: Optional[list[Path]] = typer.Option(None, "--fasta", help="Genome FASTA (plain, gzip or bgzip); repeat to put several genomes in one store."),
     genome_name: Optional[str] = typer.Option(None, "--genome-name", help="Name of the genome in the store (default: the FASTA file name without extensions; one --fasta only)."),
-    append: bool = typer.Option(False, "--append", help="Add the genome(s) to an existing store built with the same model and tiling (its index is extended, not rebuilt)."),
+    append: bool = typer.Option(False, "--append", help="Add the genome(s) to an existing store built with the same model and tiling: their vectors go into a new index part (nothing indexed is rewritten; `genoembed compact` folds parts into one)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Store directory (default: recipe path without .toml)."),
     out: Optional[Path] = typer.Option(None, "--out", hidden=True, help="Old spelling of --output."),
-    model: Optional[str] = typer.Option(None, "--model", help="'default' (shipped retrieval model), 'mlm' (shipped masked-LM model), 'kmer[:K]', or a local Hugging Face model directory."),
+    model: Optional[str] = typer.Option(None, "--model", help="'default' (shipped retrieval model), 'mlm' (shipped masked-LM model), 'kmer[:K]' (k-mer profile), 'aa:K' / 'aa:K:orf' (six-frame amino-acid k-mers), 'protein' (shipped protein-homolog model, 16x slower), or a local Hugging Face model directory [default: default]."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow a model directory's own Python code to run (DNABERT-2, HyenaDNA, Caduceus, NT-v2)."),
     pooling: Optional[Pooling] = typer.Option(None, help="How token vectors become one tile vector (transformer models)."),
     layer: Optional[int] = typer.Option(None, help="Hidden layer to pool (-1 = last; transformer models)."),
@@ -49,8 +49,8 @@ def index(
     device: Optional[str] = typer.Option(None, help="auto (cuda when available), cpu, cuda or cuda:N."),
     dtype: Optional[str] = typer.Option(None, help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16 or float16; reduced precision is refused if it moves vectors (cosine < 0.999)."),
     compile_model: bool = typer.Option(False, "--compile", help="torch.compile the model (pays on long runs; ~1 min to compile)."),
-    window: Optional[int] = typer.Option(None, min=1, help="Tile length in bases."),
-    stride: Optional[int] = typer.Option(None, min=1, help="Distance between tile starts in bases."),
+    window: Optional[int] = typer.Option(None, min=1, help=f"Tile length in bases [default: {TilingSpec().window}, or the recipe's]."),
+    stride: Optional[int] = typer.Option(None, min=1, help=f"Distance between tile starts in bases [default: {TilingSpec().stride}, or the recipe's]."),
     strands: Optional[Strands] = typer.Option(None, help="Tile the forward strand (+), reverse (-) or both."),
     max_n_fraction: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="Skip tiles with more than this fraction of N/ambiguous bases."),
     soft_mask: Optional[SoftMask] = typer.Option(None, help="Soft-masked (lowercase) bases: upper = embed as normal, keep = pass case to the model, skip = drop masked tiles."),
@@ -58,6 +58,7 @@ def index(
     circular: Optional[list[str]] = typer.Option(None, "--circular", help="Contig to tile round its origin (a plasmid, a bacterial chromosome; repeat for several). FASTA headers with circular=true or [topology=circular], GenBank LOCUS ... circular and GFF3 Is_circular=true in --annotations mark them too."),
     factory: Optional[str] = typer.Option(None, help="FAISS index factory string: Flat, IVF256,PQ16, HNSW32, ...; a refine stage re-ranks a compressed search with finer vectors (IVF256,PQ16,Refine(SQfp16)). An IVF layout needs 39 training tiles per list (IVFn needs 39*n tiles, FAISS's rule), else it is refused with a factory that fits."),
     metric: Optional[Metric] = typer.Option(None, help="ip = cosine on normalised vectors; l2 = Euclidean."),
+    part_rows: Optional[int] = typer.Option(None, "--part-rows", min=1, help="At most this many vectors per index file: a store bigger than RAM is indexed in parts, each built on its own and opened memory-mapped (searches read only the pages they touch) [default: one file]."),
     recall_target: Optional[float] = typer.Option(None, "--recall-target", min=0.01, max=1.0, help="Approximate indexes (IVF, HNSW): tune nprobe/efSearch (and the refine stage's --k-factor) at build time until recall@10 against exact search reaches this [default: 0.95]; the setting is recorded and used by every search unless --nprobe/--ef-search/--k-factor is given."),
     annotations: Optional[list[Path]] = typer.Option(None, "--annotations", "-a", help="BED/GTF/GFF3/GenBank file to add (repeatable)."),
     alias: Optional[list[str]] = typer.Option(None, "--alias", help="Rename an annotation contig: FROM=TO (repeatable)."),
@@ -88,7 +89,8 @@ def index(
     tiling_overrides = {name: value for name, value in dict(
         window=window, stride=stride, strands=strands, max_n_fraction=max_n_fraction, soft_mask=soft_mask,
         contigs=tuple(contig) if contig else None).items() if value is not None}
-    index_overrides = {name: value for name, value in dict(factory=factory, metric=metric, recall_target=recall_target).items()
+    index_overrides = {name: value for name, value in dict(factory=factory, metric=metric, recall_target=recall_target,
+                                                           part_rows=part_rows).items()
                        if value is not None}
     options = EmbedderOptions(pooling=pooling.value if pooling else None, layer=layer,
                               reverse_complement=reverse_complement, frames=frames, batch_size=batch_size,
@@ -107,9 +109,16 @@ def index(
         auto_alias=auto_alias or plan.auto_alias, shard_rows=shard_rows or plan.shard_rows,
         batch_rows=batch_rows or plan.batch_rows,
         embedding_dtype=embedding_dtype.value if embedding_dtype else plan.embedding_dtype)
+    if append and recipe is None and not index_overrides:  # keep the store's own index (IVF stays IVF)
+        from genoembed.indexing import stored_spec
+
+        plan = dataclasses.replace(plan, index=stored_spec(plan.output) or plan.index)
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
     started = time.perf_counter()
     with Progress(TextColumn("[bold]embedding {task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("tiles"), TimeRemainingColumn(), console=console, transient=True,
+                  TextColumn("tiles"), TimeRemainingColumn(), console=console(), transient=True,
                   disable=quiet or as_json) as bar:
         from genoembed.build import build
 

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from genoembed.cli.common import configure_logging, console, handle_errors
-from genoembed.errors import InputError, MissingExtraError
+from genoembed.errors import InputError, missing_extra
 
 
 def is_loopback(host: str) -> bool:
@@ -45,9 +45,9 @@ def serve(
 
         from genoembed.serve import create_app, open_stores
     except ImportError as error:
-        raise MissingExtraError(f"genoembed serve needs {error.name}: pip install 'genoembed[serve]'") from None
+        raise missing_extra("genoembed serve", "serve", error.name) from None
     opened = open_stores(stores, trust_remote_code=trust_remote_code)
     shown = f"[{host}]" if ":" in host else host
-    console.print(f"genoembed: serving {', '.join(opened)} at http://{shown}:{port}/ (API docs at /docs)")
+    console().print(f"genoembed: serving {', '.join(opened)} at http://{shown}:{port}/ (API docs at /docs)")
     uvicorn.run(create_app(opened, token), host=host, port=port, log_level="warning" if quiet else "info",
                 access_log=not quiet)

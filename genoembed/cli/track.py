@@ -20,12 +20,12 @@ class TrackFormat(str, Enum):
     bigwig = "bigwig"
 
 
-SUFFIXES = {".bed": TrackFormat.bed, ".bedgraph": TrackFormat.bedgraph, ".bg": TrackFormat.bedgraph,
+SUFFIXES = {".bed": TrackFormat.bed, ".bed9": TrackFormat.bed9, ".bedgraph": TrackFormat.bedgraph, ".bg": TrackFormat.bedgraph,
             ".bw": TrackFormat.bigwig, ".bigwig": TrackFormat.bigwig}
 
 
 def track_format(output: Path, given: TrackFormat | None) -> TrackFormat:
-    """--format, else the output's suffix (.bed, .bedGraph/.bg, .bw/.bigWig)."""
+    """--format, else the output's suffix (.bed, .bed9, .bedGraph/.bg, .bw/.bigWig)."""
     if given is not None:
         return given
     found = SUFFIXES.get(output.suffix.lower())
@@ -42,7 +42,8 @@ def track(
     region: Optional[list[str]] = typer.Option(None, "--region", "-r", help="Query region chrom:start-end[:strand], 1-based inclusive (repeatable for bed/bed9)."),
     sequence: Optional[list[str]] = typer.Option(None, "--sequence", "-s", help="Query DNA sequence (repeatable for bed/bed9)."),
     format: Optional[TrackFormat] = typer.Option(None, "--format", "-f", help="bed/bed9: the top-k hits (bed9 adds itemRgb by score, ready for bedToBigBed); bedgraph/bigwig: the query's best cosine at every tile position."),
-    k: int = typer.Option(10, "-k", min=1, help="Hits per query (bed, bed9)."),
+    k: int = typer.Option(10, "-k", min=1, help="Hits per query (bed, bed9): loci ranked as `search` shows them, tiles with --tiles."),
+    loci: bool = typer.Option(True, "--loci/--tiles", help="bed/bed9 rows are loci (overlapping or touching tile hits merged), as `search` shows them, or every tile hit."),
     genome: Optional[str] = typer.Option(None, "--genome", help="Only this genome of the store (needed for bedgraph/bigwig when genomes share contig names)."),
     query_genome: Optional[str] = typer.Option(None, "--query-genome", help="Genome of the store that --region coordinates refer to."),
     exclude_self: bool = typer.Option(False, "--exclude-self", help="Drop hits overlapping the query's own region (bed, bed9)."),
@@ -50,7 +51,8 @@ def track(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No warnings."),
 ):
     """Write a genome-browser track of a search: its hits, or the query's similarity along the genome."""
-    from genoembed.search import Query, check_sequence, query_source, region_queries, search as search_store
+    from genoembed.mapping import answer
+    from genoembed.search import Query, check_sequence, query_source, region_queries
     from genoembed.tracks import bedgraph_chunks, chrom_sizes, hits_bed, similarity, write_bigwig
 
     configure_logging(quiet)
@@ -63,7 +65,8 @@ def track(
         raise InputError("no query: give --region or --sequence")
     embedder = opened.embedder(trust_remote_code=trust_remote_code)
     if fmt in (TrackFormat.bed, TrackFormat.bed9):
-        hits = search_store(opened, queries, k=k, exclude_self=exclude_self, embedder=embedder, genome=genome)
+        hits, _ = answer(opened, queries, k=k, exclude_self=exclude_self, embedder=embedder, genome=genome, loci=loci,
+                         by_length=False)
         text = hits_bed(hits, bed9=fmt is TrackFormat.bed9)
     elif len(queries) != 1:
         raise InputError(f"a similarity track is for one query, got {len(queries)}; give one --region or --sequence")

@@ -29,7 +29,7 @@ from typing import Callable, Sequence
 import numpy as np
 import pyarrow as pa
 
-from genoembed.errors import InputError, MissingExtraError
+from genoembed.errors import InputError, missing_extra
 from genoembed.eval.metrics import correct_ranks, distinct_loci, mrr, recall_at_k
 from genoembed.eval.truth import Span
 
@@ -67,7 +67,7 @@ def _require(module: str):
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise MissingExtraError(f"protein truth needs {module}; pip install 'genoembed[protein]'") from None
+        raise missing_extra("protein truth (eval --truth protein)", "protein", module) from None
 
 
 def read_records(path: str | Path) -> list[tuple[str, str]]:

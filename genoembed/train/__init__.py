@@ -6,7 +6,7 @@ transformer models that needs the ``lm`` extra; importing it without torch says 
 
 from importlib.util import find_spec
 
-from genoembed.errors import MissingExtraError
+from genoembed.errors import missing_extra
 
 if find_spec("torch") is None or find_spec("transformers") is None:
-    raise MissingExtraError("training needs torch and transformers: pip install 'genoembed[lm]'")
+    raise missing_extra("training", "lm", "torch and transformers")
