@@ -17,7 +17,7 @@ LAYERS = [
     ["errors", "version"],
     ["files", "names", "leases"],
     ["schema", "resources", "seqio", "synthetic"],
-    ["topology"],
+    ["topology", "genes"],
     ["fasta_scan"],
     ["genome", "embedders.base", "embedders.tokenize", "embedders.fingerprint", "embedders.model_dir", "joins", "vector_index",
      "hit_formats"],

@@ -187,3 +187,50 @@ def test_search_cli_protein_rerank_reports_protein_evidence(tmp_path):
     assert 0.5 < best["protein_identity"] < 0.75 and best["protein_evalue"] < 1e-30
     refused = runner.invoke(app, ["search", str(store), "--sequence", query, "--protein-rerank", "5", "-f", "blast6"])
     assert refused.exit_code != 0 and "--protein-rerank reports protein ones" in refused.output
+
+
+# ---------------------------------------------------------------- genes as units
+
+def test_index_gene_units_stores_one_row_per_called_gene_and_finds_a_gene_by_its_region(tmp_path):
+    pytest.importorskip("pyrodigal")
+    import pyarrow.compute as pc
+    from typer.testing import CliRunner
+
+    from conftest import CHLOROPLAST_FASTA
+    from genoembed.cli import app
+    from genoembed.genes import call_genes
+    from genoembed.seqio import read_fasta
+    from genoembed.store import Store
+
+    runner = CliRunner()
+    store_path = tmp_path / "genes"
+    result = runner.invoke(app, ["index", "--fasta", str(CHLOROPLAST_FASTA), "--output", str(store_path),
+                                 "--model", "protein", "--units", "genes", "-q"])
+    assert result.exit_code == 0, result.output
+    store = Store.open(store_path)
+    genes = call_genes([(name, sequence.upper()) for name, sequence in read_fasta(CHLOROPLAST_FASTA)])
+    tiles = store.tiles(np.arange(store.num_tiles))
+    assert store.num_tiles == len(genes)
+    assert list(zip(tiles["start"].to_pylist(), tiles["end"].to_pylist(), tiles["strand"].to_pylist())) == \
+        [(g.start, g.end, g.strand) for g in genes]
+    assert store.provenance["tiling"]["units"] == "genes"
+    gene = max(genes, key=lambda g: len(g.dna))
+    region = f"{gene.contig}:{gene.start + 1}-{gene.end}:{gene.strand}"
+    result = runner.invoke(app, ["search", str(store_path), "--region", region, "-k", "2", "--tiles", "--no-save",
+                                 "-f", "json", "-q"])
+    assert result.exit_code == 0, result.output
+    hits = [json.loads(line) for line in result.output.splitlines()]
+    # the gene itself, and its copy in the other inverted repeat (ycf2), tie for the top: both are whole genes
+    assert (gene.start, gene.end, gene.strand) in [(h["start"], h["end"], h["strand"]) for h in hits]
+    assert all(h["score"] > 0.999 for h in hits)
+    assert pc.max(tiles["end"]).as_py() <= store.contig_lengths[gene.contig]
+
+
+def test_tile_stores_describe_their_tiling_as_before():
+    from genoembed.errors import InputError
+    from genoembed.tiles import TilingSpec
+
+    assert "units" not in TilingSpec().describe()  # existing stores keep matching on --append
+    assert TilingSpec(units="genes").describe()["units"] == "genes"
+    with pytest.raises(InputError, match="units='exons' must be one of 'tiles', 'genes'"):
+        TilingSpec(units="exons")
