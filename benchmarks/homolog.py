@@ -4,7 +4,7 @@ and protein-level truth as ``genoembed eval --truth protein``.
 
     OMP_NUM_THREADS=1 python benchmarks/homolog.py --size small     # SJM180 -> E. coli 536, 100 sampled genes
     OMP_NUM_THREADS=1 python benchmarks/homolog.py --size medium    # both directions, 1000 sampled genes
-    OMP_NUM_THREADS=1 python benchmarks/homolog.py --size medium --genomes 10 --genomes 100 --speed-queries 20
+    OMP_NUM_THREADS=1 python benchmarks/homolog.py --size scale --genomes 10 --genomes 100 --speed-queries 20
 
 Truth and queries: :func:`genoembed.eval.protein.protein_task` (pyrodigal genes, pyopal Smith-Waterman,
 best hit with E <= 1e-5 and query coverage >= 0.5; query = the gene's central 999 bp on its coding
@@ -48,7 +48,8 @@ from genoembed.eval.protein import (ProteinTask, best_tiles, call_genes, centred
 DATA = Path(os.environ.get("GENOEMBED_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 E536, SJM180 = DATA / "ecoli_536" / "NC_008253.fna.gz", DATA / "h_pylori" / "SJM180.fasta.gz"
 SIZES = {"small": dict(queries=100, pairs=[(SJM180, E536)]),
-         "medium": dict(queries=1000, pairs=[(SJM180, E536), (E536, SJM180)])}
+         "medium": dict(queries=1000, pairs=[(SJM180, E536), (E536, SJM180)]),
+         "scale": dict(queries=1000, pairs=[(E536, SJM180)])}  # with --genomes 10 --genomes 100
 TOOLS = ("tblastx", "diamond", "mmseqs")
 
 
