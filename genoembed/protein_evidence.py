@@ -22,8 +22,9 @@ score), so an embedding shortlist of K tiles is answered in the order an aligner
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,6 +34,7 @@ from genoembed import schema
 from genoembed.embedders.translated import STOP, six_frames, translate
 from genoembed.errors import MissingExtraError
 from genoembed.evidence import cigar_operations, flanked
+from genoembed.topology import circular_overlaps, flanked_round
 
 GAP_OPEN, GAP_EXTEND = 11, 1  # blastp / tblastx defaults: a gap of k residues costs 11 + k
 LAMBDA, K = 0.267, 0.041  # NCBI BLAST's gapped BLOSUM62 11/1 constants (blast_stat.c)
@@ -157,24 +159,33 @@ def alignment_row(alignment: ProteinAlignment | None, query_length: int, contig_
 
 
 def rerank(hits: pa.Table, queries: dict[str, str], fetch: Callable[[str, str, int, int], str],
-           contig_lengths: dict[str, int], k: int) -> pa.Table:
+           contig_lengths: Mapping[str, Mapping[str, int]], k: int,
+           circular: Mapping[str, Collection[str]] | None = None) -> pa.Table:
     """Hits with protein evidence, re-ranked per query by bit score, ``k`` per query.
 
-    ``queries`` maps query names to sequences; ``fetch(genome, chrom, start, end)`` reads a hit region.
-    Each hit is aligned over its tile plus flanks of the query's length; an alignment that does not
-    touch the tile is not evidence for it (nulls). Ties and unaligned hits keep embedding order.
+    ``queries`` maps query names to sequences; ``fetch(genome, chrom, start, end)`` reads a hit region;
+    ``contig_lengths`` and ``circular`` are per genome (``Store.contig_lengths``, each genome's circular
+    contigs). Each hit is aligned over its tile plus flanks of the query's length (round the origin on a
+    circular contig); an alignment that does not touch the tile is not evidence for it (nulls). Ties and
+    unaligned hits keep embedding order.
     """
-    database_residues = 2 * sum(contig_lengths.values())
+    database_residues = 2 * sum(sum(contigs.values()) for contigs in contig_lengths.values())
     aligners: dict[str, TranslatedAligner] = {}
     rows = []
     for hit in hits.to_pylist():
         query = queries[hit["query"]]
         aligner = aligners.get(hit["query"]) or aligners.setdefault(hit["query"], TranslatedAligner(query))
-        start, end = flanked(hit["start"], hit["end"], contig_lengths[hit["chrom"]], len(query))
+        length = contig_lengths[hit["genome"]][hit["chrom"]]
+        round_origin = hit["chrom"] in (circular or {}).get(hit["genome"], ())
+        start, end = (flanked_round if round_origin else flanked)(hit["start"], hit["end"], length, len(query))
         alignment = aligner.align(fetch(hit["genome"], hit["chrom"], start, end), start)
-        if alignment and not (alignment.target_start < hit["end"] and hit["start"] < alignment.target_end):
-            alignment = None
-        hit.update(alignment_row(alignment, len(query), contig_lengths[hit["chrom"]], database_residues))
+        if alignment and round_origin and alignment.target_start >= length:  # back to the origin convention
+            alignment = dataclasses.replace(alignment, target_start=alignment.target_start - length,
+                                            target_end=alignment.target_end - length)
+        if alignment and not circular_overlaps(alignment.target_start, alignment.target_end, hit["start"],
+                                               hit["end"], length if round_origin else 1 << 62):
+            alignment = None  # the query's protein aligns next to the tile, not on it: no evidence for this hit
+        hit.update(alignment_row(alignment, len(query), length, database_residues))
         if alignment:  # the strand on which the query's protein matches
             hit["strand"] = "+" if (alignment.query_frame < 3) == (alignment.target_frame < 3) else "-"
         rows.append(hit)
