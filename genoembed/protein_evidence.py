@@ -17,7 +17,8 @@ pair gives:
   database's (six frames of every base of the store: twice its length).
 
 :func:`rerank` orders a query's hits by bit score (hits without an alignment after, by embedding
-score), so an embedding shortlist of K tiles is answered in the order an aligner would give.
+score), so an embedding shortlist of K tiles is answered in the order an aligner would give;
+:func:`rerank_store_hits` does it for the hits of ``genoembed.search`` (``search --protein-rerank K``).
 """
 
 from __future__ import annotations
@@ -190,6 +191,14 @@ def rerank(hits: pa.Table, queries: dict[str, str], fetch: Callable[[str, str, i
             hit["strand"] = "+" if (alignment.query_frame < 3) == (alignment.target_frame < 3) else "-"
         rows.append(hit)
     return rank_by_bits(rows, k)
+
+
+def rerank_store_hits(store, queries: Sequence, hits: pa.Table, k: int) -> pa.Table:
+    """:func:`rerank` of the hits of a search of ``store`` (``queries``: the searched ``search.Query`` objects;
+    search with ``k`` = the re-rank depth K first, e.g. ``rerank_store_hits(store, qs, search(store, qs, k=200), 10)``)."""
+    return rerank(hits, {query.name: query.sequence for query in queries},
+                  lambda genome, chrom, start, end: store.genome(genome).fetch(chrom, start, end).upper(),
+                  store.contig_lengths, k, {name: entry.get("circular", ()) for name, entry in store.genomes.items()})
 
 
 def rank_by_bits(rows: Sequence[dict], k: int) -> pa.Table:
