@@ -36,6 +36,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import resource
 import shutil
 import subprocess
@@ -44,6 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
+from genoembed.embedders.translated import translate
 from genoembed.eval.metrics import correct_ranks, distinct_loci
 from genoembed.eval.protein import (ProteinTask, best_tiles, call_genes, centred_unit, method_for, protein_task,
                                     read_records, score_rows)
@@ -66,6 +68,27 @@ def mutated_copies(records: list[tuple[str, str]], copies: int, rate: float = 0.
             where = rng.random(len(codes)) < rate
             codes[where] = np.frombuffer(b"ACGT", dtype=np.uint8)[rng.integers(0, 4, where.sum())]
             out.append((f"c{copy}_{name}", codes.tobytes().decode()))
+    return out
+
+
+def copied_genes(records):
+    """pyrodigal genes of the first genome, and the same spans translated from each mutated copy
+    (``cN_NAME``: same coordinates), so a database of copies is not gene-called copy by copy."""
+    from genoembed.genes import Gene
+    from genoembed.seqio import reverse_complement
+
+    names = {name for name, _ in records if not re.match(r"c\d+_", name)}
+    original = [(name, sequence) for name, sequence in records if name in names]
+    genes = call_genes(original)
+    out = list(genes)
+    for name, sequence in records:
+        if name in names:
+            continue
+        source = name.split("_", 1)[1]
+        for gene in (g for g in genes if g.contig == source):
+            dna = sequence[gene.start:gene.end]
+            dna = dna if gene.strand == "+" else reverse_complement(dna)
+            out.append(Gene(name, gene.start, gene.end, gene.strand, dna, translate(dna).rstrip("*")))
     return out
 
 
@@ -120,7 +143,7 @@ def run_tool(tool: str, queries_fa: Path, records, work: Path) -> tuple[dict, fl
                    "6 qseqid sseqid sstart send bitscore", "-seg", "no", "-max_target_seqs", "500",
                    "-num_threads", "1", "-out", str(work / "out.tsv")]
     elif tool == "diamond":
-        genes = call_genes(records)
+        genes = copied_genes(records)
         number = {name: f"c{i}" for i, (name, _) in enumerate(records)}
         (work / "proteins.fa").write_text("".join(f">{number[g.contig]}|{g.start}|{g.end}\n{g.protein}\n"
                                                   for g in genes))
