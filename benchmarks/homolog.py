@@ -5,6 +5,7 @@ and protein-level truth as ``genoembed eval --truth protein``.
     OMP_NUM_THREADS=1 python benchmarks/homolog.py --size small     # SJM180 -> E. coli 536, 100 sampled genes
     OMP_NUM_THREADS=1 python benchmarks/homolog.py --size medium    # both directions, 1000 sampled genes
     OMP_NUM_THREADS=1 python benchmarks/homolog.py --size scale --genomes 10 --genomes 100 --speed-queries 20
+    OMP_NUM_THREADS=1 python benchmarks/homolog.py --cost default,kmer:6,aa:2:frames,protein,protein:DIR
 
 Truth and queries: :func:`genoembed.eval.protein.protein_task` (pyrodigal genes, pyopal Smith-Waterman,
 best hit with E <= 1e-5 and query coverage >= 0.5; query = the gene's central 999 bp on its coding
@@ -41,6 +42,7 @@ import resource
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -199,6 +201,21 @@ def embedding_hits(name: str, task: ProteinTask, spans, sequences, rerank: int |
     return out, (time.process_time() - began) / len(task.queries), reference
 
 
+def embed_cost(names, tiles, repeats: int = 3) -> dict[str, float]:
+    """CPU seconds to embed 1000 of ``tiles`` with each method (one warm-up, best of ``repeats``)."""
+    out = {}
+    for name in names:
+        method = method_for(name)
+        method.vectors(tiles[:5])
+        spent = []
+        for _ in range(repeats):
+            began = time.process_time()
+            method.vectors(tiles)
+            spent.append(time.process_time() - began)
+        out[name] = min(spent) * 1000 / len(tiles)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="small")
@@ -211,8 +228,14 @@ def main() -> None:
                         help="embed databases of up to this many genomes; larger ones reuse genome 1's vectors, noised")
     parser.add_argument("--genes", action="store_true", help="also embed the target's called genes (index --units genes)")
     parser.add_argument("--summary", type=Path)
+    parser.add_argument("--cost", help="only measure CPU seconds per 1000 tiles of these comma-separated methods")
     args = parser.parse_args()
     size = SIZES[args.size]
+    if args.cost:
+        _, tiles = tiles_of(read_records(SJM180))
+        print(json.dumps({"cpu_seconds_per_1000_tiles": embed_cost(args.cost.split(","), tiles[:300]),
+                          "machine": f"{platform.machine()} {os.cpu_count()} cpu (shared)"}))
+        return
     rows, say, first_genome = [], (lambda m: print(f"# {m}", flush=True)), {}
     for query_path, target_path in size["pairs"]:
         task = protein_task(query_path, target_path, n_queries=size["queries"], seed=0, say=say)
