@@ -4,7 +4,7 @@ and protein-level truth as ``genoembed eval --truth protein``.
 
     OMP_NUM_THREADS=1 python benchmarks/homolog.py --size small     # SJM180 -> E. coli 536, 100 sampled genes
     OMP_NUM_THREADS=1 python benchmarks/homolog.py --size medium    # both directions, 1000 sampled genes
-    OMP_NUM_THREADS=1 python benchmarks/homolog.py --size scale --genomes 10 --genomes 100 --speed-queries 20
+    OMP_NUM_THREADS=1 python benchmarks/homolog.py --size scale --genomes 1 --genomes 10 --genomes 100 --speed-queries 20
     OMP_NUM_THREADS=1 python benchmarks/homolog.py --cost default,kmer:6,aa:2:frames,protein,protein:DIR
 
 Truth and queries: :func:`genoembed.eval.protein.protein_task` (pyrodigal genes, pyopal Smith-Waterman,
@@ -24,9 +24,9 @@ Every method returns tiles best first, each locus once; R@1 / R@10 per protein i
 
 Seconds per query: CPU seconds (user + system; the machine is shared, so wall time measures the
 neighbours), one thread, the whole query set through each tool (start-up included; for the tools the
-database build is not counted, for embeddings neither is embedding the database), divided by the queries. ``--genomes N`` also searches a database of the target plus N - 1 mutated copies (1 %
+database build is not counted, for embeddings neither is embedding the database), divided by the queries. ``--genomes N`` (repeatable) searches databases of the target plus N - 1 mutated copies (1 %
 substitutions, same coordinates, so a hit on the homolog in any copy is right) with the first
-``--speed-queries`` queries; databases of more than ``--embed-up-to`` genomes are not embedded (the
+``--speed-queries`` queries at every size (same queries, side by side); databases of more than ``--embed-up-to`` genomes are not embedded (the
 first genome's vectors, each copy with a little noise, fill the index so that search time is real;
 tools and re-rank align to the real mutated copies). One JSON line per row; ``--summary`` writes the tables.
 """
@@ -222,7 +222,8 @@ def main() -> None:
     parser.add_argument("--methods", default="protein,aa:2:frames", help="comma-separated embedding methods")
     parser.add_argument("--rerank", type=int, action="append", default=[], help="re-rank depth K (repeatable)")
     parser.add_argument("--tools", default=",".join(TOOLS))
-    parser.add_argument("--genomes", type=int, action="append", default=[], help="also N-genome databases")
+    parser.add_argument("--genomes", type=int, action="append", default=[],
+                        help="database sizes in genomes: the target and N - 1 mutated copies (default: 1)")
     parser.add_argument("--speed-queries", type=int, default=20)
     parser.add_argument("--embed-up-to", type=int, default=10,
                         help="embed databases of up to this many genomes; larger ones reuse genome 1's vectors, noised")
@@ -240,8 +241,8 @@ def main() -> None:
     for query_path, target_path in size["pairs"]:
         task = protein_task(query_path, target_path, n_queries=size["queries"], seed=0, say=say)
         records = read_records(target_path)
-        for genomes in [1, *args.genomes]:
-            n_queries = len(task.queries) if genomes == 1 else min(args.speed_queries, len(task.queries))
+        for genomes in args.genomes or [1]:
+            n_queries = min(args.speed_queries, len(task.queries)) if args.genomes else len(task.queries)
             sub = ProteinTask(task.direction, task.queries[:n_queries], copy_truth(task.truth[:n_queries], genomes),
                               task.identities[:n_queries], [], [])
             database = mutated_copies(records, genomes)
@@ -265,10 +266,12 @@ def main() -> None:
             for unit, unit_spans, unit_sequences in units:
                 for name in [m for m in args.methods.split(",") if m]:
                     reference, vectors = None, "embedded"
-                    if genomes > args.embed_up_to and (name, unit) in first_genome:
+                    if genomes > args.embed_up_to:
                         # as many rows as the database, without embedding it: the first genome's vectors, each
                         # copy with noise of the size 1 % substitutions cause (search time is what is measured)
                         rng = np.random.default_rng(genomes)
+                        if (name, unit) not in first_genome:
+                            first_genome[(name, unit)] = method_for(name).vectors(tiles_of(records)[1])
                         base = first_genome[(name, unit)]
                         reference = np.concatenate([base] + [base + rng.normal(0, 0.01, base.shape).astype(np.float32)
                                                              for _ in range(genomes - 1)])
