@@ -23,12 +23,14 @@ Every method returns tiles best first, each locus once; R@1 / R@10 per protein i
   target's pyrodigal genes as units (``index --units genes``), a hit right when its gene overlaps the homolog.
 
 Seconds per query: CPU seconds (user + system; the machine is shared, so wall time measures the
-neighbours), one thread, the whole query set through each tool (start-up included; for the tools the
-database build is not counted, for embeddings neither is embedding the database), divided by the queries. ``--genomes N`` (repeatable) searches databases of the target plus N - 1 mutated copies (1 %
-substitutions, same coordinates, so a hit on the homolog in any copy is right) with the first
-``--speed-queries`` queries at every size (same queries, side by side); databases of more than ``--embed-up-to`` genomes are not embedded (the
-first genome's vectors, each copy with a little noise, fill the index so that search time is real;
-tools and re-rank align to the real mutated copies). One JSON line per row; ``--summary`` writes the tables.
+neighbours), one thread, the whole query set through each tool (start-up included; the tools' database
+build and the embedding of the database are not counted), divided by the queries. ``--genomes N``
+(repeatable) searches databases of the target plus N - 1 mutated copies (1 % substitutions, same
+coordinates, so a hit on the homolog in any copy is right) with the first ``--speed-queries`` queries at
+every size (same queries, side by side). Databases of more than ``--embed-up-to`` genomes are not
+embedded: the first genome's vectors, each copy with a little noise, fill the index so that search time
+is real; tools and the re-rank align to the real mutated copies. One JSON line per row; ``--summary``
+writes the table.
 """
 
 from __future__ import annotations
