@@ -108,7 +108,7 @@ def _traced(query: str, target: str, end_query: int, end_target: int, score: int
     return (result, first) if result.score == score else (_local(query, target), 0)
 
 
-def _operations(result) -> tuple[list[tuple[int, str]], int, int]:
+def cigar_operations(result) -> tuple[list[tuple[int, str]], int, int]:
     """CIGAR operations of the aligned part and its first query / target base.
 
     parasail may spell where the alignment begins as leading I/D operations from (0, 0);
@@ -135,7 +135,7 @@ def align(query: str, target: str, target_offset: int = 0) -> Alignment | None:
     if score <= 0:
         return None
     result, box = _traced(reverse if strand == "-" else query, target, end_query, end_target, score)
-    operations, query_at, target_at = _operations(result)
+    operations, query_at, target_at = cigar_operations(result)
     target_at += box
     counts = {op: sum(n for n, o in operations if o == op) for op in "=XID"}
     query_span = counts["="] + counts["X"] + counts["I"]
@@ -228,7 +228,8 @@ def merge_loci(hits: pa.Table, higher_is_better: bool = True) -> pa.Table:
 
     A locus spans its tiles, keeps its best tile's score, ``tile_id`` and query columns, counts
     its ``tiles``, and, when hits carry alignments, the alignment with the best alignment score
-    (the first such tile by position wins ties). Loci are ranked per query by that best score;
+    (the first such tile by position wins ties). Loci are ranked per query by that best score
+    (by the best protein bit score when hits carry protein evidence, ``protein_evidence``);
     queries stay in the order they come in. Done with sorts and segmented reductions over whole
     columns (like ``bedtools merge -s``), not row by row: a many-query search merges in milliseconds.
     """
@@ -268,10 +269,16 @@ def merge_loci(hits: pa.Table, higher_is_better: bool = True) -> pa.Table:
         aligned = hits.column("alignment_score").fill_null(0).to_numpy().astype(np.float64)
         best_alignment = pa.array(first_best(aligned))
         columns.update({name: hits.column(name).take(best_alignment) for name in schema.ALIGNMENT_COLUMNS})
+    rank_by = -sign * score[best]
+    if "protein_bit_score" in hits.column_names:  # re-ranked by protein evidence: loci keep that order
+        bits = hits.column("protein_bit_score").fill_null(-1.0).to_numpy()
+        best_protein = first_best(bits)
+        columns.update({name: hits.column(name).take(pa.array(best_protein)) for name in schema.PROTEIN_COLUMNS})
+        rank_by = -bits[best_protein]
     for name, column in columns.items():
         loci = loci.set_column(loci.schema.get_field_index(name), loci.schema.field(name), column)
     loci = loci.append_column(fields.field("tiles"), pa.array(np.diff(np.append(firsts, len(order))), pa.int32()))
-    ranked = np.lexsort((np.arange(len(firsts)), -sign * score[best], query[order[firsts]]))
+    ranked = np.lexsort((np.arange(len(firsts)), rank_by, query[order[firsts]]))
     loci = loci.take(pa.array(ranked))
     locus_query = query[order[firsts]][ranked]
     starts_of_query = np.flatnonzero(np.r_[True, locus_query[1:] != locus_query[:-1]])

@@ -164,6 +164,30 @@ BLOCK_FIELDS = [
 ]
 BLOCKS = pa.schema(BLOCK_FIELDS)
 
+# Protein evidence appended to hits by ``search(protein_rerank=K)`` (``protein_evidence``): the best
+# translated Smith-Waterman (BLOSUM62 11/1) of the query's coding frames against the six frames of
+# the hit tile plus flanks; all null but ``query_length`` when nothing aligned on the tile. ``rank``
+# then orders hits by ``protein_bit_score``; ``embedding_rank`` is the rank the vectors gave.
+# Frames are BLAST's (+1..+3, -1..-3; the target's counted from the contig's start or end); spans
+# are 0-based half-open, the target's on the contig's forward strand, the query's on the query as given.
+PROTEIN_FIELDS = [
+    pa.field("query_length", pa.int64(), nullable=False),
+    pa.field("embedding_rank", pa.int32(), nullable=True),
+    pa.field("protein_identity", pa.float64(), nullable=True),
+    pa.field("protein_aligned_length", pa.int64(), nullable=True),
+    pa.field("protein_score", pa.int64(), nullable=True),
+    pa.field("protein_bit_score", pa.float64(), nullable=True),
+    pa.field("protein_evalue", pa.float64(), nullable=True),
+    pa.field("protein_query_frame", pa.int8(), nullable=True),
+    pa.field("protein_target_frame", pa.int8(), nullable=True),
+    pa.field("protein_query_start", pa.int64(), nullable=True),
+    pa.field("protein_query_end", pa.int64(), nullable=True),
+    pa.field("protein_target_start", pa.int64(), nullable=True),
+    pa.field("protein_target_end", pa.int64(), nullable=True),
+]
+PROTEIN_HITS = pa.schema(HIT_FIELDS + PROTEIN_FIELDS)
+PROTEIN_COLUMNS = [f.name for f in PROTEIN_FIELDS if f.name.startswith("protein_")]
+
 
 def validate_table(table: pa.Table, expected: pa.Schema, where: str) -> list[str]:
     """Every way ``table`` differs from ``expected``, each naming ``where``; empty when valid."""

@@ -39,6 +39,9 @@ class SoftMask(str, Enum):
     skip = "skip"  # drop tiles whose lowercase fraction exceeds max_soft_masked_fraction
 
 
+UNITS = ("tiles", "genes")
+
+
 class Strands(str, Enum):
     forward = "+"
     reverse = "-"
@@ -54,8 +57,11 @@ class TilingSpec:
     soft_mask: SoftMask = SoftMask.upper
     max_soft_masked_fraction: float = 0.5
     contigs: tuple[str, ...] | None = None
+    units: str = "tiles"  # "genes": one row per called gene instead of windows (genoembed.genes)
 
     def __post_init__(self):
+        if self.units not in UNITS:
+            raise InputError(f"tiling: units={self.units!r} must be one of {', '.join(map(repr, UNITS))}")
         for name, kind in (("strands", Strands), ("soft_mask", SoftMask)):
             try:
                 object.__setattr__(self, name, kind(getattr(self, name)))
@@ -77,6 +83,8 @@ class TilingSpec:
         described["strands"] = self.strands.value
         described["soft_mask"] = self.soft_mask.value
         described["contigs"] = list(self.contigs) if self.contigs is not None else None
+        if self.units == "tiles":  # stores made before gene units describe their tiling without the key
+            del described["units"]
         return described
 
     @property
@@ -131,7 +139,10 @@ def select_contigs(genome: Genome, spec: TilingSpec) -> list[str]:
 
 
 def count_tiles(genome: Genome, spec: TilingSpec) -> int:
-    """Upper bound of tiles the plan yields (before N / soft-mask filtering), for progress bars."""
+    """Upper bound of tiles the plan yields (before N / soft-mask filtering), for progress bars; for gene
+    units an estimate (one gene per kbp, as in bacteria)."""
+    if spec.units == "genes":
+        return sum(genome.contigs[c] for c in select_contigs(genome, spec)) // 1000
     return sum(len(tile_starts(genome.contigs[c], spec.window, spec.stride, c in genome.circular))
                for c in select_contigs(genome, spec)) \
         * len(spec.strand_list)
@@ -150,6 +161,11 @@ def plan_tiles(genome: Genome, spec: TilingSpec, batch_rows: int = 2048,
     if batch_rows <= 0:
         raise InputError(f"tiling: batch_rows={batch_rows} must be a positive number of rows")
     contigs = select_contigs(genome, spec)
+    if spec.units == "genes":
+        from genoembed.genes import plan_genes
+
+        yield from plan_genes(genome, contigs, spec.max_n_fraction, batch_rows, first_tile_id)
+        return
     too_short = [c for c in contigs if genome.contigs[c] < spec.window]
     if len(too_short) == len(contigs):
         longest = max(genome.contigs[c] for c in contigs)

@@ -26,6 +26,11 @@ class VectorDtype(str, Enum):
     float16 = "float16"
 
 
+class TileUnits(str, Enum):
+    tiles = "tiles"
+    genes = "genes"
+
+
 class Engine(str, Enum):
     local = "local"
     ray = "ray"
@@ -56,6 +61,7 @@ def index(
     soft_mask: Optional[SoftMask] = typer.Option(None, help="Soft-masked (lowercase) bases: upper = embed as normal, keep = pass case to the model, skip = drop masked tiles."),
     contig: Optional[list[str]] = typer.Option(None, "--contig", help="Only tile this contig (repeat for several)."),
     circular: Optional[list[str]] = typer.Option(None, "--circular", help="Contig to tile round its origin (a plasmid, a bacterial chromosome; repeat for several). FASTA headers with circular=true or [topology=circular], GenBank LOCUS ... circular and GFF3 Is_circular=true in --annotations mark them too."),
+    units: Optional[TileUnits] = typer.Option(None, "--units", help="tiles = windows of --window/--stride; genes = one row per gene called by pyrodigal (prokaryotes; its coding-strand DNA is embedded, so a hit is a gene: use with --model protein)."),
     factory: Optional[str] = typer.Option(None, help="FAISS index factory string: Flat, IVF256,PQ16, HNSW32, ...; a refine stage re-ranks a compressed search with finer vectors (IVF256,PQ16,Refine(SQfp16)). An IVF layout needs 39 training tiles per list (IVFn needs 39*n tiles, FAISS's rule), else it is refused with a factory that fits."),
     metric: Optional[Metric] = typer.Option(None, help="ip = cosine on normalised vectors; l2 = Euclidean."),
     part_rows: Optional[int] = typer.Option(None, "--part-rows", min=1, help="At most this many vectors per index file: a store bigger than RAM is indexed in parts, each built on its own and opened memory-mapped (searches read only the pages they touch) [default: one file]."),
@@ -88,6 +94,7 @@ def index(
         plan = Recipe(fastas=tuple(fasta), output=output)
     tiling_overrides = {name: value for name, value in dict(
         window=window, stride=stride, strands=strands, max_n_fraction=max_n_fraction, soft_mask=soft_mask,
+        units=units.value if units else None,
         contigs=tuple(contig) if contig else None).items() if value is not None}
     index_overrides = {name: value for name, value in dict(factory=factory, metric=metric, recall_target=recall_target,
                                                            part_rows=part_rows).items()

@@ -16,7 +16,7 @@ from genoembed.cli.common import (OutputFormat, StreamedOutput, configure_loggin
                                   refuse_inside_store, set_threads, standard_input_file)
 from genoembed.errors import InputError
 from genoembed.features import parse_alias_option
-from genoembed.schema import ALIGNED_HITS, HITS
+from genoembed.schema import ALIGNED_HITS, HITS, PROTEIN_HITS
 from genoembed.store import Store
 from genoembed.version import VERSION
 
@@ -70,6 +70,7 @@ def search(
     align: Optional[bool] = typer.Option(None, "--align/--no-align", help="Locally align each query to its hit tile plus flanks (Smith-Waterman, BLASTN scoring) and add identity, coverage, exact coordinates, strand, bit score and E-value (default: on for --format blast6/paf, else off; needs the align extra)."),
     min_identity: Optional[float] = typer.Option(None, "--min-identity", min=0.0, max=1.0, help="Drop hits whose alignment identity (matches / alignment columns, 0-1) is lower (needs --align)."),
     min_bits: Optional[float] = typer.Option(None, "--min-bits", min=0.0, help="Drop hits whose alignment bit score is lower (needs --align)."),
+    protein_rerank: Optional[int] = typer.Option(None, "--protein-rerank", min=1, help="Fetch this many tiles per query, align the query's protein to each (translated Smith-Waterman, BLOSUM62 11/1, six frames) and keep the k best by bit score, with protein identity, frames, aligned DNA span, bit score and E-value (for --model protein stores; needs the align extra; ~1 ms CPU per tile of 1 kb; embeds each query whole)."),
     evalue: float = typer.Option(10.0, "--evalue", "-e", min=0.0, help="Drop hits whose E-value is higher: the alignment's with --align, else the embedding score's under the store's null (random sequences of the query's length and GC searched once per store and cached). 10 like BLAST: a query with no homolog keeps about 10 hits at most."),
     min_score: Optional[float] = typer.Option(None, "--min-score", help="Drop hits whose embedding score is lower (cosine; for l2 stores, a squared distance above it)."),
     mapped: bool = typer.Option(True, "--map/--no-map", help="Queries longer than the store's window are cut into tiles like the store and collinear tile hits chained into mapped blocks (query and target spans, query coverage, best and mean tile score); queries under half a window are placed by shared minimizers. --no-map embeds every query whole."),
@@ -99,6 +100,11 @@ def search(
     check_identifier(name, "search")
     if str(fasta) == "-" and str(bed) == "-":
         raise InputError("--fasta - and --bed - both read stdin; pipe one of them and give the other as a file")
+    if protein_rerank and align:
+        raise InputError("--align (DNA evidence) and --protein-rerank (protein evidence) exclude each other; pick one")
+    if protein_rerank and format in ALIGNED_FORMATS:
+        raise InputError(f"--format {format.value} reports DNA alignments; --protein-rerank reports protein ones "
+                         "(use tsv, json or parquet)")
     if align is False and format in ALIGNED_FORMATS:
         raise InputError(f"--format {format.value} reports alignments; drop --no-align")
     align = format in ALIGNED_FORMATS if align is None else align
@@ -135,12 +141,17 @@ def search(
             common = {"k": k, "exclude_self": exclude_self, "genome": genome, "chrom": chrom, "where": where,
                       "trust_remote_code": trust_remote_code, "align": align, "min_identity": min_identity,
                       "min_bit_score": min_bits, "evalue": evalue, "min_score": min_score}
-            hits, blocks = answer(opened, batch, search_settings=settings, loci=loci, by_length=mapped and loci,
-                                  **common)
+            if protein_rerank:
+                hits, blocks = _protein_hits(opened, batch, k, protein_rerank, loci, settings, exclude_self=exclude_self,
+                                             genome=genome, chrom=chrom, where=where,
+                                             trust_remote_code=trust_remote_code), None
+            else:
+                hits, blocks = answer(opened, batch, search_settings=settings, loci=loci, by_length=mapped and loci,
+                                      **common)
             if saved is not None:  # what is shown, so ranks agree between the screen and SQL
                 for table in (hits, blocks):
                     if table is not None and (table.num_rows or table is hits):
-                        target = ALIGNED_HITS if align else HITS
+                        target = PROTEIN_HITS if protein_rerank else ALIGNED_HITS if align else HITS
                         saved.write(_conformed(table, target.names).cast(target))
             if format in TEXT_FORMATS:
                 if hits is not None:
@@ -285,6 +296,22 @@ def _formatted_blocks(blocks: pa.Table, format: HitFormat, store: Store, higher_
     return text
 
 
+def _protein_hits(store: Store, batch, k: int, depth: int, loci: bool, settings: dict, **options) -> pa.Table:
+    """The ``depth`` best tiles of each query re-ranked by translated alignment (``protein_evidence``): the ``k``
+    best tiles, or with ``loci`` the ``k`` best loci (merged from all re-ranked tiles, ranked by bit score)."""
+    import pyarrow.compute as pc
+
+    from genoembed.evidence import merge_loci
+    from genoembed.protein_evidence import rerank_store_hits
+    from genoembed.search import search as search_store
+
+    found = search_store(store, batch, k=max(k, min(depth, store.num_tiles)), **options, **settings)
+    if not loci:
+        return rerank_store_hits(store, batch, found, k)
+    merged = merge_loci(rerank_store_hits(store, batch, found, depth), higher_is_better=store.metric == "ip")
+    return merged.filter(pc.less_equal(merged["rank"], k))
+
+
 def _with_blocks(hits: pa.Table | None, blocks: pa.Table | None) -> pa.Table | None:
     """Hits and mapped blocks as one table (columns of both; a block's row leaves hit-only columns empty)."""
     tables = [table for table in (hits, blocks) if table is not None and (table.num_rows or table is hits)]
@@ -322,6 +349,13 @@ def compact_hits(hits: pa.Table) -> pa.Table:
             row["aligned"] = f"{hit['target_start'] + 1}-{hit['target_end']}" if aligned else ""
             row["query cover"] = f"{100 * hit['query_coverage']:.0f}%" if aligned else ""
             row["bits"] = f"{hit['bit_score']:.0f}" if aligned else ""
+        if "protein_bit_score" in hit:
+            aligned = hit["protein_bit_score"] is not None
+            row["protein identity"] = f"{100 * hit['protein_identity']:.1f}%" if aligned else ""
+            row["protein span (frame)"] = (f"{hit['protein_target_start'] + 1}-{hit['protein_target_end']} "
+                                           f"({hit['protein_target_frame']:+d})") if aligned else ""
+            row["bits"] = f"{hit['protein_bit_score']:.0f}" if aligned else ""
+            row["E"] = f"{hit['protein_evalue']:.2g}" if aligned else ""
         if "overlapping" in hit:
             row["overlapping features"] = hit["overlapping"] or ""
             nearest = hit.get("nearest")

@@ -93,7 +93,7 @@ def _translated(argument: str, options: EmbedderOptions) -> Embedder:
 
 def _protein(argument: str, options: EmbedderOptions) -> Embedder:
     """``protein`` (the shipped translation-aware model) or ``protein:DIRECTORY`` (one trained elsewhere)."""
-    from genoembed.embedders.protein import ProteinEmbedder
+    from genoembed.embedders.protein import protein_embedder
     from genoembed.resources import PACKAGE_PREFIX, PROTEIN_MODEL, resolve
 
     ignored = sorted(options.given())
@@ -103,7 +103,7 @@ def _protein(argument: str, options: EmbedderOptions) -> Embedder:
     # a store records the directory it was built with; another installation finds its own copy
     directory = Path(argument) if argument and (Path(argument).is_dir() or Path(argument).name != shipped.name) \
         else shipped
-    return ProteinEmbedder(directory)
+    return protein_embedder(directory)
 
 
 register_embedder("kmer", _kmer)

@@ -30,6 +30,7 @@ import numpy as np
 import pyarrow as pa
 
 from genoembed.errors import InputError, missing_extra
+from genoembed.genes import Gene, call_genes  # noqa: F401  (gene calls are genoembed.genes'; eval re-exports them)
 from genoembed.eval.metrics import correct_ranks, distinct_loci, mrr, recall_at_k
 from genoembed.eval.truth import Span
 
@@ -47,18 +48,6 @@ PROTEIN_TRUTH = pa.schema([
     pa.field("query_coverage", pa.float64(), nullable=False),  # fraction of the query protein
 ])
 DEFAULT_METHODS = ("random", "kmer:4", "kmer:5", "kmer:6", "aa:2:frames", "aa:2", "aa:2:orf")
-
-
-@dataclass(frozen=True)
-class Gene:
-    """A called gene: 0-based half-open span, strand, coding-strand DNA and protein (no stop)."""
-
-    contig: str
-    start: int
-    end: int
-    strand: str
-    dna: str
-    protein: str
 
 
 def _require(module: str):
@@ -85,22 +74,6 @@ def read_records(path: str | Path) -> list[tuple[str, str]]:
         with open_text(path) as handle:
             return [(record.id, str(record.seq).upper()) for record in SeqIO.parse(handle, "genbank")]
     return [(name, sequence.upper()) for name, sequence in read_fasta(path)]
-
-
-def call_genes(records: Sequence[tuple[str, str]], meta: bool | None = None) -> list[Gene]:
-    """pyrodigal genes of a genome, trained on it (``meta``: its metagenomic models; default for < 100 kbp)."""
-    pyrodigal = _require("pyrodigal")
-    total = sum(len(sequence) for _, sequence in records)
-    meta = total < 100_000 if meta is None else meta
-    finder = pyrodigal.GeneFinder(meta=meta)
-    if not meta:
-        finder.train(*(sequence.encode() for _, sequence in records))
-    genes = []
-    for name, sequence in records:
-        for gene in finder.find_genes(sequence.encode()):
-            genes.append(Gene(name, gene.begin - 1, gene.end, "+" if gene.strand == 1 else "-", gene.sequence(),
-                              gene.translate(include_stop=False)))
-    return genes
 
 
 def evalue(score: float, query_length: int, database_length: int) -> float:

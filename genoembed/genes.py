@@ -1,0 +1,91 @@
+"""Genes as units (issue 27): one row per called gene instead of one per window.
+
+A protein-homolog search answers with genes. Cutting the genome into fixed windows splits a gene
+across tiles and mixes neighbours into a tile; with ``units = "genes"`` (``genoembed index --units
+genes``) each row is one gene called by pyrodigal (prokaryotic gene finder, trained on the genome
+itself, or its metagenomic models below 100 kbp), its span on the contig (0-based half-open), its
+strand, and its coding-strand DNA as the sequence embedded, so a vector is one protein and a hit
+is a gene. Region queries by a gene's coordinates (``chrom:start-end:strand``) then ask for that gene.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from genoembed import schema
+from genoembed.errors import InputError, MissingExtraError
+
+META_BELOW = 100_000  # bp: shorter genomes are too small to train pyrodigal on; its metagenomic models are used
+
+
+@dataclass(frozen=True)
+class Gene:
+    """A called gene: 0-based half-open span, strand, coding-strand DNA and protein (no stop)."""
+
+    contig: str
+    start: int
+    end: int
+    strand: str
+    dna: str
+    protein: str
+
+
+def call_genes(records: Sequence[tuple[str, str]], meta: bool | None = None) -> list[Gene]:
+    """pyrodigal genes of a genome given as (name, sequence) records, in contig then position order."""
+    try:
+        import pyrodigal
+    except ImportError:
+        raise MissingExtraError("gene calls need pyrodigal: pip install 'genoembed[protein]'") from None
+    total = sum(len(sequence) for _, sequence in records)
+    meta = total < META_BELOW if meta is None else meta
+    finder = pyrodigal.GeneFinder(meta=meta)
+    if not meta:
+        finder.train(*(sequence.encode() for _, sequence in records))
+    genes = []
+    for name, sequence in records:
+        for gene in finder.find_genes(sequence.encode()):
+            genes.append(Gene(name, gene.begin - 1, gene.end, "+" if gene.strand == 1 else "-", gene.sequence(),
+                              gene.translate(include_stop=False)))
+    return genes
+
+
+def _fractions(sequence: str) -> tuple[float, float, float]:
+    """GC among unambiguous bases, non-ACGT fraction and lowercase fraction of a sequence."""
+    codes = np.frombuffer(sequence.encode("ascii"), dtype=np.uint8)
+    upper = codes & 0xDF
+    acgt = np.isin(upper, np.frombuffer(b"ACGT", dtype=np.uint8))
+    gc = np.isin(upper, np.frombuffer(b"GC", dtype=np.uint8)).sum() / max(int(acgt.sum()), 1)
+    lower = ((codes >= ord("a")) & (codes <= ord("z"))).mean()
+    return float(gc), float(1.0 - acgt.mean()), float(lower)
+
+
+def plan_genes(genome, contigs: Sequence[str], max_n_fraction: float, batch_rows: int = 2048,
+               first_tile_id: int = 0) -> Iterator[pa.RecordBatch]:
+    """Rows of ``schema.TILES_WITH_SEQUENCE``, one per gene of the selected contigs (ids from ``first_tile_id``)."""
+    records = [(chrom, genome.fetch(chrom, 0, genome.contigs[chrom])) for chrom in contigs]
+    genes = call_genes([(name, sequence.upper()) for name, sequence in records])
+    if not genes:
+        raise InputError(f"{genome.path}: pyrodigal called no gene on the selected contigs; is it a prokaryotic "
+                         "nucleotide genome? (use tile units for anything else)")
+    soft = dict(records)
+    rows = {name: [] for name in schema.TILES_WITH_SEQUENCE.names}
+    next_id = first_tile_id
+    for gene in genes:
+        gc, n_fraction, lower = _fractions(soft[gene.contig][gene.start:gene.end])
+        if n_fraction > max_n_fraction:
+            continue
+        for name, value in (("tile_id", next_id), ("genome", genome.name), ("chrom", gene.contig),
+                            ("start", gene.start), ("end", gene.end), ("strand", gene.strand), ("gc", gc),
+                            ("n_fraction", n_fraction), ("soft_masked_fraction", lower),
+                            (schema.SEQUENCE, gene.dna)):
+            rows[name].append(value)
+        next_id += 1
+        if len(rows["tile_id"]) == batch_rows:
+            yield pa.RecordBatch.from_pydict(rows, schema=schema.TILES_WITH_SEQUENCE)
+            rows = {name: [] for name in schema.TILES_WITH_SEQUENCE.names}
+    if rows["tile_id"]:
+        yield pa.RecordBatch.from_pydict(rows, schema=schema.TILES_WITH_SEQUENCE)
