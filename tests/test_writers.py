@@ -26,9 +26,10 @@ from genoembed.cli import app
 from genoembed.embedders.kmer import KmerEmbedder
 from genoembed.errors import InputError, StoreError
 from genoembed.remove import remove
-from genoembed.search import Query, save_hits, search, subset_mask
+from genoembed.search import Query, save_hits, search
 from genoembed.sql import run_sql
 from genoembed.store import Store, write_lock
+from genoembed.subsets import resolve, tile_filter
 from genoembed.synthetic import random_genome, write_fasta
 from genoembed.tiles import TilingSpec
 from genoembed.tracks import similarity
@@ -275,7 +276,8 @@ def test_a_reader_of_the_old_snapshot_survives_remove(root):
     remove(Store.open(root), "g1", contigs=["b1"])
     assert all(path.is_file() for path in old_shards)  # kept: this reader may still read them
     # everything the reader's snapshot answers still answers, and the same way (genome filter, tracks, SQL)
-    assert subset_mask(reader, genome="g1").sum() == sum(s["rows"] for s in reader.shards if s["genome"] == "g1")
+    assert resolve(reader, tile_filter(where="genome = 'g1'")).size == sum(s["rows"] for s in reader.shards
+                                                                           if s["genome"] == "g1")
     vector = reader.embedder().embed(["ACGT" * 75])[0]
     assert similarity(reader, vector, "g1").num_rows > 0
     assert run_sql(reader, "SELECT count(*) AS n FROM tiles").column("n")[0].as_py() == reader.num_tiles
