@@ -27,9 +27,9 @@ from genoembed.embedders.kmer import KmerEmbedder
 from genoembed.errors import InputError, StoreError
 from genoembed.remove import remove
 from genoembed.search import Query, save_hits, search
-from genoembed.subsets import resolve, tile_filter
 from genoembed.sql import run_sql
 from genoembed.store import Store, write_lock
+from genoembed.subsets import resolve, tile_filter
 from genoembed.synthetic import random_genome, write_fasta
 from genoembed.tiles import TilingSpec
 from genoembed.tracks import similarity
