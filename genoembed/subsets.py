@@ -62,8 +62,26 @@ def tile_filter(genome: str | None = None, chrom: str | list[str] | tuple[str, .
     return TileFilter(genome, chroms, where.strip() if where and where.strip() else None)
 
 
+# Subsets resolved per store snapshot (Store.derived), most recent last: a served store answering one filter
+# again resolves it once (at 1,000 genomes a --chrom read 500 shards per search, a --where opened DuckDB over
+# every shard: 2 s and 8 s). Their vectors are kept too when they hold at most SUBSET_VECTOR_BYTES.
+SUBSETS_KEPT = 4
+SUBSET_VECTOR_BYTES = 32 * 2 ** 20
+
+
 def resolve(store: Store, wanted: TileFilter) -> TileSubset:
-    """The tile ids ``wanted`` selects in this snapshot; an InputError naming the fix when it selects none."""
+    """The tile ids ``wanted`` selects in this snapshot (kept for the snapshot's next searches); an InputError
+    naming the fix when it selects none."""
+    kept = store.derived("tile_subsets", dict)
+    if wanted not in kept:
+        kept[wanted] = _resolved(store, wanted)
+        while len(kept) > SUBSETS_KEPT:
+            kept.pop(next(iter(kept)))
+    kept[wanted] = kept.pop(wanted)  # most recently used last
+    return kept[wanted]
+
+
+def _resolved(store: Store, wanted: TileFilter) -> TileSubset:
     if wanted.genome is not None and wanted.genome not in store.genomes:
         raise InputError(f"{store.root}: no genome {wanted.genome!r} in the store; it holds "
                          f"{', '.join(list(store.genomes)[:10])}")
@@ -153,7 +171,17 @@ def filtered_search(store: Store, vectors: np.ndarray, k: int, subset: TileSubse
 
 
 def subset_vectors(store: Store, subset: TileSubset):
-    """(tile_ids, vectors) blocks of the subset's tiles, read only from shards whose id range can hold them."""
+    """(tile_ids, vectors) blocks of the subset's tiles, read only from shards whose id range can hold them;
+    kept on ``subset`` when they fit :data:`SUBSET_VECTOR_BYTES`."""
+    if subset.vectors is not None:
+        return [subset.vectors]
+    blocks = list(_read_subset_vectors(store, subset))
+    if blocks and subset.size * store.dim * 4 <= SUBSET_VECTOR_BYTES:
+        subset.vectors = (np.concatenate([ids for ids, _ in blocks]), np.concatenate([v for _, v in blocks]))
+    return blocks
+
+
+def _read_subset_vectors(store: Store, subset: TileSubset):
     paths = []
     for shard in store.shards:
         first, last = shard["first_tile_id"], shard["last_tile_id"]

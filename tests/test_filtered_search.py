@@ -210,3 +210,20 @@ def test_cli_chrom_is_repeatable_and_where_filters(store, tiles):
 
 def test_index_parts_cover_the_store(store, built):
     assert sum(part["ntotal"] for part in index_parts(store.refresh().manifest["index"])) == store.num_tiles
+
+
+def test_a_snapshot_resolves_a_filter_once_and_keeps_small_subsets_vectors(store, queries, built, monkeypatch):
+    import sys
+
+    from genoembed.subsets import SUBSETS_KEPT
+
+    store.refresh()
+    first = resolve(store, tile_filter(chrom=["contig_2"], where="gc > 0.2"))
+    assert resolve(store, tile_filter(chrom=("contig_2",), where="gc > 0.2")) is first
+    want = filtered_search(store, queries, K, first, index=built["IVF"])
+    monkeypatch.setattr(sys.modules["genoembed.subsets"], "_read_subset_vectors",
+                        lambda *_: pytest.fail("read the shards again"))
+    np.testing.assert_array_equal(filtered_search(store, queries, K, first, index=built["IVF"])[1], want[1])
+    for number in range(SUBSETS_KEPT):  # the least recently used subset leaves the snapshot's cache
+        resolve(store, tile_filter(where=f"tile_id > {number}"))
+    assert resolve(store, tile_filter(chrom=["contig_2"], where="gc > 0.2")) is not first
