@@ -15,9 +15,19 @@ import numpy as np
 from genoembed.vector_index import Metric, first_stage, import_faiss, prepare, refine_stage, search_index, search_knob
 
 
+def flat_block(ids: np.ndarray, vectors: np.ndarray, metric: Metric | str) -> tuple[np.ndarray, object]:
+    """``(ids, exact FAISS index of the vectors)``: a block :func:`exact_search` searches without rebuilding it
+    (a subset searched again and again keeps one)."""
+    faiss = import_faiss()
+    vectors = prepare(vectors, metric)
+    flat = faiss.IndexFlatIP(vectors.shape[1]) if Metric(metric) is Metric.ip else faiss.IndexFlatL2(vectors.shape[1])
+    flat.add(vectors)
+    return ids, flat
+
+
 def exact_search(blocks, queries: np.ndarray, k: int, metric: Metric | str) -> tuple[np.ndarray, np.ndarray]:
-    """(scores, ids) of the exact top-``k`` of each query over ``(ids, vectors)`` blocks, streamed with a running
-    merge; ids of -1 where the blocks hold fewer than ``k`` vectors."""
+    """(scores, ids) of the exact top-``k`` of each query over ``(ids, vectors)`` blocks (vectors as an array, or
+    a :func:`flat_block` index), streamed with a running merge; ids of -1 where the blocks hold fewer than ``k``."""
     faiss = import_faiss()
     metric = Metric(metric)
     queries = prepare(queries, metric)
@@ -25,10 +35,8 @@ def exact_search(blocks, queries: np.ndarray, k: int, metric: Metric | str) -> t
     for ids, vectors in blocks:
         if not len(ids):
             continue
-        vectors = prepare(vectors, metric)
-        flat = faiss.IndexFlatIP(vectors.shape[1]) if metric is Metric.ip else faiss.IndexFlatL2(vectors.shape[1])
-        flat.add(vectors)
-        scores, local = flat.search(queries, min(k, len(vectors)))
+        _, flat = (ids, vectors) if hasattr(vectors, "ntotal") else flat_block(ids, vectors, metric)
+        scores, local = flat.search(queries, min(k, len(ids)))
         found = np.where(local >= 0, ids[np.maximum(local, 0)], -1)
         if scores.shape[1] < k:  # a block smaller than k: pad so every block adds k columns
             pad = k - scores.shape[1]

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from genoembed.errors import InputError, command
 from genoembed.sql import run_sql
 from genoembed.store import Store
-from genoembed.recall import exact_search
+from genoembed.recall import exact_search, flat_block
 from genoembed.vector_index import TileSubset, refine_stage, search_knob
 
 # At most this many tiles, an approximate index's subset is searched exactly. Reading them costs one Parquet
@@ -172,12 +172,13 @@ def filtered_search(store: Store, vectors: np.ndarray, k: int, subset: TileSubse
 
 def subset_vectors(store: Store, subset: TileSubset):
     """(tile_ids, vectors) blocks of the subset's tiles, read only from shards whose id range can hold them;
-    kept on ``subset`` when they fit :data:`SUBSET_VECTOR_BYTES`."""
+    kept on ``subset`` (as an exact FAISS index) when they fit :data:`SUBSET_VECTOR_BYTES`."""
     if subset.vectors is not None:
         return [subset.vectors]
     blocks = list(_read_subset_vectors(store, subset))
     if blocks and subset.size * store.dim * 4 <= SUBSET_VECTOR_BYTES:
-        subset.vectors = (np.concatenate([ids for ids, _ in blocks]), np.concatenate([v for _, v in blocks]))
+        subset.vectors = flat_block(np.concatenate([ids for ids, _ in blocks]), np.concatenate([v for _, v in blocks]),
+                                    store.metric)
     return blocks
 
 

@@ -259,7 +259,7 @@ class TileSubset:
         if mask is None and (low is None or high is None):
             raise ValueError("a subset is a range (low, high) or a mask")
         self.size, self.low, self.high, self.mask = int(size), low, high, mask
-        self.vectors = None  # (ids, vectors) once read for an exact search, when small (genoembed.subsets)
+        self.vectors = None  # (ids, exact index of its vectors) once read for an exact search, when small
         self._selector = None
 
     def contains(self, ids: np.ndarray) -> np.ndarray:
