@@ -199,7 +199,7 @@ def test_cli_chrom_is_repeatable_and_where_filters(store, tiles):
     runner = CliRunner()
     result = runner.invoke(app, ["search", str(store.root), "--sequence", random_sequence(200, seed=97), "-k", "6",
                                  "--chrom", "contig_2", "--chrom", "tiny", "--where", "gc < 0.45", "--tiles",
-                                 "--no-annotate", "--no-save", "--format", "json"])
+                                 "--no-annotate", "--no-save", "--format", "jsonl", "--evalue", "1e9"])
     assert result.exit_code == 0, result.output
     hits = [json.loads(line) for line in result.output.splitlines() if line.strip()]
     assert len(hits) == 6 and {hit["chrom"] for hit in hits} <= {"contig_2", "tiny"}
