@@ -274,9 +274,9 @@ def main() -> None:
                         rng = np.random.default_rng(genomes)
                         if (name, unit) not in first_genome:
                             first_genome[(name, unit)] = method_for(name).vectors(tiles_of(records)[1])
-                        base = first_genome[(name, unit)]
-                        reference = np.concatenate([base] + [base + rng.normal(0, 0.01, base.shape).astype(np.float32)
-                                                             for _ in range(genomes - 1)])
+                        one = first_genome[(name, unit)]
+                        reference = np.concatenate([one] + [one + rng.normal(0, 0.01, one.shape).astype(np.float32)
+                                                            for _ in range(genomes - 1)])
                         vectors = "noised copies of genome 1's"
                     for rerank in [None, *args.rerank]:
                         say(f"{task.direction} x{genomes}: {name} {unit} rerank {rerank}")

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from genoembed import schema
-from genoembed.errors import InputError, MissingExtraError
+from genoembed.errors import InputError, missing_extra
 
 META_BELOW = 100_000  # bp: shorter genomes are too small to train pyrodigal on; its metagenomic models are used
 
@@ -39,7 +39,7 @@ def call_genes(records: Sequence[tuple[str, str]], meta: bool | None = None) -> 
     try:
         import pyrodigal
     except ImportError:
-        raise MissingExtraError("gene calls need pyrodigal: pip install 'genoembed[protein]'") from None
+        raise missing_extra("gene calls (--units genes, protein truth)", "protein", "pyrodigal") from None
     total = sum(len(sequence) for _, sequence in records)
     meta = total < META_BELOW if meta is None else meta
     finder = pyrodigal.GeneFinder(meta=meta)

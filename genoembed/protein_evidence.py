@@ -33,7 +33,7 @@ import pyarrow as pa
 
 from genoembed import schema
 from genoembed.embedders.translated import STOP, six_frames, translate
-from genoembed.errors import MissingExtraError
+from genoembed.errors import missing_extra
 from genoembed.evidence import cigar_operations, flanked
 from genoembed.topology import circular_overlaps, flanked_round
 
@@ -46,7 +46,7 @@ def _parasail():
     try:
         import parasail
     except ImportError:
-        raise MissingExtraError("protein evidence needs parasail: pip install 'genoembed[align]'") from None
+        raise missing_extra("protein evidence (--protein-rerank)", "align", "parasail") from None
     return parasail
 
 

@@ -175,7 +175,7 @@ def test_search_cli_protein_rerank_reports_protein_evidence(tmp_path):
     query = recode(gene.dna[300:1200], 0.6, codon_usage([g.dna for g in genes]), substitution_table(),
                    np.random.default_rng(9))
     result = runner.invoke(app, ["search", str(store), "--sequence", query, "-k", "3", "--protein-rerank", "50",
-                                 "--tiles", "--no-save", "-f", "json", "-q"])
+                                 "--tiles", "--no-save", "-f", "jsonl", "-q"])
     assert result.exit_code == 0, result.output
     hits = [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
     best = hits[0]
@@ -217,7 +217,7 @@ def test_index_gene_units_stores_one_row_per_called_gene_and_finds_a_gene_by_its
     gene = max(genes, key=lambda g: len(g.dna))
     region = f"{gene.contig}:{gene.start + 1}-{gene.end}:{gene.strand}"
     result = runner.invoke(app, ["search", str(store_path), "--region", region, "-k", "2", "--tiles", "--no-save",
-                                 "-f", "json", "-q"])
+                                 "-f", "jsonl", "-q"])
     assert result.exit_code == 0, result.output
     hits = [json.loads(line) for line in result.output.splitlines()]
     # the gene itself, and its copy in the other inverted repeat (ycf2), tie for the top: both are whole genes
