@@ -78,7 +78,7 @@ def test_json_is_a_document_and_jsonl_lines_across_chunks(chloroplast_store, tmp
 
 
 def test_gene_finder_gff3_features_are_named_by_their_id(tmp_path):
-    from genoembed.features import read_gff3
+    from genoembed.gff import read_gff3
 
     gff = tmp_path / "prodigal.gff3"
     gff.write_text("##gff-version 3\n"
