@@ -170,7 +170,8 @@ def compile_check(ctx: dict) -> dict:
 
 
 def faiss_check(ctx: dict) -> dict:
-    from genoembed.vector_index import gpu_available, gpu_resources, import_faiss, on_search_device, recall_at
+    from genoembed.recall import recall_at
+    from genoembed.vector_index import gpu_available, gpu_resources, import_faiss, on_search_device
 
     faiss = import_faiss()
     rng = np.random.default_rng(0)
