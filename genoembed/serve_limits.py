@@ -31,8 +31,9 @@ OPEN_PATHS = {"/healthz", "/", "/docs", "/redoc", "/openapi.json"}
 
 @dataclass(frozen=True)
 class Limits:
-    """What one request may cost; the defaults keep a served store under about 2 GB with every worker busy
-    (benchmarks/chaos.py measures it)."""
+    """What one request may cost. With the defaults, 4 workers x (512 MB of DuckDB + a 64 MB response + its rows'
+    Python objects) keep a served store under 3 GB by construction; benchmarks/chaos.py measured 385 MiB at peak
+    under its flood and abusive requests."""
 
     max_body: int = MAX_BODY  # bytes of a request body
     max_queries: int = MAX_QUERIES  # queries in one search
