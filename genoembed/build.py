@@ -16,6 +16,7 @@ import shutil
 from pathlib import Path
 from typing import Callable, Iterable
 
+from genoembed import schema
 from genoembed.version import VERSION as __version__
 from genoembed.annotate import add_annotations
 from genoembed.embedders import Embedder, get_embedder
@@ -72,6 +73,10 @@ def index(
     embeds on Ray actors (``engine_options``: address, num_workers, gpus_per_worker, ...;
     see :class:`genoembed.ray_engine.RayEngine`) into the same store, row for row.
     """
+    if embedding_dtype not in schema.EMBEDDING_DTYPES:
+        raise InputError(f"embedding_dtype {embedding_dtype!r}: use {' or '.join(schema.EMBEDDING_DTYPES)}")
+    if shard_rows < 1 or batch_rows < 1:
+        raise InputError(f"shard_rows={shard_rows}, batch_rows={batch_rows}: give positive numbers of rows")
     chosen = make_engine(engine, {**(engine_options or {}), "batch_rows": batch_rows} if engine == "ray" else engine_options)
     output = Path(output)
     genome = fasta if isinstance(fasta, Genome) else open_genome(fasta, name=genome_name)

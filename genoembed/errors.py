@@ -8,6 +8,11 @@ def command(*words) -> str:
     return "`" + " ".join(["genoembed"] + [shlex.quote(str(word)) for word in words]) + "`"
 
 
+def quoted(text: str, limit: int = 60) -> str:
+    """``repr(text)``, cut to ``limit`` characters: an error line echoes what was typed, not a megabyte of it."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text)} characters)"
+
+
 class GenoembedError(Exception):
     """Base class for every expected failure (bad input, bad store, bad model)."""
 

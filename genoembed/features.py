@@ -22,7 +22,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from genoembed import schema
-from genoembed.errors import InputError
+from genoembed.errors import InputError, quoted
 from genoembed.gff import MAX_REPORTED, FeatureFile, Problems, fail, integer, plural
 from genoembed.seqio import open_text
 
@@ -120,7 +120,7 @@ def _is_bed_header(line: str) -> bool:
 def _bed_interval(start_text: str, end_text: str, number: int, problems: Problems) -> tuple[int | None, int | None]:
     start, end = integer(start_text), integer(end_text)
     if start is None or end is None:
-        problems.add(number, f"start/end {start_text!r}/{end_text!r} are not integers",
+        problems.add(number, f"start/end {quoted(start_text, 20)}/{quoted(end_text, 20)} are not integers",
                      "columns 2 and 3 are 0-based integer coordinates")
         return None, None
     if start < 0:

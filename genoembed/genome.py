@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pyfaidx
 
-from genoembed.errors import InputError
+from genoembed.errors import InputError, StoreError
 from genoembed.files import atomic_file, atomic_write_bytes
 from genoembed.seqio import GZIP_MAGIC, is_gzip, reverse_complement
 from genoembed.fasta_scan import SEQUENCE_LETTERS, scan_fasta  # noqa: F401 (SEQUENCE_LETTERS: part of this API)
@@ -72,7 +72,7 @@ def remembered_checksum(path: Path) -> str:
     try:
         memo.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(memo, checksum.encode())
-    except OSError:
+    except (OSError, StoreError):
         pass  # an unwritable cache only costs reading the file again next time
     return checksum
 

@@ -296,4 +296,4 @@ def plural(count: int, noun: str) -> str:
 def integer(text: str) -> int | None:
     """ASCII digits with an optional '-', else None: int() would also take ``1_000``, ``+5`` or ``٣``."""
     text = text.strip()
-    return int(text) if _INTEGER.fullmatch(text) else None
+    return int(text) if _INTEGER.fullmatch(text) and len(text) <= schema.MAX_COORDINATE_DIGITS else None

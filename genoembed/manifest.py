@@ -113,6 +113,11 @@ def m003_topology(manifest: dict) -> dict:
 MIGRATIONS = {1: m001_single_genome, 2: m002_annotation_genomes, 3: m003_topology}
 
 
+# Widest vector a store may declare: far above any model's, low enough that a schema or buffer of that
+# width can be made (a damaged ``dim`` of 1e12 overflowed Arrow's list size).
+MAX_DIM = 1 << 20
+
+
 def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -130,14 +135,22 @@ def manifest_problems(manifest: dict) -> list[str]:
             problems.append(f"{where} is {json.dumps(value)[:40]}, expected {what}")
         return ok
 
-    if expect("dim", manifest.get("dim"), int, "a positive integer") and manifest["dim"] < 1:
-        problems.append(f"dim is {manifest['dim']}, expected a positive integer")
+    if expect("dim", manifest.get("dim"), int, "a positive integer") and not 1 <= manifest["dim"] <= MAX_DIM:
+        problems.append(f"dim is {manifest['dim']}, expected a positive integer up to {MAX_DIM}")
     for key in ("next_tile_id", "next_shard"):
         expect(key, manifest.get(key), int, "an integer")
     if expect("provenance", manifest.get("provenance"), dict, "an object"):
         provenance = manifest["provenance"]
         for key in ("embedder", "tiling"):
             expect(f"provenance.{key}", provenance.get(key), dict, "an object")
+        tiling = provenance.get("tiling")
+        if isinstance(tiling, dict):  # tiles are cut and searched with these (search, track, variants, explain)
+            for key in ("window", "stride"):
+                if expect(f"provenance.tiling.{key}", tiling.get(key), int, "a positive integer") and tiling[key] < 1:
+                    problems.append(f"provenance.tiling.{key} is {tiling[key]}, expected a positive integer")
+            if tiling.get("strands") not in ("+", "-", "both"):
+                problems.append(f"provenance.tiling.strands is {json.dumps(tiling.get('strands'))[:40]}, "
+                                "expected \"+\", \"-\" or \"both\"")
         if provenance.get("embedding_dtype", "float32") not in ("float32", "float16"):
             problems.append(f"provenance.embedding_dtype is {json.dumps(provenance['embedding_dtype'])[:40]}, "
                             "expected \"float32\" or \"float16\"")
@@ -193,6 +206,7 @@ def manifest_problems(manifest: dict) -> list[str]:
                     _check_store_path(entry["path"], f"{section}.{name}", problems)
                 if section == "annotations" and isinstance(entry, dict):
                     _check_annotation_genome(entry, f"{section}.{name}", problems)
+                    expect(f"{section}.{name}.rows", entry.get("rows"), int, "a row count")
     index = manifest.get("index")
     if index is not None and expect("index", index, dict, "an object or null"):
         if expect("index.path", index.get("path"), str, "a path"):

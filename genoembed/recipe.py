@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from genoembed import schema
 from genoembed.embedders import EmbedderOptions
 from genoembed.errors import InputError
 from genoembed.resources import PACKAGE_PREFIX, resolve
@@ -30,6 +33,49 @@ _SECTIONS = {
     "annotations": {"files", "aliases", "auto_alias"},
     "store": {"output", "out", "shard_rows", "batch_rows", "embedding_dtype"},
 }
+
+
+
+def _toml_types(hint) -> tuple[type, ...]:
+    """The TOML values (as tomllib returns them) a field annotated ``hint`` takes."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return tuple(kind for arg in typing.get_args(hint) if arg is not type(None) for kind in _toml_types(arg))
+    if hint is bool:
+        return (bool,)
+    if hint is int:
+        return (int,)
+    if hint is float:
+        return (int, float)
+    if typing.get_origin(hint) in (tuple, list):
+        return (list,)
+    return (str,)  # str and the str-valued enums (strands, soft_mask, metric)
+
+
+# What each key must hold, from the fields the recipe fills (checked before they are built, so `factory = 0`
+# is a line naming the key, not a TypeError from FAISS).
+_TYPES = {
+    **{("tiling", name): _toml_types(hint) for name, hint in typing.get_type_hints(TilingSpec).items()},
+    **{("index", name): _toml_types(hint) for name, hint in typing.get_type_hints(IndexSpec).items()},
+    **{("model", name): _toml_types(hint) for name, hint in typing.get_type_hints(EmbedderOptions).items()},
+    ("model", "name"): (str,), ("model", "kind"): (str,), ("model", "path"): (str,), ("model", "k"): (int,),
+    ("genome", "name"): (str,), ("annotations", "files"): (list,), ("annotations", "aliases"): (dict,),
+    ("annotations", "auto_alias"): (bool,), ("store", "output"): (str,), ("store", "out"): (str,),
+    ("store", "shard_rows"): (int,), ("store", "batch_rows"): (int,), ("store", "embedding_dtype"): (str,),
+}
+
+
+def _type_problems(data: dict) -> list[str]:
+    problems = []
+    for (section, key), kinds in _TYPES.items():
+        value = data.get(section, {}).get(key)
+        if value is not None and (not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds)):
+            names = " or ".join(sorted({_KIND_NAMES[kind] for kind in kinds}))
+            problems.append(f"[{section}] {key} = {value!r:.40}: expected {names}")
+    return problems
+
+
+_KIND_NAMES = {bool: "true/false", int: "a number", float: "a number", str: "a string", list: "a list",
+               dict: "a table"}
 
 
 @dataclass(frozen=True)
@@ -50,6 +96,14 @@ class Recipe:
     shard_rows: int = 65536
     batch_rows: int = 1024
     embedding_dtype: str = "float32"
+
+    def __post_init__(self):
+        for name in ("shard_rows", "batch_rows"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"[store] {name} = {getattr(self, name)}: give a positive number of rows")
+        if self.embedding_dtype not in schema.EMBEDDING_DTYPES:
+            raise ValueError(f"[store] embedding_dtype {self.embedding_dtype!r}: use "
+                             f"{' or '.join(schema.EMBEDDING_DTYPES)}")
 
 
 def model_name(model: dict, base: Path | None) -> str:
@@ -91,6 +145,7 @@ def load_recipe(path: str | Path) -> Recipe:
         raise InputError(f"{path}: {'; '.join(problems)}")
     for section, allowed in _SECTIONS.items():
         problems += [f"[{section}] unknown key {key!r}" for key in data.get(section, {}) if key not in allowed]
+    problems += _type_problems(data)
     fastas = data.get("genome", {}).get("fasta")
     fastas = [fastas] if isinstance(fastas, str) else fastas
     if not fastas or not isinstance(fastas, list) or not all(isinstance(f, str) for f in fastas):

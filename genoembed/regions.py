@@ -8,7 +8,8 @@ import re
 from dataclasses import dataclass
 from typing import Iterator
 
-from genoembed.errors import InputError
+from genoembed import schema
+from genoembed.errors import InputError, quoted
 from genoembed.tiles import tile_starts
 
 _VALID_BASES = re.compile(r"^[ACGTNRYKMSWBDHV]+$", re.IGNORECASE)
@@ -50,14 +51,14 @@ def parse_region(text: str, across_origin: bool = False) -> tuple[str, int | Non
     """
     match = _REGION.match(text.strip())
     if not match or not match.group("chrom"):
-        raise InputError(f"region {text!r}: expected chrom:start-end (1-based, e.g. chr1:1001-2000)")
+        raise InputError(f"region {quoted(text)}: expected chrom:start-end (1-based, e.g. chr1:1001-2000)")
     start, end = match.group("start"), match.group("end")
     strand = match.group("strand") or "+"
     if start is None:
         return match.group("chrom"), None, None, strand
-    start, end = int(start.replace(",", "")), int(end.replace(",", ""))
+    start, end = (schema.coordinate(value.replace(",", ""), f"region {quoted(text)}") for value in (start, end))
     if start < 1 or end < 1 or (end < start and not across_origin):
-        raise InputError(f"region {text!r}: need 1 <= start <= end (1-based closed coordinates)")
+        raise InputError(f"region {quoted(text)}: need 1 <= start <= end (1-based closed coordinates)")
     return match.group("chrom"), start - 1, end, strand
 
 
@@ -71,17 +72,17 @@ def resolve_region(genome, text: str) -> tuple[str, int, int, str]:
     0-based half-open; a region across a circular contig's origin (``plasmid:9001-200``) ends past its length."""
     chrom, start, end, strand = parse_region(text, across_origin=True)
     if chrom not in genome.contigs:
-        raise InputError(f"region {text!r}: contig {chrom!r} is not in {genome.path}; "
+        raise InputError(f"region {quoted(text)}: contig {chrom!r} is not in {genome.path}; "
                          f"known: {', '.join(list(genome.contigs)[:5])}")
     length, circular = genome.contigs[chrom], chrom in genome.circular
     start, end = (0, length) if start is None else (start, end)
     if end <= start:
         if not circular:
-            raise InputError(f"region {text!r}: start is past end, which only a circular contig allows "
+            raise InputError(f"region {quoted(text)}: start is past end, which only a circular contig allows "
                              f"(across its origin) and {chrom} is linear; need 1 <= start <= end")
         end += length
     if start >= length or end > length and (not circular or end > start + length):
-        raise InputError(f"region {text!r}: ends at {end} but {chrom} has {length} bp; "
+        raise InputError(f"region {quoted(text)}: ends at {end} but {chrom} has {length} bp; "
                          "clip the region to the contig")
     return chrom, start, end, strand
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+from genoembed.errors import InputError
+
 COORDINATES = "0-based half-open"
 STRANDS = ("+", "-", ".")
 
@@ -43,11 +45,26 @@ SEQUENCE = "sequence"
 TILES_WITH_SEQUENCE = pa.schema(TILE_FIELDS + [pa.field(SEQUENCE, pa.string(), nullable=False)])
 
 EMBEDDING = "embedding"
+EMBEDDING_DTYPES = {"float32": pa.float32(), "float16": pa.float16()}
+# Coordinates fit int64 with room to add a window: more digits than this is not a position. Checked before
+# int(), which refuses text over 4,300 digits with a ValueError (and takes quadratic time below that).
+MAX_COORDINATE_DIGITS = 18
+
+
+def coordinate(text: str, where: str) -> int:
+    """A non-negative position typed by a user (ASCII digits only); a one-line InputError naming ``where`` else."""
+    text = text.strip()
+    if not (text.isascii() and text.isdigit()):
+        raise InputError(f"{where}: coordinate {text[:20]!r} is not a whole number")
+    if len(text) > MAX_COORDINATE_DIGITS:
+        raise InputError(f"{where}: coordinate of {len(text)} digits is beyond any genome "
+                         f"(at most {MAX_COORDINATE_DIGITS} digits)")
+    return int(text)
 
 
 def embeddings_schema(dim: int, dtype: str = "float32") -> pa.Schema:
     """Schema of a stored shard: tile columns plus a fixed-size embedding list."""
-    value_type = {"float32": pa.float32(), "float16": pa.float16()}[dtype]
+    value_type = EMBEDDING_DTYPES[dtype]
     return pa.schema(TILE_FIELDS + [pa.field(EMBEDDING, pa.list_(value_type, dim), nullable=False)])
 
 

@@ -20,7 +20,7 @@ import pyarrow as pa
 from genoembed import schema
 from genoembed.embedders.base import strand_invariant
 from genoembed.errors import InputError, StoreError
-from genoembed.seqio import fasta_records, open_text, read_fasta
+from genoembed.seqio import open_text, read_fasta
 from genoembed.names import check_identifier
 from genoembed.saved_searches import save_hits
 from genoembed.subsets import TileFilter, filtered_search, resolve, tile_filter
@@ -33,13 +33,24 @@ from genoembed.topology import circular_overlaps, flanked_round
 
 def region_queries(genome, regions: list[str]) -> list[Query]:
     """One query per region string, each embedded whole (refused above :data:`genoembed.regions.MAX_QUERY_BASES`)."""
-    queries = []
+    located = list(locate_regions(genome, regions))
+    for query in located:
+        refuse_long(query.name, query.end - query.start)
+    return list(fetch_queries(genome, located))
+
+
+def locate_regions(genome, regions: list[str]) -> Iterator[Query]:
+    """Regions resolved on ``genome``, their sequence not yet read (so a caller can weigh them first)."""
     for text in regions:
         chrom, start, end, strand = resolve_region(genome, text)
-        refuse_long(text, end - start)
-        queries.append(Query(text, genome.fetch(chrom, start, end, strand).upper(), chrom, start, end, strand,
-                             genome_holding(genome, chrom)))
-    return queries
+        yield Query(text, "", chrom, start, end, strand, genome_holding(genome, chrom))
+
+
+def fetch_queries(genome, located: Iterable[Query]) -> Iterator[Query]:
+    """Located queries with their sequence read from ``genome``, one at a time."""
+    for query in located:
+        sequence = genome.fetch(query.chrom, query.start, query.end, query.strand)
+        yield dataclasses.replace(query, sequence=sequence.upper())
 
 
 def iter_region_queries(genome, regions: list[str], window: int, stride: int) -> Iterator[Query]:
@@ -69,27 +80,23 @@ def iter_bed_queries(genome, path: str | Path) -> Iterator[Query]:
         raise InputError(f"{path}: BED file not found")
     try:
         with open_text(path) as handle:
-            yield from _bed_lines(genome, handle, str(path))
+            yield from fetch_queries(genome, locate_bed_lines(genome, handle, str(path)))
     except UnicodeDecodeError:
         raise InputError(f"{path}: not a text BED file (undecodable bytes); give a plain or gzipped BED") from None
 
 
-def bed_text_queries(genome, text: str, where: str) -> list[Query]:
-    """Regions from BED text (a request's body); ``where`` names it in errors."""
-    return list(_bed_lines(genome, text.splitlines(), where))
-
-
-def _bed_lines(genome, lines: Iterable[str], where: str) -> Iterator[Query]:
+def locate_bed_lines(genome, lines: Iterable[str], where: str) -> Iterator[Query]:
+    """BED lines as located queries (coordinates checked, sequence not yet read)."""
     found = False
     for number, line in enumerate(lines, 1):
         line = line.rstrip("\r\n")
         if not line.strip() or line.startswith(("#", "track", "browser")):
             continue
         fields = line.split("\t")
-        if len(fields) < 3 or not fields[1].isdigit() or not fields[2].isdigit():
+        if len(fields) < 3:
             raise InputError(f"{where}:{number}: expected chrom<TAB>start<TAB>end with integer coordinates "
                              "(tab-separated: names may hold spaces)")
-        chrom, start, end = fields[0], int(fields[1]), int(fields[2])
+        chrom, (start, end) = fields[0], (schema.coordinate(value, f"{where}:{number}") for value in fields[1:3])
         strand = fields[5] if len(fields) > 5 and fields[5] in ("+", "-") else "+"
         name = fields[3] if len(fields) > 3 and fields[3] else f"{chrom}:{start + 1}-{end}"
         if chrom not in genome.contigs:
@@ -98,8 +105,7 @@ def _bed_lines(genome, lines: Iterable[str], where: str) -> Iterator[Query]:
             raise InputError(f"{where}:{number}: {chrom}:{start}-{end} is empty or outside the contig "
                              f"(length {genome.contigs[chrom]})")
         found = True
-        yield Query(name, genome.fetch(chrom, start, end, strand).upper(), chrom, start, end, strand,
-                    genome_holding(genome, chrom))
+        yield Query(name, "", chrom, start, end, strand, genome_holding(genome, chrom))
     if not found:
         raise InputError(f"{where}: no regions found")
 
@@ -113,12 +119,6 @@ def iter_fasta_queries(path: str | Path) -> Iterator[Query]:
     """:func:`fasta_queries` one record at a time."""
     for name, sequence in read_fasta(path):
         yield Query(name, check_sequence(sequence, f"{path} record {name!r}"))
-
-
-def fasta_text_queries(text: str, where: str) -> list[Query]:
-    """Every record of FASTA text (a request's body) as a sequence query."""
-    return [Query(name, check_sequence(sequence, f"{where} record {name!r}"))
-            for name, sequence in fasta_records(text.splitlines(), where)]
 
 
 class UniqueNames:

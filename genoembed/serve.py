@@ -4,25 +4,37 @@ Each store is opened once and its embedder loaded once. Every request reads
 the store's newest committed snapshot: the manifest file is stat-ed and the
 store re-opened only when it changed (a writer commits by renaming a new
 manifest into place), so an append running beside the server never breaks a
-request; a request that began on the old snapshot finishes on it. Requests run
-in FastAPI's thread pool; the embedder (tokenizers and torch modules are not
+request; a request that began on the old snapshot finishes on it. Work runs on
+the worker threads (below); the embedder (tokenizers and torch modules are not
 promised to be thread-safe), the FAISS index (search parameters are set on the
 shared index) and pyfaidx (one file handle, seek then read) are used under one
 lock per store, while annotation joins and SQL (a DuckDB connection each) run
 in parallel.
 
 Safety: stores are addressed by the names given at startup, never by a path
-from a request; bodies over ``MAX_BODY`` bytes, ``k`` over ``MAX_K`` and more
-than ``MAX_QUERIES`` queries are refused; with a token every endpoint but
-``/healthz``, the page shell and the API docs (which hold no data, and which a
-browser cannot fetch with a bearer header) needs ``Authorization: Bearer
-TOKEN``. Every failure is a JSON ``{"error": "..."}`` line: bad input 400,
-unknown store 404, invalid fields 422, no traceback ever leaves the server.
+from a request; with a token every endpoint but ``/healthz``, the page shell
+and the API docs (which hold no data, and which a browser cannot fetch with a
+bearer header) needs ``Authorization: Bearer TOKEN``. Every failure is a JSON
+``{"error": "..."}`` line: bad input 400, unknown store 404, too large 413,
+invalid fields 422, busy 503, too slow 504; no traceback and no server path
+(store roots, FASTA paths, DuckDB's home) ever leaves the server (a
+:class:`~genoembed.serve_limits.Redactor` rewrites error lines and SQL cells).
+
+Bounds (:class:`~genoembed.serve_limits.Limits`), each checked before the work it bounds: the body
+size (read under a deadline, so a slow sender is dropped), the query count
+(counted in the body before anything is parsed), the total bases of a
+search (from the regions' coordinates, before any sequence is read), hits
+per response (queries x k), SQL rows (fetched in batches, refused past the
+cap) and DuckDB's memory (``memory_limit``, spilling to a private temp
+directory), response bytes, and a deadline over the whole request (the
+response is built inside it). Searches, SQL and tracks run on a pool of
+``workers`` threads, never on the event loop or FastAPI's thread pool, with
+at most ``queue`` more waiting (503 beyond), so ``/healthz`` (answered on the
+event loop) and cheap endpoints answer while long queries run.
 """
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import math
@@ -36,28 +48,28 @@ from typing import Literal
 import pyarrow as pa
 from fastapi import Depends, FastAPI, Query as QueryParam, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException
 
 from genoembed.annotate import annotate_hits
 from genoembed.errors import GenoembedError, InputError, StoreError
-from genoembed.search import (Query, bed_text_queries, check_sequence, fasta_text_queries, query_source,
-                              region_queries, search)
-from genoembed.sql import run_sql
+from genoembed.search import (Query, check_sequence, fetch_queries, locate_bed_lines, locate_regions, query_source,
+                              refuse_long)
+from genoembed.seqio import fasta_records
+from genoembed.sql import ResultTooLarge, run_sql
 from genoembed.manifest import MANIFEST
 from genoembed.mapping import answer
 from genoembed.names import check_word
 from genoembed.store import Store
 from genoembed.tracks import bedgraph_chunks, chrom_sizes, hits_bed, similarity, write_bigwig
+from genoembed.serve_limits import (MAX_SQL_TIMEOUT, Busy, Guard, Limits, Redactor, TooLarge,
+                                    TooSlow, Unprocessable, Workers, error_response, sized)
 from genoembed.version import VERSION
 
-MAX_BODY = 1_000_000
 MAX_K = 1000
-MAX_QUERIES = 10_000
-MAX_SQL_TIMEOUT = 300.0
+TRACK_BYTES_PER_TILE = 40  # one bedGraph line (contig, start, end, score), for weighing a track before it is made
 STATIC = Path(__file__).parent / "serve_static"
-OPEN_PATHS = {"/healthz", "/", "/docs", "/redoc", "/openapi.json"}
 MEDIA = {"json": "application/json", "jsonl": "application/jsonl", "tsv": "text/tab-separated-values", "bed": "text/x-bed", "bed9": "text/x-bed",
          "bedgraph": "text/x-bedgraph", "bigwig": "application/octet-stream"}
 log = logging.getLogger("genoembed")
@@ -156,30 +168,57 @@ def store_names(paths: list[str]) -> dict[str, Path]:
     return named
 
 
-def collect_queries(snapshot: Snapshot, request: SearchRequest) -> list[Query]:
-    """The request's queries in the CLI's order: regions, BED, sequences, FASTA; region sources cached per snapshot."""
-    queries: list[Query] = []
+def count_queries(request: SearchRequest) -> int:
+    """How many queries the request holds, counted in its text before any of it is parsed."""
+    bed = sum(1 for line in (request.bed or "").splitlines()
+              if line.strip() and not line.startswith(("#", "track", "browser")))
+    return len(request.regions) + len(request.sequences) + bed + (request.fasta or "").count(">")
+
+
+def collect_queries(snapshot: Snapshot, request: SearchRequest, limits: Limits) -> list[Query]:
+    """The request's queries in the CLI's order: regions, BED, sequences, FASTA; region sources cached per snapshot.
+
+    Weighed before any sequence is read: the count, then the bases the regions' coordinates cover, then
+    the hits the response would hold.
+    """
+    count = count_queries(request)
+    if not count:
+        raise InputError("no query: give regions, sequences, bed or fasta")
+    if count > limits.max_queries:
+        raise TooLarge(f"{count} queries: at most {limits.max_queries} per request")
+    if count * request.k > limits.max_rows:
+        raise TooLarge(f"{count} queries x k={request.k} = {count * request.k} hits: at most {limits.max_rows} "
+                       "per response; lower k or split the request")
+    located: list[Query] = []
+    source = None
     if request.regions or request.bed:
         key = request.query_genome
         if key not in snapshot.sources:
             snapshot.sources[key] = query_source(snapshot.store, key)
         source = snapshot.sources[key]
-        queries += region_queries(source, request.regions)
-        queries += bed_text_queries(source, request.bed, "bed") if request.bed else []
+        located += list(locate_regions(source, request.regions))
+        located += list(locate_bed_lines(source, request.bed.splitlines(), "bed")) if request.bed else []
+    bases = sum(query.end - query.start for query in located) + sum(map(len, request.sequences)) \
+        + len(request.fasta or "")
+    if bases > limits.max_bases:
+        raise TooLarge(f"queries cover {bases} bases: at most {limits.max_bases} per request "
+                       "(search long regions with `genoembed search`)")
+    for query in located:  # each is embedded whole: the CLI answers longer ones tile by tile
+        refuse_long(query.name, query.end - query.start)
+    queries = list(fetch_queries(source, located)) if located else []
     queries += [Query(f"sequence{i + 1}", check_sequence(s, f"sequences[{i}]")) for i, s in enumerate(request.sequences)]
-    queries += fasta_text_queries(request.fasta, "fasta") if request.fasta else []
-    if not queries:
-        raise InputError("no query: give regions, sequences, bed or fasta")
-    if len(queries) > MAX_QUERIES:
-        raise InputError(f"{len(queries)} queries: at most {MAX_QUERIES} per request")
+    queries += [Query(name, check_sequence(sequence, f"fasta record {name!r}"))
+                for name, sequence in fasta_records(request.fasta.splitlines(), "fasta")] if request.fasta else []
+    if len(queries) > limits.max_queries:  # FASTA headers can hide in a record's text: count again
+        raise TooLarge(f"{len(queries)} queries: at most {limits.max_queries} per request")
     return queries
 
 
-def run_search(served: ServedStore, request: SearchRequest) -> pa.Table:
+def run_search(served: ServedStore, request: SearchRequest, limits: Limits = Limits()) -> pa.Table:
     """Hits with their features, as `genoembed search --no-save` returns them."""
     snapshot = served.snapshot()
     with served.lock:
-        queries = collect_queries(snapshot, request)
+        queries = collect_queries(snapshot, request, limits)
         settings = {"nprobe": request.nprobe, "ef_search": request.ef_search, "k_factor": request.k_factor}
         hits, _ = answer(snapshot.store, queries, k=request.k, exclude_self=request.exclude_self, genome=request.genome,
                          chrom=request.chrom, where=request.where, search_settings=settings, embedder=served.embedder, evalue=request.evalue,
@@ -190,11 +229,17 @@ def run_search(served: ServedStore, request: SearchRequest) -> pa.Table:
     return hits
 
 
-def similarity_track(served: ServedStore, request: SearchRequest) -> tuple[pa.Table, dict[str, int]]:
+def similarity_track(served: ServedStore, request: SearchRequest,
+                     limits: Limits = Limits()) -> tuple[pa.Table, dict[str, int]]:
     """The one query's best cosine per tile position, and the contig sizes of the genome drawn."""
     snapshot = served.snapshot()
+    tiles = sum(shard["rows"] for shard in snapshot.store.shards
+                if request.genome is None or shard.get("genome") == request.genome)
+    if tiles * TRACK_BYTES_PER_TILE > limits.max_response_bytes:
+        raise TooLarge(f"a similarity track of {tiles} tiles is over this server's {limits.max_response_bytes} "
+                       "byte responses; name one --genome or use `genoembed track`")
     with served.lock:
-        queries = collect_queries(snapshot, request)
+        queries = collect_queries(snapshot, request, limits)
         if len(queries) != 1:
             raise InputError(f"a similarity track is for one query, got {len(queries)}")
         vector = served.embedder.embed([queries[0].sequence])[0]
@@ -222,23 +267,27 @@ def tsv_cell(value) -> str:
     return "" if value is None else " ".join(str(value).replace("\t", " ").splitlines())
 
 
-def table_response(table: pa.Table, fmt: str, extra: dict | None = None) -> Response:
+def table_response(table: pa.Table, fmt: str, extra: dict | None = None, limits: Limits = Limits(),
+                   redact=None) -> Response:
     """A result table as JSON (one document: ``{"columns", "rows", ...}``), JSON lines (a row a line, as the CLI's
-    ``-f jsonl``) or TSV (header row, empty cells for nulls)."""
+    ``-f jsonl``) or TSV (header row, empty cells for nulls).
+
+    ``redact`` (a :class:`Redactor`) is applied to text cells; the body is refused past the response limit.
+    """
+    if table.num_rows > limits.max_rows:
+        raise TooLarge(f"{table.num_rows} rows: at most {limits.max_rows} per response; add a limit or filter")
     rows = table.to_pylist()
+    if redact is not None:
+        rows = [{key: redact.cell(value) for key, value in row.items()} for row in rows]
     if fmt == "jsonl":
-        return Response("".join(json.dumps({key: clean(value) for key, value in row.items()}, default=str) + "\n"
-                                for row in rows), media_type=MEDIA["jsonl"])
+        return sized(Response("".join(json.dumps({key: clean(value) for key, value in row.items()}, default=str) + "\n"
+                                      for row in rows), media_type=MEDIA["jsonl"]), limits)
     if fmt == "tsv":
         lines = ["\t".join(table.column_names)] + ["\t".join(tsv_cell(v) for v in row.values()) for row in rows]
-        return Response("".join(line + "\n" for line in lines), media_type=MEDIA["tsv"])
+        return sized(Response("".join(line + "\n" for line in lines), media_type=MEDIA["tsv"]), limits)
     body = {**(extra or {}), "columns": table.column_names,
             "rows": [{key: clean(value) for key, value in row.items()} for row in rows]}
-    return Response(json.dumps(body, default=str), media_type=MEDIA["json"])
-
-
-def error_response(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": " ".join(str(message).split())}, status_code=status)
+    return sized(Response(json.dumps(body, default=str), media_type=MEDIA["json"]), limits)
 
 
 class UnknownStore(InputError):
@@ -246,8 +295,12 @@ class UnknownStore(InputError):
 
 
 def status_of(error: GenoembedError) -> int:
-    """Unknown names are 404, everything else the caller can fix is 400."""
-    return 404 if isinstance(error, UnknownStore) else 400
+    """Unknown names are 404, over a limit 413, busy 503, too slow 504, everything else the caller can fix 400."""
+    for kind, status in ((UnknownStore, 404), (TooLarge, 413), (ResultTooLarge, 413), (Busy, 503),
+                         (TooSlow, 504)):
+        if isinstance(error, kind):
+            return status
+    return 400
 
 
 def validation_message(error: ValidationError | RequestValidationError) -> str:
@@ -257,49 +310,6 @@ def validation_message(error: ValidationError | RequestValidationError) -> str:
         where = ".".join(str(p) for p in item.get("loc", ()) if p not in ("body", "query"))
         parts.append(f"{where or 'body'}: {item.get('msg', 'invalid')}")
     return "; ".join(parts)
-
-
-class Guard:
-    """ASGI middleware: refuses bodies over ``MAX_BODY`` (413) and requests without the token (401)."""
-
-    def __init__(self, app, token: str | None = None):
-        self.app, self.token = app, token
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        if self.token is not None and scope["path"] not in OPEN_PATHS and not self.authorised(scope):
-            response = error_response(401, "missing or wrong token: send the header 'Authorization: Bearer TOKEN'")
-            response.headers["WWW-Authenticate"] = "Bearer"
-            return await response(scope, receive, send)
-        declared = dict(scope["headers"]).get(b"content-length", b"0")
-        if declared.isdigit() and int(declared) > MAX_BODY:
-            return await error_response(413, f"request body over {MAX_BODY} bytes")(scope, receive, send)
-        chunks, size, more = [], 0, True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            more = message.get("more_body", False)
-            if size > MAX_BODY:
-                return await error_response(413, f"request body over {MAX_BODY} bytes")(scope, receive, send)
-        body, sent = b"".join(chunks), False
-
-        async def replay():
-            nonlocal sent
-            if sent:
-                return await receive()
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        return await self.app(scope, replay, send)
-
-    def authorised(self, scope) -> bool:
-        header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
-        scheme, _, given = header.partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), self.token.encode())
 
 
 async def raw_body(request: Request) -> bytes:
@@ -317,6 +327,8 @@ def search_request(request: Request, body: bytes, base: SearchRequest | None = N
     if text and "json" in request.headers.get("content-type", ""):
         try:
             parsed = json.loads(text)
+        except RecursionError:  # json's C decoder recurses per nesting level
+            raise InputError("body is JSON nested too deeply; send a flat object") from None
         except ValueError as error:
             raise InputError(f"body is not JSON ({error})") from None
         if not isinstance(parsed, dict):
@@ -327,11 +339,27 @@ def search_request(request: Request, body: bytes, base: SearchRequest | None = N
     return SearchRequest.model_validate(fields)
 
 
-def create_app(stores: dict[str, ServedStore], token: str | None = None) -> FastAPI:
+def json_body(request: Request, body: bytes) -> dict:
+    """A JSON object body (nesting too deep for the parser is a 400, not a crash)."""
+    if "json" not in request.headers.get("content-type", ""):
+        raise Unprocessable("body: send a JSON object with Content-Type: application/json")
+    try:
+        parsed = json.loads(body.decode("utf-8", errors="replace") or "null")
+    except RecursionError:
+        raise InputError("body is JSON nested too deeply; send a flat object") from None
+    except ValueError as error:
+        raise InputError(f"body is not JSON ({error})") from None
+    if not isinstance(parsed, dict):
+        raise Unprocessable("body: send a JSON object, e.g. {\"query\": \"SELECT count(*) FROM tiles\"}")
+    return parsed
+
+
+def create_app(stores: dict[str, ServedStore], token: str | None = None, limits: Limits = Limits()) -> FastAPI:
     """The API over already opened stores; ``token`` (when given) guards every data endpoint."""
     app = FastAPI(title="genoembed", summary="Similarity search over genome embedding stores.",
                   version=VERSION, docs_url=None, redoc_url=None)  # Swagger/ReDoc load from a CDN: docs.html
-    app.add_middleware(Guard, token=token)
+    app.add_middleware(Guard, token=token, limits=limits)
+    workers, redact = Workers(limits), Redactor(stores)
 
     def served(name: str | None) -> ServedStore:
         if name is None:
@@ -344,19 +372,20 @@ def create_app(stores: dict[str, ServedStore], token: str | None = None) -> Fast
 
     @app.exception_handler(GenoembedError)
     async def genoembed_error(_request, error: GenoembedError):
-        return error_response(status_of(error), str(error))
+        status = 422 if isinstance(error, Unprocessable) else status_of(error)
+        return error_response(status, str(error), redact)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_request, error: RequestValidationError):
-        return error_response(422, validation_message(error))
+        return error_response(422, validation_message(error), redact)
 
     @app.exception_handler(ValidationError)
     async def invalid_body(_request, error: ValidationError):
-        return error_response(422, validation_message(error))
+        return error_response(422, validation_message(error), redact)
 
     @app.exception_handler(HTTPException)
     async def http_error(_request, error: HTTPException):
-        return error_response(error.status_code, error.detail)
+        return error_response(error.status_code, error.detail, redact)
 
     @app.exception_handler(Exception)
     async def unexpected(_request, error: Exception):
@@ -364,8 +393,9 @@ def create_app(stores: dict[str, ServedStore], token: str | None = None) -> Fast
         return error_response(500, f"internal error ({type(error).__name__}); the server log has the details")
 
     @app.get("/healthz", summary="Liveness (no token needed).")
-    def healthz() -> dict:
-        return {"status": "ok", "stores": len(stores)}
+    async def healthz() -> dict:
+        # answered on the event loop: no thread to wait for, however busy the workers are
+        return {"status": "ok", "stores": len(stores), "busy": workers.pending}
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
@@ -387,7 +417,7 @@ def create_app(stores: dict[str, ServedStore], token: str | None = None) -> Fast
 
     @app.get("/stores/{name}", summary="What a store holds and how it was made (`genoembed info`).")
     def store_info(name: str) -> dict:
-        return served(name).snapshot().store.info()
+        return redact.cell(served(name).snapshot().store.info())
 
     search_body = {"requestBody": {"content": {
         "application/json": {"schema": SearchRequest.model_json_schema()},
@@ -396,40 +426,64 @@ def create_app(stores: dict[str, ServedStore], token: str | None = None) -> Fast
 
     @app.post("/search", summary="Nearest tiles to regions, sequences, BED or FASTA, with their features.",
               openapi_extra=search_body)
-    def search_endpoint(request: Request, body: bytes = Depends(raw_body),
-                        format: str | None = QueryParam(None, description="json (one document), jsonl (a row a "
-                                                        "line), tsv, bed or bed9 (else from the Accept header)")) \
-            -> Response:
+    async def search_endpoint(request: Request, body: bytes = Depends(raw_body),
+                              format: str | None = QueryParam(None, description="json (one document), jsonl (a "
+                                                              "row a line), tsv, bed or bed9 (else from the Accept "
+                                                              "header)")) -> Response:
         wanted = search_request(request, body)
         fmt = pick_format(request, format, ("json", "jsonl", "tsv", "bed", "bed9"))
-        hits = run_search(served(wanted.store), wanted)
-        if fmt in ("bed", "bed9"):
-            return Response(hits_bed(hits, bed9=fmt == "bed9"), media_type=MEDIA[fmt])
-        return table_response(hits, fmt, {"store": served(wanted.store).name, "k": wanted.k})
+        entry = served(wanted.store)
 
-    @app.post("/sql", summary="One read-only SELECT over a store (the `genoembed sql` sandbox).")
-    def sql_endpoint(wanted: SqlRequest, request: Request,
-                     format: str | None = QueryParam(None, description="json (one document), jsonl (a row a line) or tsv")) -> Response:
+        def work() -> Response:
+            hits = run_search(entry, wanted, limits)
+            if fmt in ("bed", "bed9"):
+                return sized(Response(hits_bed(hits, bed9=fmt == "bed9"), media_type=MEDIA[fmt]), limits)
+            return table_response(hits, fmt, {"store": entry.name, "k": wanted.k}, limits)
+
+        return await workers.run(work, limits.timeout)
+
+    sql_body = {"requestBody": {"content": {"application/json": {"schema": SqlRequest.model_json_schema()}}}}
+
+    @app.post("/sql", summary="One read-only SELECT over a store (the `genoembed sql` sandbox).",
+              openapi_extra=sql_body)
+    async def sql_endpoint(request: Request, body: bytes = Depends(raw_body),
+                           format: str | None = QueryParam(None, description="json (one document), jsonl (a row a line) or tsv")) -> Response:
+        wanted = SqlRequest.model_validate(json_body(request, body))
         fmt = pick_format(request, format, ("json", "jsonl", "tsv"))
-        table = run_sql(served(wanted.store).snapshot().store, wanted.query, wanted.parameters, wanted.timeout)
-        return table_response(table, fmt)
+        if wanted.timeout > limits.max_sql_timeout:
+            raise TooLarge(f"timeout {wanted.timeout:g} s: at most {limits.max_sql_timeout:g} s on this server")
+        entry = served(wanted.store)
+        settings = {"memory_limit": limits.sql_memory, "threads": limits.sql_threads}
+
+        def work() -> Response:
+            table = run_sql(entry.snapshot().store, wanted.query, wanted.parameters, wanted.timeout,
+                            max_rows=limits.max_rows, settings=settings)
+            return table_response(table, fmt, limits=limits, redact=redact)
+
+        # DuckDB stops itself at the timeout; the margin is for building the response
+        return await workers.run(work, wanted.timeout + limits.timeout)
 
     @app.get("/track", summary="A genome-browser track: hits (bed, bed9) or one query's similarity "
                                "(bedgraph, bigwig).")
-    def track_endpoint(request: Request, format: str = QueryParam("bedgraph", description="bed, bed9, bedgraph "
-                                                                  "or bigwig")) -> Response:
+    async def track_endpoint(request: Request, format: str = QueryParam("bedgraph", description="bed, bed9, "
+                                                                        "bedgraph or bigwig")) -> Response:
         wanted = search_request(request, b"")
         fmt = pick_format(request, format, ("bedgraph", "bigwig", "bed", "bed9"))
         entry = served(wanted.store)
-        if fmt in ("bed", "bed9"):
-            return Response(hits_bed(run_search(entry, wanted), bed9=fmt == "bed9"), media_type=MEDIA[fmt])
-        track, sizes = similarity_track(entry, wanted)
-        if fmt == "bedgraph":
-            return StreamingResponse(bedgraph_chunks(track), media_type=MEDIA[fmt])
-        with tempfile.TemporaryDirectory(prefix="genoembed-track-") as scratch:
-            data = write_bigwig(track, sizes, Path(scratch) / "track.bw").read_bytes()
-        return Response(data, media_type=MEDIA[fmt],
-                        headers={"Content-Disposition": 'attachment; filename="similarity.bw"'})
+
+        def work() -> Response:
+            if fmt in ("bed", "bed9"):
+                text = hits_bed(run_search(entry, wanted, limits), bed9=fmt == "bed9")
+                return sized(Response(text, media_type=MEDIA[fmt]), limits)
+            track, sizes = similarity_track(entry, wanted, limits)
+            if fmt == "bedgraph":
+                return StreamingResponse(bedgraph_chunks(track), media_type=MEDIA[fmt])  # weighed before
+            with tempfile.TemporaryDirectory(prefix="genoembed-track-") as scratch:
+                data = write_bigwig(track, sizes, Path(scratch) / "track.bw").read_bytes()
+            return sized(Response(data, media_type=MEDIA[fmt],
+                                  headers={"Content-Disposition": 'attachment; filename="similarity.bw"'}), limits)
+
+        return await workers.run(work, limits.timeout)
 
     return app
 

@@ -25,18 +25,15 @@ connection), so big queries can still spill to disk.
 Which files are exposed: only those the manifest names whose resolved path
 (after symlinks) lies inside the resolved store root, so a manifest entry
 like ``../../etc/x`` or a symlink planted in ``searches/`` is refused.
-Annotation and search files are checked against their manifest ``sha256``
-when it has one; they are small next to the store and written by hand-run
-commands. A file's checksum is remembered under its identity (path, device,
+Every file, shards included, is checked against its manifest ``sha256``
+(when it has one) before DuckDB may read it, so SQL never serves a damaged
+shard. A file's checksum is remembered under its identity (path, device,
 inode, size, modification time; :func:`genoembed.genome.remembered_checksum`),
 so a connection re-reads only files that changed since they were last hashed:
-a served store answers each search without re-hashing GENCODE's annotations.
-A damaged saved search hides only its own views: a query naming them is
-refused with the reason, every other query runs. Shards are not hashed on each call: that would read the whole store
-(gigabytes) before every query, and a shard can only be swapped by someone
-who can also rewrite the manifest beside it. Every shard's Parquet footer
-is read when the views are made, so a damaged footer is still caught and
-named; damage inside a shard's pages is `genoembed verify`'s job.
+a store's gigabytes are read once, and a served store answers each search
+without re-hashing GENCODE's annotations. A damaged saved search hides only
+its own views: a query naming them is refused with the reason, every other
+query runs.
 """
 
 from __future__ import annotations
@@ -73,6 +70,7 @@ _SANDBOX = {"python_enable_replacements": False,
 _HINTS = ("Did you mean", "Candidate bindings")
 # How often a waiting thread wakes to notice Ctrl-C, and to repeat an interrupt that came too early.
 _POLL_S = 0.1
+_BATCH_ROWS = 65_536  # rows per fetched batch when a result is bounded
 
 
 @dataclass(frozen=True)
@@ -97,7 +95,7 @@ class StoreFiles:
 def store_files(store: Store) -> StoreFiles:
     """Every file the manifest names, resolved, contained in the store and (where it has a sha256) verified."""
     root = store.root.resolve()
-    shards = [inside_store(root, shard["path"], "shard") for shard in store.shards]
+    shards = [checked_file(root, "shards", shard["genome"], shard) for shard in store.shards]
     annotations, owners = [], {}
     for name, entry in store.manifest.get("annotations", {}).items():
         annotations.append(checked_file(root, "annotations", name, entry))
@@ -273,17 +271,20 @@ def _create_views(con, files: StoreFiles, circles: dict[tuple[str, str], int]) -
     _feature_views(con, "")
 
 
-def connect(store: Store) -> duckdb.DuckDBPyConnection:
-    """In-memory DuckDB with the store's views, locked to reading the store's checked files."""
-    return connect_files(store, store_files(store))
+def connect(store: Store, settings: dict | None = None) -> duckdb.DuckDBPyConnection:
+    """In-memory DuckDB with the store's views, locked to reading the store's checked files.
+
+    ``settings``: more DuckDB configuration (the server bounds ``memory_limit`` and ``threads``).
+    """
+    return connect_files(store, store_files(store), settings)
 
 
-def connect_files(store: Store, files: StoreFiles) -> duckdb.DuckDBPyConnection:
+def connect_files(store: Store, files: StoreFiles, settings: dict | None = None) -> duckdb.DuckDBPyConnection:
     """:func:`connect` over files already checked."""
     import duckdb  # here, not at the top: searches that join nothing never pay DuckDB's import
 
     temp = tempfile.mkdtemp(prefix="genoembed-sql-")
-    con = duckdb.connect(":memory:", config={"temp_directory": temp, **_SANDBOX})
+    con = duckdb.connect(":memory:", config={**(settings or {}), "temp_directory": temp, **_SANDBOX})
     con.execute("SET enable_external_access = false")  # after temp_directory, which it would refuse to set
     # callers (annotate, plot) keep the connection as long as they like: the directory goes with it
     weakref.finalize(con, shutil.rmtree, temp, ignore_errors=True)
@@ -341,11 +342,16 @@ def _unreadable(store: Store, files: StoreFiles, error: Exception) -> StoreError
 
 
 def run_sql(store: Store, query: str, parameters: dict | list | None = None,
-            timeout: float | None = DEFAULT_TIMEOUT) -> pa.Table:
+            timeout: float | None = DEFAULT_TIMEOUT, max_rows: int | None = None,
+            settings: dict | None = None) -> pa.Table:
     """Run one read-only statement; parameters are bound (``$name`` or ``?``), never formatted in.
 
     The query is stopped after ``timeout`` seconds (None: no limit) or on
-    Ctrl-C, which is re-raised once DuckDB has stopped.
+    Ctrl-C, which is re-raised once DuckDB has stopped; the timeout covers
+    fetching the rows too. With ``max_rows``, rows are fetched in batches and
+    a result longer than that is refused once its first ``max_rows + 1`` rows
+    are read (so ``SELECT * FROM range(3e7)`` never builds its 30 million rows).
+    ``settings`` are passed to :func:`connect`.
     """
     import duckdb
 
@@ -354,7 +360,7 @@ def run_sql(store: Store, query: str, parameters: dict | list | None = None,
     for attempt in range(SNAPSHOT_RETRIES):
         try:
             files = store_files(store)
-            con = connect_files(store, files)
+            con = connect_files(store, files, settings)
         except StoreError:
             # A writer removed a file of this snapshot (`genoembed remove` rewrites shards and deletes the old
             # ones once the new manifest is committed): answer from the newest one, as search does. Retried
@@ -364,7 +370,7 @@ def run_sql(store: Store, query: str, parameters: dict | list | None = None,
             continue
         check_statement(con, query, files.damaged)
         try:
-            return interruptible(con, lambda: con.sql(query, params=parameters).to_arrow_table(), timeout)
+            return interruptible(con, lambda: _fetch(con, query, parameters, max_rows), timeout)
         except TimeoutError:
             raise InputError(f"SQL: query stopped after {timeout:g} s; raise --timeout "
                              "(0: no limit; timeout=None in Python)") from None
@@ -373,6 +379,28 @@ def run_sql(store: Store, query: str, parameters: dict | list | None = None,
             # retry only when a writer did commit since, so a query's own mistakes are reported at once
             if attempt == SNAPSHOT_RETRIES - 1 or not store.moved_on():
                 raise InputError(f"SQL: {_message(error)}") from None
+
+
+def _fetch(con: duckdb.DuckDBPyConnection, query: str, parameters, max_rows: int | None) -> pa.Table:
+    """The result as one table; with ``max_rows``, streamed in batches and refused past that many rows."""
+    relation = con.sql(query, params=parameters)
+    if relation is None:  # a statement with no result set
+        return pa.table({})
+    if max_rows is None:
+        return relation.to_arrow_table()
+    reader = relation.fetch_arrow_reader(min(max_rows + 1, _BATCH_ROWS))
+    batches, rows = [], 0
+    for batch in reader:
+        batches.append(batch)
+        rows += batch.num_rows
+        if rows > max_rows:
+            raise ResultTooLarge(f"SQL: the result has more than {max_rows} rows (this server's limit); "
+                                 "add LIMIT, filter or aggregate")
+    return pa.Table.from_batches(batches, schema=reader.schema)
+
+
+class ResultTooLarge(InputError):
+    """A result over the caller's row limit."""
 
 
 def interruptible(con: duckdb.DuckDBPyConnection, work, timeout: float | None):

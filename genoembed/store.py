@@ -198,11 +198,29 @@ class Store:
                      paths: list[Path] | None = None) -> Iterator[pa.RecordBatch]:
         """Stream shard rows in tile_id order, ``batch_rows`` at a time (all shards, or ``paths``)."""
         for path in self.shard_paths if paths is None else paths:
+            parquet = self.open_shard(path)
             try:
-                yield from pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=columns)
+                yield from parquet.iter_batches(batch_size=batch_rows, columns=columns)
             except (OSError, pa.ArrowException) as error:
                 raise StoreError(f"{path}: unreadable shard ({str(error).splitlines()[0]}); run "
                                  f"{command('verify', self.root)} and rebuild the store") from None
+
+    def open_shard(self, path: Path) -> pq.ParquetFile:
+        """A shard opened for reading, its columns checked against the store's: another Parquet file put in a
+        shard's place is named here, not met as a traceback deep inside a read."""
+        try:
+            parquet = pq.ParquetFile(path)
+        except (OSError, pa.ArrowException) as error:
+            raise StoreError(f"{path}: unreadable shard ({str(error).splitlines()[0]}); run "
+                             f"{command('verify', self.root)} and rebuild the store") from None
+        found = parquet.schema_arrow
+        expected = schema.embeddings_schema(self.dim, self.provenance.get("embedding_dtype", "float32"))
+        wrong = [field.name for field in expected
+                 if found.get_field_index(field.name) < 0 or not found.field(field.name).type.equals(field.type)]
+        if wrong:
+            raise StoreError(f"{path}: not a shard of this store (columns {', '.join(wrong)} missing or of "
+                             f"another type); run {command('verify', self.root)} and rebuild the store")
+        return parquet
 
     def iter_embeddings(self, batch_rows: int = 65536,
                         paths: list[Path] | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -269,7 +287,7 @@ class Store:
         pieces = []
         for shard in shards:
             try:
-                pieces.append(pq.read_table(self.root / shard["path"], columns=schema.TILE_COLUMNS))
+                pieces.append(self.open_shard(self.root / shard["path"]).read(columns=schema.TILE_COLUMNS))
             except (OSError, pa.ArrowException) as error:
                 raise StoreError(f"{self.root / shard['path']}: unreadable shard ({str(error).splitlines()[0]}); "
                                  f"run `genoembed verify {self.root}` and rebuild the store") from None
@@ -288,8 +306,8 @@ class Store:
 
     def _read_ids(self, path: Path, ids: np.ndarray) -> pa.Table:
         """The row groups of one shard whose tile_id range can contain ``ids`` (sorted by tile_id)."""
+        parquet = self.open_shard(path)
         try:
-            parquet = pq.ParquetFile(path)
             column = parquet.schema_arrow.get_field_index("tile_id")
             groups = []
             for group in range(parquet.num_row_groups):

@@ -128,6 +128,11 @@ def write_bigwig(track: pa.Table, sizes: dict[str, int], path: str | Path) -> Pa
     except ImportError:
         raise missing_extra("bigWig tracks", "serve", "pyBigWig") from None
     path = Path(path)
+    try:  # pyBigWig crashes the process (segfault) on a path it cannot open: find out first
+        path.open("wb").close()
+    except OSError as error:
+        raise InputError(f"{path}: cannot write a bigWig file here ({error.strerror or error}); "
+                         "check the directory exists and is writable") from None
     writer = pyBigWig.open(str(path), "w")
     if writer is None:
         raise InputError(f"{path}: cannot write a bigWig file here; check the directory exists and is writable")

@@ -30,7 +30,7 @@ import pyarrow as pa
 from genoembed.errors import InputError, missing_extra
 from genoembed.files import atomic_file, atomic_write_bytes
 from genoembed.search import Query, parse_region, query_source, region_queries
-from genoembed.seqio import reverse_complement
+from genoembed.seqio import is_gzip, reverse_complement
 from genoembed.store import Store
 
 log = logging.getLogger(__name__)
@@ -79,25 +79,57 @@ def _is_symbolic(alt: str | None) -> bool:
 def _open_vcf(path: Path):
     if not path.is_file():
         raise InputError(f"{path}: VCF file not found")
+    if is_gzip(path) and not _is_bgzf(path):
+        raise InputError(f"{path}: gzip-compressed but not bgzip (htslib reads only bgzip); "
+                         f"recompress it: gunzip {path} && bgzip {path.with_suffix('')}")
     try:
-        return _pysam().VariantFile(str(path))
-    except (OSError, ValueError) as error:
+        vcf = _pysam().VariantFile(str(path))
+    except (OSError, ValueError, NotImplementedError) as error:
         raise InputError(f"{path}: not a readable VCF ({error}); check it is VCF text or bgzipped VCF") from None
+    _refuse_stale_index(vcf, path)
+    return vcf
+
+
+def _is_bgzf(path: Path) -> bool:
+    """bgzip's blocks are gzip members with the ``BC`` extra field (SAM/BAM spec, section 4.1)."""
+    with open(path, "rb") as handle:
+        head = handle.read(16)
+    return len(head) >= 16 and head[3] & 4 and head[12:14] == b"BC"
+
+
+def _refuse_stale_index(vcf, path: Path) -> None:
+    """A tabix/CSI index older than its VCF points at the old file's blocks and silently hides variants."""
+    if vcf.index is None:
+        return
+    for suffix in (".tbi", ".csi"):
+        index = path.with_name(path.name + suffix)
+        if index.is_file() and index.stat().st_mtime_ns < path.stat().st_mtime_ns:
+            vcf.close()
+            raise InputError(f"{index}: older than {path.name} (the VCF changed after it was indexed, so regions "
+                             f"would miss variants); reindex it: tabix -f -p vcf {path}")
 
 
 def _records(vcf, path: Path, region: str | None):
     """Records of the VCF in ``region`` (all when None): through the index when there is one."""
     if region is None:
-        yield from vcf
+        yield from (_checked_position(record, path) for record in vcf)
         return
     chrom, start, end, _ = parse_region(region)
     if vcf.index is not None:
         if chrom in vcf.index:
-            yield from vcf.fetch(chrom, start, end)
+            yield from (_checked_position(record, path) for record in vcf.fetch(chrom, start, end))
         return
-    for record in vcf:
+    for record in (_checked_position(record, path) for record in vcf):
         if record.chrom == chrom and (start is None or (record.start < end and start < record.stop)):
             yield record
+
+
+def _checked_position(record, path: Path):
+    """VCF positions are 1-based: a POS of 0 (or less) names no base, so no variant can be applied there."""
+    if record.pos < 1:
+        raise InputError(f"{path} record {record.chrom}:{record.pos}: POS must be 1 or more (VCF positions are "
+                         "1-based); fix the record")
+    return record
 
 
 def read_variants(vcf: str | Path, region: str | None = None, genome=None) -> list[Variant]:
@@ -295,7 +327,7 @@ def sample_variants(vcf: str | Path, sample: str, region: str, genome=None) -> l
             raise InputError(f"{path}: no sample {sample!r}; samples: {', '.join(list(handle.header.samples)[:5])}")
         chosen = []
         for record in _records(handle, path, region):
-            allele = (record.samples[sample].get("GT") or (None,))[0]
+            allele = _first_allele(record, sample, path)
             if allele and not _is_symbolic(record.alts[allele - 1]):
                 where = f"{path} record {record.chrom}:{record.pos}"
                 if genome is not None:
@@ -303,6 +335,24 @@ def sample_variants(vcf: str | Path, sample: str, region: str, genome=None) -> l
                 chosen.append(Variant(record.chrom, record.start, record.ref.upper(),
                                       record.alts[allele - 1].upper(), record.id, where, allele))
     return chosen
+
+
+def _first_allele(record, sample: str, path: Path) -> int | None:
+    """The allele number listed first in ``sample``'s GT (None for '.'); one that names no ALT is an error,
+    where pysam would read it as missing and keep the reference without a word."""
+    allele = (record.samples[sample].get("GT") or (None,))[0]
+    if allele is None:
+        fields = str(record).rstrip("\n").split("\t")
+        keys = fields[8].split(":") if len(fields) > 9 else []
+        column = 9 + list(record.header.samples).index(sample)
+        values = fields[column].split(":") if column < len(fields) else []
+        typed = values[keys.index("GT")] if "GT" in keys and keys.index("GT") < len(values) else "."
+        first = typed.replace("|", "/").split("/")[0]
+        if first not in (".", ""):
+            count = len(record.alts or ())
+            raise InputError(f"{path} record {record.chrom}:{record.pos}: sample {sample!r} GT {typed!r} names "
+                             f"allele {first}, but the record has {count} ALT allele(s); fix the genotype")
+    return allele
 
 
 def haplotype_queries(store: Store, regions: list[str], vcf: str | Path, sample: str,

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from genoembed import schema
+from genoembed.errors import command
 from genoembed.manifest import file_sha256, sequence_files
 from genoembed.store import PROVENANCE_KEY, Store
 from genoembed.writers import retired_files
@@ -63,9 +66,17 @@ def verify_store(store: Store) -> list[str]:
         if set(index_entry.get("genomes", ())) != set(store.genomes):
             problems.append(f"{index_entry['path']}: index covers genomes {', '.join(index_entry.get('genomes', ()))}, "
                             f"store holds {', '.join(store.genomes)}; rerun `genoembed index` to update it")
+    elif store.num_tiles:
+        problems.append("index: the store has no vector index, so searches refuse (a build failed while writing "
+                        "it, e.g. a full disk); rerun `genoembed index` with the store's recipe or options")
+    problems += folder_problems(store)
     damaged: dict[str, str] = {}
     searches = store.searches(damaged)
     problems += [f"saved search {name!r}: {why}" for name, why in sorted(damaged.items())]
+    for entry in searches.values():
+        path = store.root / entry["path"]
+        if path.is_file() and path.resolve().is_relative_to(store.root.resolve()):
+            problems += _hits_problems(path, entry)
     for section, entries in (("annotations", store.manifest.get("annotations", {})), ("searches", searches)):
         for name, entry in entries.items():
             path = store.root / entry["path"]
@@ -77,6 +88,48 @@ def verify_store(store: Store) -> list[str]:
                 problems.append(f"{entry['path']}: sha256 differs from the manifest")
     problems += sequence_problems(store)
     problems += unfinished_work(store)
+    if not problems:
+        problems += what_commands_meet(store)
+    return problems
+
+
+def folder_problems(store: Store) -> list[str]:
+    """The store's folders must be its own: a ``shards/`` symlinked elsewhere is refused by sql and search."""
+    root = store.root.resolve()
+    return [f"{folder}/: resolves to {(store.root / folder).resolve()}, outside the store; put the files back "
+            "inside it" for folder in ("shards", "annotations", "index", "searches")
+            if (store.root / folder).exists() and not (store.root / folder).resolve().is_relative_to(root)]
+
+
+def _hits_problems(path: Path, entry: dict) -> list[str]:
+    """A saved search must hold hits (its sidecar can match garbage: a sha256 says only the file is unchanged)."""
+    where = f"searches/{path.name}"
+    try:
+        found = pq.read_schema(path)
+        rows = pq.read_metadata(path).num_rows
+    except (OSError, pa.ArrowException) as error:
+        return [f"{where}: unreadable Parquet ({str(error).splitlines()[0]}); delete it and its sidecar"]
+    missing = [name for name in schema.HITS.names if found.get_field_index(name) < 0]
+    problems = [f"{where}: not a saved search (no column {', '.join(missing[:3])}); delete it and its sidecar"] \
+        if missing else []
+    if isinstance(entry.get("rows"), int) and entry["rows"] != rows:
+        problems.append(f"{where}: {rows} rows, its sidecar says {entry['rows']}")
+    return problems
+
+
+def what_commands_meet(store: Store) -> list[str]:
+    """Open what search and sql open (the vector index, the SQL views): anything they refuse is a problem."""
+    from genoembed.errors import GenoembedError
+    from genoembed.sql import connect
+
+    problems = []
+    for what, action in (("vector index", store.vector_index), ("sql", lambda: connect(store).close())):
+        try:
+            action()
+        except GenoembedError as error:
+            problems.append(f"{what}: {error}")
+        except Exception as error:  # noqa: BLE001 - a library's own error on a damaged file is the finding
+            problems.append(f"{what}: cannot be opened ({type(error).__name__}: {str(error).splitlines()[0]})")
     return problems
 
 
@@ -131,8 +184,9 @@ def embed_sequences(store: Store) -> list[str]:
 
 def unfinished_work(store: Store) -> list[str]:
     """Genomes still being written, files no manifest lists (a killed writer's leftovers), a writer's lock."""
-    problems = [f"genome {name!r}: build unfinished (status {entry.get('status')!r}); rerun its `genoembed index` "
-                "to finish it, or `genoembed remove` it" for name, entry in store.manifest["genomes"].items()
+    problems = [f"genome {name!r}: build unfinished (status {entry.get('status')!r}); rerun the `genoembed index` "
+                f"that was building it (--fasta {entry.get('path')}, same options) to finish it ({command('remove')} "
+                "refuses a half-built store)" for name, entry in store.manifest["genomes"].items()
                 if entry.get("status") != "complete"]
     listed = {shard["path"] for shard in store.manifest["shards"]}
     listed |= {entry["path"] for entry in (store.manifest.get("annotations") or {}).values()}

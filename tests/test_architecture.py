@@ -48,6 +48,7 @@ LAYERS = [
     ["train.homolog"],
     ["train"],
     ["__init__"],
+    ["serve_limits"],
     ["serve"],
     ["cli.common"],
     ["cli.annotate", "cli.compact", "cli.eval", "cli.finetune", "cli.index", "cli.info", "cli.plot", "cli.pretrain",

@@ -179,6 +179,11 @@ REGRESSIONS = {
     "index.trained null": lambda m: m["index"].update(trained=None),
     "annotations null": lambda m: m.update(annotations=None),
     "annotations a list": lambda m: m.update(annotations=[]),
+    # issue 25
+    "tiling.window a string": lambda m: m["provenance"]["tiling"].update(window="abc"),
+    "tiling empty": lambda m: m["provenance"].update(tiling={}),
+    "annotation entry without rows": lambda m: m.update(annotations={"x": {"path": "annotations/x.parquet"}}),
+    "dim 1e12": lambda m: m.update(dim=10**12),
 }
 
 

@@ -215,10 +215,12 @@ def test_crash_after_the_manifest_switch_leaves_a_store_that_rebuilds(tmp_path, 
     assert store.manifest["index"] is None
     assert "b2" not in run_sql(store, "SELECT DISTINCT chrom FROM tiles")["chrom"].to_pylist()
     assert sorted(p.name for p in (out / "shards").glob("*.parquet")) == sorted(p.name for p in store.shard_paths)
-    # the data verifies; index files of the old snapshot are swept (no older reader left) or named as orphans
-    problems = verify_store(store)
+    # the data verifies; the store has no index (searches refuse: issue 25, verify said OK) and index files of the
+    # old snapshot are swept (no older reader left) or named as orphans
+    missing, *orphans = verify_store(store)
+    assert missing.startswith("index: the store has no vector index, so searches refuse")
     assert all(problem.startswith("index/") and problem.endswith(".faiss: not the manifest's index "
-                                                                                "(orphan); delete it") for problem in problems)
+                                                                "(orphan); delete it") for problem in orphans)
     store = build(fastas[1], out, append=True)  # the same command again rebuilds the index
     assert_index_matches_brute_force(store)
     assert verify_store(store) == []

@@ -21,7 +21,8 @@ from genoembed.cli import app as cli  # noqa: E402
 from genoembed.embedders.kmer import KmerEmbedder  # noqa: E402
 from genoembed.mapping import answer  # noqa: E402
 from genoembed.search import Query, search  # noqa: E402
-from genoembed.serve import MAX_BODY, ServedStore, create_app  # noqa: E402
+from genoembed.serve import ServedStore, create_app  # noqa: E402
+from genoembed.serve_limits import MAX_BODY  # noqa: E402
 from genoembed.synthetic import random_genome, write_fasta  # noqa: E402
 from genoembed.tiles import TilingSpec  # noqa: E402
 
@@ -38,12 +39,16 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running(stores: dict, token: str | None = None):
+def running(stores: dict, token: str | None = None, limits=None):
     """uvicorn serving ``stores`` in a thread on a free loopback port; yields its base URL."""
     import uvicorn
 
-    server = uvicorn.Server(uvicorn.Config(create_app(stores, token), host="127.0.0.1", port=free_port(),
-                                           log_level="warning", access_log=False))
+    from genoembed.cli.serve import CONNECTION_LIMITS
+    from genoembed.serve_limits import Limits
+
+    app = create_app(stores, token, limits or Limits())
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning",
+                                           access_log=False, **CONNECTION_LIMITS))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -183,7 +188,7 @@ BAD = [
     ("post", "/search", {"json": {"sequences": ["ACGT"], "store": "nope"}}, 404, "no store named"),
     ("post", "/search", {"json": {"sequences": ["ACGT"], "genome": "nope"}}, 400, "no genome 'nope' in the store"),
     ("post", "/search?format=xml", {"json": {"sequences": ["ACGT"]}}, 400, "format 'xml'"),
-    ("post", "/search", {"json": {"sequences": ["ACGT"] * 10_001}}, 400, "at most 10000"),
+    ("post", "/search", {"json": {"sequences": ["ACGT"] * 10_001}}, 413, "at most 10000"),
     ("post", "/search", {"content": b"A" * (MAX_BODY + 1)}, 413, "over 1000000 bytes"),
     ("post", "/search", {"content": b"chrX\t1\n", "headers": {"Content-Type": "text/plain"}}, 400, "bed:1"),
     ("post", "/search", {"content": b">q\nAC!!\n", "headers": {"Content-Type": "text/plain"}}, 400, "record 'q'"),

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import sys
+
 import typer
 
 from genoembed.cli.annotate import annotate
@@ -64,4 +68,18 @@ app.command("explain")(explain)
 
 
 def main() -> None:
+    signal.signal(signal.SIGINT, _first_interrupt)
     app()
+
+
+def _first_interrupt(signum, frame) -> None:
+    """Ctrl-C stops the command as usual (KeyboardInterrupt); a second one, while it is already stopping, ends
+    the process at once, instead of landing in an atexit handler and printing its traceback."""
+    signal.signal(signal.SIGINT, _second_interrupt)
+    raise KeyboardInterrupt
+
+
+def _second_interrupt(signum, frame) -> None:
+    sys.stderr.write("genoembed: interrupted\n")
+    sys.stderr.flush()
+    os._exit(130)

@@ -98,14 +98,16 @@ def emit_table(table: pa.Table, fmt: OutputFormat, output: Path | None = None, t
 def print_table(table: pa.Table, title: str | None, max_rows: int = 200, more: int = 0) -> None:
     """A screen table of the first ``max_rows`` rows (``more`` rows not shown are counted too)."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     rows = table.to_pylist()
-    pretty = Table(title=title, show_lines=False)
+    # cells, names and titles are data: Rich would read '[red]' in them as markup ('[/x]' crashed it)
+    pretty = Table(title=escape(title) if title else title, show_lines=False)
     for name in table.column_names:
-        pretty.add_column(name, overflow="fold")
+        pretty.add_column(escape(name), overflow="fold")
     for row in rows[:max_rows]:
-        pretty.add_row(*(_cell(row[name]) for name in table.column_names))
+        pretty.add_row(*(escape(_cell(row[name])) for name in table.column_names))
     Console(width=max(160, Console().width)).print(pretty)
     hidden = max(0, len(rows) - max_rows) + more
     if hidden:
@@ -167,7 +169,7 @@ class StreamedOutput:
 
             with _writing(self._partial):
                 if self._parquet is None:
-                    self._parquet = pq.ParquetWriter(self._partial, table.schema)
+                    self._parquet = pq.ParquetWriter(self._partial, parquet_schema(table.schema))
                 self._parquet.write_table(table.cast(self._parquet.schema))
             self.chunks += 1
             return
@@ -192,6 +194,29 @@ class StreamedOutput:
                 os.replace(self._partial, self.output)
         else:
             self._partial.unlink(missing_ok=True)
+
+
+def parquet_schema(schema: pa.Schema) -> pa.Schema:
+    """``schema`` if Parquet can hold every column, else a one-line error naming those it cannot."""
+    import pyarrow.parquet as pq
+
+    try:
+        pq.ParquetWriter(pa.BufferOutputStream(), schema).close()
+    except (pa.ArrowNotImplementedError, pa.ArrowInvalid) as error:
+        kinds = ", ".join(f"{field.name} ({field.type})" for field in schema if _unwritable(field))
+        raise InputError(f"--format parquet: Parquet cannot hold column(s) {kinds or str(error).splitlines()[0]}; "
+                         "cast them in the query (e.g. CAST(x AS VARCHAR)) or use --format tsv/json") from None
+    return schema
+
+
+def _unwritable(field: pa.Field) -> bool:
+    import pyarrow.parquet as pq
+
+    try:
+        pq.ParquetWriter(pa.BufferOutputStream(), pa.schema([field])).close()
+        return False
+    except (pa.ArrowNotImplementedError, pa.ArrowInvalid):
+        return True
 
 
 def emit_text(text: str, output: Path | None = None) -> None:

@@ -78,7 +78,7 @@ def eval_command(
     configure_logging(quiet)
     if model and len(set(model)) != len(model):
         raise InputError("--model: the same embedder is listed twice")
-    say = None if quiet else (lambda message: console().print(f"[dim]{message}[/dim]"))
+    say = None if quiet else (lambda message: console().print(message, style="dim", markup=False))
     if truth is Truth.protein:
         unused = [name for name, value in (("--coords", coords), ("--index", factory), ("--nprobe", nprobe),
                                            ("--ef-search", ef_search), ("--substitution-rate", substitution_rate),

@@ -121,6 +121,7 @@ def index(
 
         plan = dataclasses.replace(plan, index=stored_spec(plan.output) or plan.index)
 
+    from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     started = time.perf_counter()
@@ -133,7 +134,7 @@ def index(
 
         def report(genome: str, done: int, total: int) -> None:
             if genome not in tasks:
-                tasks[genome] = bar.add_task(genome, total=total)
+                tasks[genome] = bar.add_task(escape(genome), total=total)
             bar.update(tasks[genome], completed=done, total=total)
 
         store = build(plan, overwrite=overwrite, append=append, progress=report, engine=engine.value,

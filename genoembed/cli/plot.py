@@ -18,6 +18,10 @@ class PlotKind(str, Enum):
     qps = "qps"
 
 
+# the image formats matplotlib writes everywhere (its backends add more on some systems)
+IMAGE_SUFFIXES = (".png", ".svg", ".pdf")
+
+
 class ColorBy(str, Enum):
     gc = "gc"
     type = "type"
@@ -48,6 +52,8 @@ def plot(
     if out is None:
         raise typer.BadParameter("give --output FILE.png")
     refuse_inside_store(out)
+    if out.suffix.lower() not in IMAGE_SUFFIXES:
+        raise InputError(f"--output {out}: a plot is an image; name the file {', '.join(IMAGE_SUFFIXES)}")
 
     configure_logging(quiet)
     if kind is PlotKind.embeddings:
