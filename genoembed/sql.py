@@ -358,19 +358,19 @@ def run_sql(store: Store, query: str, parameters: dict | list | None = None,
     if timeout is not None and not timeout > 0:
         raise InputError(f"SQL: timeout must be a positive number of seconds (or none), got {timeout!r}")
     for attempt in range(SNAPSHOT_RETRIES):
-        files = None
+        seen = _search_paths(store)
         try:
             files = store_files(store)
             con = connect_files(store, files, settings)
+            check_statement(con, query, files.damaged)
         except StoreError:
             # A writer removed a file of this snapshot (`genoembed remove` rewrites shards and deletes the old
             # ones once the new manifest is committed), or a search saved meanwhile switched its sidecar to a
             # new version: answer from the newest one, as search does. Retried only while writers keep
             # committing, so a damaged store is reported at once.
-            if attempt == SNAPSHOT_RETRIES - 1 or not (store.moved_on() or _searches_moved(store, files)):
+            if attempt == SNAPSHOT_RETRIES - 1 or not (store.moved_on() or _search_paths(store) != seen):
                 raise
             continue
-        check_statement(con, query, files.damaged)
         try:
             return interruptible(con, lambda: _fetch(con, query, parameters, max_rows), timeout)
         except TimeoutError:
@@ -379,18 +379,14 @@ def run_sql(store: Store, query: str, parameters: dict | list | None = None,
         except duckdb.Error as error:
             # a shard deleted after the views were made fails as an IO or "permission" (allowed_paths) error;
             # retry only when a writer did commit since, so a query's own mistakes are reported at once
-            if attempt == SNAPSHOT_RETRIES - 1 or not (store.moved_on() or _searches_moved(store, files)):
+            if attempt == SNAPSHOT_RETRIES - 1 or not (store.moved_on() or _search_paths(store) != seen):
                 raise InputError(f"SQL: {_message(error)}") from None
 
 
-def _searches_moved(store: Store, files: StoreFiles | None) -> bool:
-    """True when a saved search now names another file than the one ``files`` read (saved searches switch by
-    sidecar, without a new manifest), so a read that failed on the old version is worth retrying."""
-    if files is None:
-        return False
-    root = store.root.resolve()
-    now = {name: str((root / entry["path"]).resolve()) for name, entry in store.searches({}).items()}
-    return any(now.get(name) != path for name, path in files.searches.items())
+def _search_paths(store: Store) -> dict[str, str]:
+    """Saved search -> the file its sidecar names now. Saved searches switch by sidecar, without a new
+    manifest: a read that failed on a version a later save replaced (and swept) is worth retrying."""
+    return {name: entry["path"] for name, entry in store.searches({}).items()}
 
 
 def _fetch(con: duckdb.DuckDBPyConnection, query: str, parameters, max_rows: int | None) -> pa.Table:

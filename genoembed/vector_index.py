@@ -346,8 +346,11 @@ def current_breadth(index, knob: str) -> int:
 def mmap_flags() -> int:
     """FAISS read flags that map a file instead of reading it, read-only. ``IO_FLAG_MMAP_IFC`` maps the whole file
     (flat codes of Flat, HNSW storage and refine stages, and IVF lists: 2-18 MB resident for 200 MB indexes
-    of each kind, FAISS 1.15); adding ``IO_FLAG_MMAP`` makes IVF files fail to open."""
+    of each kind, FAISS 1.15); adding ``IO_FLAG_MMAP`` makes IVF files fail to open. FAISS releases without
+    ``IO_FLAG_MMAP_IFC`` (the declared floor, 1.8, has none) read the file into memory (0)."""
     faiss = import_faiss()
+    if not hasattr(faiss, "IO_FLAG_MMAP_IFC"):
+        return 0
     return faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY
 
 
