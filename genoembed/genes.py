@@ -18,6 +18,7 @@ import pyarrow as pa
 
 from genoembed import schema
 from genoembed.errors import InputError, missing_extra
+from genoembed.seqio import window_fractions
 
 META_BELOW = 100_000  # bp: shorter genomes are too small to train pyrodigal on; its metagenomic models are used
 
@@ -53,16 +54,6 @@ def call_genes(records: Sequence[tuple[str, str]], meta: bool | None = None) -> 
     return genes
 
 
-def _fractions(sequence: str) -> tuple[float, float, float]:
-    """GC among unambiguous bases, non-ACGT fraction and lowercase fraction of a sequence."""
-    codes = np.frombuffer(sequence.encode("ascii"), dtype=np.uint8)
-    upper = codes & 0xDF
-    acgt = np.isin(upper, np.frombuffer(b"ACGT", dtype=np.uint8))
-    gc = np.isin(upper, np.frombuffer(b"GC", dtype=np.uint8)).sum() / max(int(acgt.sum()), 1)
-    lower = ((codes >= ord("a")) & (codes <= ord("z"))).mean()
-    return float(gc), float(1.0 - acgt.mean()), float(lower)
-
-
 def plan_genes(genome, contigs: Sequence[str], max_n_fraction: float, batch_rows: int = 2048,
                first_tile_id: int = 0) -> Iterator[pa.RecordBatch]:
     """Rows of ``schema.TILES_WITH_SEQUENCE``, one per gene of the selected contigs (ids from ``first_tile_id``)."""
@@ -75,7 +66,9 @@ def plan_genes(genome, contigs: Sequence[str], max_n_fraction: float, batch_rows
     rows = {name: [] for name in schema.TILES_WITH_SEQUENCE.names}
     next_id = first_tile_id
     for gene in genes:
-        gc, n_fraction, lower = _fractions(soft[gene.contig][gene.start:gene.end])
+        piece = soft[gene.contig][gene.start:gene.end]
+        gc, n_fraction, lower = (float(value[0]) for value in
+                                 window_fractions(piece.encode("ascii"), np.zeros(1, dtype=np.int64), len(piece)))
         if n_fraction > max_n_fraction:
             continue
         for name, value in (("tile_id", next_id), ("genome", genome.name), ("chrom", gene.contig),

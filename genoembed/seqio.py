@@ -103,6 +103,22 @@ def codes_by_length(sequences: Sequence[str]) -> Iterator[tuple[np.ndarray, np.n
         yield rows, BASE_CODES[block]
 
 
+def window_fractions(block: bytes, starts: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """GC (among unambiguous bases), N (any non-ACGT) and lowercase fractions of each ``window``-long window of
+    ``block`` starting at ``starts``, via prefix sums: the tiles' and the gene units' QC columns."""
+    codes = np.frombuffer(block, dtype=np.uint8)
+    upper = codes & 0xDF  # ASCII uppercase
+    flags = np.stack([(upper == ord("G")) | (upper == ord("C")),
+                      ~np.isin(upper, np.frombuffer(b"ACGT", dtype=np.uint8)),
+                      (codes >= ord("a")) & (codes <= ord("z"))])
+    prefix = np.zeros((3, len(codes) + 1), dtype=np.int64)
+    np.cumsum(flags, axis=1, out=prefix[:, 1:])
+    counts = (prefix[:, starts + window] - prefix[:, starts]) / window
+    acgt = np.maximum(1.0 - counts[1], 1.0 / window)
+    gc = counts[0] / acgt  # GC among unambiguous bases
+    return gc.astype(np.float32), counts[1].astype(np.float32), counts[2].astype(np.float32)
+
+
 def is_gzip(path: str | Path) -> bool:
     """True when the file starts with the gzip magic bytes (plain gzip and bgzip alike)."""
     with open(path, "rb") as handle:

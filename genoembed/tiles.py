@@ -26,7 +26,7 @@ import pyarrow as pa
 from genoembed import schema
 from genoembed.errors import InputError
 from genoembed.genome import Genome
-from genoembed.seqio import reverse_complement
+from genoembed.seqio import reverse_complement, window_fractions
 
 log = logging.getLogger(__name__)
 
@@ -107,21 +107,6 @@ def tile_starts(length: int, window: int, stride: int, circular: bool = False) -
     return starts
 
 
-def _window_fractions(block: bytes, starts: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """GC, N (any non-ACGT) and lowercase fractions of each window, via prefix sums."""
-    codes = np.frombuffer(block, dtype=np.uint8)
-    upper = codes & 0xDF  # ASCII uppercase
-    flags = np.stack([(upper == ord("G")) | (upper == ord("C")),
-                      ~np.isin(upper, np.frombuffer(b"ACGT", dtype=np.uint8)),
-                      (codes >= ord("a")) & (codes <= ord("z"))])
-    prefix = np.zeros((3, len(codes) + 1), dtype=np.int64)
-    np.cumsum(flags, axis=1, out=prefix[:, 1:])
-    counts = (prefix[:, starts + window] - prefix[:, starts]) / window
-    acgt = np.maximum(1.0 - counts[1], 1.0 / window)
-    gc = counts[0] / acgt  # GC among unambiguous bases
-    return gc.astype(np.float32), counts[1].astype(np.float32), counts[2].astype(np.float32)
-
-
 def select_contigs(genome: Genome, spec: TilingSpec) -> list[str]:
     if spec.contigs is None:
         return list(genome.contigs)
@@ -187,7 +172,7 @@ def plan_tiles(genome: Genome, spec: TilingSpec, batch_rows: int = 2048,
             if block_end > length:  # tiles through the origin of a circular contig go on from its start
                 block += genome.fetch(chrom, 0, block_end - length)
             offsets = block_starts - block_begin
-            gc, n_fraction, lower = _window_fractions(block.encode("ascii"), offsets, spec.window)
+            gc, n_fraction, lower = window_fractions(block.encode("ascii"), offsets, spec.window)
             keep = n_fraction <= spec.max_n_fraction
             if spec.soft_mask is SoftMask.skip:
                 keep &= lower <= spec.max_soft_masked_fraction
