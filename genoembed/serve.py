@@ -437,7 +437,8 @@ def create_app(stores: dict[str, ServedStore], token: str | None = None, limits:
         def work() -> Response:
             hits = run_search(entry, wanted, limits)
             if fmt in ("bed", "bed9"):
-                return sized(Response(hits_bed(hits, bed9=fmt == "bed9"), media_type=MEDIA[fmt]), limits)
+                text = hits_bed(hits, entry.snapshot().store.contig_lengths, bed9=fmt == "bed9")
+                return sized(Response(text, media_type=MEDIA[fmt]), limits)
             return table_response(hits, fmt, {"store": entry.name, "k": wanted.k}, limits)
 
         return await workers.run(work, limits.timeout)
@@ -473,7 +474,8 @@ def create_app(stores: dict[str, ServedStore], token: str | None = None, limits:
 
         def work() -> Response:
             if fmt in ("bed", "bed9"):
-                text = hits_bed(run_search(entry, wanted, limits), bed9=fmt == "bed9")
+                text = hits_bed(run_search(entry, wanted, limits), entry.snapshot().store.contig_lengths,
+                                bed9=fmt == "bed9")
                 return sized(Response(text, media_type=MEDIA[fmt]), limits)
             track, sizes = similarity_track(entry, wanted, limits)
             if fmt == "bedgraph":

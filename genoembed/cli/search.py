@@ -264,10 +264,10 @@ def _formatted(hits: pa.Table, format: HitFormat, store: Store, higher_is_better
     from genoembed import hit_formats
 
     if format in (HitFormat.blast6, HitFormat.blast7):
-        return hit_formats.blast6(hits, title=f"genoembed {VERSION} search of {store.root}",
+        return hit_formats.blast6(hits, store.contig_lengths, title=f"genoembed {VERSION} search of {store.root}",
                                   comments=format is HitFormat.blast7)
     if format is HitFormat.bed:
-        return hit_formats.bed(hits, higher_is_better, header=False, ranked_names=True)
+        return hit_formats.bed(hits, store.contig_lengths, higher_is_better, header=False, ranked_names=True)
     return hit_formats.paf(hits, store.contig_lengths)
 
 
@@ -278,7 +278,7 @@ def _formatted_blocks(blocks: pa.Table, format: HitFormat, store: Store, higher_
     from genoembed.chain import ALIGN_CELLS, blocks_paf
 
     if format is HitFormat.bed:
-        return hit_formats.bed(blocks, higher_is_better, header=False, ranked_names=True)
+        return hit_formats.bed(blocks, store.contig_lengths, higher_is_better, header=False, ranked_names=True)
     import pyarrow.compute as pc
 
     aligned = pc.is_valid(blocks["alignment_score"]) if "alignment_score" in blocks.column_names \
