@@ -47,22 +47,13 @@ def add_annotations(store: Store, path: str | Path, name: str | None = None, for
     path = Path(path)
     if name is not None:
         check_identifier(name, "annotation set")
+    if genome is not None and genome not in store.genomes:
+        raise InputError(f"{store.root}: no genome {genome!r} in the store; it holds {', '.join(store.genomes)}")
     with features.opened_features(path, format) as parsed:  # held in DuckDB: GENCODE never sits in Arrow whole
-        extents = parsed.extents()
-        renames = dict(aliases or {})
-        named = features.apply_aliases(extents, renames)
-        genome = genome if genome is not None else matching_genome(store, named, path, auto_alias)
-        if genome not in store.genomes:
-            raise InputError(f"{store.root}: no genome {genome!r} in the store; it holds {', '.join(store.genomes)}")
-        lengths = store.contig_lengths[genome]
-        if auto_alias:
-            suggested = features.suggest_aliases(named, lengths)
-            renames = {chrom: suggested.get(renames.get(chrom, chrom), renames.get(chrom, chrom))
-                       for chrom in extents.column("chrom").unique().to_pylist()}
-        extents = features.apply_aliases(extents, renames)
-        circular = frozenset(store.genomes[genome].get("circular", ()))
-        features.require_known_contigs(extents.filter(pa.array(~across_origin(extents, lengths, circular))), lengths,
-                                       path)
+        circular_of = {held: frozenset(entry.get("circular", ())) for held, entry in store.genomes.items()}
+        genome, renames = annotation_target(parsed.extents(), path, store.contig_lengths, circular_of, aliases,
+                                            auto_alias, genome)
+        lengths, circular = store.contig_lengths[genome], circular_of[genome]
         spans = spans_round_origin(parsed.circular_rows(renames, circular), lengths, circular) if circular else None
         with store.transaction() as manifest:
             name = name or _default_name(manifest, path, genome)
@@ -82,15 +73,39 @@ def add_annotations(store: Store, path: str | Path, name: str | None = None, for
     return entry
 
 
-def matching_genome(store: Store, table: pa.Table, path: Path, auto_alias: bool = False) -> str:
-    """The one genome of the store holding every contig ``table`` names (after the suggested renames with
-    ``auto_alias``); a one-line InputError naming the candidates when several do, or when none of several
-    genomes does (a one-genome store returns its genome, so the contig report says what differs)."""
-    if len(store.genomes) == 1:
-        return next(iter(store.genomes))
+def annotation_target(extents: pa.Table, path: Path, contig_lengths: dict[str, dict[str, int]],
+                      circular: dict[str, frozenset[str]], aliases: dict[str, str] | None = None,
+                      auto_alias: bool = False, genome: str | None = None) -> tuple[str, dict[str, str]]:
+    """(genome, contig renames) of an annotation file whose features' ``chrom``/``start``/``end`` are ``extents``,
+    against genomes' ``contig_lengths`` (genome -> {contig: length}) and ``circular`` contigs: ``genome``, or the
+    one holding every contig the file names (:func:`matching_genome`), with ``aliases`` and, with ``auto_alias``,
+    the suggested renames applied; a one-line InputError naming the file, a contig and the fix when its contigs
+    are not that genome's (or run past their ends, except round a circular contig's origin). Needs no store, so
+    `genoembed index` checks its annotations before it embeds anything."""
+    renames = dict(aliases or {})
+    named = features.apply_aliases(extents, renames)
+    genome = genome if genome is not None else matching_genome(contig_lengths, named, path, auto_alias)
+    lengths = contig_lengths[genome]
+    if auto_alias:
+        suggested = features.suggest_aliases(named, lengths)
+        renames = {chrom: suggested.get(renames.get(chrom, chrom), renames.get(chrom, chrom))
+                   for chrom in extents.column("chrom").unique().to_pylist()}
+    extents = features.apply_aliases(extents, renames)
+    features.require_known_contigs(extents.filter(pa.array(~across_origin(extents, lengths, circular[genome]))),
+                                   lengths, path)
+    return genome, renames
+
+
+def matching_genome(contig_lengths: dict[str, dict[str, int]], table: pa.Table, path: Path,
+                    auto_alias: bool = False) -> str:
+    """The one genome (of ``contig_lengths``: genome -> {contig: length}) holding every contig ``table`` names (after
+    the suggested renames with ``auto_alias``); a one-line InputError naming the candidates when several do, or
+    when none of several genomes does (a lone genome is returned, so the contig report says what differs)."""
+    if len(contig_lengths) == 1:
+        return next(iter(contig_lengths))
     names = set(table.column("chrom").unique().to_pylist())
     fitting = []
-    for genome, lengths in store.contig_lengths.items():
+    for genome, lengths in contig_lengths.items():
         renamed = {features.suggest_aliases(table, lengths).get(chrom, chrom) for chrom in names} \
             if auto_alias else names
         if renamed <= lengths.keys():
@@ -102,7 +117,7 @@ def matching_genome(store: Store, table: pa.Table, path: Path, auto_alias: bool 
                          f"contig names repeat across genomes: name one with --genome")
     example = sorted(names)[0] if names else "(none)"
     raise InputError(f"{path}: no genome of the store holds all its contigs (e.g. {example!r}; genomes: "
-                     f"{', '.join(store.genomes)}); name one with --genome to see which contigs differ")
+                     f"{', '.join(contig_lengths)}); name one with --genome to see which contigs differ")
 
 
 def _default_name(manifest: dict, path: Path, genome: str) -> str:
