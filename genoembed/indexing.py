@@ -99,6 +99,22 @@ def update_store_index(store: Store, spec: IndexSpec) -> dict:
         return entry
 
 
+def with_part(store: Store, entry: dict, ids: np.ndarray, vectors: np.ndarray) -> dict:
+    """Index ``entry`` with one more part holding ``vectors`` under tile ``ids`` (past every part's ids): tiles a
+    store gains inside a genome it holds (a contig made circular gets its tiles round the origin), indexed without
+    reading or rewriting what is. The part is written under a name no manifest lists; the caller commits the
+    entry together with the shards holding those tiles."""
+    entry = {**entry, "parts": list(index_parts(entry))}
+    index = with_tile_ids(import_faiss().clone_index(_template(store, entry)))
+    index.add_with_ids(prepare(vectors, entry["metric"]), np.asarray(ids, dtype=np.int64))
+    path = _part_path(entry["next_part"])
+    entry["next_part"] += 1
+    save_index(index, store.root / path)
+    entry["parts"].append({"path": path, "ntotal": int(index.ntotal), "bytes": (store.root / path).stat().st_size,
+                           "sha256": file_sha256(store.root / path), "tile_ids": [int(min(ids)), int(max(ids)) + 1]})
+    return _summarised(store, entry)
+
+
 def compact(store: Store, retune_only: bool = False) -> dict:
     """Fold every part of the store's index into one, retrained on the whole store and re-tuned (what a clean
     build makes); ``retune_only`` re-tunes the search settings of the index as it is."""

@@ -64,7 +64,7 @@ def remove(store: Store, genome: str, contigs: Sequence[str] = ()) -> dict:
             replaced.append(store.root / shard["path"])
             rest = table.filter(pc.invert(gone))
             if rest.num_rows:
-                kept.append(_rewritten(store, manifest, shard, rest))
+                kept.append(rewritten_shard(store, manifest, shard, rest))
         manifest["shards"] = kept
         replaced += _remove_annotations(store, manifest, genome, contigs)
         if contigs:
@@ -80,7 +80,7 @@ def remove(store: Store, genome: str, contigs: Sequence[str] = ()) -> dict:
         # with an index that matches them, so no committed snapshot lacks an index. The index file is replaced
         # first; a reader of the old snapshot that loads it just misses the removed tiles.
         index_entry = manifest.get("index")
-        in_place = bool(index_entry) and parts is not None and _removed_in_place(store, manifest, parts, ids)
+        in_place = bool(index_entry) and parts is not None and removed_in_place(store, manifest, parts, ids)
         if not in_place:
             manifest["index"] = None  # rebuilt below, once the manifest lists the shards it is built from
         write_manifest(store.root, manifest)
@@ -97,7 +97,7 @@ def remove(store: Store, genome: str, contigs: Sequence[str] = ()) -> dict:
             "shards_rewritten": len(replaced), "tiles_left": store.num_tiles, "searches_dropped": dropped}
 
 
-def _removed_in_place(store: Store, manifest: dict, parts: list, ids: np.ndarray) -> bool:
+def removed_in_place(store: Store, manifest: dict, parts: list, ids: np.ndarray) -> bool:
     """Drop ``ids`` from every index part in place (same file names) and record the parts in ``manifest``;
     False when a part's type cannot remove (HNSW, a refine stage): the index is then rebuilt."""
     removed = []
@@ -207,7 +207,7 @@ def _remove_annotations(store: Store, manifest: dict, genome: str, contigs: Sequ
     return replaced
 
 
-def _rewritten(store: Store, manifest: dict, shard: dict, rest: pa.Table) -> dict:
+def rewritten_shard(store: Store, manifest: dict, shard: dict, rest: pa.Table) -> dict:
     """``rest`` written as a new shard; its manifest entry."""
     path = write_shard(store.root, manifest, rest)
     ids = rest["tile_id"]

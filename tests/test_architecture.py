@@ -29,7 +29,7 @@ LAYERS = [
     ["writers"],
     ["store"],
     ["store_writer", "sql", "indexing", "saved_searches", "subsets", "seeds", "significance"],
-    ["annotate", "search", "remove", "verify", "recipe", "plot", "tracks", "variants", "explain",
+    ["annotate", "search", "remove", "circularise", "verify", "recipe", "plot", "tracks", "variants", "explain",
      "query_aliases"],
     ["chain"],
     ["mapping"],
@@ -58,7 +58,8 @@ LAYERS = [
 # Same-layer imports that are allowed (each one way only).
 SIDEWAYS = {("remove", "indexing"), ("annotate", "sql"), ("plot", "sql"), ("verify", "sql"),
             ("remove", "store_writer"), ("features", "tiles"),
-            ("variants", "search"), ("explain", "search"), ("subsets", "sql")}
+            ("variants", "search"), ("explain", "search"), ("subsets", "sql"),
+            ("circularise", "remove")}
 # Most lines a module may have, unless tests/file_budget.json lists it (with a maximum that only goes down).
 MAX_LINES = 500
 BUDGET_FILE = Path(__file__).resolve().parent / "file_budget.json"
