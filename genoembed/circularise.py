@@ -21,7 +21,6 @@ from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from genoembed import schema
@@ -153,6 +152,8 @@ def _embedded(store: Store, tiles: pa.Table, manifest: dict, trust_remote_code: 
 def _without(store: Store, manifest: dict, genome: str, stale: np.ndarray) -> list[str]:
     """Take the ``stale`` tile ids out of the genome's shards (rewritten under new numbers, in place in the list);
     the store paths of the shards replaced."""
+    import pyarrow.compute as pc  # imported when used: genoembed imports this module at start-up
+
     if not len(stale):
         return []
     kept, replaced = [], []
