@@ -12,7 +12,8 @@ For ``--seconds`` (600 for the recorded run; ``--short`` = 30 s, CI size):
   range(3e7)``, 100 k-deep JSON, 5,000-digit coordinates) — each must be a 4xx, never a 5xx; a probe
   asks ``/healthz`` every 50 ms (p50/p99/worst), alternating with a control server (the same uvicorn
   stack answering 200 with nothing behind it, at the server's priority: its latency is the machine's
-  scheduling, the server's excess over it is the server's); the server's RSS is sampled (peak = VmHWM).
+  scheduling, the server's excess over it is the server's), reading around each probe how long the server's
+  event loop thread waited for a CPU; the server's RSS is sampled (peak = VmHWM).
 
 Before the loop, a flood: 45 DuckDB-bound queries at once (4 run, 32 wait, the rest are refused 503)
 while /healthz is probed. At the end the store must verify and answer exactly like a clean build of the genomes it then holds.
@@ -202,32 +203,53 @@ def percentiles(samples: list[float], prefix: str) -> dict:
             f"{prefix}_worst_ms": round(samples[-1] * 1000, 1), f"{prefix}_over_100ms": sum(s > 0.1 for s in samples)}
 
 
+def loop_schedstat(pid: int) -> tuple[int, int, int]:
+    """The server's main thread (its event loop, which answers /healthz): ns on a CPU, ns runnable but waiting
+    for one (the run queue), timeslices run (Linux schedstat)."""
+    cpu, waiting, slices = Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()[:3]
+    return int(cpu), int(waiting), int(slices)
+
+
 def probe(base: str, control_base: str, stop_at: float, pid: int, out) -> None:
     """/healthz every 50 ms from its own process (a thread beside the clients would time their GIL too),
-    alternating with the control server's, so both see the same machine."""
+    alternating with the control server's, so both see the same machine. Around each server probe the
+    event loop thread's schedstat is read: the part of the probe it spent runnable but without a CPU is the
+    machine's scheduling (GIL hand-offs each add a wake-up, so part of it is the server's threads too)."""
     import httpx
 
     record = {}
-    failures, samples, controls = 0, [], []
+    failures, samples, controls, waits = 0, [], [], []
+    first = loop_schedstat(pid)
+    started_at = time.perf_counter()
     with httpx.Client(base_url=base, timeout=10) as session, httpx.Client(base_url=control_base, timeout=10) as other:
         session.get("/healthz")  # untimed: opening the connections of a freshly spawned process
         other.get("/healthz")
         while time.time() < stop_at:
             for client, timed in ((session, samples), (other, controls)):
+                before = loop_schedstat(pid)[1]
                 started = time.perf_counter()
                 try:
                     ok = client.get("/healthz").status_code == 200
                 except httpx.HTTPError:
                     ok = False
                 timed.append(time.perf_counter() - started)
-                failures += not ok and timed is samples
+                if timed is samples:
+                    waits.append((loop_schedstat(pid)[1] - before) / 1e9)
+                    failures += not ok
                 time.sleep(0.025)
             try:
                 record["rss_max_kb"] = max(record.get("rss_max_kb", 0), rss_kb(pid, "VmRSS"))
             except OSError:
                 pass
+    span, last = time.perf_counter() - started_at, loop_schedstat(pid)
+    slow = [(sample, wait) for sample, wait in zip(samples, waits) if sample > 0.05]
     record.update(kind="probe", healthz=len(samples), healthz_failed=failures, **percentiles(samples, "healthz"),
-                  **percentiles(controls, "control"), load_average=os.getloadavg()[0])
+                  **percentiles(controls, "control"), load_average=os.getloadavg()[0],
+                  loop_cpu_percent=round(100 * (last[0] - first[0]) / 1e9 / span, 1),
+                  loop_runqueue_percent=round(100 * (last[1] - first[1]) / 1e9 / span, 1),
+                  loop_timeslices_per_s=round((last[2] - first[2]) / span),
+                  healthz_over_50ms_runqueue_share=round(sum(w for _, w in slow) / sum(s for s, _ in slow), 2)
+                  if slow else None)
     out.put(record)
 
 
