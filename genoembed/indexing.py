@@ -33,7 +33,7 @@ import numpy as np
 from genoembed.errors import GenoembedError, InputError
 from genoembed.manifest import file_sha256
 from genoembed.store import Store
-from genoembed.leases import now_ns
+from genoembed.leases import fs_now_ns
 from genoembed.writers import sweep_retired, write_lock
 from genoembed.synthetic import mutate
 from genoembed.recall import exact_neighbours, tune_search
@@ -268,7 +268,7 @@ def _commit(store: Store, entry: dict) -> None:
     deleted once no reader of an older snapshot is left (:func:`genoembed.writers.sweep_retired`)."""
     before = index_files(store.manifest.get("index"))
     store.record("index", "index", entry)
-    sweep_retired(store.root, sorted(before - index_files(entry)), now_ns())
+    sweep_retired(store.root, sorted(before - index_files(entry)), fs_now_ns(store.root))
 
 
 # Tuning queries differ from the stored tiles as a related strain's sequence would: 5 % substitutions.

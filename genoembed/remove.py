@@ -30,7 +30,7 @@ from genoembed.errors import InputError, StoreError
 from genoembed.files import atomic_write_bytes
 from genoembed.indexing import build_store_index, index_matches
 from genoembed.manifest import file_sha256, read_manifest, sequence_files, write_manifest
-from genoembed.leases import now_ns
+from genoembed.leases import fs_now_ns
 from genoembed.schema import ANNOTATIONS
 from genoembed.store import Store
 from genoembed.writers import sweep_retired, write_lock
@@ -84,7 +84,7 @@ def remove(store: Store, genome: str, contigs: Sequence[str] = ()) -> dict:
         if not in_place:
             manifest["index"] = None  # rebuilt below, once the manifest lists the shards it is built from
         write_manifest(store.root, manifest)
-        committed = now_ns()
+        committed = fs_now_ns(store.root)  # the file system's time, as readers' leases are
         store.refresh()  # this process is done with the old snapshot: its lease moves past the commit
         # readers of older snapshots may still read the old shards: deleted now if none is left, else later
         sweep_retired(store.root, [path.relative_to(store.root).as_posix() for path in replaced], committed)

@@ -343,7 +343,7 @@ def _unreadable(store: Store, files: StoreFiles, error: Exception) -> StoreError
 
 def run_sql(store: Store, query: str, parameters: dict | list | None = None,
             timeout: float | None = DEFAULT_TIMEOUT, max_rows: int | None = None,
-            settings: dict | None = None) -> pa.Table:
+            settings: dict | None = None, cancelled: threading.Event | None = None) -> pa.Table:
     """Run one read-only statement; parameters are bound (``$name`` or ``?``), never formatted in.
 
     The query is stopped after ``timeout`` seconds (None: no limit) or on
@@ -351,7 +351,8 @@ def run_sql(store: Store, query: str, parameters: dict | list | None = None,
     fetching the rows too. With ``max_rows``, rows are fetched in batches and
     a result longer than that is refused once its first ``max_rows + 1`` rows
     are read (so ``SELECT * FROM range(3e7)`` never builds its 30 million rows).
-    ``settings`` are passed to :func:`connect`.
+    ``settings`` are passed to :func:`connect`. Setting ``cancelled`` (from another thread) stops the
+    query as the timeout does (the server's way to free a worker whose request it gave up on).
     """
     import duckdb
 
@@ -372,8 +373,10 @@ def run_sql(store: Store, query: str, parameters: dict | list | None = None,
                 raise
             continue
         try:
-            return interruptible(con, lambda: _fetch(con, query, parameters, max_rows), timeout)
+            return interruptible(con, lambda: _fetch(con, query, parameters, max_rows), timeout, cancelled)
         except TimeoutError:
+            if cancelled is not None and cancelled.is_set():
+                raise InputError("SQL: query cancelled") from None
             raise InputError(f"SQL: query stopped after {timeout:g} s; raise --timeout "
                              "(0: no limit; timeout=None in Python)") from None
         except duckdb.Error as error:
@@ -411,8 +414,10 @@ class ResultTooLarge(InputError):
     """A result over the caller's row limit."""
 
 
-def interruptible(con: duckdb.DuckDBPyConnection, work, timeout: float | None):
-    """``work()`` (which uses ``con``) in a worker thread; TimeoutError after ``timeout`` s, Ctrl-C passed on.
+def interruptible(con: duckdb.DuckDBPyConnection, work, timeout: float | None,
+                  cancelled: threading.Event | None = None):
+    """``work()`` (which uses ``con``) in a worker thread; TimeoutError after ``timeout`` s or once ``cancelled``
+    is set, Ctrl-C passed on.
 
     Why a thread: DuckDB holds the calling thread in C++ while it runs, so Ctrl-C
     would wait for the query to end; the main thread instead waits in short
@@ -430,7 +435,8 @@ def interruptible(con: duckdb.DuckDBPyConnection, work, timeout: float | None):
     worker.start()
     deadline = None if timeout is None else time.monotonic() + timeout
     try:
-        while worker.is_alive() and (deadline is None or time.monotonic() < deadline):
+        while worker.is_alive() and (deadline is None or time.monotonic() < deadline) \
+                and not (cancelled is not None and cancelled.is_set()):
             worker.join(_POLL_S)
     except KeyboardInterrupt:
         _stop(con, worker)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import io
 import math
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -75,10 +75,12 @@ def chrom_sizes(store: Store, genome: str | None = None) -> dict[str, int]:
     return sizes
 
 
-def similarity(store: Store, vector: np.ndarray, genome: str | None = None) -> pa.Table:
+def similarity(store: Store, vector: np.ndarray, genome: str | None = None,
+               between_batches: Callable[[], None] | None = None) -> pa.Table:
     """Best cosine of ``vector`` at each tile position (both strands) as non-overlapping intervals,
     sorted by contig (in the genome's order) and start (``SIMILARITY`` columns). Vectors stream from the
-    shards; the result is columnar (tens of bytes a tile), never a Python object per tile."""
+    shards; the result is columnar (tens of bytes a tile), never a Python object per tile.
+    ``between_batches`` is called before each batch (the server's cancel check: it raises to stop)."""
     sizes = chrom_sizes(store, genome)
     query = np.asarray(vector, dtype=np.float32).reshape(-1)
     if query.shape[0] != store.dim:
@@ -86,6 +88,8 @@ def similarity(store: Store, vector: np.ndarray, genome: str | None = None) -> p
     query = query / (np.linalg.norm(query) or 1.0)
     pieces = []
     for batch in store.iter_batches(["genome", "chrom", "start", "end", schema.EMBEDDING]):
+        if between_batches is not None:
+            between_batches()
         vectors = np.asarray(batch.column(4).flatten().to_numpy(zero_copy_only=False), dtype=np.float32)
         vectors = vectors.reshape(batch.num_rows, store.dim)
         norms = np.linalg.norm(vectors, axis=1)

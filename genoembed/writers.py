@@ -21,7 +21,7 @@ from pathlib import Path
 
 from genoembed.errors import GenoembedError, StoreError
 from genoembed.files import atomic_write_bytes
-from genoembed.leases import now_ns, oldest_reader
+from genoembed.leases import fs_now_ns, oldest_reader
 from genoembed.manifest import read_manifest, sequence_files
 from genoembed.names import IDENTIFIER
 from genoembed.vector_index import index_files
@@ -132,7 +132,7 @@ def sweep_retired(root: Path, retired: list[str] = (), since: int | None = None)
     listed |= {entry.get("path") for entry in saved_searches(root, manifest, damaged).values()}
     listed |= {f"searches/{path.name}" for path in (root / "searches").glob("*.parquet")
                if path.name.split(".")[0] in damaged}  # a damaged search's files wait for its owner
-    now, oldest = now_ns(), oldest_reader(root)
+    now, oldest = fs_now_ns(root), oldest_reader(root)
     kept = {}
     for folder, pattern in _SWEPT:
         for path in (root / folder).glob(pattern) if (root / folder).is_dir() else ():

@@ -48,6 +48,7 @@ LAYERS = [
     ["train"],
     ["__init__"],
     ["serve_limits"],
+    ["serve_formats"],
     ["serve"],
     ["cli.common"],
     ["cli.annotate", "cli.compact", "cli.eval", "cli.finetune", "cli.index", "cli.info", "cli.plot", "cli.pretrain",

@@ -6,6 +6,7 @@ Each test works on its own copy of a small two-genome store (random genomes, 3-m
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -287,6 +288,48 @@ def test_a_reader_of_the_old_snapshot_survives_remove(root):
     current = {path for path in Store.open(root).shard_paths}
     assert [path for path in old_shards if path.is_file() and path not in current] == []
     assert verify_store(Store.open(root)) == []
+
+
+@contextlib.contextmanager
+def clock_off_by(monkeypatch, skew_ns: int):
+    """This process's clock ``skew_ns`` off the file server's (time.time_ns is what a lease would have used)."""
+    real = time.time_ns
+    with monkeypatch.context() as host:
+        host.setattr(time, "time_ns", lambda: real() + skew_ns)
+        yield
+
+
+def test_leases_and_retirements_compare_on_the_file_systems_clock(root, monkeypatch):
+    """A store shared by hosts whose clocks differ (NFS): a reader on a host an hour ahead of the writer's, then
+    one on a host an hour behind. Retired shards are kept while the reader holds the old snapshot and deleted
+    once it lets go (ahead) or moves on to the new snapshot (behind): only the file system's times compare."""
+    hour = 3600 * 10**9
+
+    def retired_by(removal) -> list[Path]:
+        before = list(Store.open(root).shard_paths)
+        removal(Store.open(root))  # the writer, on the file server's time
+        return [path for path in before if path not in set(Store.open(root).shard_paths)]
+
+    with clock_off_by(monkeypatch, +hour):
+        ahead = Store.open(root)
+    retired = retired_by(lambda store: remove(store, "g1", contigs=["b1"]))
+    assert retired and all(path.is_file() for path in retired)  # the reader ahead may still read them
+    del ahead
+    with write_lock(root):  # the next writer deletes what no reader holds
+        pass
+    assert not [path for path in retired if path.is_file()]
+
+    with clock_off_by(monkeypatch, -hour):
+        behind = Store.open(root)
+    retired = retired_by(lambda store: remove(store, "g1"))
+    assert retired and all(path.is_file() for path in retired)
+    time.sleep(0.05)  # past the file system's timestamp granularity (a clock tick)
+    with clock_off_by(monkeypatch, -hour):
+        behind.refresh()  # moves on to the snapshot without them
+    with write_lock(root):
+        pass
+    assert not [path for path in retired if path.is_file()]
+    assert run_sql(behind, "SELECT count(*) AS n FROM tiles").column("n")[0].as_py() == behind.num_tiles
 
 
 def test_a_killed_readers_lease_keeps_nothing(root):
