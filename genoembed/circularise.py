@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from genoembed import schema
 from genoembed.errors import InputError, StoreError
 from genoembed.indexing import build_store_index, index_matches, with_part
-from genoembed.leases import now_ns
+from genoembed.leases import fs_now_ns
 from genoembed.manifest import file_sha256, read_manifest, write_manifest
 from genoembed.remove import drop_stale_searches, removed_in_place, rewritten_shard
 from genoembed.store import PROVENANCE_KEY, Store
@@ -80,7 +80,7 @@ def circularise(store: Store, contigs: Sequence[str], genome: str | None = None,
         index_entry = manifest.get("index")
         rebuild = _update_index(store, manifest, stale, added)
         write_manifest(store.root, manifest)
-        committed = now_ns()
+        committed = fs_now_ns(store.root)  # the file system's time, as readers' leases are
         store.refresh()
         sweep_retired(store.root, replaced, committed)
         if rebuild:
