@@ -358,17 +358,16 @@ def run_sql(store: Store, query: str, parameters: dict | list | None = None,
     if timeout is not None and not timeout > 0:
         raise InputError(f"SQL: timeout must be a positive number of seconds (or none), got {timeout!r}")
     for attempt in range(SNAPSHOT_RETRIES):
-        seen = _search_paths(store)
+        seen = None if store.protected else _search_paths(store)
         try:
             files = store_files(store)
             con = connect_files(store, files, settings)
             check_statement(con, query, files.damaged)
         except StoreError:
             # A writer removed a file of this snapshot (`genoembed remove` rewrites shards and deletes the old
-            # ones once the new manifest is committed), or a search saved meanwhile switched its sidecar to a
-            # new version: answer from the newest one, as search does. Retried only while writers keep
-            # committing, so a damaged store is reported at once.
-            if attempt == SNAPSHOT_RETRIES - 1 or not (store.moved_on() or _search_paths(store) != seen):
+            # ones once the new manifest is committed): answer from the newest one, as search does. Retried
+            # only while writers keep committing, so a damaged store is reported at once.
+            if attempt == SNAPSHOT_RETRIES - 1 or not _moved(store, seen):
                 raise
             continue
         try:
@@ -379,13 +378,24 @@ def run_sql(store: Store, query: str, parameters: dict | list | None = None,
         except duckdb.Error as error:
             # a shard deleted after the views were made fails as an IO or "permission" (allowed_paths) error;
             # retry only when a writer did commit since, so a query's own mistakes are reported at once
-            if attempt == SNAPSHOT_RETRIES - 1 or not (store.moved_on() or _search_paths(store) != seen):
+            if attempt == SNAPSHOT_RETRIES - 1 or not _moved(store, seen):
                 raise InputError(f"SQL: {_message(error)}") from None
 
 
+def _moved(store: Store, searches: dict[str, str] | None) -> bool:
+    """True when a writer committed since ``store``'s snapshot, or (for a reader without a lease) a saved search
+    now names another file than ``searches`` did.
+
+    Saved searches switch by sidecar, without a new manifest. A reader with a lease keeps every version it
+    read until it is done (:func:`genoembed.writers.sweep_retired`), so for it a failure on one is a damaged
+    store, reported at once. A reader without one (a store it cannot write to) has nothing kept for it: a
+    version it read may be swept by another user's next write, and the query is worth retrying.
+    """
+    return store.moved_on() or (searches is not None and _search_paths(store) != searches)
+
+
 def _search_paths(store: Store) -> dict[str, str]:
-    """Saved search -> the file its sidecar names now. Saved searches switch by sidecar, without a new
-    manifest: a read that failed on a version a later save replaced (and swept) is worth retrying."""
+    """Saved search -> the file its sidecar names now."""
     return {name: entry["path"] for name, entry in store.searches({}).items()}
 
 

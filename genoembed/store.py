@@ -116,6 +116,12 @@ class Store:
             self.manifest = manifest
         return self
 
+    @property
+    def protected(self) -> bool:
+        """True while this reader's lease keeps every file its snapshot lists, and every saved-search version it
+        reads, on disk; False where it could take none (another user's writer may delete them under it)."""
+        return self._lease is not None and self._lease.held
+
     def moved_on(self) -> bool:
         """Refresh; True when a writer committed a new manifest since this snapshot was read (so a failure
         reading it may be the writer's doing, and is worth retrying on the new one)."""

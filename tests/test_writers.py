@@ -394,3 +394,51 @@ def test_a_damaged_saved_search_blocks_only_itself(root):
     # a new search of that name replaces the damaged one
     assert runner.invoke(app, ["search", str(root), "--region", "a1:301-600"]).exit_code == 0
     assert runner.invoke(app, ["sql", str(root), "SELECT count(*) FROM hits"]).exit_code == 0
+
+
+def test_a_readers_saved_search_version_stays_while_saves_switch_it(root):
+    """Many threads of one process save `last` (the same hits again and again) while readers hold the version its
+    sidecar named: every held version stays readable and unchanged for as long as its reader's store is open,
+    and once no reader is left one version remains. Before the fix the sweep dated a version by when it first saw
+    it unnamed, which could be a save in flight (or an earlier life of a name made from the content) older than
+    the reader that later read it, and deleted it under that reader."""
+    opened = Store.open(root)
+    answers = [search(opened, [f"a1:{start}-{start + 299}"], k=3) for start in (1, 1501, 3001)]
+    del opened
+    failures, barrier = [], threading.Barrier(8)
+
+    def saver(number: int) -> None:
+        barrier.wait()
+        try:
+            for turn in range(40):
+                save_hits(Store.open(root), answers[(number + turn) % len(answers)], "last", {})
+        except BaseException as error:  # noqa: BLE001 - every failure is the finding
+            failures.append(f"save: {error!r}")
+
+    def reader() -> None:
+        barrier.wait()
+        try:
+            for _ in range(40):
+                store = Store.open(root)
+                entry = store.searches()["last"]
+                time.sleep(0.005)  # savers switch `last` and sweep meanwhile
+                path = root / entry["path"]
+                assert hashlib.sha256(path.read_bytes()).hexdigest() == entry["sha256"], entry["path"]
+                assert pq.read_table(path).num_rows == entry["rows"]
+                # SQL reads the version named when it starts, kept by this reader's lease (not by a retry)
+                assert run_sql(store, "SELECT count(*) AS n FROM hits").column("n")[0].as_py() == 3
+        except BaseException as error:  # noqa: BLE001
+            failures.append(f"read: {error!r}")
+
+    save_hits(Store.open(root), answers[0], "last", {})
+    threads = [threading.Thread(target=saver, args=(n,)) for n in range(4)]
+    threads += [threading.Thread(target=reader) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures, failures[:5]
+    with write_lock(root):
+        pass
+    assert len(list((root / "searches").glob("last.*.parquet"))) == 1
+    assert verify_store(Store.open(root)) == []
