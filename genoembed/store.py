@@ -6,7 +6,7 @@ Layout of a store directory::
     shards/part-00000.parquet ...
     index/vectors.faiss    FAISS index (ids = tile_id); later parts (appends) index/vectors-NNNNN.faiss
     annotations/NAME.parquet
-    searches/NAME.HASH.parquet  a saved search's hits (``last`` = the CLI's most recent), one file per version
+    searches/NAME.VERSION.parquet  a saved search's hits (``last`` = the CLI's most recent), one file per version
     searches/NAME.json     each saved search's sidecar: its version, rows, sha256, when and how it was made
     .lock                  the writer lock (flock); .readers/ readers' leases; .retired.json files awaiting deletion
 

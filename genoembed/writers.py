@@ -225,7 +225,7 @@ def saved_searches(root: Path, manifest: dict, damaged: dict[str, str] | None = 
 
 def search_sidecar_problem(name: str, entry) -> str | None:
     """What is wrong with a saved search's sidecar (None: nothing): it must name that search's own file,
-    ``searches/NAME.parquet`` (older stores) or a version ``searches/NAME.HASH.parquet``."""
+    ``searches/NAME.parquet`` (older stores) or a version ``searches/NAME.VERSION.parquet``."""
     if not IDENTIFIER.fullmatch(name):
         return f"saved search name {name!r} is not a plain identifier (it would become SQL)"
     path = entry.get("path") if isinstance(entry, dict) else None
