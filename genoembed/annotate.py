@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     import duckdb
 from genoembed import features
 from genoembed.errors import InputError, command
-from genoembed.files import atomic_file
+from genoembed.files import atomic_file, version_name
 from genoembed.manifest import file_sha256
 from genoembed.names import check_identifier, identifier_from
 from genoembed.store import Store
@@ -37,12 +37,13 @@ def add_annotations(store: Store, path: str | Path, name: str | None = None, for
                     aliases: dict[str, str] | None = None, auto_alias: bool = False,
                     genome: str | None = None, replace: bool = False) -> dict:
     """Parse, check contigs against ``genome`` (default: :func:`matching_genome`), and save as
-    ``annotations/NAME.parquet`` with a ``genome`` column.
+    ``annotations/NAME.VERSION.parquet`` (a new file for every version) with a ``genome`` column.
 
     NAME defaults to the file's name; when a set of another genome already has it (two strains'
     ``genes.gff3``), ``NAME_GENOME``, so one genome's annotations never replace another's. The file is
     parsed before, and written only under, the writer lock; a set of that name is replaced only with
-    ``replace``.
+    ``replace``, by a new file the manifest switches to: a reader of the old snapshot (an annotated search, a
+    running ``sql``) keeps the old file until it is done (:meth:`genoembed.store.Store.transaction`).
     """
     path = Path(path)
     if name is not None:
@@ -70,15 +71,15 @@ def add_annotations(store: Store, path: str | Path, name: str | None = None, for
             if previous is not None and not replace:
                 raise InputError(f"{store.root}: annotation set {name!r} exists; pass --replace to replace it, "
                                  "or --name another")
-            target = store.root / "annotations" / f"{name}.parquet"
-            target.parent.mkdir(exist_ok=True)
-            with atomic_file(target, "annotation set") as partial:
+            relative = f"annotations/{version_name(name)}"  # a new file: readers of the old set keep reading it
+            (store.root / "annotations").mkdir(exist_ok=True)
+            with atomic_file(store.root / relative, "annotation set") as partial:
                 rows = parsed.write_parquet(partial, genome, renames, spans)
-            entry = {"path": f"annotations/{name}.parquet", "genome": genome, "source": str(path), "rows": rows,
-                     "sha256": file_sha256(target),
+            entry = {"path": relative, "genome": genome, "source": str(path), "rows": rows,
+                     "sha256": file_sha256(store.root / relative),
                      "added": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
             manifest.setdefault("annotations", {})[name] = entry
-    # a set `genoembed remove` rewrote under another name: its old file goes with the next sweep
+    # the replaced set's file is retired by the commit: deleted once no reader of an older snapshot is left
     return entry
 
 

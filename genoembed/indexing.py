@@ -33,11 +33,10 @@ import numpy as np
 from genoembed.errors import GenoembedError, InputError
 from genoembed.manifest import file_sha256
 from genoembed.store import Store
-from genoembed.leases import now_ns
-from genoembed.writers import sweep_retired, write_lock
+from genoembed.writers import write_lock
 from genoembed.synthetic import mutate
 from genoembed.recall import exact_neighbours, tune_search
-from genoembed.vector_index import (INDEX_FILE, FaissIndex, IndexSpec, Metric, import_faiss, index_files, index_parts,
+from genoembed.vector_index import (INDEX_FILE, FaissIndex, IndexSpec, Metric, import_faiss, index_parts,
                                     load_index, prepare, refine_stage, save_index, search_knob, train_index,
                                     with_tile_ids)
 
@@ -249,10 +248,8 @@ def _open(store: Store, entry: dict) -> FaissIndex:
 
 def _commit(store: Store, entry: dict) -> None:
     """Record ``entry`` in the manifest; index files it no longer lists (folded parts, a replaced base) are retired:
-    deleted once no reader of an older snapshot is left (:func:`genoembed.writers.sweep_retired`)."""
-    before = index_files(store.manifest.get("index"))
+    deleted once no reader of an older snapshot is left (:meth:`genoembed.store.Store.transaction`)."""
     store.record("index", "index", entry)
-    sweep_retired(store.root, sorted(before - index_files(entry)), now_ns())
 
 
 # Tuning queries differ from the stored tiles as a related strain's sequence would: 5 % substitutions.

@@ -13,7 +13,6 @@ import contextlib
 import datetime as dt
 import json
 import os
-import secrets
 import threading
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import pyarrow.parquet as pq
 
 from genoembed import schema
 from genoembed.errors import StoreError
-from genoembed.files import atomic_file, atomic_write_bytes
+from genoembed.files import atomic_file, atomic_write_bytes, version_name
 from genoembed.leases import Lease
 from genoembed.manifest import file_sha256
 from genoembed.names import check_identifier
@@ -99,7 +98,7 @@ class HitsWriter:
     def _switch(self) -> None:
         """The written hits renamed into place as a new version, then the sidecar switched to it."""
         sha256 = file_sha256(self._partial)
-        self.path = self.directory / f"{self.name}.{secrets.token_hex(8)}.parquet"
+        self.path = self.directory / version_name(self.name)
         with atomic_file(self.path, "saved search") as partial:
             os.replace(self._partial, partial)  # fsynced and renamed into place as the version
         entry = {"path": f"searches/{self.path.name}", "rows": self.rows, "sha256": sha256,

@@ -129,11 +129,7 @@ def sweep_retired(root: Path, retired: list[str] = (), since: int | None = None)
     except GenoembedError:
         return
     records = _read_retired(root)
-    listed = {shard["path"] for shard in manifest["shards"]}
-    listed |= {entry["path"] for entry in (manifest.get("annotations") or {}).values()}
-    listed |= {entry["path"] for entry in (manifest.get("searches") or {}).values()}
-    listed |= sequence_files(manifest)
-    listed |= index_files(manifest.get("index"))
+    listed = committed_files(manifest)
     damaged: dict[str, str] = {}
     named = {name: entry.get("path") for name, entry in saved_searches(root, manifest, damaged).items()}
     listed |= set(named.values())
@@ -163,6 +159,16 @@ def sweep_retired(root: Path, retired: list[str] = (), since: int | None = None)
         with contextlib.suppress(StoreError):  # not recorded: those files are dated again when next seen
             atomic_write_bytes(root / RETIRED, json.dumps({path: list(record) for path, record in kept.items()},
                                                           indent=1).encode())
+
+
+def committed_files(manifest: dict) -> set[str]:
+    """Store paths of the files a manifest lists (shards, annotation sets, saved searches of older stores,
+    the genomes' sequence copies, the vector index's parts)."""
+    listed = {shard["path"] for shard in manifest["shards"]}
+    listed |= {entry["path"] for entry in (manifest.get("annotations") or {}).values()}
+    listed |= {entry["path"] for entry in (manifest.get("searches") or {}).values()}
+    listed |= sequence_files(manifest)
+    return listed | index_files(manifest.get("index"))
 
 
 def _read_retired(root: Path) -> dict[str, tuple[int, str | None]]:

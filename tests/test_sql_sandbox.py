@@ -62,9 +62,12 @@ def edit_manifest(root: Path, section: str, name: str, **changes) -> None:
 
 
 def stored(root: Path, relative: str) -> str:
-    """Where the store keeps ``relative``: a saved search ``searches/NAME.parquet`` is the version its sidecar names."""
+    """Where the store keeps ``relative``: a saved search ``searches/NAME.parquet`` is the version its sidecar names,
+    an annotation set ``annotations/NAME.parquet`` the version its manifest entry names."""
     if relative.startswith("searches/"):
         return json.loads((root / relative).with_suffix(".json").read_text())["path"]
+    if relative.startswith("annotations/"):
+        return json.loads((root / "manifest.json").read_text())["annotations"][Path(relative).stem]["path"]
     return relative
 
 
@@ -140,9 +143,9 @@ def test_symlink_inside_the_store_is_fine(root):
 
 
 def test_changed_annotation_file_fails_its_sha256(root):
-    path = root / "annotations" / "NC_000932.parquet"
+    path = root / stored(root, "annotations/NC_000932.parquet")
     pq.write_table(pq.read_table(path).slice(0, 10), path)
-    with pytest.raises(StoreError, match=r"NC_000932.parquet: sha256 differs.*genoembed verify"):
+    with pytest.raises(StoreError, match=rf"{path.name}: sha256 differs.*genoembed verify"):
         run_sql(Store.open(root), "SELECT count(*) FROM annotations")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -20,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from genoembed.annotate import add_annotations
+from genoembed.annotate import add_annotations, annotate_hits
 from genoembed.build import index
 from genoembed.cli import app
 from genoembed.embedders.kmer import KmerEmbedder
@@ -117,7 +118,7 @@ def test_annotation_set_names_from_file_names_are_identifiers(root, tmp_path, be
     odd = tmp_path / "1000 genomes-v2.bed"
     shutil.copy(bed, odd)
     entry = add_annotations(Store.open(root), odd)
-    assert entry["path"] == "annotations/_1000_genomes_v2.parquet"
+    assert re.fullmatch(r"annotations/_1000_genomes_v2\.[0-9a-f]{16}\.parquet", entry["path"])
 
 
 # --- finding 3: outputs never destroy what is not theirs -------------------------------------------------------
@@ -265,6 +266,76 @@ def test_concurrent_annotates_one_wins_the_other_says_why(root, bed):
     assert outcomes.count("added") == 1, outcomes
     refused = next(o for o in outcomes if o != "added")
     assert "annotation set 'genes' exists; pass --replace" in refused or "being written by process" in refused
+    assert verify_store(Store.open(root)) == []
+
+
+def overlapping_names(hits, features: list[tuple[str, int, int, str]]) -> list[str | None]:
+    """Oracle: per hit, the sorted names of the features (chrom, start, end, name; genome g0) it overlaps."""
+    names = []
+    for genome, chrom, start, end in zip(*(hits[c].to_pylist() for c in ("genome", "chrom", "start", "end"))):
+        found = sorted({name for c, s, e, name in features if genome == "g0" and c == chrom and s < end and start < e})
+        names.append(", ".join(found) or None)
+    return names
+
+
+def test_a_reader_of_the_old_annotation_set_survives_reannotation(root, bed, tmp_path):
+    """Re-annotating a name writes a new file and switches the manifest: a reader opened before finishes its
+    annotated search and SQL joins on the old set, a new reader sees the new one, and the old file is deleted
+    once no reader holds it (nothing else left behind)."""
+    old_features = [("a1", 100, 900, "geneA"), ("a1", 1200, 1700, "geneB")]
+    add_annotations(Store.open(root), bed, name="genes")
+    hits = search(Store.open(root), ["a1:1-1000", "a1:1101-1400"], k=4, save_as="mine")
+    expected = {(q, r, n) for q, r, names in zip(hits["query"].to_pylist(), hits["rank"].to_pylist(),
+                                                 overlapping_names(hits, old_features)) if names
+                for n in names.split(", ")}
+    assert {n for _, _, n in expected} == {"geneA", "geneB"}
+    reader = Store.open(root)
+    old_file = root / reader.manifest["annotations"]["genes"]["path"]
+    fewer = tmp_path / "fewer.bed"
+    fewer.write_text("a1\t2000\t2500\tgeneC\t0\t+\n")
+    result = runner.invoke(app, ["annotate", str(root), str(fewer), "--name", "genes", "--replace"])
+    assert result.exit_code == 0, result.output
+    assert old_file.is_file()  # kept: the reader's snapshot lists it
+    # the reader's first annotated search and its joins read the old set, whole
+    assert annotate_hits(reader, hits)["overlapping"].to_pylist() == overlapping_names(hits, old_features)
+    joined = run_sql(reader, "SELECT query, rank, feature_name FROM hit_features_mine")
+    assert set(zip(*(joined[c].to_pylist() for c in joined.column_names))) == expected
+    assert run_sql(reader, "SELECT count(*) AS n FROM annotations").column("n")[0].as_py() == 2
+    # a new reader sees the new set
+    fresh = Store.open(root)
+    assert run_sql(fresh, "SELECT name FROM annotations").column("name").to_pylist() == ["geneC"]
+    assert annotate_hits(fresh, hits)["overlapping"].to_pylist() == \
+        overlapping_names(hits, [("a1", 2000, 2500, "geneC")])
+    del reader, fresh
+    with write_lock(root):  # the next writer deletes what no reader holds
+        pass
+    assert not old_file.exists()
+    listed = {entry["path"] for entry in Store.open(root).manifest["annotations"].values()}
+    assert {f"annotations/{path.name}" for path in (root / "annotations").iterdir()} == listed
+    assert verify_store(Store.open(root)) == []
+
+
+def test_an_annotation_set_of_an_older_store_under_its_fixed_name_reads_and_is_replaced(root, bed, tmp_path):
+    """Stores written before versioned annotation files list ``annotations/NAME.parquet``: read as they are, and
+    a replacement retires that file like any other version."""
+    add_annotations(Store.open(root), bed, name="genes")
+    manifest = json.loads((root / "manifest.json").read_text())
+    versioned = root / manifest["annotations"]["genes"]["path"]
+    versioned.rename(root / "annotations" / "genes.parquet")
+    manifest["annotations"]["genes"]["path"] = "annotations/genes.parquet"
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    assert verify_store(Store.open(root)) == []
+    reader = Store.open(root)
+    assert run_sql(reader, "SELECT count(*) AS n FROM annotations").column("n")[0].as_py() == 2
+    fewer = tmp_path / "fewer.bed"
+    fewer.write_text(bed.read_text().splitlines()[0] + "\n")
+    add_annotations(Store.open(root), fewer, name="genes", replace=True)
+    assert run_sql(reader, "SELECT count(*) AS n FROM annotations").column("n")[0].as_py() == 2  # its snapshot
+    assert run_sql(Store.open(root), "SELECT count(*) AS n FROM annotations").column("n")[0].as_py() == 1
+    del reader
+    with write_lock(root):
+        pass
+    assert not (root / "annotations" / "genes.parquet").exists()
     assert verify_store(Store.open(root)) == []
 
 
