@@ -52,13 +52,15 @@ MERGE_RATIO = 2
 def build_store_index(store: Store, spec: IndexSpec, progress: Callable[[int], None] | None = None,
                       first_part: int | None = None) -> dict:
     """(Re)build the store's FAISS index from all its shards (trained anew, tuned) and record it in the manifest.
-    Its files are numbered from the current index's next part (``first_part`` when the manifest lists none)."""
+    Its files are numbered from the current index's next part (when the manifest lists none: ``first_part``, else
+    past every index file on disk, which an overwritten store's readers may still hold)."""
     with write_lock(store.root):
         store.refresh()
         template = train_index(store, spec)
         current = store.manifest.get("index") or {}
+        first = current.get("next_part", first_part if first_part is not None else _first_unused_part(store.root))
         entry = {"spec": spec.describe(), "metric": spec.metric.value, "dim": store.dim, "parts": [],
-                 "next_part": current.get("next_part", first_part or 0), "part_rows": spec.part_rows}
+                 "next_part": first, "part_rows": spec.part_rows}
         for low, high in _groups(store.shards, spec.part_rows, store.id_limit):
             entry["parts"].append(_write_part(store, entry, template, low, high, spec.metric, progress))
         _save_template(store, entry, template)
@@ -173,6 +175,13 @@ def _part_path(number: int, kind: str = "vectors") -> str:
     """The file of part ``number``: the first part of a store is ``index/vectors.faiss`` (what stores built before
     parts hold), later ones are numbered, never reused."""
     return INDEX_FILE if number == 0 and kind == "vectors" else f"index/{kind}-{number:05d}.faiss"
+
+
+def _first_unused_part(root: Path) -> int:
+    """One past the highest part number of any index file on disk (``index/vectors.faiss`` is part 0)."""
+    numbers = [int(match.group(1) or 0) for path in (root / "index").glob("*.faiss")
+               if (match := re.fullmatch(r"vectors|\w+-(\d+)", path.stem))]
+    return max(numbers, default=-1) + 1
 
 
 def _groups(shards: list[dict], part_rows: int | None, id_limit: int) -> list[tuple[int, int]]:

@@ -36,6 +36,7 @@ from genoembed.tiles import TilingSpec
 from genoembed.tracks import similarity
 from genoembed.vector_index import IndexSpec
 from genoembed.verify import verify_store
+from genoembed.writers import committed_files
 
 TILING = TilingSpec(window=300, stride=150, strands="+")
 EMBEDDER = KmerEmbedder(k=3)
@@ -149,6 +150,36 @@ def test_overwrite_never_deletes_its_own_input(root, fastas):
                                  "--factory", "Flat", "--overwrite", "-q"])
     one_line_error(result, "g.fa: an input inside the store")
     assert inside.read_bytes() == fastas[0].read_bytes()
+
+
+def test_a_reader_of_the_old_store_survives_index_overwrite(root, fastas, tmp_path):
+    """`index --overwrite` retires the old store's files instead of deleting them: a reader of the old store
+    finishes on its snapshot (search, SQL, its genome's sequence); the new store equals a clean build and, once
+    no reader is left, holds nothing else."""
+    reader = Store.open(root)
+    old_files = {path for path in root.rglob("*") if path.is_file() and path.parts[-2] in ("shards", "index")}
+    tiles = run_sql(reader, "SELECT count(*) AS n FROM tiles").column("n")[0].as_py()
+    vector = reader.embedder().embed(["ACGT" * 75])[0]
+    result = runner.invoke(app, ["index", "--fasta", str(fastas[1]), "--output", str(root), "--model", "kmer:3",
+                                 "--window", "300", "--stride", "150", "--strands", "+", "--factory", "Flat",
+                                 "--shard-rows", "40", "--batch-rows", "40", "--overwrite", "-q"])
+    assert result.exit_code == 0, result.output
+    assert all(path.is_file() for path in old_files)  # kept: the reader's snapshot lists them
+    # the reader answers from the old store: both genomes, its shards, its index, its sequences
+    assert set(search(reader, ["a1:1-300"], k=3)["genome"].to_pylist()) <= {"g0", "g1"}
+    assert run_sql(reader, "SELECT count(*) AS n FROM tiles").column("n")[0].as_py() == tiles
+    assert similarity(reader, vector, "g0").num_rows > 0
+    del reader
+    with write_lock(root):  # the next writer deletes what no reader holds
+        pass
+    clean = build(fastas[1], tmp_path / "clean")
+    query = "SELECT * FROM tiles ORDER BY tile_id"
+    assert run_sql(Store.open(root), query).equals(run_sql(clean, query))
+    assert list(Store.open(root).genomes) == ["g1"] and verify_store(Store.open(root)) == []
+    listed = committed_files(Store.open(root).manifest)
+    on_disk = {path.relative_to(root).as_posix() for folder in ("shards", "index", "annotations")
+               for path in (root / folder).glob("*") if path.is_file()}
+    assert on_disk == {path for path in listed if path.split("/")[0] in ("shards", "index", "annotations")}
 
 
 def test_no_verb_writes_into_any_store(root, tmp_path):
