@@ -115,12 +115,14 @@ def _default_name(manifest: dict, path: Path, genome: str) -> str:
 def check_feature_types(store: Store, types: tuple[str, ...]) -> list[str]:
     """The ``types`` the store's annotations hold; an error when none of them is there (it would join nothing),
     naming the types that are."""
-    from genoembed.sql import connect
+    from genoembed.sql import connect, interruptible
 
     if not store.manifest.get("annotations"):
         raise InputError(f"--feature-type {', '.join(types)}: {store.root} has no annotations; add some with "
                          f"{command('annotate', store.root, 'genes.gff3')}")
-    present = [row[0] for row in connect(store).execute("SELECT DISTINCT type FROM annotations ORDER BY 1").fetchall()]
+    con = connect(store)
+    present = [row[0] for row in interruptible(
+        con, lambda: con.execute("SELECT DISTINCT type FROM annotations ORDER BY 1").fetchall(), None)]
     found = [kind for kind in types if kind in present]
     if not found:
         raise InputError(f"--feature-type {', '.join(types)} matches no feature of {store.root}; its types: "
@@ -194,14 +196,18 @@ def annotation_intervals(store: Store, types: tuple[str, ...] | None = None) -> 
     """The columns of the store's ``annotations`` view a join needs (of ``types`` only, when given)."""
     import duckdb
 
-    from genoembed.sql import AHEAD_ANNOTATIONS, connect
+    from genoembed.sql import AHEAD_ANNOTATIONS, connect, interruptible
 
     con: duckdb.DuckDBPyConnection = connect(store)
-    present = con.sql(f"SELECT * FROM {AHEAD_ANNOTATIONS} LIMIT 0").columns
-    wanted = [c for c in ("genome", "chrom", "start", "end", "strand", "type", "name", "parts") if c in present]
-    try:
+
+    def read() -> pa.Table:
+        present = con.sql(f"SELECT * FROM {AHEAD_ANNOTATIONS} LIMIT 0").columns
+        wanted = [c for c in ("genome", "chrom", "start", "end", "strand", "type", "name", "parts") if c in present]
         return con.sql(f"SELECT {', '.join(f'{chr(34)}{c}{chr(34)}' for c in wanted)} FROM {AHEAD_ANNOTATIONS}"
                        + (" WHERE type IN (SELECT unnest($types))" if types else ""),
                        params={"types": list(types)} if types else None).to_arrow_table()
+
+    try:  # on a worker thread: a Ctrl-C stops it and is raised as such (DuckDB would report a failed query)
+        return interruptible(con, read, None)
     except duckdb.Error as error:
         raise InputError(f"reading the store's annotations failed: {str(error).splitlines()[0]}") from None

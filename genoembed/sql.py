@@ -288,15 +288,12 @@ def connect_files(store: Store, files: StoreFiles, settings: dict | None = None)
     con.execute("SET enable_external_access = false")  # after temp_directory, which it would refuse to set
     # callers (annotate, plot) keep the connection as long as they like: the directory goes with it
     weakref.finalize(con, shutil.rmtree, temp, ignore_errors=True)
+    circles = {(name, chrom): entry["contig_lengths"][chrom] for name, entry in store.genomes.items()
+               for chrom in entry.get("circular", ()) if chrom in entry["contig_lengths"]}
     try:
-        _create_views(con, files, {(name, chrom): entry["contig_lengths"][chrom] for name, entry in store.genomes.items()
-                                   for chrom in entry.get("circular", ()) if chrom in entry["contig_lengths"]})
+        off_the_main_thread(lambda: _create_views(con, files, circles))  # where no Ctrl-C lands inside DuckDB
     except (duckdb.Error, pa.ArrowException, OSError) as error:
         raise _unreadable(store, files, error) from None
-    except RuntimeError as error:  # Ctrl-C while the views are made: DuckDB reports an interrupted query
-        if "interrupted" in str(error).lower():
-            raise KeyboardInterrupt from None
-        raise
     con.execute("SET lock_configuration = true")
     return con
 
@@ -429,33 +426,69 @@ def interruptible(con: duckdb.DuckDBPyConnection, work, timeout: float | None):
     slices (a KeyboardInterrupt arrives between them) and interrupts ``con``.
     """
     outcome: dict = {}
+    stopped = threading.Event()
 
-    def target():
-        try:
-            outcome["value"] = work()
-        except BaseException as error:  # handed to the caller's thread
-            outcome["error"] = error
+    def unless_stopped():
+        if stopped.is_set():  # stopped before the worker began (a Ctrl-C while it was being started)
+            raise KeyboardInterrupt
+        return work()
 
-    worker = threading.Thread(target=target, name="genoembed-sql", daemon=True)
-    worker.start()
+    worker = threading.Thread(target=_hand_over, args=(unless_stopped, outcome), name="genoembed-sql", daemon=True)
     deadline = None if timeout is None else time.monotonic() + timeout
     try:
+        worker.start()
         while worker.is_alive() and (deadline is None or time.monotonic() < deadline):
             worker.join(_POLL_S)
     except KeyboardInterrupt:
-        _stop(con, worker)
+        _stop(con, worker, stopped)
         raise
     if worker.is_alive():
-        _stop(con, worker)
+        _stop(con, worker, stopped)
         if "value" not in outcome:
             raise TimeoutError
+    return _outcome(outcome)
+
+
+def off_the_main_thread(work):
+    """``work()``, run on a worker thread while the main thread waits (on any other thread, run there).
+
+    Python delivers Ctrl-C to the main thread only; one that lands while DuckDB calls back into Python (reading
+    a registered Arrow dataset's schema as views are made) comes out of DuckDB as its own error, reported as a
+    damaged store. Here it lands in the wait: the work (short, no statement) ends, then KeyboardInterrupt.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return work()
+    outcome: dict = {}
+    worker = threading.Thread(target=_hand_over, args=(work, outcome), name="genoembed-sql", daemon=True)
+    try:
+        worker.start()
+        while worker.is_alive():
+            worker.join(_POLL_S)
+    except KeyboardInterrupt:
+        while worker.is_alive():
+            worker.join(_POLL_S)
+        raise
+    return _outcome(outcome)
+
+
+def _hand_over(work, outcome: dict) -> None:
+    """Run ``work()`` on a worker thread, keeping its value or its error for the waiting thread."""
+    try:
+        outcome["value"] = work()
+    except BaseException as error:  # handed to the caller's thread
+        outcome["error"] = error
+
+
+def _outcome(outcome: dict):
     if "error" in outcome:
         raise outcome["error"]
     return outcome["value"]
 
 
-def _stop(con: duckdb.DuckDBPyConnection, worker: threading.Thread) -> None:
-    """Interrupt until the worker ends (an interrupt sent before DuckDB starts the query is lost)."""
+def _stop(con: duckdb.DuckDBPyConnection, worker: threading.Thread, stopped: threading.Event) -> None:
+    """Interrupt until the worker ends (an interrupt sent before DuckDB starts the query is lost); a worker not
+    yet running finds ``stopped`` set and runs nothing."""
+    stopped.set()
     while worker.is_alive():
         con.interrupt()
         worker.join(_POLL_S)
