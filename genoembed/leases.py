@@ -74,7 +74,6 @@ class Lease:
         if self._descriptor is not None:
             os.pwrite(self._descriptor, f"{self.start:0{_WIDTH}d}".encode(), 0)
 
-
     def release(self) -> None:
         """The reader is done: files retired since :attr:`start` are no longer its concern."""
         if self._finalizer is not None:

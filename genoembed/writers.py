@@ -172,7 +172,7 @@ def committed_files(manifest: dict) -> set[str]:
 
 
 def _read_retired(root: Path) -> dict[str, tuple[int, str | None]]:
-    """Path -> (since, the version its search's sidecar named then); records of older versions are bare dates."""
+    """Path -> (since, the version its search's sidecar named then); earlier writers recorded bare dates."""
     try:
         records = json.loads((root / RETIRED).read_bytes())
     except (OSError, ValueError):
