@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     import duckdb
 from genoembed import features
 from genoembed.errors import InputError, command
-from genoembed.files import atomic_file
+from genoembed.files import atomic_file, version_name
 from genoembed.manifest import file_sha256
 from genoembed.names import check_identifier, identifier_from
 from genoembed.store import Store
@@ -37,12 +37,13 @@ def add_annotations(store: Store, path: str | Path, name: str | None = None, for
                     aliases: dict[str, str] | None = None, auto_alias: bool = False,
                     genome: str | None = None, replace: bool = False) -> dict:
     """Parse, check contigs against ``genome`` (default: :func:`matching_genome`), and save as
-    ``annotations/NAME.parquet`` with a ``genome`` column.
+    ``annotations/NAME.VERSION.parquet`` (a new file for every version) with a ``genome`` column.
 
     NAME defaults to the file's name; when a set of another genome already has it (two strains'
     ``genes.gff3``), ``NAME_GENOME``, so one genome's annotations never replace another's. The file is
     parsed before, and written only under, the writer lock; a set of that name is replaced only with
-    ``replace``.
+    ``replace``, by a new file the manifest switches to: a reader of the old snapshot (an annotated search, a
+    running ``sql``) keeps the old file until it is done (:meth:`genoembed.store.Store.transaction`).
     """
     path = Path(path)
     if name is not None:
@@ -61,15 +62,15 @@ def add_annotations(store: Store, path: str | Path, name: str | None = None, for
             if previous is not None and not replace:
                 raise InputError(f"{store.root}: annotation set {name!r} exists; pass --replace to replace it, "
                                  "or --name another")
-            target = store.root / "annotations" / f"{name}.parquet"
-            target.parent.mkdir(exist_ok=True)
-            with atomic_file(target, "annotation set") as partial:
+            relative = f"annotations/{version_name(name)}"  # a new file: readers of the old set keep reading it
+            (store.root / "annotations").mkdir(exist_ok=True)
+            with atomic_file(store.root / relative, "annotation set") as partial:
                 rows = parsed.write_parquet(partial, genome, renames, spans)
-            entry = {"path": f"annotations/{name}.parquet", "genome": genome, "source": str(path), "rows": rows,
-                     "sha256": file_sha256(target),
+            entry = {"path": relative, "genome": genome, "source": str(path), "rows": rows,
+                     "sha256": file_sha256(store.root / relative),
                      "added": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
             manifest.setdefault("annotations", {})[name] = entry
-    # a set `genoembed remove` rewrote under another name: its old file goes with the next sweep
+    # the replaced set's file is retired by the commit: deleted once no reader of an older snapshot is left
     return entry
 
 
@@ -129,12 +130,15 @@ def _default_name(manifest: dict, path: Path, genome: str) -> str:
 def check_feature_types(store: Store, types: tuple[str, ...]) -> list[str]:
     """The ``types`` the store's annotations hold; an error when none of them is there (it would join nothing),
     naming the types that are."""
+    from genoembed.interrupts import interruptible
     from genoembed.sql import connect
 
     if not store.manifest.get("annotations"):
         raise InputError(f"--feature-type {', '.join(types)}: {store.root} has no annotations; add some with "
                          f"{command('annotate', store.root, 'genes.gff3')}")
-    present = [row[0] for row in connect(store).execute("SELECT DISTINCT type FROM annotations ORDER BY 1").fetchall()]
+    con = connect(store)
+    present = [row[0] for row in interruptible(
+        con, lambda: con.execute("SELECT DISTINCT type FROM annotations ORDER BY 1").fetchall(), None)]
     found = [kind for kind in types if kind in present]
     if not found:
         raise InputError(f"--feature-type {', '.join(types)} matches no feature of {store.root}; its types: "
@@ -208,14 +212,19 @@ def annotation_intervals(store: Store, types: tuple[str, ...] | None = None) -> 
     """The columns of the store's ``annotations`` view a join needs (of ``types`` only, when given)."""
     import duckdb
 
+    from genoembed.interrupts import interruptible
     from genoembed.sql import AHEAD_ANNOTATIONS, connect
 
     con: duckdb.DuckDBPyConnection = connect(store)
-    present = con.sql(f"SELECT * FROM {AHEAD_ANNOTATIONS} LIMIT 0").columns
-    wanted = [c for c in ("genome", "chrom", "start", "end", "strand", "type", "name", "parts") if c in present]
-    try:
+
+    def read() -> pa.Table:
+        present = con.sql(f"SELECT * FROM {AHEAD_ANNOTATIONS} LIMIT 0").columns
+        wanted = [c for c in ("genome", "chrom", "start", "end", "strand", "type", "name", "parts") if c in present]
         return con.sql(f"SELECT {', '.join(f'{chr(34)}{c}{chr(34)}' for c in wanted)} FROM {AHEAD_ANNOTATIONS}"
                        + (" WHERE type IN (SELECT unnest($types))" if types else ""),
                        params={"types": list(types)} if types else None).to_arrow_table()
+
+    try:  # on a worker thread: a Ctrl-C stops it and is raised as such (DuckDB would report a failed query)
+        return interruptible(con, read, None)
     except duckdb.Error as error:
         raise InputError(f"reading the store's annotations failed: {str(error).splitlines()[0]}") from None

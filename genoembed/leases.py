@@ -59,6 +59,7 @@ class Lease:
     def __init__(self, root: Path):
         self.start: int | None = None  # None: no lease (a read-only store)
         self._descriptor: int | None = None
+        self._finalizer = None
         folder = root / READERS
         name = f"{os.getpid()}.{secrets.token_hex(8)}"
         partial, path = folder / f".{name}.lease.partial", folder / f"{name}.lease"
@@ -76,7 +77,12 @@ class Lease:
             _release(descriptor, partial)
             return
         self._descriptor = descriptor
-        weakref.finalize(self, _release, descriptor, path)
+        self._finalizer = weakref.finalize(self, _release, descriptor, path)
+
+    @property
+    def held(self) -> bool:
+        """False where no lease could be taken (a store this user cannot write to): nothing is kept for it."""
+        return self._descriptor is not None
 
     def renew(self) -> None:
         """The reader is about to read the newest manifest: older snapshots are no longer its concern."""
@@ -90,6 +96,11 @@ def _touch(descriptor: int) -> int:
     it is). Leases of older releases held the time as text; an empty one reads to them as the oldest."""
     os.utime(descriptor)
     return os.fstat(descriptor).st_mtime_ns
+
+    def release(self) -> None:
+        """The reader is done: files retired since :attr:`start` are no longer its concern."""
+        if self._finalizer is not None:
+            self._finalizer()
 
 
 def _release(descriptor: int, path: Path) -> None:

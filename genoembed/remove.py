@@ -17,7 +17,6 @@ those contigs), switched in the same manifest write.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 from typing import Sequence
@@ -27,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from genoembed.errors import InputError, StoreError
-from genoembed.files import atomic_write_bytes
+from genoembed.files import atomic_write_bytes, version_name
 from genoembed.indexing import build_store_index, index_matches
 from genoembed.manifest import file_sha256, read_manifest, sequence_files, write_manifest
 from genoembed.leases import fs_now_ns
@@ -198,7 +197,7 @@ def _remove_annotations(store: Store, manifest: dict, genome: str, contigs: Sequ
         sink = pa.BufferOutputStream()
         pq.write_table(rest, sink, compression="zstd")
         data = sink.getvalue().to_pybytes()
-        relative = f"annotations/{name}-{hashlib.sha256(data).hexdigest()[:12]}.parquet"
+        relative = f"annotations/{version_name(name)}"
         atomic_write_bytes(store.root / relative, data)
         genomes = pc.unique(rest["genome"]).to_pylist()
         sets[name] = {**{key: value for key, value in entry.items() if key not in ("genome_in_file", "genome_candidates")},

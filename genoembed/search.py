@@ -3,7 +3,7 @@
 Queries are embedded with the store's own embedder (same model files,
 pooling and settings, checked by fingerprint), so query and tile vectors
 live in one space. Hits follow ``schema.HITS``; a search saved under a name
-(``searches/NAME.HASH.parquet`` with its sidecar ``searches/NAME.json``; the CLI saves ``last`` unless
+(``searches/NAME.VERSION.parquet`` with its sidecar ``searches/NAME.json``; the CLI saves ``last`` unless
 ``--no-save``) becomes SQL views for `genoembed sql`.
 """
 

@@ -105,7 +105,7 @@ def _remove_partial_files(root: Path) -> None:
             leftover.unlink(missing_ok=True)
 
 
-RETIRED = ".retired.json"  # files no committed manifest lists, and since when (ns): deleted when no reader is older
+RETIRED = ".retired.json"  # files no committed snapshot lists: since when (ns), and what their search named then
 _SWEPT = (("shards", "part-*.parquet"), ("annotations", "*.parquet"), ("searches", "*.parquet"), ("sequences", "*"),
           ("index", "*.faiss"))
 
@@ -117,19 +117,22 @@ def sweep_retired(root: Path, retired: list[str] = (), since: int | None = None)
     writer knows when); any other unlisted file is dated when first seen here. A file some reader may
     still need (its lease started before the file left) waits for a later writer. Never fails the writer:
     a store it cannot read is left as it is.
+
+    A saved search's version is dated together with the version its sidecar named then: searches are saved
+    without the lock, so a version seen here before its sidecar switched to it (a save in flight) may be
+    named, read and replaced before the next sweep, and its first date would be older than its readers. Once
+    the sidecar names another version the date is void and the file is dated again (the save in flight is
+    kept meanwhile by its saver's own lease, :class:`genoembed.saved_searches.HitsWriter`).
     """
     try:
         manifest = read_manifest(root)
     except GenoembedError:
         return
     records = _read_retired(root)
-    listed = {shard["path"] for shard in manifest["shards"]}
-    listed |= {entry["path"] for entry in (manifest.get("annotations") or {}).values()}
-    listed |= {entry["path"] for entry in (manifest.get("searches") or {}).values()}
-    listed |= sequence_files(manifest)
-    listed |= index_files(manifest.get("index"))
+    listed = committed_files(manifest)
     damaged: dict[str, str] = {}
-    listed |= {entry.get("path") for entry in saved_searches(root, manifest, damaged).values()}
+    named = {name: entry.get("path") for name, entry in saved_searches(root, manifest, damaged).items()}
+    listed |= set(named.values())
     listed |= {f"searches/{path.name}" for path in (root / "searches").glob("*.parquet")
                if path.name.split(".")[0] in damaged}  # a damaged search's files wait for its owner
     now, oldest = fs_now_ns(root), oldest_reader(root)
@@ -139,25 +142,49 @@ def sweep_retired(root: Path, retired: list[str] = (), since: int | None = None)
             relative = f"{folder}/{path.name}"
             if relative in listed:
                 continue
-            left = records.get(relative, since if relative in retired and since is not None else now)
+            naming = named.get(path.name.split(".")[0]) if folder == "searches" else None
+            record = records.get(relative)
+            if record is not None and record[1] == naming:
+                left = record[0]
+            else:
+                left = since if relative in retired and since is not None else now
             try:
                 if oldest is None or oldest > left:
                     path.unlink(missing_ok=True)
                     continue
             except OSError:
                 pass  # cannot delete it now: a later sweep tries again
-            kept[relative] = left
+            kept[relative] = (left, naming)
     if kept != records:
         with contextlib.suppress(StoreError):  # not recorded: those files are dated again when next seen
-            atomic_write_bytes(root / RETIRED, json.dumps(kept, indent=1).encode())
+            atomic_write_bytes(root / RETIRED, json.dumps({path: list(record) for path, record in kept.items()},
+                                                          indent=1).encode())
 
 
-def _read_retired(root: Path) -> dict[str, int]:
+def committed_files(manifest: dict) -> set[str]:
+    """Store paths of the files a manifest lists (shards, annotation sets, saved searches of older stores,
+    the genomes' sequence copies, the vector index's parts)."""
+    listed = {shard["path"] for shard in manifest["shards"]}
+    listed |= {entry["path"] for entry in (manifest.get("annotations") or {}).values()}
+    listed |= {entry["path"] for entry in (manifest.get("searches") or {}).values()}
+    listed |= sequence_files(manifest)
+    return listed | index_files(manifest.get("index"))
+
+
+def _read_retired(root: Path) -> dict[str, tuple[int, str | None]]:
+    """Path -> (since, the version its search's sidecar named then); earlier writers recorded bare dates."""
     try:
         records = json.loads((root / RETIRED).read_bytes())
     except (OSError, ValueError):
         return {}  # none yet, or damaged: every unlisted file is dated now (kept longer, never shorter)
-    return {path: when for path, when in records.items() if isinstance(when, int)} if isinstance(records, dict) else {}
+    found = {}
+    for path, record in records.items() if isinstance(records, dict) else ():
+        if isinstance(record, int):
+            found[path] = (record, None)
+        elif isinstance(record, list) and len(record) == 2 and isinstance(record[0], int) and \
+                (record[1] is None or isinstance(record[1], str)):
+            found[path] = (record[0], record[1])
+    return found
 
 
 def retired_files(root: Path) -> set[str]:
@@ -204,7 +231,7 @@ def saved_searches(root: Path, manifest: dict, damaged: dict[str, str] | None = 
 
 def search_sidecar_problem(name: str, entry) -> str | None:
     """What is wrong with a saved search's sidecar (None: nothing): it must name that search's own file,
-    ``searches/NAME.parquet`` (older stores) or a version ``searches/NAME.HASH.parquet``."""
+    ``searches/NAME.parquet`` (older stores) or a version ``searches/NAME.VERSION.parquet``."""
     if not IDENTIFIER.fullmatch(name):
         return f"saved search name {name!r} is not a plain identifier (it would become SQL)"
     path = entry.get("path") if isinstance(entry, dict) else None

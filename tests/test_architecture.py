@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "genoembed"
 # modules only where listed in SIDEWAYS, so the order inside a layer is still one way.
 LAYERS = [
     ["errors", "version"],
-    ["files", "names", "leases"],
+    ["files", "names", "leases", "interrupts"],
     ["schema", "resources", "seqio", "synthetic"],
     ["topology", "gff_sql", "genes"],
     ["fasta_scan"],

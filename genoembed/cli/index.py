@@ -76,7 +76,7 @@ def index(
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (e.g. ray://head:10001 or auto); default: start a local cluster."),
     num_workers: int = typer.Option(2, "--num-workers", min=1, help="Ray embedding actors (one per GPU on a GPU cluster)."),
     gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker", min=0.0, help="GPUs per Ray actor (0 = CPU)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing store built with other settings."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing store built with other settings (its readers finish on the old store, whose files are deleted once none is left)."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for embedding (torch) and building the vector index (FAISS OpenMP); default: the libraries' own."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or warnings."),
     format: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f", help="table = one line of text; json = a JSON summary line."),
