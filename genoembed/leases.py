@@ -89,6 +89,11 @@ class Lease:
         if self._descriptor is not None:
             self.start = _touch(self._descriptor)
 
+    def release(self) -> None:
+        """The reader is done: files retired since :attr:`start` are no longer its concern."""
+        if self._finalizer is not None:
+            self._finalizer()
+
 
 def _touch(descriptor: int) -> int:
     """Set the lease's modification time to the file system's now and return it. No data is written: a write
@@ -96,11 +101,6 @@ def _touch(descriptor: int) -> int:
     it is). Leases of older releases held the time as text; an empty one reads to them as the oldest."""
     os.utime(descriptor)
     return os.fstat(descriptor).st_mtime_ns
-
-    def release(self) -> None:
-        """The reader is done: files retired since :attr:`start` are no longer its concern."""
-        if self._finalizer is not None:
-            self._finalizer()
 
 
 def _release(descriptor: int, path: Path) -> None:
