@@ -20,11 +20,12 @@ here once:
   candidate on its contig (and strand) gets none.
 - Strand modes: ``ignore``; ``same`` (both ``+`` or both ``-``); ``opposite``. Under ``same`` /
   ``opposite`` a ``.`` interval or part matches nothing, as with ``bedtools -s`` / ``-S``.
-- Circular contigs (``circles``: (genome, chrom) -> length ``L``), intervals in the origin convention of
-  :mod:`genoembed.topology` (``end`` may pass ``L``): each part is cut at the origin and given three times,
-  one turn apart, and each interval is met one turn ahead, so an interval through the origin meets the
-  features after it and the nearest feature is the nearest either way round (an interval lies within
-  ``[0, 2L)``: a copy one turn away on each side is all that can be nearer). Copies are numbered turn by turn.
+- Circular contigs (``circles``: (genome, chrom) -> length ``L``), intervals and parts in the origin
+  convention of :mod:`genoembed.topology` (``0 <= start < L``, ``end`` may pass ``L``): each part is given
+  three times, at 0, ``L`` and ``2L``, and each interval is met one turn ahead (at ``[L, 3L)``), so an interval
+  through the origin meets the features after it, bases are counted once (neither is longer than the circle),
+  and the nearest feature is the nearest either way round (a nearer copy would overlap the interval).
+  Copies are numbered turn by turn.
 
 Layout: parts grouped by (genome, chrom) (and strand when stranded), sorted by start with the running maximum
 of their ends, sorted by end, and copied into bins of ``bin_size`` bp (a part goes to every bin whose starts
@@ -228,25 +229,28 @@ class FeatureIndex:
 
     def _overlapping_parts(self, layout: _Layout, group: np.ndarray, start: np.ndarray,
                            end: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(interval row, part) of every overlapping pair, once each."""
+        """(interval row, part) of every overlapping pair, once each. A part is in every bin whose starts could
+        reach it, so an interval no longer than a bin looks in the bin of its start only; a longer one looks in
+        every bin it touches and keeps a pair in the bin of the later of the two starts, which both reach."""
         rows = np.flatnonzero(group >= 0)
         size = self.bin_size
-        first, last = start[rows] // size, np.maximum(end[rows] - 1, start[rows]) // size
-        copies = last - first + 1
+        first = start[rows] // size
+        long = end[rows] - start[rows] > size
+        copies = np.where(long, np.maximum(end[rows] - 1, start[rows]) // size - first + 1, 1)
         row = np.repeat(rows, copies)
-        bins = np.repeat(first, copies) + _ranks(copies)
+        bins = np.repeat(first, copies) + _ranks(copies) if long.any() else first
         inside = bins < layout.bins_per_group
         row, bins = row[inside], bins[inside]
         keys = group[row] * layout.bins_per_group + bins
         low = np.searchsorted(layout.bin_keys, keys, "left")
-        high = np.searchsorted(layout.bin_keys, keys, "right")
-        pair_row = np.repeat(row, high - low)
-        pair_bin = np.repeat(bins, high - low)
-        part = layout.bin_parts[np.repeat(low, high - low) + _ranks(high - low)]
+        found = np.searchsorted(layout.bin_keys, keys, "right") - low
+        pair_row = np.repeat(row, found)
+        part = layout.bin_parts[np.repeat(low, found) + _ranks(found)]
         meets = (start[pair_row] < self.part_end[part]) & (self.part_start[part] < end[pair_row])
-        # a pair met in several bins is kept in the one holding the later of the two starts (both reach it)
-        once = pair_bin == np.maximum(start[pair_row], self.part_start[part]) // size
-        return pair_row[meets & once], part[meets & once]
+        if long.any():
+            spans = end[pair_row] - start[pair_row] > size
+            meets &= ~spans | (np.repeat(bins, found) == np.maximum(start[pair_row], self.part_start[part]) // size)
+        return pair_row[meets], part[meets]
 
     def _nearest_apart(self, layout: _Layout, group: np.ndarray, start: np.ndarray,
                        end: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -293,24 +297,17 @@ class FeatureIndex:
 
 
 def _round_the_origin(contig, start, end, strand, feature, turns):
-    """Parts of features on circular contigs cut at the origin and given at 0, L and 2L (intervals are met one
-    turn ahead, at +L), a feature's copies turn by turn; other parts as they are. Arrays come feature by feature
-    and stay so."""
+    """Parts of features on circular contigs given at 0, L and 2L (intervals are met one turn ahead, at +L), a
+    feature's copies turn by turn; other parts as they are. Arrays come feature by feature and stay so."""
     circle = turns[contig]
     if not circle.any():
         return contig, start, end, strand, feature
-    take = np.repeat(np.arange(len(start)), np.where((circle > 0) & (end > circle), 2, 1))
-    after = np.r_[False, take[1:] == take[:-1]]  # the piece past the origin
-    length = circle[take]
-    cut_start = np.where(after, 0, start[take])
-    cut_end = np.where(after, end[take] - length, np.where(length > 0, np.minimum(end[take], length), end[take]))
-    copies = np.where(length > 0, 3, 1)
-    piece = np.repeat(np.arange(len(take)), copies)
+    copies = np.where(circle > 0, 3, 1)
+    part = np.repeat(np.arange(len(start)), copies)
     turn = _ranks(copies)
-    order = np.lexsort((piece, turn, feature[take][piece]))
-    piece, shift = piece[order], (turn * length[piece])[order]
-    part = take[piece]
-    return contig[part], cut_start[piece] + shift, cut_end[piece] + shift, strand[part], feature[part]
+    order = np.lexsort((part, turn, feature[part]))
+    part, shift = part[order], (turn * circle[part])[order]
+    return contig[part], start[part] + shift, end[part] + shift, strand[part], feature[part]
 
 
 def _ints(values) -> np.ndarray:

@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -18,6 +19,7 @@ from genoembed.features import read_annotations
 from genoembed.errors import InputError
 from genoembed.feature_index import STRAND_MODES
 from genoembed.joins import nearest, overlap
+from genoembed.topology import circular_gap
 
 CHLOROPLAST_GB = Path(__file__).parent.parent / "genoembed" / "data" / "demo" / "NC_000932.gb"
 OLD_STORE_ANNOTATIONS = Path(__file__).parent / "data" / "store_v2" / "annotations" / "NC_005816.parquet"
@@ -505,3 +507,85 @@ def test_feature_index_on_chloroplast_and_edges(mode):
     test_parts = [{**iv(10, "c", 0, 60), "parts": [part(0, 10), part(50, 60)]},
                   {**iv(11, "c", 20, 80, "."), "parts": [part(20, 25, "-"), part(70, 80)]}]
     index_matches_oracle([iv(0, "c", 30, 40), iv(1, "c", 5, 55), iv(4, "c", 30, 45)], test_parts, mode, None)
+
+
+# ------------------------------------------------------------------ two genomes sharing contig names, circles
+
+@pytest.mark.skipif(not HAS_BEDTOOLS, reason="bedtools not installed")
+@pytest.mark.parametrize("mode", STRAND_MODES)
+def test_bedtools_agrees_with_two_genomes_sharing_contig_names(tmp_path, mode):
+    # bedtools keys on the name alone, so its files name each contig "genome|chrom"; ours keep the two columns
+    rng = np.random.default_rng(24)
+
+    def drawn(count, low, high, first_id):
+        rows = []
+        for i in range(count):
+            start = int(rng.integers(0, 20_000))
+            rows.append(iv(first_id + i, ["chr1", "contig_1"][i % 2], start, start + int(rng.integers(low, high)),
+                           "+-"[int(rng.integers(2))], ["A", "B"][int(rng.integers(2))]))
+        return rows
+
+    hits, features = drawn(400, 200, 1200, 0), drawn(150, 50, 900, 10_000)
+    named = [[{**row, "chrom": f"{row['genome']}|{row['chrom']}"} for row in rows] for rows in (hits, features)]
+    a, b = write_bed(tmp_path / "a.bed", named[0]), write_bed(tmp_path / "b.bed", named[1])
+    con = connect(hits, features)
+    pairs = sorted((int(f[3]), int(f[9]), int(f[12]))
+                   for f in bedtools("intersect", "-a", str(a), "-b", str(b), "-wo", *MODE_FLAGS[mode]))
+    assert got_overlap(con, strand=mode) == pairs and pairs
+    closest = sorted(((int(f[3]), None if f[9] == "." else int(f[9]), None if f[9] == "." else int(f[12]))
+                      for f in bedtools("closest", "-a", str(a), "-b", str(b), "-D", "b", "-t", "all",
+                                        *MODE_FLAGS[mode])), key=_order)
+    assert got_nearest(con, strand=mode) == closest
+    # the case a join on the name alone gets wrong: a hit whose own genome has no feature where the other has one
+    assert any(h["genome"] != f["genome"] and h["chrom"] == f["chrom"] and overlaps({**h, "genome": f["genome"]}, f)
+               for h in hits for f in features)
+
+
+def circle_bases(start: int, end: int, length: int) -> set[int]:
+    return {position % length for position in range(start, end)}
+
+
+circle_interval = st.builds(lambda start, length, strand: (start, start + length, strand),
+                            st.integers(0, 99), st.integers(0, 100), st.sampled_from("+-"))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(left=st.lists(circle_interval, max_size=12), right=st.lists(circle_interval, min_size=1, max_size=8),
+       bin_size=st.sampled_from([None, 1, 7, 64]), mode=st.sampled_from(STRAND_MODES))
+def test_circular_contig_joins_match_a_base_set_oracle(left, right, bin_size, mode):
+    """On a circle of 100 bp (intervals in the origin convention: end up to start + 100), overlap bp is the number
+    of bases shared round the circle and the nearest features are nearest either way round; a linear contig of the
+    same name in another genome goes on as a line."""
+    length = 100
+    hits = [iv(i, "p", s, e, strand, "circle") for i, (s, e, strand) in enumerate(left)]
+    hits += [iv(100 + i, "p", s, min(e, length), strand, "line") for i, (s, e, strand) in enumerate(left)]
+    features = [iv(i, "p", s, e, strand, "circle") for i, (s, e, strand) in enumerate(right)]
+    features += [iv(100 + i, "p", s, min(e, length), strand, "line") for i, (s, e, strand) in enumerate(right)]
+    circles = {("circle", "p"): length}
+    con = connect(hits, features)
+    overlap_pairs, nearest_pairs = [], []
+    for a in hits:
+        distances = {}
+        for b in features:
+            if a["genome"] != b["genome"] or not strands_match(a, b, mode):
+                continue
+            if a["genome"] == "line":
+                if overlaps(a, b):
+                    overlap_pairs.append((a["id"], b["id"], min(a["end"], b["end"]) - max(a["start"], b["start"])))
+                distances[b["id"]] = abs(signed_distance(a, b))
+                continue
+            shared = circle_bases(a["start"], a["end"], length) & circle_bases(b["start"], b["end"], length)
+            # a zero-length interval [p,p) meets one holding p strictly inside (either way round), as on a line
+            point = any(x["start"] == x["end"] and y["start"] != y["end"] and
+                        any(y["start"] < x["start"] + turn < y["end"] for turn in (-length, 0, length))
+                        for x, y in ((a, b), (b, a)))
+            if shared or point:
+                overlap_pairs.append((a["id"], b["id"], len(shared)))
+            distances[b["id"]] = 0 if shared or point else int(circular_gap(a["start"], a["end"], b["start"], b["end"],
+                                                                              length)) + 1
+        best = min(distances.values(), default=None)
+        nearest_pairs += [(a["id"], b, best) for b, d in distances.items() if d == best] or [(a["id"], None, None)]
+    assert got_overlap(con, strand=mode, bin_size=bin_size, circles=circles) == sorted(overlap_pairs)
+    got = [(a, b, None if d is None else abs(d)) for a, b, d in
+           got_nearest(con, strand=mode, bin_size=bin_size, circles=circles)]
+    assert got == sorted(nearest_pairs, key=_order)
