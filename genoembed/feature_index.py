@@ -122,8 +122,8 @@ class FeatureIndex:
         if len(end) and end.max() >= _SHIFT:
             raise InputError(f"a feature ends at {end.max()}: coordinates past 2^36 are not supported")
         kept = [c for c in ("type", "name") if c in features.column_names]
-        return cls(features=features.select(kept), rows=features.num_rows, contigs=contigs, turns=turns, part_contig=contig,
-                   part_start=start, part_end=end, part_strand=strand, part_feature=feature,
+        return cls(features=features.select(kept), rows=features.num_rows, contigs=contigs, turns=turns,
+                   part_contig=contig, part_start=start, part_end=end, part_strand=strand, part_feature=feature,
                    part_number=_ranks(np.unique(feature, return_counts=True)[1]) + 1, bin_size=max(1, int(size)))
 
     def overlaps(self, intervals: pa.Table, strand: str = "ignore") -> tuple[np.ndarray, np.ndarray, np.ndarray]:

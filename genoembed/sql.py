@@ -222,16 +222,17 @@ def _join_functions(con, store: Store, files: StoreFiles, circles: dict[tuple[st
     import duckdb
     import numpy as np
 
+    from genoembed.feature_index import FeatureIndex
     from genoembed.joins import paired
 
     relation = con.sql("SELECT * FROM annotations LIMIT 0")
-    columns = {f"feature_{name}": kind for name, kind in zip(relation.columns, relation.types)}
+    names = relation.columns
+    columns = {f"feature_{name}": kind for name, kind in zip(names, relation.types)}
+    text, number = duckdb.sqltype("VARCHAR"), duckdb.sqltype("BIGINT")
 
     def indexed():
         def read():
-            table = connect_files(store, files).sql("SELECT * FROM annotations").to_arrow_table()
-            from genoembed.feature_index import FeatureIndex
-
+            table = _annotation_table(files).select(names)
             return table, FeatureIndex.from_table(table, circles=circles)
         return store.derived(("annotations_indexed", tuple(files.annotations)), read)
 
@@ -248,10 +249,26 @@ def _join_functions(con, store: Store, files: StoreFiles, circles: dict[tuple[st
         return pairs
 
     for function, measure in (("_ge_overlaps", "overlap_bp"), ("_ge_nearest", "distance")):
-        con.create_function(function, pairs_of(measure), [duckdb.sqltype("VARCHAR")] * 2 + [duckdb.sqltype("BIGINT")] * 2
-                            + [duckdb.sqltype("VARCHAR")],
-                            duckdb.list_type(duckdb.struct_type({**columns, measure: duckdb.sqltype("BIGINT")})),
+        con.create_function(function, pairs_of(measure), [text, text, number, number, text],
+                            duckdb.list_type(duckdb.struct_type({**columns, measure: number})),
                             type="arrow", null_handling="special", side_effects=False)
+
+
+def _annotation_table(files: StoreFiles) -> pa.Table:
+    """The rows of the ``annotations`` view (:func:`_annotations_view`) as one Arrow table, read by pyarrow (DuckDB's
+    export of the ``attributes`` map took ten times as long)."""
+    import pyarrow.compute as pc
+
+    current = [path for path in files.annotations if path not in files.owners]
+    tables = [_dataset(current).to_table()] if current else [schema.ANNOTATIONS.empty_table()]
+    for path, owners in files.owners.items():
+        table = _dataset([path]).to_table()
+        genome = pa.array(list(owners.values()), pa.string()).take(
+            pc.index_in(table["chrom"], pa.array(list(owners), pa.string())))
+        tables.append(table.drop_columns([c for c in ("genome",) if c in table.column_names]).add_column(
+            0, "genome", genome))
+    table = pa.concat_tables(tables, promote_options="permissive")
+    return table.append_column("feature_type", table["type"]).append_column("feature_name", table["name"])
 
 
 def circle_lengths(store: Store) -> dict[tuple[str, str], int]:
