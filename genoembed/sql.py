@@ -6,7 +6,10 @@ Views: ``tiles`` (no vectors), ``embeddings`` (tile_id, embedding),
 overlapping features) and ``hit_nearest`` (nearest feature per hit, signed
 distance), and ``hit_features_NAME`` / ``hit_nearest_NAME`` for each saved
 search (joining ``hits_NAME`` with ``hit_features`` would pair one search's
-hits with another's features). Only SELECT statements run (and EXPLAIN of one).
+hits with another's features). The hit views ask the store's
+:class:`~genoembed.feature_index.FeatureIndex` (the one join engine, built once
+per snapshot) through two DuckDB Arrow functions. Only SELECT statements run
+(and EXPLAIN of one).
 
 The sandbox, by construction rather than by statement lists: DuckDB gets no
 file access at all (``enable_external_access = false`` with no allowed path,
@@ -230,11 +233,14 @@ def _join_functions(con, store: Store, files: StoreFiles, circles: dict[tuple[st
     columns = {f"feature_{name}": kind for name, kind in zip(names, relation.types)}
     text, number = duckdb.sqltype("VARCHAR"), duckdb.sqltype("BIGINT")
 
+    building = threading.Lock()  # DuckDB calls a function from several threads: one of them builds the index
+
     def indexed():
         def read():
             table = _annotation_table(files).select(names)
             return table, FeatureIndex.from_table(table, circles=circles)
-        return store.derived(("annotations_indexed", tuple(files.annotations)), read)
+        with building:
+            return store.derived(("annotations_indexed", tuple(files.annotations)), read)
 
     def pairs_of(measure: str):
         def pairs(genome, chrom, start, end, strand):
