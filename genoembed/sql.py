@@ -409,10 +409,19 @@ def run_sql(store: Store, query: str, parameters: dict | list | None = None,
                 raise InputError(f"SQL: {_message(error)}") from None
 
 
-def _search_paths(store: Store) -> dict[str, str]:
-    """Saved search -> the file its sidecar names now. Saved searches switch by sidecar, without a new
-    manifest: a read that failed on a version a later save replaced (and swept) is worth retrying."""
-    return {name: entry["path"] for name, entry in store.searches({}).items()}
+def _search_paths(store: Store) -> dict[str, tuple]:
+    """Saved search -> the file its sidecar names now, and the sidecar's identity (inode, modification time).
+    Saved searches switch by sidecar, without a new manifest: a read that failed on a version a later save
+    replaced (and swept) is worth retrying. Versions are named by their content, so a save of the same hits
+    names an earlier version again (A, B, A): the sidecar, rewritten by every save, tells that apart."""
+    found = {}
+    for name, entry in store.searches({}).items():
+        try:
+            stat = (store.root / "searches" / f"{name}.json").stat()
+            found[name] = (entry["path"], stat.st_ino, stat.st_mtime_ns)
+        except OSError:  # a search recorded in the manifest of an older store: no sidecar
+            found[name] = (entry["path"],)
+    return found
 
 
 def _fetch(con: duckdb.DuckDBPyConnection, query: str, parameters, max_rows: int | None) -> pa.Table:
