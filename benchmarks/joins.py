@@ -1,13 +1,14 @@
-"""Binned DuckDB overlap / nearest vs bedtools intersect / closest on seeded synthetic intervals, like for like.
+"""genoembed's joins (:mod:`genoembed.joins` over the numpy :class:`~genoembed.feature_index.FeatureIndex`, the
+engine of the SQL views too) vs bedtools intersect / closest on seeded synthetic intervals, like for like.
 
 Hits: N intervals of 1 kb (both strands); features: 5*10^4 intervals of 0.3-3 kb
 (stranded), over 4 contigs of 25 Mb. Both tools write the same 13 columns (hit,
-feature, overlap bp or distance) to a TSV file on disk, and only that is timed.
-bedtools runs on one thread; DuckDB is timed on 1 thread and on 2 (``SET
-threads``), and the ratios of both are printed. The files of the last timed
-runs are then compared row for row (when bedtools is installed); without
-bedtools only the overlap count is checked, by an exact numpy counting oracle.
-Prints one JSON line per size.
+feature, overlap bp or distance) to a TSV file on disk, and only that is timed
+(genoembed: index the features, join, write with pyarrow's CSV writer). bedtools
+runs on one thread; genoembed's join is numpy on one thread (pyarrow's writer may
+use a second). The files of the last timed runs are then compared row for row
+(when bedtools is installed); without bedtools only the overlap count is checked,
+by an exact numpy counting oracle. Prints one JSON line per size.
 
     .venv/bin/python benchmarks/joins.py small medium      # large = 10^7 hits
 """
@@ -27,9 +28,11 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.csv as csv
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from genoembed.joins import bin_size, nearest_sql, overlap_sql  # noqa: E402
+from genoembed.feature_index import FeatureIndex  # noqa: E402
+from genoembed.joins import nearest, overlap  # noqa: E402
 
 SIZES = {"small": 100_000, "medium": 1_000_000, "large": 10_000_000}
 FEATURES = 50_000
@@ -65,13 +68,13 @@ def counting_oracle(hits: pa.Table, features: pa.Table) -> int:
 #: BED6 columns of an interval table (every interval has one genome here: joins key on (genome, chrom)).
 BED6 = 'chrom, start, "end", name, score, strand'
 #: The columns both tools write, in bedtools' order: the hit (-a), the feature (-b), then the measure.
-COLUMNS = ('chrom, start, "end", name, score, strand, feature_chrom, feature_start, feature_end, feature_name, '
-           'feature_score, feature_strand')
+COLUMNS = ["chrom", "start", "end", "name", "score", "strand", "feature_chrom", "feature_start", "feature_end",
+           "feature_name", "feature_score", "feature_strand"]
 
 
 def same_rows(con: duckdb.DuckDBPyConnection, size: str, join: str, bedtools_out: Path, duckdb_out: Path) -> int:
     """The rows of both output files (all 13 columns, as text); exit unless they are equal as multisets
-    (EXCEPT ALL both ways). Returns the row count."""
+    (EXCEPT ALL both ways, in DuckDB). Returns the row count."""
     def read(path: Path) -> str:
         return f"SELECT * FROM read_csv('{path}', delim='\t', header=false, all_varchar=true)"
 
@@ -80,7 +83,7 @@ def same_rows(con: duckdb.DuckDBPyConnection, size: str, join: str, bedtools_out
     differ, = con.execute(f"SELECT (SELECT count(*) FROM ({theirs} EXCEPT ALL {ours})) + "
                           f"(SELECT count(*) FROM ({ours} EXCEPT ALL {theirs}))").fetchone()
     if differ:
-        raise SystemExit(f"{size}: {differ} {join} rows differ between bedtools and DuckDB")
+        raise SystemExit(f"{size}: {differ} {join} rows differ between bedtools and genoembed")
     return rows
 
 
@@ -97,29 +100,23 @@ def timed(function, repeats: int) -> float:
 
 def run(size: str, repeats: int, workdir: Path) -> dict:
     """Both tools write the same rows to a TSV file on disk, timed the same way (the write included, nothing
-    after it): bedtools on its one thread, DuckDB on 1 thread and on 2."""
+    after it)."""
     rng = np.random.default_rng(20240601)
     hits = intervals(rng, SIZES[size], 1000, 1000)
     features = intervals(rng, FEATURES, 300, 3000)
     con = duckdb.connect()
-    con.register("hits", hits)
-    con.register("features", features)
-    joins = {"overlap": (overlap_sql("hits", "features"), "overlap_bp"),
-             "nearest": (nearest_sql("hits", "features"), "distance")}
+    joins = {"overlap": (overlap, "overlap_bp"), "nearest": (nearest, "distance")}
 
-    def duck(join: str, out: Path):
-        sql, measure = joins[join]
-        copy = (f"COPY (SELECT {COLUMNS}, {measure} FROM ({sql})) TO '{out}' "
-                "(FORMAT csv, DELIMITER '\t', HEADER false)")
-        return lambda: con.execute(copy)
+    def ours(join: str, out: Path):
+        function, measure = joins[join]
+        options = csv.WriteOptions(include_header=False, delimiter="\t", quoting_style="none")
+        return lambda: csv.write_csv(function(hits, features).select([*COLUMNS, measure]), out, options)
 
     record = {"benchmark": "joins", "size": size, "hits": hits.num_rows, "features": features.num_rows,
-              "bin_size": bin_size(con, "hits", "features"), "output": "TSV file on disk, both tools",
-              "duckdb": duckdb.__version__}
-    for threads in (1, 2):
-        con.execute(f"SET threads = {threads}")
-        for join in joins:
-            record[f"duckdb_{join}_{threads}t_s"] = round(timed(duck(join, workdir / f"duckdb_{join}.tsv"), repeats), 3)
+              "bin_size": FeatureIndex.from_table(features).bin_size, "output": "TSV file on disk, both tools",
+              "engine": "genoembed.joins (numpy FeatureIndex)"}
+    for join in joins:
+        record[f"genoembed_{join}_s"] = round(timed(ours(join, workdir / f"genoembed_{join}.tsv"), repeats), 3)
     if shutil.which("bedtools"):
         a, b = workdir / f"{size}_hits.bed", workdir / "features.bed"
         for table, path in ((hits, a), (features, b)):
@@ -138,27 +135,18 @@ def run(size: str, repeats: int, workdir: Path) -> dict:
             out = workdir / f"bedtools_{join}.tsv"
             seconds = timed(tool(out, *command), repeats)
             record[f"bedtools_{command[0]}_1t_s"] = round(seconds, 3)
-            record[f"{join}_rows"] = same_rows(con, size, join, out, workdir / f"duckdb_{join}.tsv")
-            for threads in (1, 2):
-                record[f"{join}_ratio_{threads}t"] = round(seconds / record[f"duckdb_{join}_{threads}t_s"], 2)
+            record[f"{join}_rows"] = same_rows(con, size, join, out, workdir / f"genoembed_{join}.tsv")
+            record[f"{join}_ratio"] = round(seconds / record[f"genoembed_{join}_s"], 2)
         record.update(bedtools=subprocess.run(["bedtools", "--version"], capture_output=True,
                                               text=True).stdout.split()[-1],
                       checked_against="bedtools (all 13 columns of every row)")
     else:
-        overlap_rows, = con.execute(f"SELECT count(*) FROM read_csv('{workdir / 'duckdb_overlap.tsv'}', "
+        overlap_rows, = con.execute(f"SELECT count(*) FROM read_csv('{workdir / 'genoembed_overlap.tsv'}', "
                                     "delim='\t', header=false)").fetchone()
         expected = counting_oracle(hits, features)
         if expected != overlap_rows:
             raise SystemExit(f"{size}: overlap rows {overlap_rows} but the counting oracle says {expected}")
         record.update(overlap_rows=overlap_rows, checked_against="counting oracle (overlap only)")
-    if size == "small":
-        range_join = ('SELECT count(*) FROM hits h JOIN features f ON h.chrom = f.chrom '
-                      'AND h.start < f."end" AND f.start < h."end"')
-        con.execute("SET threads = 2")
-        record["duckdb_range_join_2t_s"] = round(timed(lambda: con.execute(range_join).fetchone(), 1), 3)
-        rows, = con.execute(range_join).fetchone()
-        if rows != record["overlap_rows"]:
-            raise SystemExit(f"range join gave {rows} rows, binned join {record['overlap_rows']}")
     return record
 
 

@@ -35,14 +35,12 @@ QUERIES = {
     "group": "SELECT chrom, count(*) AS n, avg(start) AS s FROM tiles GROUP BY chrom ORDER BY chrom",
     "filter": "SELECT tile_id, start FROM tiles WHERE chrom = 'c1' AND start BETWEEN 100000 AND 200000 ORDER BY tile_id",
     "vectors": "SELECT sum(list_sum(embedding::FLOAT[])) AS total FROM embeddings",
-    "features": "SELECT count(*) AS n FROM hits JOIN hit_features USING (query, rank)",
+    "hits": "SELECT count(*) AS n, sum(score) AS s FROM hits",
 }
 
 
 def old_views(store: Store) -> duckdb.DuckDBPyConnection:
     """The views as DuckDB's read_parquet made them before (no sandbox settings: only the scan is compared)."""
-    from genoembed.joins import nearest_sql, overlap_sql
-
     files = store_files(store)
     con = duckdb.connect()
 
@@ -56,8 +54,6 @@ def old_views(store: Store) -> duckdb.DuckDBPyConnection:
     con.execute(f"CREATE VIEW annotations AS SELECT * FROM read_parquet([{listed(files.annotations)}], "
                 "union_by_name=true)")
     con.execute(f"CREATE VIEW hits AS SELECT * FROM read_parquet(['{files.searches['last']}'])")
-    con.execute(f"CREATE VIEW hit_features AS {overlap_sql('hits', 'annotations', strand='ignore')}")
-    con.execute(f"CREATE VIEW hit_nearest AS {nearest_sql('hits', 'annotations', strand='ignore')}")
     return con
 
 

@@ -184,28 +184,12 @@ def annotate_hits(store: Store, hits: pa.Table, strand: str = "ignore", types: t
     many-batch CLI search pays for reading them once (:class:`genoembed.feature_index.FeatureIndex`).
     """
     from genoembed.feature_index import FeatureIndex
+    from genoembed.sql import circle_lengths
 
-    index = store.derived(("feature_index", types),
-                          lambda: FeatureIndex.from_table(annotation_intervals(store, types)))
-    columns = index.overlapping_and_nearest(one_turn_ahead(store, hits), strand)
+    index = store.derived(("feature_index", types), lambda: FeatureIndex.from_table(
+        annotation_intervals(store, types), circles=circle_lengths(store)))
+    columns = index.overlapping_and_nearest(hits, strand)
     return pa.Table.from_arrays([*hits.columns, *columns.columns], names=[*hits.column_names, *columns.column_names])
-
-
-def one_turn_ahead(store: Store, hits: pa.Table) -> pa.Table:
-    """``hits`` with those on circular contigs moved one turn ahead (+length), where the index's copies of those
-    contigs' features lie on both sides of them (``genoembed.sql.AHEAD_ANNOTATIONS``)."""
-    import numpy as np
-
-    lengths = {(genome, chrom): entry["contig_lengths"][chrom] for genome, entry in store.genomes.items()
-               for chrom in entry.get("circular", ())}
-    if not lengths or not hits.num_rows:
-        return hits
-    turn = np.array([lengths.get(key, 0) for key in zip(hits["genome"].to_pylist(), hits["chrom"].to_pylist())],
-                    dtype=np.int64)
-    for column in ("start", "end"):
-        moved = pa.array(hits[column].combine_chunks().to_numpy() + turn, hits.schema.field(column).type)
-        hits = hits.set_column(hits.schema.get_field_index(column), hits.schema.field(column), moved)
-    return hits
 
 
 def annotation_intervals(store: Store, types: tuple[str, ...] | None = None) -> pa.Table:
@@ -213,14 +197,14 @@ def annotation_intervals(store: Store, types: tuple[str, ...] | None = None) -> 
     import duckdb
 
     from genoembed.interrupts import interruptible
-    from genoembed.sql import AHEAD_ANNOTATIONS, connect
+    from genoembed.sql import connect
 
     con: duckdb.DuckDBPyConnection = connect(store)
 
     def read() -> pa.Table:
-        present = con.sql(f"SELECT * FROM {AHEAD_ANNOTATIONS} LIMIT 0").columns
+        present = con.sql("SELECT * FROM annotations LIMIT 0").columns
         wanted = [c for c in ("genome", "chrom", "start", "end", "strand", "type", "name", "parts") if c in present]
-        return con.sql(f"SELECT {', '.join(f'{chr(34)}{c}{chr(34)}' for c in wanted)} FROM {AHEAD_ANNOTATIONS}"
+        return con.sql(f"SELECT {', '.join(f'{chr(34)}{c}{chr(34)}' for c in wanted)} FROM annotations"
                        + (" WHERE type IN (SELECT unnest($types))" if types else ""),
                        params={"types": list(types)} if types else None).to_arrow_table()
 

@@ -6,7 +6,10 @@ Views: ``tiles`` (no vectors), ``embeddings`` (tile_id, embedding),
 overlapping features) and ``hit_nearest`` (nearest feature per hit, signed
 distance), and ``hit_features_NAME`` / ``hit_nearest_NAME`` for each saved
 search (joining ``hits_NAME`` with ``hit_features`` would pair one search's
-hits with another's features). Only SELECT statements run (and EXPLAIN of one).
+hits with another's features). The hit views ask the store's
+:class:`~genoembed.feature_index.FeatureIndex` (the one join engine, built once
+per snapshot) through two DuckDB Arrow functions. Only SELECT statements run
+(and EXPLAIN of one).
 
 The sandbox, by construction rather than by statement lists: DuckDB gets no
 file access at all (``enable_external_access = false`` with no allowed path,
@@ -204,64 +207,88 @@ def _annotations_view(con, files: StoreFiles) -> None:
 
 
 def _feature_views(con, suffix: str) -> None:
-    """``hit_features{suffix}`` and ``hit_nearest{suffix}`` over ``hits{suffix}``."""
-    from genoembed.joins import nearest_sql, overlap_sql
-
-    hits = f"hits{suffix}"
-    for view, join in (("features", overlap_sql), ("nearest", nearest_sql)):  # feature_id as annotations names it
-        con.execute(f"CREATE VIEW hit_{view}{suffix} AS SELECT *, feature_feature_id AS feature_id FROM "
-                    f"({join(hits, JOINED_ANNOTATIONS, strand='ignore')})")
-
-
-# The annotations as the joins see them. On a circular contig of length L every feature is matched through its
-# parts, each cut at the origin and given three times, one turn apart: at -L, 0 and +L for the SQL joins
-# (JOINED_ANNOTATIONS), at 0, +L and +2L for the numpy index of search's feature columns, which takes no negative
-# coordinate and meets intervals moved one turn ahead (AHEAD_ANNOTATIONS). Joins compare intervals on a line; with
-# the copies a hit through the origin (end past L) meets the features after it, and the nearest feature is the
-# nearest either way round (each interval lies within [0, 2L), so a copy one turn away on each side is all that
-# can be nearer). The feature's own start/end are kept (GFF3's convention); its parts column shows the copies.
-JOINED_ANNOTATIONS, AHEAD_ANNOTATIONS = "_ge_annotations", "_ge_annotations_ahead"
+    """``hit_features{suffix}`` and ``hit_nearest{suffix}`` over ``hits{suffix}``: each hit beside the features a
+    :class:`genoembed.feature_index.FeatureIndex` of the store's annotations pairs it with (:func:`_join_functions`),
+    ``feature_id`` as annotations names it."""
+    for view, function in (("features", "_ge_overlaps"), ("nearest", "_ge_nearest")):
+        con.execute(f"""CREATE VIEW hit_{view}{suffix} AS SELECT * EXCLUDE (_ge_pair), _ge_pair.*,
+            _ge_pair.feature_feature_id AS feature_id
+            FROM (SELECT *, unnest({function}(genome, chrom, start, "end", strand)) AS _ge_pair FROM hits{suffix})""")
 
 
-def _joined_annotations(con, circles: dict[tuple[str, str], int]) -> None:
-    if not circles:
-        for view in (JOINED_ANNOTATIONS, AHEAD_ANNOTATIONS):
-            con.execute(f"CREATE VIEW {view} AS SELECT * FROM annotations")
-        return
-    con.register("_ge_circles", pa.table({"genome": [genome for genome, _ in circles],
-                                          "chrom": [chrom for _, chrom in circles],
-                                          "_ge_circle": list(circles.values())}))
+def _join_functions(con, store: Store, files: StoreFiles, circles: dict[tuple[str, str], int]) -> None:
+    """``_ge_overlaps`` / ``_ge_nearest(genome, chrom, start, end, strand)``: per interval the list of its
+    (feature columns, ``overlap_bp`` / ``distance``) pairs (nearest: one null pair when nothing is near). The
+    annotations are read and indexed once per store snapshot (``Store.derived``), when a query first calls one,
+    so views bind cheaply and a query costs its hits, not the features."""
+    import duckdb
+    import numpy as np
 
-    def part(start: str, end: str) -> str:
-        return f"{{'start': {start}, 'end': {end}, 'strand': p.strand}}"
+    from genoembed.feature_index import FeatureIndex
+    from genoembed.joins import paired
 
-    end, length = 'p."end"', "_ge_circle"
-    cut = (f"CASE WHEN {end} > {length} THEN [{part('p.start', length)}, {part('0::BIGINT', f'{end} - {length}')}] "
-           f"ELSE [{part('p.start', end)}] END")
-    for view, turns in ((JOINED_ANNOTATIONS, (-1, 0, 1)), (AHEAD_ANNOTATIONS, (0, 1, 2))):
-        copies = ", ".join(f"list_transform(_ge_cut, lambda p: {part(f'p.start + {turn} * {length}', f'{end} + {turn} * {length}')})"
-                           for turn in turns)
-        con.execute(f"""CREATE VIEW {view} AS
-WITH with_parts AS (
-    SELECT * FROM annotations
-    UNION ALL BY NAME SELECT * FROM (SELECT NULL::{schema.PARTS_SQL_TYPE} AS parts) WHERE false),
-cut AS (
-    SELECT a.*, c.{length}, flatten(list_transform(
-        coalesce(a.parts, [{{'start': a.start, 'end': a."end", 'strand': a.strand}}]), lambda p: {cut})) AS _ge_cut
-    FROM with_parts a JOIN _ge_circles c USING (genome, chrom))
-SELECT * EXCLUDE ({length}, _ge_cut) REPLACE (list_concat({copies})::{schema.PARTS_SQL_TYPE} AS parts) FROM cut
-UNION ALL BY NAME
-SELECT * FROM with_parts a WHERE NOT EXISTS (
-    SELECT 1 FROM _ge_circles c WHERE c.genome IS NOT DISTINCT FROM a.genome AND c.chrom = a.chrom)""")
+    relation = con.sql("SELECT * FROM annotations LIMIT 0")
+    names = relation.columns
+    columns = {f"feature_{name}": kind for name, kind in zip(names, relation.types)}
+    text, number = duckdb.sqltype("VARCHAR"), duckdb.sqltype("BIGINT")
+
+    building = threading.Lock()  # DuckDB calls a function from several threads: one of them builds the index
+
+    def indexed():
+        def read():
+            table = _annotation_table(files).select(names)
+            return table, FeatureIndex.from_table(table, circles=circles)
+        with building:
+            return store.derived(("annotations_indexed", tuple(files.annotations)), read)
+
+    def pairs_of(measure: str):
+        def pairs(genome, chrom, start, end, strand):
+            table, index = indexed()
+            intervals = pa.table({"genome": genome, "chrom": chrom, "start": start, "end": end, "strand": strand})
+            rows, features, values = (index.overlaps if measure == "overlap_bp" else index.nearest)(intervals)
+            joined = paired(intervals.select([]), table, rows, features, measure, values)
+            items = pa.StructArray.from_arrays([joined[name].combine_chunks() for name in joined.column_names],
+                                               names=joined.column_names)
+            offsets = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=intervals.num_rows))])
+            return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), items)
+        return pairs
+
+    for function, measure in (("_ge_overlaps", "overlap_bp"), ("_ge_nearest", "distance")):
+        con.create_function(function, pairs_of(measure), [text, text, number, number, text],
+                            duckdb.list_type(duckdb.struct_type({**columns, measure: number})),
+                            type="arrow", null_handling="special", side_effects=False)
 
 
-def _create_views(con, files: StoreFiles, circles: dict[tuple[str, str], int]) -> None:
+def _annotation_table(files: StoreFiles) -> pa.Table:
+    """The rows of the ``annotations`` view (:func:`_annotations_view`) as one Arrow table, read by pyarrow (DuckDB's
+    export of the ``attributes`` map took ten times as long)."""
+    import pyarrow.compute as pc
+
+    current = [path for path in files.annotations if path not in files.owners]
+    tables = [_dataset(current).to_table()] if current else [schema.ANNOTATIONS.empty_table()]
+    for path, owners in files.owners.items():
+        table = _dataset([path]).to_table()
+        genome = pa.array(list(owners.values()), pa.string()).take(
+            pc.index_in(table["chrom"], pa.array(list(owners), pa.string())))
+        tables.append(table.drop_columns([c for c in ("genome",) if c in table.column_names]).add_column(
+            0, "genome", genome))
+    table = pa.concat_tables(tables, promote_options="permissive")
+    return table.append_column("feature_type", table["type"]).append_column("feature_name", table["name"])
+
+
+def circle_lengths(store: Store) -> dict[tuple[str, str], int]:
+    """(genome, chrom) -> length of each circular contig of the store (joins go round those)."""
+    return {(genome, chrom): entry["contig_lengths"][chrom] for genome, entry in store.genomes.items()
+            for chrom in entry.get("circular", ()) if chrom in entry["contig_lengths"]}
+
+
+def _create_views(con, store: Store, files: StoreFiles, circles: dict[tuple[str, str], int]) -> None:
     # a store whose shards are all gone (every genome's tiles removed) still has empty views, not an error
     _parquet_view(con, "tiles", files.shards, f"* EXCLUDE ({schema.EMBEDDING})", empty=schema.TILES)
     _parquet_view(con, "embeddings", files.shards, f"tile_id, {schema.EMBEDDING}",
                   empty=pa.schema([schema.embeddings_schema(1).field(name) for name in ("tile_id", schema.EMBEDDING)]))
     _annotations_view(con, files)
-    _joined_annotations(con, circles)
+    _join_functions(con, store, files, circles)
     for name, path in files.searches.items():
         _parquet_view(con, f"hits_{name}", [path])
         _feature_views(con, f"_{name}")
@@ -287,10 +314,9 @@ def connect_files(store: Store, files: StoreFiles, settings: dict | None = None)
     con.execute("SET enable_external_access = false")  # after temp_directory, which it would refuse to set
     # callers (annotate, plot) keep the connection as long as they like: the directory goes with it
     weakref.finalize(con, shutil.rmtree, temp, ignore_errors=True)
-    circles = {(name, chrom): entry["contig_lengths"][chrom] for name, entry in store.genomes.items()
-               for chrom in entry.get("circular", ()) if chrom in entry["contig_lengths"]}
     try:
-        off_the_main_thread(lambda: _create_views(con, files, circles))  # where no Ctrl-C lands inside DuckDB
+        # where no Ctrl-C lands inside DuckDB
+        off_the_main_thread(lambda: _create_views(con, store, files, circle_lengths(store)))
     except (duckdb.Error, pa.ArrowException, OSError) as error:
         raise _unreadable(store, files, error) from None
     con.execute("SET lock_configuration = true")

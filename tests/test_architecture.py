@@ -19,8 +19,9 @@ LAYERS = [
     ["schema", "resources", "seqio", "synthetic"],
     ["topology", "gff_sql", "genes"],
     ["fasta_scan"],
-    ["genome", "gff", "embedders.base", "embedders.tokenize", "embedders.fingerprint", "embedders.model_dir", "joins", "vector_index"],
-    ["tiles", "features", "feature_index", "recall", "embedders.kmer", "embedders.pooling", "embedders.fused", "embedders.families",
+    ["genome", "gff", "embedders.base", "embedders.tokenize", "embedders.fingerprint", "embedders.model_dir", "feature_index", "vector_index"],
+
+    ["tiles", "features", "joins", "recall", "embedders.kmer", "embedders.pooling", "embedders.fused", "embedders.families",
      "embedders.table", "embedders.translated", "embedders.loading"],
     ["embedders.hf", "embedders.protein", "evidence", "regions"],
     ["protein_evidence", "hit_formats"],

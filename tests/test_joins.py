@@ -1,4 +1,5 @@
-"""Binned DuckDB overlap / nearest joins against a brute-force oracle, and against bedtools when installed."""
+"""Overlap / nearest joins (:mod:`genoembed.joins`, over the one engine :mod:`genoembed.feature_index`) against a
+brute-force oracle, and against bedtools when installed."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -15,7 +17,9 @@ from hypothesis import strategies as st
 from genoembed import schema
 from genoembed.features import read_annotations
 from genoembed.errors import InputError
-from genoembed.joins import STRAND_MODES, nearest, nearest_sql, overlap, overlap_sql
+from genoembed.feature_index import STRAND_MODES
+from genoembed.joins import nearest, overlap
+from genoembed.topology import circular_gap
 
 CHLOROPLAST_GB = Path(__file__).parent.parent / "genoembed" / "data" / "demo" / "NC_000932.gb"
 OLD_STORE_ANNOTATIONS = Path(__file__).parent / "data" / "store_v2" / "annotations" / "NC_005816.parquet"
@@ -74,11 +78,8 @@ def _order(row: tuple) -> tuple:
     return tuple((value is None, value if value is not None else 0) for value in row)
 
 
-def connect(left: list[dict], right: list[dict]) -> duckdb.DuckDBPyConnection:
-    con = duckdb.connect()
-    con.register("a", pa.Table.from_pylist(left, schema=INTERVALS))
-    con.register("b", pa.Table.from_pylist(right, schema=INTERVALS))
-    return con
+def connect(left: list[dict], right: list[dict]) -> tuple[pa.Table, pa.Table]:
+    return pa.Table.from_pylist(left, schema=INTERVALS), pa.Table.from_pylist(right, schema=INTERVALS)
 
 
 INTERVALS = pa.schema([("genome", pa.string()), ("chrom", pa.string()), ("start", pa.int64()), ("end", pa.int64()), ("strand", pa.string()),
@@ -86,11 +87,11 @@ INTERVALS = pa.schema([("genome", pa.string()), ("chrom", pa.string()), ("start"
 
 
 def got_overlap(con, **options) -> list[tuple]:
-    return sorted((r["id"], r["feature_id"], r["overlap_bp"]) for r in overlap(con, "a", "b", **options).to_pylist())
+    return sorted((r["id"], r["feature_id"], r["overlap_bp"]) for r in overlap(*con, **options).to_pylist())
 
 
 def got_nearest(con, **options) -> list[tuple]:
-    return sorted(((r["id"], r["feature_id"], r["distance"]) for r in nearest(con, "a", "b", **options).to_pylist()),
+    return sorted(((r["id"], r["feature_id"], r["distance"]) for r in nearest(*con, **options).to_pylist()),
                   key=_order)
 
 
@@ -147,39 +148,31 @@ def test_book_ended_sign_follows_feature_strand():
     assert got == [(0, 1, -1), (0, 2, 1), (0, 3, 1)]
 
 
-def test_output_columns_and_view_use():
+def test_output_columns():
     con = connect(EDGE_LEFT, EDGE_RIGHT)
-    table = overlap(con, "a", "b")
-    # a relation without ``parts`` gets a null one: every feature is then one part
+    table = overlap(*con)
+    # a table without ``parts``: every feature is one part
     assert table.column_names == ["genome", "chrom", "start", "end", "strand", "id", "feature_genome", "feature_chrom",
-                                  "feature_start", "feature_end", "feature_strand", "feature_id", "feature_parts",
-                                  "overlap_bp"]
-    assert table["feature_parts"].null_count == table.num_rows
-    assert nearest(con, "a", "b", prefix="b_").column_names[-9:] == [
-        "id", "b_genome", "b_chrom", "b_start", "b_end", "b_strand", "b_id", "b_parts", "distance"]
-    con.execute(f"CREATE VIEW pairs AS {overlap_sql('a', 'b')}")
-    con.execute(f"CREATE VIEW near AS {nearest_sql('a', 'b')}")
-    nested = f"WITH o AS ({overlap_sql('a', 'b')}), n AS ({nearest_sql('a', 'b')}) " \
-             "SELECT (SELECT count(*) FROM o), (SELECT count(*) FROM n)"
-    assert con.sql(nested).fetchall() == con.sql("SELECT (SELECT count(*) FROM pairs), (SELECT count(*) FROM near)"
-                                                 ).fetchall()
+                                  "feature_start", "feature_end", "feature_strand", "feature_id", "overlap_bp"]
+    assert table.schema.field("overlap_bp").type == pa.int64()
+    assert nearest(*con, prefix="b_").column_names[-8:] == [
+        "id", "b_genome", "b_chrom", "b_start", "b_end", "b_strand", "b_id", "distance"]
 
 
 def test_empty_inputs():
     con = connect([], EDGE_RIGHT)
-    assert overlap(con, "a", "b").num_rows == 0 and nearest(con, "a", "b").num_rows == 0
+    assert overlap(*con).num_rows == 0 and nearest(*con).num_rows == 0
     con = connect(EDGE_LEFT, [])
-    assert overlap(con, "a", "b").num_rows == 0
+    assert overlap(*con).num_rows == 0
     assert got_nearest(con) == [(i["id"], None, None) for i in EDGE_LEFT]
 
 
 def test_bad_options():
+    con = connect(EDGE_LEFT, EDGE_RIGHT)
     with pytest.raises(InputError, match="strand mode 'both' is not one of ignore, same, opposite"):
-        overlap_sql("a", "b", strand="both")
-    with pytest.raises(ValueError, match="plain identifier"):
-        overlap_sql("a; DROP TABLE b", "b")
+        overlap(*con, strand="both")
     with pytest.raises(ValueError, match="bin_size"):
-        nearest_sql("a", "b", bin_size=0)
+        nearest(*con, bin_size=0)
 
 
 # ------------------------------------------------------------------ real features vs tiles
@@ -204,12 +197,10 @@ def test_chloroplast_tiles_match_oracle(mode):
 
 def test_annotation_table_columns_carried():
     tiles, _, features = chloroplast_case()
-    con = duckdb.connect()
-    con.register("tiles", pa.Table.from_pylist(tiles[:40], schema=INTERVALS))
-    con.register("annotations", features)
-    table = overlap(con, "tiles", "annotations")
+    tiles = pa.Table.from_pylist(tiles[:40], schema=INTERVALS)
+    table = overlap(tiles, features)
     assert {"feature_name", "feature_type", "feature_attributes", "overlap_bp"} <= set(table.column_names)
-    assert table.num_rows and nearest(con, "tiles", "annotations").num_rows >= 40
+    assert table.num_rows and nearest(tiles, features).num_rows >= 40
 
 
 # ------------------------------------------------------------------ random
@@ -313,11 +304,8 @@ def nearest_parts_oracle(left: list[dict], right: list[dict], mode: str) -> list
     return sorted(result, key=_order)
 
 
-def connect_parts(left: list[dict], right: list[dict]) -> duckdb.DuckDBPyConnection:
-    con = duckdb.connect()
-    con.register("a", pa.Table.from_pylist(left, schema=INTERVALS))
-    con.register("b", pa.Table.from_pylist(right, schema=FEATURES))
-    return con
+def connect_parts(left: list[dict], right: list[dict]) -> tuple[pa.Table, pa.Table]:
+    return pa.Table.from_pylist(left, schema=INTERVALS), pa.Table.from_pylist(right, schema=FEATURES)
 
 
 def part(start, end, strand="+"):
@@ -386,11 +374,12 @@ def test_chloroplast_parts_match_oracle(mode):
 def test_rps12_joins_as_its_parts():
     """Issue 15: the trans-spliced rps12 (69,610-140,650 as a span) overlapped 408 unrelated tiles."""
     tiles, _, features = chloroplast_parts_case()
-    con = duckdb.connect()
-    con.register("tiles", pa.Table.from_pylist(tiles, schema=INTERVALS))
-    con.register("annotations", features)
-    rps12 = con.sql(f"SELECT id, count(*) AS n FROM ({overlap_sql('tiles', 'annotations')}) "
-                    "WHERE feature_name = 'rps12' AND feature_type = 'gene' GROUP BY id").fetchall()
+    pairs = overlap(pa.Table.from_pylist(tiles, schema=INTERVALS), features).to_pylist()
+    counted = {}
+    for row in pairs:
+        if row["feature_name"] == "rps12" and row["feature_type"] == "gene":
+            counted[row["id"]] = counted.get(row["id"], 0) + 1
+    rps12 = list(counted.items())
     expected = {t["id"] for t in tiles for f in features.to_pylist() if f["name"] == "rps12" and f["type"] == "gene"
                 for p in parts_of(f) if overlaps(t, p)}
     assert {i for i, _ in rps12} == expected
@@ -439,16 +428,15 @@ def test_gff3_and_gtf_multi_row_features_join_as_parts(tmp_path):
         f'c\tx\t{kind}\t{start}\t{end}\t.\t-\t.\tgene_id "g2"; transcript_id "t2";\n'
         for kind, start, end in [("transcript", 2001, 3000), ("exon", 2001, 2100), ("exon", 2901, 3000),
                                  ("CDS", 2051, 2100), ("CDS", 2901, 2950)]))
-    con = duckdb.connect()
-    con.register("features", keyed(pa.concat_tables([read_annotations(gff3), read_annotations(gtf)])))
-    hits = [iv(0, "c", 400, 600), iv(1, "c", 150, 950), iv(2, "c", 2500, 2600, "-"), iv(3, "c", 2000, 3000, "-")]
-    con.register("hits", pa.Table.from_pylist(hits, schema=INTERVALS))
-    got = sorted(con.sql(f"SELECT id, feature_type, overlap_bp FROM ({overlap_sql('hits', 'features')})").fetchall())
+    features = keyed(pa.concat_tables([read_annotations(gff3), read_annotations(gtf)]))
+    hits = pa.Table.from_pylist([iv(0, "c", 400, 600), iv(1, "c", 150, 950), iv(2, "c", 2500, 2600, "-"),
+                                 iv(3, "c", 2000, 3000, "-")], schema=INTERVALS)
+    got = sorted((r["id"], r["feature_type"], r["overlap_bp"]) for r in overlap(hits, features).to_pylist())
     assert got == [(0, "gene", 200),  # an intron: the gene span only
                    (1, "CDS", 50 + 50), (1, "exon", 50), (1, "exon", 50), (1, "gene", 800), (1, "mRNA", 50 + 50),
                    (3, "CDS", 50 + 50), (3, "exon", 100), (3, "exon", 100), (3, "transcript", 200)]
-    near = sorted(con.sql(f"SELECT id, feature_type, distance FROM ({nearest_sql('hits', 'features')}) "
-                          "WHERE id = 2").fetchall())
+    near = sorted((r["id"], r["feature_type"], r["distance"]) for r in nearest(hits, features).to_pylist()
+                  if r["id"] == 2)
     # [2500,2600) is 300 bp left of the second parts (2900-) and 400 bp right of the first ones (-2100): measured
     # on the second part, left of a '-' part is downstream, so +301; the exon at 2000-2100 is not nearest
     assert near == [(2, "CDS", 301), (2, "exon", 301), (2, "transcript", 301)]
@@ -471,14 +459,13 @@ def test_old_annotation_files_without_parts_still_join(tmp_path):
         listed = ", ".join(f"'{f}'" for f in files)
         con.execute(f"CREATE VIEW annotations AS SELECT *, 'g' AS genome, row_number() OVER () AS id "
                     f"FROM read_parquet([{listed}], union_by_name=true)")
-        con.register("tiles", pa.Table.from_pylist(tiles, schema=INTERVALS))
-        right = [{**r, "parts": r.get("parts")} for r in con.sql(
-            "SELECT * EXCLUDE (attributes) FROM annotations").to_arrow_table().to_pylist()]
-        got = sorted(con.sql(f"SELECT id, feature_id, overlap_bp FROM ({overlap_sql('tiles', 'annotations')})"
-                             ).fetchall())
+        annotations = con.sql("SELECT * EXCLUDE (attributes) FROM annotations").to_arrow_table()
+        right = [{**r, "parts": r.get("parts")} for r in annotations.to_pylist()]
+        intervals = pa.Table.from_pylist(tiles, schema=INTERVALS)
+        got = sorted((r["id"], r["feature_id"], r["overlap_bp"]) for r in overlap(intervals, annotations).to_pylist())
         assert got == overlap_parts_oracle(tiles, right, "ignore") and got
-        near = sorted(con.sql(f"SELECT id, feature_id, distance FROM ({nearest_sql('tiles', 'annotations')})"
-                              ).fetchall(), key=_order)
+        near = sorted(((r["id"], r["feature_id"], r["distance"]) for r in nearest(intervals, annotations).to_pylist()),
+                      key=_order)
         assert near == nearest_parts_oracle(tiles, right, "ignore")
 
 
@@ -520,3 +507,85 @@ def test_feature_index_on_chloroplast_and_edges(mode):
     test_parts = [{**iv(10, "c", 0, 60), "parts": [part(0, 10), part(50, 60)]},
                   {**iv(11, "c", 20, 80, "."), "parts": [part(20, 25, "-"), part(70, 80)]}]
     index_matches_oracle([iv(0, "c", 30, 40), iv(1, "c", 5, 55), iv(4, "c", 30, 45)], test_parts, mode, None)
+
+
+# ------------------------------------------------------------------ two genomes sharing contig names, circles
+
+@pytest.mark.skipif(not HAS_BEDTOOLS, reason="bedtools not installed")
+@pytest.mark.parametrize("mode", STRAND_MODES)
+def test_bedtools_agrees_with_two_genomes_sharing_contig_names(tmp_path, mode):
+    # bedtools keys on the name alone, so its files name each contig "genome|chrom"; ours keep the two columns
+    rng = np.random.default_rng(24)
+
+    def drawn(count, low, high, first_id):
+        rows = []
+        for i in range(count):
+            start = int(rng.integers(0, 20_000))
+            rows.append(iv(first_id + i, ["chr1", "contig_1"][i % 2], start, start + int(rng.integers(low, high)),
+                           "+-"[int(rng.integers(2))], ["A", "B"][int(rng.integers(2))]))
+        return rows
+
+    hits, features = drawn(400, 200, 1200, 0), drawn(150, 50, 900, 10_000)
+    named = [[{**row, "chrom": f"{row['genome']}|{row['chrom']}"} for row in rows] for rows in (hits, features)]
+    a, b = write_bed(tmp_path / "a.bed", named[0]), write_bed(tmp_path / "b.bed", named[1])
+    con = connect(hits, features)
+    pairs = sorted((int(f[3]), int(f[9]), int(f[12]))
+                   for f in bedtools("intersect", "-a", str(a), "-b", str(b), "-wo", *MODE_FLAGS[mode]))
+    assert got_overlap(con, strand=mode) == pairs and pairs
+    closest = sorted(((int(f[3]), None if f[9] == "." else int(f[9]), None if f[9] == "." else int(f[12]))
+                      for f in bedtools("closest", "-a", str(a), "-b", str(b), "-D", "b", "-t", "all",
+                                        *MODE_FLAGS[mode])), key=_order)
+    assert got_nearest(con, strand=mode) == closest
+    # the case a join on the name alone gets wrong: a hit whose own genome has no feature where the other has one
+    assert any(h["genome"] != f["genome"] and h["chrom"] == f["chrom"] and overlaps({**h, "genome": f["genome"]}, f)
+               for h in hits for f in features)
+
+
+def circle_bases(start: int, end: int, length: int) -> set[int]:
+    return {position % length for position in range(start, end)}
+
+
+circle_interval = st.builds(lambda start, length, strand: (start, start + length, strand),
+                            st.integers(0, 99), st.integers(0, 100), st.sampled_from("+-"))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(left=st.lists(circle_interval, max_size=12), right=st.lists(circle_interval, min_size=1, max_size=8),
+       bin_size=st.sampled_from([None, 1, 7, 64]), mode=st.sampled_from(STRAND_MODES))
+def test_circular_contig_joins_match_a_base_set_oracle(left, right, bin_size, mode):
+    """On a circle of 100 bp (intervals in the origin convention: end up to start + 100), overlap bp is the number
+    of bases shared round the circle and the nearest features are nearest either way round; a linear contig of the
+    same name in another genome goes on as a line."""
+    length = 100
+    hits = [iv(i, "p", s, e, strand, "circle") for i, (s, e, strand) in enumerate(left)]
+    hits += [iv(100 + i, "p", s, min(e, length), strand, "line") for i, (s, e, strand) in enumerate(left)]
+    features = [iv(i, "p", s, e, strand, "circle") for i, (s, e, strand) in enumerate(right)]
+    features += [iv(100 + i, "p", s, min(e, length), strand, "line") for i, (s, e, strand) in enumerate(right)]
+    circles = {("circle", "p"): length}
+    con = connect(hits, features)
+    overlap_pairs, nearest_pairs = [], []
+    for a in hits:
+        distances = {}
+        for b in features:
+            if a["genome"] != b["genome"] or not strands_match(a, b, mode):
+                continue
+            if a["genome"] == "line":
+                if overlaps(a, b):
+                    overlap_pairs.append((a["id"], b["id"], min(a["end"], b["end"]) - max(a["start"], b["start"])))
+                distances[b["id"]] = abs(signed_distance(a, b))
+                continue
+            shared = circle_bases(a["start"], a["end"], length) & circle_bases(b["start"], b["end"], length)
+            # a zero-length interval [p,p) meets one holding p strictly inside (either way round), as on a line
+            point = any(x["start"] == x["end"] and y["start"] != y["end"] and
+                        any(y["start"] < x["start"] + turn < y["end"] for turn in (-length, 0, length))
+                        for x, y in ((a, b), (b, a)))
+            if shared or point:
+                overlap_pairs.append((a["id"], b["id"], len(shared)))
+            distances[b["id"]] = 0 if shared or point else int(circular_gap(a["start"], a["end"], b["start"], b["end"],
+                                                                              length)) + 1
+        best = min(distances.values(), default=None)
+        nearest_pairs += [(a["id"], b, best) for b, d in distances.items() if d == best] or [(a["id"], None, None)]
+    assert got_overlap(con, strand=mode, bin_size=bin_size, circles=circles) == sorted(overlap_pairs)
+    got = [(a, b, None if d is None else abs(d)) for a, b, d in
+           got_nearest(con, strand=mode, bin_size=bin_size, circles=circles)]
+    assert got == sorted(nearest_pairs, key=_order)

@@ -22,7 +22,7 @@ from typing import Sequence
 import numpy as np
 
 from genoembed.errors import InputError
-from genoembed.seqio import encode_bases
+from genoembed.seqio import encode_bases, reverse_complement_codes
 
 # Standard genetic code, codons in A C G T order (index 16*b1 + 4*b2 + b3), '*' = stop.
 CODON_TABLE = "KNKNTTTTRSRSIIMIQHQHPPPPRRRRLLLLEDEDAAAAGGGGVVVV*Y*YSSSS*CWCLFLF"
@@ -46,8 +46,7 @@ def translate_codes(codes: np.ndarray, frame: int) -> np.ndarray:
 def six_frames(sequence: str) -> list[np.ndarray]:
     """Residue codes of the forward frames 0, 1, 2 and the reverse-complement frames 0, 1, 2."""
     codes = encode_bases(sequence)
-    reverse = np.where(codes < 4, 3 - codes, 4)[::-1]
-    return [translate_codes(strand, frame) for strand in (codes, reverse) for frame in range(3)]
+    return [translate_codes(strand, frame) for strand in (codes, reverse_complement_codes(codes)) for frame in range(3)]
 
 
 def translate(sequence: str, frame: int = 0) -> str:

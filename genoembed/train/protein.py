@@ -16,7 +16,7 @@ Positive pairs, each view a fresh draw:
   codons of another genome's codon usage: the protein stays, the DNA changes.
 
 Negatives are the batch's other positives (symmetric InfoNCE, learned temperature, as
-``train.finetune.info_nce``). Validation: R@10 of held-out query genes against their homologs'
+``train.surgery.info_nce``). Validation: R@10 of held-out query genes against their homologs'
 tiles among distractor tiles of a held-out genome, every ``eval_every`` steps (the training curve);
 the shipped weights are the last step's (no checkpoint selection).
 """
