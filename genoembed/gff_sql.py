@@ -15,16 +15,18 @@ from genoembed import schema
 GTF_ATTRIBUTE = re.compile(r'\s*([^\s;"]+)\s+(?:"((?:[^"\\]|\\.)*)"|([^;\s"][^;\s]*))\s*(?:;|$)')
 
 
-FEATURE_SELECT = ('chrom, start, "end", strand, kind AS type, name, feature_id, parent, source, '
-                   'map(attr_k, attr_v) AS attributes, parts')
+# attributes stay two lists (attr_k, attr_v) up to Arrow, where they become the map (gff.attribute_maps)
+FEATURE_SELECT = 'chrom, start, "end", strand, kind AS type, name, feature_id, parent, source, attr_k, attr_v, parts'
 
 
 def quoted(names: list[str]) -> list[str]:
     return [f'"{name}"' for name in names]
 _WHITESPACE = "' ' || chr(9) || chr(10) || chr(11) || chr(12) || chr(13)"  # str.strip()'s ASCII whitespace
 _STRIP = f"trim({{0}}, {_WHITESPACE})"
-# trim() walks the whole value (~250 MB/s): only values that start or end with whitespace are trimmed
-_EDGE_STRIP = ("CASE WHEN regexp_matches({0}, '^\\s|\\s$') OR contains({0}, chr(11)) THEN " + _STRIP + " ELSE {0} END")
+# trim() walks the whole value (~250 MB/s): only values that start or end with whitespace are trimmed (a
+# test of the first and last byte: a regex for the same took a pass over the value)
+_EDGE_STRIP = ("CASE WHEN " + " OR ".join(f"{test}({{0}}, chr({code}))" for test in ("starts_with", "suffix")
+                                         for code in (32, 9, 10, 11, 12, 13)) + " THEN " + _STRIP + " ELSE {0} END")
 _GFF_INTEGER = "regexp_full_match({0}, '\\s*-?[0-9]+\\s*')"
 
 
@@ -53,8 +55,9 @@ def gff_rows_sql(lines: str, dialect: str) -> str:
                    CASE WHEN a_items IS NOT NULL THEN list_slice(a_items, 2, len(a_items), 2)
                         ELSE list_transform(regexp_extract_all(a_text, '{pattern}', 3), lambda x, i: coalesce(
                              x, regexp_extract_all(a_text, '{pattern}', 2)[i])) END AS a_values"""
-        attributes_ok = (f"(a_items IS NOT NULL OR len(array_to_string(regexp_extract_all(a_text, '{pattern}', 0), "
-                         "'')) = len(a_text)) AND list_contains(a_keys, 'gene_id')")
+        # a CASE, not OR: DuckDB evaluates both sides of an OR on every row, and the regex is the costly one
+        attributes_ok = (f"CASE WHEN a_items IS NOT NULL THEN true ELSE len(array_to_string(regexp_extract_all("
+                         f"a_text, '{pattern}', 0), '')) = len(a_text) END AND list_contains(a_keys, 'gene_id')")
         repeated = "array_to_string(list_filter(a_values, lambda y, j: a_keys[j] = a_keys[i]), ',')"
         chrom, kind = "f[1]", "f[3]"
         before_fasta = ""
@@ -101,9 +104,10 @@ runs AS (
     -- a key repeated in one run of rows (GENCODE's tag "basic"; tag "CCDS") merges by one join and one split
     SELECT *, NOT a_named AND a_distinct < len(a_keys) AND NOT contains(a_text, chr(1))
               AND len(list_filter(a_run_starts, lambda x: x)) = a_distinct AS a_in_runs
-    FROM shaped)
-SELECT line, CASE WHEN NOT coalesce(columns_ok AND {attributes_ok}, false) THEN text END AS text,
-       coalesce(columns_ok AND {attributes_ok}, false) AS ok,
+    FROM shaped),
+checked_attributes AS (SELECT *, coalesce(columns_ok AND {attributes_ok}, false) AS ok FROM runs),
+parsed AS (
+SELECT line, CASE WHEN NOT ok THEN text END AS text, ok,
        {chrom} AS chrom, {kind} AS kind, {integer(_STRIP.format('f[4]'))} - 1 AS start,
        {integer(_STRIP.format('f[5]'))} AS "end",
        CASE f[7] WHEN '?' THEN '.' ELSE f[7] END AS strand,
@@ -117,7 +121,8 @@ SELECT line, CASE WHEN NOT coalesce(columns_ok AND {attributes_ok}, false) THEN 
                         ELSE list_transform({first}, lambda i: CASE {override}
                              WHEN list_contains(a_keys[i + 1:], a_keys[i]) THEN {repeated} ELSE a_values[i] END) END,
                    {added_values}) AS attr_v
-FROM runs"""
+FROM checked_attributes)
+SELECT *, {_keyed_fields(dialect)} FROM parsed"""
 
 
 def _attribute(name: str) -> str:
@@ -211,26 +216,24 @@ FROM (SELECT k.line, k.chrom, k.start, k."end", k.strand, k.kind, k.name, k.feat
 LEFT JOIN ge_exon_parts e ON e.owner = ({owner})"""]
 
 
-def gff_keyed_sql(dialect: str) -> str:
-    """``ge_keyed``: the good rows with name, feature_id, parent and the key of the multi-row feature they
-    belong to (GTF: transcript_id and type, for types other than gene/transcript/exon; GFF3: ID)."""
+def _keyed_fields(dialect: str) -> str:
+    """name, feature_id, parent and the key of the multi-row feature a row belongs to (GTF: transcript_id and
+    type, for types other than gene/transcript/exon; GFF3: ID), computed with the rows (one table less)."""
     if dialect == "gtf":
         gene, transcript = _attribute("gene_id"), _attribute("transcript_id")
-        fields = f"""CASE WHEN list_contains(attr_k, 'gene_name') THEN {_attribute('gene_name')} ELSE {gene} END AS name,
+        return f"""CASE WHEN list_contains(attr_k, 'gene_name') THEN {_attribute('gene_name')} ELSE {gene} END AS name,
        CASE kind WHEN 'gene' THEN {gene} WHEN 'transcript' THEN {transcript} ELSE {_attribute('exon_id')} END
            AS feature_id,
        CASE kind WHEN 'gene' THEN NULL WHEN 'transcript' THEN {gene} ELSE coalesce({transcript}, {gene}) END AS parent,
        {transcript} AS group_id,
        CASE WHEN {transcript} IS NOT NULL AND kind NOT IN ('gene', 'transcript', 'exon')
             THEN {transcript} || chr(0) || kind END AS group_key"""
-    else:
-        identifier = _attribute("ID")
-        fields = f"""coalesce({', '.join(f"nullif({_attribute(key)}, '')" for key in ('Name', 'gene', 'locus_tag', 'ID'))})
+    identifier = _attribute("ID")
+    return f"""coalesce({', '.join(f"nullif({_attribute(key)}, '')" for key in ('Name', 'gene', 'locus_tag', 'ID'))})
            AS name,
        {identifier} AS feature_id, {_attribute('Parent')} AS parent, {identifier} AS group_id,
        {identifier} AS group_key"""
-    return f"""
-CREATE TEMP TABLE ge_keyed AS
-SELECT line, chrom, start, "end", strand, kind, attr_k, attr_v,
-       {fields}
-FROM ge_rows WHERE ok"""
+
+
+# ``ge_keyed``: the good rows of ``ge_rows``, with the fields :func:`_keyed_fields` names
+KEYED_SQL = "CREATE TEMP VIEW ge_keyed AS SELECT * EXCLUDE (text, ok) FROM ge_rows WHERE ok"
