@@ -61,6 +61,8 @@ def gff_rows_sql(lines: str, dialect: str) -> str:
         repeated = "array_to_string(list_filter(a_values, lambda y, j: a_keys[j] = a_keys[i]), ',')"
         chrom, kind = "f[1]", "f[3]"
         before_fasta = ""
+        in_runs = ("NOT a_named AND a_distinct < len(a_keys) AND NOT contains(a_text, chr(1)) "
+                   "AND len(list_filter(a_run_starts, lambda x: x)) = a_distinct")
     else:
         text = f"CASE WHEN {attributes} IN ('', '.') THEN '' ELSE {attributes} END"
         items = f"list_filter(string_split(a_text, ';'), lambda x: {_STRIP.format('x')} <> '')"
@@ -70,6 +72,7 @@ def gff_rows_sql(lines: str, dialect: str) -> str:
         attributes_ok = "coalesce(list_bool_and(list_transform(a_items, lambda x: contains(x, '='))), true)"
         repeated = "list_filter(a_values, lambda y, j: a_keys[j] = a_keys[i])[-1]"
         chrom, kind = "url_decode(f[1])", "url_decode(f[3])"
+        in_runs = "false"
         before_fasta = ("AND line < (SELECT coalesce(min(line), 9223372036854775807) FROM lines "
                         "WHERE starts_with(text, '##FASTA') OR starts_with(text, '>'))")
     integer = "TRY_CAST({0} AS BIGINT)".format
@@ -101,9 +104,9 @@ shaped AS (
            list_transform(range(1, len(a_keys) + 1), lambda i: i = 1 OR a_keys[i] <> a_keys[i - 1]) AS a_run_starts
     FROM split),
 runs AS (
-    -- a key repeated in one run of rows (GENCODE's tag "basic"; tag "CCDS") merges by one join and one split
-    SELECT *, NOT a_named AND a_distinct < len(a_keys) AND NOT contains(a_text, chr(1))
-              AND len(list_filter(a_run_starts, lambda x: x)) = a_distinct AS a_in_runs
+    -- GTF: a key repeated in one run of items (GENCODE's tag "basic"; tag "CCDS") merges by one join and one
+    -- split (GFF3 keeps a repeated tag's last value, in runs too)
+    SELECT *, {in_runs} AS a_in_runs
     FROM shaped),
 checked_attributes AS (SELECT *, coalesce(columns_ok AND {attributes_ok}, false) AS ok FROM runs),
 parsed AS (
