@@ -99,8 +99,7 @@ itemised AS (SELECT *, {items} AS a_items FROM read),
 split AS (SELECT *, {keys} FROM itemised),
 shaped AS (
     SELECT *, len(list_distinct(a_keys)) AS a_distinct,
-           (contains(a_text, 'gff_source') OR contains(a_text, 'score') OR contains(a_text, 'phase'))
-           AND list_has_any(a_keys, ['gff_source', 'score', 'phase']) AS a_named,
+           list_has_any(a_keys, ['gff_source', 'score', 'phase']) AS a_named,
            list_transform(range(1, len(a_keys) + 1), lambda i: i = 1 OR a_keys[i] <> a_keys[i - 1]) AS a_run_starts
     FROM split),
 runs AS (
@@ -155,8 +154,9 @@ def gff_features_sql(dialect: str, source: str) -> list[str]:
     first row, with its parts and merged attributes: a value every row has is kept, values that differ are
     comma-joined in part order, '' where a row lacks the key), and exon parts for their parents.
 
-    Each step is a temp table (DuckDB spills those), and the last one streams ``ge_keyed`` past small
-    tables: a step over every row and its attributes at once ran out of a 1 GB limit at GENCODE's size.
+    Each step is a temp table (DuckDB spills those), and the last, a view, streams ``ge_keyed`` past small
+    tables into whatever reads it (a copy of every row cost 6 % of the time and spilled at GENCODE's size): a
+    step over every row and its attributes at once ran out of a 1 GB limit at GENCODE's size.
     Groups whose rows list the same keys (GENCODE's CDS/UTR rows) merge per position; others key by key."""
     if dialect == "gtf":
         exon_parents = f"[{_attribute('transcript_id')}]"
@@ -209,7 +209,7 @@ WITH exons AS (
         SELECT line, start, "end", strand, parent, attr_k, attr_v FROM ge_merged WHERE kind = 'exon'))
 SELECT owner, list(part ORDER BY line) AS parts FROM exons
 WHERE owner IS NOT NULL AND owner <> '' GROUP BY owner HAVING count(*) > 1""",
-        f"""CREATE TEMP TABLE ge_features AS
+        f"""CREATE TEMP VIEW ge_features AS
 SELECT f.* EXCLUDE (parts), CASE WHEN f.parts IS NULL AND f.kind <> 'exon' THEN e.parts ELSE f.parts END AS parts,
        '{source.replace("'", "''")}' AS source
 FROM (SELECT k.line, k.chrom, k.start, k."end", k.strand, k.kind, k.name, k.feature_id, k.parent, k.attr_k,
