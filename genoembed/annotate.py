@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 from genoembed import features
 from genoembed.errors import InputError, command
 from genoembed.files import atomic_file
-from genoembed.manifest import file_sha256
+from genoembed.genome import remembered_checksum
 from genoembed.names import check_identifier, identifier_from
 from genoembed.store import Store
 
@@ -75,7 +75,7 @@ def add_annotations(store: Store, path: str | Path, name: str | None = None, for
             with atomic_file(target, "annotation set") as partial:
                 rows = parsed.write_parquet(partial, genome, renames, spans)
             entry = {"path": f"annotations/{name}.parquet", "genome": genome, "source": str(path), "rows": rows,
-                     "sha256": file_sha256(target),
+                     "sha256": remembered_checksum(target),  # remembered: the next SQL connection does not re-read it
                      "added": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
             manifest.setdefault("annotations", {})[name] = entry
     # a set `genoembed remove` rewrote under another name: its old file goes with the next sweep
