@@ -83,7 +83,8 @@ def _gff_database():
 
 class FeatureFile:
     """One annotation file parsed into the temp view ``ge_out`` of a cursor of :func:`_gff_database` (GTF/GFF3
-    parsed there by SQL, into ``ge_features``; BED and GenBank parsed in Python and registered)."""
+    parsed there by SQL, into ``ge_features``, attributes as the lists ``attr_k``/``attr_v`` made a map on the way
+    out; BED and GenBank parsed in Python and registered)."""
 
     def __init__(self, path: Path, dialect: str, parsed: pa.Table | None = None):
         self.path, self.dialect, self._parsed = path, dialect, parsed
