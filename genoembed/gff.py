@@ -60,6 +60,12 @@ def read_gff3(path: str | Path) -> pa.Table:
         return reader.table()
 
 
+# the leaf columns of an ANNOTATIONS file; coordinates delta-coded, as DuckDB's writer does (file 8.5 -> 7.8 MB
+# for 250 k GENCODE-like features, DuckDB's 5.6)
+_LEAVES = ("genome", "chrom", "start", "end", "strand", "type", "name", "feature_id", "parent", "source",
+           "attributes.key_value.key", "attributes.key_value.value", "parts.list.element.start",
+           "parts.list.element.end", "parts.list.element.strand")
+_DELTA_CODED = ("start", "end", "parts.list.element.start", "parts.list.element.end")
 BATCH_ROWS = 1 << 16  # rows a batch streamed from DuckDB to Arrow/Parquet
 GFF_MEMORY_LIMIT = "1GB"  # DuckDB's share of a reader's memory; beyond it, it spills to its temp directory
 _NO_DELIMITER = "\x01"  # a byte no GTF/GFF3 line holds: each line is one value
@@ -139,7 +145,9 @@ class FeatureFile:
         columns = ", ".join(renamed.get(name, f"f.{quoted([name])[0]}") for name in self._columns(schema.FEATURES.names))
         genome_sql = "'" + genome.replace("'", "''") + "'"
         rows = 0
-        with pq.ParquetWriter(target, schema.ANNOTATIONS, compression="zstd") as writer:
+        with pq.ParquetWriter(target, schema.ANNOTATIONS, compression="zstd", compression_level=3,
+                              use_dictionary=[c for c in _LEAVES if c not in _DELTA_CODED],
+                              column_encoding=dict.fromkeys(_DELTA_CODED, "DELTA_BINARY_PACKED")) as writer:
             for batch in self._batches(f"SELECT {genome_sql} AS genome, {columns} FROM ge_out f "
                                        "LEFT JOIN ge_aliases a ON a.name = f.chrom LEFT JOIN ge_spans s ON s.line = f.line "
                                        "ORDER BY f.line", schema.ANNOTATIONS):
