@@ -61,8 +61,7 @@ def gff_rows_sql(lines: str, dialect: str) -> str:
         repeated = "array_to_string(list_filter(a_values, lambda y, j: a_keys[j] = a_keys[i]), ',')"
         chrom, kind = "f[1]", "f[3]"
         before_fasta = ""
-        in_runs = ("NOT a_named AND a_distinct < len(a_keys) AND NOT contains(a_text, chr(1)) "
-                   "AND len(list_filter(a_run_starts, lambda x: x)) = a_distinct")
+        in_runs = "NOT a_named AND a_one_run_a_key AND NOT a_no_repeat AND NOT contains(a_text, chr(1))"
     else:
         text = f"CASE WHEN {attributes} IN ('', '.') THEN '' ELSE {attributes} END"
         items = f"list_filter(string_split(a_text, ';'), lambda x: {_STRIP.format('x')} <> '')"
@@ -98,26 +97,32 @@ read AS (SELECT *, CASE WHEN columns_ok THEN {text} END AS a_text FROM checked),
 itemised AS (SELECT *, {items} AS a_items FROM read),
 split AS (SELECT *, {keys} FROM itemised),
 shaped AS (
-    SELECT *, len(list_distinct(a_keys)) AS a_distinct,
-           list_has_any(a_keys, ['gff_source', 'score', 'phase']) AS a_named,
+    SELECT *, list_has_any(a_keys, ['gff_source', 'score', 'phase']) AS a_named,
            list_transform(range(1, len(a_keys) + 1), lambda i: i = 1 OR a_keys[i] <> a_keys[i - 1]) AS a_run_starts
     FROM split),
+distinct_runs AS (
+    -- every key in one run of items: each run starts at its key's first place (a per-row list_distinct, the
+    -- obvious test, built a hash set per row at three times the cost); no repeat: that and no run longer than 1
+    SELECT *, coalesce(list_bool_and(list_transform(a_keys, lambda k, i: NOT a_run_starts[i]
+                                                    OR list_position(a_keys, k) = i)), true) AS a_one_run_a_key,
+           coalesce(list_bool_and(a_run_starts), true) AS a_no_repeat
+    FROM shaped),
 runs AS (
     -- GTF: a key repeated in one run of items (GENCODE's tag "basic"; tag "CCDS") merges by one join and one
     -- split (GFF3 keeps a repeated tag's last value, in runs too)
     SELECT *, {in_runs} AS a_in_runs
-    FROM shaped),
+    FROM distinct_runs),
 checked_attributes AS (SELECT *, coalesce(columns_ok AND {attributes_ok}, false) AS ok FROM runs),
 parsed AS (
 SELECT line, CASE WHEN NOT ok THEN text END AS text, ok,
        {chrom} AS chrom, {kind} AS kind, {integer(_STRIP.format('f[4]'))} - 1 AS start,
        {integer(_STRIP.format('f[5]'))} AS "end",
        CASE f[7] WHEN '?' THEN '.' ELSE f[7] END AS strand,
-       list_concat(CASE WHEN NOT a_named AND a_distinct = len(a_keys) THEN a_keys
+       list_concat(CASE WHEN NOT a_named AND a_one_run_a_key AND a_no_repeat THEN a_keys
                         WHEN a_in_runs THEN list_filter(a_keys, lambda x, i: a_run_starts[i])
                         ELSE list_transform({first}, lambda i: a_keys[i]) END,
                    {added_keys}) AS attr_k,
-       list_concat(CASE WHEN NOT a_named AND a_distinct = len(a_keys) THEN a_values
+       list_concat(CASE WHEN NOT a_named AND a_one_run_a_key AND a_no_repeat THEN a_values
                         WHEN a_in_runs THEN string_split(array_to_string(list_transform(a_values, lambda x, i:
                              CASE WHEN a_run_starts[i] THEN chr(1) ELSE ',' END || x), '')[2:], chr(1))
                         ELSE list_transform({first}, lambda i: CASE {override}
