@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 from genoembed import features
 from genoembed.errors import InputError, command
 from genoembed.files import atomic_file, version_name
-from genoembed.manifest import file_sha256
+from genoembed.genome import remembered_checksum
 from genoembed.names import check_identifier, identifier_from
 from genoembed.store import Store
 
@@ -67,7 +67,7 @@ def add_annotations(store: Store, path: str | Path, name: str | None = None, for
             with atomic_file(store.root / relative, "annotation set") as partial:
                 rows = parsed.write_parquet(partial, genome, renames, spans)
             entry = {"path": relative, "genome": genome, "source": str(path), "rows": rows,
-                     "sha256": file_sha256(store.root / relative),
+                     "sha256": remembered_checksum(store.root / relative),  # so the next connection need not re-read it
                      "added": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
             manifest.setdefault("annotations", {})[name] = entry
     # the replaced set's file is retired by the commit: deleted once no reader of an older snapshot is left

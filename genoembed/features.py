@@ -58,8 +58,8 @@ def read_annotations(path: str | Path, format: str | None = None, aliases: dict[
 
 @contextlib.contextmanager
 def opened_features(path: str | Path, format: str | None = None) -> Iterator["FeatureFile"]:
-    """A parsed annotation file held in DuckDB (temp table ``ge_out``: ``line`` plus the ``FEATURES``
-    columns), so a store can check its contigs (:meth:`FeatureFile.extents`) and write it
+    """A parsed annotation file held in DuckDB (temp view ``ge_out``: ``line`` plus the ``FEATURES``
+    columns, see :class:`FeatureFile`), so a store can check its contigs (:meth:`FeatureFile.extents`) and write it
     (:meth:`FeatureFile.write_parquet`) without holding GENCODE in memory as Arrow."""
     path = Path(path)
     format = format or detect_format(path)

@@ -15,16 +15,18 @@ from genoembed import schema
 GTF_ATTRIBUTE = re.compile(r'\s*([^\s;"]+)\s+(?:"((?:[^"\\]|\\.)*)"|([^;\s"][^;\s]*))\s*(?:;|$)')
 
 
-FEATURE_SELECT = ('chrom, start, "end", strand, kind AS type, name, feature_id, parent, source, '
-                   'map(attr_k, attr_v) AS attributes, parts')
+# attributes stay two lists (attr_k, attr_v) up to Arrow, where they become the map (gff.attribute_maps)
+FEATURE_SELECT = 'chrom, start, "end", strand, kind AS type, name, feature_id, parent, source, attr_k, attr_v, parts'
 
 
 def quoted(names: list[str]) -> list[str]:
     return [f'"{name}"' for name in names]
 _WHITESPACE = "' ' || chr(9) || chr(10) || chr(11) || chr(12) || chr(13)"  # str.strip()'s ASCII whitespace
 _STRIP = f"trim({{0}}, {_WHITESPACE})"
-# trim() walks the whole value (~250 MB/s): only values that start or end with whitespace are trimmed
-_EDGE_STRIP = ("CASE WHEN regexp_matches({0}, '^\\s|\\s$') OR contains({0}, chr(11)) THEN " + _STRIP + " ELSE {0} END")
+# trim() walks the whole value (~250 MB/s): only values that start or end with whitespace are trimmed (a
+# test of the first and last byte: a regex for the same took a pass over the value)
+_EDGE_STRIP = ("CASE WHEN " + " OR ".join(f"{test}({{0}}, chr({code}))" for test in ("starts_with", "suffix")
+                                         for code in (32, 9, 10, 11, 12, 13)) + " THEN " + _STRIP + " ELSE {0} END")
 _GFF_INTEGER = "regexp_full_match({0}, '\\s*-?[0-9]+\\s*')"
 
 
@@ -53,11 +55,13 @@ def gff_rows_sql(lines: str, dialect: str) -> str:
                    CASE WHEN a_items IS NOT NULL THEN list_slice(a_items, 2, len(a_items), 2)
                         ELSE list_transform(regexp_extract_all(a_text, '{pattern}', 3), lambda x, i: coalesce(
                              x, regexp_extract_all(a_text, '{pattern}', 2)[i])) END AS a_values"""
-        attributes_ok = (f"(a_items IS NOT NULL OR len(array_to_string(regexp_extract_all(a_text, '{pattern}', 0), "
-                         "'')) = len(a_text)) AND list_contains(a_keys, 'gene_id')")
+        # a CASE, not OR: DuckDB evaluates both sides of an OR on every row, and the regex is the costly one
+        attributes_ok = (f"CASE WHEN a_items IS NOT NULL THEN true ELSE len(array_to_string(regexp_extract_all("
+                         f"a_text, '{pattern}', 0), '')) = len(a_text) END AND list_contains(a_keys, 'gene_id')")
         repeated = "array_to_string(list_filter(a_values, lambda y, j: a_keys[j] = a_keys[i]), ',')"
         chrom, kind = "f[1]", "f[3]"
         before_fasta = ""
+        in_runs = "NOT a_named AND a_one_run_a_key AND NOT a_no_repeat AND NOT contains(a_text, chr(1))"
     else:
         text = f"CASE WHEN {attributes} IN ('', '.') THEN '' ELSE {attributes} END"
         items = f"list_filter(string_split(a_text, ';'), lambda x: {_STRIP.format('x')} <> '')"
@@ -67,6 +71,7 @@ def gff_rows_sql(lines: str, dialect: str) -> str:
         attributes_ok = "coalesce(list_bool_and(list_transform(a_items, lambda x: contains(x, '='))), true)"
         repeated = "list_filter(a_values, lambda y, j: a_keys[j] = a_keys[i])[-1]"
         chrom, kind = "url_decode(f[1])", "url_decode(f[3])"
+        in_runs = "false"
         before_fasta = ("AND line < (SELECT coalesce(min(line), 9223372036854775807) FROM lines "
                         "WHERE starts_with(text, '##FASTA') OR starts_with(text, '>'))")
     integer = "TRY_CAST({0} AS BIGINT)".format
@@ -92,32 +97,39 @@ read AS (SELECT *, CASE WHEN columns_ok THEN {text} END AS a_text FROM checked),
 itemised AS (SELECT *, {items} AS a_items FROM read),
 split AS (SELECT *, {keys} FROM itemised),
 shaped AS (
-    SELECT *, len(list_distinct(a_keys)) AS a_distinct,
-           (contains(a_text, 'gff_source') OR contains(a_text, 'score') OR contains(a_text, 'phase'))
-           AND list_has_any(a_keys, ['gff_source', 'score', 'phase']) AS a_named,
+    SELECT *, list_has_any(a_keys, ['gff_source', 'score', 'phase']) AS a_named,
            list_transform(range(1, len(a_keys) + 1), lambda i: i = 1 OR a_keys[i] <> a_keys[i - 1]) AS a_run_starts
     FROM split),
+distinct_runs AS (
+    -- every key in one run of items: each run starts at its key's first place (a per-row list_distinct, the
+    -- obvious test, built a hash set per row at three times the cost); no repeat: that and no run longer than 1
+    SELECT *, coalesce(list_bool_and(list_transform(a_keys, lambda k, i: NOT a_run_starts[i]
+                                                    OR list_position(a_keys, k) = i)), true) AS a_one_run_a_key,
+           coalesce(list_bool_and(a_run_starts), true) AS a_no_repeat
+    FROM shaped),
 runs AS (
-    -- a key repeated in one run of rows (GENCODE's tag "basic"; tag "CCDS") merges by one join and one split
-    SELECT *, NOT a_named AND a_distinct < len(a_keys) AND NOT contains(a_text, chr(1))
-              AND len(list_filter(a_run_starts, lambda x: x)) = a_distinct AS a_in_runs
-    FROM shaped)
-SELECT line, CASE WHEN NOT coalesce(columns_ok AND {attributes_ok}, false) THEN text END AS text,
-       coalesce(columns_ok AND {attributes_ok}, false) AS ok,
+    -- GTF: a key repeated in one run of items (GENCODE's tag "basic"; tag "CCDS") merges by one join and one
+    -- split (GFF3 keeps a repeated tag's last value, in runs too)
+    SELECT *, {in_runs} AS a_in_runs
+    FROM distinct_runs),
+checked_attributes AS (SELECT *, coalesce(columns_ok AND {attributes_ok}, false) AS ok FROM runs),
+parsed AS (
+SELECT line, CASE WHEN NOT ok THEN text END AS text, ok,
        {chrom} AS chrom, {kind} AS kind, {integer(_STRIP.format('f[4]'))} - 1 AS start,
        {integer(_STRIP.format('f[5]'))} AS "end",
        CASE f[7] WHEN '?' THEN '.' ELSE f[7] END AS strand,
-       list_concat(CASE WHEN NOT a_named AND a_distinct = len(a_keys) THEN a_keys
+       list_concat(CASE WHEN NOT a_named AND a_one_run_a_key AND a_no_repeat THEN a_keys
                         WHEN a_in_runs THEN list_filter(a_keys, lambda x, i: a_run_starts[i])
                         ELSE list_transform({first}, lambda i: a_keys[i]) END,
                    {added_keys}) AS attr_k,
-       list_concat(CASE WHEN NOT a_named AND a_distinct = len(a_keys) THEN a_values
+       list_concat(CASE WHEN NOT a_named AND a_one_run_a_key AND a_no_repeat THEN a_values
                         WHEN a_in_runs THEN string_split(array_to_string(list_transform(a_values, lambda x, i:
                              CASE WHEN a_run_starts[i] THEN chr(1) ELSE ',' END || x), '')[2:], chr(1))
                         ELSE list_transform({first}, lambda i: CASE {override}
                              WHEN list_contains(a_keys[i + 1:], a_keys[i]) THEN {repeated} ELSE a_values[i] END) END,
                    {added_values}) AS attr_v
-FROM runs"""
+FROM checked_attributes)
+SELECT *, {_keyed_fields(dialect)} FROM parsed"""
 
 
 def _attribute(name: str) -> str:
@@ -147,8 +159,9 @@ def gff_features_sql(dialect: str, source: str) -> list[str]:
     first row, with its parts and merged attributes: a value every row has is kept, values that differ are
     comma-joined in part order, '' where a row lacks the key), and exon parts for their parents.
 
-    Each step is a temp table (DuckDB spills those), and the last one streams ``ge_keyed`` past small
-    tables: a step over every row and its attributes at once ran out of a 1 GB limit at GENCODE's size.
+    Each step is a temp table (DuckDB spills those), and the last, a view, streams ``ge_keyed`` past small
+    tables into whatever reads it (a copy of every row cost 6 % of the time and spilled at GENCODE's size): a
+    step over every row and its attributes at once ran out of a 1 GB limit at GENCODE's size.
     Groups whose rows list the same keys (GENCODE's CDS/UTR rows) merge per position; others key by key."""
     if dialect == "gtf":
         exon_parents = f"[{_attribute('transcript_id')}]"
@@ -201,7 +214,7 @@ WITH exons AS (
         SELECT line, start, "end", strand, parent, attr_k, attr_v FROM ge_merged WHERE kind = 'exon'))
 SELECT owner, list(part ORDER BY line) AS parts FROM exons
 WHERE owner IS NOT NULL AND owner <> '' GROUP BY owner HAVING count(*) > 1""",
-        f"""CREATE TEMP TABLE ge_features AS
+        f"""CREATE TEMP VIEW ge_features AS
 SELECT f.* EXCLUDE (parts), CASE WHEN f.parts IS NULL AND f.kind <> 'exon' THEN e.parts ELSE f.parts END AS parts,
        '{source.replace("'", "''")}' AS source
 FROM (SELECT k.line, k.chrom, k.start, k."end", k.strand, k.kind, k.name, k.feature_id, k.parent, k.attr_k,
@@ -211,26 +224,24 @@ FROM (SELECT k.line, k.chrom, k.start, k."end", k.strand, k.kind, k.name, k.feat
 LEFT JOIN ge_exon_parts e ON e.owner = ({owner})"""]
 
 
-def gff_keyed_sql(dialect: str) -> str:
-    """``ge_keyed``: the good rows with name, feature_id, parent and the key of the multi-row feature they
-    belong to (GTF: transcript_id and type, for types other than gene/transcript/exon; GFF3: ID)."""
+def _keyed_fields(dialect: str) -> str:
+    """name, feature_id, parent and the key of the multi-row feature a row belongs to (GTF: transcript_id and
+    type, for types other than gene/transcript/exon; GFF3: ID), computed with the rows (one table less)."""
     if dialect == "gtf":
         gene, transcript = _attribute("gene_id"), _attribute("transcript_id")
-        fields = f"""CASE WHEN list_contains(attr_k, 'gene_name') THEN {_attribute('gene_name')} ELSE {gene} END AS name,
+        return f"""CASE WHEN list_contains(attr_k, 'gene_name') THEN {_attribute('gene_name')} ELSE {gene} END AS name,
        CASE kind WHEN 'gene' THEN {gene} WHEN 'transcript' THEN {transcript} ELSE {_attribute('exon_id')} END
            AS feature_id,
        CASE kind WHEN 'gene' THEN NULL WHEN 'transcript' THEN {gene} ELSE coalesce({transcript}, {gene}) END AS parent,
        {transcript} AS group_id,
        CASE WHEN {transcript} IS NOT NULL AND kind NOT IN ('gene', 'transcript', 'exon')
             THEN {transcript} || chr(0) || kind END AS group_key"""
-    else:
-        identifier = _attribute("ID")
-        fields = f"""coalesce({', '.join(f"nullif({_attribute(key)}, '')" for key in ('Name', 'gene', 'locus_tag', 'ID'))})
+    identifier = _attribute("ID")
+    return f"""coalesce({', '.join(f"nullif({_attribute(key)}, '')" for key in ('Name', 'gene', 'locus_tag', 'ID'))})
            AS name,
        {identifier} AS feature_id, {_attribute('Parent')} AS parent, {identifier} AS group_id,
        {identifier} AS group_key"""
-    return f"""
-CREATE TEMP TABLE ge_keyed AS
-SELECT line, chrom, start, "end", strand, kind, attr_k, attr_v,
-       {fields}
-FROM ge_rows WHERE ok"""
+
+
+# ``ge_keyed``: the good rows of ``ge_rows``, with the fields :func:`_keyed_fields` names
+KEYED_SQL = "CREATE TEMP VIEW ge_keyed AS SELECT * EXCLUDE (text, ok) FROM ge_rows WHERE ok"

@@ -138,6 +138,20 @@ def test_symlink_to_a_file_outside_the_store_is_refused(root, relative):
         run_sql(Store.open(root), query)
 
 
+def test_connections_do_not_rehash_annotation_files(chloroplast_store, tmp_path, monkeypatch):
+    import genoembed.genome as genome_module
+
+    root = shutil.copytree(chloroplast_store.root, tmp_path / "store")
+    hashed, original = [], genome_module.file_checksum
+    monkeypatch.setattr(genome_module, "file_checksum", lambda path: hashed.append(Path(path).name) or original(path))
+    entry = add_annotations(Store.open(root), CHLOROPLAST_GENBANK)
+    annotation = Path(entry["path"]).name
+    assert hashed.count(annotation) == 1  # annotate hashes the file it wrote, once
+    for _ in range(3):
+        assert run_sql(Store.open(root), "SELECT count(*) AS n FROM annotations").column("n")[0].as_py() == entry["rows"]
+    assert hashed.count(annotation) == 1  # and no connection reads it again
+
+
 def test_symlink_inside_the_store_is_fine(root):
     moved = root / "searches" / "moved.parquet"
     (root / stored(root, "searches/a.parquet")).rename(moved)
