@@ -23,7 +23,7 @@ LAYERS = [
      "hit_formats"],
     ["tiles", "features", "feature_index", "recall", "embedders.kmer", "embedders.pooling", "embedders.fused", "embedders.families",
      "embedders.table", "embedders.translated", "embedders.loading"],
-    ["embedders.hf", "embedders.protein", "evidence", "regions"],
+    ["embedders.hf", "embedders.protein", "evidence", "regions", "cds"],
     ["protein_evidence"],
     ["embedders"],
     ["manifest"],
