@@ -31,7 +31,7 @@ LAYERS = [
     ["store"],
     ["store_writer", "sql", "indexing", "saved_searches", "subsets", "seeds", "significance"],
     ["annotate", "search", "remove", "verify", "recipe", "plot", "tracks", "variants", "explain",
-     "query_aliases"],
+     "query_aliases", "gene_query"],
     ["chain"],
     ["mapping"],
     ["ray_engine"],

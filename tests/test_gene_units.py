@@ -170,3 +170,102 @@ def test_units_cds_without_annotations_or_cds_is_one_line_error(tmp_path):
                                  "--model", "kmer:3", "--units", "cds", "--annotations", str(bed), "-q"])
     assert result.exit_code != 0 and f"{bed}: no CDS feature on the contigs of genome" in result.output
     assert not (tmp_path / "b").exists()
+
+
+# ---------------------------------------------------------------- queries by gene
+
+@pytest.fixture(scope="module")
+def chloroplast_cds_store(tmp_path_factory):
+    store_path = tmp_path_factory.mktemp("stores") / "cds"
+    result = runner.invoke(app, ["index", "--fasta", str(CHLOROPLAST_FASTA), "--output", str(store_path),
+                                 "--model", "kmer:3", "--units", "cds", "--annotations", str(CHLOROPLAST_GENBANK),
+                                 "-q"])
+    assert result.exit_code == 0, result.output
+    return store_path
+
+
+def gene_hits(store_path, *options) -> list[dict]:
+    result = runner.invoke(app, ["search", str(store_path), *options, "--tiles", "--no-save", "-f", "jsonl", "-q"])
+    assert result.exit_code == 0, result.output
+    return [json.loads(line) for line in result.output.splitlines()]
+
+
+@pytest.mark.parametrize("name", ["rbcL", "ArthCp030", "RBCL", "rps16"])
+def test_search_by_gene_name_or_locus_tag_queries_its_cds(chloroplast_cds_store, name):
+    from Bio import SeqIO
+
+    with open(CHLOROPLAST_GENBANK) as handle:
+        record = next(SeqIO.parse(handle, "genbank"))
+    [feature] = [f for f in record.features if f.type == "CDS"
+                 and name.lower() in (f.qualifiers["gene"][0].lower(), f.qualifiers["locus_tag"][0].lower())]
+    [hit] = gene_hits(chloroplast_cds_store, "--gene", name, "-k", "1")
+    span = (int(feature.location.start), int(feature.location.end))
+    assert (hit["query_start"], hit["query_end"]) == span and hit["query_strand"] == hit["strand"]
+    assert (hit["start"], hit["end"]) == span and hit["score"] > 0.999  # its own unit: the same coding DNA
+
+
+def test_gene_query_api_reads_a_spliced_cds_in_frame(chloroplast_cds_store):
+    from genoembed import Store, gene_query
+
+    query = gene_query(Store.open(chloroplast_cds_store), "rps16")
+    assert query.sequence == biopython_cds(CHLOROPLAST_GENBANK)[(5083, 6188, "-")]
+    assert (query.chrom, query.start, query.end, query.strand) == ("NC_000932.1", 5083, 6188, "-")
+
+
+def test_gene_on_two_loci_or_nowhere_is_one_line_error_with_candidates(chloroplast_cds_store):
+    result = runner.invoke(app, ["search", str(chloroplast_cds_store), "--gene", "rpl2", "--no-save"])
+    assert result.exit_code != 0
+    assert "--gene 'rpl2' names 2 loci (NC_000932:NC_000932.1:" in result.output
+    assert "query one by --region" in result.output
+    result = runner.invoke(app, ["search", str(chloroplast_cds_store), "--gene", "rbcX", "--no-save"])
+    assert result.exit_code != 0 and "no gene of that name, locus_tag or ID" in result.output
+    assert "did you mean 'rbcL'" in result.output
+
+
+def test_gene_in_two_genomes_is_picked_by_query_genome_and_found_through_its_transcript(tmp_path):
+    """gene -> mRNA -> CDS rows (no name on the CDS): the gene's name finds its spliced CDS."""
+    genomes = []
+    for number, contig in ((1, "chrA"), (2, "chrB")):  # (`index --annotations` needs contigs it can place)
+        fasta, sequence = seeded_genome(tmp_path, seed=number)
+        fasta = fasta.rename(tmp_path / f"g{number}.fa")
+        fasta.write_text(fasta.read_text().replace("chrA", contig))
+        gff = tmp_path / f"g{number}.gff3"
+        gff.write_text("##gff-version 3\n"
+                       f"{contig}\tsrc\tgene\t501\t2300\t.\t-\t.\tID=gene1;Name=abcD\n"
+                       f"{contig}\tsrc\tmRNA\t501\t2300\t.\t-\t.\tID=t1;Parent=gene1\n"
+                       + "".join(f"{contig}\tsrc\tCDS\t{s}\t{e}\t.\t-\t{1 if s == 2101 else 0}\tParent=t1\n"
+                                 for s, e in sorted(PARTS)))
+        genomes.append((fasta, gff, sequence))
+    store_path = tmp_path / "two"
+    for number, (fasta, gff, _) in enumerate(genomes):
+        result = runner.invoke(app, ["index", "--fasta", str(fasta), "--output", str(store_path), "--model", "kmer:3",
+                                     "--units", "cds", "--annotations", str(gff), "-q"]
+                               + (["--append"] if number else []))
+        assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["search", str(store_path), "--gene", "abcD", "--no-save"])
+    assert result.exit_code != 0 and "names 2 loci" in result.output
+    assert "name its genome with --query-genome" in result.output
+    from genoembed import Store, gene_query
+
+    query = gene_query(Store.open(store_path), "abcD", genome="g2")
+    assert query.genome == "g2" and query.sequence == minus_strand_cds(genomes[1][2], PARTS, phase=1)
+    [hit] = gene_hits(store_path, "--gene", "abcD", "--query-genome", "g2", "--genome", "g2", "-k", "1")
+    assert (hit["genome"], hit["start"], hit["end"]) == ("g2", 500, 2300) and hit["score"] > 0.999
+
+
+def test_called_gene_units_are_queried_as_contig_n(tmp_path):
+    pytest.importorskip("pyrodigal")
+    from genoembed.genes import call_genes
+    from genoembed.seqio import read_fasta
+
+    store_path = tmp_path / "genes"
+    result = runner.invoke(app, ["index", "--fasta", str(PLASMID_FASTA), "--output", str(store_path), "--model",
+                                 "kmer:3", "--units", "genes", "-q"])
+    assert result.exit_code == 0, result.output
+    genes = call_genes([(name, sequence.upper()) for name, sequence in read_fasta(PLASMID_FASTA)])
+    third = genes[2]
+    [hit] = gene_hits(store_path, "--gene", f"{third.contig}_3", "-k", "1")
+    assert (hit["query_start"], hit["query_end"], hit["query_strand"]) == (third.start, third.end, third.strand)
+    assert (hit["start"], hit["end"]) == (third.start, third.end)
+    result = runner.invoke(app, ["search", str(store_path), "--gene", f"{third.contig}_99", "--no-save"])
+    assert result.exit_code != 0 and f"has {len(genes)} gene units; number them 1 to {len(genes)}" in result.output
