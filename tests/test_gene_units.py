@@ -86,7 +86,7 @@ def minus_strand_cds(sequence: str, parts_1based: list[tuple[int, int]], phase: 
 PARTS = [(2101, 2300), (1401, 1650), (501, 777)]
 
 
-@pytest.mark.parametrize("style", ["shared ID", "Parent only", "GTF"])
+@pytest.mark.parametrize("style", ["shared ID", "Parent only", "ID per row", "GTF"])
 def test_spliced_minus_strand_cds_of_gff_is_read_in_frame(tmp_path, style):
     from genoembed.cds import annotated_genes
     from genoembed.genome import open_genome
@@ -99,7 +99,8 @@ def test_spliced_minus_strand_cds_of_gff_is_read_in_frame(tmp_path, style):
             lines.append(f'chrA\tsrc\tCDS\t{start}\t{end}\t.\t-\t{phases[(start, end)]}\t'
                          f'gene_id "g1"; transcript_id "t1"; gene_name "abcD";')
         else:
-            attributes = "ID=cds1;Parent=t1;Name=abcD" if style == "shared ID" else "Parent=t1"
+            attributes = {"shared ID": "ID=cds1;Parent=t1;Name=abcD", "Parent only": "Parent=t1",
+                          "ID per row": f"ID=cds{start};Parent=t1;Name=abcD"}[style]
             lines.append(f"chrA\tsrc\tCDS\t{start}\t{end}\t.\t-\t{phases[(start, end)]}\t{attributes}")
     path = tmp_path / ("genes.gtf" if style == "GTF" else "genes.gff3")
     header = "" if style == "GTF" else "##gff-version 3\nchrA\tsrc\tmRNA\t501\t2300\t.\t-\t.\tID=t1\n"
