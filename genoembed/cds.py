@@ -4,10 +4,9 @@ A store of gene units holds one vector per protein; a genome that is already ann
 annotated proteins, not a gene finder's. The annotation readers (:mod:`genoembed.features`) already make
 one row of a multi-part feature: a GenBank ``join``, GFF3 rows sharing one ID, a GTF transcript's CDS
 rows. Here CDS rows are also grouped by their Parent (one protein per transcript, for GFF3 files whose CDS
-rows have no ID or one ID each), the
-parts put in transcription order (GenBank lists them so already, trans-spliced ones included; GFF3/GTF
-rows are sorted along their strand), each part read on its strand and joined, and the reading frame
-set by the 5' part's phase (GFF3/GTF column 8) or the GenBank ``codon_start``. A CDS that a circular
+rows have no ID or one ID each), the parts put in transcription order (GenBank lists them so already,
+trans-spliced ones included; GFF3/GTF rows are sorted along their strand), each part read on its strand
+and joined, and the reading frame set by the 5' part's phase (GFF3/GTF column 8) or the GenBank ``codon_start``. A CDS that a circular
 GenBank record splits at the origin (two rows, ``origin_split``) is joined again, its span written
 across the origin as schema.py says. Two transcripts coding one protein (same parts, same frame) give
 one unit.
