@@ -6,10 +6,10 @@ one row of a multi-part feature: a GenBank ``join``, GFF3 rows sharing one ID, a
 rows. Here CDS rows are also grouped by their Parent (one protein per transcript, for GFF3 files whose CDS
 rows have no ID or one ID each), the parts put in transcription order (GenBank lists them so already,
 trans-spliced ones included; GFF3/GTF rows are sorted along their strand), each part read on its strand
-and joined, and the reading frame set by the 5' part's phase (GFF3/GTF column 8) or the GenBank ``codon_start``. A CDS that a circular
-GenBank record splits at the origin (two rows, ``origin_split``) is joined again, its span written
-across the origin as schema.py says. Two transcripts coding one protein (same parts, same frame) give
-one unit.
+and joined, and the reading frame set by the 5' part's phase (GFF3/GTF column 8) or the GenBank
+``codon_start``. A CDS that a circular GenBank record splits at the origin (two rows, ``origin_split``) is
+joined again, its span written across the origin as schema.py says. Two transcripts coding one protein
+(same parts, same frame) give one unit.
 """
 
 from __future__ import annotations
@@ -64,13 +64,15 @@ def read_coding_sequences(paths: Iterable[str | Path], contig_lengths: dict[str,
 
 
 def coding_sequences(rows: Sequence[dict], contig_lengths: dict[str, int], file_order: bool) -> list[CodingSequence]:
-    """``FEATURES`` rows of type CDS as proteins: rows sharing a Parent joined, origin-split halves joined; ``file_order`` keeps the parts in the order given (GenBank: transcription order)."""
+    """``FEATURES`` rows of type CDS as proteins: rows sharing a Parent joined (one protein per transcript, whether
+    its rows share an ID, have none or one each), origin-split halves joined; ``file_order`` keeps the parts in
+    the order given (GenBank: transcription order)."""
     groups: dict[tuple, list[dict]] = {}
     for number, row in enumerate(rows):
         attributes = dict(row["attributes"] or ())
         if "origin_split" in attributes:
             key = (row["chrom"], "origin", attributes.get("parts"))
-        elif row["parent"] is not None:  # one protein per transcript, whether its rows share an ID, or have none or one each
+        elif row["parent"] is not None:
             key = (row["chrom"], "parent", row["parent"])
         else:
             key = (number,)

@@ -159,8 +159,8 @@ def embed_genome(out: Path, *, provenance: dict, embedder: Embedder, genome, til
         if writer.rows_done:
             log.warning("%s: resuming an interrupted build after %d stored tiles of %s",
                         out, writer.rows_done, genome.name)
-        batches = skip_done(plan_tiles(genome, tiling, batch_rows=batch_rows, first_tile_id=writer.first_id, genes=genes),
-                            writer.next_id)
+        batches = skip_done(plan_tiles(genome, tiling, batch_rows=batch_rows, first_tile_id=writer.first_id,
+                                       genes=genes), writer.next_id)
         background = BackgroundWriter(writer)
         done = writer.rows_done
         try:

@@ -57,7 +57,7 @@ class TilingSpec:
     soft_mask: SoftMask = SoftMask.upper
     max_soft_masked_fraction: float = 0.5
     contigs: tuple[str, ...] | None = None
-    units: str = "tiles"  # "genes": one row per called gene instead of windows (genoembed.genes); "cds": per annotated CDS
+    units: str = "tiles"  # "genes": a row per called gene (genoembed.genes); "cds": per annotated CDS (genoembed.cds)
 
     def __post_init__(self):
         if self.units not in UNITS:
@@ -153,7 +153,8 @@ def plan_tiles(genome: Genome, spec: TilingSpec, batch_rows: int = 2048,
         from genoembed.genes import plan_genes
 
         if spec.units == "cds" and genes is None:
-            raise InputError(f"{genome.path}: tiling units 'cds' need the annotated genes (genoembed.cds.annotated_genes)")
+            raise InputError(f"{genome.path}: tiling units 'cds' need the annotated genes "
+                             "(genoembed.cds.annotated_genes)")
         yield from plan_genes(genome, contigs, spec.max_n_fraction, batch_rows, first_tile_id, genes)
         return
     too_short = [c for c in contigs if genome.contigs[c] < spec.window]

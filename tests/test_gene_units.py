@@ -142,8 +142,8 @@ def test_index_units_cds_stores_one_row_per_protein_and_hits_name_their_gene(tmp
 
     store_path = tmp_path / "cds"
     result = runner.invoke(app, ["index", "--fasta", str(PLASMID_FASTA), "--output", str(store_path),
-                                 "--model", "kmer:3", "--units", "cds", "--annotations", str(PLASMID_GENBANK), "--auto-alias",
-                                 "-q"])
+                                 "--model", "kmer:3", "--units", "cds", "--annotations", str(PLASMID_GENBANK),
+                                 "--auto-alias", "-q"])
     assert result.exit_code == 0, result.output
     store = Store.open(store_path)
     assert store.provenance["tiling"]["units"] == "cds"
