@@ -7,6 +7,7 @@ The public API mirrors the CLI, verb for verb::
     store = genoembed.build(genoembed.load_recipe("indexes/demo.toml"))       # genoembed index RECIPE
     store = genoembed.index("genome.fa", "stores/g", tiling=genoembed.TilingSpec(window=1000, stride=500))
     hits = genoembed.search(store, ["chr1:10001-11000"], k=10)              # nearest tiles
+    hits = genoembed.search(store, [genoembed.gene_query(store, "thrA")])    # by gene name / locus_tag / ID
     hits, blocks = genoembed.answer(store, queries, k=10, evalue=10)        # genoembed search: mapped, E-values
     table = genoembed.sql(store, "SELECT * FROM tiles LIMIT 5")             # genoembed sql
     genoembed.annotate(store, "genes.gff3")                                  # genoembed annotate
@@ -37,6 +38,7 @@ from genoembed.build import build, index  # noqa: E402
 from genoembed.circularise import circularise  # noqa: E402
 from genoembed.embedders import Embedder, EmbedderOptions, get_embedder, register_embedder  # noqa: E402
 from genoembed.explain import explain  # noqa: E402
+from genoembed.gene_query import gene_query  # noqa: E402
 from genoembed.errors import GenoembedError, InputError, ModelError, StoreError  # noqa: E402
 from genoembed.recipe import Recipe, load_recipe  # noqa: E402
 from genoembed.mapping import answer  # noqa: E402
@@ -49,7 +51,7 @@ from genoembed.variants import annotate_vcf, haplotype_queries, read_variants, s
 from genoembed.vector_index import IndexSpec  # noqa: E402
 from genoembed.verify import verify_store as verify  # noqa: E402
 
-__all__ = ["__version__", "build", "index", "search", "answer", "sql", "annotate", "remove", "circularise", "verify", "Store", "Recipe",
-           "load_recipe", "TilingSpec", "IndexSpec", "Query", "Embedder", "EmbedderOptions", "get_embedder",
-           "register_embedder", "read_variants", "score_variants", "annotate_vcf", "haplotype_queries",
-           "explain", "GenoembedError", "InputError", "ModelError", "StoreError"]
+__all__ = ["__version__", "build", "index", "search", "answer", "sql", "annotate", "remove", "circularise", "verify",
+           "Store", "Recipe", "load_recipe", "TilingSpec", "IndexSpec", "Query", "gene_query", "Embedder",
+           "EmbedderOptions", "get_embedder", "register_embedder", "read_variants", "score_variants", "annotate_vcf",
+           "haplotype_queries", "explain", "GenoembedError", "InputError", "ModelError", "StoreError"]

@@ -29,7 +29,7 @@ from genoembed.names import check_genome_name
 from genoembed.recipe import Recipe
 from genoembed.store import Store
 from genoembed.writers import store_holding
-from genoembed.tiles import Strands, TilingSpec, count_tiles
+from genoembed.tiles import Strands, TilingSpec, count_tiles, select_contigs
 from genoembed.vector_index import IndexSpec
 
 log = logging.getLogger("genoembed")
@@ -56,6 +56,7 @@ def index(
     engine_options: dict | None = None,
     redundant_strands: bool = False,
     circular: Iterable[str] = (),
+    cds_from: Iterable[str | Path] | None = None,
 ) -> Store:
     """Build (or resume) a store at ``output`` from one genome; returns it opened.
 
@@ -65,6 +66,7 @@ def index(
     ``fasta`` is a path or an already opened :class:`~genoembed.genome.Genome` (not re-read).
     ``circular`` names contigs to tile round their origin, beside those the FASTA headers and the
     ``annotations`` mark circular (:mod:`genoembed.topology`).
+    With ``tiling.units == "cds"`` the units are the CDS of ``cds_from`` (default: ``annotations``).
     ``append`` adds the genome to an existing store built with the same model and tiling;
     its tile ids follow the store's, and its vectors are added to the existing index.
     ``index_spec=None`` builds no FAISS index (e.g. before appending more genomes).
@@ -90,11 +92,17 @@ def index(
     check_store_directory(output, [Path(genome.path), *map(Path, annotations)], overwrite)
     check_already_indexed(output, genome, append, overwrite)
     check_annotation_files(output, [genome], annotations, aliases, auto_alias, overwrite)
+    genes = None
+    if tiling.units == "cds":
+        from genoembed.cds import annotated_genes
+
+        genes = annotated_genes(genome, list(annotations if cds_from is None else cds_from),
+                                select_contigs(genome, tiling), aliases, auto_alias)
     created = not output.exists()
     try:
         embed_genome(output, provenance=provenance, embedder=embedder, genome=genome, tiling=tiling,
                      batch_rows=batch_rows, shard_rows=shard_rows, overwrite=overwrite, append=append,
-                     engine=chosen, progress=progress, total=count_tiles(genome, tiling))
+                     engine=chosen, progress=progress, total=count_tiles(genome, tiling, genes), genes=genes)
     except BaseException:
         if created and not any((output / "shards").glob("part-*.parquet")):
             shutil.rmtree(output, ignore_errors=True)  # failed before any shard: leave nothing behind
@@ -234,7 +242,7 @@ def build(recipe: Recipe, embedder: Embedder | None = None, overwrite: bool = Fa
                       index_spec=recipe.index if last else None, batch_rows=recipe.batch_rows,
                       shard_rows=recipe.shard_rows, embedding_dtype=recipe.embedding_dtype,
                       overwrite=overwrite and number == 0, append=append or number > 0, progress=report,
-                      engine=engine, engine_options=engine_options)
+                      engine=engine, engine_options=engine_options, cds_from=recipe.annotations)
     for path in recipe.annotations:  # checked above; the recipe owns these sets: a rerun replaces them
         add_annotations(store, path, aliases=recipe.aliases, auto_alias=recipe.auto_alias, replace=True)
     return store

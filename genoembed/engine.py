@@ -143,9 +143,10 @@ def skip_done(batches: Iterable[pa.RecordBatch], next_id: int) -> Iterator[pa.Re
 
 def embed_genome(out: Path, *, provenance: dict, embedder: Embedder, genome, tiling: TilingSpec, batch_rows: int,
                  shard_rows: int, overwrite: bool, append: bool, engine: Engine,
-                 progress: Callable[[int, int], None] | None = None, total: int = 0) -> dict:
+                 progress: Callable[[int, int], None] | None = None, total: int = 0, genes=None) -> dict:
     """Embed the genome's tiles not yet stored (all of them for a new one) under the writer lock.
 
+    ``genes``: the annotated genes of ``units = "cds"`` (:func:`genoembed.cds.annotated_genes`).
     Returns the engine's run statistics (rows embedded; the Ray engine adds duplicates dropped and
     the largest reorder backlog).
     """
@@ -158,8 +159,8 @@ def embed_genome(out: Path, *, provenance: dict, embedder: Embedder, genome, til
         if writer.rows_done:
             log.warning("%s: resuming an interrupted build after %d stored tiles of %s",
                         out, writer.rows_done, genome.name)
-        batches = skip_done(plan_tiles(genome, tiling, batch_rows=batch_rows, first_tile_id=writer.first_id),
-                            writer.next_id)
+        batches = skip_done(plan_tiles(genome, tiling, batch_rows=batch_rows, first_tile_id=writer.first_id,
+                                       genes=genes), writer.next_id)
         background = BackgroundWriter(writer)
         done = writer.rows_done
         try:

@@ -59,6 +59,7 @@ from starlette.exceptions import HTTPException
 
 from genoembed.annotate import annotate_hits
 from genoembed.errors import GenoembedError, InputError, StoreError
+from genoembed.gene_query import gene_query
 from genoembed.search import (Query, UniqueNames, check_sequence, fetch_queries, locate_bed_lines, locate_regions,
                               query_source, refuse_long)
 from genoembed.seqio import fasta_records
@@ -88,6 +89,8 @@ class SearchRequest(BaseModel):
     store: str | None = Field(None, description="Store name (optional when one store is served).")
     regions: list[str] = Field([], description="chrom:start-end[:strand], 1-based inclusive.")
     sequences: list[str] = Field([], description="DNA sequences.")
+    genes: list[str] = Field([], description="Genes by locus_tag, name or ID in the store's annotations (their CDS), "
+                                             "or CONTIG_N in a gene-unit store; query_genome picks the genome.")
     bed: str | None = Field(None, description="BED text: one query per line.")
     fasta: str | None = Field(None, description="FASTA text: one query per record.")
     k: int = Field(10, ge=1, le=MAX_K, description="Results per query: loci, or tiles with loci=false.")
@@ -178,18 +181,19 @@ def count_queries(request: SearchRequest) -> int:
     """How many queries the request holds, counted in its text before any of it is parsed."""
     bed = sum(1 for line in (request.bed or "").splitlines()
               if line.strip() and not line.startswith(("#", "track", "browser")))
-    return len(request.regions) + len(request.sequences) + bed + (request.fasta or "").count(">")
+    return len(request.regions) + len(request.genes) + len(request.sequences) + bed + (request.fasta or "").count(">")
 
 
 def collect_queries(snapshot: Snapshot, request: SearchRequest, limits: Limits) -> list[Query]:
-    """The request's queries in the CLI's order: regions, BED, sequences, FASTA; region sources cached per snapshot.
+    """The request's queries in the CLI's order: regions, BED, genes, sequences, FASTA; region sources cached per
+    snapshot.
 
     Weighed before any sequence is read: the count, then the bases the regions' coordinates cover, then
     the hits the response would hold.
     """
     count = count_queries(request)
     if not count:
-        raise InputError("no query: give regions, sequences, bed or fasta")
+        raise InputError("no query: give regions, genes, sequences, bed or fasta")
     if count > limits.max_queries:
         raise TooLarge(f"{count} queries: at most {limits.max_queries} per request")
     if count * request.k > limits.max_rows:
@@ -204,14 +208,15 @@ def collect_queries(snapshot: Snapshot, request: SearchRequest, limits: Limits) 
         source = snapshot.sources[key]
         located += list(locate_regions(source, request.regions))
         located += list(locate_bed_lines(source, request.bed.splitlines(), "bed")) if request.bed else []
+    genes = [gene_query(snapshot.store, name, request.query_genome) for name in request.genes]
     bases = sum(query.end - query.start for query in located) + sum(map(len, request.sequences)) \
-        + len(request.fasta or "")
+        + len(request.fasta or "") + sum(len(query.sequence) for query in genes)
     if bases > limits.max_bases:
         raise TooLarge(f"queries cover {bases} bases: at most {limits.max_bases} per request "
                        "(search long regions with `genoembed search`)")
-    for query in located:  # each is embedded whole: the CLI answers longer ones tile by tile
+    for query in located + genes:  # each is embedded whole: the CLI answers longer ones tile by tile
         refuse_long(query.name, query.end - query.start)
-    queries = list(fetch_queries(source, located)) if located else []
+    queries = (list(fetch_queries(source, located)) if located else []) + genes
     queries += [Query(f"sequence{i + 1}", check_sequence(s, f"sequences[{i}]")) for i, s in enumerate(request.sequences)]
     queries += [Query(name, check_sequence(sequence, f"fasta record {name!r}"))
                 for name, sequence in fasta_records(request.fasta.splitlines(), "fasta")] if request.fasta else []
@@ -305,7 +310,7 @@ async def raw_body(request: Request) -> bytes:
 def search_request(request: Request, body: bytes, base: SearchRequest | None = None) -> SearchRequest:
     """Options from the query string, overridden by a JSON body; a text body is FASTA (starts with '>') or BED."""
     fields = {key: value for key, value in request.query_params.items() if key != "format"}
-    for key in ("regions", "sequences", "feature_types", "chrom"):
+    for key in ("regions", "genes", "sequences", "feature_types", "chrom"):
         if key in fields:
             fields[key] = request.query_params.getlist(key)
     text = body.decode("utf-8", errors="replace").strip()

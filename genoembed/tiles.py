@@ -18,7 +18,7 @@ import logging
 from collections import Counter
 from dataclasses import asdict, dataclass
 from enum import Enum
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -39,7 +39,7 @@ class SoftMask(str, Enum):
     skip = "skip"  # drop tiles whose lowercase fraction exceeds max_soft_masked_fraction
 
 
-UNITS = ("tiles", "genes")
+UNITS = ("tiles", "genes", "cds")
 
 
 class Strands(str, Enum):
@@ -57,7 +57,7 @@ class TilingSpec:
     soft_mask: SoftMask = SoftMask.upper
     max_soft_masked_fraction: float = 0.5
     contigs: tuple[str, ...] | None = None
-    units: str = "tiles"  # "genes": one row per called gene instead of windows (genoembed.genes)
+    units: str = "tiles"  # "genes": a row per called gene (genoembed.genes); "cds": per annotated CDS (genoembed.cds)
 
     def __post_init__(self):
         if self.units not in UNITS:
@@ -123,9 +123,11 @@ def select_contigs(genome: Genome, spec: TilingSpec) -> list[str]:
     return list(spec.contigs)
 
 
-def count_tiles(genome: Genome, spec: TilingSpec) -> int:
-    """Upper bound of tiles the plan yields (before N / soft-mask filtering), for progress bars; for gene
-    units an estimate (one gene per kbp, as in bacteria)."""
+def count_tiles(genome: Genome, spec: TilingSpec, genes: Sequence | None = None) -> int:
+    """Upper bound of tiles the plan yields (before N / soft-mask filtering), for progress bars; for called
+    genes an estimate (one gene per kbp, as in bacteria), for annotated ones (``genes``) their number."""
+    if genes is not None:
+        return len(genes)
     if spec.units == "genes":
         return sum(genome.contigs[c] for c in select_contigs(genome, spec)) // 1000
     return sum(len(tile_starts(genome.contigs[c], spec.window, spec.stride, c in genome.circular))
@@ -134,10 +136,11 @@ def count_tiles(genome: Genome, spec: TilingSpec) -> int:
 
 
 def plan_tiles(genome: Genome, spec: TilingSpec, batch_rows: int = 2048,
-               first_tile_id: int = 0) -> Iterator[pa.RecordBatch]:
+               first_tile_id: int = 0, genes: Sequence | None = None) -> Iterator[pa.RecordBatch]:
     """Stream tiles with their sequences as RecordBatches of ``schema.TILES_WITH_SEQUENCE``.
 
-    ids run from ``first_tile_id`` (a genome appended to a store continues its ids).
+    ids run from ``first_tile_id`` (a genome appended to a store continues its ids). Gene units: one row per
+    gene, pyrodigal's (``units = "genes"``) or the given ``genes`` (``"cds"``, :mod:`genoembed.cds`).
 
     Every batch holds exactly ``batch_rows`` rows except the last, so batch
     boundaries do not depend on contig boundaries. Memory is bounded by
@@ -146,10 +149,13 @@ def plan_tiles(genome: Genome, spec: TilingSpec, batch_rows: int = 2048,
     if batch_rows <= 0:
         raise InputError(f"tiling: batch_rows={batch_rows} must be a positive number of rows")
     contigs = select_contigs(genome, spec)
-    if spec.units == "genes":
+    if spec.units in ("genes", "cds"):
         from genoembed.genes import plan_genes
 
-        yield from plan_genes(genome, contigs, spec.max_n_fraction, batch_rows, first_tile_id)
+        if spec.units == "cds" and genes is None:
+            raise InputError(f"{genome.path}: tiling units 'cds' need the annotated genes "
+                             "(genoembed.cds.annotated_genes)")
+        yield from plan_genes(genome, contigs, spec.max_n_fraction, batch_rows, first_tile_id, genes)
         return
     too_short = [c for c in contigs if genome.contigs[c] < spec.window]
     if len(too_short) == len(contigs):

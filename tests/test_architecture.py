@@ -23,7 +23,7 @@ LAYERS = [
 
     ["tiles", "features", "joins", "recall", "embedders.kmer", "embedders.pooling", "embedders.fused", "embedders.families",
      "embedders.table", "embedders.translated", "embedders.loading"],
-    ["embedders.hf", "embedders.protein", "evidence", "regions"],
+    ["embedders.hf", "embedders.protein", "evidence", "regions", "cds"],
     ["protein_evidence", "hit_formats"],
     ["embedders"],
     ["manifest"],
@@ -31,7 +31,7 @@ LAYERS = [
     ["store"],
     ["store_writer", "sql", "indexing", "saved_searches", "subsets", "seeds", "significance"],
     ["annotate", "search", "remove", "circularise", "verify", "recipe", "plot", "tracks", "variants", "explain",
-     "query_aliases"],
+     "query_aliases", "gene_query"],
     ["chain"],
     ["mapping"],
     ["ray_engine"],

@@ -408,3 +408,15 @@ def test_search_filters_by_chrom_list_and_where(client, chloro):
     assert all(row["start"] > 50000 for row in reply.json()["rows"])
     bad = client.post("/search", json={"sequences": [sequence], "where": "nope > 1"})
     assert bad.status_code == 400 and bad.json()["error"].startswith("SQL:")
+
+
+def test_search_by_gene_name_is_the_library_gene_query(client, chloro):
+    from genoembed import gene_query
+
+    reply = client.post("/search", json={"genes": ["rbcL"], "k": 3})
+    assert reply.status_code == 200, reply.text
+    rows = reply.json()["rows"]
+    same_hits(rows, expected_hits(chloro, [gene_query(chloro, "rbcL")], 3))
+    assert (rows[0]["query_start"], rows[0]["query_end"]) == (54957, 56397)  # rbcL's CDS, by its GenBank name
+    missing = client.post("/search", json={"genes": ["rbcX"]})
+    assert missing.status_code == 400 and "did you mean 'rbcL'" in missing.json()["error"]

@@ -29,6 +29,7 @@ class VectorDtype(str, Enum):
 class TileUnits(str, Enum):
     tiles = "tiles"
     genes = "genes"
+    cds = "cds"
 
 
 class Engine(str, Enum):
@@ -61,7 +62,7 @@ def index(
     soft_mask: Optional[SoftMask] = typer.Option(None, help="Soft-masked (lowercase) bases: upper = embed as normal, keep = pass case to the model, skip = drop masked tiles."),
     contig: Optional[list[str]] = typer.Option(None, "--contig", help="Only tile this contig (repeat for several)."),
     circular: Optional[list[str]] = typer.Option(None, "--circular", help="Contig to tile round its origin (a plasmid, a bacterial chromosome; repeat for several). FASTA headers with circular=true or [topology=circular], GenBank LOCUS ... circular and GFF3 Is_circular=true in --annotations mark them too."),
-    units: Optional[TileUnits] = typer.Option(None, "--units", help="tiles = windows of --window/--stride; genes = one row per gene called by pyrodigal (prokaryotes; its coding-strand DNA is embedded, so a hit is a gene: use with --model protein)."),
+    units: Optional[TileUnits] = typer.Option(None, "--units", help="tiles = windows of --window/--stride; genes = one row per gene called by pyrodigal (prokaryotes); cds = one row per CDS of the --annotations files (GenBank CDS features; GFF3/GTF CDS rows joined per protein/transcript, spliced parts in order, read from their phase/codon_start). Gene units embed the coding-strand DNA, so a vector is one protein and a hit is a gene (its name from the annotations): use with --model protein."),
     factory: Optional[str] = typer.Option(None, help="FAISS index factory string: Flat, IVF256,PQ16, HNSW32, ...; a refine stage re-ranks a compressed search with finer vectors (IVF256,PQ16,Refine(SQfp16)). An IVF layout needs 39 training tiles per list (IVFn needs 39*n tiles, FAISS's rule), else it is refused with a factory that fits."),
     metric: Optional[Metric] = typer.Option(None, help="ip = cosine on normalised vectors; l2 = Euclidean."),
     part_rows: Optional[int] = typer.Option(None, "--part-rows", min=1, help="At most this many vectors per index file: a store bigger than RAM is indexed in parts, each built on its own and opened memory-mapped (searches read only the pages they touch) [default: one file]."),

@@ -1,4 +1,4 @@
-"""`genoembed search`: nearest tiles to regions, sequences, FASTA records or BED regions."""
+"""`genoembed search`: nearest tiles to regions, genes, sequences, FASTA records or BED regions."""
 
 from __future__ import annotations
 
@@ -52,6 +52,7 @@ def search(
     store: Path = typer.Argument(..., help="Store directory made by `genoembed index`."),
     region: Optional[list[str]] = typer.Option(None, "--region", "-r", help="Query region chrom:start-end[:strand], 1-based inclusive (repeatable)."),
     sequence: Optional[list[str]] = typer.Option(None, "--sequence", "-s", help="Query DNA sequence (repeatable)."),
+    gene: Optional[list[str]] = typer.Option(None, "--gene", help="Query gene by locus_tag, gene name or ID, looked up in the store's annotations (its CDS, parts joined in frame; else its span) or, in a --units genes store, as CONTIG_N (the Nth called gene); --query-genome picks the genome when several hold it (repeatable)."),
     fasta: Optional[Path] = typer.Option(None, "--fasta", help="FASTA file (plain or gzip; - reads stdin): every record is a query."),
     bed: Optional[Path] = typer.Option(None, "--bed", help="BED file of query regions on the store's genome (- reads stdin)."),
     vcf: Optional[Path] = typer.Option(None, "--vcf", help="Apply --sample's variants from this VCF to the --region queries (its first haplotype: the allele listed first in GT)."),
@@ -132,7 +133,7 @@ def search(
             (HitsWriter(opened, name, {"k": k, "exclude_self": exclude_self}) if save
              else contextlib.nullcontext()) as saved:
         queries = _queries(opened, region, sequence, bed_path, fasta_path, vcf, sample, query_genome,
-                           parse_alias_option(alias or []), auto_alias)
+                           parse_alias_option(alias or []), auto_alias, gene)
         columns = None  # the first chunk's columns: later chunks follow them (one TSV header, one Parquet schema)
         report = Progress(progress, quiet)
         for batch in _batches(queries, ALIGN_BATCH if align else QUERY_BATCH):
@@ -211,10 +212,11 @@ class Progress:
 
 
 def _queries(store: Store, regions, sequences, bed: Path | None, fasta: Path | None, vcf, sample, query_genome,
-             aliases: dict[str, str] | None = None, auto_alias: bool = False):
+             aliases: dict[str, str] | None = None, auto_alias: bool = False, genes=None):
     """Every query of the command line, in the order given, read lazily (a BED or FASTA of any size streams);
     one longer than ``regions.MAX_QUERY_BASES`` comes as its tiles (the store's window and stride), so a
     whole-chromosome region costs the memory of one batch of tiles, not of the chromosome."""
+    from genoembed.gene_query import gene_query
     from genoembed.query_aliases import AliasedSource
     from genoembed.search import (Query, UniqueNames, check_sequence, iter_bed_queries, iter_fasta_queries,
                                   iter_region_queries, query_pieces, query_source)
@@ -238,6 +240,9 @@ def _queries(store: Store, regions, sequences, bed: Path | None, fasta: Path | N
         for query in pieces(iter_bed_queries(source, bed)) if bed else ():
             given = True
             yield unique(source.renamed(query))
+    for name in genes or []:
+        given = True
+        yield from map(unique, query_pieces(gene_query(store, name, query_genome), window, stride))
     for number, text in enumerate(sequences or [], 1):
         given = True
         yield from map(unique, query_pieces(Query(f"sequence{number}", check_sequence(text, f"--sequence #{number}")),
@@ -246,7 +251,7 @@ def _queries(store: Store, regions, sequences, bed: Path | None, fasta: Path | N
         given = True
         yield unique(query)
     if not given:
-        raise InputError("no query: give --region, --sequence, --fasta or --bed")
+        raise InputError("no query: give --region, --gene, --sequence, --fasta or --bed")
 
 
 def _batches(items, size: int):
