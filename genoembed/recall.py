@@ -59,8 +59,11 @@ def recall_at(found: np.ndarray, exact: np.ndarray, k: int) -> float:
     return float(np.mean(hits) / k) if len(hits) else 1.0
 
 
-# Shortlist factors tried for a refine stage, widest first: k = 10 re-ranks at most 640 candidates.
-K_FACTORS = (64, 32, 16, 8, 4, 2, 1)
+# Shortlist factors tried for a refine stage, widest first: k = 10 re-ranks at most 2,560 candidates. 64 (640) was
+# the widest until 2026-12-07: at 618 k tiles of the human-scale benchmark PQ32's top 640 missed so many of the
+# exact top 10 that no nprobe reached 0.95 (0.916 at nprobe 512 of 1024); re-ranking 2,560 float16 vectors
+# reads ~1.3 MB per query at 256-d, less than the PQ lists that nprobe 512 scans (~10 MB) (benchmarks/RESULTS.md).
+K_FACTORS = (256, 128, 64, 32, 16, 8, 4, 2, 1)
 
 
 def bytes_read(index, k: int, knob: str | None, value: int | None, k_factor: int | None) -> float:
