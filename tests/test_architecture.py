@@ -21,7 +21,7 @@ LAYERS = [
     ["fasta_scan"],
     ["genome", "gff", "embedders.base", "embedders.tokenize", "embedders.fingerprint", "embedders.model_dir", "joins", "vector_index",
      "hit_formats"],
-    ["tiles", "features", "feature_index", "recall", "embedders.kmer", "embedders.pooling", "embedders.fused", "embedders.families",
+    ["tiles", "features", "feature_index", "recall", "subset_search", "embedders.kmer", "embedders.pooling", "embedders.fused", "embedders.families",
      "embedders.table", "embedders.translated", "embedders.loading"],
     ["embedders.hf", "embedders.protein", "evidence", "regions"],
     ["protein_evidence"],
