@@ -35,9 +35,9 @@ from genoembed.vector_index import refine_stage, search_knob
 
 # At most this many tiles, an approximate index's subset is searched exactly. Reading them costs one Parquet
 # shard at most (65,536 rows is a shard's default size: ~64 MiB of float32 at 256-d, tens of ms) and the scan
-# 65,536 dot products per query; a selector inside an IVF search of so few tiles instead reads the probed
-# lists of the whole store and, for a small subset, must widen nprobe round after round to collect k hits,
-# with recall only as good as the compressed codes.
+# 65,536 dot products per query; a selector inside an IVF search of so few tiles instead reads the ids of
+# every list that holds one of them (for a small subset scattered through the store, most lists), with recall
+# only as good as the compressed codes.
 EXACT_SUBSET_TILES = 65_536
 
 

@@ -153,7 +153,7 @@ def test_approximate_layouts_return_k_hits_of_the_subset(store, tiles, matrix, q
 
 def test_genome_filter_on_ivf_tuned_narrow_returns_k_hits(store, tiles, matrix, built):
     """The reported failure: two genomes of different GC, IVF searched at a narrow nprobe, --genome of the other
-    one returned 0 hits (its tiles were not in the probed lists). The selector widens nprobe until it has k."""
+    one returned 0 hits (its tiles were not in the probed lists). Each query probes the lists holding g1's tiles."""
     low_gc = matrix[subset_of(tiles, genome="g0")][:20]
     subset = resolve(store, tile_filter("g1"))
     scores, ids = search_subset(built["IVF"], low_gc, K, subset, nprobe=1)
