@@ -151,6 +151,10 @@ def build(size: str, workdir: Path, record: dict) -> Path:
                   index_peak_rss_mb=round(peak), store_bytes=disk(store), sequence_copy_bytes=disk(store / "sequences"),
                   shard_bytes=disk(store / "shards"), index_bytes=disk(store / "index"),
                   tuned=manifest["index"].get("search"))
+    tuned = record["tuned"] or {}
+    if tuned.get("recall_at_10", 0) < tuned.get("target", 0.95):
+        raise SystemExit(f"{size}: the build tuned {FACTORIES[size]} to recall@10 {tuned.get('recall_at_10')} on "
+                         f"held-out windows, below its target {tuned.get('target', 0.95)}")
     return store
 
 

@@ -204,7 +204,7 @@ def bench_filter(store, x, repeats: int, size: str) -> None:
     """Filtered search inside FAISS (the store's last index: IVF-SQ8 in parts) against exact search of the subset."""
     from genoembed.subsets import filtered_search, resolve, subset_vectors, tile_filter
     from genoembed.recall import exact_search
-    from genoembed.vector_index import TileSubset
+    from genoembed.subset_search import TileSubset
 
     rng = np.random.default_rng(0)
     mask = np.zeros(store.id_limit, dtype=bool)

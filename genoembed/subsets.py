@@ -11,9 +11,11 @@ How it is searched (:func:`filtered_search`):
 * an exact index (Flat) searches with the subset as a FAISS ID selector: exact over the subset, nothing read;
 * an approximate index (IVF, IVF-PQ, HNSW, a refine stage) searches a subset of at most
   :data:`EXACT_SUBSET_TILES` tiles exactly, over that subset's vectors read from its shards (float32, so
-  better than the compressed codes too); larger subsets go through the ID selector, widening nprobe /
-  efSearch for queries still short of ``k`` (:meth:`genoembed.vector_index.FaissIndex.search`), and any
-  query still short after the widest search (an HNSW graph the filter cut apart) is answered exactly.
+  better than the compressed codes too); larger subsets go through the ID selector, each part of the index
+  searched per query as broadly as the subset's members near that query require, or their members scanned
+  (:func:`genoembed.subset_search.search_subset`: the recall the index was tuned to holds for a subset lying
+  away from the query too), and any query a part leaves unanswered (an HNSW part with compressed storage) is
+  answered exactly.
 
 So a subset holding at least ``k`` tiles always returns ``k`` hits.
 """
@@ -29,13 +31,14 @@ from genoembed.errors import InputError, command
 from genoembed.sql import run_sql
 from genoembed.store import Store
 from genoembed.recall import exact_search, flat_block
-from genoembed.vector_index import TileSubset, refine_stage, search_knob
+from genoembed.subset_search import TileSubset, search_subset
+from genoembed.vector_index import refine_stage, search_knob
 
 # At most this many tiles, an approximate index's subset is searched exactly. Reading them costs one Parquet
 # shard at most (65,536 rows is a shard's default size: ~64 MiB of float32 at 256-d, tens of ms) and the scan
-# 65,536 dot products per query; a selector inside an IVF search of so few tiles instead reads the probed
-# lists of the whole store and, for a small subset, must widen nprobe round after round to collect k hits,
-# with recall only as good as the compressed codes.
+# 65,536 dot products per query; a selector inside an IVF search of so few tiles instead reads the ids of
+# every list that holds one of them (for a small subset scattered through the store, most lists), with recall
+# only as good as the compressed codes.
 EXACT_SUBSET_TILES = 65_536
 
 
@@ -166,7 +169,7 @@ def filtered_search(store: Store, vectors: np.ndarray, k: int, subset: TileSubse
         found = exact_search(subset_vectors(store, subset), vectors, k, store.metric)
         method, exact_rows = "exact", len(vectors)
     else:
-        found = index.search(vectors, k, subset=subset, **settings)
+        found = search_subset(index, vectors, k, subset, **settings)
         short = (found[1] >= 0).sum(axis=1) < min(k, subset.size)
         method, exact_rows = "selector", int(short.sum())
         if short.any() and approximate(index):

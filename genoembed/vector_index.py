@@ -248,39 +248,6 @@ def search_index(index, queries: np.ndarray, k: int, metric: Metric | str, nprob
     return index.search(prepare(queries, metric), k)
 
 
-class TileSubset:
-    """The tile ids a filtered search may return: a range ``[low, high)`` (a genome's ids are contiguous) or a
-    boolean mask over tile ids (contigs, SQL-chosen tiles); ``size`` = how many stored tiles it holds.
-
-    :meth:`selector` is the FAISS ``IDSelector`` of it (``IDSelectorRange``, or ``IDSelectorBitmap`` over the
-    packed mask); the object keeps the bitmap alive for as long as FAISS may read it."""
-
-    def __init__(self, size: int, low: int | None = None, high: int | None = None, mask: np.ndarray | None = None):
-        if mask is None and (low is None or high is None):
-            raise ValueError("a subset is a range (low, high) or a mask")
-        self.size, self.low, self.high, self.mask = int(size), low, high, mask
-        self.vectors = None  # (ids, exact index of its vectors) once read for an exact search, when small
-        self._selector = None
-
-    def contains(self, ids: np.ndarray) -> np.ndarray:
-        ids = np.asarray(ids, dtype=np.int64)
-        if self.mask is None:
-            return (ids >= self.low) & (ids < self.high)
-        inside = (ids >= 0) & (ids < len(self.mask))
-        inside[inside] = self.mask[ids[inside]]
-        return inside
-
-    def selector(self):
-        if self._selector is None:
-            faiss = import_faiss()
-            if self.mask is None:
-                self._selector = faiss.IDSelectorRange(int(self.low), int(self.high))
-            else:
-                self._bitmap = np.packbits(self.mask, bitorder="little")  # bit i of byte i >> 3 is id i, as FAISS reads it
-                self._selector = faiss.IDSelectorBitmap(len(self._bitmap), faiss.swig_ptr(self._bitmap))
-        return self._selector
-
-
 def index_parts(entry: dict | None) -> list[dict]:
     """The parts (path, ntotal, sha256, ...) a manifest's index entry lists; an entry written before indexes had
     parts is its one file."""
@@ -294,53 +261,6 @@ def index_files(entry: dict | None) -> set[str]:
     """Every file an index entry lists: its parts and the trained index they are cloned from."""
     trained = (entry or {}).get("trained")
     return {part["path"] for part in index_parts(entry)} | ({trained["path"]} if trained else set())
-
-
-def search_parameters(index, selector, nprobe: int | None, ef_search: int | None, k_factor: int | None,
-                      keep: list) -> object:
-    """FAISS ``SearchParameters`` for ``index`` that restrict it to ``selector`` (on tile ids) at the given breadth
-    (None: the index's own setting), built down the index's stages; ``keep`` collects every object FAISS holds
-    only as a pointer, so Python does not free it during the search.
-
-    An IndexIDMap(2) translates a top-level selector from tile ids to its positions itself; a refine stage below
-    it passes only its base's parameters on, so the base gets the selector translated here
-    (``IDSelectorTranslated`` over the map's ids)."""
-    faiss = import_faiss()
-    index = faiss.downcast_index(index)
-    if isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2)):
-        inner = faiss.downcast_index(index.index)
-        if isinstance(inner, faiss.IndexRefine):
-            translated = faiss.IDSelectorTranslated(index.id_map, selector)
-            keep.append(translated)
-            return search_parameters(inner, translated, nprobe, ef_search, k_factor, keep)
-        return search_parameters(inner, selector, nprobe, ef_search, k_factor, keep)
-    if isinstance(index, faiss.IndexRefine):
-        params = faiss.IndexRefineSearchParameters()
-        params.k_factor = float(k_factor if k_factor is not None else index.k_factor)
-        params.base_index_params = search_parameters(index.base_index, selector, nprobe, ef_search, None, keep)
-    elif isinstance(index, faiss.IndexPreTransform):
-        params = faiss.SearchParametersPreTransform()
-        params.index_params = search_parameters(index.index, selector, nprobe, ef_search, k_factor, keep)
-    elif isinstance(index, faiss.IndexIVF):
-        params = faiss.SearchParametersIVF()
-        params.nprobe = int(nprobe if nprobe is not None else index.nprobe)
-    elif isinstance(index, faiss.IndexHNSW):
-        params = faiss.SearchParametersHNSW()
-        params.efSearch = int(ef_search if ef_search is not None else index.hnsw.efSearch)
-    else:
-        params = faiss.SearchParameters()
-    if not isinstance(index, (faiss.IndexRefine, faiss.IndexPreTransform)):
-        params.sel = selector
-    keep.append(params)
-    return params
-
-
-def current_breadth(index, knob: str) -> int:
-    """The nprobe / efSearch ``index`` searches with when none is given."""
-    faiss = import_faiss()
-    if knob == "nprobe":
-        return int(faiss.extract_index_ivf(index).nprobe)
-    return int(faiss.downcast_index(first_stage(index)).hnsw.efSearch)
 
 
 def mmap_flags() -> int:
@@ -371,14 +291,14 @@ def open_part(path: Path, mmap: bool = True):
 class FaissIndex:
     """The store's vector index: one or more FAISS parts (the base, parts of a base too big for one file, one
     delta per append), all cloned from one trained index, searched in turn with a running top-k merge, behind
-    ``search(vectors, k, nprobe, ef_search, k_factor, subset=None) -> (scores, ids)`` on raw query vectors,
+    ``search(vectors, k, nprobe, ef_search, k_factor) -> (scores, ids)`` on raw query vectors,
     ``ntotal``, ``d`` and ``metric``. Parts share the trained quantizer, so the merged answer of Flat and IVF
     parts is what one index holding every vector would return.
 
     ``defaults`` are the search settings tuned at build time (:func:`genoembed.recall.tune_search`), used when a
     search names none. Unfiltered searches run on a GPU copy of each part when there is one
     (:func:`on_search_device`), except those asking more than FAISS's GPU limits (:data:`GPU_MAX_SELECT`
-    neighbours or lists); filtered ones (``subset``, see :meth:`search`) run on the CPU, where FAISS has
+    neighbours or lists); filtered ones (:mod:`genoembed.subset_search`) run on the CPU, where FAISS has
     ID selectors."""
 
     def __init__(self, index, metric: Metric | str, defaults: dict | None = None):
@@ -410,63 +330,32 @@ class FaissIndex:
         return int(self.parts[0].d)
 
     def search(self, vectors: np.ndarray, k: int, nprobe: int | None = None, ef_search: int | None = None,
-               k_factor: int | None = None, subset: TileSubset | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, ids), each (n_queries, k); ids of -1 mean fewer than ``k`` results.
-
-        With ``subset``, every part searches only its tiles through a FAISS ID selector (no over-fetching), at
-        the breadth (nprobe, efSearch) given or tuned divided by the subset's share of the store, so it examines
-        about as many of the subset's vectors as an unfiltered search examines of the store's (a random 10 %
-        subset: 10x nprobe); queries still short of ``k`` hits are searched again at twice the breadth
-        until they have ``k`` or the breadth reaches every vector (nprobe = nlist, efSearch = ntotal): a subset holding
-        ``k`` tiles returns ``k`` hits with any layout (an HNSW graph the filter cuts apart may still fall
-        short; :func:`genoembed.subsets.filtered_search` then searches those queries exactly)."""
-        given = {"nprobe": nprobe, "ef_search": ef_search, "k_factor": k_factor}
-        settings = {name: self.defaults.get(name) if value is None else value for name, value in given.items()}
-        if subset is not None:
-            return self._filtered(vectors, k, settings, subset)
+               k_factor: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, ids), each (n_queries, k); ids of -1 mean fewer than ``k`` results. Filtered searches:
+        :func:`genoembed.subset_search.search_subset`."""
+        settings = self.settings(nprobe=nprobe, ef_search=ef_search, k_factor=k_factor)
         within_gpu_limits = max(k, settings["nprobe"] or 0) <= GPU_MAX_SELECT
         found = []
         for part, gpu_part in zip(self.parts, self.gpu_parts):
             part = gpu_part if gpu_part is not None and within_gpu_limits else part
             found.append(search_index(part, vectors, k, self.metric, **settings))
-        return self._merged(found, len(vectors), k)
+        return merged(found, len(vectors), k, self.metric)
 
-    def _merged(self, found: list[tuple[np.ndarray, np.ndarray]], rows: int, k: int):
-        if len(found) == 1:
-            return found[0]
-        heap = import_faiss().ResultHeap(rows, k, keep_max=self.metric is Metric.ip)
-        for scores, ids in found:
-            heap.add_result(np.ascontiguousarray(scores, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64))
-        heap.finalize()
-        return heap.D, heap.I
+    def settings(self, **given) -> dict:
+        """nprobe, ef_search and k_factor: those given, else the tuned ``defaults`` (None: the index's own)."""
+        return {name: self.defaults.get(name) if given.get(name) is None else given[name]
+                for name in ("nprobe", "ef_search", "k_factor")}
 
-    def _filtered(self, vectors: np.ndarray, k: int, settings: dict, subset: TileSubset):
-        queries = prepare(vectors, self.metric)
-        if queries.shape[1] != self.d:
-            raise InputError(f"query vectors have dim {queries.shape[1]} but the index has dim {self.d}; "
-                             "embed queries with the store's own model")
-        knob, values = search_knob(self.parts[0])  # the widest search: nprobe = nlist, efSearch = every vector
-        limit = values[-1] if knob == "nprobe" else max(self.ntotal, 16)
-        breadth = {name: value for name, value in settings.items() if name != "k_factor"}
-        if knob is not None:
-            share = min(1.0, max(subset.size, 1) / max(self.ntotal, 1))
-            breadth[knob] = min(limit, math.ceil((breadth[knob] or current_breadth(self.parts[0], knob)) / share))
-        scores = np.full((len(queries), k), -np.inf if self.metric is Metric.ip else np.inf, dtype=np.float32)
-        ids = np.full((len(queries), k), -1, dtype=np.int64)
-        pending = np.arange(len(queries))
-        while len(pending):
-            keep, found = [], []
-            for part in self.parts:
-                params = search_parameters(part, subset.selector(), breadth["nprobe"], breadth["ef_search"],
-                                           settings["k_factor"], keep)
-                found.append(part.search(queries[pending], k, params=params))
-            scores[pending], ids[pending] = self._merged(found, len(pending), k)
-            short = (ids[pending] < 0).any(axis=1)
-            if knob is None or breadth[knob] >= limit or not short.any():
-                break
-            pending = pending[short]
-            breadth[knob] = min(limit, 2 * breadth[knob])
-        return scores, ids
+
+def merged(found: list[tuple[np.ndarray, np.ndarray]], rows: int, k: int, metric: Metric | str):
+    """The top-``k`` (scores, ids) of each row over several searches' answers (parts of one index)."""
+    if len(found) == 1:
+        return found[0]
+    heap = import_faiss().ResultHeap(rows, k, keep_max=Metric(metric) is Metric.ip)
+    for scores, ids in found:
+        heap.add_result(np.ascontiguousarray(scores, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64))
+    heap.finalize()
+    return heap.D, heap.I
 
 
 def first_stage(index):

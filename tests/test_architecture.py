@@ -19,9 +19,10 @@ LAYERS = [
     ["schema", "resources", "seqio", "synthetic"],
     ["topology", "gff_sql", "genes"],
     ["fasta_scan"],
-    ["genome", "gff", "embedders.base", "embedders.tokenize", "embedders.fingerprint", "embedders.model_dir", "feature_index", "vector_index"],
-
-    ["tiles", "features", "joins", "recall", "embedders.kmer", "embedders.pooling", "embedders.fused", "embedders.families",
+    ["genome", "gff", "embedders.base", "embedders.tokenize", "embedders.fingerprint", "embedders.model_dir", "feature_index",
+     "vector_index"],
+    ["tiles", "features", "joins", "recall", "subset_search", "embedders.kmer", "embedders.pooling", "embedders.fused",
+     "embedders.families",
      "embedders.table", "embedders.translated", "embedders.loading"],
     ["embedders.hf", "embedders.protein", "evidence", "regions", "cds"],
     ["protein_evidence", "hit_formats"],

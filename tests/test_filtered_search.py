@@ -16,6 +16,7 @@ from genoembed.indexing import build_store_index
 from genoembed.search import Query, search
 from genoembed.sql import run_sql
 from genoembed.store import Store
+from genoembed.subset_search import search_subset
 from genoembed.subsets import EXACT_SUBSET_TILES, filtered_search, resolve, tile_filter
 from genoembed.synthetic import random_sequence, write_fasta
 from genoembed.tiles import TilingSpec
@@ -152,10 +153,10 @@ def test_approximate_layouts_return_k_hits_of_the_subset(store, tiles, matrix, q
 
 def test_genome_filter_on_ivf_tuned_narrow_returns_k_hits(store, tiles, matrix, built):
     """The reported failure: two genomes of different GC, IVF searched at a narrow nprobe, --genome of the other
-    one returned 0 hits (its tiles were not in the probed lists). The selector widens nprobe until it has k."""
+    one returned 0 hits (its tiles were not in the probed lists). Each query probes the lists holding g1's tiles."""
     low_gc = matrix[subset_of(tiles, genome="g0")][:20]
     subset = resolve(store, tile_filter("g1"))
-    scores, ids = built["IVF"].search(low_gc, K, nprobe=1, subset=subset)
+    scores, ids = search_subset(built["IVF"], low_gc, K, subset, nprobe=1)
     assert (ids >= 0).all() and subset.contains(ids).all()
     unfiltered = built["IVF"].search(low_gc, K, nprobe=1)[1]
     assert not subset.contains(unfiltered).any()  # over-fetching from these lists found nothing of g1
