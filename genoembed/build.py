@@ -91,7 +91,7 @@ def index(
                   "tiling": tiling.describe(), "embedding_dtype": embedding_dtype}
     check_store_directory(output, [Path(genome.path), *map(Path, annotations)], overwrite)
     check_already_indexed(output, genome, append, overwrite)
-    check_annotation_files(output, [genome], annotations, aliases, auto_alias, overwrite)
+    check_annotation_files(output, [genome], annotations, aliases, auto_alias, overwrite, owner=genome.name)
     genes = None
     if tiling.units == "cds":
         from genoembed.cds import annotated_genes
@@ -110,8 +110,8 @@ def index(
     store = Store.open(output)
     if index_spec is not None:
         update_store_index(store, index_spec)
-    for path in annotations:  # the recipe owns these sets: a rerun replaces them
-        add_annotations(store, path, aliases=aliases, auto_alias=auto_alias, replace=True)
+    for path in annotations:  # this genome's (other genomes may share its contig names); a rerun replaces them
+        add_annotations(store, path, aliases=aliases, auto_alias=auto_alias, replace=True, genome=genome.name)
     return store
 
 
@@ -131,10 +131,11 @@ def with_topology(genomes: list[Genome], circular: Iterable[str], annotations: I
             named |= annotation_circular(path)
     return [genome.with_circular(named & set(genome.contigs)) for genome in genomes]
 def check_annotation_files(output: Path, genomes: list[Genome], annotations: Iterable[str | Path],
-                           aliases: dict[str, str] | None, auto_alias: bool, overwrite: bool) -> None:
+                           aliases: dict[str, str] | None, auto_alias: bool, overwrite: bool,
+                           owner: str | None = None) -> None:
     """Check each annotation file's contigs against the genomes the store will hold (those it holds, unless
-    ``overwrite``, and ``genomes``) before anything is embedded: a file that needs ``--alias`` fails in seconds
-    with the fix, not after the whole genome was embedded."""
+    ``overwrite``, and ``genomes``), or against genome ``owner``'s alone, before anything is embedded: a file
+    that needs ``--alias`` fails in seconds with the fix, not after the whole genome was embedded."""
     from genoembed.features import opened_features
 
     annotations = list(annotations)
@@ -153,7 +154,7 @@ def check_annotation_files(output: Path, genomes: list[Genome], annotations: Ite
         lengths[genome.name], circular[genome.name] = dict(genome.contigs), frozenset(genome.circular)
     for path in annotations:
         with opened_features(path) as parsed:
-            annotation_target(parsed.extents(), Path(path), lengths, circular, aliases, auto_alias)
+            annotation_target(parsed.extents(), Path(path), lengths, circular, aliases, auto_alias, genome=owner)
 
 
 # What a directory may hold and still count as empty: what taking the writer lock or a lease leaves.
@@ -242,7 +243,8 @@ def build(recipe: Recipe, embedder: Embedder | None = None, overwrite: bool = Fa
                       index_spec=recipe.index if last else None, batch_rows=recipe.batch_rows,
                       shard_rows=recipe.shard_rows, embedding_dtype=recipe.embedding_dtype,
                       overwrite=overwrite and number == 0, append=append or number > 0, progress=report,
-                      engine=engine, engine_options=engine_options, cds_from=recipe.annotations)
+                      engine=engine, engine_options=engine_options, cds_from=recipe.annotations,
+                      aliases=recipe.aliases, auto_alias=recipe.auto_alias)
     for path in recipe.annotations:  # checked above; the recipe owns these sets: a rerun replaces them
         add_annotations(store, path, aliases=recipe.aliases, auto_alias=recipe.auto_alias, replace=True)
     return store

@@ -168,7 +168,7 @@ def test_units_cds_without_annotations_or_cds_is_one_line_error(tmp_path):
     bed = tmp_path / "regions.bed"
     bed.write_text("NC_005816.1\t10\t200\tx\n")
     result = runner.invoke(app, ["index", "--fasta", str(PLASMID_FASTA), "--output", str(tmp_path / "b"),
-                                 "--model", "kmer:3", "--units", "cds", "--annotations", str(bed), "-q"])
+                                 "--model", "kmer:3", "--units", "cds", "--annotations", str(bed), "--auto-alias", "-q"])
     assert result.exit_code != 0 and f"{bed}: no CDS feature on the contigs of genome" in result.output
     assert not (tmp_path / "b").exists()
 

@@ -246,3 +246,20 @@ def test_screen_names_each_hits_genome_where_contig_names_repeat(pangenome, tmp_
           tiling=TILING)
     alone = Store.open(single)
     assert "genome" not in compact_hits(search(alone, ["chr1:1-300"], k=2), alone).column_names
+
+
+def test_index_append_with_annotations_gives_them_to_the_appended_genome(tmp_path):
+    """`index --append B.fa -a b.bed` where every contig b.bed names is also A's: the set is B's (no question
+    which genome), and A's same-named set is kept beside it."""
+    a = random_genome({"chr1": 6000, "contig_1": 3000}, seed=11)
+    b = {"chr1": a["chr1"][:2500], **random_genome({"contig_1": 4000}, seed=12)}
+    fa, fb = write_fasta(tmp_path / "A.fa", a), write_fasta(tmp_path / "B.fa", b)
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    a_bed = write_bed(tmp_path / "a" / "genes.bed", A_FEATURES[:2])
+    b_bed = write_bed(tmp_path / "b" / "genes.bed", B_FEATURES[:1])  # chr1 1200-1500: within A's chr1 too
+    out = tmp_path / "store"
+    index(fa, out, embedder=EMBEDDER, tiling=TILING, annotations=[a_bed])
+    store = index(fb, out, embedder=EMBEDDER, tiling=TILING, append=True, annotations=[b_bed])
+    rows = run_sql(store, "SELECT genome, name FROM annotations ORDER BY name").to_pylist()
+    assert rows == [{"genome": "A", "name": "a_gene1"}, {"genome": "A", "name": "a_gene2"},
+                    {"genome": "B", "name": "b_gene1"}]
