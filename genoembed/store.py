@@ -3,6 +3,7 @@
 Layout of a store directory::
 
     manifest.json          shards, row counts, sha256s, provenance, index, annotations
+    manifest.d/genomes-N.json  complete genomes and their shards, sealed (immutable; manifest.json names them)
     shards/part-00000.parquet ...
     index/vectors.faiss    FAISS index (ids = tile_id); later parts (appends) index/vectors-NNNNN.faiss
     annotations/NAME.parquet
@@ -28,7 +29,6 @@ first tile id. Appending a genome continues the ids; removing one leaves a gap
 from __future__ import annotations
 
 import contextlib
-import os
 from pathlib import Path
 from typing import Iterator
 
@@ -40,7 +40,7 @@ from genoembed import schema
 from genoembed.errors import InputError, StoreError, command
 from genoembed.leases import Lease
 from genoembed.manifest import read_manifest, write_manifest
-from genoembed.writers import saved_searches, write_lock
+from genoembed.writers import folder_names, saved_searches, write_lock
 
 PROVENANCE_KEY = b"genoembed.provenance"
 # Provenance keys that must agree for two runs to write into one store.
@@ -95,8 +95,7 @@ class Store:
             if require_complete and not store.genomes:
                 raise StoreError(f"{root}: store build is incomplete (no genome finished yet); "
                                  "rerun `genoembed index` with the same options to resume it")
-            # os.path, not pathlib: a pangenome's store lists 10^3-10^4 shards, and this runs on every open
-            missing = [s["path"] for s in store.shards if not os.path.isfile(os.path.join(root, s["path"]))]
+            missing = missing_files(root, [shard["path"] for shard in store.shards])
             if not missing:
                 return store
             # A writer (`genoembed remove`) may have committed a new manifest and deleted this one's old
@@ -426,6 +425,20 @@ class Store:
                 manifest.setdefault(section, {}).pop(name, None)
             else:
                 manifest.setdefault(section, {})[name] = entry
+
+
+def missing_files(root: Path, paths: list[str]) -> list[str]:
+    """The store ``paths`` not in their folder: one listing per folder, not a ``stat`` per file (a pangenome's
+    store lists 10^3-10^4 shards, and this runs on every open)."""
+    listings: dict[str, set[str]] = {}
+    missing = []
+    for path in paths:
+        folder, _, name = path.rpartition("/")
+        if folder not in listings:
+            listings[folder] = set(folder_names(root / folder))
+        if name not in listings[folder]:
+            missing.append(path)
+    return missing
 
 
 def _size_if_present(path: Path) -> int:

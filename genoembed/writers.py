@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import fnmatch
 import json
 import os
 import re
@@ -22,7 +23,7 @@ from pathlib import Path
 from genoembed.errors import GenoembedError, StoreError
 from genoembed.files import atomic_write_bytes
 from genoembed.leases import now_ns, oldest_reader
-from genoembed.manifest import read_manifest, sequence_files
+from genoembed.manifest import SEALED, read_manifest, sealed_files, sequence_files
 from genoembed.names import IDENTIFIER
 from genoembed.vector_index import index_files
 
@@ -94,20 +95,29 @@ def _lock(descriptor: int, root: Path, wait: float) -> None:
 
 
 # Where writers leave temporary files (saved searches are written without the lock and are not swept).
-_WRITER_FOLDERS = (".", "shards", "index", "index/shards", "annotations", "sequences")
+_WRITER_FOLDERS = (".", "shards", "index", "index/shards", "annotations", "sequences", SEALED)
 
 
 def _remove_partial_files(root: Path) -> None:
     """Delete temporary files of writers that died mid-write (SIGKILL, power loss): whoever holds the lock
     is the only writer, so any partial file under the writer folders is a dead writer's."""
     for folder in _WRITER_FOLDERS:
-        for leftover in (root / folder).glob(".*.partial.*") if (root / folder).is_dir() else ():
-            leftover.unlink(missing_ok=True)
+        for name in fnmatch.filter(folder_names(root / folder), ".*.partial.*"):
+            (root / folder / name).unlink(missing_ok=True)
+
+
+def folder_names(folder: Path) -> list[str]:
+    """The names in ``folder`` (none when it is missing): one ``listdir``, not a ``Path`` per file, since
+    a pangenome's store holds a few files per genome and writers list them on every commit."""
+    try:
+        return os.listdir(folder)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
 
 
 RETIRED = ".retired.json"  # files no committed manifest lists, and since when (ns): deleted when no reader is older
 _SWEPT = (("shards", "part-*.parquet"), ("annotations", "*.parquet"), ("searches", "*.parquet"), ("sequences", "*"),
-          ("index", "*.faiss"))
+          ("index", "*.faiss"), (SEALED, "genomes-*.json"))
 
 
 def sweep_retired(root: Path, retired: list[str] = (), since: int | None = None) -> None:
@@ -126,7 +136,7 @@ def sweep_retired(root: Path, retired: list[str] = (), since: int | None = None)
     listed = {shard["path"] for shard in manifest["shards"]}
     listed |= {entry["path"] for entry in (manifest.get("annotations") or {}).values()}
     listed |= {entry["path"] for entry in (manifest.get("searches") or {}).values()}
-    listed |= sequence_files(manifest)
+    listed |= sequence_files(manifest) | sealed_files(manifest)
     listed |= index_files(manifest.get("index"))
     damaged: dict[str, str] = {}
     listed |= {entry.get("path") for entry in saved_searches(root, manifest, damaged).values()}
@@ -135,14 +145,16 @@ def sweep_retired(root: Path, retired: list[str] = (), since: int | None = None)
     now, oldest = now_ns(), oldest_reader(root)
     kept = {}
     for folder, pattern in _SWEPT:
-        for path in (root / folder).glob(pattern) if (root / folder).is_dir() else ():
-            relative = f"{folder}/{path.name}"
-            if relative in listed:
+        # set arithmetic over the folder's names: O(files) in C, the loop below only sees unlisted files
+        unlisted = set(map(f"{folder}/".__add__, folder_names(root / folder))) - listed
+        for relative in sorted(unlisted):
+            name = relative[len(folder) + 1:]
+            if name.startswith(".") or not fnmatch.fnmatchcase(name, pattern):
                 continue
             left = records.get(relative, since if relative in retired and since is not None else now)
             try:
                 if oldest is None or oldest > left:
-                    path.unlink(missing_ok=True)
+                    (root / relative).unlink(missing_ok=True)
                     continue
             except OSError:
                 pass  # cannot delete it now: a later sweep tries again
