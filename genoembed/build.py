@@ -28,7 +28,7 @@ from genoembed.indexing import update_store_index
 from genoembed.names import check_genome_name
 from genoembed.recipe import Recipe
 from genoembed.store import Store
-from genoembed.writers import store_holding
+from genoembed.writers import store_holding, write_lock
 from genoembed.tiles import Strands, TilingSpec, count_tiles
 from genoembed.vector_index import IndexSpec
 
@@ -90,19 +90,20 @@ def index(
     check_store_directory(output, [Path(genome.path), *map(Path, annotations)], overwrite)
     check_already_indexed(output, genome, append, overwrite)
     created = not output.exists()
-    try:
-        embed_genome(output, provenance=provenance, embedder=embedder, genome=genome, tiling=tiling,
-                     batch_rows=batch_rows, shard_rows=shard_rows, overwrite=overwrite, append=append,
-                     engine=chosen, progress=progress, total=count_tiles(genome, tiling))
-    except BaseException:
-        if created and not any((output / "shards").glob("part-*.parquet")):
-            shutil.rmtree(output, ignore_errors=True)  # failed before any shard: leave nothing behind
-        raise
-    store = Store.open(output)
-    if index_spec is not None:
-        update_store_index(store, index_spec)
-    for path in annotations:  # the recipe owns these sets: a rerun replaces them
-        add_annotations(store, path, aliases=aliases, auto_alias=auto_alias, replace=True)
+    with write_lock(output):  # one writer from the first shard to the index: the store is swept once
+        try:
+            embed_genome(output, provenance=provenance, embedder=embedder, genome=genome, tiling=tiling,
+                         batch_rows=batch_rows, shard_rows=shard_rows, overwrite=overwrite, append=append,
+                         engine=chosen, progress=progress, total=count_tiles(genome, tiling))
+        except BaseException:
+            if created and not any((output / "shards").glob("part-*.parquet")):
+                shutil.rmtree(output, ignore_errors=True)  # failed before any shard: leave nothing behind
+            raise
+        store = Store.open(output)
+        if index_spec is not None:
+            update_store_index(store, index_spec)
+        for path in annotations:  # the recipe owns these sets: a rerun replaces them
+            add_annotations(store, path, aliases=aliases, auto_alias=auto_alias, replace=True)
     return store
 
 

@@ -253,7 +253,7 @@ def _commit(store: Store, entry: dict) -> None:
     deleted once no reader of an older snapshot is left (:func:`genoembed.writers.sweep_retired`)."""
     before = index_files(store.manifest.get("index"))
     store.record("index", "index", entry)
-    sweep_retired(store.root, sorted(before - index_files(entry)), now_ns())
+    sweep_retired(store.root, sorted(before - index_files(entry)), now_ns(), folders=("index",))
 
 
 # Tuning queries differ from the stored tiles as a related strain's sequence would: 5 % substitutions.

@@ -12,8 +12,8 @@ that ``manifest.json`` names with its sha256 (``sealed``); sealed files are fold
 (each genome is rewritten O(log n) times over a store's life). So a commit writes the genomes being written
 and a small top-level file, not every genome of a pangenome, and a process reads (sha256, parse, checks)
 each sealed file once. In memory the manifest is one dict as before: ``genomes`` and ``shards`` hold every
-genome and shard, sealed or not, copied one level deep from the cached sealed files (replace nested values,
-never mutate them in place).
+genome and shard, sealed or not; a sealed one is a :class:`SealedEntry`, shared by every read of its file in
+the process, so it refuses changes (edit a copy, ``dict(entry)``, and put that in its place).
 """
 
 from __future__ import annotations
@@ -324,8 +324,9 @@ def _sealed_and_top(root: Path, manifest: dict) -> tuple[list[dict], int, dict]:
     for descriptor in manifest.get("sealed") or ():
         content = _sealed_content(root, descriptor)
         held, held_shards = content["genomes"], content["shards"]
+        # list comparisons run in C and take an entry that is the cached one (the usual case) as equal at once
         if names[covered:covered + len(held)] != list(held) or \
-                any(genomes[name] != entry for name, entry in held.items()) or \
+                [genomes[name] for name in held] != list(held.values()) or \
                 shards[covered_shards:covered_shards + len(held_shards)] != held_shards:
             break
         kept.append(descriptor)
@@ -348,8 +349,8 @@ def _sealed_and_top(root: Path, manifest: dict) -> tuple[list[dict], int, dict]:
             content["genomes"].update(old["genomes"])
             content["shards"] += old["shards"]
             _SEALED_FILES.pop(str(root / descriptor["path"]), None)  # retired: its readers may read it again
-        content["genomes"].update((name, dict(genomes[name])) for name in complete)
-        content["shards"] += [dict(shard) for shard in inline_shards if shard["genome"] in sealing]
+        content["genomes"].update((name, genomes[name]) for name in complete)
+        content["shards"] += [shard for shard in inline_shards if shard["genome"] in sealing]
         inline_shards = [shard for shard in inline_shards if shard["genome"] not in sealing]
         kept.append(_write_sealed(root, f"{SEALED}/genomes-{next_sealed:05d}.json", content))
         next_sealed += 1
@@ -361,13 +362,14 @@ def _sealed_and_top(root: Path, manifest: dict) -> tuple[list[dict], int, dict]:
 
 
 def _write_sealed(root: Path, path: str, content: dict) -> dict:
-    """Write a sealed file (its content kept as this process's parsed copy); its ``sealed`` entry."""
+    """Write a sealed file (and keep it, as read back, for this process's reads); its ``sealed`` entry."""
     data = json.dumps(content, separators=(",", ":")).encode()
     (root / SEALED).mkdir(exist_ok=True)
     atomic_write_bytes(root / path, data)
     descriptor = {"path": path, "sha256": hashlib.sha256(data).hexdigest(), "genomes": len(content["genomes"]),
                   "shards": len(content["shards"])}
-    _SEALED_FILES[str(root / path)] = (_stamp(os.stat(root / path)), descriptor["sha256"], content)
+    _SEALED_FILES[str(root / path)] = (_stamp(os.stat(root / path)), descriptor["sha256"],
+                                       json.loads(data, object_hook=SealedEntry))
     return descriptor
 
 
@@ -389,7 +391,7 @@ def _sealed_content(root: Path, descriptor: dict) -> dict:
         raise StoreError(f"{path}: sealed part of the manifest changed or is corrupt (sha256 differs from "
                          f"{MANIFEST}); restore it or rebuild the store")
     try:
-        content = json.loads(data)
+        content = json.loads(data, object_hook=SealedEntry)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise StoreError(f"{path}: corrupt sealed part of the manifest ({error}); rebuild the store") from None
     problems = []
@@ -409,14 +411,14 @@ def _sealed_content(root: Path, descriptor: dict) -> dict:
 
 def _with_sealed(root: Path, manifest: dict) -> dict:
     """``manifest`` (as ``manifest.json`` holds it) with the genomes and shards of its sealed files put before
-    its own, each entry copied (one level deep) from the cached file."""
+    its own (the cached, read-only entries: no copy, so a read costs the genomes not yet sealed)."""
     if not manifest.get("sealed"):
         return manifest
     genomes, shards = {}, []
     for descriptor in manifest["sealed"]:
         content = _sealed_content(root, descriptor)
-        genomes.update((name, dict(entry)) for name, entry in content["genomes"].items())
-        shards += [dict(shard) for shard in content["shards"]]
+        genomes.update(content["genomes"])
+        shards += content["shards"]
     clash = next((name for name in manifest["genomes"] if name in genomes), None)
     if clash is not None:
         raise StoreError(f"{root / MANIFEST}: corrupt manifest (genome {clash!r} is listed twice, there and in a "
@@ -424,6 +426,21 @@ def _with_sealed(root: Path, manifest: dict) -> dict:
     genomes.update(manifest["genomes"])
     manifest.update(genomes=genomes, shards=shards + manifest["shards"])
     return manifest
+
+
+class SealedEntry(dict):
+    """An object of a sealed file (a genome's entry, a shard's, their parts), as JSON read it: shared by every
+    read of that file in this process, so it refuses changes; edit a copy (``dict(entry)``) and put the copy
+    in its place, which :func:`write_manifest` sees as a change to seal again."""
+
+    def _refuse(self, *_args, **_options):
+        raise TypeError("a sealed manifest entry is shared by every reader in this process; put an edited copy "
+                        "(dict(entry)) in its place instead")
+
+    __setitem__ = __delitem__ = __ior__ = update = pop = popitem = setdefault = clear = _refuse
+
+    def __reduce__(self):
+        return SealedEntry, (dict(self),)
 
 
 def sealed_files(manifest: dict) -> set[str]:

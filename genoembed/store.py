@@ -29,6 +29,7 @@ first tile id. Appending a genome continues the ids; removing one leaves a gap
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 from typing import Iterator
 
@@ -95,8 +96,10 @@ class Store:
             if require_complete and not store.genomes:
                 raise StoreError(f"{root}: store build is incomplete (no genome finished yet); "
                                  "rerun `genoembed index` with the same options to resume it")
-            missing = missing_files(root, [shard["path"] for shard in store.shards])
+            paths, sealed = _shards_to_check(root, manifest, store.genomes)
+            missing = missing_files(root, paths)
             if not missing:
+                _SEALED_SHARDS_FOUND.update(sealed)
                 return store
             # A writer (`genoembed remove`) may have committed a new manifest and deleted this one's old
             # shards between the two reads: open the newest snapshot instead of calling the store damaged.
@@ -427,9 +430,29 @@ class Store:
                 manifest.setdefault(section, {})[name] = entry
 
 
+# Sealed manifest files (path, sha256) whose shards this process found on disk: a sealed file never changes,
+# and its shards leave the store only after a commit that no longer lists it, so they are not looked for again.
+_SEALED_SHARDS_FOUND: set[tuple[str, str]] = set()
+
+
+def _shards_to_check(root: Path, manifest: dict, complete: dict) -> tuple[list[str], list[tuple[str, str]]]:
+    """(paths of the shards an open looks for, the sealed files they complete): those of complete genomes, less
+    the shards of sealed files found before (sealed files list only complete genomes, first)."""
+    shards, paths, sealed, start = manifest["shards"], [], [], 0
+    for descriptor in manifest.get("sealed") or ():
+        key, end = (str(root / descriptor["path"]), descriptor["sha256"]), start + descriptor["shards"]
+        if key not in _SEALED_SHARDS_FOUND:
+            paths += [shard["path"] for shard in shards[start:end]]
+            sealed.append(key)
+        start = end
+    return paths + [shard["path"] for shard in shards[start:] if shard["genome"] in complete], sealed
+
+
 def missing_files(root: Path, paths: list[str]) -> list[str]:
-    """The store ``paths`` not in their folder: one listing per folder, not a ``stat`` per file (a pangenome's
-    store lists 10^3-10^4 shards, and this runs on every open)."""
+    """The store ``paths`` not in their folder: a ``stat`` each when few, else one listing per folder (a
+    pangenome's store lists 10^3-10^4 shards)."""
+    if len(paths) <= 64:
+        return [path for path in paths if not os.path.isfile(os.path.join(root, path))]
     listings: dict[str, set[str]] = {}
     missing = []
     for path in paths:

@@ -192,7 +192,8 @@ def embed_sequences(store: Store) -> list[str]:
     copies = {name: store.recorded_fasta(name) for name in missing}  # every FASTA found and checked before writing
     with store.transaction() as manifest:
         for name, genome in copies.items():
-            manifest["genomes"][name]["sequence"] = write_store_sequence(store.root, genome)
+            copy = write_store_sequence(store.root, genome)
+            manifest["genomes"][name] = {**manifest["genomes"][name], "sequence": copy}  # sealed ones are read-only
     return missing
 
 

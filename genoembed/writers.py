@@ -68,8 +68,9 @@ def write_lock(root: Path, wait: float = LOCK_WAIT_S):
         os.pwrite(descriptor, str(os.getpid()).encode(), 0)
         held[key] = 1
         try:
-            _remove_partial_files(root)
-            sweep_retired(root)
+            listings = {folder: folder_names(root / folder) for folder in {*_WRITER_FOLDERS, *dict(_SWEPT)}}
+            _remove_partial_files(root, listings)
+            sweep_retired(root, listings=listings)
             yield
         finally:
             del held[key]
@@ -98,11 +99,12 @@ def _lock(descriptor: int, root: Path, wait: float) -> None:
 _WRITER_FOLDERS = (".", "shards", "index", "index/shards", "annotations", "sequences", SEALED)
 
 
-def _remove_partial_files(root: Path) -> None:
+def _remove_partial_files(root: Path, listings: dict[str, list[str]]) -> None:
     """Delete temporary files of writers that died mid-write (SIGKILL, power loss): whoever holds the lock
-    is the only writer, so any partial file under the writer folders is a dead writer's."""
+    is the only writer, so any partial file under the writer folders (``listings``: their names) is a dead
+    writer's."""
     for folder in _WRITER_FOLDERS:
-        for name in fnmatch.filter(folder_names(root / folder), ".*.partial.*"):
+        for name in fnmatch.filter(listings[folder], ".*.partial.*"):
             (root / folder / name).unlink(missing_ok=True)
 
 
@@ -120,13 +122,15 @@ _SWEPT = (("shards", "part-*.parquet"), ("annotations", "*.parquet"), ("searches
           ("index", "*.faiss"), (SEALED, "genomes-*.json"))
 
 
-def sweep_retired(root: Path, retired: list[str] = (), since: int | None = None) -> None:
+def sweep_retired(root: Path, retired: list[str] = (), since: int | None = None, folders: tuple[str, ...] = (),
+                  listings: dict[str, list[str]] | None = None) -> None:
     """Delete the store's files that no committed snapshot lists, once no live reader is older than that.
 
     Called under the writer lock. ``retired`` (store paths) left the manifest at ``since`` (the committing
     writer knows when); any other unlisted file is dated when first seen here. A file some reader may
     still need (its lease started before the file left) waits for a later writer. Never fails the writer:
-    a store it cannot read is left as it is.
+    a store it cannot read is left as it is. ``folders`` limits the sweep to those (a commit that retired
+    index files sweeps ``index``); ``listings`` are the folders' names when the caller has listed them.
     """
     try:
         manifest = read_manifest(root)
@@ -143,10 +147,12 @@ def sweep_retired(root: Path, retired: list[str] = (), since: int | None = None)
     listed |= {f"searches/{path.name}" for path in (root / "searches").glob("*.parquet")
                if path.name.split(".")[0] in damaged}  # a damaged search's files wait for its owner
     now, oldest = now_ns(), oldest_reader(root)
-    kept = {}
-    for folder, pattern in _SWEPT:
+    swept = [(folder, pattern) for folder, pattern in _SWEPT if not folders or folder in folders]
+    kept = {path: left for path, left in records.items() if folders and path.split("/")[0] not in folders}
+    for folder, pattern in swept:
+        names = listings[folder] if listings is not None else folder_names(root / folder)
         # set arithmetic over the folder's names: O(files) in C, the loop below only sees unlisted files
-        unlisted = set(map(f"{folder}/".__add__, folder_names(root / folder))) - listed
+        unlisted = set(map(f"{folder}/".__add__, names)) - listed
         for relative in sorted(unlisted):
             name = relative[len(folder) + 1:]
             if name.startswith(".") or not fnmatch.fnmatchcase(name, pattern):
