@@ -443,13 +443,31 @@ class SealedEntry(dict):
         return SealedEntry, (dict(self),)
 
 
+def genome_files(root: Path, manifest: dict) -> set[str]:
+    """Store paths of every shard and genome sequence (with its .fai and .gzi) ``manifest`` (as read) lists;
+    a sealed file's are worked out once per process."""
+    files, genomes, shards = set(), 0, 0
+    for descriptor in manifest.get("sealed") or ():
+        key = (str(root / descriptor["path"]), descriptor["sha256"])
+        if key not in _SEALED_GENOME_FILES:
+            content = _sealed_content(root, descriptor)
+            _SEALED_GENOME_FILES[key] = frozenset({shard["path"] for shard in content["shards"]} |
+                                                  sequence_files(content))
+        files |= _SEALED_GENOME_FILES[key]
+        genomes, shards = genomes + descriptor["genomes"], shards + descriptor["shards"]
+    inline = {"genomes": dict(list(manifest["genomes"].items())[genomes:])}
+    return files | {shard["path"] for shard in manifest["shards"][shards:]} | sequence_files(inline)
+
+
 def sealed_files(manifest: dict) -> set[str]:
     """Store paths of the sealed files the manifest lists: what readers may open, so what no sweep may touch."""
     return {descriptor["path"] for descriptor in manifest.get("sealed") or ()}
 
 
-# Sealed files this process read or wrote: path -> (file identity, sha256, content).
+# Sealed files this process read or wrote: path -> (file identity, sha256, content); and (path, sha256) -> the
+# store paths of the shards and sequences a sealed file lists.
 _SEALED_FILES: dict[str, tuple] = {}
+_SEALED_GENOME_FILES: dict[tuple[str, str], frozenset[str]] = {}
 
 
 # Manifests this process committed (path -> file identity): reading one back skips the field checks, which cost

@@ -85,6 +85,7 @@ class Store:
         self._tile_lookups = 0
         self._genomes: dict[str, object] = {}  # opened (and checksummed) FASTA files, by genome name
         self._derived: dict = {}  # what verbs compute once per snapshot (see derived)
+        self._complete: tuple[dict, list] | None = None  # complete genomes and their shards (a pangenome's 10^3)
 
     @classmethod
     def open(cls, path: str | Path, require_complete: bool = True) -> "Store":
@@ -145,20 +146,27 @@ class Store:
     def dim(self) -> int:
         return int(self.manifest["dim"])
 
+    def _complete_part(self) -> tuple[dict, list]:
+        """(complete genomes, their shards), worked out once per snapshot: appends ask for them many times."""
+        if self._complete is None:
+            genomes = {name: entry for name, entry in self.manifest["genomes"].items()
+                       if entry.get("status") == "complete"}
+            self._complete = genomes, [shard for shard in self.manifest["shards"] if shard["genome"] in genomes]
+        return self._complete
+
     @property
     def genomes(self) -> dict[str, dict]:
         """Complete genomes: name -> FASTA path, sha256, contig lengths, first tile id, in the order added."""
-        return {name: entry for name, entry in self.manifest["genomes"].items() if entry.get("status") == "complete"}
+        return dict(self._complete_part()[0])
 
     @property
     def shards(self) -> list[dict]:
         """Manifest entries of the shards readers see (those of complete genomes)."""
-        complete = self.genomes
-        return [shard for shard in self.manifest["shards"] if shard["genome"] in complete]
+        return list(self._complete_part()[1])
 
     @property
     def num_tiles(self) -> int:
-        return sum(shard["rows"] for shard in self.shards)
+        return sum(shard["rows"] for shard in self._complete_part()[1])
 
     @property
     def id_limit(self) -> int:

@@ -23,7 +23,7 @@ from pathlib import Path
 from genoembed.errors import GenoembedError, StoreError
 from genoembed.files import atomic_write_bytes
 from genoembed.leases import now_ns, oldest_reader
-from genoembed.manifest import SEALED, read_manifest, sealed_files, sequence_files
+from genoembed.manifest import SEALED, genome_files, read_manifest, sealed_files
 from genoembed.names import IDENTIFIER
 from genoembed.vector_index import index_files
 
@@ -104,7 +104,8 @@ def _remove_partial_files(root: Path, listings: dict[str, list[str]]) -> None:
     is the only writer, so any partial file under the writer folders (``listings``: their names) is a dead
     writer's."""
     for folder in _WRITER_FOLDERS:
-        for name in fnmatch.filter(listings[folder], ".*.partial.*"):
+        hidden = [name for name in listings[folder] if name[0] == "."]  # a cheap test before the pattern's
+        for name in fnmatch.filter(hidden, ".*.partial.*"):
             (root / folder / name).unlink(missing_ok=True)
 
 
@@ -137,17 +138,9 @@ def sweep_retired(root: Path, retired: list[str] = (), since: int | None = None,
     except GenoembedError:
         return
     records = _read_retired(root)
-    listed = {shard["path"] for shard in manifest["shards"]}
-    listed |= {entry["path"] for entry in (manifest.get("annotations") or {}).values()}
-    listed |= {entry["path"] for entry in (manifest.get("searches") or {}).values()}
-    listed |= sequence_files(manifest) | sealed_files(manifest)
-    listed |= index_files(manifest.get("index"))
-    damaged: dict[str, str] = {}
-    listed |= {entry.get("path") for entry in saved_searches(root, manifest, damaged).values()}
-    listed |= {f"searches/{path.name}" for path in (root / "searches").glob("*.parquet")
-               if path.name.split(".")[0] in damaged}  # a damaged search's files wait for its owner
-    now, oldest = now_ns(), oldest_reader(root)
     swept = [(folder, pattern) for folder, pattern in _SWEPT if not folders or folder in folders]
+    listed = _listed_files(root, manifest, {folder for folder, _ in swept})
+    now, oldest = now_ns(), oldest_reader(root)
     kept = {path: left for path, left in records.items() if folders and path.split("/")[0] not in folders}
     for folder, pattern in swept:
         names = listings[folder] if listings is not None else folder_names(root / folder)
@@ -168,6 +161,24 @@ def sweep_retired(root: Path, retired: list[str] = (), since: int | None = None,
     if kept != records:
         with contextlib.suppress(StoreError):  # not recorded: those files are dated again when next seen
             atomic_write_bytes(root / RETIRED, json.dumps(kept, indent=1).encode())
+
+
+def _listed_files(root: Path, manifest: dict, folders: set[str]) -> set[str]:
+    """Store paths under ``folders`` that the manifest (or a saved search's sidecar) lists: what a sweep keeps."""
+    listed = genome_files(root, manifest) if folders & {"shards", "sequences"} else set()
+    if "annotations" in folders:
+        listed |= {entry["path"] for entry in (manifest.get("annotations") or {}).values()}
+    if "index" in folders:
+        listed |= index_files(manifest.get("index"))
+    if SEALED in folders:
+        listed |= sealed_files(manifest)
+    if "searches" in folders:
+        damaged: dict[str, str] = {}
+        listed |= {entry["path"] for entry in (manifest.get("searches") or {}).values()}
+        listed |= {entry.get("path") for entry in saved_searches(root, manifest, damaged).values()}
+        listed |= {f"searches/{path.name}" for path in (root / "searches").glob("*.parquet")
+                   if path.name.split(".")[0] in damaged}  # a damaged search's files wait for its owner
+    return listed
 
 
 def _read_retired(root: Path) -> dict[str, int]:
