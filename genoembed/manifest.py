@@ -349,6 +349,7 @@ def _sealed_and_top(root: Path, manifest: dict) -> tuple[list[dict], int, dict]:
             content["genomes"].update(old["genomes"])
             content["shards"] += old["shards"]
             _SEALED_FILES.pop(str(root / descriptor["path"]), None)  # retired: its readers may read it again
+            _SEALED_GENOME_FILES.pop((str(root / descriptor["path"]), descriptor["sha256"]), None)
         content["genomes"].update((name, genomes[name]) for name in complete)
         content["shards"] += [shard for shard in inline_shards if shard["genome"] in sealing]
         inline_shards = [shard for shard in inline_shards if shard["genome"] not in sealing]
