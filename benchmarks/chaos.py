@@ -10,8 +10,10 @@ For ``--seconds`` (600 for the recorded run; ``--short`` = 30 s, CI size):
   steps nicer, as when the load comes from other machines) answers a client thread pool: searches, SQL, similarity
   tracks, and the abusive requests of issue 25 (10,000 whole-contig regions, ``SELECT * FROM
   range(3e7)``, 100 k-deep JSON, 5,000-digit coordinates) — each must be a 4xx, never a 5xx; a probe
-  asks ``/healthz`` every 50 ms and records its slowest answer; the server's RSS is sampled (peak =
-  VmHWM).
+  asks ``/healthz`` every 50 ms (p50/p99/worst), alternating with a control server (the same uvicorn
+  stack answering 200 with nothing behind it, at the server's priority: its latency is the machine's
+  scheduling, the server's excess over it is the server's), reading around each probe how long the server's
+  event loop thread waited for a CPU; the server's RSS is sampled (peak = VmHWM).
 
 Before the loop, a flood: 45 DuckDB-bound queries at once (4 run, 32 wait, the rest are refused 503)
 while /healthz is probed. At the end the store must verify and answer exactly like a clean build of the genomes it then holds.
@@ -177,33 +179,77 @@ def client(base: str, stop_at: float, contig: str, length: int, stats: dict, loc
                         bucket["messages"].append(f"{path} {status} {getattr(reply, 'text', reply)[:200]}")
 
 
-def probe(base: str, stop_at: float, pid: int, out) -> None:
-    """/healthz every 50 ms from its own process (a thread beside the clients would time their GIL too)."""
+async def control_app(scope, receive, send):
+    """An ASGI app that does nothing but answer 200: the control beside the server (same uvicorn and h11)."""
+    if scope["type"] == "http":
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": b'{"status":"ok"}'})
+
+
+def control(port: int) -> None:
+    """The control server: the same stack as `genoembed serve` with no work behind it, so its /healthz latency
+    under the same load is the machine's share (scheduling), and the server's excess over it is the server's."""
+    import uvicorn
+
+    uvicorn.run(control_app, host="127.0.0.1", port=port, http="h11", log_level="warning", access_log=False)
+
+
+def percentiles(samples: list[float], prefix: str) -> dict:
+    samples = sorted(samples)
+    if not samples:
+        return {}
+    return {f"{prefix}_p50_ms": round(samples[len(samples) // 2] * 1000, 1),
+            f"{prefix}_p99_ms": round(samples[int(0.99 * (len(samples) - 1))] * 1000, 1),
+            f"{prefix}_worst_ms": round(samples[-1] * 1000, 1), f"{prefix}_over_100ms": sum(s > 0.1 for s in samples)}
+
+
+def loop_schedstat(pid: int) -> tuple[int, int, int]:
+    """The server's main thread (its event loop, which answers /healthz): ns on a CPU, ns runnable but waiting
+    for one (the run queue), timeslices run (Linux schedstat)."""
+    cpu, waiting, slices = Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()[:3]
+    return int(cpu), int(waiting), int(slices)
+
+
+def probe(base: str, control_base: str, stop_at: float, pid: int, out) -> None:
+    """/healthz every 50 ms from its own process (a thread beside the clients would time their GIL too),
+    alternating with the control server's, so both see the same machine. Around each server probe the
+    event loop thread's schedstat is read: the part of the probe it spent runnable but without a CPU is the
+    machine's scheduling (GIL hand-offs each add a wake-up, so part of it is the server's threads too)."""
     import httpx
 
     record = {}
-
-    worst, count, failures, samples = 0.0, 0, 0, []
-    with httpx.Client(base_url=base, timeout=10) as session:
-        session.get("/healthz")  # untimed: opening the connection of a freshly spawned process
+    failures, samples, controls, waits = 0, [], [], []
+    first = loop_schedstat(pid)
+    started_at = time.perf_counter()
+    with httpx.Client(base_url=base, timeout=10) as session, httpx.Client(base_url=control_base, timeout=10) as other:
+        session.get("/healthz")  # untimed: opening the connections of a freshly spawned process
+        other.get("/healthz")
         while time.time() < stop_at:
-            started = time.perf_counter()
-            try:
-                ok = session.get("/healthz").status_code == 200
-            except httpx.HTTPError:
-                ok = False
-            elapsed = time.perf_counter() - started
-            worst, count, failures = max(worst, elapsed), count + 1, failures + (not ok)
-            samples.append(elapsed)
+            for client, timed in ((session, samples), (other, controls)):
+                before = loop_schedstat(pid)[1]
+                started = time.perf_counter()
+                try:
+                    ok = client.get("/healthz").status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                timed.append(time.perf_counter() - started)
+                if timed is samples:
+                    waits.append((loop_schedstat(pid)[1] - before) / 1e9)
+                    failures += not ok
+                time.sleep(0.025)
             try:
                 record["rss_max_kb"] = max(record.get("rss_max_kb", 0), rss_kb(pid, "VmRSS"))
             except OSError:
                 pass
-            time.sleep(0.05)
-    samples.sort()
-    record.update(kind="probe", healthz=count, healthz_failed=failures, healthz_worst_ms=round(worst * 1000, 1),
-                  healthz_p99_ms=round(samples[int(0.99 * (len(samples) - 1))] * 1000, 1) if samples else None,
-                  healthz_over_100ms=sum(s > 0.1 for s in samples))
+    span, last = time.perf_counter() - started_at, loop_schedstat(pid)
+    slow = [(sample, wait) for sample, wait in zip(samples, waits) if sample > 0.05]
+    record.update(kind="probe", healthz=len(samples), healthz_failed=failures, **percentiles(samples, "healthz"),
+                  **percentiles(controls, "control"), load_average=os.getloadavg()[0],
+                  loop_cpu_percent=round(100 * (last[0] - first[0]) / 1e9 / span, 1),
+                  loop_runqueue_percent=round(100 * (last[1] - first[1]) / 1e9 / span, 1),
+                  loop_timeslices_per_s=round((last[2] - first[2]) / span),
+                  healthz_over_50ms_runqueue_share=round(sum(w for _, w in slow) / sum(s for s, _ in slow), 2)
+                  if slow else None)
     out.put(record)
 
 
@@ -229,12 +275,9 @@ def flood(base: str, pid: int, requests: int = 45, seconds: float = 8.0) -> dict
             time.sleep(0.05)
     for thread in threads:
         thread.join()
-    latencies.sort()
     return {"long_queries": requests, "answered_400_stopped": statuses.count(400), "refused_503": statuses.count(503),
             "other": sorted(set(statuses) - {400, 503}), "healthz": len(latencies),
-            "healthz_p50_ms": round(latencies[len(latencies) // 2] * 1000, 1),
-            "healthz_p99_ms": round(latencies[int(0.99 * (len(latencies) - 1))] * 1000, 1),
-            "healthz_worst_ms": round(latencies[-1] * 1000, 1), "healthz_over_100ms": sum(x > 0.1 for x in latencies),
+            **percentiles(latencies, "healthz"), "load_average": os.getloadavg()[0],
             "server_rss_kb": rss_kb(pid, "VmRSS")}
 
 
@@ -278,15 +321,27 @@ def main() -> None:
             assert time.time() < deadline and server.poll() is None, "server did not start"
             time.sleep(0.2)
 
+    context = multiprocessing.get_context("spawn")
+    control_port = free_port()
+    controller = context.Process(target=control, args=(control_port,), daemon=True)
+    controller.start()
+    control_base = f"http://127.0.0.1:{control_port}"
+    while True:
+        try:
+            httpx.get(control_base + "/healthz", timeout=1)
+            break
+        except httpx.HTTPError:
+            assert time.time() < deadline + 60 and controller.is_alive(), "control server did not start"
+            time.sleep(0.2)
+
     flooded = flood(base, server.pid)
     started = time.time()
     stop_at = started + seconds
-    context = multiprocessing.get_context("spawn")
     out = context.Queue()
     processes = [context.Process(target=searcher, args=(str(root), stop_at, out)) for _ in range(SEARCHERS)]
     processes.append(context.Process(target=sql_reader, args=(str(root), stop_at, out)))
     processes.append(context.Process(target=writer, args=(str(root), str(fastas[2]), str(bed), stop_at, out)))
-    prober = context.Process(target=probe, args=(base, stop_at, server.pid, out))
+    prober = context.Process(target=probe, args=(base, control_base, stop_at, server.pid, out))
     prober.start()  # at the server's priority; the load below runs --load-nice lower
     os.nice(arguments.load_nice)
     for process in processes:
@@ -308,6 +363,7 @@ def main() -> None:
     server_record.pop("kind")
     server_record["rss_peak_kb"] = rss_kb(server.pid, "VmHWM")
     server.terminate()
+    controller.terminate()
     _, server_log = server.communicate(timeout=30)
     (work / "server.log").write_text(server_log)
 

@@ -11,6 +11,7 @@ The public API mirrors the CLI, verb for verb::
     table = genoembed.sql(store, "SELECT * FROM tiles LIMIT 5")             # genoembed sql
     genoembed.annotate(store, "genes.gff3")                                  # genoembed annotate
     genoembed.remove(store, genome="strainA")                                # genoembed remove
+    genoembed.circularise(store, ["plasmid1"])                               # genoembed annotate --circular
     problems = genoembed.verify(store)                                       # genoembed verify
     shifts = genoembed.score_variants(store, genoembed.read_variants("calls.vcf"))  # genoembed variants
     why = genoembed.explain(store, "chr1:10001-11000", hit=1)                # genoembed explain
@@ -33,6 +34,7 @@ from genoembed.version import VERSION as __version__  # noqa: E402
 
 from genoembed.annotate import add_annotations as annotate  # noqa: E402
 from genoembed.build import build, index  # noqa: E402
+from genoembed.circularise import circularise  # noqa: E402
 from genoembed.embedders import Embedder, EmbedderOptions, get_embedder, register_embedder  # noqa: E402
 from genoembed.explain import explain  # noqa: E402
 from genoembed.errors import GenoembedError, InputError, ModelError, StoreError  # noqa: E402
@@ -47,7 +49,7 @@ from genoembed.variants import annotate_vcf, haplotype_queries, read_variants, s
 from genoembed.vector_index import IndexSpec  # noqa: E402
 from genoembed.verify import verify_store as verify  # noqa: E402
 
-__all__ = ["__version__", "build", "index", "search", "answer", "sql", "annotate", "remove", "verify", "Store", "Recipe",
+__all__ = ["__version__", "build", "index", "search", "answer", "sql", "annotate", "remove", "circularise", "verify", "Store", "Recipe",
            "load_recipe", "TilingSpec", "IndexSpec", "Query", "Embedder", "EmbedderOptions", "get_embedder",
            "register_embedder", "read_variants", "score_variants", "annotate_vcf", "haplotype_queries",
            "explain", "GenoembedError", "InputError", "ModelError", "StoreError"]

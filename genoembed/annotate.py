@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     import duckdb
 from genoembed import features
 from genoembed.errors import InputError, command
-from genoembed.files import atomic_file
+from genoembed.files import atomic_file, version_name
 from genoembed.manifest import file_sha256
 from genoembed.names import check_identifier, identifier_from
 from genoembed.store import Store
@@ -37,32 +37,24 @@ def add_annotations(store: Store, path: str | Path, name: str | None = None, for
                     aliases: dict[str, str] | None = None, auto_alias: bool = False,
                     genome: str | None = None, replace: bool = False) -> dict:
     """Parse, check contigs against ``genome`` (default: :func:`matching_genome`), and save as
-    ``annotations/NAME.parquet`` with a ``genome`` column.
+    ``annotations/NAME.VERSION.parquet`` (a new file for every version) with a ``genome`` column.
 
     NAME defaults to the file's name; when a set of another genome already has it (two strains'
     ``genes.gff3``), ``NAME_GENOME``, so one genome's annotations never replace another's. The file is
     parsed before, and written only under, the writer lock; a set of that name is replaced only with
-    ``replace``.
+    ``replace``, by a new file the manifest switches to: a reader of the old snapshot (an annotated search, a
+    running ``sql``) keeps the old file until it is done (:meth:`genoembed.store.Store.transaction`).
     """
     path = Path(path)
     if name is not None:
         check_identifier(name, "annotation set")
+    if genome is not None and genome not in store.genomes:
+        raise InputError(f"{store.root}: no genome {genome!r} in the store; it holds {', '.join(store.genomes)}")
     with features.opened_features(path, format) as parsed:  # held in DuckDB: GENCODE never sits in Arrow whole
-        extents = parsed.extents()
-        renames = dict(aliases or {})
-        named = features.apply_aliases(extents, renames)
-        genome = genome if genome is not None else matching_genome(store, named, path, auto_alias)
-        if genome not in store.genomes:
-            raise InputError(f"{store.root}: no genome {genome!r} in the store; it holds {', '.join(store.genomes)}")
-        lengths = store.contig_lengths[genome]
-        if auto_alias:
-            suggested = features.suggest_aliases(named, lengths)
-            renames = {chrom: suggested.get(renames.get(chrom, chrom), renames.get(chrom, chrom))
-                       for chrom in extents.column("chrom").unique().to_pylist()}
-        extents = features.apply_aliases(extents, renames)
-        circular = frozenset(store.genomes[genome].get("circular", ()))
-        features.require_known_contigs(extents.filter(pa.array(~across_origin(extents, lengths, circular))), lengths,
-                                       path)
+        circular_of = {held: frozenset(entry.get("circular", ())) for held, entry in store.genomes.items()}
+        genome, renames = annotation_target(parsed.extents(), path, store.contig_lengths, circular_of, aliases,
+                                            auto_alias, genome)
+        lengths, circular = store.contig_lengths[genome], circular_of[genome]
         spans = spans_round_origin(parsed.circular_rows(renames, circular), lengths, circular) if circular else None
         with store.transaction() as manifest:
             name = name or _default_name(manifest, path, genome)
@@ -70,27 +62,51 @@ def add_annotations(store: Store, path: str | Path, name: str | None = None, for
             if previous is not None and not replace:
                 raise InputError(f"{store.root}: annotation set {name!r} exists; pass --replace to replace it, "
                                  "or --name another")
-            target = store.root / "annotations" / f"{name}.parquet"
-            target.parent.mkdir(exist_ok=True)
-            with atomic_file(target, "annotation set") as partial:
+            relative = f"annotations/{version_name(name)}"  # a new file: readers of the old set keep reading it
+            (store.root / "annotations").mkdir(exist_ok=True)
+            with atomic_file(store.root / relative, "annotation set") as partial:
                 rows = parsed.write_parquet(partial, genome, renames, spans)
-            entry = {"path": f"annotations/{name}.parquet", "genome": genome, "source": str(path), "rows": rows,
-                     "sha256": file_sha256(target),
+            entry = {"path": relative, "genome": genome, "source": str(path), "rows": rows,
+                     "sha256": file_sha256(store.root / relative),
                      "added": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
             manifest.setdefault("annotations", {})[name] = entry
-    # a set `genoembed remove` rewrote under another name: its old file goes with the next sweep
+    # the replaced set's file is retired by the commit: deleted once no reader of an older snapshot is left
     return entry
 
 
-def matching_genome(store: Store, table: pa.Table, path: Path, auto_alias: bool = False) -> str:
-    """The one genome of the store holding every contig ``table`` names (after the suggested renames with
-    ``auto_alias``); a one-line InputError naming the candidates when several do, or when none of several
-    genomes does (a one-genome store returns its genome, so the contig report says what differs)."""
-    if len(store.genomes) == 1:
-        return next(iter(store.genomes))
+def annotation_target(extents: pa.Table, path: Path, contig_lengths: dict[str, dict[str, int]],
+                      circular: dict[str, frozenset[str]], aliases: dict[str, str] | None = None,
+                      auto_alias: bool = False, genome: str | None = None) -> tuple[str, dict[str, str]]:
+    """(genome, contig renames) of an annotation file whose features' ``chrom``/``start``/``end`` are ``extents``,
+    against genomes' ``contig_lengths`` (genome -> {contig: length}) and ``circular`` contigs: ``genome``, or the
+    one holding every contig the file names (:func:`matching_genome`), with ``aliases`` and, with ``auto_alias``,
+    the suggested renames applied; a one-line InputError naming the file, a contig and the fix when its contigs
+    are not that genome's (or run past their ends, except round a circular contig's origin). Needs no store, so
+    `genoembed index` checks its annotations before it embeds anything."""
+    renames = dict(aliases or {})
+    named = features.apply_aliases(extents, renames)
+    genome = genome if genome is not None else matching_genome(contig_lengths, named, path, auto_alias)
+    lengths = contig_lengths[genome]
+    if auto_alias:
+        suggested = features.suggest_aliases(named, lengths)
+        renames = {chrom: suggested.get(renames.get(chrom, chrom), renames.get(chrom, chrom))
+                   for chrom in extents.column("chrom").unique().to_pylist()}
+    extents = features.apply_aliases(extents, renames)
+    features.require_known_contigs(extents.filter(pa.array(~across_origin(extents, lengths, circular[genome]))),
+                                   lengths, path)
+    return genome, renames
+
+
+def matching_genome(contig_lengths: dict[str, dict[str, int]], table: pa.Table, path: Path,
+                    auto_alias: bool = False) -> str:
+    """The one genome (of ``contig_lengths``: genome -> {contig: length}) holding every contig ``table`` names (after
+    the suggested renames with ``auto_alias``); a one-line InputError naming the candidates when several do, or
+    when none of several genomes does (a lone genome is returned, so the contig report says what differs)."""
+    if len(contig_lengths) == 1:
+        return next(iter(contig_lengths))
     names = set(table.column("chrom").unique().to_pylist())
     fitting = []
-    for genome, lengths in store.contig_lengths.items():
+    for genome, lengths in contig_lengths.items():
         renamed = {features.suggest_aliases(table, lengths).get(chrom, chrom) for chrom in names} \
             if auto_alias else names
         if renamed <= lengths.keys():
@@ -102,7 +118,7 @@ def matching_genome(store: Store, table: pa.Table, path: Path, auto_alias: bool 
                          f"contig names repeat across genomes: name one with --genome")
     example = sorted(names)[0] if names else "(none)"
     raise InputError(f"{path}: no genome of the store holds all its contigs (e.g. {example!r}; genomes: "
-                     f"{', '.join(store.genomes)}); name one with --genome to see which contigs differ")
+                     f"{', '.join(contig_lengths)}); name one with --genome to see which contigs differ")
 
 
 def _default_name(manifest: dict, path: Path, genome: str) -> str:
@@ -114,12 +130,15 @@ def _default_name(manifest: dict, path: Path, genome: str) -> str:
 def check_feature_types(store: Store, types: tuple[str, ...]) -> list[str]:
     """The ``types`` the store's annotations hold; an error when none of them is there (it would join nothing),
     naming the types that are."""
+    from genoembed.interrupts import interruptible
     from genoembed.sql import connect
 
     if not store.manifest.get("annotations"):
         raise InputError(f"--feature-type {', '.join(types)}: {store.root} has no annotations; add some with "
                          f"{command('annotate', store.root, 'genes.gff3')}")
-    present = [row[0] for row in connect(store).execute("SELECT DISTINCT type FROM annotations ORDER BY 1").fetchall()]
+    con = connect(store)
+    present = [row[0] for row in interruptible(
+        con, lambda: con.execute("SELECT DISTINCT type FROM annotations ORDER BY 1").fetchall(), None)]
     found = [kind for kind in types if kind in present]
     if not found:
         raise InputError(f"--feature-type {', '.join(types)} matches no feature of {store.root}; its types: "
@@ -193,14 +212,19 @@ def annotation_intervals(store: Store, types: tuple[str, ...] | None = None) -> 
     """The columns of the store's ``annotations`` view a join needs (of ``types`` only, when given)."""
     import duckdb
 
+    from genoembed.interrupts import interruptible
     from genoembed.sql import AHEAD_ANNOTATIONS, connect
 
     con: duckdb.DuckDBPyConnection = connect(store)
-    present = con.sql(f"SELECT * FROM {AHEAD_ANNOTATIONS} LIMIT 0").columns
-    wanted = [c for c in ("genome", "chrom", "start", "end", "strand", "type", "name", "parts") if c in present]
-    try:
+
+    def read() -> pa.Table:
+        present = con.sql(f"SELECT * FROM {AHEAD_ANNOTATIONS} LIMIT 0").columns
+        wanted = [c for c in ("genome", "chrom", "start", "end", "strand", "type", "name", "parts") if c in present]
         return con.sql(f"SELECT {', '.join(f'{chr(34)}{c}{chr(34)}' for c in wanted)} FROM {AHEAD_ANNOTATIONS}"
                        + (" WHERE type IN (SELECT unnest($types))" if types else ""),
                        params={"types": list(types)} if types else None).to_arrow_table()
+
+    try:  # on a worker thread: a Ctrl-C stops it and is raised as such (DuckDB would report a failed query)
+        return interruptible(con, read, None)
     except duckdb.Error as error:
         raise InputError(f"reading the store's annotations failed: {str(error).splitlines()[0]}") from None

@@ -18,7 +18,7 @@ from typing import Callable, Iterable
 
 from genoembed import schema
 from genoembed.version import VERSION as __version__
-from genoembed.annotate import add_annotations
+from genoembed.annotate import add_annotations, annotation_target
 from genoembed.embedders import Embedder, get_embedder
 from genoembed.embedders.base import strand_invariant
 from genoembed.engine import embed_genome, make_engine
@@ -89,6 +89,7 @@ def index(
                   "tiling": tiling.describe(), "embedding_dtype": embedding_dtype}
     check_store_directory(output, [Path(genome.path), *map(Path, annotations)], overwrite)
     check_already_indexed(output, genome, append, overwrite)
+    check_annotation_files(output, [genome], annotations, aliases, auto_alias, overwrite)
     created = not output.exists()
     with write_lock(output):  # one writer from the first shard to the index: the store is swept once
         try:
@@ -122,6 +123,32 @@ def with_topology(genomes: list[Genome], circular: Iterable[str], annotations: I
         if Path(path).is_file():  # a missing file is reported when the annotations are added
             named |= annotation_circular(path)
     return [genome.with_circular(named & set(genome.contigs)) for genome in genomes]
+def check_annotation_files(output: Path, genomes: list[Genome], annotations: Iterable[str | Path],
+                           aliases: dict[str, str] | None, auto_alias: bool, overwrite: bool) -> None:
+    """Check each annotation file's contigs against the genomes the store will hold (those it holds, unless
+    ``overwrite``, and ``genomes``) before anything is embedded: a file that needs ``--alias`` fails in seconds
+    with the fix, not after the whole genome was embedded."""
+    from genoembed.features import opened_features
+
+    annotations = list(annotations)
+    if not annotations:
+        return
+    lengths: dict[str, dict[str, int]] = {}
+    circular: dict[str, frozenset[str]] = {}
+    if not overwrite and (output / "manifest.json").is_file():
+        try:
+            held = Store.open(output, require_complete=False)
+        except GenoembedError:
+            held = None  # a damaged store: embed_genome reports it
+        for name, entry in (held.genomes if held else {}).items():
+            lengths[name], circular[name] = dict(entry["contig_lengths"]), frozenset(entry.get("circular", ()))
+    for genome in genomes:
+        lengths[genome.name], circular[genome.name] = dict(genome.contigs), frozenset(genome.circular)
+    for path in annotations:
+        with opened_features(path) as parsed:
+            annotation_target(parsed.extents(), Path(path), lengths, circular, aliases, auto_alias)
+
+
 # What a directory may hold and still count as empty: what taking the writer lock or a lease leaves.
 _EMPTY_STORE_ENTRIES = {".lock", ".readers"}
 
@@ -196,15 +223,19 @@ def build(recipe: Recipe, embedder: Embedder | None = None, overwrite: bool = Fa
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
         raise InputError(f"two FASTA files give the genome name {repeated[0]!r}; rename one of the files")
+    check_store_directory(Path(recipe.output), [*map(Path, recipe.fastas), *map(Path, recipe.annotations)], overwrite)
+    check_annotation_files(Path(recipe.output), genomes, recipe.annotations, recipe.aliases, recipe.auto_alias,
+                           overwrite)
     embedder = embedder or get_embedder(recipe.model, recipe.model_options)
     store = None
     for number, genome in enumerate(genomes):
-        last = number == len(genomes) - 1  # index (trained on all) and annotations once every genome is in
+        last = number == len(genomes) - 1  # the vector index once every genome is in (trained on all)
         report = (lambda done, total, name=genome.name: progress(name, done, total)) if progress else None
         store = index(genome, recipe.output, embedder=embedder, tiling=recipe.tiling,
-                      index_spec=recipe.index if last else None,
-                      annotations=recipe.annotations if last else (), aliases=recipe.aliases,
-                      auto_alias=recipe.auto_alias, batch_rows=recipe.batch_rows, shard_rows=recipe.shard_rows,
-                      embedding_dtype=recipe.embedding_dtype, overwrite=overwrite and number == 0,
-                      append=append or number > 0, progress=report, engine=engine, engine_options=engine_options)
+                      index_spec=recipe.index if last else None, batch_rows=recipe.batch_rows,
+                      shard_rows=recipe.shard_rows, embedding_dtype=recipe.embedding_dtype,
+                      overwrite=overwrite and number == 0, append=append or number > 0, progress=report,
+                      engine=engine, engine_options=engine_options)
+    for path in recipe.annotations:  # checked above; the recipe owns these sets: a rerun replaces them
+        add_annotations(store, path, aliases=recipe.aliases, auto_alias=recipe.auto_alias, replace=True)
     return store

@@ -32,6 +32,7 @@ from genoembed.search import HitSequences, Query
 from genoembed.store import Store
 from genoembed.subsets import filtered_search, resolve, tile_filter
 from genoembed.tiles import tile_starts
+from genoembed.topology import linear_pieces
 
 BLOCKS = schema.BLOCKS  # columns of a mapped block: see schema
 
@@ -260,14 +261,25 @@ def blocks_paf(blocks: pa.Table, contig_lengths: dict[str, dict[str, int]]) -> s
     column 10 is the query bases inside the block's anchors (minimap2: bases in its seeds), column 11 the
     block's length on the target, mapq as minimap2 derives it from the second-best chain. Tags:
     ``tp:A:P``/``S`` primary or secondary, ``cm:i:`` anchors chained, ``s1:i:`` chain score * 100,
-    ``es:f:`` best and ``em:f:`` mean embedding score, ``qc:f:`` query coverage."""
+    ``es:f:`` best and ``em:f:`` mean embedding score, ``qc:f:`` query coverage. A block through a circular
+    contig's origin is two lines, one each side (as ``hit_formats`` writes hits), its query span and matching
+    bases shared in proportion to the target bases on each side (a block's ends are approximate anyway)."""
     lines = []
     for row in blocks.to_pylist():
-        lines.append("\t".join(str(value) for value in (
-            row["query"], row["query_length"], row["query_block_start"], row["query_block_end"], row["strand"],
-            row["chrom"], contig_lengths[row["genome"]][row["chrom"]], row["start"], row["end"],
-            int(round(row["query_coverage"] * row["query_length"])), row["end"] - row["start"], row["mapq"],
-            f"tp:A:{'P' if row['rank'] == 1 else 'S'}", f"cm:i:{row['tiles']}",
-            f"s1:i:{int(round(100 * row['chain_score']))}", f"es:f:{row['score']:.4g}",
-            f"em:f:{row['mean_score']:.4g}", f"qc:f:{row['query_coverage']:.3f}")))
+        length = contig_lengths[row["genome"]][row["chrom"]]
+        query_span = row["query_block_end"] - row["query_block_start"]
+        matching = int(round(row["query_coverage"] * row["query_length"]))
+        done = 0  # target bases of the block written so far
+        for start, end in linear_pieces(row["start"], row["end"], length):
+            share = (done, done + end - start)
+            first, last = (int(round(part * query_span / (row["end"] - row["start"]))) for part in share)
+            query = (row["query_block_start"] + first, row["query_block_start"] + last) if row["strand"] != "-" else \
+                (row["query_block_end"] - last, row["query_block_end"] - first)
+            lines.append("\t".join(str(value) for value in (
+                row["query"], row["query_length"], *query, row["strand"], row["chrom"], length, start, end,
+                int(round(matching * (end - start) / (row["end"] - row["start"]))), end - start, row["mapq"],
+                f"tp:A:{'P' if row['rank'] == 1 else 'S'}", f"cm:i:{row['tiles']}",
+                f"s1:i:{int(round(100 * row['chain_score']))}", f"es:f:{row['score']:.4g}",
+                f"em:f:{row['mean_score']:.4g}", f"qc:f:{row['query_coverage']:.3f}")))
+            done += end - start
     return "\n".join(lines) + ("\n" if lines else "")

@@ -151,6 +151,37 @@ def align(query: str, target: str, target_offset: int = 0) -> Alignment | None:
                      cigar="".join(f"{n}{op}" for n, op in operations))
 
 
+def operations_score(operations: list[tuple[int, str]]) -> int:
+    """Raw score of alignment columns under this module's scoring (+1/-2, a gap of k bases costs 2 + 2k)."""
+    return sum(n * MATCH if op == "=" else n * MISMATCH if op == "X" else -(GAP_EXISTENCE + GAP_EXTENSION * n)
+               for n, op in operations)
+
+
+def cut_alignment(alignment: Alignment, at: int) -> tuple[Alignment, Alignment]:
+    """``alignment`` cut where its target reaches ``at`` (``target_start < at < target_end``): the columns before
+    and after, each an alignment with its own counts and score (a gap the cut crosses counts on both sides; an
+    insertion at the cut goes after it). How one alignment through a circular contig's origin becomes two, one
+    each side of it, as minimap2 and BLAST report a match across the ends of a linear reference."""
+    wanted, consumed, before, after = at - alignment.target_start, 0, [], []
+    for length, op in ((int(n), op) for n, op in _CIGAR.findall(alignment.cigar)):
+        take = 0 if consumed >= wanted else length if op == "I" else min(length, wanted - consumed)
+        consumed += take if op != "I" else 0
+        before += [(take, op)] if take else []
+        after += [(length - take, op)] if length > take else []
+    first_query = sum(n for n, op in before if op != "D")
+    plus = alignment.strand == "+"
+    query_cut = alignment.query_aligned_start + first_query if plus else alignment.query_aligned_end - first_query
+    spans = ((alignment.query_aligned_start, query_cut), (query_cut, alignment.query_aligned_end))
+    pieces = zip((before, after), spans if plus else spans[::-1],
+                 ((alignment.target_start, at), (at, alignment.target_end)))
+    return tuple(Alignment(
+        strand=alignment.strand, query_aligned_start=query[0], query_aligned_end=query[1], target_start=target[0],
+        target_end=target[1], matches=sum(n for n, op in operations if op == "="),
+        mismatches=sum(n for n, op in operations if op == "X"), gap_opens=sum(1 for _, op in operations if op in "ID"),
+        aligned_length=sum(n for n, _ in operations), alignment_score=operations_score(operations),
+        cigar="".join(f"{n}{op}" for n, op in operations)) for operations, query, target in pieces)
+
+
 def match_strand(query: str, target: str, k: int = STRAND_K) -> str:
     """``+`` when more of ``target``'s k-mers occur in ``query`` than of its reverse complement's,
     ``-`` when fewer, ``.`` on a tie (e.g. no shared k-mer on either strand)."""
@@ -203,6 +234,11 @@ def _found_kmers(flat_presence: np.ndarray, codes: np.ndarray, offset: np.ndarra
     index[~clean] = 0  # k-mers with an ambiguous base hold no valid index; they count for neither strand
     index += offset.astype(index.dtype)
     return np.count_nonzero(np.take(flat_presence, index) & clean, axis=1)
+
+
+def database_length(contig_lengths: dict[str, dict[str, int]]) -> int:
+    """An E-value's database: every base of every contig of every genome searched (genome -> {contig: length})."""
+    return sum(sum(contigs.values()) for contigs in contig_lengths.values())
 
 
 def alignment_columns(alignment: Alignment | None, query_length: int, database_length: int) -> dict:

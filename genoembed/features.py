@@ -293,10 +293,10 @@ def check_contigs(annotations: pa.Table, contig_lengths: dict[str, int], source:
 
 
 def require_known_contigs(annotations: pa.Table, contig_lengths: dict[str, int], source: str | Path) -> None:
-    """Raise one :class:`InputError` listing every contig mismatch (summary first), or return."""
+    """Raise one :class:`InputError` listing every contig mismatch (one line, summary first), or return."""
     problems = check_contigs(annotations, contig_lengths, source).problems()
     if problems:
-        raise InputError("\n".join(problems))
+        raise InputError("; ".join(problems))
 
 
 def suggest_aliases(annotations: pa.Table, contig_lengths: dict[str, int]) -> dict[str, str]:

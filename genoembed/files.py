@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import threading
 from pathlib import Path
 from typing import Iterator
@@ -37,3 +38,10 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through :func:`atomic_file`."""
     with atomic_file(path) as partial:
         partial.write_bytes(data)
+
+
+def version_name(stem: str, suffix: str = ".parquet") -> str:
+    """A file name never used before: ``STEM.VERSION`` + suffix, VERSION 16 random hex digits. A file replaced
+    under readers is written as a new version, never over the old one; and a name that has left the store never
+    comes back, so the date its removal was recorded under stays true (:func:`genoembed.writers.sweep_retired`)."""
+    return f"{stem}.{secrets.token_hex(8)}{suffix}"

@@ -15,6 +15,14 @@ turns genoembed's 0-based half-open intervals into the format's own convention:
   matches alignment-length mapq=255, i.e. unknown) plus ``AS:i:`` (alignment score), ``cg:Z:``
   (CIGAR, target forward against the query, reverse-complemented on ``-``) and ``es:f:`` (the
   embedding score). No header lines. Needs alignment columns; unaligned hits are left out.
+
+None of these formats knows circular molecules: BED describes "a linear chromosome" (the BED v1 spec), PAF and
+BLAST coordinates lie on the target sequence, and minimap2 and BLAST report a match across a circular genome's
+origin as two alignments, one each side of it. So do these writers: a hit through the origin of a circular contig
+(``end`` past its length, the convention of :mod:`genoembed.schema`) becomes two records, ``[start, length)`` then
+``[0, end - length)``, that together cover exactly the hit's bases; BED's two keep the hit's name, score and
+strand, and an alignment is cut at the origin into two, each with its own query span, counts, CIGAR, score, bit
+score and E-value (:func:`genoembed.evidence.cut_alignment`, same query and database as the whole). Every record then lies on its contig, as bedtools, ``bedToBigBed`` and PAF readers require.
 """
 
 from __future__ import annotations
@@ -22,6 +30,8 @@ from __future__ import annotations
 import pyarrow as pa
 
 from genoembed.errors import InputError
+from genoembed.evidence import Alignment, alignment_columns, cut_alignment, database_length
+from genoembed.topology import linear_pieces
 
 BLAST6_FIELDS = ("query acc.ver, subject acc.ver, % identity, alignment length, mismatches, gap opens, "
                  "q. start, q. end, s. start, s. end, evalue, bit score")
@@ -40,8 +50,24 @@ def _require_alignments(hits: pa.Table, fmt: str) -> None:
         raise InputError(f"--format {fmt} reports alignments: search with --align")
 
 
-def _aligned_rows(hits: pa.Table) -> list[dict]:
-    return [row for row in hits.to_pylist() if row["alignment_score"] is not None]
+ALIGNMENT_FIELDS = tuple(Alignment.__dataclass_fields__)
+
+
+def _aligned_rows(hits: pa.Table, contig_lengths: dict[str, dict[str, int]]) -> list[dict]:
+    """Aligned hits as records on their contigs: an alignment through a circular contig's origin as its two pieces."""
+    rows, database = [], database_length(contig_lengths)
+    for row in hits.to_pylist():
+        if row["alignment_score"] is None:
+            continue
+        length = contig_lengths[row["genome"]][row["chrom"]]
+        if row["target_end"] <= length:
+            rows.append(row)
+            continue
+        whole = Alignment(**{name: row[name] for name in ALIGNMENT_FIELDS})
+        for piece in cut_alignment(whole, length):
+            rows.append({**row, **alignment_columns(piece, row["query_length"], database)})
+        rows[-1].update(target_start=rows[-1]["target_start"] - length, target_end=rows[-1]["target_end"] - length)
+    return rows
 
 
 def _evalue_text(value: float) -> str:
@@ -49,11 +75,13 @@ def _evalue_text(value: float) -> str:
     return "0.0" if value < 1e-180 else f"{value:.3g}"
 
 
-def blast6(hits: pa.Table, title: str = "genoembed search", comments: bool = True) -> str:
-    """BLAST outfmt 6 text of aligned hits; with ``comments``, two ``#`` lines first (outfmt 7's header)."""
+def blast6(hits: pa.Table, contig_lengths: dict[str, dict[str, int]], title: str = "genoembed search",
+           comments: bool = True) -> str:
+    """BLAST outfmt 6 text of aligned hits; with ``comments``, two ``#`` lines first (outfmt 7's header).
+    ``contig_lengths`` (genome -> {contig: length}) places alignments through a circular contig's origin."""
     _require_alignments(hits, "blast6")
     lines = [f"# {title}", f"# Fields: {BLAST6_FIELDS}"] if comments else []
-    for row in _aligned_rows(hits):
+    for row in _aligned_rows(hits, contig_lengths):
         subject = (row["target_start"] + 1, row["target_end"])
         if row["strand"] == "-":
             subject = subject[::-1]
@@ -64,23 +92,28 @@ def blast6(hits: pa.Table, title: str = "genoembed search", comments: bool = Tru
     return "\n".join(lines) + ("\n" if lines else "")
 
 
-def bed(hits: pa.Table, higher_is_better: bool = True, header: bool = True, ranked_names: bool = False) -> str:
+def bed(hits: pa.Table, contig_lengths: dict[str, dict[str, int]], higher_is_better: bool = True,
+        header: bool = True, ranked_names: bool = False) -> str:
     """BED6 text of hits or loci; ``header``: one ``#`` line naming the columns first; ``ranked_names``: each row
-    named ``query#rank`` (as the server's BED), else by its query."""
+    named ``query#rank`` (as the server's BED), else by its query. A hit through a circular contig's origin is
+    two lines (``contig_lengths``: genome -> {contig: length})."""
     lines = [BED_HEADER] if header else []
-    lines += ["\t".join(str(value) for value in (row["chrom"], row["start"], row["end"],
-                                                 f"{row['query']}#{row['rank']}" if ranked_names else row["query"],
-                                                 bed_score(row["score"], higher_is_better), row["strand"]))
-              for row in hits.to_pylist()]
+    for row in hits.to_pylist():
+        name = f"{row['query']}#{row['rank']}" if ranked_names else row["query"]
+        score = bed_score(row["score"], higher_is_better)
+        lines += ["\t".join(str(value) for value in (row["chrom"], start, end, name, score, row["strand"]))
+                  for start, end in linear_pieces(row["start"], row["end"],
+                                                  contig_lengths[row["genome"]][row["chrom"]])]
     return "\n".join(lines) + ("\n" if lines else "")
 
 
 def paf(hits: pa.Table, contig_lengths: dict[str, dict[str, int]]) -> str:
     """PAF text of aligned hits (no header); ``contig_lengths`` is genome -> {contig: length}
-    (:attr:`genoembed.store.Store.contig_lengths`): the target length is that of the hit's own genome."""
+    (:attr:`genoembed.store.Store.contig_lengths`): the target length is that of the hit's own genome, and an
+    alignment through a circular contig's origin is two lines, each inside ``[0, tlen]``."""
     _require_alignments(hits, "paf")
     lines = []
-    for row in _aligned_rows(hits):
+    for row in _aligned_rows(hits, contig_lengths):
         lines.append("\t".join(str(value) for value in (
             row["query"], row["query_length"], row["query_aligned_start"], row["query_aligned_end"], row["strand"],
             row["chrom"], contig_lengths[row["genome"]][row["chrom"]], row["target_start"], row["target_end"], row["matches"],

@@ -33,11 +33,10 @@ import numpy as np
 from genoembed.errors import GenoembedError, InputError
 from genoembed.manifest import file_sha256
 from genoembed.store import Store
-from genoembed.leases import now_ns
-from genoembed.writers import sweep_retired, write_lock
+from genoembed.writers import write_lock
 from genoembed.synthetic import mutate
 from genoembed.recall import exact_neighbours, tune_search
-from genoembed.vector_index import (INDEX_FILE, FaissIndex, IndexSpec, Metric, import_faiss, index_files, index_parts,
+from genoembed.vector_index import (INDEX_FILE, FaissIndex, IndexSpec, Metric, import_faiss, index_parts,
                                     load_index, prepare, refine_stage, save_index, search_knob, train_index,
                                     with_tile_ids)
 
@@ -53,13 +52,15 @@ MERGE_RATIO = 2
 def build_store_index(store: Store, spec: IndexSpec, progress: Callable[[int], None] | None = None,
                       first_part: int | None = None) -> dict:
     """(Re)build the store's FAISS index from all its shards (trained anew, tuned) and record it in the manifest.
-    Its files are numbered from the current index's next part (``first_part`` when the manifest lists none)."""
+    Its files are numbered from the current index's next part (when the manifest lists none: ``first_part``, else
+    past every index file on disk, which an overwritten store's readers may still hold)."""
     with write_lock(store.root):
         store.refresh()
         template = train_index(store, spec)
         current = store.manifest.get("index") or {}
+        first = current.get("next_part", first_part if first_part is not None else _first_unused_part(store.root))
         entry = {"spec": spec.describe(), "metric": spec.metric.value, "dim": store.dim, "parts": [],
-                 "next_part": current.get("next_part", first_part or 0), "part_rows": spec.part_rows}
+                 "next_part": first, "part_rows": spec.part_rows}
         for low, high in _groups(store.shards, spec.part_rows, store.id_limit):
             entry["parts"].append(_write_part(store, entry, template, low, high, spec.metric, progress))
         _save_template(store, entry, template)
@@ -98,6 +99,22 @@ def update_store_index(store: Store, spec: IndexSpec) -> dict:
             entry.update(search=tuned, tuned_tiles=store.num_tiles)
         _commit(store, entry)
         return entry
+
+
+def with_part(store: Store, entry: dict, ids: np.ndarray, vectors: np.ndarray) -> dict:
+    """Index ``entry`` with one more part holding ``vectors`` under tile ``ids`` (past every part's ids): tiles a
+    store gains inside a genome it holds (a contig made circular gets its tiles round the origin), indexed without
+    reading or rewriting what is. The part is written under a name no manifest lists; the caller commits the
+    entry together with the shards holding those tiles."""
+    entry = {**entry, "parts": list(index_parts(entry))}
+    index = with_tile_ids(import_faiss().clone_index(_template(store, entry)))
+    index.add_with_ids(prepare(vectors, entry["metric"]), np.asarray(ids, dtype=np.int64))
+    path = _part_path(entry["next_part"])
+    entry["next_part"] += 1
+    save_index(index, store.root / path)
+    entry["parts"].append({"path": path, "ntotal": int(index.ntotal), "bytes": (store.root / path).stat().st_size,
+                           "sha256": file_sha256(store.root / path), "tile_ids": [int(min(ids)), int(max(ids)) + 1]})
+    return _summarised(store, entry)
 
 
 def compact(store: Store, retune_only: bool = False) -> dict:
@@ -177,6 +194,13 @@ def _part_path(number: int, kind: str = "vectors") -> str:
     return INDEX_FILE if number == 0 and kind == "vectors" else f"index/{kind}-{number:05d}.faiss"
 
 
+def _first_unused_part(root: Path) -> int:
+    """One past the highest part number of any index file on disk (``index/vectors.faiss`` is part 0)."""
+    numbers = [int(match.group(1) or 0) for path in (root / "index").glob("*.faiss")
+               if (match := re.fullmatch(r"vectors|\w+-(\d+)", path.stem))]
+    return max(numbers, default=-1) + 1
+
+
 def _groups(shards: list[dict], part_rows: int | None, id_limit: int) -> list[tuple[int, int]]:
     """Tile-id ranges ``[low, high)`` of whole ``shards``, in id order, holding at most ``part_rows`` tiles each (a
     shard bigger than that is a part of its own; one range when ``part_rows`` is None); the last reaches
@@ -250,10 +274,8 @@ def _open(store: Store, entry: dict) -> FaissIndex:
 
 def _commit(store: Store, entry: dict) -> None:
     """Record ``entry`` in the manifest; index files it no longer lists (folded parts, a replaced base) are retired:
-    deleted once no reader of an older snapshot is left (:func:`genoembed.writers.sweep_retired`)."""
-    before = index_files(store.manifest.get("index"))
+    deleted once no reader of an older snapshot is left (:meth:`genoembed.store.Store.transaction`)."""
     store.record("index", "index", entry)
-    sweep_retired(store.root, sorted(before - index_files(entry)), now_ns(), folders=("index",))
 
 
 # Tuning queries differ from the stored tiles as a related strain's sequence would: 5 % substitutions.

@@ -447,7 +447,7 @@ class SealedEntry(dict):
 def genome_files(root: Path, manifest: dict) -> set[str]:
     """Store paths of every shard and genome sequence (with its .fai and .gzi) ``manifest`` (as read) lists;
     a sealed file's are worked out once per process."""
-    files, genomes, shards = set(), 0, 0
+    files, sealed = set(), 0
     for descriptor in manifest.get("sealed") or ():
         key = (str(root / descriptor["path"]), descriptor["sha256"])
         if key not in _SEALED_GENOME_FILES:
@@ -455,9 +455,10 @@ def genome_files(root: Path, manifest: dict) -> set[str]:
             _SEALED_GENOME_FILES[key] = frozenset({shard["path"] for shard in content["shards"]} |
                                                   sequence_files(content))
         files |= _SEALED_GENOME_FILES[key]
-        genomes, shards = genomes + descriptor["genomes"], shards + descriptor["shards"]
-    inline = {"genomes": dict(list(manifest["genomes"].items())[genomes:])}
-    return files | {shard["path"] for shard in manifest["shards"][shards:]} | sequence_files(inline)
+        sealed += descriptor["genomes"]
+    inline = {"genomes": dict(list(manifest["genomes"].items())[sealed:])}  # sealed files hold the first genomes
+    return files | {shard["path"] for shard in manifest["shards"] if shard["genome"] in inline["genomes"]} | \
+        sequence_files(inline)
 
 
 def sealed_files(manifest: dict) -> set[str]:

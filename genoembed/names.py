@@ -1,7 +1,7 @@
 """Names a user gives things in a store, checked here once for every verb and the server.
 
 Annotation sets and saved searches become SQL view names and file names
-(``annotations/NAME.parquet``, ``searches/NAME.json``), so they are plain
+(``annotations/NAME.VERSION.parquet``, ``searches/NAME.json``), so they are plain
 identifiers: a name like ``../../OTHER/shards/part-00000`` must never become a
 path, nor ``x;DROP TABLE`` a view. Genome names are values, never identifiers
 or paths, but they appear in BED/TSV output and manifests, so they are one

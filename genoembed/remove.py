@@ -17,7 +17,6 @@ those contigs), switched in the same manifest write.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 from typing import Sequence
@@ -27,10 +26,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from genoembed.errors import InputError, StoreError
-from genoembed.files import atomic_write_bytes
+from genoembed.files import atomic_write_bytes, version_name
 from genoembed.indexing import build_store_index, index_matches
 from genoembed.manifest import file_sha256, read_manifest, sequence_files, write_manifest
-from genoembed.leases import now_ns
+from genoembed.leases import fs_now_ns
 from genoembed.schema import ANNOTATIONS
 from genoembed.store import Store
 from genoembed.writers import sweep_retired, write_lock
@@ -64,7 +63,7 @@ def remove(store: Store, genome: str, contigs: Sequence[str] = ()) -> dict:
             replaced.append(store.root / shard["path"])
             rest = table.filter(pc.invert(gone))
             if rest.num_rows:
-                kept.append(_rewritten(store, manifest, shard, rest))
+                kept.append(rewritten_shard(store, manifest, shard, rest))
         manifest["shards"] = kept
         replaced += _remove_annotations(store, manifest, genome, contigs)
         if contigs:
@@ -81,11 +80,11 @@ def remove(store: Store, genome: str, contigs: Sequence[str] = ()) -> dict:
         # with an index that matches them, so no committed snapshot lacks an index. The index file is replaced
         # first; a reader of the old snapshot that loads it just misses the removed tiles.
         index_entry = manifest.get("index")
-        in_place = bool(index_entry) and parts is not None and _removed_in_place(store, manifest, parts, ids)
+        in_place = bool(index_entry) and parts is not None and removed_in_place(store, manifest, parts, ids)
         if not in_place:
             manifest["index"] = None  # rebuilt below, once the manifest lists the shards it is built from
         write_manifest(store.root, manifest)
-        committed = now_ns()
+        committed = fs_now_ns(store.root)  # the file system's time, as readers' leases are
         store.refresh()  # this process is done with the old snapshot: its lease moves past the commit
         # readers of older snapshots may still read the old shards: deleted now if none is left, else later
         sweep_retired(store.root, [path.relative_to(store.root).as_posix() for path in replaced], committed)
@@ -98,7 +97,7 @@ def remove(store: Store, genome: str, contigs: Sequence[str] = ()) -> dict:
             "shards_rewritten": len(replaced), "tiles_left": store.num_tiles, "searches_dropped": dropped}
 
 
-def _removed_in_place(store: Store, manifest: dict, parts: list, ids: np.ndarray) -> bool:
+def removed_in_place(store: Store, manifest: dict, parts: list, ids: np.ndarray) -> bool:
     """Drop ``ids`` from every index part in place (same file names) and record the parts in ``manifest``;
     False when a part's type cannot remove (HNSW, a refine stage): the index is then rebuilt."""
     removed = []
@@ -199,7 +198,7 @@ def _remove_annotations(store: Store, manifest: dict, genome: str, contigs: Sequ
         sink = pa.BufferOutputStream()
         pq.write_table(rest, sink, compression="zstd")
         data = sink.getvalue().to_pybytes()
-        relative = f"annotations/{name}-{hashlib.sha256(data).hexdigest()[:12]}.parquet"
+        relative = f"annotations/{version_name(name)}"
         atomic_write_bytes(store.root / relative, data)
         genomes = pc.unique(rest["genome"]).to_pylist()
         sets[name] = {**{key: value for key, value in entry.items() if key not in ("genome_in_file", "genome_candidates")},
@@ -208,7 +207,7 @@ def _remove_annotations(store: Store, manifest: dict, genome: str, contigs: Sequ
     return replaced
 
 
-def _rewritten(store: Store, manifest: dict, shard: dict, rest: pa.Table) -> dict:
+def rewritten_shard(store: Store, manifest: dict, shard: dict, rest: pa.Table) -> dict:
     """``rest`` written as a new shard; its manifest entry."""
     path = write_shard(store.root, manifest, rest)
     ids = rest["tile_id"]

@@ -13,6 +13,10 @@ convention: an interval through the origin of a contig of length ``L`` keeps ``s
 ``end > L`` (``end <= start + L``), covering ``[start, L)`` then ``[0, end - L)``. Tiles, hits and
 annotations all use it, so a tile whose ``end`` passes its contig's length is one that wraps; on a
 linear contig ``end <= L`` always. Interval arithmetic around the origin: :mod:`genoembed.topology`.
+Formats read by tools that know no circles (BED, PAF, BLAST tabular, browser tracks) get such an interval
+as two records, ``[start, L)`` then ``[0, end - L)`` (:func:`genoembed.topology.linear_pieces`; alignments
+cut at the origin, :mod:`genoembed.hit_formats`), so every record lies on its contig; screens and region
+strings write it 1-based as ``--region`` reads it (``9001-200``).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Queries are embedded with the store's own embedder (same model files,
 pooling and settings, checked by fingerprint), so query and tile vectors
 live in one space. Hits follow ``schema.HITS``; a search saved under a name
-(``searches/NAME.HASH.parquet`` with its sidecar ``searches/NAME.json``; the CLI saves ``last`` unless
+(``searches/NAME.VERSION.parquet`` with its sidecar ``searches/NAME.json``; the CLI saves ``last`` unless
 ``--no-save``) becomes SQL views for `genoembed sql`.
 """
 
@@ -349,7 +349,8 @@ def add_evidence(store: Store, queries: list[Query], hits: pa.Table, align: bool
     (:func:`genoembed.evidence.match_strands`, all hits of a batch at once): tile orientation alone
     cannot tell it, because default vectors are the same for a tile and its reverse complement.
     """
-    from genoembed.evidence import align as align_pair, alignment_columns, flanked, kmer_presence, match_strands
+    from genoembed.evidence import (align as align_pair, alignment_columns, database_length, flanked, kmer_presence,
+                                    match_strands)
 
     if not align and not strand_invariant(embedder or store.embedder(), store.provenance["tiling"]["window"]):
         return hits  # strand-specific vectors: a tile matched on its own strand, the strand the store records
@@ -360,7 +361,7 @@ def add_evidence(store: Store, queries: list[Query], hits: pa.Table, align: bool
     strands = match_strands(kmer_presence([query.sequence for query in queries]), query_of_hit, tiles)
     if not align:
         return hits.set_column(hits.schema.get_field_index("strand"), schema.HITS.field("strand"), pa.array(strands))
-    database_length = sum(sum(contigs.values()) for contigs in store.contig_lengths.values())
+    database = database_length(store.contig_lengths)
     rows = []
     for hit, query_number, strand in zip(hits.to_pylist(), query_of_hit, strands):
         query = queries[query_number].sequence.upper()
@@ -376,7 +377,7 @@ def add_evidence(store: Store, queries: list[Query], hits: pa.Table, align: bool
         if alignment and not circular_overlaps(alignment.target_start, alignment.target_end, hit["start"],
                                                hit["end"], length if circular else 1 << 62):
             alignment = None  # the query aligns next to the tile, not on it: no evidence for this hit
-        hit.update(alignment_columns(alignment, len(query), database_length))
+        hit.update(alignment_columns(alignment, len(query), database))
         hit["strand"] = alignment.strand if alignment else str(strand)
         rows.append(hit)
     return pa.Table.from_pylist(rows, schema=schema.ALIGNED_HITS)

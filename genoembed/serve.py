@@ -27,17 +27,22 @@ search (from the regions' coordinates, before any sequence is read), hits
 per response (queries x k), SQL rows (fetched in batches, refused past the
 cap) and DuckDB's memory (``memory_limit``, spilling to a private temp
 directory), response bytes, and a deadline over the whole request (the
-response is built inside it). Searches, SQL and tracks run on a pool of
+response is built inside it); a request past its deadline is answered 504 and
+cancelled (its DuckDB query interrupted, its search stopped between query
+batches), so its worker is free again within about a second. Request headers
+must arrive within ``header_timeout`` (a client trickling them is cut off).
+Searches, SQL and tracks (their bodies parsed there too) run on a pool of
 ``workers`` threads, never on the event loop or FastAPI's thread pool, with
 at most ``queue`` more waiting (503 beyond), so ``/healthz`` (answered on the
-event loop) and cheap endpoints answer while long queries run.
+event loop by the outermost layer) and cheap endpoints answer while long
+queries run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-import math
 import os
 import tempfile
 import threading
@@ -54,8 +59,8 @@ from starlette.exceptions import HTTPException
 
 from genoembed.annotate import annotate_hits
 from genoembed.errors import GenoembedError, InputError, StoreError
-from genoembed.search import (Query, check_sequence, fetch_queries, locate_bed_lines, locate_regions, query_source,
-                              refuse_long)
+from genoembed.search import (Query, UniqueNames, check_sequence, fetch_queries, locate_bed_lines, locate_regions,
+                              query_source, refuse_long)
 from genoembed.seqio import fasta_records
 from genoembed.sql import ResultTooLarge, run_sql
 from genoembed.manifest import MANIFEST
@@ -63,15 +68,16 @@ from genoembed.mapping import answer
 from genoembed.names import check_word
 from genoembed.store import Store
 from genoembed.tracks import bedgraph_chunks, chrom_sizes, hits_bed, similarity, write_bigwig
-from genoembed.serve_limits import (MAX_SQL_TIMEOUT, Busy, Guard, Limits, Redactor, TooLarge,
+from genoembed.serve_limits import (MAX_SQL_TIMEOUT, Busy, Cancel, Guard, Limits, Liveness, Redactor, TooLarge,
                                     TooSlow, Unprocessable, Workers, error_response, sized)
+from genoembed.serve_formats import MEDIA, pick_format, table_response
 from genoembed.version import VERSION
 
 MAX_K = 1000
+SEARCH_BATCH = 128  # queries embedded and searched at a time: a cancelled request stops within one batch
+LOCK_POLL_S = 0.1  # how often a request waiting for its store's lock looks whether it was cancelled
 TRACK_BYTES_PER_TILE = 40  # one bedGraph line (contig, start, end, score), for weighing a track before it is made
 STATIC = Path(__file__).parent / "serve_static"
-MEDIA = {"json": "application/json", "jsonl": "application/jsonl", "tsv": "text/tab-separated-values", "bed": "text/x-bed", "bed9": "text/x-bed",
-         "bedgraph": "text/x-bedgraph", "bigwig": "application/octet-stream"}
 log = logging.getLogger("genoembed")
 
 
@@ -214,80 +220,59 @@ def collect_queries(snapshot: Snapshot, request: SearchRequest, limits: Limits) 
     return queries
 
 
-def run_search(served: ServedStore, request: SearchRequest, limits: Limits = Limits()) -> pa.Table:
-    """Hits with their features, as `genoembed search --no-save` returns them."""
+def run_search(served: ServedStore, request: SearchRequest, limits: Limits = Limits(),
+               cancel: Cancel | None = None) -> pa.Table:
+    """Hits with their features, as `genoembed search --no-save` returns them; searched ``SEARCH_BATCH``
+    queries at a time (as the CLI batches them), ``cancel`` checked between batches."""
+    cancel = cancel or Cancel()
     snapshot = served.snapshot()
-    with served.lock:
-        queries = collect_queries(snapshot, request, limits)
+    with held(served.lock, cancel):
+        queries = list(map(UniqueNames(), collect_queries(snapshot, request, limits)))
         settings = {"nprobe": request.nprobe, "ef_search": request.ef_search, "k_factor": request.k_factor}
-        hits, _ = answer(snapshot.store, queries, k=request.k, exclude_self=request.exclude_self, genome=request.genome,
-                         chrom=request.chrom, where=request.where, search_settings=settings, embedder=served.embedder, evalue=request.evalue,
-                         min_score=request.min_score, loci=request.loci, by_length=False)
+        pieces = []
+        for start in range(0, len(queries), SEARCH_BATCH):
+            cancel.check()
+            hits, _ = answer(snapshot.store, queries[start:start + SEARCH_BATCH], k=request.k,
+                             exclude_self=request.exclude_self, genome=request.genome, chrom=request.chrom,
+                             where=request.where, search_settings=settings, embedder=served.embedder,
+                             evalue=request.evalue, min_score=request.min_score, loci=request.loci, by_length=False)
+            pieces.append(hits)
+    hits = pa.concat_tables(pieces, promote_options="default")
+    cancel.check()
     if request.annotate and snapshot.store.manifest.get("annotations"):
         types = tuple(request.feature_types) if request.feature_types else None
         hits = annotate_hits(snapshot.store, hits, strand=request.strand_mode, types=types)
     return hits
 
 
-def similarity_track(served: ServedStore, request: SearchRequest,
-                     limits: Limits = Limits()) -> tuple[pa.Table, dict[str, int]]:
+@contextlib.contextmanager
+def held(lock: threading.Lock, cancel: Cancel):
+    """``lock``, waited for in short slices so a request cancelled meanwhile gives up its turn."""
+    while not lock.acquire(timeout=LOCK_POLL_S):
+        cancel.check()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def similarity_track(served: ServedStore, request: SearchRequest, limits: Limits = Limits(),
+                     cancel: Cancel | None = None) -> tuple[pa.Table, dict[str, int]]:
     """The one query's best cosine per tile position, and the contig sizes of the genome drawn."""
+    cancel = cancel or Cancel()
     snapshot = served.snapshot()
     tiles = sum(shard["rows"] for shard in snapshot.store.shards
                 if request.genome is None or shard.get("genome") == request.genome)
     if tiles * TRACK_BYTES_PER_TILE > limits.max_response_bytes:
         raise TooLarge(f"a similarity track of {tiles} tiles is over this server's {limits.max_response_bytes} "
                        "byte responses; name one --genome or use `genoembed track`")
-    with served.lock:
+    with held(served.lock, cancel):
         queries = collect_queries(snapshot, request, limits)
         if len(queries) != 1:
             raise InputError(f"a similarity track is for one query, got {len(queries)}")
         vector = served.embedder.embed([queries[0].sequence])[0]
-    return similarity(snapshot.store, vector, request.genome), chrom_sizes(snapshot.store, request.genome)
-
-
-def pick_format(request: Request, given: str | None, allowed: tuple[str, ...]) -> str:
-    """``?format=`` wins; else the first allowed format whose media type the Accept header names; else the first."""
-    if given is not None:
-        if given not in allowed:
-            raise InputError(f"format {given!r}: use one of {', '.join(allowed)}")
-        return given
-    accept = request.headers.get("accept", "")
-    return next((fmt for fmt in allowed if MEDIA[fmt] in accept), allowed[0])
-
-
-def clean(value):
-    """JSON has no NaN: missing scores become null."""
-    return None if isinstance(value, float) and math.isnan(value) else value
-
-
-def tsv_cell(value) -> str:
-    """A TSV cell: empty for null/NaN, tabs and line breaks inside text become spaces (one row stays one line)."""
-    value = clean(value)
-    return "" if value is None else " ".join(str(value).replace("\t", " ").splitlines())
-
-
-def table_response(table: pa.Table, fmt: str, extra: dict | None = None, limits: Limits = Limits(),
-                   redact=None) -> Response:
-    """A result table as JSON (one document: ``{"columns", "rows", ...}``), JSON lines (a row a line, as the CLI's
-    ``-f jsonl``) or TSV (header row, empty cells for nulls).
-
-    ``redact`` (a :class:`Redactor`) is applied to text cells; the body is refused past the response limit.
-    """
-    if table.num_rows > limits.max_rows:
-        raise TooLarge(f"{table.num_rows} rows: at most {limits.max_rows} per response; add a limit or filter")
-    rows = table.to_pylist()
-    if redact is not None:
-        rows = [{key: redact.cell(value) for key, value in row.items()} for row in rows]
-    if fmt == "jsonl":
-        return sized(Response("".join(json.dumps({key: clean(value) for key, value in row.items()}, default=str) + "\n"
-                                      for row in rows), media_type=MEDIA["jsonl"]), limits)
-    if fmt == "tsv":
-        lines = ["\t".join(table.column_names)] + ["\t".join(tsv_cell(v) for v in row.values()) for row in rows]
-        return sized(Response("".join(line + "\n" for line in lines), media_type=MEDIA["tsv"]), limits)
-    body = {**(extra or {}), "columns": table.column_names,
-            "rows": [{key: clean(value) for key, value in row.items()} for row in rows]}
-    return sized(Response(json.dumps(body, default=str), media_type=MEDIA["json"]), limits)
+    track = similarity(snapshot.store, vector, request.genome, between_batches=cancel.check)
+    return track, chrom_sizes(snapshot.store, request.genome)
 
 
 class UnknownStore(InputError):
@@ -358,8 +343,13 @@ def create_app(stores: dict[str, ServedStore], token: str | None = None, limits:
     """The API over already opened stores; ``token`` (when given) guards every data endpoint."""
     app = FastAPI(title="genoembed", summary="Similarity search over genome embedding stores.",
                   version=VERSION, docs_url=None, redoc_url=None)  # Swagger/ReDoc load from a CDN: docs.html
-    app.add_middleware(Guard, token=token, limits=limits)
     workers, redact = Workers(limits), Redactor(stores)
+    app.add_middleware(Guard, token=token, limits=limits)
+
+    def liveness() -> dict:
+        return {"status": "ok", "stores": len(stores), "busy": workers.pending}
+
+    app.add_middleware(Liveness, state=liveness)  # added last: the outermost layer
 
     def served(name: str | None) -> ServedStore:
         if name is None:
@@ -394,8 +384,8 @@ def create_app(stores: dict[str, ServedStore], token: str | None = None, limits:
 
     @app.get("/healthz", summary="Liveness (no token needed).")
     async def healthz() -> dict:
-        # answered on the event loop: no thread to wait for, however busy the workers are
-        return {"status": "ok", "stores": len(stores), "busy": workers.pending}
+        # answered by the Liveness middleware before this route (kept for the API docs)
+        return liveness()
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
@@ -430,14 +420,16 @@ def create_app(stores: dict[str, ServedStore], token: str | None = None, limits:
                               format: str | None = QueryParam(None, description="json (one document), jsonl (a "
                                                               "row a line), tsv, bed or bed9 (else from the Accept "
                                                               "header)")) -> Response:
-        wanted = search_request(request, body)
         fmt = pick_format(request, format, ("json", "jsonl", "tsv", "bed", "bed9"))
-        entry = served(wanted.store)
 
-        def work() -> Response:
-            hits = run_search(entry, wanted, limits)
+        def work(cancel: Cancel) -> Response:
+            wanted = search_request(request, body)  # parsed here, not on the event loop
+            entry = served(wanted.store)
+            hits = run_search(entry, wanted, limits, cancel)
+            cancel.check()
             if fmt in ("bed", "bed9"):
-                return sized(Response(hits_bed(hits, bed9=fmt == "bed9"), media_type=MEDIA[fmt]), limits)
+                text = hits_bed(hits, entry.snapshot().store.contig_lengths, bed9=fmt == "bed9")
+                return sized(Response(text, media_type=MEDIA[fmt]), limits)
             return table_response(hits, fmt, {"store": entry.name, "k": wanted.k}, limits)
 
         return await workers.run(work, limits.timeout)
@@ -455,9 +447,9 @@ def create_app(stores: dict[str, ServedStore], token: str | None = None, limits:
         entry = served(wanted.store)
         settings = {"memory_limit": limits.sql_memory, "threads": limits.sql_threads}
 
-        def work() -> Response:
+        def work(cancel: Cancel) -> Response:
             table = run_sql(entry.snapshot().store, wanted.query, wanted.parameters, wanted.timeout,
-                            max_rows=limits.max_rows, settings=settings)
+                            max_rows=limits.max_rows, settings=settings, cancelled=cancel.event)
             return table_response(table, fmt, limits=limits, redact=redact)
 
         # DuckDB stops itself at the timeout; the margin is for building the response
@@ -467,15 +459,16 @@ def create_app(stores: dict[str, ServedStore], token: str | None = None, limits:
                                "(bedgraph, bigwig).")
     async def track_endpoint(request: Request, format: str = QueryParam("bedgraph", description="bed, bed9, "
                                                                         "bedgraph or bigwig")) -> Response:
-        wanted = search_request(request, b"")
         fmt = pick_format(request, format, ("bedgraph", "bigwig", "bed", "bed9"))
-        entry = served(wanted.store)
 
-        def work() -> Response:
+        def work(cancel: Cancel) -> Response:
+            wanted = search_request(request, b"")
+            entry = served(wanted.store)
             if fmt in ("bed", "bed9"):
-                text = hits_bed(run_search(entry, wanted, limits), bed9=fmt == "bed9")
+                text = hits_bed(run_search(entry, wanted, limits, cancel), entry.snapshot().store.contig_lengths,
+                                bed9=fmt == "bed9")
                 return sized(Response(text, media_type=MEDIA[fmt]), limits)
-            track, sizes = similarity_track(entry, wanted, limits)
+            track, sizes = similarity_track(entry, wanted, limits, cancel)
             if fmt == "bedgraph":
                 return StreamingResponse(bedgraph_chunks(track), media_type=MEDIA[fmt])  # weighed before
             with tempfile.TemporaryDirectory(prefix="genoembed-track-") as scratch:

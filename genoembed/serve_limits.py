@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import os
 import re
 import sys
@@ -18,7 +19,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import h11
 from fastapi.responses import JSONResponse, Response
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from genoembed.errors import GenoembedError, InputError
 
@@ -47,6 +50,7 @@ class Limits:
     workers: int = 4  # requests doing work at once
     queue: int = 32  # requests waiting for a worker before the server answers 503
     body_timeout: float = 30.0  # seconds to receive a whole body (slow senders are dropped with 408)
+    header_timeout: float = 10.0  # seconds to receive a request's line and headers (else the connection is closed)
 
 
 class Busy(GenoembedError):
@@ -59,6 +63,22 @@ class TooLarge(InputError):
 
 class TooSlow(GenoembedError):
     """A request that ran past the server's deadline."""
+
+
+class Liveness:
+    """ASGI middleware, outermost: answers ``GET /healthz`` with ``state()`` as JSON before any other layer (no
+    token check, no body read, no routing), so the event loop spends the least time on it."""
+
+    def __init__(self, app, state):
+        self.app, self.state = app, state
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"] == "/healthz" and scope["method"] == "GET":
+            body = json.dumps(self.state()).encode()
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+            return await send({"type": "http.response.body", "body": body})
+        return await self.app(scope, receive, send)
 
 
 class Guard:
@@ -112,12 +132,76 @@ class Guard:
         return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), self.token.encode())
 
 
+class HeaderDeadline(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol with a deadline on a request's line and headers: from the connection's
+    opening, or from the first byte of a later request on it, they must be in within ``header_timeout`` seconds
+    or the connection is closed (uvicorn's own keep-alive timer restarts on every byte, so a client sending its
+    headers a byte at a time held a connection, one of the 256, forever). The body has its own deadline
+    (:class:`Guard`), where a 408 can be answered."""
+
+    header_timeout = Limits.header_timeout
+    _header_timer = None
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        if self.conn.their_state is h11.IDLE:
+            self._arm()  # a new request starts (the keep-alive timer bounded the wait for it)
+        super().data_received(data)
+        if self.conn.their_state is not h11.IDLE:
+            self._disarm()  # its headers are in
+
+    def connection_lost(self, exc) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        if self._header_timer is None:
+            self._header_timer = self.loop.call_later(self.header_timeout, self._headers_too_slow)
+
+    def _disarm(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _headers_too_slow(self) -> None:
+        self._header_timer = None
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            self.transport.close()
+
+
+def connection_options(limits: Limits) -> dict:
+    """uvicorn's options for ``limits``: idle keep-alive connections closed after 5 s, at most 256 connections
+    (503 beyond), headers up to 16 KB (h11) that must arrive within ``limits.header_timeout`` s."""
+    protocol = type("BoundedH11Protocol", (HeaderDeadline,), {"header_timeout": limits.header_timeout})
+    return {"timeout_keep_alive": 5, "limit_concurrency": 256, "h11_max_incomplete_event_size": 16_384,
+            "http": protocol}
+
+
+class Cancel:
+    """Set by the event loop once a request's deadline passed (it was answered 504): its work stops at its next
+    :meth:`check` (between query batches, between shards), and a DuckDB query is interrupted (``run_sql``'s
+    ``cancelled``), so the worker is free again within about a second rather than at the work's own end."""
+
+    def __init__(self):
+        self.event = threading.Event()
+
+    def set(self) -> None:
+        self.event.set()
+
+    def check(self) -> None:
+        if self.event.is_set():
+            raise TooSlow("request cancelled: it ran past this server's deadline")
+
+
 class Workers:
     """The threads that do requests' work (searches, SQL, tracks, building their responses): ``workers`` of them,
     at most ``queue`` more requests waiting (503 beyond), each awaited from the event loop under a deadline.
 
-    A request whose deadline passes is answered 504 at once; its work cannot be killed mid-way (DuckDB is
-    interrupted by its own timeout), so it keeps its worker until it ends and still counts against the queue.
+    ``work`` is called with the request's :class:`Cancel`. A request whose deadline passes is answered 504 at
+    once and cancelled: one still waiting never starts, one running stops at its next check.
     """
 
     def __init__(self, limits: Limits):
@@ -130,12 +214,15 @@ class Workers:
         if self.pending >= self.limits.workers + self.limits.queue:
             raise Busy(f"server busy ({self.pending} requests running or waiting); retry shortly")
         loop = asyncio.get_running_loop()
+        cancel = Cancel()
         self.pending += 1
-        future = self.pool.submit(work)
+        future = self.pool.submit(work, cancel)
         future.add_done_callback(lambda _: loop.call_soon_threadsafe(self._finished))
         try:
             return await asyncio.wait_for(asyncio.wrap_future(future), timeout)
         except asyncio.TimeoutError:
+            cancel.set()
+            future.cancel()  # a request still waiting for a worker never starts
             raise TooSlow(f"request took over {timeout:g} s (this server's limit); ask for less") from None
 
     def _finished(self) -> None:

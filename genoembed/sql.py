@@ -42,7 +42,6 @@ import re
 import shutil
 import tempfile
 import threading
-import time
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +55,7 @@ if TYPE_CHECKING:
 from genoembed import schema
 from genoembed.errors import InputError, StoreError, command
 from genoembed.genome import remembered_checksum
+from genoembed.interrupts import interruptible, off_the_main_thread
 from genoembed.store import SNAPSHOT_RETRIES, Store
 
 DEFAULT_TIMEOUT = 60.0
@@ -69,7 +69,6 @@ _SANDBOX = {"python_enable_replacements": False,
 # DuckDB error lines worth keeping after the first: they name the fix.
 _HINTS = ("Did you mean", "Candidate bindings")
 # How often a waiting thread wakes to notice Ctrl-C, and to repeat an interrupt that came too early.
-_POLL_S = 0.1
 _BATCH_ROWS = 65_536  # rows per fetched batch when a result is bounded
 
 
@@ -288,15 +287,12 @@ def connect_files(store: Store, files: StoreFiles, settings: dict | None = None)
     con.execute("SET enable_external_access = false")  # after temp_directory, which it would refuse to set
     # callers (annotate, plot) keep the connection as long as they like: the directory goes with it
     weakref.finalize(con, shutil.rmtree, temp, ignore_errors=True)
+    circles = {(name, chrom): entry["contig_lengths"][chrom] for name, entry in store.genomes.items()
+               for chrom in entry.get("circular", ()) if chrom in entry["contig_lengths"]}
     try:
-        _create_views(con, files, {(name, chrom): entry["contig_lengths"][chrom] for name, entry in store.genomes.items()
-                                   for chrom in entry.get("circular", ()) if chrom in entry["contig_lengths"]})
+        off_the_main_thread(lambda: _create_views(con, files, circles))  # where no Ctrl-C lands inside DuckDB
     except (duckdb.Error, pa.ArrowException, OSError) as error:
         raise _unreadable(store, files, error) from None
-    except RuntimeError as error:  # Ctrl-C while the views are made: DuckDB reports an interrupted query
-        if "interrupted" in str(error).lower():
-            raise KeyboardInterrupt from None
-        raise
     con.execute("SET lock_configuration = true")
     return con
 
@@ -343,7 +339,7 @@ def _unreadable(store: Store, files: StoreFiles, error: Exception) -> StoreError
 
 def run_sql(store: Store, query: str, parameters: dict | list | None = None,
             timeout: float | None = DEFAULT_TIMEOUT, max_rows: int | None = None,
-            settings: dict | None = None) -> pa.Table:
+            settings: dict | None = None, cancelled: threading.Event | None = None) -> pa.Table:
     """Run one read-only statement; parameters are bound (``$name`` or ``?``), never formatted in.
 
     The query is stopped after ``timeout`` seconds (None: no limit) or on
@@ -351,41 +347,54 @@ def run_sql(store: Store, query: str, parameters: dict | list | None = None,
     fetching the rows too. With ``max_rows``, rows are fetched in batches and
     a result longer than that is refused once its first ``max_rows + 1`` rows
     are read (so ``SELECT * FROM range(3e7)`` never builds its 30 million rows).
-    ``settings`` are passed to :func:`connect`.
+    ``settings`` are passed to :func:`connect`. Setting ``cancelled`` (from another thread) stops the
+    query as the timeout does (the server's way to free a worker whose request it gave up on).
     """
     import duckdb
 
     if timeout is not None and not timeout > 0:
         raise InputError(f"SQL: timeout must be a positive number of seconds (or none), got {timeout!r}")
     for attempt in range(SNAPSHOT_RETRIES):
-        seen = _search_paths(store)
+        seen = None if store.protected else _search_paths(store)
         try:
             files = store_files(store)
             con = connect_files(store, files, settings)
             check_statement(con, query, files.damaged)
         except StoreError:
             # A writer removed a file of this snapshot (`genoembed remove` rewrites shards and deletes the old
-            # ones once the new manifest is committed), or a search saved meanwhile switched its sidecar to a
-            # new version: answer from the newest one, as search does. Retried only while writers keep
-            # committing, so a damaged store is reported at once.
-            if attempt == SNAPSHOT_RETRIES - 1 or not (store.moved_on() or _search_paths(store) != seen):
+            # ones once the new manifest is committed): answer from the newest one, as search does. Retried
+            # only while writers keep committing, so a damaged store is reported at once.
+            if attempt == SNAPSHOT_RETRIES - 1 or not _moved(store, seen):
                 raise
             continue
         try:
-            return interruptible(con, lambda: _fetch(con, query, parameters, max_rows), timeout)
+            return interruptible(con, lambda: _fetch(con, query, parameters, max_rows), timeout, cancelled)
         except TimeoutError:
+            if cancelled is not None and cancelled.is_set():
+                raise InputError("SQL: query cancelled") from None
             raise InputError(f"SQL: query stopped after {timeout:g} s; raise --timeout "
                              "(0: no limit; timeout=None in Python)") from None
         except duckdb.Error as error:
             # a shard deleted after the views were made fails as an IO or "permission" (allowed_paths) error;
             # retry only when a writer did commit since, so a query's own mistakes are reported at once
-            if attempt == SNAPSHOT_RETRIES - 1 or not (store.moved_on() or _search_paths(store) != seen):
+            if attempt == SNAPSHOT_RETRIES - 1 or not _moved(store, seen):
                 raise InputError(f"SQL: {_message(error)}") from None
 
 
+def _moved(store: Store, searches: dict[str, str] | None) -> bool:
+    """True when a writer committed since ``store``'s snapshot, or (for a reader without a lease) a saved search
+    now names another file than ``searches`` did.
+
+    Saved searches switch by sidecar, without a new manifest. A reader with a lease keeps every version it
+    read until it is done (:func:`genoembed.writers.sweep_retired`), so for it a failure on one is a damaged
+    store, reported at once. A reader without one (a store it cannot write to) has nothing kept for it: a
+    version it read may be swept by another user's next write, and the query is worth retrying.
+    """
+    return store.moved_on() or (searches is not None and _search_paths(store) != searches)
+
+
 def _search_paths(store: Store) -> dict[str, str]:
-    """Saved search -> the file its sidecar names now. Saved searches switch by sidecar, without a new
-    manifest: a read that failed on a version a later save replaced (and swept) is worth retrying."""
+    """Saved search -> the file its sidecar names now."""
     return {name: entry["path"] for name, entry in store.searches({}).items()}
 
 
@@ -409,46 +418,6 @@ def _fetch(con: duckdb.DuckDBPyConnection, query: str, parameters, max_rows: int
 
 class ResultTooLarge(InputError):
     """A result over the caller's row limit."""
-
-
-def interruptible(con: duckdb.DuckDBPyConnection, work, timeout: float | None):
-    """``work()`` (which uses ``con``) in a worker thread; TimeoutError after ``timeout`` s, Ctrl-C passed on.
-
-    Why a thread: DuckDB holds the calling thread in C++ while it runs, so Ctrl-C
-    would wait for the query to end; the main thread instead waits in short
-    slices (a KeyboardInterrupt arrives between them) and interrupts ``con``.
-    """
-    outcome: dict = {}
-
-    def target():
-        try:
-            outcome["value"] = work()
-        except BaseException as error:  # handed to the caller's thread
-            outcome["error"] = error
-
-    worker = threading.Thread(target=target, name="genoembed-sql", daemon=True)
-    worker.start()
-    deadline = None if timeout is None else time.monotonic() + timeout
-    try:
-        while worker.is_alive() and (deadline is None or time.monotonic() < deadline):
-            worker.join(_POLL_S)
-    except KeyboardInterrupt:
-        _stop(con, worker)
-        raise
-    if worker.is_alive():
-        _stop(con, worker)
-        if "value" not in outcome:
-            raise TimeoutError
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["value"]
-
-
-def _stop(con: duckdb.DuckDBPyConnection, worker: threading.Thread) -> None:
-    """Interrupt until the worker ends (an interrupt sent before DuckDB starts the query is lost)."""
-    while worker.is_alive():
-        con.interrupt()
-        worker.join(_POLL_S)
 
 
 def _message(error: Exception) -> str:

@@ -6,8 +6,8 @@ Layout of a store directory::
     manifest.d/genomes-N.json  complete genomes and their shards, sealed (immutable; manifest.json names them)
     shards/part-00000.parquet ...
     index/vectors.faiss    FAISS index (ids = tile_id); later parts (appends) index/vectors-NNNNN.faiss
-    annotations/NAME.parquet
-    searches/NAME.HASH.parquet  a saved search's hits (``last`` = the CLI's most recent), one file per version
+    annotations/NAME.VERSION.parquet  an annotation set, one file per version (stores before: NAME.parquet)
+    searches/NAME.VERSION.parquet  a saved search's hits (``last`` = the CLI's most recent), one file per version
     searches/NAME.json     each saved search's sidecar: its version, rows, sha256, when and how it was made
     .lock                  the writer lock (flock); .readers/ readers' leases; .retired.json files awaiting deletion
 
@@ -39,9 +39,9 @@ import pyarrow.parquet as pq
 
 from genoembed import schema
 from genoembed.errors import InputError, StoreError, command
-from genoembed.leases import Lease
+from genoembed.leases import Lease, fs_now_ns
 from genoembed.manifest import read_manifest, write_manifest
-from genoembed.writers import folder_names, saved_searches, write_lock
+from genoembed.writers import committed_files, folder_names, saved_searches, sweep_retired, write_lock
 
 PROVENANCE_KEY = b"genoembed.provenance"
 # Provenance keys that must agree for two runs to write into one store.
@@ -119,6 +119,12 @@ class Store:
             self.manifest = manifest
         return self
 
+    @property
+    def protected(self) -> bool:
+        """True while this reader's lease keeps every file its snapshot lists, and every saved-search version it
+        reads, on disk; False where it could take none (another user's writer may delete them under it)."""
+        return self._lease is not None and self._lease.held
+
     def moved_on(self) -> bool:
         """Refresh; True when a writer committed a new manifest since this snapshot was read (so a failure
         reading it may be the writer's doing, and is worth retrying on the new one)."""
@@ -129,13 +135,23 @@ class Store:
     def transaction(self) -> Iterator[dict]:
         """Lock the store, re-read its manifest, yield it for editing, commit it atomically on success.
 
-        Readers keep their snapshot; the next :meth:`open` (or :meth:`refresh`) sees the commit.
+        Readers keep their snapshot; the next :meth:`open` (or :meth:`refresh`) sees the commit. This store
+        object moves on to the commit, and files the manifest no longer lists (a replaced annotation set, folded
+        index parts) are retired: deleted once no reader of an older snapshot is left (:func:`sweep_retired`).
         """
         with write_lock(self.root):
             manifest = read_manifest(self.root)
+            before = committed_files(manifest, self.root)
             yield manifest
             write_manifest(self.root, manifest)
+            committed = fs_now_ns(self.root)  # the file system's time, as readers' leases are
             self.manifest = manifest
+            if self._lease is not None:
+                self._lease.renew()  # this object's old snapshot is gone with its derived state
+            retired = sorted(before - committed_files(manifest, self.root))
+            if retired:  # the folders they left (taking the lock swept the rest)
+                folders = tuple({path.split("/")[0] for path in retired})
+                sweep_retired(self.root, retired, committed, folders=folders)
 
     # --- facts -------------------------------------------------------------
     @property

@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,10 +20,12 @@ import pyarrow.parquet as pq
 
 from genoembed import schema
 from genoembed.version import VERSION as __version__
-from genoembed.errors import StoreError, command
+from genoembed.errors import GenoembedError, StoreError, command
 from genoembed.files import atomic_file
+from genoembed.leases import fs_now_ns
 from genoembed.manifest import FORMAT_VERSION, MANIFEST, file_sha256, read_manifest, write_manifest
 from genoembed.store import IDENTITY_KEYS, PROVENANCE_KEY
+from genoembed.writers import committed_files, sweep_retired
 
 
 def genome_entry(genome) -> dict:
@@ -109,17 +110,21 @@ class StoreWriter:
         self.rows_done = sum(shard["rows"] for shard in self._manifest["shards"] if shard["genome"] == name)
 
     def _start_new(self) -> None:
-        for stale in (self.root / "shards").glob("part-*.parquet"):
-            stale.unlink()
+        """A new store; with ``overwrite``, in place of the store there. That store's files are retired, not
+        deleted: readers of it finish on their snapshot, and a later writer deletes them once none is left.
+        New shards are numbered past every shard file on disk, so none is written over a file a reader holds."""
+        try:
+            replaced = committed_files(read_manifest(self.root)) if (self.root / MANIFEST).exists() else set()
+        except GenoembedError:
+            replaced = set()  # unreadable, so nobody reads it: its files are swept as files no manifest lists
         self._manifest = {"format_version": FORMAT_VERSION, "genoembed_version": __version__,
                           "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                           "status": "building", "provenance": self.provenance, "dim": self.dim,
                           "genomes": {self.genome["name"]: {**self.genome, "first_tile_id": 0, "status": "building"}},
-                          "shards": [], "next_tile_id": 0, "next_shard": 0,
+                          "shards": [], "next_tile_id": 0, "next_shard": first_unused_shard(self.root),
                           "index": None, "annotations": {}, "searches": {}}
-        if (self.root / "index").exists():
-            shutil.rmtree(self.root / "index")
         write_manifest(self.root, self._manifest)
+        sweep_retired(self.root, sorted(replaced), fs_now_ns(self.root))
 
     def _join_existing(self) -> None:
         """Resume this genome, or (with ``append``) add it after the genomes already stored."""
@@ -197,6 +202,13 @@ class StoreWriter:
         write_manifest(self.root, self._manifest)
         self._pending = rest.to_batches()
         self._pending_rows = rest.num_rows
+
+
+def first_unused_shard(root: Path) -> int:
+    """One past the highest shard number on disk (0 when there is none)."""
+    numbers = [int(match.group(1)) for path in (root / "shards").glob("part-*.parquet")
+               if (match := re.fullmatch(r"part-(\d+)\.parquet", path.name))]
+    return max(numbers, default=-1) + 1
 
 
 def write_shard(root: Path, manifest: dict, table: pa.Table, row_group_rows: int = 8192) -> str:

@@ -1,6 +1,7 @@
 """Filtered search: hits only from a subset of the store's tiles, found inside FAISS, never by over-fetching.
 
-A subset is a genome (``--genome``: its tile ids are one contiguous range, read from the manifest), contigs
+A subset is a genome (``--genome``: its tile ids are one contiguous range read from the manifest, or its shards'
+id ranges when it gained tiles after other genomes were added, see :mod:`genoembed.circularise`), contigs
 (``--chrom``, repeatable) and/or a SQL condition on the ``tiles`` view (``--where "gc > 0.5"``, or a subquery
 on ``annotations``), evaluated read-only by :func:`genoembed.sql.run_sql` (its sandbox: one SELECT, the
 store's own files, a timeout). Every condition given must hold.
@@ -91,6 +92,12 @@ def _resolved(store: Store, wanted: TileFilter) -> TileSubset:
         low = min((shard["first_tile_id"] for shard in shards), default=0)
         high = max((shard["last_tile_id"] + 1 for shard in shards), default=0)
         subset = TileSubset(size, low=low, high=high)
+        if any(shard["genome"] != wanted.genome and shard["first_tile_id"] < high and shard["last_tile_id"] >= low
+               for shard in store.shards):  # tiles it gained later (a contig made circular) lie past other genomes'
+            mask = np.zeros(store.id_limit, dtype=bool)
+            for shard in shards:
+                mask[shard["first_tile_id"]:shard["last_tile_id"] + 1] = True
+            subset = TileSubset(size, mask=mask)
     else:
         ids = _selected_ids(store, wanted)
         ids = ids[(ids >= 0) & (ids < store.id_limit)]

@@ -82,6 +82,19 @@ def flanked_round(start: int, end: int, length: int, flank: int) -> tuple[int, i
     return first, first + span
 
 
+def linear_pieces(start: int, end: int, length: int) -> list[tuple[int, int]]:
+    """An interval in the origin convention as pieces inside ``[0, length)``: itself, or, through the origin,
+    ``[start, length)`` then ``[0, end - length)``. What a format without the convention (BED, PAF, BLAST, a
+    browser track) is given: each piece is a record, so every record lies on the contig."""
+    return [(start, end)] if end <= length else [(start, length), (0, end - length)]
+
+
+def one_based_span(start: int, end: int, length: int) -> str:
+    """``start+1-end`` as the ``--region`` option reads it: through a circle's origin the end is past the origin
+    (``9001-200``), so the text is a region of the contig."""
+    return f"{start + 1}-{end - length if end > length else end}"
+
+
 def covering_arc(starts, ends, length: int) -> tuple[int, int]:
     """The shortest interval (origin convention) covering parts ``[starts[i], ends[i])`` of a circle: the arc
     left when the widest gap between consecutive parts, the one across the origin included, is taken out.

@@ -14,7 +14,7 @@ from __future__ import annotations
 import io
 import math
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 from genoembed import schema
 from genoembed.errors import InputError, missing_extra
 from genoembed.store import Store
+from genoembed.topology import linear_pieces
 
 SIMILARITY = pa.schema([("chrom", pa.string()), ("start", pa.int64()), ("end", pa.int64()),
                         ("score", pa.float32())])
@@ -39,13 +40,17 @@ def score_colour(score: float) -> str:
     return f"{int(200 + 55 * t)},{int(200 * (1 - t))},{int(200 * (1 - t) ** 2)}"
 
 
-def hits_bed(hits: pa.Table, bed9: bool = False) -> str:
+def hits_bed(hits: pa.Table, contig_lengths: dict[str, dict[str, int]], bed9: bool = False) -> str:
     """Hits as BED6 (name ``QUERY#RANK``, score 0-1000, strand), or BED9 with an itemRgb colour by score,
-    sorted by position and without a header, as ``bedToBigBed -type=bed9`` wants it."""
-    rows = sorted(hits.select(["query", "rank", "chrom", "start", "end", "strand", "score"]).to_pylist(),
-                  key=lambda row: (row["chrom"], row["start"], row["end"], row["query"], row["rank"]))
+    sorted by position and without a header, as ``bedToBigBed -type=bed9`` wants it. A hit through a circular
+    contig's origin is two lines, one each side (``contig_lengths``: genome -> {contig: length}; see
+    :mod:`genoembed.hit_formats`); a genome removed since the search is drawn as found."""
+    rows = []
+    for row in hits.select(["query", "rank", "genome", "chrom", "start", "end", "strand", "score"]).to_pylist():
+        length = contig_lengths.get(row["genome"], {}).get(row["chrom"], row["end"])
+        rows += [{**row, "start": start, "end": end} for start, end in linear_pieces(row["start"], row["end"], length)]
     lines = []
-    for row in rows:
+    for row in sorted(rows, key=lambda row: (row["chrom"], row["start"], row["end"], row["query"], row["rank"])):
         fields = [row["chrom"], row["start"], row["end"], f"{row['query']}#{row['rank']}".replace(" ", "_"),
                   score_to_bed(row["score"]), row["strand"]]
         if bed9:
@@ -70,10 +75,12 @@ def chrom_sizes(store: Store, genome: str | None = None) -> dict[str, int]:
     return sizes
 
 
-def similarity(store: Store, vector: np.ndarray, genome: str | None = None) -> pa.Table:
+def similarity(store: Store, vector: np.ndarray, genome: str | None = None,
+               between_batches: Callable[[], None] | None = None) -> pa.Table:
     """Best cosine of ``vector`` at each tile position (both strands) as non-overlapping intervals,
     sorted by contig (in the genome's order) and start (``SIMILARITY`` columns). Vectors stream from the
-    shards; the result is columnar (tens of bytes a tile), never a Python object per tile."""
+    shards; the result is columnar (tens of bytes a tile), never a Python object per tile.
+    ``between_batches`` is called before each batch (the server's cancel check: it raises to stop)."""
     sizes = chrom_sizes(store, genome)
     query = np.asarray(vector, dtype=np.float32).reshape(-1)
     if query.shape[0] != store.dim:
@@ -81,6 +88,8 @@ def similarity(store: Store, vector: np.ndarray, genome: str | None = None) -> p
     query = query / (np.linalg.norm(query) or 1.0)
     pieces = []
     for batch in store.iter_batches(["genome", "chrom", "start", "end", schema.EMBEDDING]):
+        if between_batches is not None:
+            between_batches()
         vectors = np.asarray(batch.column(4).flatten().to_numpy(zero_copy_only=False), dtype=np.float32)
         vectors = vectors.reshape(batch.num_rows, store.dim)
         norms = np.linalg.norm(vectors, axis=1)

@@ -22,8 +22,8 @@ from pathlib import Path
 
 from genoembed.errors import GenoembedError, StoreError
 from genoembed.files import atomic_write_bytes
-from genoembed.leases import now_ns, oldest_reader
-from genoembed.manifest import SEALED, genome_files, read_manifest, sealed_files
+from genoembed.leases import fs_now_ns, oldest_reader
+from genoembed.manifest import SEALED, genome_files, read_manifest, sealed_files, sequence_files
 from genoembed.names import IDENTIFIER
 from genoembed.vector_index import index_files
 
@@ -118,7 +118,7 @@ def folder_names(folder: Path) -> list[str]:
         return []
 
 
-RETIRED = ".retired.json"  # files no committed manifest lists, and since when (ns): deleted when no reader is older
+RETIRED = ".retired.json"  # files no committed snapshot lists: since when (ns), and what their search named then
 _SWEPT = (("shards", "part-*.parquet"), ("annotations", "*.parquet"), ("searches", "*.parquet"), ("sequences", "*"),
           ("index", "*.faiss"), (SEALED, "genomes-*.json"))
 
@@ -130,8 +130,14 @@ def sweep_retired(root: Path, retired: list[str] = (), since: int | None = None,
     Called under the writer lock. ``retired`` (store paths) left the manifest at ``since`` (the committing
     writer knows when); any other unlisted file is dated when first seen here. A file some reader may
     still need (its lease started before the file left) waits for a later writer. Never fails the writer:
-    a store it cannot read is left as it is. ``folders`` limits the sweep to those (a commit that retired
-    index files sweeps ``index``); ``listings`` are the folders' names when the caller has listed them.
+    a store it cannot read is left as it is. ``folders`` limits the sweep to those (a commit sweeps the folders
+    of what it retired); ``listings`` are the folders' names when the caller has listed them.
+
+    A saved search's version is dated together with the version its sidecar named then: searches are saved
+    without the lock, so a version seen here before its sidecar switched to it (a save in flight) may be
+    named, read and replaced before the next sweep, and its first date would be older than its readers. Once
+    the sidecar names another version the date is void and the file is dated again (the save in flight is
+    kept meanwhile by its saver's own lease, :class:`genoembed.saved_searches.HitsWriter`).
     """
     try:
         manifest = read_manifest(root)
@@ -139,9 +145,16 @@ def sweep_retired(root: Path, retired: list[str] = (), since: int | None = None,
         return
     records = _read_retired(root)
     swept = [(folder, pattern) for folder, pattern in _SWEPT if not folders or folder in folders]
-    listed = _listed_files(root, manifest, {folder for folder, _ in swept})
-    now, oldest = now_ns(), oldest_reader(root)
-    kept = {path: left for path, left in records.items() if folders and path.split("/")[0] not in folders}
+    listed = committed_files(manifest, root, {folder for folder, _ in swept})
+    named: dict[str, str] = {}
+    if any(folder == "searches" for folder, _ in swept):
+        damaged: dict[str, str] = {}
+        named = {name: entry.get("path") for name, entry in saved_searches(root, manifest, damaged).items()}
+        listed |= set(named.values())
+        listed |= {f"searches/{path.name}" for path in (root / "searches").glob("*.parquet")
+                   if path.name.split(".")[0] in damaged}  # a damaged search's files wait for its owner
+    now, oldest = fs_now_ns(root), oldest_reader(root)
+    kept = {path: record for path, record in records.items() if folders and path.split("/")[0] not in folders}
     for folder, pattern in swept:
         names = listings[folder] if listings is not None else folder_names(root / folder)
         # set arithmetic over the folder's names: O(files) in C, the loop below only sees unlisted files
@@ -150,43 +163,57 @@ def sweep_retired(root: Path, retired: list[str] = (), since: int | None = None,
             name = relative[len(folder) + 1:]
             if name.startswith(".") or not fnmatch.fnmatchcase(name, pattern):
                 continue
-            left = records.get(relative, since if relative in retired and since is not None else now)
+            naming = named.get(name.split(".")[0]) if folder == "searches" else None
+            record = records.get(relative)
+            if record is not None and record[1] == naming:
+                left = record[0]
+            else:
+                left = since if relative in retired and since is not None else now
             try:
                 if oldest is None or oldest > left:
                     (root / relative).unlink(missing_ok=True)
                     continue
             except OSError:
                 pass  # cannot delete it now: a later sweep tries again
-            kept[relative] = left
+            kept[relative] = (left, naming)
     if kept != records:
         with contextlib.suppress(StoreError):  # not recorded: those files are dated again when next seen
-            atomic_write_bytes(root / RETIRED, json.dumps(kept, indent=1).encode())
+            atomic_write_bytes(root / RETIRED, json.dumps({path: list(record) for path, record in kept.items()},
+                                                          indent=1).encode())
 
 
-def _listed_files(root: Path, manifest: dict, folders: set[str]) -> set[str]:
-    """Store paths under ``folders`` that the manifest (or a saved search's sidecar) lists: what a sweep keeps."""
-    listed = genome_files(root, manifest) if folders & {"shards", "sequences"} else set()
-    if "annotations" in folders:
+def committed_files(manifest: dict, root: Path | None = None, folders: set[str] | None = None) -> set[str]:
+    """Store paths of the files a manifest lists (shards, annotation sets, saved searches of older stores,
+    the genomes' sequence copies, sealed genome files, the vector index's parts), or of those under ``folders``.
+    Given the store's ``root``, a sealed file's shards and sequences are worked out once per process."""
+    every = folders is None
+    listed = set()
+    if every or folders & {"shards", "sequences"}:
+        listed = genome_files(root, manifest) if root is not None else \
+            {shard["path"] for shard in manifest["shards"]} | sequence_files(manifest)
+    if every or "annotations" in folders:
         listed |= {entry["path"] for entry in (manifest.get("annotations") or {}).values()}
-    if "index" in folders:
-        listed |= index_files(manifest.get("index"))
-    if SEALED in folders:
-        listed |= sealed_files(manifest)
-    if "searches" in folders:
-        damaged: dict[str, str] = {}
+    if every or "searches" in folders:
         listed |= {entry["path"] for entry in (manifest.get("searches") or {}).values()}
-        listed |= {entry.get("path") for entry in saved_searches(root, manifest, damaged).values()}
-        listed |= {f"searches/{path.name}" for path in (root / "searches").glob("*.parquet")
-                   if path.name.split(".")[0] in damaged}  # a damaged search's files wait for its owner
-    return listed
+    if every or SEALED in folders:
+        listed |= sealed_files(manifest)
+    return listed | index_files(manifest.get("index")) if every or "index" in folders else listed
 
 
-def _read_retired(root: Path) -> dict[str, int]:
+def _read_retired(root: Path) -> dict[str, tuple[int, str | None]]:
+    """Path -> (since, the version its search's sidecar named then); earlier writers recorded bare dates."""
     try:
         records = json.loads((root / RETIRED).read_bytes())
     except (OSError, ValueError):
         return {}  # none yet, or damaged: every unlisted file is dated now (kept longer, never shorter)
-    return {path: when for path, when in records.items() if isinstance(when, int)} if isinstance(records, dict) else {}
+    found = {}
+    for path, record in records.items() if isinstance(records, dict) else ():
+        if isinstance(record, int):
+            found[path] = (record, None)
+        elif isinstance(record, list) and len(record) == 2 and isinstance(record[0], int) and \
+                (record[1] is None or isinstance(record[1], str)):
+            found[path] = (record[0], record[1])
+    return found
 
 
 def retired_files(root: Path) -> set[str]:
@@ -233,7 +260,7 @@ def saved_searches(root: Path, manifest: dict, damaged: dict[str, str] | None = 
 
 def search_sidecar_problem(name: str, entry) -> str | None:
     """What is wrong with a saved search's sidecar (None: nothing): it must name that search's own file,
-    ``searches/NAME.parquet`` (older stores) or a version ``searches/NAME.HASH.parquet``."""
+    ``searches/NAME.parquet`` (older stores) or a version ``searches/NAME.VERSION.parquet``."""
     if not IDENTIFIER.fullmatch(name):
         return f"saved search name {name!r} is not a plain identifier (it would become SQL)"
     path = entry.get("path") if isinstance(entry, dict) else None

@@ -140,9 +140,14 @@ def test_rerunning_index_says_up_to_date_and_the_same_fasta_is_not_appended_twic
 
     out = tmp_path / "s"
     options = ["--output", out, "--model", "kmer:3", "--window", "500", "--stride", "250", "--strands", "+"]
-    assert invoke("index", "--fasta", PLASMID_FASTA, *options).exit_code == 0
+    tiles = len(range(0, 9609 - 500 + 1, 250)) + 1  # a tile every 250 bp, and one ending at the contig's end
+    first = invoke("index", "--fasta", PLASMID_FASTA, *options)
+    assert first.exit_code == 0 and first.stdout.startswith(f"indexed {tiles} tiles into ")
     again = invoke("index", "--fasta", PLASMID_FASTA, *options)
     assert again.exit_code == 0 and "already indexed (same sha256): up to date" in again.stderr
+    assert again.stdout.startswith("up to date: nothing indexed; ") and f"holds {tiles} tiles of NC_005816" in again.stdout
+    summary = json.loads(invoke("index", "--fasta", PLASMID_FASTA, *options, "-f", "json").stdout)
+    assert (summary["indexed"], summary["tiles"]) == (0, tiles)
     renamed = tmp_path / "other_name.fna"
     renamed.write_bytes(PLASMID_FASTA.read_bytes())
     copy = invoke("index", "--fasta", renamed, *options, "--append")

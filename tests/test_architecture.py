@@ -15,22 +15,21 @@ PACKAGE = Path(__file__).resolve().parents[1] / "genoembed"
 # modules only where listed in SIDEWAYS, so the order inside a layer is still one way.
 LAYERS = [
     ["errors", "version"],
-    ["files", "names", "leases"],
+    ["files", "names", "leases", "interrupts"],
     ["schema", "resources", "seqio", "synthetic"],
     ["topology", "gff_sql", "genes"],
     ["fasta_scan"],
-    ["genome", "gff", "embedders.base", "embedders.tokenize", "embedders.fingerprint", "embedders.model_dir", "joins", "vector_index",
-     "hit_formats"],
+    ["genome", "gff", "embedders.base", "embedders.tokenize", "embedders.fingerprint", "embedders.model_dir", "joins", "vector_index"],
     ["tiles", "features", "feature_index", "recall", "embedders.kmer", "embedders.pooling", "embedders.fused", "embedders.families",
      "embedders.table", "embedders.translated", "embedders.loading"],
     ["embedders.hf", "embedders.protein", "evidence", "regions"],
-    ["protein_evidence"],
+    ["protein_evidence", "hit_formats"],
     ["embedders"],
     ["manifest"],
     ["writers"],
     ["store"],
     ["store_writer", "sql", "indexing", "saved_searches", "subsets", "seeds", "significance"],
-    ["annotate", "search", "remove", "verify", "recipe", "plot", "tracks", "variants", "explain",
+    ["annotate", "search", "remove", "circularise", "verify", "recipe", "plot", "tracks", "variants", "explain",
      "query_aliases"],
     ["chain"],
     ["mapping"],
@@ -49,6 +48,7 @@ LAYERS = [
     ["train"],
     ["__init__"],
     ["serve_limits"],
+    ["serve_formats"],
     ["serve"],
     ["cli.common"],
     ["cli.annotate", "cli.compact", "cli.eval", "cli.finetune", "cli.index", "cli.info", "cli.plot", "cli.pretrain",
@@ -59,7 +59,8 @@ LAYERS = [
 # Same-layer imports that are allowed (each one way only).
 SIDEWAYS = {("remove", "indexing"), ("annotate", "sql"), ("plot", "sql"), ("verify", "sql"),
             ("remove", "store_writer"), ("features", "tiles"),
-            ("variants", "search"), ("explain", "search"), ("subsets", "sql")}
+            ("variants", "search"), ("explain", "search"), ("subsets", "sql"),
+            ("circularise", "remove")}
 # Most lines a module may have, unless tests/file_budget.json lists it (with a maximum that only goes down).
 MAX_LINES = 500
 BUDGET_FILE = Path(__file__).resolve().parent / "file_budget.json"

@@ -43,12 +43,12 @@ def running(stores: dict, token: str | None = None, limits=None):
     """uvicorn serving ``stores`` in a thread on a free loopback port; yields its base URL."""
     import uvicorn
 
-    from genoembed.cli.serve import CONNECTION_LIMITS
-    from genoembed.serve_limits import Limits
+    from genoembed.serve_limits import Limits, connection_options
 
-    app = create_app(stores, token, limits or Limits())
+    limits = limits or Limits()
+    app = create_app(stores, token, limits)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning",
-                                           access_log=False, **CONNECTION_LIMITS))
+                                           access_log=False, **connection_options(limits)))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20

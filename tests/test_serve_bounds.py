@@ -1,8 +1,9 @@
-"""Issue 25: a server with bounds (limits checked before work, a worker pool beside the event loop, slow
-senders dropped) and no server path in anything it answers."""
+"""Issue 25: a server with bounds (limits checked before work, a worker pool beside the event loop, requests
+past their deadline cancelled, slow senders dropped) and no server path in anything it answers."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 import time
@@ -13,8 +14,11 @@ pytest.importorskip("fastapi", reason="the serve extra is not installed (pip ins
 httpx = pytest.importorskip("httpx", reason="the test extra is not installed")
 
 import genoembed.serve as serve_module  # noqa: E402
-from genoembed.serve import ServedStore  # noqa: E402
-from genoembed.serve_limits import Limits  # noqa: E402
+from genoembed.errors import InputError  # noqa: E402
+from genoembed.mapping import answer  # noqa: E402
+from genoembed.serve import SearchRequest, ServedStore  # noqa: E402
+from genoembed.serve_limits import Cancel, Limits, TooSlow, Workers  # noqa: E402
+from genoembed.sql import run_sql  # noqa: E402
 
 from test_serve import CHROM, chloro, running  # noqa: E402,F401  (chloro: the module's store fixture)
 
@@ -138,3 +142,93 @@ def test_cli_help_states_the_bounds():
     for bound in ("bodies up to 1 MB", "10,000 queries", "--max-bases", "503", "/healthz", "keep-alive"):
         assert bound in text
 
+
+
+def test_a_request_past_its_deadline_interrupts_its_duckdb_query_and_frees_its_worker(served):
+    workers = Workers(Limits(workers=1, queue=1))  # one worker: a query left running would hold it
+    store = served.snapshot().store
+    outcome, started = [], []
+
+    def long_query(cancel):
+        try:
+            return run_sql(store, "SELECT count(*) FROM range(100000000000)", timeout=300, cancelled=cancel.event)
+        except InputError as error:
+            outcome.append(str(error))
+            raise
+
+    async def scenario():
+        running_one = asyncio.ensure_future(workers.run(long_query, 1.0))
+        await asyncio.sleep(0.1)
+        with pytest.raises(TooSlow):  # waits behind the long query; its deadline passes first
+            await workers.run(lambda cancel: started.append("queued one"), 0.3)
+        with pytest.raises(TooSlow):
+            await running_one
+        # without the interrupt the long query would keep the one worker for minutes: this would be a 504 too
+        return await workers.run(lambda cancel: run_sql(store, "SELECT 42 AS n"), 30)
+
+    assert asyncio.run(scenario()).column("n").to_pylist() == [42]
+    assert outcome == ["SQL: query cancelled"]  # DuckDB was interrupted, not left to run
+    assert started == []  # the request cancelled while waiting never ran
+
+
+def test_a_cancelled_search_stops_between_query_batches(served, monkeypatch):
+    cancel, batches = Cancel(), []
+    original = serve_module.answer
+
+    def one_batch_then_the_deadline_passes(store, queries, **options):
+        batches.append(len(queries))
+        cancel.set()
+        return original(store, queries, **options)
+
+    monkeypatch.setattr(serve_module, "answer", one_batch_then_the_deadline_passes)
+    request = SearchRequest(sequences=["ACGT" * 50] * (serve_module.SEARCH_BATCH + 1), k=1, annotate=False)
+    with pytest.raises(TooSlow):
+        serve_module.run_search(served, request, Limits(), cancel)
+    assert batches == [serve_module.SEARCH_BATCH]
+
+
+def test_batched_search_answers_like_one_search(served, monkeypatch):
+    monkeypatch.setattr(serve_module, "SEARCH_BATCH", 2)
+    regions = [f"{CHROM}:1001-1600", f"{CHROM}:40001-40600", f"{CHROM}:90001-90600"]
+    request = SearchRequest(regions=regions + regions[:2], k=3, annotate=False)  # 5 queries in 3 batches, 2 repeated
+    got = serve_module.run_search(served, request).to_pylist()
+    queries = serve_module.collect_queries(served.snapshot(), request, Limits())
+    want = answer(served.snapshot().store, queries, k=3, embedder=served.embedder, loci=True, by_length=False)[0]
+    key = [(h["query"], h["rank"], h["tile_id"]) for h in want.to_pylist()]
+    assert [(h["query"], h["rank"], h["tile_id"]) for h in got] == key
+    assert len({name for name, _, _ in key}) == 5  # repeated regions keep apart (name#2) across batches
+
+
+def trickle(sock: socket.socket, data: bytes, pause: float) -> bool:
+    """Send ``data`` a byte at a time; True once the server closed the connection."""
+    for byte in data:
+        try:
+            sock.sendall(bytes([byte]))
+        except OSError:  # reset or broken pipe: closed by the server
+            return True
+        time.sleep(pause)
+    return False
+
+
+def closed_by_server(sock: socket.socket) -> bool:
+    try:
+        return sock.recv(4096) == b""
+    except ConnectionResetError:
+        return True
+
+
+def test_a_client_trickling_its_headers_is_dropped(served):
+    limits = Limits(header_timeout=0.5)
+    with running({"chloro": served}, limits=limits) as base:
+        host, port = base.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as slow:
+            # 60 header bytes at 0.1 s each: 6 s of headers, never finished; each byte used to restart the timer
+            cut = trickle(slow, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 40, 0.1)
+            assert cut or closed_by_server(slow)
+        with socket.create_connection((host, int(port)), timeout=10) as silent:
+            assert closed_by_server(silent)  # a connection that never sends anything is closed too
+        with httpx.Client(base_url=base, timeout=10) as client:  # a client that sends its headers at once is not
+            assert client.get("/healthz").status_code == 200
+            time.sleep(1.0)  # idle on its keep-alive connection longer than the header deadline
+            assert client.get("/healthz").status_code == 200
+            assert client.post("/sql", json={"query": "SELECT 1 AS n"}).json()["rows"] == [{"n": 1}]

@@ -11,13 +11,16 @@ import gc
 import json
 import shutil
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from typer.testing import CliRunner
 
+from genoembed.cli import app
 from genoembed.errors import InputError, StoreError
 from genoembed.annotate import add_annotations
 from genoembed.search import search
@@ -62,9 +65,12 @@ def edit_manifest(root: Path, section: str, name: str, **changes) -> None:
 
 
 def stored(root: Path, relative: str) -> str:
-    """Where the store keeps ``relative``: a saved search ``searches/NAME.parquet`` is the version its sidecar names."""
+    """Where the store keeps ``relative``: a saved search ``searches/NAME.parquet`` is the version its sidecar names,
+    an annotation set ``annotations/NAME.parquet`` the version its manifest entry names."""
     if relative.startswith("searches/"):
         return json.loads((root / relative).with_suffix(".json").read_text())["path"]
+    if relative.startswith("annotations/"):
+        return json.loads((root / "manifest.json").read_text())["annotations"][Path(relative).stem]["path"]
     return relative
 
 
@@ -140,9 +146,9 @@ def test_symlink_inside_the_store_is_fine(root):
 
 
 def test_changed_annotation_file_fails_its_sha256(root):
-    path = root / "annotations" / "NC_000932.parquet"
+    path = root / stored(root, "annotations/NC_000932.parquet")
     pq.write_table(pq.read_table(path).slice(0, 10), path)
-    with pytest.raises(StoreError, match=r"NC_000932.parquet: sha256 differs.*genoembed verify"):
+    with pytest.raises(StoreError, match=rf"{path.name}: sha256 differs.*genoembed verify"):
         run_sql(Store.open(root), "SELECT count(*) FROM annotations")
 
 
@@ -222,24 +228,73 @@ def test_timeout_stops_an_endless_query(root):
         run_sql(Store.open(root), ENDLESS, timeout=0.5)
 
 
-def test_ctrl_c_interrupts_the_query_and_is_reraised(root):
-    """Ctrl-C (simulated) stops a running query within seconds, not at its 30 s timeout.
+class CtrlC:
+    """Presses Ctrl-C once, from wherever it is called (Python runs the handler in the main thread)."""
 
-    Python's own SIGINT handler is installed for the test: a process started in the background by a
-    non-interactive shell (`./.ci/run &`) inherits SIGINT ignored, and then no Ctrl-C reaches it at all."""
-    store = Store.open(root)
+    def __init__(self):
+        self.pressed = False
+
+    def __call__(self) -> None:
+        if not self.pressed:
+            self.pressed = True
+            _thread.interrupt_main()
+
+
+class InterruptingRows:
+    """A view's rows for DuckDB (the Arrow stream of ``dataset``) that press Ctrl-C the first time DuckDB asks for
+    them: the interrupt lands inside DuckDB's call back into Python, where a real Ctrl-C can land while views are
+    made (DuckDB then reported "reading the schema ... failed", and sql a damaged store)."""
+
+    def __init__(self, dataset, ctrl_c: CtrlC):
+        self.dataset, self.ctrl_c = dataset, ctrl_c
+
+    def __arrow_c_stream__(self, requested_schema=None):
+        self.ctrl_c()
+        return self.dataset.to_table().__arrow_c_stream__(requested_schema)
+
+
+def press_ctrl_c_while(point: str, monkeypatch) -> None:
+    """Arrange one Ctrl-C at ``point`` of a `sql` run: while the files are checked, while DuckDB makes the views,
+    or once the query is handed to DuckDB."""
+    module, ctrl_c = sys.modules["genoembed.sql"], CtrlC()
+    if point == "checking files":
+        checksum = module.remembered_checksum
+        monkeypatch.setattr(module, "remembered_checksum", lambda path: (ctrl_c(), checksum(path))[1])
+    elif point == "making views":
+        dataset = module._dataset
+        monkeypatch.setattr(module, "_dataset", lambda paths: InterruptingRows(dataset(paths), ctrl_c))
+    else:
+        fetch = module._fetch
+        monkeypatch.setattr(module, "_fetch", lambda *arguments: (ctrl_c(), fetch(*arguments))[1])
+
+
+@pytest.fixture
+def ctrl_c_handled():
+    """Python's own SIGINT handler, for the test: a process started in the background by a non-interactive shell
+    (`./.ci/run &`) inherits SIGINT ignored, and then no Ctrl-C reaches it at all."""
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    ctrl_c = threading.Timer(0.5, _thread.interrupt_main)
-    started = time.monotonic()
-    ctrl_c.start()
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            run_sql(store, ENDLESS, timeout=30)
-    finally:
-        ctrl_c.cancel()
-        signal.signal(signal.SIGINT, previous)
-    assert time.monotonic() - started < 15
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+POINTS = ["checking files", "making views", "running the query"]
+
+
+@pytest.mark.parametrize("point", POINTS)
+def test_ctrl_c_interrupts_the_query_and_is_reraised(root, monkeypatch, ctrl_c_handled, point):
+    """Ctrl-C at any point of a query (an endless one, with a 30 s timeout) is a KeyboardInterrupt once DuckDB has
+    stopped: never a StoreError, never the timeout, no worker left running."""
+    press_ctrl_c_while(point, monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        run_sql(Store.open(root), ENDLESS, timeout=30)
     assert not [t for t in threading.enumerate() if t.name == "genoembed-sql" and t.is_alive()]
+
+
+@pytest.mark.parametrize("point", POINTS)
+def test_ctrl_c_of_genoembed_sql_says_interrupted_and_exits_130(root, monkeypatch, ctrl_c_handled, point):
+    press_ctrl_c_while(point, monkeypatch)
+    result = CliRunner().invoke(app, ["sql", str(root), ENDLESS, "--timeout", "30"])
+    assert (result.exit_code, result.output) == (130, "genoembed: interrupted\n")
 
 
 def test_timeout_must_be_positive(root):

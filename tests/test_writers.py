@@ -6,9 +6,11 @@ Each test works on its own copy of a small two-genome store (random genomes, 3-m
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -20,7 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from genoembed.annotate import add_annotations
+from genoembed.annotate import add_annotations, annotate_hits
 from genoembed.build import index
 from genoembed.cli import app
 from genoembed.embedders.kmer import KmerEmbedder
@@ -35,6 +37,7 @@ from genoembed.tiles import TilingSpec
 from genoembed.tracks import similarity
 from genoembed.vector_index import IndexSpec
 from genoembed.verify import verify_store
+from genoembed.writers import committed_files
 
 TILING = TilingSpec(window=300, stride=150, strands="+")
 EMBEDDER = KmerEmbedder(k=3)
@@ -117,7 +120,7 @@ def test_annotation_set_names_from_file_names_are_identifiers(root, tmp_path, be
     odd = tmp_path / "1000 genomes-v2.bed"
     shutil.copy(bed, odd)
     entry = add_annotations(Store.open(root), odd)
-    assert entry["path"] == "annotations/_1000_genomes_v2.parquet"
+    assert re.fullmatch(r"annotations/_1000_genomes_v2\.[0-9a-f]{16}\.parquet", entry["path"])
 
 
 # --- finding 3: outputs never destroy what is not theirs -------------------------------------------------------
@@ -148,6 +151,36 @@ def test_overwrite_never_deletes_its_own_input(root, fastas):
                                  "--factory", "Flat", "--overwrite", "-q"])
     one_line_error(result, "g.fa: an input inside the store")
     assert inside.read_bytes() == fastas[0].read_bytes()
+
+
+def test_a_reader_of_the_old_store_survives_index_overwrite(root, fastas, tmp_path):
+    """`index --overwrite` retires the old store's files instead of deleting them: a reader of the old store
+    finishes on its snapshot (search, SQL, its genome's sequence); the new store equals a clean build and, once
+    no reader is left, holds nothing else."""
+    reader = Store.open(root)
+    old_files = {path for path in root.rglob("*") if path.is_file() and path.parts[-2] in ("shards", "index")}
+    tiles = run_sql(reader, "SELECT count(*) AS n FROM tiles").column("n")[0].as_py()
+    vector = reader.embedder().embed(["ACGT" * 75])[0]
+    result = runner.invoke(app, ["index", "--fasta", str(fastas[1]), "--output", str(root), "--model", "kmer:3",
+                                 "--window", "300", "--stride", "150", "--strands", "+", "--factory", "Flat",
+                                 "--shard-rows", "40", "--batch-rows", "40", "--overwrite", "-q"])
+    assert result.exit_code == 0, result.output
+    assert all(path.is_file() for path in old_files)  # kept: the reader's snapshot lists them
+    # the reader answers from the old store: both genomes, its shards, its index, its sequences
+    assert set(search(reader, ["a1:1-300"], k=3)["genome"].to_pylist()) <= {"g0", "g1"}
+    assert run_sql(reader, "SELECT count(*) AS n FROM tiles").column("n")[0].as_py() == tiles
+    assert similarity(reader, vector, "g0").num_rows > 0
+    del reader
+    with write_lock(root):  # the next writer deletes what no reader holds
+        pass
+    clean = build(fastas[1], tmp_path / "clean")
+    query = "SELECT * FROM tiles ORDER BY tile_id"
+    assert run_sql(Store.open(root), query).equals(run_sql(clean, query))
+    assert list(Store.open(root).genomes) == ["g1"] and verify_store(Store.open(root)) == []
+    listed = committed_files(Store.open(root).manifest)
+    on_disk = {path.relative_to(root).as_posix() for folder in ("shards", "index", "annotations")
+               for path in (root / folder).glob("*") if path.is_file()}
+    assert on_disk == {path for path in listed if path.split("/")[0] in ("shards", "index", "annotations")}
 
 
 def test_no_verb_writes_into_any_store(root, tmp_path):
@@ -268,6 +301,76 @@ def test_concurrent_annotates_one_wins_the_other_says_why(root, bed):
     assert verify_store(Store.open(root)) == []
 
 
+def overlapping_names(hits, features: list[tuple[str, int, int, str]]) -> list[str | None]:
+    """Oracle: per hit, the sorted names of the features (chrom, start, end, name; genome g0) it overlaps."""
+    names = []
+    for genome, chrom, start, end in zip(*(hits[c].to_pylist() for c in ("genome", "chrom", "start", "end"))):
+        found = sorted({name for c, s, e, name in features if genome == "g0" and c == chrom and s < end and start < e})
+        names.append(", ".join(found) or None)
+    return names
+
+
+def test_a_reader_of_the_old_annotation_set_survives_reannotation(root, bed, tmp_path):
+    """Re-annotating a name writes a new file and switches the manifest: a reader opened before finishes its
+    annotated search and SQL joins on the old set, a new reader sees the new one, and the old file is deleted
+    once no reader holds it (nothing else left behind)."""
+    old_features = [("a1", 100, 900, "geneA"), ("a1", 1200, 1700, "geneB")]
+    add_annotations(Store.open(root), bed, name="genes")
+    hits = search(Store.open(root), ["a1:1-1000", "a1:1101-1400"], k=4, save_as="mine")
+    expected = {(q, r, n) for q, r, names in zip(hits["query"].to_pylist(), hits["rank"].to_pylist(),
+                                                 overlapping_names(hits, old_features)) if names
+                for n in names.split(", ")}
+    assert {n for _, _, n in expected} == {"geneA", "geneB"}
+    reader = Store.open(root)
+    old_file = root / reader.manifest["annotations"]["genes"]["path"]
+    fewer = tmp_path / "fewer.bed"
+    fewer.write_text("a1\t2000\t2500\tgeneC\t0\t+\n")
+    result = runner.invoke(app, ["annotate", str(root), str(fewer), "--name", "genes", "--replace"])
+    assert result.exit_code == 0, result.output
+    assert old_file.is_file()  # kept: the reader's snapshot lists it
+    # the reader's first annotated search and its joins read the old set, whole
+    assert annotate_hits(reader, hits)["overlapping"].to_pylist() == overlapping_names(hits, old_features)
+    joined = run_sql(reader, "SELECT query, rank, feature_name FROM hit_features_mine")
+    assert set(zip(*(joined[c].to_pylist() for c in joined.column_names))) == expected
+    assert run_sql(reader, "SELECT count(*) AS n FROM annotations").column("n")[0].as_py() == 2
+    # a new reader sees the new set
+    fresh = Store.open(root)
+    assert run_sql(fresh, "SELECT name FROM annotations").column("name").to_pylist() == ["geneC"]
+    assert annotate_hits(fresh, hits)["overlapping"].to_pylist() == \
+        overlapping_names(hits, [("a1", 2000, 2500, "geneC")])
+    del reader, fresh
+    with write_lock(root):  # the next writer deletes what no reader holds
+        pass
+    assert not old_file.exists()
+    listed = {entry["path"] for entry in Store.open(root).manifest["annotations"].values()}
+    assert {f"annotations/{path.name}" for path in (root / "annotations").iterdir()} == listed
+    assert verify_store(Store.open(root)) == []
+
+
+def test_an_annotation_set_of_an_older_store_under_its_fixed_name_reads_and_is_replaced(root, bed, tmp_path):
+    """Stores written before versioned annotation files list ``annotations/NAME.parquet``: read as they are, and
+    a replacement retires that file like any other version."""
+    add_annotations(Store.open(root), bed, name="genes")
+    manifest = json.loads((root / "manifest.json").read_text())
+    versioned = root / manifest["annotations"]["genes"]["path"]
+    versioned.rename(root / "annotations" / "genes.parquet")
+    manifest["annotations"]["genes"]["path"] = "annotations/genes.parquet"
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    assert verify_store(Store.open(root)) == []
+    reader = Store.open(root)
+    assert run_sql(reader, "SELECT count(*) AS n FROM annotations").column("n")[0].as_py() == 2
+    fewer = tmp_path / "fewer.bed"
+    fewer.write_text(bed.read_text().splitlines()[0] + "\n")
+    add_annotations(Store.open(root), fewer, name="genes", replace=True)
+    assert run_sql(reader, "SELECT count(*) AS n FROM annotations").column("n")[0].as_py() == 2  # its snapshot
+    assert run_sql(Store.open(root), "SELECT count(*) AS n FROM annotations").column("n")[0].as_py() == 1
+    del reader
+    with write_lock(root):
+        pass
+    assert not (root / "annotations" / "genes.parquet").exists()
+    assert verify_store(Store.open(root)) == []
+
+
 # --- finding 7: remove keeps what readers of older snapshots read -----------------------------------------------
 
 def test_a_reader_of_the_old_snapshot_survives_remove(root):
@@ -287,6 +390,48 @@ def test_a_reader_of_the_old_snapshot_survives_remove(root):
     current = {path for path in Store.open(root).shard_paths}
     assert [path for path in old_shards if path.is_file() and path not in current] == []
     assert verify_store(Store.open(root)) == []
+
+
+@contextlib.contextmanager
+def clock_off_by(monkeypatch, skew_ns: int):
+    """This process's clock ``skew_ns`` off the file server's (time.time_ns is what a lease would have used)."""
+    real = time.time_ns
+    with monkeypatch.context() as host:
+        host.setattr(time, "time_ns", lambda: real() + skew_ns)
+        yield
+
+
+def test_leases_and_retirements_compare_on_the_file_systems_clock(root, monkeypatch):
+    """A store shared by hosts whose clocks differ (NFS): a reader on a host an hour ahead of the writer's, then
+    one on a host an hour behind. Retired shards are kept while the reader holds the old snapshot and deleted
+    once it lets go (ahead) or moves on to the new snapshot (behind): only the file system's times compare."""
+    hour = 3600 * 10**9
+
+    def retired_by(removal) -> list[Path]:
+        before = list(Store.open(root).shard_paths)
+        removal(Store.open(root))  # the writer, on the file server's time
+        return [path for path in before if path not in set(Store.open(root).shard_paths)]
+
+    with clock_off_by(monkeypatch, +hour):
+        ahead = Store.open(root)
+    retired = retired_by(lambda store: remove(store, "g1", contigs=["b1"]))
+    assert retired and all(path.is_file() for path in retired)  # the reader ahead may still read them
+    del ahead
+    with write_lock(root):  # the next writer deletes what no reader holds
+        pass
+    assert not [path for path in retired if path.is_file()]
+
+    with clock_off_by(monkeypatch, -hour):
+        behind = Store.open(root)
+    retired = retired_by(lambda store: remove(store, "g1"))
+    assert retired and all(path.is_file() for path in retired)
+    time.sleep(0.05)  # past the file system's timestamp granularity (a clock tick)
+    with clock_off_by(monkeypatch, -hour):
+        behind.refresh()  # moves on to the snapshot without them
+    with write_lock(root):
+        pass
+    assert not [path for path in retired if path.is_file()]
+    assert run_sql(behind, "SELECT count(*) AS n FROM tiles").column("n")[0].as_py() == behind.num_tiles
 
 
 def test_a_killed_readers_lease_keeps_nothing(root):
@@ -377,6 +522,35 @@ def test_parallel_searches_and_sql_on_an_annotated_store(root, bed):
     assert len(list((root / "searches").glob("last.*.parquet"))) == 1  # old versions swept once no reader holds them
 
 
+@pytest.mark.parametrize("leased", [True, False])
+def test_sql_retries_a_switched_search_only_for_a_reader_without_a_lease(root, monkeypatch, leased):
+    """Between making its views and running its query, a reader's `last` is switched by a save and swept. With a
+    lease the version it reads is kept and the query runs once; a reader that could take no lease (here `.readers`
+    cannot be made; in life, a store another user writes) loses it, and run_sql answers from the new version."""
+    if not leased:
+        (root / ".readers").write_text("not a folder")
+    save_hits(Store.open(root), search(Store.open(root), ["a1:1-300"], k=2), "last", {})
+    reader = Store.open(root)
+    assert reader.protected is leased
+    module, connects = sys.modules["genoembed.sql"], []
+    connect_files = module.connect_files
+
+    def connect_then_switch(*arguments):
+        con = connect_files(*arguments)
+        if not connects:  # once: a later save switches `last`, and a writer sweeps
+            old = root / reader.searches()["last"]["path"]
+            save_hits(Store.open(root), search(Store.open(root), ["b1:1-300"], k=5), "last", {})
+            with write_lock(root):
+                pass
+            assert old.exists() is leased
+        connects.append(1)
+        return con
+
+    monkeypatch.setattr(module, "connect_files", connect_then_switch)
+    rows = run_sql(reader, "SELECT count(*) AS n FROM hits").column("n")[0].as_py()
+    assert (rows, len(connects)) == ((2, 1) if leased else (5, 2))
+
+
 def test_a_damaged_saved_search_blocks_only_itself(root):
     assert runner.invoke(app, ["search", str(root), "--region", "a1:1-300"]).exit_code == 0
     last = json.loads((root / "searches" / "last.json").read_text())
@@ -394,3 +568,51 @@ def test_a_damaged_saved_search_blocks_only_itself(root):
     # a new search of that name replaces the damaged one
     assert runner.invoke(app, ["search", str(root), "--region", "a1:301-600"]).exit_code == 0
     assert runner.invoke(app, ["sql", str(root), "SELECT count(*) FROM hits"]).exit_code == 0
+
+
+def test_a_readers_saved_search_version_stays_while_saves_switch_it(root):
+    """Many threads of one process save `last` (the same hits again and again) while readers hold the version its
+    sidecar named: every held version stays readable and unchanged for as long as its reader's store is open,
+    and once no reader is left one version remains. Before the fix the sweep dated a version by when it first saw
+    it unnamed, which could be a save in flight (or an earlier life of a name made from the content) older than
+    the reader that later read it, and deleted it under that reader."""
+    opened = Store.open(root)
+    answers = [search(opened, [f"a1:{start}-{start + 299}"], k=3) for start in (1, 1501, 3001)]
+    del opened
+    failures, barrier = [], threading.Barrier(8)
+
+    def saver(number: int) -> None:
+        barrier.wait()
+        try:
+            for turn in range(40):
+                save_hits(Store.open(root), answers[(number + turn) % len(answers)], "last", {})
+        except BaseException as error:  # noqa: BLE001 - every failure is the finding
+            failures.append(f"save: {error!r}")
+
+    def reader() -> None:
+        barrier.wait()
+        try:
+            for turn in range(40):
+                store = Store.open(root)
+                entry = store.searches()["last"]
+                time.sleep(0.005)  # savers switch `last` and sweep meanwhile
+                path = root / entry["path"]
+                assert hashlib.sha256(path.read_bytes()).hexdigest() == entry["sha256"], entry["path"]
+                assert pq.read_table(path).num_rows == entry["rows"]
+                if turn == 20:  # SQL reads the version named when it starts, kept by this reader's lease
+                    assert run_sql(store, "SELECT count(*) AS n FROM hits").column("n")[0].as_py() == 3
+        except BaseException as error:  # noqa: BLE001
+            failures.append(f"read: {error!r}")
+
+    save_hits(Store.open(root), answers[0], "last", {})
+    threads = [threading.Thread(target=saver, args=(n,)) for n in range(4)]
+    threads += [threading.Thread(target=reader) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures, failures[:5]
+    with write_lock(root):
+        pass
+    assert len(list((root / "searches").glob("last.*.parquet"))) == 1
+    assert verify_store(Store.open(root)) == []

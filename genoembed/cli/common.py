@@ -37,12 +37,17 @@ class OutputFormat(str, Enum):
 
 
 def handle_errors(command):
-    """Expected failures become one line on stderr and exit code 2, never a traceback."""
+    """Expected failures become one line on stderr and exit code 2, never a traceback; Ctrl-C becomes
+    ``genoembed: interrupted`` and exit code 130 (128 + SIGINT, as shells report it), whatever typer's version
+    would make of it."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
+        except KeyboardInterrupt:
+            typer.echo("genoembed: interrupted", err=True)
+            raise typer.Exit(130) from None
         except GenoembedError as error:
             typer.echo(f"genoembed: error: {error}", err=True)
             raise typer.Exit(2) from None

@@ -76,7 +76,7 @@ def index(
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (e.g. ray://head:10001 or auto); default: start a local cluster."),
     num_workers: int = typer.Option(2, "--num-workers", min=1, help="Ray embedding actors (one per GPU on a GPU cluster)."),
     gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker", min=0.0, help="GPUs per Ray actor (0 = CPU)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing store built with other settings."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing store built with other settings (its readers finish on the old store, whose files are deleted once none is left)."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for embedding (torch) and building the vector index (FAISS OpenMP); default: the libraries' own."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or warnings."),
     format: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f", help="table = one line of text; json = a JSON summary line."),
@@ -124,6 +124,7 @@ def index(
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    assigned = 0 if overwrite else _tiles_assigned(plan.output)
     started = time.perf_counter()
     with Progress(TextColumn("[bold]embedding {task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("tiles"), TimeRemainingColumn(), console=console(), transient=True,
@@ -140,16 +141,33 @@ def index(
         store = build(plan, overwrite=overwrite, append=append, progress=report, engine=engine.value,
                       engine_options=_ray_options(engine, address, num_workers, gpus_per_worker,
                                                   trust_remote_code))
-    summary = {"store": str(store.root), "genomes": list(store.genomes), "tiles": store.num_tiles, "dim": store.dim,
+    summary = {"store": str(store.root), "genomes": list(store.genomes), "tiles": store.num_tiles,
+               "indexed": store.id_limit - assigned, "dim": store.dim,
                "model": store.provenance["embedder"].get("model_id"), "index": plan.index.factory,
                "annotations": {name: entry["rows"] for name, entry in store.manifest.get("annotations", {}).items()},
                "seconds": round(time.perf_counter() - started, 2)}
     if as_json:
         typer.echo(json.dumps(summary))
     elif not quiet:
-        typer.echo(f"indexed {summary['tiles']} tiles of {', '.join(summary['genomes'])} "
-                   f"(dim {summary['dim']}, model {summary['model']}, "
-                   f"index {summary['index']}) into {summary['store']} in {summary['seconds']} s")
+        held = (f"{summary['tiles']} tiles of {', '.join(summary['genomes'])} (dim {summary['dim']}, "
+                f"model {summary['model']}, index {summary['index']})")
+        typer.echo(f"up to date: nothing indexed; {summary['store']} holds {held}" if not summary["indexed"] else
+                   f"indexed {summary['indexed']} tiles into {summary['store']} in {summary['seconds']} s; "
+                   f"it holds {held}")
+
+
+def _tiles_assigned(output: Path) -> int:
+    """Tile ids a store at ``output`` has given out so far (0 where there is none yet): what this run embeds
+    is what it adds past them, so a rerun on an up-to-date store says it indexed nothing."""
+    from genoembed.errors import GenoembedError
+    from genoembed.manifest import read_manifest
+
+    if not (output / "manifest.json").is_file():
+        return 0
+    try:
+        return int(read_manifest(output).get("next_tile_id", 0))
+    except GenoembedError:
+        return 0  # a damaged store: the build reports it
 
 
 def _ray_options(engine: Engine, address, num_workers: int, gpus_per_worker: float, trust_remote_code: bool) -> dict:

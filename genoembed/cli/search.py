@@ -170,7 +170,7 @@ def search(
                                      types=tuple(feature_type) if feature_type else None)
             if screen:
                 room = SCREEN_ROWS - sum(table.num_rows for table in shown)
-                shown.append(compact_hits(hits.slice(0, max(room, 0))))
+                shown.append(compact_hits(hits.slice(0, max(room, 0)), opened))
                 hidden += max(0, hits.num_rows - max(room, 0))
             else:
                 out.table(hits)
@@ -264,10 +264,10 @@ def _formatted(hits: pa.Table, format: HitFormat, store: Store, higher_is_better
     from genoembed import hit_formats
 
     if format in (HitFormat.blast6, HitFormat.blast7):
-        return hit_formats.blast6(hits, title=f"genoembed {VERSION} search of {store.root}",
+        return hit_formats.blast6(hits, store.contig_lengths, title=f"genoembed {VERSION} search of {store.root}",
                                   comments=format is HitFormat.blast7)
     if format is HitFormat.bed:
-        return hit_formats.bed(hits, higher_is_better, header=False, ranked_names=True)
+        return hit_formats.bed(hits, store.contig_lengths, higher_is_better, header=False, ranked_names=True)
     return hit_formats.paf(hits, store.contig_lengths)
 
 
@@ -278,7 +278,7 @@ def _formatted_blocks(blocks: pa.Table, format: HitFormat, store: Store, higher_
     from genoembed.chain import ALIGN_CELLS, blocks_paf
 
     if format is HitFormat.bed:
-        return hit_formats.bed(blocks, higher_is_better, header=False, ranked_names=True)
+        return hit_formats.bed(blocks, store.contig_lengths, higher_is_better, header=False, ranked_names=True)
     import pyarrow.compute as pc
 
     aligned = pc.is_valid(blocks["alignment_score"]) if "alignment_score" in blocks.column_names \
@@ -330,12 +330,19 @@ def _writable(root: Path) -> bool:
     return os.access(searches if searches.is_dir() else root, os.W_OK)
 
 
-def compact_hits(hits: pa.Table) -> pa.Table:
-    """Screen view: one short column per fact (coordinates 1-based like the region option)."""
+def compact_hits(hits: pa.Table, store: Store) -> pa.Table:
+    """Screen view: one short column per fact (coordinates 1-based like the region option, so a hit through a
+    circular contig's origin reads ``9001-200``); in a store of several genomes each hit names its genome, as
+    contig names repeat across assemblies."""
+    from genoembed.topology import one_based_span
+
+    lengths = store.contig_lengths
+    several = len(lengths) > 1
     rows = []
     for hit in hits.to_pylist():
-        row = {"query": hit["query"], "rank": hit["rank"],
-               "hit": f"{hit['chrom']}:{hit['start'] + 1}-{hit['end']}", "strand": hit["strand"],
+        length = lengths[hit["genome"]][hit["chrom"]]
+        row = {"query": hit["query"], "rank": hit["rank"], **({"genome": hit["genome"]} if several else {}),
+               "hit": f"{hit['chrom']}:{one_based_span(hit['start'], hit['end'], length)}", "strand": hit["strand"],
                "score": hit["score"]}
         if "tiles" in hit:
             row["tiles"] = hit["tiles"]
@@ -346,14 +353,14 @@ def compact_hits(hits: pa.Table) -> pa.Table:
         if "identity" in hit:
             aligned = hit["identity"] is not None
             row["identity"] = f"{100 * hit['identity']:.1f}%" if aligned else ""
-            row["aligned"] = f"{hit['target_start'] + 1}-{hit['target_end']}" if aligned else ""
+            row["aligned"] = one_based_span(hit["target_start"], hit["target_end"], length) if aligned else ""
             row["query cover"] = f"{100 * hit['query_coverage']:.0f}%" if aligned else ""
             row["bits"] = f"{hit['bit_score']:.0f}" if aligned else ""
         if "protein_bit_score" in hit:
             aligned = hit["protein_bit_score"] is not None
             row["protein identity"] = f"{100 * hit['protein_identity']:.1f}%" if aligned else ""
-            row["protein span (frame)"] = (f"{hit['protein_target_start'] + 1}-{hit['protein_target_end']} "
-                                           f"({hit['protein_target_frame']:+d})") if aligned else ""
+            span = one_based_span(hit["protein_target_start"], hit["protein_target_end"], length) if aligned else ""
+            row["protein span (frame)"] = f"{span} ({hit['protein_target_frame']:+d})" if aligned else ""
             row["bits"] = f"{hit['protein_bit_score']:.0f}" if aligned else ""
             row["E"] = f"{hit['protein_evalue']:.2g}" if aligned else ""
         if "overlapping" in hit:

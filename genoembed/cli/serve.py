@@ -12,10 +12,7 @@ from genoembed.cli.common import configure_logging, console, handle_errors
 from genoembed.errors import InputError, missing_extra
 
 
-# uvicorn's own bounds on connections (stated in `serve --help`): idle keep-alive connections are closed after
-# 5 s, at most 256 connections are served at once (503 beyond), h11 refuses headers over 16 KB.
 SWITCH_INTERVAL_S = 0.001
-CONNECTION_LIMITS = {"timeout_keep_alive": 5, "limit_concurrency": 256, "h11_max_incomplete_event_size": 16_384}
 
 
 def is_loopback(host: str) -> bool:
@@ -52,7 +49,7 @@ def serve(
 ):
     """Serve stores over HTTP: POST /search, POST /sql, GET /track, GET /stores, a page at /, docs at /docs.
 
-    Bounds, each checked before the work: bodies up to 1 MB, received within 30 s (else 408); up to 10,000 queries and --max-bases bases per search; --max-rows rows and 64 MB per response (413 beyond); --workers requests at work and --queue waiting (503 beyond); --timeout per search or track, and the request's own SQL timeout (at most 300 s) with --sql-memory per statement (504 past the deadline). /healthz answers on the event loop whatever the load. Connections: idle keep-alive closed after 5 s, at most 256 open (503 beyond), headers up to 16 KB (h11). Error bodies carry no server path.
+    Bounds, each checked before the work: bodies up to 1 MB, received within 30 s (else 408); up to 10,000 queries and --max-bases bases per search; --max-rows rows and 64 MB per response (413 beyond); --workers requests at work and --queue waiting (503 beyond); --timeout per search or track, and the request's own SQL timeout (at most 300 s) with --sql-memory per statement (504 past the deadline). /healthz answers on the event loop whatever the load. Connections: idle keep-alive closed after 5 s, at most 256 open (503 beyond), headers up to 16 KB (h11) received within 10 s (else the connection is closed). Error bodies carry no server path.
     """
     configure_logging(quiet)
     check_binding(host, token)
@@ -60,7 +57,7 @@ def serve(
         import uvicorn
 
         from genoembed.serve import create_app, open_stores
-        from genoembed.serve_limits import Limits
+        from genoembed.serve_limits import Limits, connection_options
     except ImportError as error:
         raise missing_extra("genoembed serve", "serve", error.name) from None
     limits = Limits(max_bases=max_bases, max_rows=max_rows, timeout=timeout, sql_memory=sql_memory,
@@ -71,4 +68,4 @@ def serve(
     shown = f"[{host}]" if ":" in host else host
     console().print(f"genoembed: serving {', '.join(opened)} at http://{shown}:{port}/ (API docs at /docs)")
     uvicorn.run(create_app(opened, token, limits), host=host, port=port, log_level="warning" if quiet else "info",
-                access_log=not quiet, **CONNECTION_LIMITS)
+                access_log=not quiet, **connection_options(limits))

@@ -151,10 +151,12 @@ def _score_rows(base: dict, ranks_either: np.ndarray, ranks_same: np.ndarray, id
 
 
 def build_reference_index(store, factory: str):
-    from genoembed.vector_index import INDEX_FILE, IndexSpec, build_index, load_index
+    from genoembed.vector_index import IndexSpec, build_index, index_parts, load_index
 
-    if factory == "Flat" and (store.manifest.get("index") or {}).get("spec", {}).get("factory") == "Flat":
-        return load_index(store.root / INDEX_FILE)
+    entry = store.manifest.get("index") or {}
+    parts = index_parts(entry)
+    if factory == "Flat" and entry.get("spec", {}).get("factory") == "Flat" and len(parts) == 1:
+        return load_index(store.root / parts[0]["path"])
     return build_index(store, IndexSpec(factory=factory))
 
 
