@@ -13,7 +13,12 @@ on an opened store, as `genoembed serve` runs it), and ``--genome X`` (1 of N) r
 search of that genome's tiles with its latency next to the unfiltered one; also a ``--chrom contig_1``
 subset (large: searched through the FAISS selector, not exactly). Asserts the issue's bounds.
 
-    python benchmarks/pangenome.py small|medium|large [--workdir DIR] [--measure-only]
+``--cli-genomes N`` also builds a second store of the first N genomes with one ``genoembed index --append``
+process per strain (first 50 vs last 50 appends, wall and CPU of the child) and reports the CLI's start-up
+(``genoembed --version``: interpreter and imports) on its own.
+
+    python benchmarks/pangenome.py small|medium|large [--workdir DIR] [--measure-only] [--in-process]
+        [--cli-genomes N]
 """
 
 from __future__ import annotations
@@ -101,10 +106,50 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
+def index_factory(reference_kbp: int) -> str:
+    """``IVF{n},Flat`` with half the lists the first build (the references) can train: IVF{n} needs 39 n tiles."""
+    tiles = sum(min(reference_kbp * 1000, len(read_first_record(DATA / path))) // 500 - 1
+                for path in REFERENCES.values())
+    return f"IVF{max(4, tiles // 39 // 2)},Flat"
+
+
 def cli(*args: str) -> float:
     began = time.perf_counter()
     subprocess.run([sys.executable, "-m", "genoembed", *args], check=True, stdout=subprocess.DEVNULL)
     return time.perf_counter() - began
+
+
+def cli_appends(workdir: Path, genomes: list[Path], factory: str, log, window: int = 50) -> dict:
+    """The first ``len(genomes)`` genomes into a store of their own, each strain by one `genoembed index --append`
+    process: wall and CPU seconds of each (the child's, from rusage), first ``window`` vs last, and the CLI's
+    start-up alone (median of 5 `genoembed --version`)."""
+    store = workdir / "cli-store"
+    if store.exists():
+        raise SystemExit(f"{store} exists; remove it first")
+    references = [path for path in genomes if path.stem in REFERENCES]
+    cli("index", *(f"--fasta={path}" for path in references), "--output", str(store), "--factory", factory,
+        "--strands", "+", "-q")
+    wall, cpu = [], []
+    for number, path in enumerate(genomes[len(references):]):
+        used = cpu_seconds()
+        wall.append(cli("index", "--fasta", str(path), "--output", str(store), "--append", "--factory", factory,
+                        "--strands", "+", "-q"))
+        cpu.append(cpu_seconds() - used)
+        if number % 25 == 0:
+            log(f"CLI append {number + 1}: {wall[-1]:.2f} s")
+    startup, startup_cpu = [], []
+    for _ in range(5):
+        used = cpu_seconds()
+        startup.append(cli("--version"))
+        startup_cpu.append(cpu_seconds() - used)
+    window = min(window, len(wall) // 2)
+    mean = lambda values: round(float(np.mean(values)), 3)
+    return {"genomes": len(genomes), "appends": len(wall), "window": window,
+            "append_s_first": mean(wall[:window]), "append_s_last": mean(wall[-window:]),
+            "append_last_vs_first": round(float(np.mean(wall[-window:]) / np.mean(wall[:window])), 2),
+            "append_cpu_s_first": mean(cpu[:window]), "append_cpu_s_last": mean(cpu[-window:]),
+            "append_cpu_last_vs_first": round(float(np.mean(cpu[-window:]) / np.mean(cpu[:window])), 2),
+            "startup_s": round(float(np.median(startup)), 3), "startup_cpu_s": round(float(np.median(startup_cpu)), 3)}
 
 
 def api_append(path: Path, store: Path, factory: str) -> float:
@@ -141,17 +186,31 @@ def build(workdir: Path, genomes: list[Path], factory: str, log, in_process: boo
     began = time.perf_counter()
     first = cli("index", *(f"--fasta={path}" for path in references), "--output", str(store), "--factory", factory,
                 "--strands", "+", "-q")
-    appends, cpu = [], []
+    appends, cpu, retuned = [], [], []
     for number, path in enumerate(genomes[len(references):]):
-        used = cpu_seconds()
+        used, tuned = cpu_seconds(), tuned_tiles(store)
         appends.append(api_append(path, store, factory) if in_process else
                        cli("index", "--fasta", str(path), "--output", str(store), "--append", "--factory", factory,
                            "--strands", "+", "-q"))
         cpu.append(cpu_seconds() - used)
+        retuned.append(tuned_tiles(store) != tuned)
         if number % 25 == 0:
             log(f"append {number + 1}: {appends[-1]:.2f} s")
-    return {"first_build_s": round(first, 2), "appends": appends, "append_cpu": cpu,
+    return {"first_build_s": round(first, 2), "appends": appends, "append_cpu": cpu, "retuned": retuned,
             "build_s": round(time.perf_counter() - began, 1)}
+
+
+def tuned_tiles(store: Path) -> int | None:
+    """The store size the index's search settings were last tuned at (a re-tune, after 50 % growth, is an
+    append's one spike: an exact pass over the store, amortised over the appends that grew it)."""
+    return (json.loads((store / "manifest.json").read_bytes()).get("index") or {}).get("tuned_tiles")
+
+
+def without(values: list[float], dropped: list[bool], window: int) -> tuple[float, float]:
+    """Mean of the first and of the last ``window`` values, leaving out the ``dropped`` ones."""
+    first = [value for value, drop in zip(values[:window], dropped[:window]) if not drop]
+    last = [value for value, drop in zip(values[-window:], dropped[-window:]) if not drop]
+    return float(np.mean(first)), float(np.mean(last))
 
 
 def measure(workdir: Path, queries: int = 200, seed: int = 1) -> dict:
@@ -232,22 +291,31 @@ def main() -> None:
     parser.add_argument("--in-process", action="store_true",
                         help="append through the Python API in this process (what the CLI runs, without a Python "
                              "start-up and model load per genome: on a loaded machine those dominate)")
+    parser.add_argument("--cli-genomes", type=int, default=0,
+                        help="also time this many genomes appended by one CLI process each, in a store of their own")
+    parser.add_argument("--cli-only", action="store_true",
+                        help="only the --cli-genomes store (no API build, no search)")
     args = parser.parse_args()
     workdir = args.workdir / args.size
     log = lambda text: print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
     result = {"benchmark": "pangenome", "size": args.size, "machine": os.uname().nodename,
-              "date": time.strftime("%Y-%m-%d"), "reference_kbp": args.reference_kbp, "strain_kbp": args.strain_kbp}
+              "date": time.strftime("%Y-%m-%d"), "reference_kbp": args.reference_kbp, "strain_kbp": args.strain_kbp,
+              "load_average_start": [round(load, 1) for load in os.getloadavg()]}
+    if args.cli_only:
+        genomes = write_genomes(workdir, args.cli_genomes, args.reference_kbp, args.strain_kbp)
+        result.update(cli=cli_appends(workdir, genomes, index_factory(args.reference_kbp), log),
+                      load_average_end=[round(load, 1) for load in os.getloadavg()])
+        print(json.dumps(result), flush=True)
+        return
     if not args.measure_only:
         if (workdir / "store").exists():
             raise SystemExit(f"{workdir / 'store'} exists; remove it or pass --measure-only")
         genomes = write_genomes(workdir, SIZES[args.size], args.reference_kbp, args.strain_kbp)
-        tiles = sum(min(args.reference_kbp * 1000, len(read_first_record(DATA / path))) // 500 - 1
-                    for path in REFERENCES.values())
-        lists = max(4, tiles // 39 // 2)  # half of what the first build could train: IVF{n} needs 39 n tiles
-        factory = f"IVF{lists},Flat"
+        factory = index_factory(args.reference_kbp)
         built = build(workdir, genomes, factory, log, args.in_process)
-        appends, cpu = built.pop("appends"), built.pop("append_cpu")
+        appends, cpu, retuned = built.pop("appends"), built.pop("append_cpu"), built.pop("retuned")
         window = min(100, len(appends) // 2)
+        first_cpu, last_cpu = without(cpu, retuned, window)
         result.update(factory=factory, **built, appends=len(appends), appended_by="python" if args.in_process else "cli",
                       append_s_first=round(float(np.mean(appends[:window])), 3),
                       append_s_last=round(float(np.mean(appends[-window:])), 3),
@@ -255,9 +323,13 @@ def main() -> None:
                       append_s_max=round(max(appends), 2),
                       append_cpu_s_first=round(float(np.mean(cpu[:window])), 3),
                       append_cpu_s_last=round(float(np.mean(cpu[-window:])), 3),
-                      append_cpu_last_vs_first=round(float(np.mean(cpu[-window:]) / np.mean(cpu[:window])), 2))
-        (workdir / "appends.json").write_text(json.dumps({"wall_s": appends, "cpu_s": cpu}))
-    result.update(measure(workdir))
+                      append_cpu_last_vs_first=round(float(np.mean(cpu[-window:]) / np.mean(cpu[:window])), 2),
+                      retunes=[number for number, flag in enumerate(retuned) if flag],
+                      append_cpu_last_vs_first_without_retunes=round(last_cpu / first_cpu, 2))
+        (workdir / "appends.json").write_text(json.dumps({"wall_s": appends, "cpu_s": cpu, "retuned": retuned}))
+        if args.cli_genomes:
+            result["cli"] = cli_appends(workdir, genomes[:args.cli_genomes], factory, log)
+    result.update(measure(workdir), load_average_end=[round(load, 1) for load in os.getloadavg()])
     print(json.dumps(result), flush=True)
     assert result["genome_filter"]["recall_at_10"] >= 0.95, result["genome_filter"]
     assert result["genome_filter"]["p50_vs_unfiltered"] <= 3, result["genome_filter"]

@@ -28,7 +28,7 @@ from genoembed.indexing import update_store_index
 from genoembed.names import check_genome_name
 from genoembed.recipe import Recipe
 from genoembed.store import Store
-from genoembed.writers import store_holding
+from genoembed.writers import store_holding, write_lock
 from genoembed.tiles import Strands, TilingSpec, count_tiles, select_contigs
 from genoembed.vector_index import IndexSpec
 
@@ -99,19 +99,21 @@ def index(
         genes = annotated_genes(genome, list(annotations if cds_from is None else cds_from),
                                 select_contigs(genome, tiling), aliases, auto_alias)
     created = not output.exists()
-    try:
-        embed_genome(output, provenance=provenance, embedder=embedder, genome=genome, tiling=tiling,
-                     batch_rows=batch_rows, shard_rows=shard_rows, overwrite=overwrite, append=append,
-                     engine=chosen, progress=progress, total=count_tiles(genome, tiling, genes), genes=genes)
-    except BaseException:
-        if created and not any((output / "shards").glob("part-*.parquet")):
-            shutil.rmtree(output, ignore_errors=True)  # failed before any shard: leave nothing behind
-        raise
-    store = Store.open(output)
-    if index_spec is not None:
-        update_store_index(store, index_spec)
-    for path in annotations:  # this genome's (other genomes may share its contig names); a rerun replaces them
-        add_annotations(store, path, aliases=aliases, auto_alias=auto_alias, replace=True, genome=genome.name)
+    with write_lock(output):  # one writer from the first shard to the index: the store is swept once
+        try:
+            embed_genome(output, provenance=provenance, embedder=embedder, genome=genome, tiling=tiling,
+                         batch_rows=batch_rows, shard_rows=shard_rows, overwrite=overwrite, append=append,
+                         engine=chosen, progress=progress, total=count_tiles(genome, tiling, genes), genes=genes)
+        except BaseException:
+            if created and not any((output / "shards").glob("part-*.parquet")):
+                shutil.rmtree(output, ignore_errors=True)  # failed before any shard: leave nothing behind
+            raise
+        store = Store.open(output)
+        if index_spec is not None:
+            update_store_index(store, index_spec)
+        for path in annotations:  # this genome's (other genomes may share its contig names); a rerun replaces them
+            add_annotations(store, path, aliases=aliases, auto_alias=auto_alias, replace=True,
+                            genome=genome.name)
     return store
 
 

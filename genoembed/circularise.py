@@ -52,7 +52,7 @@ def circularise(store: Store, contigs: Sequence[str], genome: str | None = None,
         if manifest.get("status") != "complete":
             raise StoreError(f"{store.root}: store build is incomplete; finish it with `genoembed index` first")
         genome = _holder(store, contigs, genome)
-        entry = manifest["genomes"][genome]
+        entry = manifest["genomes"][genome] = dict(manifest["genomes"][genome])  # a sealed entry is read-only
         new = sorted(set(contigs) - set(entry.get("circular", ())))
         if not new:
             return {"genome": genome, "contigs": [], "tiles_added": 0, "tiles_removed": 0}

@@ -81,7 +81,8 @@ def update_store_index(store: Store, spec: IndexSpec) -> dict:
         current = store.manifest.get("index") or {}
         if current.get("spec") != spec.describe() or not index_matches(store, current):
             return build_store_index(store, spec)
-        missing = [name for name in store.genomes if name not in current.get("genomes", ())]
+        indexed = set(current.get("genomes", ()))
+        missing = [name for name in store.genomes if name not in indexed]
         if not missing:
             return current
         entry = {**current, "parts": list(index_parts(current))}

@@ -1,15 +1,25 @@
 """The manifest: the one record of what a store holds, read as a checked snapshot and committed atomically.
 
-``manifest.json`` lists shards (rows, sha256, tile-id ranges), genomes, provenance, the vector index and
+The manifest lists shards (rows, sha256, tile-id ranges), genomes, provenance, the vector index and
 annotation sets. :func:`read_manifest` migrates older formats (named migrations, run in order) and checks
 every field, so a malformed manifest is one clear error, never a traceback; :func:`write_manifest`
-replaces it atomically (temp name, fsync, rename: :func:`atomic_file`), which is what makes each commit a
-snapshot readers can keep. Writers hold :func:`genoembed.store.write_lock` around a commit.
+replaces ``manifest.json`` atomically (temp name, fsync, rename: :func:`atomic_file`), which is what makes
+each commit a snapshot readers can keep. Writers hold :func:`genoembed.store.write_lock` around a commit.
+
+On disk (format 5) complete genomes are *sealed*: once :data:`SEAL_GENOMES` of them are listed in
+``manifest.json`` itself, their entries and shards move to an immutable file ``manifest.d/genomes-N.json``
+that ``manifest.json`` names with its sha256 (``sealed``); sealed files are folded like a binary counter
+(each genome is rewritten O(log n) times over a store's life). So a commit writes the genomes being written
+and a small top-level file, not every genome of a pangenome, and a process reads (sha256, parse, checks)
+each sealed file once. In memory the manifest is one dict as before: ``genomes`` and ``shards`` hold every
+genome and shard, sealed or not; a sealed one is a :class:`SealedEntry`, shared by every read of its file in
+the process, so it refuses changes (edit a copy, ``dict(entry)``, and put that in its place).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -17,8 +27,12 @@ from pathlib import Path
 from genoembed.errors import StoreError
 from genoembed.files import atomic_write_bytes
 
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 MANIFEST = "manifest.json"
+SEALED = "manifest.d"  # immutable files of sealed genomes: manifest.d/genomes-NNNNN.json
+# Complete genomes listed in manifest.json itself before they are sealed into a file of their own: small
+# stores keep one readable manifest, a pangenome's commits stay the size of this many genomes.
+SEAL_GENOMES = 8
 
 
 def file_sha256(path: Path) -> str:
@@ -58,9 +72,12 @@ def read_manifest(root: Path) -> dict:
                          f"malformed {error}); rebuild the store") from None
     problems = [] if _WRITTEN.get(str(manifest_path)) == stamp else manifest_problems(manifest)
     if problems:
-        raise StoreError(f"{manifest_path}: corrupt manifest ({'; '.join(problems[:5])}"
-                         f"{f'; and {len(problems) - 5} more' if len(problems) > 5 else ''}); rebuild the store")
-    return manifest
+        raise StoreError(f"{manifest_path}: corrupt manifest ({_listed(problems)}); rebuild the store")
+    return _with_sealed(root, manifest)
+
+
+def _listed(problems: list[str]) -> str:
+    return f"{'; '.join(problems[:5])}{f'; and {len(problems) - 5} more' if len(problems) > 5 else ''}"
 
 
 def m001_single_genome(manifest: dict) -> dict:
@@ -109,8 +126,15 @@ def m003_topology(manifest: dict) -> dict:
     return manifest
 
 
+def m004_sealed_genomes(manifest: dict) -> dict:
+    """Format 4 -> 5: complete genomes may be sealed into immutable files (``sealed``); a format-4 manifest
+    seals none (every genome stays in ``manifest.json``) until the next writer commits."""
+    manifest.update(sealed=[], next_sealed=0, format_version=5)
+    return manifest
+
+
 # Named migrations, run in order: MIGRATIONS[n] turns a format-n manifest into format n + 1.
-MIGRATIONS = {1: m001_single_genome, 2: m002_annotation_genomes, 3: m003_topology}
+MIGRATIONS = {1: m001_single_genome, 2: m002_annotation_genomes, 3: m003_topology, 4: m004_sealed_genomes}
 
 
 # Widest vector a store may declare: far above any model's, low enough that a schema or buffer of that
@@ -122,19 +146,21 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def manifest_problems(manifest: dict) -> list[str]:
-    """Every way a (current-format) manifest is malformed, so a corrupt one is one clear error, not a traceback."""
-    problems = []
-
+def _expecting(problems: list[str]):
+    """``expect(where, value, kind, what)``: True when ``value`` is a ``kind``, else a problem noted."""
     def expect(where: str, value, kind, what: str) -> bool:
-        if kind is int:
-            ok = _is_int(value)
-        else:
-            ok = isinstance(value, kind)
+        ok = _is_int(value) if kind is int else isinstance(value, kind)
         if not ok:
             problems.append(f"{where} is {json.dumps(value)[:40]}, expected {what}")
         return ok
 
+    return expect
+
+
+def manifest_problems(manifest: dict) -> list[str]:
+    """Every way a (current-format) manifest is malformed, so a corrupt one is one clear error, not a traceback."""
+    problems = []
+    expect = _expecting(problems)
     if expect("dim", manifest.get("dim"), int, "a positive integer") and not 1 <= manifest["dim"] <= MAX_DIM:
         problems.append(f"dim is {manifest['dim']}, expected a positive integer up to {MAX_DIM}")
     for key in ("next_tile_id", "next_shard"):
@@ -160,41 +186,18 @@ def manifest_problems(manifest: dict) -> list[str]:
                 and embedder["kind"] == "kmer" and "k" in embedder:
             if expect("provenance.embedder.k", embedder["k"], int, "a positive integer") and embedder["k"] < 1:
                 problems.append(f"provenance.embedder.k is {embedder['k']}, expected a positive integer")
-    genomes = manifest.get("genomes")
-    if expect("genomes", genomes, dict, "an object"):
-        for name, entry in genomes.items():
-            if expect(f"genomes.{name}", entry, dict, "an object"):
-                if expect(f"genomes.{name}.contig_lengths", entry.get("contig_lengths"), dict, "an object"):
-                    for chrom, length in entry["contig_lengths"].items():
-                        if not _is_int(length) or length < 0:
-                            problems.append(f"genomes.{name}.contig_lengths.{chrom} is {json.dumps(length)[:40]}, "
-                                            "expected a length in bases")
-                expect(f"genomes.{name}.first_tile_id", entry.get("first_tile_id"), int, "an integer")
-                expect(f"genomes.{name}.sha256", entry.get("sha256"), str, "a checksum")
-                expect(f"genomes.{name}.name", entry.get("name"), str, "the genome's name")
-                expect(f"genomes.{name}.path", entry.get("path"), str, "the FASTA's path")
-                if expect(f"genomes.{name}.circular", entry.get("circular"), list, "a list of contig names"):
-                    for chrom in entry["circular"]:
-                        if not isinstance(chrom, str) or chrom not in entry.get("contig_lengths", {}):
-                            problems.append(f"genomes.{name}.circular names {json.dumps(chrom)[:40]}, not one of "
-                                            "the genome's contigs")
-                copy = entry.get("sequence")
-                if copy is not None and expect(f"genomes.{name}.sequence", copy, dict, "an object") and \
-                        expect(f"genomes.{name}.sequence.path", copy.get("path"), str, "a path"):
-                    _check_store_path(copy["path"], f"genomes.{name}.sequence", problems)
-                    expect(f"genomes.{name}.sequence.sha256", copy.get("sha256"), str, "a checksum")
-    shards = manifest.get("shards")
-    if expect("shards", shards, list, "a list"):
-        for number, shard in enumerate(shards):
-            where = f"shards[{number}]"
-            if not expect(where, shard, dict, "an object"):
-                continue
-            if expect(f"{where}.path", shard.get("path"), str, "a path"):
-                _check_store_path(shard["path"], where, problems)
-            for key in ("rows", "first_tile_id", "last_tile_id"):
-                expect(f"{where}.{key}", shard.get(key), int, "an integer")
-            expect(f"{where}.genome", shard.get("genome"), str, "a genome name")
-            expect(f"{where}.sha256", shard.get("sha256"), str, "a checksum")
+    _genome_and_shard_problems(manifest, expect, problems)
+    if expect("sealed", manifest.get("sealed", []), list, "a list of sealed genome files"):
+        for number, sealed in enumerate(manifest.get("sealed", [])):
+            where = f"sealed[{number}]"
+            if expect(where, sealed, dict, "an object") and expect(f"{where}.path", sealed.get("path"), str, "a path"):
+                if not sealed["path"].startswith(f"{SEALED}/"):
+                    problems.append(f"{where}.path {sealed['path']!r} is not a file under {SEALED}/")
+                _check_store_path(sealed["path"], where, problems)
+                expect(f"{where}.sha256", sealed.get("sha256"), str, "a checksum")
+                for key in ("genomes", "shards"):
+                    expect(f"{where}.{key}", sealed.get(key), int, "a count")
+    expect("next_sealed", manifest.get("next_sealed", 0), int, "an integer")
     for section in ("annotations", "searches"):
         # a missing section is empty; readers take `annotations` as an object, so a null or a list there is
         # damage (a null `searches` is read as none, as before)
@@ -232,6 +235,45 @@ def manifest_problems(manifest: dict) -> list[str]:
     return problems
 
 
+def _genome_and_shard_problems(part: dict, expect, problems: list[str]) -> None:
+    """The ``genomes`` and ``shards`` of a manifest, or of a sealed file."""
+    genomes = part.get("genomes")
+    if expect("genomes", genomes, dict, "an object"):
+        for name, entry in genomes.items():
+            if expect(f"genomes.{name}", entry, dict, "an object"):
+                if expect(f"genomes.{name}.contig_lengths", entry.get("contig_lengths"), dict, "an object"):
+                    for chrom, length in entry["contig_lengths"].items():
+                        if not _is_int(length) or length < 0:
+                            problems.append(f"genomes.{name}.contig_lengths.{chrom} is {json.dumps(length)[:40]}, "
+                                            "expected a length in bases")
+                expect(f"genomes.{name}.first_tile_id", entry.get("first_tile_id"), int, "an integer")
+                expect(f"genomes.{name}.sha256", entry.get("sha256"), str, "a checksum")
+                expect(f"genomes.{name}.name", entry.get("name"), str, "the genome's name")
+                expect(f"genomes.{name}.path", entry.get("path"), str, "the FASTA's path")
+                if expect(f"genomes.{name}.circular", entry.get("circular"), list, "a list of contig names"):
+                    for chrom in entry["circular"]:
+                        if not isinstance(chrom, str) or chrom not in entry.get("contig_lengths", {}):
+                            problems.append(f"genomes.{name}.circular names {json.dumps(chrom)[:40]}, not one of "
+                                            "the genome's contigs")
+                copy = entry.get("sequence")
+                if copy is not None and expect(f"genomes.{name}.sequence", copy, dict, "an object") and \
+                        expect(f"genomes.{name}.sequence.path", copy.get("path"), str, "a path"):
+                    _check_store_path(copy["path"], f"genomes.{name}.sequence", problems)
+                    expect(f"genomes.{name}.sequence.sha256", copy.get("sha256"), str, "a checksum")
+    shards = part.get("shards")
+    if expect("shards", shards, list, "a list"):
+        for number, shard in enumerate(shards):
+            where = f"shards[{number}]"
+            if not expect(where, shard, dict, "an object"):
+                continue
+            if expect(f"{where}.path", shard.get("path"), str, "a path"):
+                _check_store_path(shard["path"], where, problems)
+            for key in ("rows", "first_tile_id", "last_tile_id"):
+                expect(f"{where}.{key}", shard.get(key), int, "an integer")
+            expect(f"{where}.genome", shard.get("genome"), str, "a genome name")
+            expect(f"{where}.sha256", shard.get("sha256"), str, "a checksum")
+
+
 def _check_annotation_genome(entry: dict, where: str, problems: list[str]) -> None:
     """An annotation set names its genome (null only for a format-2 set whose genome was ambiguous: its rows
     may lie on several genomes, each row's ``genome`` says which)."""
@@ -259,12 +301,175 @@ def sequence_files(manifest: dict, genome: str | None = None) -> set[str]:
 
 
 def write_manifest(root: Path, manifest: dict) -> None:
-    """Commit ``manifest`` atomically (callers hold the writer lock). Written compact: ``indent`` makes ``json``
-    fall back to its pure-Python encoder, 0.28 s per commit for a 1,000-genome pangenome's manifest (several
-    commits per append); `genoembed info` is the readable view."""
+    """Commit ``manifest`` atomically (callers hold the writer lock): complete genomes past
+    :data:`SEAL_GENOMES` are sealed first (their file written before the ``manifest.json`` naming it), and
+    ``manifest``'s ``sealed`` list is updated to what was committed. Written compact: ``indent`` makes
+    ``json`` fall back to its pure-Python encoder; `genoembed info` is the readable view."""
     manifest["updated"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    atomic_write_bytes(root / MANIFEST, json.dumps(manifest, separators=(",", ":")).encode())
+    sealed, next_sealed, top = _sealed_and_top(root, manifest)
+    atomic_write_bytes(root / MANIFEST, json.dumps({**top, "sealed": sealed, "next_sealed": next_sealed},
+                                                   separators=(",", ":")).encode())
     _WRITTEN[str(root / MANIFEST)] = _stamp(os.stat(root / MANIFEST))
+    manifest.update(sealed=sealed, next_sealed=next_sealed, format_version=FORMAT_VERSION)
+
+
+def _sealed_and_top(root: Path, manifest: dict) -> tuple[list[dict], int, dict]:
+    """(sealed files, next sealed number, the rest of the manifest): sealed files whose genomes and shards
+    are unchanged are kept (a prefix: the first changed one and those after it are dissolved); then the
+    complete genomes that follow are sealed into a new file once there are :data:`SEAL_GENOMES` of them,
+    folded with the newest kept files while those hold no more genomes than it (a binary counter)."""
+    genomes, shards = manifest["genomes"], manifest["shards"]
+    names = list(genomes)
+    kept, covered, covered_shards = [], 0, 0
+    for descriptor in manifest.get("sealed") or ():
+        content = _sealed_content(root, descriptor)
+        held, held_shards = content["genomes"], content["shards"]
+        # list comparisons run in C and take an entry that is the cached one (the usual case) as equal at once
+        if names[covered:covered + len(held)] != list(held) or \
+                [genomes[name] for name in held] != list(held.values()) or \
+                shards[covered_shards:covered_shards + len(held_shards)] != held_shards:
+            break
+        kept.append(descriptor)
+        covered, covered_shards = covered + len(held), covered_shards + len(held_shards)
+    complete = []
+    for name in names[covered:]:
+        if genomes[name].get("status") != "complete":
+            break
+        complete.append(name)
+    next_sealed = manifest.get("next_sealed", 0)
+    inline_shards = shards[covered_shards:]
+    if len(complete) >= SEAL_GENOMES:
+        folded = []
+        while kept and kept[-1]["genomes"] <= len(complete) + sum(d["genomes"] for d in folded):
+            folded.insert(0, kept.pop())
+        sealing = set(complete)
+        content = {"genomes": {}, "shards": []}
+        for descriptor in folded:
+            old = _sealed_content(root, descriptor)
+            content["genomes"].update(old["genomes"])
+            content["shards"] += old["shards"]
+            _SEALED_FILES.pop(str(root / descriptor["path"]), None)  # retired: its readers may read it again
+            _SEALED_GENOME_FILES.pop((str(root / descriptor["path"]), descriptor["sha256"]), None)
+        content["genomes"].update((name, genomes[name]) for name in complete)
+        content["shards"] += [shard for shard in inline_shards if shard["genome"] in sealing]
+        inline_shards = [shard for shard in inline_shards if shard["genome"] not in sealing]
+        kept.append(_write_sealed(root, f"{SEALED}/genomes-{next_sealed:05d}.json", content))
+        next_sealed += 1
+        covered += len(complete)
+    top = {key: value for key, value in manifest.items() if key not in ("genomes", "shards", "sealed", "next_sealed")}
+    top.update(format_version=FORMAT_VERSION, genomes={name: genomes[name] for name in names[covered:]},
+               shards=inline_shards)
+    return kept, next_sealed, top
+
+
+def _write_sealed(root: Path, path: str, content: dict) -> dict:
+    """Write a sealed file (and keep it, as read back, for this process's reads); its ``sealed`` entry."""
+    data = json.dumps(content, separators=(",", ":")).encode()
+    (root / SEALED).mkdir(exist_ok=True)
+    atomic_write_bytes(root / path, data)
+    descriptor = {"path": path, "sha256": hashlib.sha256(data).hexdigest(), "genomes": len(content["genomes"]),
+                  "shards": len(content["shards"])}
+    _SEALED_FILES[str(root / path)] = (_stamp(os.stat(root / path)), descriptor["sha256"],
+                                       json.loads(data, object_hook=SealedEntry))
+    return descriptor
+
+
+def _sealed_content(root: Path, descriptor: dict) -> dict:
+    """A sealed file's ``genomes`` and ``shards``, read, checked against its sha256 and validated once per
+    process (the file never changes: a new version gets a new name)."""
+    path = root / descriptor["path"]
+    try:
+        with open(path, "rb") as handle:
+            stamp = _stamp(os.fstat(handle.fileno()))
+            cached = _SEALED_FILES.get(str(path))
+            if cached and cached[0] == stamp and cached[1] == descriptor["sha256"]:
+                return cached[2]
+            data = handle.read()
+    except OSError as error:
+        raise StoreError(f"{path}: cannot read this sealed part of the manifest ({error.strerror or error}); "
+                         "restore it or rebuild the store") from None
+    if hashlib.sha256(data).hexdigest() != descriptor["sha256"]:
+        raise StoreError(f"{path}: sealed part of the manifest changed or is corrupt (sha256 differs from "
+                         f"{MANIFEST}); restore it or rebuild the store")
+    try:
+        content = json.loads(data, object_hook=SealedEntry)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise StoreError(f"{path}: corrupt sealed part of the manifest ({error}); rebuild the store") from None
+    problems = []
+    if not isinstance(content, dict):
+        problems.append(f"a JSON {type(content).__name__}, not an object")
+    else:
+        _genome_and_shard_problems(content, _expecting(problems), problems)
+        if not problems and (len(content["genomes"]), len(content["shards"])) != \
+                (descriptor["genomes"], descriptor["shards"]):
+            problems.append(f"{len(content['genomes'])} genomes and {len(content['shards'])} shards, "
+                            f"{MANIFEST} says {descriptor['genomes']} and {descriptor['shards']}")
+    if problems:
+        raise StoreError(f"{path}: corrupt sealed part of the manifest ({_listed(problems)}); rebuild the store")
+    _SEALED_FILES[str(path)] = (stamp, descriptor["sha256"], content)
+    return content
+
+
+def _with_sealed(root: Path, manifest: dict) -> dict:
+    """``manifest`` (as ``manifest.json`` holds it) with the genomes and shards of its sealed files put before
+    its own (the cached, read-only entries: no copy, so a read costs the genomes not yet sealed)."""
+    if not manifest.get("sealed"):
+        return manifest
+    genomes, shards = {}, []
+    for descriptor in manifest["sealed"]:
+        content = _sealed_content(root, descriptor)
+        genomes.update(content["genomes"])
+        shards += content["shards"]
+    clash = next((name for name in manifest["genomes"] if name in genomes), None)
+    if clash is not None:
+        raise StoreError(f"{root / MANIFEST}: corrupt manifest (genome {clash!r} is listed twice, there and in a "
+                         "sealed file); rebuild the store")
+    genomes.update(manifest["genomes"])
+    manifest.update(genomes=genomes, shards=shards + manifest["shards"])
+    return manifest
+
+
+class SealedEntry(dict):
+    """An object of a sealed file (a genome's entry, a shard's, their parts), as JSON read it: shared by every
+    read of that file in this process, so it refuses changes; edit a copy (``dict(entry)``) and put the copy
+    in its place, which :func:`write_manifest` sees as a change to seal again."""
+
+    def _refuse(self, *_args, **_options):
+        raise TypeError("a sealed manifest entry is shared by every reader in this process; put an edited copy "
+                        "(dict(entry)) in its place instead")
+
+    __setitem__ = __delitem__ = __ior__ = update = pop = popitem = setdefault = clear = _refuse
+
+    def __reduce__(self):
+        return SealedEntry, (dict(self),)
+
+
+def genome_files(root: Path, manifest: dict) -> set[str]:
+    """Store paths of every shard and genome sequence (with its .fai and .gzi) ``manifest`` (as read) lists;
+    a sealed file's are worked out once per process."""
+    files, sealed = set(), 0
+    for descriptor in manifest.get("sealed") or ():
+        key = (str(root / descriptor["path"]), descriptor["sha256"])
+        if key not in _SEALED_GENOME_FILES:
+            content = _sealed_content(root, descriptor)
+            _SEALED_GENOME_FILES[key] = frozenset({shard["path"] for shard in content["shards"]} |
+                                                  sequence_files(content))
+        files |= _SEALED_GENOME_FILES[key]
+        sealed += descriptor["genomes"]
+    inline = {"genomes": dict(list(manifest["genomes"].items())[sealed:])}  # sealed files hold the first genomes
+    return files | {shard["path"] for shard in manifest["shards"] if shard["genome"] in inline["genomes"]} | \
+        sequence_files(inline)
+
+
+def sealed_files(manifest: dict) -> set[str]:
+    """Store paths of the sealed files the manifest lists: what readers may open, so what no sweep may touch."""
+    return {descriptor["path"] for descriptor in manifest.get("sealed") or ()}
+
+
+# Sealed files this process read or wrote: path -> (file identity, sha256, content); and (path, sha256) -> the
+# store paths of the shards and sequences a sealed file lists.
+_SEALED_FILES: dict[str, tuple] = {}
+_SEALED_GENOME_FILES: dict[tuple[str, str], frozenset[str]] = {}
 
 
 # Manifests this process committed (path -> file identity): reading one back skips the field checks, which cost

@@ -67,6 +67,7 @@ def remove(store: Store, genome: str, contigs: Sequence[str] = ()) -> dict:
         manifest["shards"] = kept
         replaced += _remove_annotations(store, manifest, genome, contigs)
         if contigs:
+            entry = manifest["genomes"][genome] = dict(entry)  # a sealed genome's entry is read-only: edit a copy
             entry["contig_lengths"] = {c: n for c, n in entry["contig_lengths"].items() if c not in contigs}
             entry["removed_contigs"] = entry.get("removed_contigs", []) + list(contigs)
             entry["circular"] = [chrom for chrom in entry.get("circular", []) if chrom not in contigs]

@@ -3,6 +3,7 @@
 Layout of a store directory::
 
     manifest.json          shards, row counts, sha256s, provenance, index, annotations
+    manifest.d/genomes-N.json  complete genomes and their shards, sealed (immutable; manifest.json names them)
     shards/part-00000.parquet ...
     index/vectors.faiss    FAISS index (ids = tile_id); later parts (appends) index/vectors-NNNNN.faiss
     annotations/NAME.VERSION.parquet  an annotation set, one file per version (stores before: NAME.parquet)
@@ -40,7 +41,7 @@ from genoembed import schema
 from genoembed.errors import InputError, StoreError, command
 from genoembed.leases import Lease, fs_now_ns
 from genoembed.manifest import read_manifest, write_manifest
-from genoembed.writers import committed_files, saved_searches, sweep_retired, write_lock
+from genoembed.writers import committed_files, folder_names, saved_searches, sweep_retired, write_lock
 
 PROVENANCE_KEY = b"genoembed.provenance"
 # Provenance keys that must agree for two runs to write into one store.
@@ -84,6 +85,7 @@ class Store:
         self._tile_lookups = 0
         self._genomes: dict[str, object] = {}  # opened (and checksummed) FASTA files, by genome name
         self._derived: dict = {}  # what verbs compute once per snapshot (see derived)
+        self._complete: tuple[dict, list] | None = None  # complete genomes and their shards (a pangenome's 10^3)
 
     @classmethod
     def open(cls, path: str | Path, require_complete: bool = True) -> "Store":
@@ -95,9 +97,10 @@ class Store:
             if require_complete and not store.genomes:
                 raise StoreError(f"{root}: store build is incomplete (no genome finished yet); "
                                  "rerun `genoembed index` with the same options to resume it")
-            # os.path, not pathlib: a pangenome's store lists 10^3-10^4 shards, and this runs on every open
-            missing = [s["path"] for s in store.shards if not os.path.isfile(os.path.join(root, s["path"]))]
+            paths, sealed = _shards_to_check(root, manifest, store.genomes)
+            missing = missing_files(root, paths)
             if not missing:
+                _SEALED_SHARDS_FOUND.update(sealed)
                 return store
             # A writer (`genoembed remove`) may have committed a new manifest and deleted this one's old
             # shards between the two reads: open the newest snapshot instead of calling the store damaged.
@@ -138,14 +141,17 @@ class Store:
         """
         with write_lock(self.root):
             manifest = read_manifest(self.root)
-            before = committed_files(manifest)
+            before = committed_files(manifest, self.root)
             yield manifest
             write_manifest(self.root, manifest)
             committed = fs_now_ns(self.root)  # the file system's time, as readers' leases are
             self.manifest = manifest
             if self._lease is not None:
                 self._lease.renew()  # this object's old snapshot is gone with its derived state
-            sweep_retired(self.root, sorted(before - committed_files(manifest)), committed)
+            retired = sorted(before - committed_files(manifest, self.root))
+            if retired:  # the folders they left (taking the lock swept the rest)
+                folders = tuple({path.split("/")[0] for path in retired})
+                sweep_retired(self.root, retired, committed, folders=folders)
 
     # --- facts -------------------------------------------------------------
     @property
@@ -156,20 +162,27 @@ class Store:
     def dim(self) -> int:
         return int(self.manifest["dim"])
 
+    def _complete_part(self) -> tuple[dict, list]:
+        """(complete genomes, their shards), worked out once per snapshot: appends ask for them many times."""
+        if self._complete is None:
+            genomes = {name: entry for name, entry in self.manifest["genomes"].items()
+                       if entry.get("status") == "complete"}
+            self._complete = genomes, [shard for shard in self.manifest["shards"] if shard["genome"] in genomes]
+        return self._complete
+
     @property
     def genomes(self) -> dict[str, dict]:
         """Complete genomes: name -> FASTA path, sha256, contig lengths, first tile id, in the order added."""
-        return {name: entry for name, entry in self.manifest["genomes"].items() if entry.get("status") == "complete"}
+        return dict(self._complete_part()[0])
 
     @property
     def shards(self) -> list[dict]:
         """Manifest entries of the shards readers see (those of complete genomes)."""
-        complete = self.genomes
-        return [shard for shard in self.manifest["shards"] if shard["genome"] in complete]
+        return list(self._complete_part()[1])
 
     @property
     def num_tiles(self) -> int:
-        return sum(shard["rows"] for shard in self.shards)
+        return sum(shard["rows"] for shard in self._complete_part()[1])
 
     @property
     def id_limit(self) -> int:
@@ -439,6 +452,40 @@ class Store:
                 manifest.setdefault(section, {}).pop(name, None)
             else:
                 manifest.setdefault(section, {})[name] = entry
+
+
+# Sealed manifest files (path, sha256) whose shards this process found on disk: a sealed file never changes,
+# and its shards leave the store only after a commit that no longer lists it, so they are not looked for again.
+_SEALED_SHARDS_FOUND: set[tuple[str, str]] = set()
+
+
+def _shards_to_check(root: Path, manifest: dict, complete: dict) -> tuple[list[str], list[tuple[str, str]]]:
+    """(paths of the shards an open looks for, the sealed files they complete): those of complete genomes, less
+    the shards of sealed files found before (sealed files list only complete genomes, first)."""
+    shards, paths, sealed, start = manifest["shards"], [], [], 0
+    for descriptor in manifest.get("sealed") or ():
+        key, end = (str(root / descriptor["path"]), descriptor["sha256"]), start + descriptor["shards"]
+        if key not in _SEALED_SHARDS_FOUND:
+            paths += [shard["path"] for shard in shards[start:end]]
+            sealed.append(key)
+        start = end
+    return paths + [shard["path"] for shard in shards[start:] if shard["genome"] in complete], sealed
+
+
+def missing_files(root: Path, paths: list[str]) -> list[str]:
+    """The store ``paths`` not in their folder: a ``stat`` each when few, else one listing per folder (a
+    pangenome's store lists 10^3-10^4 shards)."""
+    if len(paths) <= 64:
+        return [path for path in paths if not os.path.isfile(os.path.join(root, path))]
+    listings: dict[str, set[str]] = {}
+    missing = []
+    for path in paths:
+        folder, _, name = path.rpartition("/")
+        if folder not in listings:
+            listings[folder] = set(folder_names(root / folder))
+        if name not in listings[folder]:
+            missing.append(path)
+    return missing
 
 
 def _size_if_present(path: Path) -> int:

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 
 from genoembed import schema
 from genoembed.errors import command
-from genoembed.manifest import file_sha256, sequence_files
+from genoembed.manifest import SEALED, file_sha256, sealed_files, sequence_files
 from genoembed.store import PROVENANCE_KEY, Store
 from genoembed.writers import retired_files
 from genoembed.vector_index import index_files, index_parts, load_index
@@ -87,6 +87,7 @@ def verify_store(store: Store) -> list[str]:
             elif "sha256" in entry and file_sha256(path) != entry["sha256"]:  # searches of 0.1 stores have none
                 problems.append(f"{entry['path']}: sha256 differs from the manifest")
     problems += sequence_problems(store)
+    problems += sealed_problems(store)
     problems += unfinished_work(store)
     if not problems:
         problems += what_commands_meet(store)
@@ -162,6 +163,19 @@ def sequence_problems(store: Store) -> list[str]:
     return problems
 
 
+def sealed_problems(store: Store) -> list[str]:
+    """The manifest's sealed files (complete genomes' entries) against the sha256 ``manifest.json`` records:
+    the store was opened from this process's parsed copy of each, so the files are hashed again here."""
+    problems = []
+    for descriptor in store.manifest.get("sealed") or ():
+        path = store.root / descriptor["path"]
+        if not path.is_file():
+            problems.append(f"{descriptor['path']}: missing (sealed genomes of the manifest)")
+        elif file_sha256(path) != descriptor["sha256"]:
+            problems.append(f"{descriptor['path']}: sha256 differs from the manifest (sealed genomes)")
+    return problems
+
+
 def genomes_without_sequence(store: Store) -> list[str]:
     """Genomes whose sequence the store does not carry (stores built before it did): they need their FASTA."""
     return [name for name, entry in store.genomes.items() if not entry.get("sequence")]
@@ -178,7 +192,8 @@ def embed_sequences(store: Store) -> list[str]:
     copies = {name: store.recorded_fasta(name) for name in missing}  # every FASTA found and checked before writing
     with store.transaction() as manifest:
         for name, genome in copies.items():
-            manifest["genomes"][name]["sequence"] = write_store_sequence(store.root, genome)
+            copy = write_store_sequence(store.root, genome)
+            manifest["genomes"][name] = {**manifest["genomes"][name], "sequence": copy}  # sealed ones are read-only
     return missing
 
 
@@ -192,16 +207,16 @@ def unfinished_work(store: Store) -> list[str]:
     listed |= {entry["path"] for entry in (store.manifest.get("annotations") or {}).values()}
     index_entry = store.manifest.get("index")
     listed |= index_files(index_entry)
-    listed |= sequence_files(store.manifest)
+    listed |= sequence_files(store.manifest) | sealed_files(store.manifest)
     listed |= retired_files(store.root)  # left by a writer for deletion once older readers are done
-    for folder in ("shards", "annotations", "index", "searches", "sequences"):
+    for folder in ("shards", "annotations", "index", "searches", "sequences", SEALED):
         for path in sorted((store.root / folder).glob("*")) if (store.root / folder).is_dir() else ():
             relative = path.relative_to(store.root).as_posix()
             if ".partial." in path.name:
                 problems.append(f"{relative}: partial file left by an interrupted write; delete it")
             elif folder in ("shards", "annotations") and path.suffix == ".parquet" and relative not in listed:
                 problems.append(f"{relative}: not in the manifest (orphan of an interrupted write); delete it")
-            elif folder == "sequences" and relative not in listed:
+            elif folder in ("sequences", SEALED) and relative not in listed:
                 problems.append(f"{relative}: not in the manifest (orphan of an interrupted write); delete it")
             elif folder == "index" and path.suffix == ".faiss" and relative not in listed:
                 problems.append(f"{relative}: not the manifest's index (orphan); delete it")

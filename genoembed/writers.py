@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import fnmatch
 import json
 import os
 import re
@@ -22,7 +23,7 @@ from pathlib import Path
 from genoembed.errors import GenoembedError, StoreError
 from genoembed.files import atomic_write_bytes
 from genoembed.leases import fs_now_ns, oldest_reader
-from genoembed.manifest import read_manifest, sequence_files
+from genoembed.manifest import SEALED, genome_files, read_manifest, sealed_files, sequence_files
 from genoembed.names import IDENTIFIER
 from genoembed.vector_index import index_files
 
@@ -67,8 +68,9 @@ def write_lock(root: Path, wait: float = LOCK_WAIT_S):
         os.pwrite(descriptor, str(os.getpid()).encode(), 0)
         held[key] = 1
         try:
-            _remove_partial_files(root)
-            sweep_retired(root)
+            listings = {folder: folder_names(root / folder) for folder in {*_WRITER_FOLDERS, *dict(_SWEPT)}}
+            _remove_partial_files(root, listings)
+            sweep_retired(root, listings=listings)
             yield
         finally:
             del held[key]
@@ -94,29 +96,42 @@ def _lock(descriptor: int, root: Path, wait: float) -> None:
 
 
 # Where writers leave temporary files (saved searches are written without the lock and are not swept).
-_WRITER_FOLDERS = (".", "shards", "index", "index/shards", "annotations", "sequences")
+_WRITER_FOLDERS = (".", "shards", "index", "index/shards", "annotations", "sequences", SEALED)
 
 
-def _remove_partial_files(root: Path) -> None:
+def _remove_partial_files(root: Path, listings: dict[str, list[str]]) -> None:
     """Delete temporary files of writers that died mid-write (SIGKILL, power loss): whoever holds the lock
-    is the only writer, so any partial file under the writer folders is a dead writer's."""
+    is the only writer, so any partial file under the writer folders (``listings``: their names) is a dead
+    writer's."""
     for folder in _WRITER_FOLDERS:
-        for leftover in (root / folder).glob(".*.partial.*") if (root / folder).is_dir() else ():
-            leftover.unlink(missing_ok=True)
+        hidden = [name for name in listings[folder] if name[0] == "."]  # a cheap test before the pattern's
+        for name in fnmatch.filter(hidden, ".*.partial.*"):
+            (root / folder / name).unlink(missing_ok=True)
+
+
+def folder_names(folder: Path) -> list[str]:
+    """The names in ``folder`` (none when it is missing): one ``listdir``, not a ``Path`` per file, since
+    a pangenome's store holds a few files per genome and writers list them on every commit."""
+    try:
+        return os.listdir(folder)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
 
 
 RETIRED = ".retired.json"  # files no committed snapshot lists: since when (ns), and what their search named then
 _SWEPT = (("shards", "part-*.parquet"), ("annotations", "*.parquet"), ("searches", "*.parquet"), ("sequences", "*"),
-          ("index", "*.faiss"))
+          ("index", "*.faiss"), (SEALED, "genomes-*.json"))
 
 
-def sweep_retired(root: Path, retired: list[str] = (), since: int | None = None) -> None:
+def sweep_retired(root: Path, retired: list[str] = (), since: int | None = None, folders: tuple[str, ...] = (),
+                  listings: dict[str, list[str]] | None = None) -> None:
     """Delete the store's files that no committed snapshot lists, once no live reader is older than that.
 
     Called under the writer lock. ``retired`` (store paths) left the manifest at ``since`` (the committing
     writer knows when); any other unlisted file is dated when first seen here. A file some reader may
     still need (its lease started before the file left) waits for a later writer. Never fails the writer:
-    a store it cannot read is left as it is.
+    a store it cannot read is left as it is. ``folders`` limits the sweep to those (a commit sweeps the folders
+    of what it retired); ``listings`` are the folders' names when the caller has listed them.
 
     A saved search's version is dated together with the version its sidecar named then: searches are saved
     without the lock, so a version seen here before its sidecar switched to it (a save in flight) may be
@@ -129,20 +144,26 @@ def sweep_retired(root: Path, retired: list[str] = (), since: int | None = None)
     except GenoembedError:
         return
     records = _read_retired(root)
-    listed = committed_files(manifest)
-    damaged: dict[str, str] = {}
-    named = {name: entry.get("path") for name, entry in saved_searches(root, manifest, damaged).items()}
-    listed |= set(named.values())
-    listed |= {f"searches/{path.name}" for path in (root / "searches").glob("*.parquet")
-               if path.name.split(".")[0] in damaged}  # a damaged search's files wait for its owner
+    swept = [(folder, pattern) for folder, pattern in _SWEPT if not folders or folder in folders]
+    listed = committed_files(manifest, root, {folder for folder, _ in swept})
+    named: dict[str, str] = {}
+    if any(folder == "searches" for folder, _ in swept):
+        damaged: dict[str, str] = {}
+        named = {name: entry.get("path") for name, entry in saved_searches(root, manifest, damaged).items()}
+        listed |= set(named.values())
+        listed |= {f"searches/{path.name}" for path in (root / "searches").glob("*.parquet")
+                   if path.name.split(".")[0] in damaged}  # a damaged search's files wait for its owner
     now, oldest = fs_now_ns(root), oldest_reader(root)
-    kept = {}
-    for folder, pattern in _SWEPT:
-        for path in (root / folder).glob(pattern) if (root / folder).is_dir() else ():
-            relative = f"{folder}/{path.name}"
-            if relative in listed:
+    kept = {path: record for path, record in records.items() if folders and path.split("/")[0] not in folders}
+    for folder, pattern in swept:
+        names = listings[folder] if listings is not None else folder_names(root / folder)
+        # set arithmetic over the folder's names: O(files) in C, the loop below only sees unlisted files
+        unlisted = set(map(f"{folder}/".__add__, names)) - listed
+        for relative in sorted(unlisted):
+            name = relative[len(folder) + 1:]
+            if name.startswith(".") or not fnmatch.fnmatchcase(name, pattern):
                 continue
-            naming = named.get(path.name.split(".")[0]) if folder == "searches" else None
+            naming = named.get(name.split(".")[0]) if folder == "searches" else None
             record = records.get(relative)
             if record is not None and record[1] == naming:
                 left = record[0]
@@ -150,7 +171,7 @@ def sweep_retired(root: Path, retired: list[str] = (), since: int | None = None)
                 left = since if relative in retired and since is not None else now
             try:
                 if oldest is None or oldest > left:
-                    path.unlink(missing_ok=True)
+                    (root / relative).unlink(missing_ok=True)
                     continue
             except OSError:
                 pass  # cannot delete it now: a later sweep tries again
@@ -161,14 +182,22 @@ def sweep_retired(root: Path, retired: list[str] = (), since: int | None = None)
                                                           indent=1).encode())
 
 
-def committed_files(manifest: dict) -> set[str]:
+def committed_files(manifest: dict, root: Path | None = None, folders: set[str] | None = None) -> set[str]:
     """Store paths of the files a manifest lists (shards, annotation sets, saved searches of older stores,
-    the genomes' sequence copies, the vector index's parts)."""
-    listed = {shard["path"] for shard in manifest["shards"]}
-    listed |= {entry["path"] for entry in (manifest.get("annotations") or {}).values()}
-    listed |= {entry["path"] for entry in (manifest.get("searches") or {}).values()}
-    listed |= sequence_files(manifest)
-    return listed | index_files(manifest.get("index"))
+    the genomes' sequence copies, sealed genome files, the vector index's parts), or of those under ``folders``.
+    Given the store's ``root``, a sealed file's shards and sequences are worked out once per process."""
+    every = folders is None
+    listed = set()
+    if every or folders & {"shards", "sequences"}:
+        listed = genome_files(root, manifest) if root is not None else \
+            {shard["path"] for shard in manifest["shards"]} | sequence_files(manifest)
+    if every or "annotations" in folders:
+        listed |= {entry["path"] for entry in (manifest.get("annotations") or {}).values()}
+    if every or "searches" in folders:
+        listed |= {entry["path"] for entry in (manifest.get("searches") or {}).values()}
+    if every or SEALED in folders:
+        listed |= sealed_files(manifest)
+    return listed | index_files(manifest.get("index")) if every or "index" in folders else listed
 
 
 def _read_retired(root: Path) -> dict[str, tuple[int, str | None]]:
