@@ -23,6 +23,9 @@ origin as two alignments, one each side of it. So do these writers: a hit throug
 ``[0, end - length)``, that together cover exactly the hit's bases; BED's two keep the hit's name, score and
 strand, and an alignment is cut at the origin into two, each with its own query span, counts, CIGAR, score, bit
 score and E-value (:func:`genoembed.evidence.cut_alignment`, same query and database as the whole). Every record then lies on its contig, as bedtools, ``bedToBigBed`` and PAF readers require.
+
+In a store of several genomes the target contig is named ``GENOME#0#CONTIG`` (PanSN-spec; the rule is
+:mod:`genoembed.schema`'s), so strain A's ``chr1`` and strain B's ``chr1`` stay apart in every record.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 from genoembed.errors import InputError
+from genoembed.schema import contig_namer
 from genoembed.evidence import Alignment, alignment_columns, cut_alignment, database_length
 from genoembed.topology import linear_pieces
 
@@ -81,12 +85,13 @@ def blast6(hits: pa.Table, contig_lengths: dict[str, dict[str, int]], title: str
     ``contig_lengths`` (genome -> {contig: length}) places alignments through a circular contig's origin."""
     _require_alignments(hits, "blast6")
     lines = [f"# {title}", f"# Fields: {BLAST6_FIELDS}"] if comments else []
+    target = contig_namer(contig_lengths)
     for row in _aligned_rows(hits, contig_lengths):
         subject = (row["target_start"] + 1, row["target_end"])
         if row["strand"] == "-":
             subject = subject[::-1]
         lines.append("\t".join(str(value) for value in (
-            row["query"], row["chrom"], f"{100 * row['identity']:.3f}", row["aligned_length"], row["mismatches"],
+            row["query"], target(row["genome"], row["chrom"]), f"{100 * row['identity']:.3f}", row["aligned_length"], row["mismatches"],
             row["gap_opens"], row["query_aligned_start"] + 1, row["query_aligned_end"], *subject,
             _evalue_text(row["evalue"]), f"{row['bit_score']:.1f}")))
     return "\n".join(lines) + ("\n" if lines else "")
@@ -98,10 +103,11 @@ def bed(hits: pa.Table, contig_lengths: dict[str, dict[str, int]], higher_is_bet
     named ``query#rank`` (as the server's BED), else by its query. A hit through a circular contig's origin is
     two lines (``contig_lengths``: genome -> {contig: length})."""
     lines = [BED_HEADER] if header else []
+    target = contig_namer(contig_lengths)
     for row in hits.to_pylist():
         name = f"{row['query']}#{row['rank']}" if ranked_names else row["query"]
         score = bed_score(row["score"], higher_is_better)
-        lines += ["\t".join(str(value) for value in (row["chrom"], start, end, name, score, row["strand"]))
+        lines += ["\t".join(str(value) for value in (target(row["genome"], row["chrom"]), start, end, name, score, row["strand"]))
                   for start, end in linear_pieces(row["start"], row["end"],
                                                   contig_lengths[row["genome"]][row["chrom"]])]
     return "\n".join(lines) + ("\n" if lines else "")
@@ -112,11 +118,11 @@ def paf(hits: pa.Table, contig_lengths: dict[str, dict[str, int]]) -> str:
     (:attr:`genoembed.store.Store.contig_lengths`): the target length is that of the hit's own genome, and an
     alignment through a circular contig's origin is two lines, each inside ``[0, tlen]``."""
     _require_alignments(hits, "paf")
-    lines = []
+    lines, target = [], contig_namer(contig_lengths)
     for row in _aligned_rows(hits, contig_lengths):
         lines.append("\t".join(str(value) for value in (
             row["query"], row["query_length"], row["query_aligned_start"], row["query_aligned_end"], row["strand"],
-            row["chrom"], contig_lengths[row["genome"]][row["chrom"]], row["target_start"], row["target_end"], row["matches"],
+            target(row["genome"], row["chrom"]), contig_lengths[row["genome"]][row["chrom"]], row["target_start"], row["target_end"], row["matches"],
             row["aligned_length"], 255, f"AS:i:{row['alignment_score']}", f"cg:Z:{row['cigar']}",
             f"es:f:{row['score']:.6g}")))
     return "\n".join(lines) + ("\n" if lines else "")

@@ -68,6 +68,11 @@ class AliasedSource:
     def fetch(self, chrom: str, start: int, end: int, strand: str = "+") -> str:
         return self._source.fetch(self.contigs.target(chrom) or chrom, start, end, strand)
 
+    def locate(self, chrom: str) -> tuple[str | None, str]:
+        """(store genome, contig) of a contig or alias name (the source's ``locate`` where it has one)."""
+        chrom = self.contigs.target(chrom) or chrom
+        return self._source.locate(chrom) if hasattr(self._source, "locate") else (getattr(self._source, "name", None), chrom)
+
     @property
     def circular(self) -> frozenset[str]:
         """The source's circular contigs and the aliases standing for them."""

@@ -17,6 +17,16 @@ Formats read by tools that know no circles (BED, PAF, BLAST tabular, browser tra
 as two records, ``[start, L)`` then ``[0, end - L)`` (:func:`genoembed.topology.linear_pieces`; alignments
 cut at the origin, :mod:`genoembed.hit_formats`), so every record lies on its contig; screens and region
 strings write it 1-based as ``--region`` reads it (``9001-200``).
+
+Contig names in output (the only place the rule is stated): contig names repeat across the genomes of a
+pangenome (``chr1``, ``contig_1``), so in a store holding more than one genome every output that names a
+contig by one text field (BED/BED9, PAF, BLAST tabular, bedGraph/bigWig and their chrom sizes) names it
+``GENOME#0#CONTIG`` after PanSN-spec (https://github.com/pangenome/PanSN-spec:
+``sample#haplotype#contig``, ``#`` the delimiter; a genoembed genome is one assembly, so its haplotype is
+``0``, as pangenome references write a haploid assembly, e.g. ``CHM13#0#chr1``). Genome names never hold
+``#`` (:mod:`genoembed.names`), so the name splits back at its first two ``#``. A one-genome store writes
+plain contig names. Region and BED queries on a several-genome store take the same qualified names
+(``B#0#chr1:1-500``, and the short ``B#chr1``): :func:`pansn_name`, :func:`split_pansn`.
 """
 
 from __future__ import annotations
@@ -53,6 +63,34 @@ EMBEDDING_DTYPES = {"float32": pa.float32(), "float16": pa.float16()}
 # Coordinates fit int64 with room to add a window: more digits than this is not a position. Checked before
 # int(), which refuses text over 4,300 digits with a ValueError (and takes quadratic time below that).
 MAX_COORDINATE_DIGITS = 18
+
+
+PANSN_DELIMITER = "#"
+PANSN_HAPLOTYPE = "0"
+
+
+def pansn_name(genome: str, chrom: str) -> str:
+    """``GENOME#0#CONTIG``: a contig named with its genome, as several-genome outputs write it."""
+    return PANSN_DELIMITER.join((genome, PANSN_HAPLOTYPE, chrom))
+
+
+def split_pansn(name: str) -> list[tuple[str, str]]:
+    """The (genome, contig) readings of a qualified name, longest form first: ``G#0#C`` reads as (G, C) and,
+    PanSN's haplotype left out, as (G, ``0#C``); ``G#C`` as (G, C). A store keeps the reading it holds."""
+    genome, delimiter, rest = name.partition(PANSN_DELIMITER)
+    if not (genome and delimiter and rest):
+        return []
+    haplotype, delimiter, chrom = rest.partition(PANSN_DELIMITER)
+    full = [(genome, chrom)] if delimiter and chrom and haplotype.isdigit() else []
+    return full + [(genome, rest)]
+
+
+def contig_namer(contig_lengths: dict[str, dict[str, int]]):
+    """``(genome, chrom) -> name`` for outputs of a store with these genomes (genome -> {contig: length}):
+    plain contig names for one genome, :func:`pansn_name` for several."""
+    if len(contig_lengths) > 1:
+        return pansn_name
+    return lambda genome, chrom: chrom
 
 
 def coordinate(text: str, where: str) -> int:

@@ -43,13 +43,15 @@ def locate_regions(genome, regions: list[str]) -> Iterator[Query]:
     """Regions resolved on ``genome``, their sequence not yet read (so a caller can weigh them first)."""
     for text in regions:
         chrom, start, end, strand = resolve_region(genome, text)
-        yield Query(text, "", chrom, start, end, strand, genome_holding(genome, chrom))
+        holder, chrom = genome_holding(genome, chrom)
+        yield Query(text, "", chrom, start, end, strand, holder)
 
 
 def fetch_queries(genome, located: Iterable[Query]) -> Iterator[Query]:
     """Located queries with their sequence read from ``genome``, one at a time."""
     for query in located:
-        sequence = genome.fetch(query.chrom, query.start, query.end, query.strand)
+        sequence = genome.fetch_on(query.genome, query.chrom, query.start, query.end, query.strand) \
+            if hasattr(genome, "fetch_on") else genome.fetch(query.chrom, query.start, query.end, query.strand)
         yield dataclasses.replace(query, sequence=sequence.upper())
 
 
@@ -58,14 +60,14 @@ def iter_region_queries(genome, regions: list[str], window: int, stride: int) ->
     (:func:`query_pieces`), each read from the genome when it is needed: memory stays one tile a query."""
     for text in regions:
         chrom, start, end, strand = resolve_region(genome, text)
-        holder = genome_holding(genome, chrom)
+        holder, contig = genome_holding(genome, chrom)
         if not too_long(end - start):
-            yield Query(text, genome.fetch(chrom, start, end, strand).upper(), chrom, start, end, strand, holder)
+            yield Query(text, genome.fetch(chrom, start, end, strand).upper(), contig, start, end, strand, holder)
             continue
         for offset in tile_starts(end - start, window, stride):
             first, last = start + int(offset), start + int(offset) + window
             yield Query(f"{text}:{offset + 1}-{offset + window}", genome.fetch(chrom, first, last, strand).upper(),
-                        chrom, first, last, strand, holder)
+                        contig, first, last, strand, holder)
 
 
 def bed_queries(genome, path: str | Path) -> list[Query]:
@@ -105,7 +107,8 @@ def locate_bed_lines(genome, lines: Iterable[str], where: str) -> Iterator[Query
             raise InputError(f"{where}:{number}: {chrom}:{start}-{end} is empty or outside the contig "
                              f"(length {genome.contigs[chrom]})")
         found = True
-        yield Query(name, "", chrom, start, end, strand, genome_holding(genome, chrom))
+        holder, chrom = genome_holding(genome, chrom)
+        yield Query(name, "", chrom, start, end, strand, holder)
     if not found:
         raise InputError(f"{where}: no regions found")
 
@@ -135,35 +138,54 @@ class UniqueNames:
 class StoreGenomes:
     """The genomes of a store seen as one, for cutting region queries: ``contigs`` lists every
     contig, and ``fetch`` reads from the genome holding it (opened, and checksummed, once per store).
-    A contig name held by several genomes is refused with the genomes to choose from (``--query-genome``)."""
+    A contig is named plainly (``chr1``) or with its genome as outputs name it (``B#0#chr1`` or ``B#chr1``,
+    :func:`genoembed.schema.split_pansn`); a plain name held by several genomes is refused with the genomes
+    to choose from (``--query-genome``, or the qualified name)."""
 
     def __init__(self, store: Store):
         self._store = store
         self.path = store.root
-        self.contigs = _StoreContigs(store)
-        self.circular = frozenset(chrom for entry in store.genomes.values() for chrom in entry.get("circular", ()))
+        self.contigs = _StoreContigs(self)
+        self.circular = frozenset(name for genome, entry in store.genomes.items() for chrom in entry.get("circular", ())
+                                  for name in (chrom, schema.pansn_name(genome, chrom),
+                                               genome + schema.PANSN_DELIMITER + chrom))
+
+    def locate(self, name: str) -> tuple[str, str]:
+        """(genome, contig) of a contig name, plain or qualified."""
+        lengths = self._store.contig_lengths
+        if not any(name in contigs for contigs in lengths.values()):
+            for genome, chrom in schema.split_pansn(name):
+                if chrom in lengths.get(genome, ()):
+                    return genome, chrom
+        return self._store.genome_of_contig(name), name
 
     def genome_of(self, chrom: str) -> str:
-        return self._store.genome_of_contig(chrom)
+        return self.locate(chrom)[0]
 
     def fetch(self, chrom: str, start: int, end: int, strand: str = "+") -> str:
-        return self._store.genome(self.genome_of(chrom)).fetch(chrom, start, end, strand)
+        genome, chrom = self.locate(chrom)
+        return self._store.genome(genome).fetch(chrom, start, end, strand)
+
+    def fetch_on(self, genome: str, chrom: str, start: int, end: int, strand: str = "+") -> str:
+        return self._store.genome(genome).fetch(chrom, start, end, strand)
 
 
 class _StoreContigs(Mapping):
-    """Contig name -> length over all genomes of a store; looking up a name several genomes share raises the
-    store's one-line error naming them."""
+    """Contig name -> length over all genomes of a store (plain names listed; qualified ones looked up too);
+    looking up a plain name several genomes share raises the store's one-line error naming them."""
 
-    def __init__(self, store: Store):
-        self._store = store
-        self._lengths = store.contig_lengths
+    def __init__(self, genomes: StoreGenomes):
+        self._genomes = genomes
+        self._lengths = genomes._store.contig_lengths
         self._names = list(dict.fromkeys(chrom for contigs in self._lengths.values() for chrom in contigs))
 
     def __getitem__(self, chrom: str) -> int:
-        return self._lengths[self._store.genome_of_contig(chrom)][chrom]
+        genome, chrom = self._genomes.locate(chrom)
+        return self._lengths[genome][chrom]
 
     def __contains__(self, chrom) -> bool:
-        return any(chrom in contigs for contigs in self._lengths.values())
+        return any(chrom in contigs for contigs in self._lengths.values()) or \
+            any(name in self._lengths.get(genome, ()) for genome, name in schema.split_pansn(chrom))
 
     def __iter__(self):
         return iter(self._names)
@@ -172,9 +194,9 @@ class _StoreContigs(Mapping):
         return len(self._names)
 
 
-def genome_holding(source, chrom: str) -> str | None:
-    """The store genome a region of ``source`` (a store genome, or :class:`StoreGenomes`) on ``chrom`` lies on."""
-    return source.genome_of(chrom) if isinstance(source, StoreGenomes) else getattr(source, "name", None)
+def genome_holding(source, chrom: str) -> tuple[str | None, str]:
+    """(store genome, plain contig) of a region of ``source`` (a store genome, or :class:`StoreGenomes`) on ``chrom``."""
+    return source.locate(chrom) if hasattr(source, "locate") else (getattr(source, "name", None), chrom)
 
 
 def query_source(store: Store, genome: str | None = None):

@@ -433,7 +433,7 @@ class Store:
             known = ", ".join(list(dict.fromkeys(c for contigs in self.contig_lengths.values() for c in contigs))[:5])
             raise InputError(f"{self.root}: no contig {chrom!r} in the store's genomes (known: {known}, ...)")
         raise InputError(f"{self.root}: contig {chrom!r} is in genomes {', '.join(holders)}; "
-                         "name one with --query-genome")
+                         f"name one with --query-genome, or write the contig {schema.pansn_name(holders[0], chrom)}")
 
     def derived(self, key, make):
         """``make()``, computed once per snapshot and kept under ``key`` (e.g. the annotations indexed for

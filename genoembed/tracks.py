@@ -7,6 +7,9 @@ tile position keeps its best cosine over both strands. A browser track must not
 overlap itself, so each position's value covers from its start to the next
 position's start (or its own end); the value at a hit's start is therefore the
 best score of any tile starting there, which is the hit's score for rank 1.
+
+Tracks of a store holding several genomes name contigs ``GENOME#0#CONTIG`` (PanSN-spec, the rule in
+:mod:`genoembed.schema`), in hits, bedGraph/bigWig rows and chrom sizes alike, so they load together.
 """
 
 from __future__ import annotations
@@ -45,10 +48,10 @@ def hits_bed(hits: pa.Table, contig_lengths: dict[str, dict[str, int]], bed9: bo
     sorted by position and without a header, as ``bedToBigBed -type=bed9`` wants it. A hit through a circular
     contig's origin is two lines, one each side (``contig_lengths``: genome -> {contig: length}; see
     :mod:`genoembed.hit_formats`); a genome removed since the search is drawn as found."""
-    rows = []
+    rows, target = [], schema.contig_namer(contig_lengths)
     for row in hits.select(["query", "rank", "genome", "chrom", "start", "end", "strand", "score"]).to_pylist():
         length = contig_lengths.get(row["genome"], {}).get(row["chrom"], row["end"])
-        rows += [{**row, "start": start, "end": end} for start, end in linear_pieces(row["start"], row["end"], length)]
+        rows += [{**row, "chrom": target(row["genome"], row["chrom"]), "start": start, "end": end} for start, end in linear_pieces(row["start"], row["end"], length)]
     lines = []
     for row in sorted(rows, key=lambda row: (row["chrom"], row["start"], row["end"], row["query"], row["rank"])):
         fields = [row["chrom"], row["start"], row["end"], f"{row['query']}#{row['rank']}".replace(" ", "_"),
@@ -60,19 +63,14 @@ def hits_bed(hits: pa.Table, contig_lengths: dict[str, dict[str, int]], bed9: bo
 
 
 def chrom_sizes(store: Store, genome: str | None = None) -> dict[str, int]:
-    """Contig lengths of one genome, or of the whole store when its contig names are unique."""
-    if genome is not None:
-        if genome not in store.genomes:
-            raise InputError(f"{store.root}: no genome {genome!r} in the store; it holds {', '.join(store.genomes)}")
-        return dict(store.genomes[genome]["contig_lengths"])
-    sizes: dict[str, int] = {}
-    for name, entry in store.genomes.items():
-        for chrom, length in entry["contig_lengths"].items():
-            if chrom in sizes:
-                raise InputError(f"{store.root}: contig {chrom!r} is in several genomes; a track is drawn on one "
-                                 f"genome, name it (genome={name!r} or another)")
-            sizes[chrom] = length
-    return sizes
+    """Contig lengths of one genome, or of the whole store, under the names its tracks give them
+    (``GENOME#0#CONTIG`` when the store holds several genomes)."""
+    if genome is not None and genome not in store.genomes:
+        raise InputError(f"{store.root}: no genome {genome!r} in the store; it holds {', '.join(store.genomes)}")
+    lengths = store.contig_lengths
+    target = schema.contig_namer(lengths)
+    return {target(name, chrom): length for name, contigs in lengths.items() if genome in (None, name)
+            for chrom, length in contigs.items()}
 
 
 def similarity(store: Store, vector: np.ndarray, genome: str | None = None,
@@ -94,7 +92,9 @@ def similarity(store: Store, vector: np.ndarray, genome: str | None = None,
         vectors = vectors.reshape(batch.num_rows, store.dim)
         norms = np.linalg.norm(vectors, axis=1)
         scores = (vectors @ query) / np.where(norms > 0, norms, 1.0)
-        piece = pa.table({"genome": batch.column(0), "chrom": batch.column(1), "start": batch.column(2),
+        chrom = batch.column(1) if len(store.genomes) == 1 else \
+            pc.binary_join_element_wise(batch.column(0), schema.PANSN_HAPLOTYPE, batch.column(1), schema.PANSN_DELIMITER)
+        piece = pa.table({"genome": batch.column(0), "chrom": chrom, "start": batch.column(2),
                           "end": batch.column(3), "score": pa.array(scores, pa.float32())})
         pieces.append(piece if genome is None else piece.filter(pc.equal(piece["genome"], genome)))
     if not pieces:

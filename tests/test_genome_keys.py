@@ -139,7 +139,7 @@ def test_align_paf_and_evalue_use_the_hits_genome(pangenome):
     for line, row in zip(lines, rows):
         fields = line.split("\t")
         assert (fields[5], int(fields[6]), int(fields[7])) == \
-            (row["chrom"], lengths[row["genome"]][row["chrom"]], row["target_start"])
+            (f"{row['genome']}#0#{row['chrom']}", lengths[row["genome"]][row["chrom"]], row["target_start"])
 
 
 def test_annotate_picks_the_one_matching_genome_or_refuses(pangenome, tmp_path):

@@ -255,7 +255,7 @@ def test_region_queries_find_their_genome(tmp_path, fastas):
     assert hits["genome"][0].as_py() == "g1" and hits["chrom"][0].as_py() == "b2"
     clash = write_fasta(tmp_path / "g9.fa", random_genome({"b2": 3_000}, seed=9))
     store = build(clash, out, append=True)
-    with pytest.raises(InputError, match="contig 'b2' is in genomes g1, g9; name one with --query-genome"):
+    with pytest.raises(InputError, match="contig .b2. is in genomes g1, g9; name one with --query-genome, or write the contig g1#0#b2"):
         search(store, ["b2:1-300"], k=3)
 
 
