@@ -100,7 +100,7 @@ class SearchRequest(BaseModel):
     chrom: str | list[str] | None = Field(None, description="Only hits on this contig (or any of these contigs).")
     where: str | None = Field(None, description="Only hits on tiles where this SQL condition on the tiles view holds "
                                                 "(read-only, e.g. \"gc > 0.5\").")
-    query_genome: str | None = Field(None, description="Genome that region/BED coordinates refer to.")
+    query_genome: str | None = Field(None, description="Genome that region/BED coordinates refer to (or name contigs GENOME#0#CONTIG, as a several-genome store's BED and tracks do).")
     exclude_self: bool = Field(False, description="Drop hits overlapping the query's own region.")
     annotate: bool = Field(True, description="Add overlapping and nearest features.")
     strand_mode: Literal["ignore", "same", "opposite"] = "ignore"

@@ -62,7 +62,7 @@ def search(
     ef_search: Optional[int] = typer.Option(None, min=1, help="HNSW search breadth (HNSW indexes)."),
     k_factor: Optional[int] = typer.Option(None, "--k-factor", min=1, help="Indexes with a refine stage (e.g. IVF1024,PQ32,Refine(SQfp16)): re-rank k * this many candidates of the compressed search with the finer vectors [default: tuned at build time]."),
     genome: Optional[str] = typer.Option(None, "--genome", help="Only return hits from this genome of the store."),
-    query_genome: Optional[str] = typer.Option(None, "--query-genome", help="Genome of the store that --region/--bed coordinates refer to (needed only when several genomes share a contig name)."),
+    query_genome: Optional[str] = typer.Option(None, "--query-genome", help="Genome of the store that --region/--bed coordinates refer to (needed only when several genomes share a contig name; or name the contig GENOME#0#CONTIG, as outputs do)."),
     chrom: Optional[list[str]] = typer.Option(None, "--chrom", help="Only return hits on this contig (repeatable: any of them)."),
     where: Optional[str] = typer.Option(None, "--where", help="Only return hits on tiles where this SQL condition on the tiles view holds, e.g. \"gc > 0.5\" or a subquery on annotations (read-only, like `genoembed sql`); with --genome/--chrom all must hold."),
     alias: Optional[list[str]] = typer.Option(None, "--alias", help="A --region/--bed contig name that the store names otherwise: FROM=TO (repeatable), as `annotate --alias`."),
