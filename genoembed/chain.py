@@ -262,8 +262,8 @@ def blocks_paf(blocks: pa.Table, contig_lengths: dict[str, dict[str, int]]) -> s
     block's length on the target, mapq as minimap2 derives it from the second-best chain. Tags:
     ``tp:A:P``/``S`` primary or secondary, ``cm:i:`` anchors chained, ``s1:i:`` chain score * 100,
     ``es:f:`` best and ``em:f:`` mean embedding score, ``qc:f:`` query coverage. A block through a circular
-    contig's origin is two lines, one each side (as ``hit_formats`` writes hits; target named as it names them), its query span and matching
-    bases shared in proportion to the target bases on each side (a block's ends are approximate anyway)."""
+    contig's origin is two lines, one each side (as ``hit_formats`` writes hits, and naming the target as it
+    does), its query span and matching bases shared in proportion to the target bases on each side (a block's ends are approximate anyway)."""
     lines, target = [], schema.contig_namer(contig_lengths)
     for row in blocks.to_pylist():
         length = contig_lengths[row["genome"]][row["chrom"]]
@@ -276,7 +276,8 @@ def blocks_paf(blocks: pa.Table, contig_lengths: dict[str, dict[str, int]]) -> s
             query = (row["query_block_start"] + first, row["query_block_start"] + last) if row["strand"] != "-" else \
                 (row["query_block_end"] - last, row["query_block_end"] - first)
             lines.append("\t".join(str(value) for value in (
-                row["query"], row["query_length"], *query, row["strand"], target(row["genome"], row["chrom"]), length, start, end,
+                row["query"], row["query_length"], *query, row["strand"], target(row["genome"], row["chrom"]), length,
+                start, end,
                 int(round(matching * (end - start) / (row["end"] - row["start"]))), end - start, row["mapq"],
                 f"tp:A:{'P' if row['rank'] == 1 else 'S'}", f"cm:i:{row['tiles']}",
                 f"s1:i:{int(round(100 * row['chain_score']))}", f"es:f:{row['score']:.4g}",

@@ -122,7 +122,8 @@ def paf(hits: pa.Table, contig_lengths: dict[str, dict[str, int]]) -> str:
     for row in _aligned_rows(hits, contig_lengths):
         lines.append("\t".join(str(value) for value in (
             row["query"], row["query_length"], row["query_aligned_start"], row["query_aligned_end"], row["strand"],
-            target(row["genome"], row["chrom"]), contig_lengths[row["genome"]][row["chrom"]], row["target_start"], row["target_end"], row["matches"],
+            target(row["genome"], row["chrom"]), contig_lengths[row["genome"]][row["chrom"]], row["target_start"],
+            row["target_end"], row["matches"],
             row["aligned_length"], 255, f"AS:i:{row['alignment_score']}", f"cg:Z:{row['cigar']}",
             f"es:f:{row['score']:.6g}")))
     return "\n".join(lines) + ("\n" if lines else "")

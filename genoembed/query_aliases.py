@@ -71,7 +71,9 @@ class AliasedSource:
     def locate(self, chrom: str) -> tuple[str | None, str]:
         """(store genome, contig) of a contig or alias name (the source's ``locate`` where it has one)."""
         chrom = self.contigs.target(chrom) or chrom
-        return self._source.locate(chrom) if hasattr(self._source, "locate") else (getattr(self._source, "name", None), chrom)
+        if hasattr(self._source, "locate"):
+            return self._source.locate(chrom)
+        return getattr(self._source, "name", None), chrom
 
     @property
     def circular(self) -> frozenset[str]:

@@ -195,7 +195,8 @@ class _StoreContigs(Mapping):
 
 
 def genome_holding(source, chrom: str) -> tuple[str | None, str]:
-    """(store genome, plain contig) of a region of ``source`` (a store genome, or :class:`StoreGenomes`) on ``chrom``."""
+    """(store genome, plain contig) of a region on ``chrom`` of ``source`` (a store genome, or
+    :class:`StoreGenomes`, whose ``chrom`` may be qualified)."""
     return source.locate(chrom) if hasattr(source, "locate") else (getattr(source, "name", None), chrom)
 
 

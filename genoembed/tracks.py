@@ -51,7 +51,8 @@ def hits_bed(hits: pa.Table, contig_lengths: dict[str, dict[str, int]], bed9: bo
     rows, target = [], schema.contig_namer(contig_lengths)
     for row in hits.select(["query", "rank", "genome", "chrom", "start", "end", "strand", "score"]).to_pylist():
         length = contig_lengths.get(row["genome"], {}).get(row["chrom"], row["end"])
-        rows += [{**row, "chrom": target(row["genome"], row["chrom"]), "start": start, "end": end} for start, end in linear_pieces(row["start"], row["end"], length)]
+        rows += [{**row, "chrom": target(row["genome"], row["chrom"]), "start": start, "end": end}
+                 for start, end in linear_pieces(row["start"], row["end"], length)]
     lines = []
     for row in sorted(rows, key=lambda row: (row["chrom"], row["start"], row["end"], row["query"], row["rank"])):
         fields = [row["chrom"], row["start"], row["end"], f"{row['query']}#{row['rank']}".replace(" ", "_"),
@@ -92,8 +93,8 @@ def similarity(store: Store, vector: np.ndarray, genome: str | None = None,
         vectors = vectors.reshape(batch.num_rows, store.dim)
         norms = np.linalg.norm(vectors, axis=1)
         scores = (vectors @ query) / np.where(norms > 0, norms, 1.0)
-        chrom = batch.column(1) if len(store.genomes) == 1 else \
-            pc.binary_join_element_wise(batch.column(0), schema.PANSN_HAPLOTYPE, batch.column(1), schema.PANSN_DELIMITER)
+        chrom = batch.column(1) if len(store.genomes) == 1 else pc.binary_join_element_wise(  # schema.pansn_name
+            batch.column(0), schema.PANSN_HAPLOTYPE, batch.column(1), schema.PANSN_DELIMITER)
         piece = pa.table({"genome": batch.column(0), "chrom": chrom, "start": batch.column(2),
                           "end": batch.column(3), "score": pa.array(scores, pa.float32())})
         pieces.append(piece if genome is None else piece.filter(pc.equal(piece["genome"], genome)))

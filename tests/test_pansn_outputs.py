@@ -8,10 +8,12 @@ import json
 import shutil
 import subprocess
 
+import pyarrow as pa
 import pytest
 from typer.testing import CliRunner
 
 from genoembed.build import index
+from genoembed.chain import blocks_paf
 from genoembed.cli import app
 from genoembed.store import Store
 from test_genome_keys import EMBEDDER, TILING, pangenome  # noqa: F401  (the two-genome store fixture)
@@ -67,6 +69,24 @@ def test_paf_and_blast6_name_each_alignments_genome(pangenome):
         assert sorted(map(int, subject[8:10])) == [row["target_start"] + 1, row["target_end"]]
 
 
+def test_mapped_blocks_paf_names_each_blocks_genome(pangenome):
+    _, store, _ = pangenome
+    query = ["--region", "chr1:1-1200", "--query-genome", "A", "-k", "4"]  # four windows long: mapped as blocks
+    pytest.importorskip("parasail")
+    rows = json_rows(store.root, *query)
+    assert {row["genome"] for row in rows} == {"A", "B"} and all("query_block_start" in row for row in rows)
+    lines = cli("search", store.root, *query, "--format", "paf", "--quiet").splitlines()
+    assert len(lines) == len(rows)
+    for line, row in zip(lines, rows):
+        fields = line.split("\t")
+        assert split_target(fields[5]) == (row["genome"], row["chrom"])  # PAF aligns the blocks it can: own span
+        assert int(fields[6]) == LENGTHS[row["genome"]][row["chrom"]] and 0 <= int(fields[7]) < int(fields[8]) <= \
+            int(fields[6])
+    unaligned = blocks_paf(pa.Table.from_pylist(rows), store.contig_lengths).splitlines()  # as blocks too long to align
+    assert [(split_target(line.split("\t")[5]), *map(int, line.split("\t")[6:9])) for line in unaligned] == \
+        [((row["genome"], row["chrom"]), LENGTHS[row["genome"]][row["chrom"]], row["start"], row["end"]) for row in rows]
+
+
 def test_track_bed9_and_bedgraph_use_qualified_names_bedtools_takes(pangenome, tmp_path):
     _, store, _ = pangenome
     rows = {(row["query"], row["rank"]): row for row in json_rows(store.root, *QUERY, "-k", "6", "--tiles")}
@@ -80,8 +100,8 @@ def test_track_bed9_and_bedgraph_use_qualified_names_bedtools_takes(pangenome, t
         assert (split_target(chrom), int(start), int(end)) == ((row["genome"], row["chrom"]), row["start"], row["end"])
     graph = tmp_path / "similarity.bedgraph"
     cli("track", store.root, *QUERY, "-o", graph)
-    tiles = {(tile["genome"], tile["chrom"], tile["start"]) for batch in store.iter_batches(["genome", "chrom", "start"])
-             for tile in batch.to_pylist()}
+    tiles = {(tile["genome"], tile["chrom"], tile["start"])
+             for batch in store.iter_batches(["genome", "chrom", "start"]) for tile in batch.to_pylist()}
     values = [line.split("\t") for line in graph.read_text().splitlines()[1:]]
     assert {split_target(v[0])[0] for v in values} == {"A", "B"}
     for chrom, start, end, _ in values:
