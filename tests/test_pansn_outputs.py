@@ -170,3 +170,14 @@ def test_served_bed_and_track_use_qualified_names(pangenome):
     expected = sorted((f"{r['genome']}#0#{r['chrom']}", r["start"], r["end"]) for r in rows)
     assert sorted((chrom, int(start), int(end)) for chrom, start, end, *_ in map(str.split, bed)) == expected
     assert {split_target(line.split("\t")[0])[0] for line in track} == {"A", "B"}
+
+
+def test_explain_tracks_name_each_sequences_genome(pangenome, tmp_path):
+    _, store, _ = pangenome
+    prefix = tmp_path / "why"
+    cli("explain", store.root, "--region", "A#0#chr1:1201-1500", "--hit", "B#0#chr1:1201-1500", "-o", prefix,
+        "--no-plot", "--quiet")
+    for role, genome in (("query", "A"), ("hit", "B")):
+        rows = [line.split("\t") for line in (tmp_path / f"why.{role}.bedgraph").read_text().splitlines()[1:]]
+        assert {row[0] for row in rows} == {f"{genome}#0#chr1"}
+        assert min(int(row[1]) for row in rows) == 1200 and max(int(row[2]) for row in rows) == 1500

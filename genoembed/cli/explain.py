@@ -50,13 +50,19 @@ def explain(
 
 
 def _write_files(result, prefix: Path, contigs: dict[str, dict[str, int]], plot: bool) -> list[Path]:
-    """bedGraph (and bigWig) tracks of both sequences, and the PNG; a missing matplotlib is one warning."""
-    from genoembed.explain import plot_explanation, write_bedgraph, write_bigwig
+    """bedGraph (and bigWig) tracks of both sequences, and the PNG; a missing matplotlib is one warning. Contigs
+    are named as every track of the store names them (``GENOME#0#CONTIG`` in a store of several genomes)."""
+    import dataclasses
 
-    written = []
+    from genoembed.explain import plot_explanation, write_bedgraph, write_bigwig
+    from genoembed.schema import contig_namer
+
+    written, target = [], contig_namer(contigs)
     for role, item, values in (("query", result.query, result.query_contributions),
                                ("hit", result.hit, result.hit_contributions)):
-        lengths = contigs.get(item.genome, {})
+        lengths = {target(item.genome, chrom): length for chrom, length in contigs.get(item.genome, {}).items()}
+        if item.chrom is not None and item.genome is not None:
+            item = dataclasses.replace(item, chrom=target(item.genome, item.chrom))
         written.append(write_bedgraph(Path(f"{prefix}.{role}.bedgraph"), item, values, lengths))
         written.append(write_bigwig(Path(f"{prefix}.{role}.bw"), item, values, lengths))
     if plot:
