@@ -145,19 +145,14 @@ class StoreGenomes:
     def __init__(self, store: Store):
         self._store = store
         self.path = store.root
-        self.contigs = _StoreContigs(self)
+        self.contigs = _StoreContigs(store)
         self.circular = frozenset(name for genome, entry in store.genomes.items() for chrom in entry.get("circular", ())
                                   for name in (chrom, schema.pansn_name(genome, chrom),
                                                genome + schema.PANSN_DELIMITER + chrom))
 
     def locate(self, name: str) -> tuple[str, str]:
         """(genome, contig) of a contig name, plain or qualified."""
-        lengths = self._store.contig_lengths
-        if not any(name in contigs for contigs in lengths.values()):
-            for genome, chrom in schema.split_pansn(name):
-                if chrom in lengths.get(genome, ()):
-                    return genome, chrom
-        return self._store.genome_of_contig(name), name
+        return _locate(self._store, name)
 
     def genome_of(self, chrom: str) -> str:
         return self.locate(chrom)[0]
@@ -170,17 +165,26 @@ class StoreGenomes:
         return self._store.genome(genome).fetch(chrom, start, end, strand)
 
 
+def _locate(store: Store, name: str) -> tuple[str, str]:
+    lengths = store.contig_lengths
+    if not any(name in contigs for contigs in lengths.values()):
+        for genome, chrom in schema.split_pansn(name):
+            if chrom in lengths.get(genome, ()):
+                return genome, chrom
+    return store.genome_of_contig(name), name
+
+
 class _StoreContigs(Mapping):
     """Contig name -> length over all genomes of a store (plain names listed; qualified ones looked up too);
     looking up a plain name several genomes share raises the store's one-line error naming them."""
 
-    def __init__(self, genomes: StoreGenomes):
-        self._genomes = genomes
-        self._lengths = genomes._store.contig_lengths
+    def __init__(self, store: Store):
+        self._store = store  # not the StoreGenomes: no reference cycle, so a dropped store frees its lease at once
+        self._lengths = store.contig_lengths
         self._names = list(dict.fromkeys(chrom for contigs in self._lengths.values() for chrom in contigs))
 
     def __getitem__(self, chrom: str) -> int:
-        genome, chrom = self._genomes.locate(chrom)
+        genome, chrom = _locate(self._store, chrom)
         return self._lengths[genome][chrom]
 
     def __contains__(self, chrom) -> bool:
