@@ -26,14 +26,13 @@ import pyarrow.parquet as pq
 from genoembed import schema
 from genoembed.errors import InputError, StoreError
 from genoembed.indexing import build_store_index, index_matches, with_part
-from genoembed.leases import fs_now_ns
-from genoembed.manifest import file_sha256, read_manifest, write_manifest
+from genoembed.manifest import file_sha256
 from genoembed.remove import drop_stale_searches, removed_in_place, rewritten_shard
 from genoembed.store import PROVENANCE_KEY, Store
 from genoembed.store_writer import embeddings_to_arrow, shard_provenance, write_shard
 from genoembed.tiles import TilingSpec, plan_tiles
 from genoembed.vector_index import IndexSpec, index_parts, load_index
-from genoembed.writers import sweep_retired, write_lock
+from genoembed.writers import write_lock
 
 log = logging.getLogger(__name__)
 PLAN_ROWS = 1024  # tiles planned (and embedded) at a time
@@ -46,14 +45,12 @@ def circularise(store: Store, contigs: Sequence[str], genome: str | None = None,
     they are)."""
     if not contigs:
         raise InputError(f"{store.root}: name a contig to mark circular (--circular NAME)")
-    with write_lock(store.root):
-        manifest = read_manifest(store.root)
+    with write_lock(store.root):  # held from the first read to the index rebuilt after the commit
         store.refresh()
-        if manifest.get("status") != "complete":
+        if store.manifest.get("status") != "complete":
             raise StoreError(f"{store.root}: store build is incomplete; finish it with `genoembed index` first")
         genome = _holder(store, contigs, genome)
-        entry = manifest["genomes"][genome] = dict(manifest["genomes"][genome])  # a sealed entry is read-only
-        new = sorted(set(contigs) - set(entry.get("circular", ())))
+        new = sorted(set(contigs) - set(store.manifest["genomes"][genome].get("circular", ())))
         if not new:
             return {"genome": genome, "contigs": [], "tiles_added": 0, "tiles_removed": 0}
         spec = TilingSpec(**store.provenance["tiling"])
@@ -61,28 +58,29 @@ def circularise(store: Store, contigs: Sequence[str], genome: str | None = None,
             raise InputError(f"{store.root}: its units are genes, which are not tiled round an origin; record "
                              "topology in a store of --units tiles")
         tiled = tuple(chrom for chrom in new if spec.contigs is None or chrom in spec.contigs)
-        entry["circular"] = sorted(set(entry.get("circular", ())) | set(new))
-        stored = _stored_tiles(store, genome, tiled)
-        planned = _planned(store, genome, new, dataclasses.replace(spec, contigs=tiled)) if tiled else \
-            schema.TILES_WITH_SEQUENCE.empty_table()
-        keys = list(zip(*(planned.column(name).to_pylist() for name in ("chrom", "start", "end", "strand"))))
-        stale = np.array(sorted(set(stored.values()) - {stored[key] for key in keys if key in stored}), dtype=np.int64)
-        fresh = planned.filter(pa.array([key not in stored for key in keys], pa.bool_()))
-        added = _embedded(store, fresh, manifest, trust_remote_code) if fresh.num_rows else None
-        replaced = _without(store, manifest, genome, stale)
-        if added is not None:
-            path = write_shard(store.root, manifest, added)
-            ids = added["tile_id"]
-            manifest["shards"].append({"path": path, "rows": added.num_rows, "sha256": file_sha256(store.root / path),
-                                       "genome": genome, "first_tile_id": ids[0].as_py(),
-                                       "last_tile_id": ids[-1].as_py()})
-            manifest["next_tile_id"] = ids[-1].as_py() + 1
-        index_entry = manifest.get("index")
-        rebuild = _update_index(store, manifest, stale, added)
-        write_manifest(store.root, manifest)
-        committed = fs_now_ns(store.root)  # the file system's time, as readers' leases are
-        store.refresh()
-        sweep_retired(store.root, replaced, committed)
+        # the transaction commits, moves this store to the commit, and retires what the new manifest no longer
+        # lists (the rewritten shards): readers of older snapshots keep them until they are done
+        with store.transaction() as manifest:
+            entry = manifest["genomes"][genome] = dict(manifest["genomes"][genome])  # a sealed entry is read-only
+            entry["circular"] = sorted(set(entry.get("circular", ())) | set(new))
+            stored = _stored_tiles(store, genome, tiled)
+            planned = _planned(store, genome, new, dataclasses.replace(spec, contigs=tiled)) if tiled else \
+                schema.TILES_WITH_SEQUENCE.empty_table()
+            keys = list(zip(*(planned.column(name).to_pylist() for name in ("chrom", "start", "end", "strand"))))
+            kept_ids = {stored[key] for key in keys if key in stored}
+            stale = np.array(sorted(set(stored.values()) - kept_ids), dtype=np.int64)
+            fresh = planned.filter(pa.array([key not in stored for key in keys], pa.bool_()))
+            added = _embedded(store, fresh, manifest, trust_remote_code) if fresh.num_rows else None
+            _without(store, manifest, genome, stale)
+            if added is not None:
+                path = write_shard(store.root, manifest, added)
+                ids = added["tile_id"]
+                manifest["shards"].append({"path": path, "rows": added.num_rows,
+                                           "sha256": file_sha256(store.root / path), "genome": genome,
+                                           "first_tile_id": ids[0].as_py(), "last_tile_id": ids[-1].as_py()})
+                manifest["next_tile_id"] = ids[-1].as_py() + 1
+            index_entry = manifest.get("index")
+            rebuild = _update_index(store, manifest, stale, added)
         if rebuild:
             spec = IndexSpec(**index_entry["spec"], part_rows=index_entry.get("part_rows"))
             log.warning("%s: the %s index cannot remove vectors in place; rebuilding it", store.root, spec.factory)
@@ -149,26 +147,24 @@ def _embedded(store: Store, tiles: pa.Table, manifest: dict, trust_remote_code: 
     return pa.Table.from_batches(pieces, schema=shard_schema)
 
 
-def _without(store: Store, manifest: dict, genome: str, stale: np.ndarray) -> list[str]:
-    """Take the ``stale`` tile ids out of the genome's shards (rewritten under new numbers, in place in the list);
-    the store paths of the shards replaced."""
+def _without(store: Store, manifest: dict, genome: str, stale: np.ndarray) -> None:
+    """Take the ``stale`` tile ids out of the genome's shards (rewritten under new numbers, in place in the list;
+    the commit retires the old files)."""
     import pyarrow.compute as pc  # imported when used: genoembed imports this module at start-up
 
     if not len(stale):
-        return []
-    kept, replaced = [], []
+        return
+    kept = []
     for shard in manifest["shards"]:
         if shard["genome"] != genome or not ((stale >= shard["first_tile_id"]) & (stale <= shard["last_tile_id"])).any():
             kept.append(shard)
             continue
         table = pq.read_table(store.root / shard["path"])
         gone = pc.is_in(table["tile_id"], value_set=pa.array(stale, pa.int64()))
-        replaced.append(shard["path"])
         rest = table.filter(pc.invert(gone))
         if rest.num_rows:
             kept.append(rewritten_shard(store, manifest, shard, rest))
     manifest["shards"] = kept
-    return replaced
 
 
 def _update_index(store: Store, manifest: dict, stale: np.ndarray, added: pa.Table | None) -> bool:

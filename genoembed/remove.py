@@ -28,11 +28,10 @@ import pyarrow.parquet as pq
 from genoembed.errors import InputError, StoreError
 from genoembed.files import atomic_write_bytes, version_name
 from genoembed.indexing import build_store_index, index_matches
-from genoembed.manifest import file_sha256, read_manifest, sequence_files, write_manifest
-from genoembed.leases import fs_now_ns
+from genoembed.manifest import file_sha256, sequence_files
 from genoembed.schema import ANNOTATIONS
 from genoembed.store import Store
-from genoembed.writers import sweep_retired, write_lock
+from genoembed.writers import write_lock
 from genoembed.store_writer import write_shard
 from genoembed.vector_index import IndexSpec, index_parts, load_index, remove_tile_ids, save_index
 
@@ -43,51 +42,50 @@ def remove(store: Store, genome: str, contigs: Sequence[str] = ()) -> dict:
     """Remove ``genome`` (or only its ``contigs``) from ``store``; returns what was removed."""
     import pyarrow.compute as pc  # imported when used: genoembed imports this module at start-up
 
-    with write_lock(store.root):
-        manifest = read_manifest(store.root)
-        entry = _check_request(store, manifest, genome, contigs)
-        parts = [load_index(store.root / part["path"]) for part in index_parts(manifest.get("index"))] \
-            if index_matches(store, manifest.get("index")) else None
-        kept, removed_ids, replaced = [], [], []
-        for shard in manifest["shards"]:
-            if shard["genome"] != genome:
-                kept.append(shard)
-                continue
-            table = pq.read_table(store.root / shard["path"])
-            gone = pc.is_in(table["chrom"], value_set=pa.array(list(contigs))) if contigs else \
-                pa.array(np.ones(table.num_rows, dtype=bool))
-            if not pc.any(gone).as_py():
-                kept.append(shard)
-                continue
-            removed_ids.append(table.filter(gone)["tile_id"].to_numpy())
-            replaced.append(store.root / shard["path"])
-            rest = table.filter(pc.invert(gone))
-            if rest.num_rows:
-                kept.append(rewritten_shard(store, manifest, shard, rest))
-        manifest["shards"] = kept
-        replaced += _remove_annotations(store, manifest, genome, contigs)
-        if contigs:
-            entry = manifest["genomes"][genome] = dict(entry)  # a sealed genome's entry is read-only: edit a copy
-            entry["contig_lengths"] = {c: n for c, n in entry["contig_lengths"].items() if c not in contigs}
-            entry["removed_contigs"] = entry.get("removed_contigs", []) + list(contigs)
-            entry["circular"] = [chrom for chrom in entry.get("circular", []) if chrom not in contigs]
-        else:
-            # the genome's own sequence goes with it (deleted once no reader of an older snapshot needs it)
-            replaced += [store.root / path for path in sorted(sequence_files(manifest, genome))]
-            del manifest["genomes"][genome]
-        ids = np.concatenate(removed_ids) if removed_ids else np.empty(0, dtype=np.int64)
-        # Readers take no lock and may open the store between any two steps: commit the new shards together
-        # with an index that matches them, so no committed snapshot lacks an index. The index file is replaced
-        # first; a reader of the old snapshot that loads it just misses the removed tiles.
-        index_entry = manifest.get("index")
-        in_place = bool(index_entry) and parts is not None and removed_in_place(store, manifest, parts, ids)
-        if not in_place:
-            manifest["index"] = None  # rebuilt below, once the manifest lists the shards it is built from
-        write_manifest(store.root, manifest)
-        committed = fs_now_ns(store.root)  # the file system's time, as readers' leases are
-        store.refresh()  # this process is done with the old snapshot: its lease moves past the commit
-        # readers of older snapshots may still read the old shards: deleted now if none is left, else later
-        sweep_retired(store.root, [path.relative_to(store.root).as_posix() for path in replaced], committed)
+    with write_lock(store.root):  # held from the first read to the index rebuilt after the commit
+        # the transaction commits, moves this store to the commit, and retires the files the new manifest no
+        # longer lists (old shards, rewritten annotation sets, the sequence copy): readers of older snapshots
+        # keep them until they are done
+        with store.transaction() as manifest:
+            entry = _check_request(store, manifest, genome, contigs)
+            parts = [load_index(store.root / part["path"]) for part in index_parts(manifest.get("index"))] \
+                if index_matches(store, manifest.get("index")) else None
+            kept, removed_ids, replaced = [], [], []
+            for shard in manifest["shards"]:
+                if shard["genome"] != genome:
+                    kept.append(shard)
+                    continue
+                table = pq.read_table(store.root / shard["path"])
+                gone = pc.is_in(table["chrom"], value_set=pa.array(list(contigs))) if contigs else \
+                    pa.array(np.ones(table.num_rows, dtype=bool))
+                if not pc.any(gone).as_py():
+                    kept.append(shard)
+                    continue
+                removed_ids.append(table.filter(gone)["tile_id"].to_numpy())
+                replaced.append(store.root / shard["path"])
+                rest = table.filter(pc.invert(gone))
+                if rest.num_rows:
+                    kept.append(rewritten_shard(store, manifest, shard, rest))
+            manifest["shards"] = kept
+            replaced += _remove_annotations(store, manifest, genome, contigs)
+            if contigs:
+                # a sealed genome's entry is read-only: edit a copy
+                entry = manifest["genomes"][genome] = dict(entry)
+                entry["contig_lengths"] = {c: n for c, n in entry["contig_lengths"].items() if c not in contigs}
+                entry["removed_contigs"] = entry.get("removed_contigs", []) + list(contigs)
+                entry["circular"] = [chrom for chrom in entry.get("circular", []) if chrom not in contigs]
+            else:
+                # the genome's own sequence goes with it (deleted once no reader of an older snapshot needs it)
+                replaced += [store.root / path for path in sorted(sequence_files(manifest, genome))]
+                del manifest["genomes"][genome]
+            ids = np.concatenate(removed_ids) if removed_ids else np.empty(0, dtype=np.int64)
+            # Readers take no lock and may open the store between any two steps: commit the new shards together
+            # with an index that matches them, so no committed snapshot lacks an index. The index file is replaced
+            # first; a reader of the old snapshot that loads it just misses the removed tiles.
+            index_entry = manifest.get("index")
+            in_place = bool(index_entry) and parts is not None and removed_in_place(store, manifest, parts, ids)
+            if not in_place:
+                manifest["index"] = None  # rebuilt below, once the manifest lists the shards it is built from
         if index_entry and not in_place:
             spec = IndexSpec(**index_entry["spec"], part_rows=index_entry.get("part_rows"))
             log.warning("%s: the %s index cannot remove vectors in place; rebuilding it", store.root, spec.factory)
