@@ -64,7 +64,7 @@ def build_store_index(store: Store, spec: IndexSpec, progress: Callable[[int], N
         for low, high in _groups(store.shards, spec.part_rows, store.id_limit):
             entry["parts"].append(_write_part(store, entry, template, low, high, spec.metric, progress))
         _save_template(store, entry, template)
-        entry = _summarised(store, entry)
+        entry = _summarised(entry, index_watermark(store.manifest))
         tuned = tune_store_index(store, spec, _open(store, entry))
         if tuned:
             entry.update(search=tuned, tuned_tiles=store.num_tiles)
@@ -81,19 +81,17 @@ def update_store_index(store: Store, spec: IndexSpec) -> dict:
         current = store.manifest.get("index") or {}
         if current.get("spec") != spec.describe() or not index_matches(store, current):
             return build_store_index(store, spec)
-        indexed = set(current.get("genomes", ()))
-        missing = [name for name in store.genomes if name not in indexed]
-        if not missing:
+        new = unindexed_shards(store, current)
+        if not new:
             return current
         entry = {**current, "parts": list(index_parts(current))}
         template = _template(store, entry)
-        new = [shard for shard in store.shards if shard["genome"] in missing]
         for low, high in _groups(new, spec.part_rows, store.id_limit):
             entry["parts"].append(_write_part(store, entry, template, low, high, spec.metric))
         for first, last in merge_plan(entry["parts"], spec.part_rows):
             low, high = entry["parts"][first]["tile_ids"][0], entry["parts"][last - 1]["tile_ids"][1]
             entry["parts"][first:last] = [_write_part(store, entry, template, low, high, spec.metric)]
-        entry = _summarised(store, entry)
+        entry = _summarised(entry, index_watermark(store.manifest))
         if needs_tuning(entry, store.num_tiles):
             tuned = tune_store_index(store, spec, _open(store, entry))
             entry.update(search=tuned, tuned_tiles=store.num_tiles)
@@ -114,7 +112,21 @@ def with_part(store: Store, entry: dict, ids: np.ndarray, vectors: np.ndarray) -
     save_index(index, store.root / path)
     entry["parts"].append({"path": path, "ntotal": int(index.ntotal), "bytes": (store.root / path).stat().st_size,
                            "sha256": file_sha256(store.root / path), "tile_ids": [int(min(ids)), int(max(ids)) + 1]})
-    return _summarised(store, entry)
+    return _summarised(entry, max(entry.get("tile_ids_below", 0), int(max(ids)) + 1))
+
+
+def index_watermark(manifest: dict) -> int:
+    """The tile id below which an index built from ``manifest`` holds every complete genome's tiles: where the
+    genome being written starts (appends wait for it, so it is the last), else the next id to assign. An index
+    records this bound rather than its genomes' names, so an append's manifest write does not grow with them."""
+    building = [entry["first_tile_id"] for entry in manifest["genomes"].values() if entry.get("status") != "complete"]
+    return min(building, default=int(manifest["next_tile_id"]))
+
+
+def unindexed_shards(store: Store, entry: dict) -> list[dict]:
+    """Shards of complete genomes the index ``entry`` does not hold: those past the ids it covers."""
+    below = entry.get("tile_ids_below", 0)
+    return [shard for shard in store.shards if shard["first_tile_id"] >= below]
 
 
 def compact(store: Store, retune_only: bool = False) -> dict:
@@ -260,12 +272,12 @@ def _save_template(store: Store, entry: dict, template) -> None:
     entry["trained"] = {"path": path, "sha256": file_sha256(store.root / path)}
 
 
-def _summarised(store: Store, entry: dict) -> dict:
-    """``entry`` with the totals readers and older tools use: ``path``/``sha256`` of the first part, ``ntotal``,
-    ``genomes``."""
+def _summarised(entry: dict, tile_ids_below: int) -> dict:
+    """``entry`` with the totals readers and older tools use (``path``/``sha256`` of the first part, ``ntotal``)
+    and the tile ids it covers (:func:`index_watermark`)."""
     parts = entry["parts"]
     return {**entry, "path": parts[0]["path"], "sha256": parts[0]["sha256"],
-            "ntotal": sum(part["ntotal"] for part in parts), "genomes": list(store.genomes)}
+            "ntotal": sum(part["ntotal"] for part in parts), "tile_ids_below": tile_ids_below}
 
 
 def _open(store: Store, entry: dict) -> FaissIndex:

@@ -6,7 +6,7 @@ every field, so a malformed manifest is one clear error, never a traceback; :fun
 replaces ``manifest.json`` atomically (temp name, fsync, rename: :func:`atomic_file`), which is what makes
 each commit a snapshot readers can keep. Writers hold :func:`genoembed.store.write_lock` around a commit.
 
-On disk (format 5) complete genomes are *sealed*: once :data:`SEAL_GENOMES` of them are listed in
+On disk (format 5 on) complete genomes are *sealed*: once :data:`SEAL_GENOMES` of them are listed in
 ``manifest.json`` itself, their entries and shards move to an immutable file ``manifest.d/genomes-N.json``
 that ``manifest.json`` names with its sha256 (``sealed``); sealed files are folded like a binary counter
 (each genome is rewritten O(log n) times over a store's life). So a commit writes the genomes being written
@@ -27,7 +27,7 @@ from pathlib import Path
 from genoembed.errors import StoreError
 from genoembed.files import atomic_write_bytes
 
-FORMAT_VERSION = 5
+FORMAT_VERSION = 6
 MANIFEST = "manifest.json"
 SEALED = "manifest.d"  # immutable files of sealed genomes: manifest.d/genomes-NNNNN.json
 # Complete genomes listed in manifest.json itself before they are sealed into a file of their own: small
@@ -133,8 +133,26 @@ def m004_sealed_genomes(manifest: dict) -> dict:
     return manifest
 
 
+def m005_index_watermark(manifest: dict) -> dict:
+    """Format 5 -> 6: the index records the tile ids it covers (``tile_ids_below``: every complete genome's tiles
+    with smaller ids) instead of every genome's name, a list each append rewrote whole in ``manifest.json``. The
+    bound is where the first genome the list leaves out starts (none: the next unassigned id), and at most the end
+    of the id ranges its parts cover (a genome sealed before the append that completed it indexed it)."""
+    index = manifest.get("index")
+    if index and "tile_ids_below" not in index:  # an entry without the list: bounded by its parts alone
+        listed = index.pop("genomes", None)
+        bounds = [entry["first_tile_id"] for name, entry in manifest["genomes"].items()
+                  if (listed is not None and name not in listed) or entry.get("status") != "complete"]
+        covered = [part["tile_ids"][1] for part in index.get("parts") or () if "tile_ids" in part]
+        bounds += [max(covered)] if covered else []
+        index["tile_ids_below"] = min(bounds, default=manifest["next_tile_id"])
+    manifest["format_version"] = 6
+    return manifest
+
+
 # Named migrations, run in order: MIGRATIONS[n] turns a format-n manifest into format n + 1.
-MIGRATIONS = {1: m001_single_genome, 2: m002_annotation_genomes, 3: m003_topology, 4: m004_sealed_genomes}
+MIGRATIONS = {1: m001_single_genome, 2: m002_annotation_genomes, 3: m003_topology, 4: m004_sealed_genomes,
+              5: m005_index_watermark}
 
 
 # Widest vector a store may declare: far above any model's, low enough that a schema or buffer of that
@@ -217,9 +235,9 @@ def manifest_problems(manifest: dict) -> list[str]:
         expect("index.sha256", index.get("sha256"), str, "a checksum")
         if index.get("metric", "ip") not in ("ip", "l2"):
             problems.append(f"index.metric is {json.dumps(index['metric'])[:40]}, expected \"ip\" or \"l2\"")
-        if expect("index.genomes", index.get("genomes", []), list, "a list of genome names"):
-            for number, name in enumerate(index.get("genomes", [])):
-                expect(f"index.genomes[{number}]", name, str, "a genome name")
+        below, limit = index.get("tile_ids_below", 0), manifest.get("next_tile_id")
+        if expect("index.tile_ids_below", below, int, "a tile id") and isinstance(limit, int) and not 0 <= below <= limit:
+            problems.append(f"index.tile_ids_below is {below}, expected a tile id up to next_tile_id {limit}")
         # index parts (base and appended deltas) and the trained index they are cloned from; absent before parts
         if expect("index.parts", index.get("parts", []), list, "a list of index files"):
             for number, part in enumerate(index.get("parts", [])):

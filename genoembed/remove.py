@@ -115,9 +115,8 @@ def removed_in_place(store: Store, manifest: dict, parts: list, ids: np.ndarray)
             part = {**part, "ntotal": int(index.ntotal), "bytes": (store.root / part["path"]).stat().st_size,
                     "sha256": file_sha256(store.root / part["path"])}
         listed.append(part)
-    complete = [name for name, genome_entry in manifest["genomes"].items() if genome_entry.get("status") == "complete"]
     manifest["index"] = {**entry, "parts": listed, "path": listed[0]["path"], "sha256": listed[0]["sha256"],
-                         "ntotal": sum(part["ntotal"] for part in listed), "genomes": complete}
+                         "ntotal": sum(part["ntotal"] for part in listed)}
     return True
 
 

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 
 from genoembed import schema
 from genoembed.errors import command
+from genoembed.indexing import unindexed_shards
 from genoembed.manifest import SEALED, file_sha256, sealed_files, sequence_files
 from genoembed.store import PROVENANCE_KEY, Store
 from genoembed.writers import retired_files
@@ -63,9 +64,10 @@ def verify_store(store: Store) -> list[str]:
                     problems.append(f"{part['path']}: index dim {index.d} != embedding dim {store.dim}")
         if held and held != store.num_tiles:
             problems.append(f"{index_entry['path']}: index holds {held} vectors, store {store.num_tiles}")
-        if set(index_entry.get("genomes", ())) != set(store.genomes):
-            problems.append(f"{index_entry['path']}: index covers genomes {', '.join(index_entry.get('genomes', ()))}, "
-                            f"store holds {', '.join(store.genomes)}; rerun `genoembed index` to update it")
+        unindexed = sorted({shard["genome"] for shard in unindexed_shards(store, index_entry)})
+        if unindexed:
+            problems.append(f"{index_entry['path']}: index does not cover genome(s) {', '.join(unindexed)}; rerun "
+                            "`genoembed index` to update it")
     elif store.num_tiles:
         problems.append("index: the store has no vector index, so searches refuse (a build failed while writing "
                         "it, e.g. a full disk); rerun `genoembed index` with the store's recipe or options")

@@ -91,7 +91,7 @@ def test_append_continues_ids_and_extends_the_index_without_retraining(tmp_path,
     assert sum(part.ntotal for part in parts) == store.num_tiles
     for part in parts:
         np.testing.assert_array_equal(ivf_centroids(part), centroids)  # the same trained quantizer
-    assert store.manifest["index"]["genomes"] == ["g0", "g1"]
+    assert store.manifest["index"]["tile_ids_below"] == store.id_limit  # covers every tile of both genomes
     assert_index_matches_brute_force(store)  # the appended vectors are found under their tile ids
     assert verify_store(store) == []
     # rerunning the append is a no-op, not a second copy
@@ -271,11 +271,12 @@ def test_format_1_store_is_read(tmp_path, fastas):
         shard.pop("genome")
     for key in ("next_tile_id", "next_shard"):
         manifest.pop(key)
-    manifest["index"].pop("genomes")
+    manifest["index"].pop("tile_ids_below")
     manifest["format_version"] = 1
     (out / MANIFEST).write_text(json.dumps(manifest))
     old = Store.open(out)
     assert list(old.genomes) == ["g0"] and old.id_limit == store.num_tiles
+    assert old.manifest["index"]["tile_ids_below"] == store.num_tiles
     assert verify_store(old) == []
     assert search(old, ["a1:1-300"], k=2)["chrom"][0].as_py() == "a1"
 
@@ -288,7 +289,7 @@ def test_cli_indexes_several_genomes_and_removes_one(tmp_path, fastas):
     assert result.exit_code == 0, result.output
     store = Store.open(out)
     assert list(store.genomes) == ["g0", "g1"]
-    assert store.manifest["index"]["genomes"] == ["g0", "g1"]
+    assert store.manifest["index"]["tile_ids_below"] == store.id_limit == store.num_tiles
     result = runner.invoke(app, base + ["--fasta", str(fastas[2])])
     assert result.exit_code == 2 and "pass --append to add 'g2'" in result.output
     assert len(result.output.strip().splitlines()) == 1

@@ -16,6 +16,7 @@ import pytest
 from genoembed.build import index
 from genoembed.embedders import get_embedder
 from genoembed.errors import StoreError
+from genoembed.indexing import update_store_index
 from genoembed.manifest import FORMAT_VERSION, MANIFEST, SEAL_GENOMES, SEALED
 from genoembed.regions import Query
 from genoembed.remove import remove
@@ -81,7 +82,7 @@ def sealed_and_unsealed(tmp_path_factory):
 def test_complete_genomes_are_sealed_and_folded(sealed_and_unsealed, tmp_path):
     sealed, unsealed = sealed_and_unsealed
     top = json.loads((sealed.root / MANIFEST).read_bytes())
-    assert top["format_version"] == FORMAT_VERSION == 5
+    assert top["format_version"] == FORMAT_VERSION == 6
     assert len(top["genomes"]) < SEAL_GENOMES and len(top["shards"]) == len(top["genomes"])
     # 20 genomes in files of 16 and (none yet of) 8 genomes: a binary counter
     assert [entry["genomes"] for entry in top["sealed"]] == [16]
@@ -96,8 +97,7 @@ def test_complete_genomes_are_sealed_and_folded(sealed_and_unsealed, tmp_path):
 def test_an_append_writes_the_same_manifest_bytes_however_large_the_store(tmp_path, monkeypatch):
     """The manifest work of an append is the new genome's, counted in bytes written: appends to a store of 4
     genomes and to one of 16 (sealing after 2, so neither append seals) write manifests that differ only by
-    what lists the store's files and genomes in one line each (sealed files, index parts: O(log n); the
-    index's genome names). Unsealed, the larger store's writes carry its 12 more genomes each time."""
+    what lists the store's files in one line each (sealed files, index parts: O(log n)). Unsealed, the larger store's writes carry its 12 more genomes each time."""
     written = []
     real = MANIFEST_MODULE.atomic_write_bytes
     monkeypatch.setattr(MANIFEST_MODULE, "atomic_write_bytes",
@@ -115,7 +115,7 @@ def test_an_append_writes_the_same_manifest_bytes_however_large_the_store(tmp_pa
             sizes[count] = [size for _, size in written]
             top = json.loads((out / MANIFEST).read_bytes())
             listing[count] = sum(len(json.dumps(value)) for value in
-                                 (top["sealed"], top["index"]["parts"], top["index"]["genomes"]))
+                                 (top["sealed"], top["index"]["parts"]))
         return [large - small for small, large in zip(sizes[4], sizes[16])], listing[16] - listing[4]
 
     sealed, listed = growth(2, "sealed")
@@ -123,6 +123,43 @@ def test_an_append_writes_the_same_manifest_bytes_however_large_the_store(tmp_pa
     unsealed, _ = growth(10**9, "unsealed")
     entry = len(json.dumps(Store.open(tmp_path / "sealed16").genomes["strain3"]))
     assert all(extra >= 12 * entry for extra in unsealed), (unsealed, entry)
+
+
+@pytest.mark.slow
+def test_an_append_writes_as_many_manifest_bytes_at_40_genomes_as_at_10(tmp_path, monkeypatch):
+    """Issue 24: the bytes one append writes to manifest.json at 10 genomes and at 40 are the same but for the
+    two O(log n) lists of files (sealed files, index parts), counted and taken off, and a few digits of larger
+    tile ids. Sealing after 2, both stores hold two sealed files ([8, 2] and [32, 8]) and no genome inline.
+    An index entry that listed every genome's name wrote 30 names (~360 bytes) more at 40."""
+    written = []
+    real = MANIFEST_MODULE.atomic_write_bytes
+    monkeypatch.setattr(MANIFEST_MODULE, "atomic_write_bytes",
+                        lambda path, data: (written.append((path.name, data)), real(path, data))[1])
+    monkeypatch.setattr(MANIFEST_MODULE, "SEAL_GENOMES", 2)
+    out = tmp_path / "s"
+
+    def appended(number: int) -> tuple[list[int], list[int]]:
+        """(bytes of each manifest.json write of appending strain ``number``, less its lists of files; how many
+        sealed files and index parts the last write lists)."""
+        written.clear()
+        append(strain(tmp_path, number), out)
+        assert [name for name, _ in written] == [MANIFEST] * 5  # join, sequence, shard, complete, index
+        sizes = []
+        for _, data in written:
+            top = json.loads(data)
+            listings = (top["sealed"], (top["index"] or {}).get("parts", []))
+            sizes.append(len(data) - sum(len(json.dumps(listing, separators=(",", ":"))) for listing in listings))
+        assert "genomes" not in top["index"] and top["index"]["tile_ids_below"] == Store.open(out).id_limit
+        return sizes, [len(listing) for listing in listings]
+
+    build(tmp_path, out, 10)
+    at_10, listed_10 = appended(10)
+    for number in range(11, 40):
+        append(strain(tmp_path, number), out)
+    at_40, listed_40 = appended(40)
+    assert len(Store.open(out).genomes) == 41
+    assert all(abs(large - small) <= 16 for small, large in zip(at_10, at_40)), (at_10, at_40)
+    assert max(listed_10 + listed_40) <= 6, (listed_10, listed_40)  # O(log n) lists of files
 
 
 def test_removing_a_sealed_genome_or_its_contigs(sealed_and_unsealed, tmp_path):
@@ -211,3 +248,28 @@ def test_format_4_store_opens_appends_and_verifies(tmp_path):
     assert verify_store(appended) == []
     clean = build(tmp_path, tmp_path / "clean", 11)
     assert contents(cold(appended, tmp_path / "cold"))[2:] == contents(clean)[2:]
+
+
+@pytest.mark.parametrize("unlisted", [["strain8", "strain9"], []])
+def test_an_index_genome_list_becomes_the_tile_ids_it_covers(tmp_path, unlisted):
+    """Format 5 -> 6: ``index.genomes`` gives way to ``tile_ids_below``. Here the index holds strain0-7 only (its
+    second part gone), as if the appends of strain8 and strain9 had not reached their index update: the bound
+    comes from the first genome the list leaves out, or, when the list names them all (a genome sealed before
+    its append indexed it), from the parts' id ranges. Either way the next update indexes exactly those two."""
+    root = shutil.copytree(DATA / "store_v4", tmp_path / "store")
+    top = json.loads((root / MANIFEST).read_bytes())
+    index = top["index"]
+    (root / index["parts"].pop()["path"]).unlink()
+    index.update(ntotal=index["parts"][0]["ntotal"],
+                 genomes=[name for name in top["genomes"] if name not in unlisted])
+    (root / MANIFEST).write_text(json.dumps(top))
+    store = Store.open(root)
+    assert "genomes" not in store.manifest["index"] and store.manifest["index"]["tile_ids_below"] == \
+        store.genomes["strain8"]["first_tile_id"] == 64
+    assert f"{index['path']}: index does not cover genome(s) strain8, strain9; rerun `genoembed index` to " \
+        "update it" in verify_store(store)
+    update_store_index(store, IndexSpec("Flat"))
+    store = Store.open(root)
+    assert store.manifest["index"]["ntotal"] == store.num_tiles == 80 and verify_store(store) == []
+    hits = search(store, [region(store, "strain9")], k=1, genome="strain9")
+    assert hits["genome"].to_pylist() == ["strain9"] and hits["start"].to_pylist() == [0]
