@@ -30,6 +30,8 @@ In a store of several genomes the target contig is named ``GENOME#0#CONTIG`` (Pa
 
 from __future__ import annotations
 
+import math
+
 import pyarrow as pa
 
 from genoembed.errors import InputError
@@ -42,9 +44,12 @@ BLAST6_FIELDS = ("query acc.ver, subject acc.ver, % identity, alignment length, 
 BED_HEADER = "#chrom\tstart\tend\tname\tscore\tstrand"
 
 
-def bed_score(score: float, higher_is_better: bool = True) -> int:
-    """BED's 0-1000 score: cosine similarity * 1000 (negatives as 0) for the ip metric; for the l2
-    metric, where lower is better, 1000 / (1 + squared distance)."""
+def bed_score(score: float | None, higher_is_better: bool = True) -> int:
+    """BED's 0-1000 score, for every BED genoembed writes (hits, tracks): cosine similarity * 1000 (negatives
+    as 0) for the ip metric; for the l2 metric, where lower is better, 1000 / (1 + squared distance); a
+    missing score (None, NaN) is 0 under either."""
+    if score is None or math.isnan(score):
+        return 0
     value = max(0.0, min(1.0, score)) if higher_is_better else 1.0 / (1.0 + max(0.0, score))
     return int(round(1000 * value))
 

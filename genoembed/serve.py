@@ -433,7 +433,8 @@ def create_app(stores: dict[str, ServedStore], token: str | None = None, limits:
             hits = run_search(entry, wanted, limits, cancel)
             cancel.check()
             if fmt in ("bed", "bed9"):
-                text = hits_bed(hits, entry.snapshot().store.contig_lengths, bed9=fmt == "bed9")
+                store = entry.snapshot().store
+                text = hits_bed(hits, store.contig_lengths, bed9=fmt == "bed9", higher_is_better=store.metric == "ip")
                 return sized(Response(text, media_type=MEDIA[fmt]), limits)
             return table_response(hits, fmt, {"store": entry.name, "k": wanted.k}, limits)
 
@@ -470,8 +471,9 @@ def create_app(stores: dict[str, ServedStore], token: str | None = None, limits:
             wanted = search_request(request, b"")
             entry = served(wanted.store)
             if fmt in ("bed", "bed9"):
-                text = hits_bed(run_search(entry, wanted, limits, cancel), entry.snapshot().store.contig_lengths,
-                                bed9=fmt == "bed9")
+                store = entry.snapshot().store
+                text = hits_bed(run_search(entry, wanted, limits, cancel), store.contig_lengths, bed9=fmt == "bed9",
+                                higher_is_better=store.metric == "ip")
                 return sized(Response(text, media_type=MEDIA[fmt]), limits)
             track, sizes = similarity_track(entry, wanted, limits, cancel)
             if fmt == "bedgraph":

@@ -15,7 +15,6 @@ Tracks of a store holding several genomes name contigs ``GENOME#0#CONTIG`` (PanS
 from __future__ import annotations
 
 import io
-import math
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -25,6 +24,7 @@ import pyarrow.compute as pc
 
 from genoembed import schema
 from genoembed.errors import InputError, missing_extra
+from genoembed.hit_formats import bed_score
 from genoembed.store import Store
 from genoembed.topology import linear_pieces
 
@@ -32,19 +32,17 @@ SIMILARITY = pa.schema([("chrom", pa.string()), ("start", pa.int64()), ("end", p
                         ("score", pa.float32())])
 
 
-def score_to_bed(score: float) -> int:
-    """BED's 0-1000 score from a cosine (negative and missing scores are 0)."""
-    return 0 if score is None or math.isnan(score) else int(round(min(max(score, 0.0), 1.0) * 1000))
-
-
-def score_colour(score: float) -> str:
-    """itemRgb for a cosine: grey (0) through orange to red (1), so strong hits stand out in a browser."""
-    t = score_to_bed(score) / 1000
+def score_colour(score: int) -> str:
+    """itemRgb for a BED score (0-1000): grey (0) through orange to red (1000), so strong hits stand out in a
+    browser."""
+    t = score / 1000
     return f"{int(200 + 55 * t)},{int(200 * (1 - t))},{int(200 * (1 - t) ** 2)}"
 
 
-def hits_bed(hits: pa.Table, contig_lengths: dict[str, dict[str, int]], bed9: bool = False) -> str:
-    """Hits as BED6 (name ``QUERY#RANK``, score 0-1000, strand), or BED9 with an itemRgb colour by score,
+def hits_bed(hits: pa.Table, contig_lengths: dict[str, dict[str, int]], bed9: bool = False,
+             higher_is_better: bool = True) -> str:
+    """Hits as BED6 (name ``QUERY#RANK``, score 0-1000 by :func:`genoembed.hit_formats.bed_score`: pass
+    ``higher_is_better=False`` for an l2 store, strand), or BED9 with an itemRgb colour by score,
     sorted by position and without a header, as ``bedToBigBed -type=bed9`` wants it. A hit through a circular
     contig's origin is two lines, one each side (``contig_lengths``: genome -> {contig: length}; see
     :mod:`genoembed.hit_formats`); a genome removed since the search is drawn as found."""
@@ -55,10 +53,11 @@ def hits_bed(hits: pa.Table, contig_lengths: dict[str, dict[str, int]], bed9: bo
                  for start, end in linear_pieces(row["start"], row["end"], length)]
     lines = []
     for row in sorted(rows, key=lambda row: (row["chrom"], row["start"], row["end"], row["query"], row["rank"])):
+        score = bed_score(row["score"], higher_is_better)
         fields = [row["chrom"], row["start"], row["end"], f"{row['query']}#{row['rank']}".replace(" ", "_"),
-                  score_to_bed(row["score"]), row["strand"]]
+                  score, row["strand"]]
         if bed9:
-            fields += [row["start"], row["end"], score_colour(row["score"])]
+            fields += [row["start"], row["end"], score_colour(score)]
         lines.append("\t".join(str(field) for field in fields))
     return "".join(line + "\n" for line in lines)
 

@@ -67,7 +67,8 @@ def track(
     if fmt in (TrackFormat.bed, TrackFormat.bed9):
         hits, _ = answer(opened, queries, k=k, exclude_self=exclude_self, embedder=embedder, genome=genome, loci=loci,
                          by_length=False)
-        text = hits_bed(hits, opened.contig_lengths, bed9=fmt is TrackFormat.bed9)
+        text = hits_bed(hits, opened.contig_lengths, bed9=fmt is TrackFormat.bed9,
+                        higher_is_better=opened.metric == "ip")
     elif len(queries) != 1:
         raise InputError(f"a similarity track is for one query, got {len(queries)}; give one --region or --sequence")
     else:
