@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import CHLOROPLAST_GENBANK as CHLOROPLAST
+from conftest import DATA as DATA_DIR
 from genoembed.embedders import get_embedder, load_embedder
 from genoembed.embedders.translated import translate
 from genoembed.seqio import reverse_complement
@@ -234,3 +235,25 @@ def test_tile_stores_describe_their_tiling_as_before():
     assert TilingSpec(units="genes").describe()["units"] == "genes"
     with pytest.raises(InputError, match="units='exons' must be one of 'tiles', 'genes'"):
         TilingSpec(units="exons")
+
+
+def test_the_training_runs_checkpoint_resumes_and_publishes_through_this_config():
+    """tests/data/homolog_checkpoint.json: the config and tensor shapes of the live issue-27 run's checkpoint.
+    A resumed run rebuilds its model from ``HomologTrainConfig``'s defaults (the command line sets only
+    max_minutes) and ``publish`` sets the saved names on a config: both must give that model, and the defaults
+    must be every saved setting (the validation genomes' paths depend on the checkout)."""
+    pytest.importorskip("torch")
+    from genoembed.train.homolog import HomologTrainConfig, build_model
+
+    recorded = json.loads((DATA_DIR / "homolog_checkpoint.json").read_text())
+    saved = recorded["config"]
+    resumed = HomologTrainConfig(max_minutes=saved["max_minutes"])
+    defaults = json.loads(json.dumps(asdict(resumed)))  # tuples as the checkpoint's lists
+    assert defaults.pop("history") == [] and defaults.keys() == saved.keys()
+    assert {**defaults, "validation": None} == {**saved, "validation": None}
+    published = HomologTrainConfig()
+    for key, value in saved.items():  # as publish() does
+        setattr(published, key, tuple(value) if key == "dilations" else value)
+    for config in (resumed, published):
+        shapes = {name: list(tensor.shape) for name, tensor in build_model(config).state_dict().items()}
+        assert shapes == recorded["shapes"]

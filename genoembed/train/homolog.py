@@ -32,7 +32,7 @@ import os
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -44,8 +44,8 @@ from genoembed.errors import InputError
 from genoembed.eval.protein import call_genes, read_records
 from genoembed.seqio import reverse_complement
 from genoembed.train.homolog_data import FamilyPairs, cached_orthologs, klebsiella_genomes
-from genoembed.train.protein import (BASES, OrthologPair, codon_usage, gene_window, recode, substitution_table,
-                                     tile_view, validation_set)
+from genoembed.train.protein import (BASES, EncoderTrainConfig, OrthologPair, codon_usage, gene_window, recode,
+                                     substitution_table, tile_view, validation_set)
 
 # the project's shared genomes lie beside the checkout; GENOEMBED_SHARED_DATA points elsewhere (a worktree)
 DATA = Path(os.environ.get("GENOEMBED_SHARED_DATA", Path(__file__).resolve().parents[2].parent / "shared" / "data"))
@@ -54,34 +54,21 @@ MG1655, G27, ELS37 = (DATA / "ecoli_k12" / "MG1655-K12.fasta.gz", DATA / "h_pylo
 VALIDATION = (DATA / "h_pylori" / "Gambia94_24.fasta.gz", DATA / "ecoli_k12" / "DH1.fasta.gz")
 
 
-@dataclass
-class HomologTrainConfig:
-    """Network shape, batch mix and budget; saved with every checkpoint and in the model's config.json."""
+@dataclass(kw_only=True)
+class HomologTrainConfig(EncoderTrainConfig):
+    """Network shape, batch mix and budget; saved with every checkpoint and in the model's config.json. A run
+    resumes with these defaults (only the history comes from its checkpoint): keep them the running model's."""
 
-    embedding_dim: int = 32
+    validation: tuple = (str(VALIDATION[0]), str(VALIDATION[1]))
     channels: int = 64
-    width: int = 5
+    dim: int = 256
+    max_minutes: float = 120.0
     dilations: tuple = (2, 4)
     heads: int = 2
-    dim: int = 256
-    window: int = 999
-    batch_size: int = 48
     ortholog_fraction: float = 0.35
     family_fraction: float = 0.45
     hard_negatives: int = 12
-    min_identity: float = 0.3
-    max_identity: float = 0.9
-    lr: float = 2e-3
-    weight_decay: float = 0.01
-    max_minutes: float = 120.0
-    eval_every: int = 100
     checkpoint_minutes: float = 4.0
-    validation_queries: int = 150
-    distractors: int = 2000
-    seed: int = 0
-    threads: int = 1
-    validation: tuple = (str(VALIDATION[0]), str(VALIDATION[1]))
-    history: list = field(default_factory=list)
 
 
 def build_model(config: HomologTrainConfig):

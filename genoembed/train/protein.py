@@ -44,12 +44,13 @@ from genoembed.seqio import reverse_complement
 BASES = "ACGT"
 
 
-@dataclass
-class ProteinTrainConfig:
-    """Genomes, pair mix, network shape and the CPU budget of one training run."""
+@dataclass(kw_only=True)
+class EncoderTrainConfig:
+    """What every training run of a six-frame residue encoder sets (this module's and
+    :mod:`genoembed.train.homolog`'s, which extend it): network shape, batch, optimiser, CPU budget, held-out
+    validation and seed. Saved with checkpoints as a dict of these names, so a name or a subclass's default that
+    changes no longer resumes or publishes an older run."""
 
-    output: Path
-    related: Sequence[tuple[str, str]]  # (query genome, target genome) pairs of training genomes
     validation: tuple[str, str]  # (query genome, target genome), held out of training
     window: int = 999
     embedding_dim: int = 32
@@ -57,19 +58,27 @@ class ProteinTrainConfig:
     width: int = 5
     dim: int = 128
     batch_size: int = 48
-    synthetic_fraction: float = 0.5
     min_identity: float = 0.3
     max_identity: float = 0.9
     lr: float = 2e-3
     weight_decay: float = 0.01
     max_minutes: float = 15.0
-    max_steps: int = 100_000
     eval_every: int = 100
     validation_queries: int = 150
     distractors: int = 2000
     seed: int = 0
     threads: int = 1
     history: list = field(default_factory=list)
+
+
+@dataclass(kw_only=True)
+class ProteinTrainConfig(EncoderTrainConfig):
+    """Genomes, pair mix, network shape and the CPU budget of one training run."""
+
+    output: Path
+    related: Sequence[tuple[str, str]]  # (query genome, target genome) pairs of training genomes
+    synthetic_fraction: float = 0.5
+    max_steps: int = 100_000
 
 
 @dataclass(frozen=True)
@@ -218,7 +227,7 @@ def embed_torch(model, sequences: Sequence[str], width: int, batch: int = 64) ->
                                for i in range(0, len(sequences), batch)])
 
 
-def validation_set(config: ProteinTrainConfig, say=print) -> dict:
+def validation_set(config: EncoderTrainConfig, say=print) -> dict:
     """Held-out query windows, their truth spans and a reduced target tiling (truth tiles + distractors)."""
     task = protein_task(config.validation[0], config.validation[1], n_queries=config.validation_queries,
                         window=config.window + 1, seed=config.seed, say=say)
