@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from genoembed import schema
 from genoembed.errors import InputError
+from genoembed.interrupts import interruptible
 from genoembed.gff_sql import (FEATURE_SELECT, GTF_ATTRIBUTE, KEYED_SQL, gff_features_sql, gff_groups_sql,
                                gff_rows_sql, quoted)
 
@@ -98,13 +99,7 @@ class FeatureFile:
     def __enter__(self) -> "FeatureFile":
         self.con = _gff_database().cursor()
         try:
-            if self._parsed is None:
-                self._parse()
-                self.con.execute(f"CREATE TEMP VIEW ge_out AS SELECT line, {FEATURE_SELECT} FROM ge_features")
-            else:  # BED and GenBank are read in Python; held here so a store writes every format one way
-                self.con.register("ge_parsed", self._parsed.append_column(
-                    "line", pa.array(range(self._parsed.num_rows), pa.int64())))
-                self.con.execute("CREATE TEMP VIEW ge_out AS SELECT * FROM ge_parsed")
+            self._run(self._open)
         except BaseException:
             self.con.close()
             raise
@@ -113,25 +108,40 @@ class FeatureFile:
     def __exit__(self, *_exc) -> None:
         self.con.close()
 
+    def _run(self, work):
+        """``work()`` off the main thread (:func:`genoembed.interrupts.interruptible`): a Ctrl-C while DuckDB
+        parses GENCODE on the main thread came out of it as a failed query, not as an interrupt."""
+        return interruptible(self.con, work, None)
+
+    def _open(self) -> None:
+        if self._parsed is None:
+            self._parse()
+            self.con.execute(f"CREATE TEMP VIEW ge_out AS SELECT line, {FEATURE_SELECT} FROM ge_features")
+        else:  # BED and GenBank are read in Python; held here so a store writes every format one way
+            self.con.register("ge_parsed", self._parsed.append_column(
+                "line", pa.array(range(self._parsed.num_rows), pa.int64())))
+            self.con.execute("CREATE TEMP VIEW ge_out AS SELECT * FROM ge_parsed")
+
     def table(self) -> pa.Table:
         """Every feature, in file order, as a ``FEATURES`` table."""
         columns = ", ".join(quoted(self._columns(schema.FEATURES.names)))
-        return pa.Table.from_batches(self._batches(f"SELECT {columns} FROM ge_out ORDER BY line", schema.FEATURES),
-                                     schema.FEATURES)
+        return self._run(lambda: pa.Table.from_batches(
+            self._batches(f"SELECT {columns} FROM ge_out ORDER BY line", schema.FEATURES), schema.FEATURES))
 
     def extents(self) -> pa.Table:
         """``chrom``, ``start`` and ``end`` of every feature: what checking contigs needs (bytes a feature)."""
-        return self.con.sql('SELECT chrom, start, "end" FROM ge_out').to_arrow_table()
+        return self._run(lambda: self.con.sql('SELECT chrom, start, "end" FROM ge_out').to_arrow_table())
 
     def circular_rows(self, aliases: dict[str, str], circular: frozenset[str]) -> pa.Table:
         """``line``, ``chrom`` (renamed), ``start``, ``end``, ``parts`` of the multi-part features on ``circular``
         contigs (whose spans may go round the origin)."""
         self._aliases(aliases)
         self.con.register("ge_circular", pa.table({"chrom": pa.array(sorted(circular), pa.string())}))
-        return self.con.sql('SELECT f.line, coalesce(a.alias, f.chrom) AS chrom, f.start, f."end", f.parts '
-                            "FROM ge_out f LEFT JOIN ge_aliases a ON a.name = f.chrom "
-                            "WHERE f.parts IS NOT NULL AND coalesce(a.alias, f.chrom) IN (SELECT chrom FROM ge_circular)"
-                            ).to_arrow_table()
+        return self._run(lambda: self.con.sql(
+            'SELECT f.line, coalesce(a.alias, f.chrom) AS chrom, f.start, f."end", f.parts '
+            "FROM ge_out f LEFT JOIN ge_aliases a ON a.name = f.chrom "
+            "WHERE f.parts IS NOT NULL AND coalesce(a.alias, f.chrom) IN (SELECT chrom FROM ge_circular)"
+        ).to_arrow_table())
 
     def write_parquet(self, target: Path, genome: str, aliases: dict[str, str], spans: pa.Table | None = None) -> int:
         """Write the features as an ``ANNOTATIONS`` Parquet file (``genome``; contigs renamed by ``aliases``; the
@@ -144,13 +154,17 @@ class FeatureFile:
                    "end": 'coalesce(s."end", f."end") AS "end"'}
         columns = ", ".join(renamed.get(name, f"f.{quoted([name])[0]}") for name in self._columns(schema.FEATURES.names))
         genome_sql = "'" + genome.replace("'", "''") + "'"
+        return self._run(lambda: self._written(target, f"SELECT {genome_sql} AS genome, {columns} FROM ge_out f "
+                                               "LEFT JOIN ge_aliases a ON a.name = f.chrom "
+                                               "LEFT JOIN ge_spans s ON s.line = f.line ORDER BY f.line"))
+
+    def _written(self, target: Path, query: str) -> int:
+        """Stream ``query``'s rows into ``target`` (an ``ANNOTATIONS`` Parquet file); returns the rows."""
         rows = 0
         with pq.ParquetWriter(target, schema.ANNOTATIONS, compression="zstd", compression_level=3,
                               use_dictionary=[c for c in _LEAVES if c not in _DELTA_CODED],
                               column_encoding=dict.fromkeys(_DELTA_CODED, "DELTA_BINARY_PACKED")) as writer:
-            for batch in self._batches(f"SELECT {genome_sql} AS genome, {columns} FROM ge_out f "
-                                       "LEFT JOIN ge_aliases a ON a.name = f.chrom LEFT JOIN ge_spans s ON s.line = f.line "
-                                       "ORDER BY f.line", schema.ANNOTATIONS):
+            for batch in self._batches(query, schema.ANNOTATIONS):
                 writer.write_batch(batch)
                 rows += batch.num_rows
         return rows

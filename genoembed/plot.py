@@ -58,17 +58,27 @@ def _feature_types(store, tiles: pa.Table) -> list[str]:
     if not store.manifest.get("annotations"):
         raise InputError(f"{store.root}: the store has no annotations to colour by type; "
                          "add some with `genoembed annotate` or use --color-by gc")
+    from genoembed.interrupts import interruptible
     from genoembed.sql import connect
 
     con = connect(store)
     con.register("sampled", pa.table({"row": pa.array(np.arange(tiles.num_rows)), "chrom": tiles["chrom"],
                                       "start": tiles["start"], "end": tiles["end"]}))
+    # on a worker thread: a Ctrl-C stops the join and is raised as such (DuckDB would report a failed query)
+    kinds = ["intergenic"] * tiles.num_rows
+    for row, kind in interruptible(con, lambda: _best_types(con, store), None):
+        kinds[row] = kind
+    return kinds
+
+
+def _best_types(con, store) -> list[tuple[int, str]]:
+    """(sampled row, the annotation type overlapping it most) for each sampled tile that overlaps one."""
     columns = set(con.sql("SELECT * FROM annotations LIMIT 0").columns)
     type_column = "type" if "type" in columns else "feature_type" if "feature_type" in columns else None
     if type_column is None:
         raise InputError(f"{store.root}: annotations have no type column to colour by")
     # the best type per tile: most overlapping bases; genes lose to their more specific CDS/tRNA/rRNA children
-    result = con.sql(f"""
+    return con.sql(f"""
         SELECT row, arg_max({type_column}, overlap * CASE WHEN {type_column} = 'gene' THEN 0.5 ELSE 1 END) AS kind
         FROM (SELECT s.row, a.{type_column},
                      least(s."end", a."end") - greatest(s.start, a.start) AS overlap
@@ -76,10 +86,6 @@ def _feature_types(store, tiles: pa.Table) -> list[str]:
                 ON a.chrom = s.chrom AND a.start < s."end" AND s.start < a."end"
               WHERE a.{type_column} NOT IN ('source', 'region'))
         GROUP BY row""").fetchall()
-    kinds = ["intergenic"] * tiles.num_rows
-    for row, kind in result:
-        kinds[row] = kind
-    return kinds
 
 
 def plot_embeddings(store, out_png: str | Path, color_by: str = "gc", method: str = "pca",
