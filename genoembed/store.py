@@ -40,7 +40,7 @@ import pyarrow.parquet as pq
 from genoembed import schema
 from genoembed.errors import InputError, StoreError, command
 from genoembed.leases import Lease, fs_now_ns
-from genoembed.manifest import read_manifest, write_manifest
+from genoembed.manifest import read_manifest, stale_sealed, write_manifest
 from genoembed.writers import committed_files, folder_names, saved_searches, sweep_retired, write_lock
 
 PROVENANCE_KEY = b"genoembed.provenance"
@@ -100,6 +100,7 @@ class Store:
             paths, sealed = _shards_to_check(root, manifest, store.genomes)
             missing = missing_files(root, paths)
             if not missing:
+                _SEALED_SHARDS_FOUND.difference_update(stale_sealed(root, manifest, _SEALED_SHARDS_FOUND))
                 _SEALED_SHARDS_FOUND.update(sealed)
                 return store
             # A writer (`genoembed remove`) may have committed a new manifest and deleted this one's old

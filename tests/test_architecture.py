@@ -27,6 +27,7 @@ LAYERS = [
     ["embedders.hf", "embedders.protein", "evidence", "regions", "cds"],
     ["protein_evidence", "hit_formats"],
     ["embedders"],
+    ["manifest_checks"],
     ["manifest"],
     ["writers"],
     ["store"],

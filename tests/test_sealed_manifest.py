@@ -178,6 +178,34 @@ def test_removing_a_sealed_genome_or_its_contigs(sealed_and_unsealed, tmp_path):
     assert hits.num_rows == 3 and set(hits["genome"].to_pylist()) == {"strain12"}
 
 
+def test_a_long_lived_reader_caches_only_the_sealed_files_the_newest_snapshot_lists(tmp_path, monkeypatch):
+    """Appends fold sealed files and removes dissolve them; a process that reads the store after each (a server)
+    holds, in each of its caches of sealed files, those the newest manifest lists, not every one it ever read."""
+    store_module = sys.modules["genoembed.store"]
+    monkeypatch.setattr(MANIFEST_MODULE, "SEAL_GENOMES", 2)
+    out = tmp_path / "s"
+    folder = str(out / SEALED)
+
+    def cached() -> list[set[str]]:
+        return [{path for path in paths if path.startswith(folder)} for paths in (
+            MANIFEST_MODULE._SEALED_FILES, {path for path, _ in MANIFEST_MODULE._SEALED_GENOME_FILES},
+            {path for path, _ in store_module._SEALED_SHARDS_FOUND})]
+
+    build(tmp_path, out, 4)
+    ever = set()
+    for number in range(4, 10):
+        append(strain(tmp_path, number), out)
+        if number % 2:  # strain1, strain3, strain5 lie in early sealed files: they and those after them dissolve
+            remove(Store.open(out), f"strain{number - 4}")
+        store = Store.open(out)
+        listed = {str(out / descriptor["path"]) for descriptor in store.manifest["sealed"]}
+        files, genome_files, shards_found = cached()
+        assert files == shards_found == listed and genome_files <= listed, number
+        ever |= set(map(str, (out / SEALED).glob("genomes-*.json"))) | files
+    assert len(ever) > len(listed) + 3  # what the caches would hold without forgetting
+    assert verify_store(store) == [] and len(store.genomes) == 7
+
+
 def test_a_damaged_or_missing_sealed_file_is_one_line(sealed_and_unsealed, tmp_path):
     sealed, _ = sealed_and_unsealed
     top = json.loads((sealed.root / MANIFEST).read_bytes())
