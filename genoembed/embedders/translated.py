@@ -35,11 +35,12 @@ FRAMES = 6
 
 
 def translate_codes(codes: np.ndarray, frame: int) -> np.ndarray:
-    """Residue codes (0-19 amino acids, 20 stop, 21 unknown) of base codes read from offset ``frame``."""
-    usable = max((len(codes) - frame) // 3, 0)
-    codons = codes[frame:frame + 3 * usable].reshape(-1, 3).astype(np.int64)
-    index = codons[:, 0] * 16 + codons[:, 1] * 4 + codons[:, 2]
-    index[(codons >= 4).any(axis=1)] = 64
+    """Residue codes (0-19 amino acids, 20 stop, 21 unknown) of base codes (last axis: several sequences of
+    one length translate as one matrix) read from offset ``frame``."""
+    usable = max((codes.shape[-1] - frame) // 3, 0)
+    codons = codes[..., frame:frame + 3 * usable].reshape(*codes.shape[:-1], usable, 3).astype(np.int64)
+    index = codons[..., 0] * 16 + codons[..., 1] * 4 + codons[..., 2]
+    index[(codons >= 4).any(axis=-1)] = 64
     return _CODON_RESIDUES[index]
 
 
