@@ -198,6 +198,14 @@ def test_search_cli_protein_rerank_over_near_identical_genomes(tmp_path):
     result = runner.invoke(app, ["index", *(a for f in fastas for a in ("--fasta", str(f))), "--output", str(store),
                                  "--model", "protein", "--window", "1000", "--stride", "500", "-q"])
     assert result.exit_code == 0, result.output
+    from genoembed.search import tile_vectors
+    from genoembed.store import Store
+
+    opened = Store.open(store)
+    ids, stored = (np.concatenate(parts) for parts in zip(*opened.iter_embeddings()))
+    assert len(opened.shards) > 1  # vectors read across shards, in the order asked
+    picked = np.random.default_rng(8).permutation(len(ids))[:60]
+    np.testing.assert_array_equal(tile_vectors(opened, ids[picked]), stored[picked])
     gene = max((g for g in _genes()[1] if g.end <= 60_000), key=lambda g: len(g.dna))
     query = _recoded(gene.dna[:900], 0.6, 9)
     result = runner.invoke(app, ["search", str(store), "--sequence", query, "-k", "3", "--protein-rerank", "4",

@@ -313,7 +313,7 @@ def _protein_hits(store: Store, batch, k: int, depth: int, loci: bool, settings:
     from genoembed.protein_evidence import hit_groups, rerank_store_hits
     from genoembed.search import search as search_store, tile_vectors
 
-    depth = min(max(k, depth), store.num_tiles)
+    depth = max(k, min(depth, store.num_tiles))
     widest, fetch = min(store.num_tiles, depth * max(len(store.genomes), 1)), depth
     while True:
         found = search_store(store, batch, k=fetch, **options, **settings)
