@@ -214,35 +214,47 @@ class TranslatedAligner:
 
 
 def near_duplicate_groups(vectors: np.ndarray, limit: int | None = None, threshold: float = NEAR_DUPLICATE,
-                          block: int = 1024) -> np.ndarray:
+                          block: int = 1024, recent: int = 64) -> np.ndarray:
     """Each row's group (rows in embedding order): the index of the first row of its group, or -1.
 
-    Greedy, in order: a row joins the earlier group leader it is most similar to when that cosine is >=
-    ``threshold``, else it leads a new group; once ``limit`` groups are open, rows that would lead another
-    get -1 (they lie beyond the re-rank depth). Rows are compared with leaders only, block by block (a
-    matrix product per block), so K groups over N candidates cost N x K dot products.
+    Greedy, in order: a row joins an earlier group whose leader (first row) has cosine >= ``threshold`` with
+    it, else it leads a new group; once ``limit`` groups are open, rows that would lead another get -1 (they
+    lie beyond the re-rank depth). Rows are compared with leaders only, block by block (a matrix product per
+    block), first with the ``recent`` latest leaders and only when none is close with the older ones: copies of
+    a locus score alike, so they come near each other and their leader is a recent one (K groups over N
+    candidates cost about N x ``recent`` dot products instead of N x K). Among close leaders a row joins the
+    most similar of the first set that holds one; rows of one block left over lead in order and take every
+    later left-over row of the block close to them.
     """
+    vectors = np.asarray(vectors, dtype=np.float32)
     unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
     labels = np.full(len(unit), -1, dtype=np.int64)
     leaders: list[int] = []
-    for start in range(0, len(unit), block):
-        rows = unit[start:start + block]
-        if leaders:
-            similar = rows @ unit[leaders].T
+
+    def join(rows: np.ndarray, candidates: list[int]) -> None:  # unlabelled ``rows`` join their closest leader
+        if len(rows) and candidates:
+            similar = unit[rows] @ unit[candidates].T
             nearest = similar.argmax(axis=1)
             joined = similar[np.arange(len(rows)), nearest] >= threshold
-            labels[start:start + len(rows)][joined] = np.array(leaders)[nearest[joined]]
-        first_new = len(leaders)
-        for row in np.flatnonzero(labels[start:start + len(rows)] < 0) + start:
-            new = leaders[first_new:]
-            if new:
-                similar = unit[new] @ unit[row]
-                if similar.max() >= threshold:
-                    labels[row] = new[int(similar.argmax())]
-                    continue
-            if limit is None or len(leaders) < limit:
-                leaders.append(int(row))
-                labels[row] = row
+            labels[rows[joined]] = np.array(candidates)[nearest[joined]]
+
+    for start in range(0, len(unit), block):
+        rows = np.arange(start, min(start + block, len(unit)))
+        join(rows, leaders[-recent:])
+        join(rows[labels[rows] < 0], leaders[:-recent])
+        pending = rows[labels[rows] < 0]  # no earlier leader is close: they lead, or join a leader of this block
+        similar = unit[pending] @ unit[pending].T
+        free = np.ones(len(pending), dtype=bool)
+        for at in range(len(pending)):
+            if not free[at]:
+                continue
+            if limit is not None and len(leaders) >= limit:
+                break
+            members = free & (similar[at] >= threshold)
+            members[at] = True
+            leaders.append(int(pending[at]))
+            labels[pending[members]] = pending[at]
+            free &= ~members
     return labels
 
 
