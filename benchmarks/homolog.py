@@ -19,7 +19,9 @@ Every method returns tiles best first, each locus once; R@1 / R@10 per protein i
 - embeddings (``--methods``): exact cosine search over the tiles (centred on the reference mean, as in
   ``genoembed eval``); ``+rerank K``: the top K tiles re-ranked by the translated Smith-Waterman score of
   the query against each tile (:mod:`genoembed.protein_evidence`; ``search --protein-rerank`` also
-  aligns over flanks to report whole alignments, which this ranking does not need); ``[genes]``: the
+  aligns over flanks to report whole alignments, which this ranking does not need); ``+rerank K grouped``:
+  near-identical tiles grouped by their vectors, K groups out of the top K x genomes tiles re-ranked (what
+  ``search --protein-rerank`` does in a store of several genomes); ``[genes]``: the
   target's pyrodigal genes as units (``index --units genes``), a hit right when its gene overlaps the homolog.
 
 Seconds per query: CPU seconds (user + system; the machine is shared, so wall time measures the
@@ -177,28 +179,30 @@ def run_tool(tool: str, queries_fa: Path, records, work: Path) -> tuple[dict, fl
     return scored, seconds
 
 
-def embedding_hits(name: str, task: ProteinTask, spans, sequences, rerank: int | None, reference=None):
-    """Top tiles of each query by cosine, optionally re-ranked by translated alignment; and seconds per query."""
-    from genoembed.protein_evidence import TranslatedAligner
+def embedding_hits(name: str, task: ProteinTask, spans, sequences, rerank: int | None, reference=None,
+                   copies: int = 0):
+    """Top tiles of each query by cosine, optionally re-ranked by translated alignment; and seconds per query.
+    ``copies``: group near-identical tiles (:func:`genoembed.protein_evidence.near_duplicate_groups` on the raw
+    vectors, as ``search --protein-rerank`` does) and re-rank ``rerank`` groups out of ``rerank x copies`` tiles."""
+    from genoembed.protein_evidence import TranslatedAligner, best_alignments, near_duplicate_groups
 
     method = method_for(name)
     if reference is None:
         reference = method.vectors(sequences)
     mean = reference.reshape(-1, reference.shape[-1]).mean(axis=0)
     tiles = centred_unit(reference, mean).reshape(reference.shape)
+    raw = reference.reshape(len(reference), -1)
     began = time.process_time()
     queries = centred_unit(method.vectors(task.queries), mean).reshape(len(task.queries), reference.shape[1], -1)
-    ids = best_tiles(tiles, queries, max(rerank or 0, 20))
+    ids = best_tiles(tiles, queries, max((rerank or 0) * max(copies, 1), 20))
     out = []
     for q, row in enumerate(ids):
         row = [i for i in row if i >= 0]
         if rerank:
-            aligner = TranslatedAligner(task.queries[q])
-            bits = []
-            for i in row:
-                alignment = aligner.align(sequences[i])
-                bits.append(alignment.score if alignment else 0)
-            row = [row[j] for j in np.argsort(-np.array(bits), kind="stable")]
+            groups = near_duplicate_groups(raw[row], rerank) if copies else None
+            picked = best_alignments(TranslatedAligner(task.queries[q]), lambda i, row=row: sequences[row[i]],
+                                     len(row) if copies else min(rerank, len(row)), 10, groups=groups)
+            row = [row[i] for i, _ in picked]
         out.append(distinct_loci([spans[i] for i in row])[:10])
     return out, (time.process_time() - began) / len(task.queries), reference
 
@@ -278,12 +282,12 @@ def main() -> None:
                         reference = np.concatenate([one] + [one + rng.normal(0, 0.01, one.shape).astype(np.float32)
                                                             for _ in range(genomes - 1)])
                         vectors = "noised copies of genome 1's"
-                    for rerank in [None, *args.rerank]:
-                        say(f"{task.direction} x{genomes}: {name} {unit} rerank {rerank}")
+                    for rerank, copies in [(None, 0), *((r, c) for r in args.rerank for c in (0, genomes))]:
+                        say(f"{task.direction} x{genomes}: {name} {unit} rerank {rerank} grouped {bool(copies)}")
                         hits, seconds, reference = embedding_hits(name, sub, unit_spans, unit_sequences, rerank,
-                                                                  reference)
+                                                                  reference, copies)
                         label = (name if unit == "tiles" else f"{name} [genes]") + \
-                            ("" if rerank is None else f" +rerank {rerank}")
+                            ("" if rerank is None else f" +rerank {rerank}") + (" grouped" if copies else "")
                         rows += emit(dict(base, method=label, units=unit, vectors=vectors, seconds_per_query=seconds),
                                      hits, sub)
                         if genomes == 1:

@@ -335,6 +335,34 @@ def _inside_own_region(store: Store, queries: list[Query], tiles: pa.Table, tile
     return same_genome & (chrom == own_chrom) & circular_overlaps(own_start, own_end, start, end, circle)
 
 
+def tile_vectors(store: Store, tile_ids: Sequence[int]) -> np.ndarray:
+    """Stored vectors of ``tile_ids`` (float32, in the order given), read from the row groups that can hold
+    them (shards record their id range, row groups their tile_id min/max)."""
+    tile_ids = np.asarray(tile_ids, dtype=np.int64)
+    wanted = np.unique(tile_ids)
+    ids, vectors = [np.empty(0, dtype=np.int64)], [np.empty((0, store.dim), dtype=np.float32)]
+    for shard in store.shards:
+        inside = wanted[(wanted >= shard["first_tile_id"]) & (wanted <= shard["last_tile_id"])]
+        if not len(inside):
+            continue
+        parquet = store.open_shard(store.root / shard["path"])
+        column = parquet.schema_arrow.get_field_index("tile_id")
+        groups = [group for group in range(parquet.num_row_groups)
+                  if (stats := parquet.metadata.row_group(group).column(column).statistics) is None
+                  or not stats.has_min_max or ((inside >= stats.min) & (inside <= stats.max)).any()]
+        table = parquet.read_row_groups(groups, columns=["tile_id", schema.EMBEDDING])
+        found = table.column(0).combine_chunks().to_numpy()
+        keep = np.isin(found, inside)
+        flat = table.column(1).combine_chunks().flatten().to_numpy(zero_copy_only=False)
+        ids.append(found[keep])
+        vectors.append(np.asarray(flat, dtype=np.float32).reshape(len(found), store.dim)[keep])
+    order = np.argsort(ids := np.concatenate(ids))
+    at = np.minimum(np.searchsorted(ids[order], tile_ids), max(len(ids) - 1, 0))
+    if len(tile_ids) and not (len(ids) and (ids[order][at] == tile_ids).all()):
+        raise StoreError(f"{store.root}: a hit's tile has no stored vector; run `genoembed verify {store.root}`")
+    return np.concatenate(vectors)[order][at]
+
+
 class HitSequences:
     """Sequences of hit regions, read from the store's genomes (``Store.genome`` opens each once)."""
 

@@ -71,7 +71,7 @@ def search(
     align: Optional[bool] = typer.Option(None, "--align/--no-align", help="Locally align each query to its hit tile plus flanks (Smith-Waterman, BLASTN scoring) and add identity, coverage, exact coordinates, strand, bit score and E-value (default: on for --format blast6/paf, else off; needs the align extra)."),
     min_identity: Optional[float] = typer.Option(None, "--min-identity", min=0.0, max=1.0, help="Drop hits whose alignment identity (matches / alignment columns, 0-1) is lower (needs --align)."),
     min_bits: Optional[float] = typer.Option(None, "--min-bits", min=0.0, help="Drop hits whose alignment bit score is lower (needs --align)."),
-    protein_rerank: Optional[int] = typer.Option(None, "--protein-rerank", min=1, help="Fetch this many tiles per query, align the query's protein to each (translated Smith-Waterman, BLOSUM62 11/1, six frames) and keep the k best by bit score, with protein identity, frames, aligned DNA span, bit score and E-value (for --model protein stores; needs the align extra; ~1 ms CPU per tile of 1 kb; embeds each query whole)."),
+    protein_rerank: Optional[int] = typer.Option(None, "--protein-rerank", min=1, help="Fetch this many tiles per query, align the query's protein to each (translated Smith-Waterman, BLOSUM62 11/1, six frames) and keep the k best by bit score, with protein identity, frames, aligned DNA span, bit score and E-value (for --model protein stores; needs the align and protein extras; near-identical tiles, e.g. one locus in many genomes, count once towards this depth and are reported by their own scores; embeds each query whole)."),
     evalue: float = typer.Option(10.0, "--evalue", "-e", min=0.0, help="Drop hits whose E-value is higher: the alignment's with --align, else the embedding score's under the store's null (random sequences of the query's length and GC searched once per store and cached). 10 like BLAST: a query with no homolog keeps about 10 hits at most."),
     min_score: Optional[float] = typer.Option(None, "--min-score", help="Drop hits whose embedding score is lower (cosine; for l2 stores, a squared distance above it)."),
     mapped: bool = typer.Option(True, "--map/--no-map", help="Queries longer than the store's window are cut into tiles like the store and collinear tile hits chained into mapped blocks (query and target spans, query coverage, best and mean tile score); queries under half a window are placed by shared minimizers. --no-map embeds every query whole."),
@@ -303,17 +303,27 @@ def _formatted_blocks(blocks: pa.Table, format: HitFormat, store: Store, higher_
 
 def _protein_hits(store: Store, batch, k: int, depth: int, loci: bool, settings: dict, **options) -> pa.Table:
     """The ``depth`` best tiles of each query re-ranked by translated alignment (``protein_evidence``): the ``k``
-    best tiles, or with ``loci`` the ``k`` best loci (merged from all re-ranked tiles, ranked by bit score)."""
+    best tiles, or with ``loci`` the ``k`` best loci (merged from all re-ranked tiles, ranked by bit score).
+
+    Near-identical tiles (one locus in several genomes of a pangenome) count once towards ``depth``: the search
+    widens 4x at a time, up to ``depth`` x the store's genomes, until every query holds ``depth`` groups."""
     import pyarrow.compute as pc
 
     from genoembed.evidence import merge_loci
-    from genoembed.protein_evidence import rerank_store_hits
-    from genoembed.search import search as search_store
+    from genoembed.protein_evidence import hit_groups, rerank_store_hits
+    from genoembed.search import search as search_store, tile_vectors
 
-    found = search_store(store, batch, k=max(k, min(depth, store.num_tiles)), **options, **settings)
+    depth = max(k, min(depth, store.num_tiles))
+    widest, fetch = min(store.num_tiles, depth * max(len(store.genomes), 1)), depth
+    while True:
+        found = search_store(store, batch, k=fetch, **options, **settings)
+        groups, complete = hit_groups(found, tile_vectors(store, found.column("tile_id").to_numpy()), depth)
+        if complete or fetch >= widest:
+            break
+        fetch = min(widest, 4 * fetch)
     if not loci:
-        return rerank_store_hits(store, batch, found, k)
-    merged = merge_loci(rerank_store_hits(store, batch, found, depth), higher_is_better=store.metric == "ip")
+        return rerank_store_hits(store, batch, found, k, groups)
+    merged = merge_loci(rerank_store_hits(store, batch, found, depth, groups), higher_is_better=store.metric == "ip")
     return merged.filter(pc.less_equal(merged["rank"], k))
 
 

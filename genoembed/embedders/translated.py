@@ -30,17 +30,22 @@ AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWY"
 STOP, UNKNOWN = 20, 21  # residue codes after the 20 amino acids
 _CODON_RESIDUES = np.array([STOP if aa == "*" else AMINO_ACIDS.index(aa) for aa in CODON_TABLE] + [UNKNOWN],
                            dtype=np.int64)
+# The same code over base codes 0-4 (4: not A/C/G/T), indexed 25 * b1 + 5 * b2 + b3: a codon with an unknown
+# base reads UNKNOWN by lookup, with no mask to build (uint8 arithmetic: the largest index is 124).
+_BASE5 = np.arange(125)
+_CODON_RESIDUES_5 = np.where((_BASE5 // 25 == 4) | (_BASE5 // 5 % 5 == 4) | (_BASE5 % 5 == 4), UNKNOWN,
+                             _CODON_RESIDUES[np.minimum(_BASE5 // 25, 3) * 16 + np.minimum(_BASE5 // 5 % 5, 3) * 4
+                                             + np.minimum(_BASE5 % 5, 3)]).astype(np.int64)
 MODES = ("sum", "orf")
 FRAMES = 6
 
 
 def translate_codes(codes: np.ndarray, frame: int) -> np.ndarray:
-    """Residue codes (0-19 amino acids, 20 stop, 21 unknown) of base codes read from offset ``frame``."""
-    usable = max((len(codes) - frame) // 3, 0)
-    codons = codes[frame:frame + 3 * usable].reshape(-1, 3).astype(np.int64)
-    index = codons[:, 0] * 16 + codons[:, 1] * 4 + codons[:, 2]
-    index[(codons >= 4).any(axis=1)] = 64
-    return _CODON_RESIDUES[index]
+    """Residue codes (0-19 amino acids, 20 stop, 21 unknown) of base codes (last axis: several sequences of
+    one length translate as one matrix) read from offset ``frame``."""
+    usable = max((codes.shape[-1] - frame) // 3, 0)
+    codons = codes[..., frame:frame + 3 * usable].reshape(*codes.shape[:-1], usable, 3).astype(np.uint8)
+    return _CODON_RESIDUES_5[codons[..., 0] * 25 + codons[..., 1] * 5 + codons[..., 2]]
 
 
 def six_frames(sequence: str) -> list[np.ndarray]:
